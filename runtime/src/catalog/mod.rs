@@ -1,0 +1,312 @@
+//! The component catalog: `e2e-infra.toml`, what a workspace can stand up.
+//!
+//! The format is documented in `docs/catalog.md`. Parsing keeps the byte span
+//! of every key a later check may complain about, so each error names the file,
+//! the line and the key.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use schema::{
+    BuildSpec, Component, DockerSpec, HttpProbe, KubernetesSpec, Probe, ReadySpec, Source,
+};
+
+/// The file name looked for when walking up from a directory.
+pub const CATALOG_FILE: &str = "e2e-infra.toml";
+/// Environment variable naming the catalog file explicitly.
+pub const CATALOG_ENV: &str = "E2E_INFRA_CONFIG";
+
+/// A position in a catalog file, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The catalog file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// What is wrong with a catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// No catalog was found.
+    #[error("no {CATALOG_FILE} found in {start} or any parent directory; create one (see docs/catalog.md) or point {CATALOG_ENV} at it")]
+    NotFound {
+        /// Where the search started.
+        start: PathBuf,
+    },
+    /// The catalog could not be read.
+    #[error("reading catalog {path} failed: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a duplicate key, an unknown key or a value of the wrong type.
+    #[error("{location}: {message}")]
+    Syntax {
+        /// Where.
+        location: Location,
+        /// The parser's message (for unknown keys it lists the valid ones).
+        message: String,
+    },
+    /// A catalog with no components.
+    #[error("{path}: the catalog declares no components; add a [components.<name>] table")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A component name that cannot become an image name.
+    #[error("{location}: component name `{name}` is invalid: use lowercase letters, digits and '-', starting with a letter, at most 40 characters")]
+    InvalidName {
+        /// Where.
+        location: Location,
+        /// The name.
+        name: String,
+    },
+    /// A component that is both built and borrowed, or neither.
+    #[error("{location}: component `{component}` {problem}")]
+    Source {
+        /// Where.
+        location: Location,
+        /// The component.
+        component: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `depends_on` names a component the catalog does not have.
+    #[error("{location}: component `{component}` depends on unknown component `{missing}`{suggestion}; known: {known}")]
+    UnknownDependency {
+        /// Where.
+        location: Location,
+        /// The depending component.
+        component: String,
+        /// The unknown name.
+        missing: String,
+        /// " (did you mean `x`?)" or empty.
+        suggestion: Suggestion,
+        /// All component names.
+        known: String,
+    },
+    /// A dependency cycle.
+    #[error("{location}: dependency cycle: {}", cycle.join(" -> "))]
+    Cycle {
+        /// Where the first component of the cycle is declared.
+        location: Location,
+        /// The cycle, first name repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// A build path that does not exist.
+    #[error("{location}: component `{component}`: {what} not found at {tried}")]
+    MissingPath {
+        /// Where.
+        location: Location,
+        /// The component.
+        component: String,
+        /// "Dockerfile" or "build context" or "manifest".
+        what: &'static str,
+        /// The path tried.
+        tried: PathBuf,
+    },
+    /// A readiness probe or env reference that does not hold together.
+    #[error("{location}: component `{component}`: {problem}")]
+    Invalid {
+        /// Where.
+        location: Location,
+        /// The component.
+        component: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+/// " (did you mean `x`?)" when a near name exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Suggestion(pub Option<String>);
+
+impl Suggestion {
+    /// The nearest of `known` to `name`, if it is near enough to be a typo.
+    pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
+        let best = known
+            .into_iter()
+            .map(|k| (strsim::damerau_levenshtein(name, k), k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+            .min();
+        Self(best.map(|(_, k)| k.to_owned()))
+    }
+}
+
+impl fmt::Display for Suggestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(s) => write!(f, " (did you mean `{s}`?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A parsed and checked catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    path: PathBuf,
+    components: BTreeMap<String, Component>,
+}
+
+impl Catalog {
+    /// Finds the catalog: `E2E_INFRA_CONFIG` if set, else the nearest
+    /// `e2e-infra.toml` in `start` or a parent.
+    ///
+    /// # Errors
+    /// [`CatalogError::NotFound`] when there is none.
+    pub fn locate(start: &Path) -> Result<PathBuf, CatalogError> {
+        if let Some(explicit) = std::env::var_os(CATALOG_ENV) {
+            return Ok(PathBuf::from(explicit));
+        }
+        start
+            .ancestors()
+            .map(|dir| dir.join(CATALOG_FILE))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| CatalogError::NotFound { start: start.to_owned() })
+    }
+
+    /// Reads and checks the catalog at `path`.
+    ///
+    /// # Errors
+    /// Any [`CatalogError`], naming the file, line and key at fault.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks catalog text; `path` is used for messages and to
+    /// resolve relative build paths.
+    ///
+    /// # Errors
+    /// Any [`CatalogError`], naming the file, line and key at fault.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CatalogError> {
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Syntax {
+            location: locate(path, text, e.span().map_or(0, |s| s.start)),
+            message: e.message().to_owned(),
+        })?;
+        let at = |offset: usize| locate(path, text, offset);
+        if raw.components.is_empty() {
+            return Err(CatalogError::Empty { path: path.to_owned() });
+        }
+        let mut components = BTreeMap::new();
+        for (name, raw_component) in raw.components {
+            let component = raw_component.check(name.get_ref(), name.span().start, &base, &at)?;
+            components.insert(name.into_inner(), component);
+        }
+        let catalog = Self { path: path.to_owned(), components };
+        catalog.check_dependencies(&at)?;
+        Ok(catalog)
+    }
+
+    /// The catalog file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The components by name.
+    pub fn components(&self) -> &BTreeMap<String, Component> {
+        &self.components
+    }
+
+    /// One component.
+    pub fn get(&self, name: &str) -> Option<&Component> {
+        self.components.get(name)
+    }
+
+    /// Component names, comma separated, for messages.
+    pub fn known_names(&self) -> String {
+        self.components.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+    }
+
+    fn check_dependencies(&self, at: &dyn Fn(usize) -> Location) -> Result<(), CatalogError> {
+        for (name, component) in &self.components {
+            for dep in &component.depends_on {
+                if !self.components.contains_key(dep.get_ref()) {
+                    return Err(CatalogError::UnknownDependency {
+                        location: at(dep.span().start),
+                        component: name.clone(),
+                        missing: dep.get_ref().clone(),
+                        suggestion: Suggestion::nearest(
+                            dep.get_ref(),
+                            self.components.keys().map(String::as_str),
+                        ),
+                        known: self.known_names(),
+                    });
+                }
+            }
+        }
+        // Depth-first search with colours; the first back edge found gives the cycle.
+        let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+        let mut stack: Vec<&str> = Vec::new();
+        for name in self.components.keys() {
+            if let Some(cycle) = self.find_cycle(name, &mut state, &mut stack) {
+                let first = &self.components[&cycle[0]];
+                return Err(CatalogError::Cycle { location: at(first.span), cycle });
+            }
+        }
+        Ok(())
+    }
+
+    fn find_cycle<'a>(
+        &'a self,
+        name: &'a str,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(name) {
+            Some(2) => return None,
+            Some(1) => {
+                let start = stack.iter().position(|n| *n == name).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[start..].iter().map(|s| (*s).to_owned()).collect();
+                cycle.push(name.to_owned());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state.insert(name, 1);
+        stack.push(name);
+        for dep in &self.components[name].depends_on {
+            if let Some(cycle) = self.find_cycle(dep.get_ref(), state, stack) {
+                return Some(cycle);
+            }
+        }
+        stack.pop();
+        state.insert(name, 2);
+        None
+    }
+}
+
+/// The `${...}` references in an env value, without the braces:
+/// `"postgres://${postgres.addr}/db"` gives `["postgres.addr"]`.
+pub fn env_references(value: &str) -> impl Iterator<Item = &str> {
+    value.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
+}
+
+/// Turns a byte offset into a file:line:column location.
+fn locate(path: &Path, text: &str, offset: usize) -> Location {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location { file: path.to_owned(), line, column }
+}
+
+#[cfg(test)]
+mod tests;

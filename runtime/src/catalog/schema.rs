@@ -1,0 +1,340 @@
+//! The catalog's TOML shape and the checks that turn it into [`Component`]s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{CatalogError, Location};
+use crate::plan::ImageRef;
+
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCatalog {
+    #[serde(default)]
+    pub(super) components: BTreeMap<Spanned<String>, RawComponent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawComponent {
+    build: Option<Spanned<RawBuild>>,
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    docker: Option<RawDocker>,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    #[serde(default = "dot")]
+    context: Spanned<PathBuf>,
+    dockerfile: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    args: BTreeMap<String, String>,
+    target: Option<String>,
+}
+
+fn dot() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::from("."))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    #[serde(default)]
+    ports: Vec<u16>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    command: Option<Vec<String>>,
+    ready: Option<Spanned<RawReady>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReady {
+    tcp: Option<u16>,
+    http: Option<String>,
+    port: Option<u16>,
+    log: Option<String>,
+    completes: Option<bool>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    manifests: Vec<Spanned<PathBuf>>,
+}
+
+/// One checked component of the catalog.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Component {
+    /// Where its image comes from.
+    pub source: Source,
+    /// Components that must be ready before this one starts.
+    pub depends_on: Vec<Spanned<String>>,
+    /// How the Docker backend runs it, if it can.
+    pub docker: Option<DockerSpec>,
+    /// How the Kubernetes backend runs it, if it can.
+    pub kubernetes: Option<KubernetesSpec>,
+    /// Byte offset of the component's name in the catalog.
+    pub(crate) span: usize,
+}
+
+impl Component {
+    /// Names of the components this one depends on.
+    pub fn dependencies(&self) -> impl Iterator<Item = &str> {
+        self.depends_on.iter().map(|d| d.get_ref().as_str())
+    }
+}
+
+/// Where a component's image comes from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// Built here from a Dockerfile.
+    Build(BuildSpec),
+    /// An existing image, used as is: never rebuilt, never deleted.
+    Borrowed(ImageRef),
+}
+
+/// How to build a component's image. Paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuildSpec {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile; may lie outside the context.
+    pub dockerfile: PathBuf,
+    /// `--build-arg`s.
+    pub args: BTreeMap<String, String>,
+    /// The target stage.
+    pub target: Option<String>,
+}
+
+/// How the Docker backend runs a component.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DockerSpec {
+    /// Container ports, published on 127.0.0.1 with ephemeral host ports.
+    pub ports: Vec<u16>,
+    /// Environment; values may contain `${dep.host}`, `${dep.port}`, `${dep.addr}`.
+    pub env: BTreeMap<String, String>,
+    /// Overrides the image's command.
+    pub command: Option<Vec<String>>,
+    /// When the component counts as ready.
+    pub ready: Option<ReadySpec>,
+}
+
+/// A readiness probe and its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadySpec {
+    /// The probe.
+    pub probe: Probe,
+    /// How long to wait before giving up.
+    pub timeout: Duration,
+}
+
+/// The readiness probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Probe {
+    /// A TCP connect to this container port succeeds.
+    Tcp(u16),
+    /// An HTTP GET answers 2xx.
+    Http(HttpProbe),
+    /// A log line matches this regular expression.
+    Log(String),
+    /// The container runs to completion and exits 0 (migrations, seeders).
+    Completes,
+}
+
+/// An HTTP readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// Container port.
+    pub port: u16,
+    /// Path, starting with `/`.
+    pub path: String,
+}
+
+/// How the Kubernetes backend runs a component.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KubernetesSpec {
+    /// Manifest files (absolute paths), images written as `${image:<component>}`.
+    pub manifests: Vec<PathBuf>,
+}
+
+impl RawComponent {
+    pub(super) fn check(
+        self,
+        name: &str,
+        span: usize,
+        base: &Path,
+        at: &dyn Fn(usize) -> Location,
+    ) -> Result<Component, CatalogError> {
+        if !crate::plan::valid_name(name, 40) {
+            return Err(CatalogError::InvalidName { location: at(span), name: name.to_owned() });
+        }
+        let problem = |problem: &str| CatalogError::Source {
+            location: at(span),
+            component: name.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let source = match (self.build, self.image) {
+            (Some(_), Some(_)) => {
+                return Err(problem("has both `build` and `image`; keep `build` to build it here or `image` to use an existing image"))
+            }
+            (None, None) => {
+                return Err(problem("has neither `build` nor `image`; add `build = { dockerfile = \"...\" }` or `image = \"name:tag\"`"))
+            }
+            (Some(build), None) => Source::Build(check_build(name, build, base, at)?),
+            (None, Some(image)) => {
+                let offset = image.span().start;
+                Source::Borrowed(ImageRef::borrowed(image.get_ref()).map_err(|e| CatalogError::Invalid {
+                    location: at(offset),
+                    component: name.to_owned(),
+                    problem: format!("`image`: {e}"),
+                })?)
+            }
+        };
+        let docker = self.docker.map(|d| check_docker(name, d, &self.depends_on, at)).transpose()?;
+        let kubernetes = match self.kubernetes {
+            None => None,
+            Some(k) => {
+                let mut manifests = Vec::new();
+                for m in k.manifests {
+                    let path = base.join(m.get_ref());
+                    if !path.is_file() {
+                        return Err(CatalogError::MissingPath {
+                            location: at(m.span().start),
+                            component: name.to_owned(),
+                            what: "manifest",
+                            tried: path,
+                        });
+                    }
+                    manifests.push(path);
+                }
+                Some(KubernetesSpec { manifests })
+            }
+        };
+        Ok(Component { source, depends_on: self.depends_on, docker, kubernetes, span })
+    }
+}
+
+fn check_build(
+    name: &str,
+    build: Spanned<RawBuild>,
+    base: &Path,
+    at: &dyn Fn(usize) -> Location,
+) -> Result<BuildSpec, CatalogError> {
+    let build_span = build.span().start;
+    let raw = build.into_inner();
+    let context = base.join(raw.context.get_ref());
+    let context_span = if raw.context.span().is_empty() { build_span } else { raw.context.span().start };
+    if !context.is_dir() {
+        return Err(CatalogError::MissingPath {
+            location: at(context_span),
+            component: name.to_owned(),
+            what: "build context",
+            tried: context,
+        });
+    }
+    let (dockerfile, dockerfile_span) = match &raw.dockerfile {
+        Some(d) => (base.join(d.get_ref()), d.span().start),
+        None => (context.join("Dockerfile"), build_span),
+    };
+    if !dockerfile.is_file() {
+        return Err(CatalogError::MissingPath {
+            location: at(dockerfile_span),
+            component: name.to_owned(),
+            what: "Dockerfile",
+            tried: dockerfile,
+        });
+    }
+    Ok(BuildSpec { context, dockerfile, args: raw.args, target: raw.target })
+}
+
+fn check_docker(
+    name: &str,
+    raw: RawDocker,
+    depends_on: &[Spanned<String>],
+    at: &dyn Fn(usize) -> Location,
+) -> Result<DockerSpec, CatalogError> {
+    let invalid = |offset: usize, problem: String| CatalogError::Invalid {
+        location: at(offset),
+        component: name.to_owned(),
+        problem,
+    };
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.env {
+        for reference in super::env_references(value.get_ref()) {
+            let (dep, field) = reference.split_once('.').unwrap_or((reference, ""));
+            if !depends_on.iter().any(|d| d.get_ref() == dep) {
+                return Err(invalid(
+                    value.span().start,
+                    format!("env `{key}` refers to `${{{reference}}}` but `{dep}` is not in depends_on; add it there so it starts first"),
+                ));
+            }
+            if !matches!(field, "host" | "port" | "addr") {
+                return Err(invalid(
+                    value.span().start,
+                    format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
+                ));
+            }
+        }
+        env.insert(key, value.into_inner());
+    }
+    let ready = match raw.ready {
+        None => None,
+        Some(ready) => {
+            let offset = ready.span().start;
+            let r = ready.into_inner();
+            let timeout = match &r.timeout {
+                None => DEFAULT_READY_TIMEOUT,
+                Some(t) => humantime::parse_duration(t).map_err(|e| {
+                    invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""))
+                })?,
+            };
+            let mut probes = Vec::new();
+            if let Some(port) = r.tcp {
+                probes.push(Probe::Tcp(port));
+            }
+            if let Some(path) = r.http {
+                let port = r.port.or_else(|| raw.ports.first().copied()).ok_or_else(|| {
+                    invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned())
+                })?;
+                if !path.starts_with('/') {
+                    return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
+                }
+                probes.push(Probe::Http(HttpProbe { port, path }));
+            }
+            if let Some(pattern) = r.log {
+                regex::Regex::new(&pattern)
+                    .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
+                probes.push(Probe::Log(pattern));
+            }
+            if r.completes == Some(true) {
+                probes.push(Probe::Completes);
+            }
+            if probes.len() != 1 {
+                return Err(invalid(
+                    offset,
+                    "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"` or `completes = true`".to_owned(),
+                ));
+            }
+            Some(ReadySpec { probe: probes.remove(0), timeout })
+        }
+    };
+    Ok(DockerSpec { ports: raw.ports, env, command: raw.command, ready })
+}

@@ -1,0 +1,51 @@
+//! The labels put on everything a run creates, so that it can be found,
+//! listed and removed later without touching anything else.
+
+use std::collections::HashMap;
+
+use crate::plan::Plan;
+
+/// Present on everything e2e-infra creates.
+pub const MANAGED_BY: &str = "io.e2e-infra.managed-by";
+/// The value of [`MANAGED_BY`].
+pub const MANAGED_BY_VALUE: &str = "e2e-infra";
+/// The run identity.
+pub const RUN: &str = "io.e2e-infra.run";
+/// The consumer.
+pub const CONSUMER: &str = "io.e2e-infra.consumer";
+/// The component.
+pub const COMPONENT: &str = "io.e2e-infra.component";
+/// The launcher (`pid:start_ticks`) whose death ends the run; absent for
+/// stacks brought up by hand (`e2e-infra up`).
+pub const LAUNCHER: &str = "io.e2e-infra.launcher";
+/// The digest of a build's inputs (images only).
+pub const INPUT_DIGEST: &str = "io.e2e-infra.input-digest";
+
+/// Labels for a resource of the run and consumer of `plan`.
+pub fn for_run(plan: &Plan) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        (RUN.to_owned(), plan.run().as_str().to_owned()),
+        (CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
+    ]);
+    if let Some(launcher) = plan.run().launcher() {
+        labels.insert(LAUNCHER.to_owned(), launcher.label());
+    }
+    labels
+}
+
+/// Labels for one component's resource.
+pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
+    let mut labels = for_run(plan);
+    labels.insert(COMPONENT.to_owned(), component.to_owned());
+    labels
+}
+
+/// `key=value` filters selecting everything of the run and consumer of `plan`.
+pub fn run_filter(plan: &Plan) -> Vec<String> {
+    vec![
+        format!("{MANAGED_BY}={MANAGED_BY_VALUE}"),
+        format!("{RUN}={}", plan.run().as_str()),
+        format!("{CONSUMER}={}", plan.consumer().as_str()),
+    ]
+}

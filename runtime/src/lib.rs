@@ -1,0 +1,26 @@
+//! One tag, one build, one deploy per end-to-end test run.
+//!
+//! ```ignore
+//! #[e2e_infra::e2e_infra(consumer = "notification", needs = ["datastorage"])]
+//! mod notification_e2e {
+//!     use e2e_infra::Infra;
+//!
+//!     #[test]
+//!     fn stores_a_notification(infra: &Infra) {
+//!         let url = infra.endpoint("datastorage", 8080).expect("endpoint").url();
+//!         // ...
+//!     }
+//! }
+//! ```
+//!
+//! A run flows one way: [`catalog`] + attribute -> [`plan`] (the one tag, typed
+//! image references) -> build -> load -> deploy -> ready -> the shared handle
+//! -> teardown after the run. Each stage is a module with its own errors.
+
+pub mod catalog;
+pub mod labels;
+pub mod plan;
+
+pub use catalog::{Catalog, CatalogError};
+pub use e2e_infra_macros::e2e_infra;
+pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};

@@ -1,0 +1,331 @@
+//! The plan: from a consumer and its needs, the one tag of the run and the
+//! typed image reference of every component, in dependency order.
+//!
+//! Every later stage takes its references from here; none formats a tag.
+
+mod identity;
+mod image;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalog, Component, Source, Suggestion};
+
+pub use identity::{IdentityError, Launcher, RunId, RunSource, NEXTEST_RUN_ID_ENV, RUN_ID_ENV};
+pub use image::{ImageRef, InvalidImageRef, Origin};
+
+/// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.
+pub const MAX_CONSUMER_LEN: usize = 40;
+
+/// Whether `name` is lowercase letters, digits and '-', starting with a
+/// letter, not ending with '-', at most `max` characters.
+pub fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A planning error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The consumer name cannot make a tag and a namespace.
+    #[error("consumer `{0}` is invalid: use lowercase letters, digits and '-', starting with a letter, at most {MAX_CONSUMER_LEN} characters (it becomes part of image tags and namespace names)")]
+    InvalidConsumer(String),
+    /// Nothing needed.
+    #[error("`needs` is empty: name at least one component of the catalog ({known})")]
+    EmptyNeeds {
+        /// Known component names.
+        known: String,
+    },
+    /// A need named twice.
+    #[error("`needs` names `{0}` twice; name each component once")]
+    DuplicateNeed(String),
+    /// A need the catalog does not have.
+    #[error("unknown component `{name}`{suggestion}; known: {known} (catalog: {catalog})")]
+    UnknownComponent {
+        /// The name asked for.
+        name: String,
+        /// A near name.
+        suggestion: Suggestion,
+        /// Known names.
+        known: String,
+        /// The catalog file.
+        catalog: String,
+    },
+    /// The run identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A registry host that cannot prefix an image reference.
+    #[error("registry `{0}` is invalid: give host[:port], e.g. 127.0.0.1:5000")]
+    InvalidRegistry(String),
+}
+
+/// How built images reach the place that runs them; it decides their
+/// registry part and the pull policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// The engine that built them runs them (Docker backend), or they are
+    /// loaded into Kind nodes: `localhost/<component>:<tag>`, never pulled.
+    #[default]
+    Local,
+    /// Pushed to a registry the cluster pulls from: `<registry>/<component>:<tag>`.
+    Registry(String),
+}
+
+/// Kubernetes `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PullPolicy {
+    /// The image is already on the node; pulling would fail.
+    Never,
+    /// Pull when the node does not have it.
+    IfNotPresent,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "Never",
+            Self::IfNotPresent => "IfNotPresent",
+        }
+    }
+}
+
+/// The one tag of a run and consumer: `<consumer>-<8 hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Kubernetes namespace (or Docker network) name owned by one run and consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated consumer name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Consumer(String);
+
+impl Consumer {
+    /// Checks a consumer name.
+    ///
+    /// # Errors
+    /// [`PlanError::InvalidConsumer`].
+    pub fn new(name: &str) -> Result<Self, PlanError> {
+        if valid_name(name, MAX_CONSUMER_LEN) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(PlanError::InvalidConsumer(name.to_owned()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One component as the run will stand it up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedComponent {
+    /// Component name.
+    pub name: String,
+    /// Its image, the one every stage uses.
+    pub image: ImageRef,
+    /// Built here or borrowed.
+    pub origin: Origin,
+    /// How Kubernetes gets it.
+    pub pull_policy: PullPolicy,
+    /// Direct dependencies.
+    pub depends_on: Vec<String>,
+    /// The catalog entry.
+    #[serde(skip)]
+    pub spec: Component,
+}
+
+/// The plan of one run for one consumer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    run_id: String,
+    #[serde(skip)]
+    run: RunId,
+    consumer: Consumer,
+    tag: Tag,
+    namespace: Namespace,
+    components: Vec<PlannedComponent>,
+}
+
+impl Plan {
+    /// Resolves `needs` and their transitive dependencies into a plan.
+    ///
+    /// # Errors
+    /// [`PlanError`] for an invalid consumer, empty or duplicate needs, an
+    /// unknown component, or an invalid registry.
+    pub fn new(
+        catalog: &Catalog,
+        consumer: &str,
+        needs: &[&str],
+        run: RunId,
+        delivery: &Delivery,
+    ) -> Result<Self, PlanError> {
+        let consumer = Consumer::new(consumer)?;
+        if needs.is_empty() {
+            return Err(PlanError::EmptyNeeds { known: catalog.known_names() });
+        }
+        let mut seen = BTreeSet::new();
+        for need in needs {
+            if !seen.insert(*need) {
+                return Err(PlanError::DuplicateNeed((*need).to_owned()));
+            }
+            if catalog.get(need).is_none() {
+                return Err(PlanError::UnknownComponent {
+                    name: (*need).to_owned(),
+                    suggestion: Suggestion::nearest(need, catalog.components().keys().map(String::as_str)),
+                    known: catalog.known_names(),
+                    catalog: catalog.path().display().to_string(),
+                });
+            }
+        }
+        let registry = match delivery {
+            Delivery::Local => "localhost".to_owned(),
+            Delivery::Registry(host) => {
+                let ok = !host.is_empty()
+                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+                if !ok {
+                    return Err(PlanError::InvalidRegistry(host.clone()));
+                }
+                host.clone()
+            }
+        };
+        let digest = Sha256::digest(format!("{}\0{}", run.as_str(), consumer.as_str()));
+        let hex8 = hex::encode(&digest[..4]);
+        let tag = Tag(format!("{consumer}-{hex8}"));
+        let namespace = Namespace(format!("{consumer}-{hex8}"));
+        let components = dependency_order(catalog, needs)
+            .into_iter()
+            .map(|name| {
+                let spec = catalog.components()[&name].clone();
+                let (image, pull_policy) = match &spec.source {
+                    Source::Build(_) => {
+                        let policy = match delivery {
+                            Delivery::Local => PullPolicy::Never,
+                            Delivery::Registry(_) => PullPolicy::IfNotPresent,
+                        };
+                        (ImageRef::built(&registry, &name, &tag), policy)
+                    }
+                    Source::Borrowed(image) => (image.clone(), PullPolicy::IfNotPresent),
+                };
+                PlannedComponent {
+                    depends_on: spec.dependencies().map(str::to_owned).collect(),
+                    origin: image.origin(),
+                    name,
+                    image,
+                    pull_policy,
+                    spec,
+                }
+            })
+            .collect();
+        Ok(Self { run_id: run.as_str().to_owned(), run, consumer, tag, namespace, components })
+    }
+
+    /// The run.
+    pub fn run(&self) -> &RunId {
+        &self.run
+    }
+
+    /// The consumer.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// The one tag of every built image.
+    pub fn tag(&self) -> &Tag {
+        &self.tag
+    }
+
+    /// The namespace (Kubernetes) or network (Docker) of this run and consumer.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Components in dependency order: each after everything it depends on.
+    pub fn components(&self) -> &[PlannedComponent] {
+        &self.components
+    }
+
+    /// One component.
+    pub fn component(&self, name: &str) -> Option<&PlannedComponent> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The planned reference of `component`.
+    pub fn image(&self, component: &str) -> Option<&ImageRef> {
+        self.component(component).map(|c| &c.image)
+    }
+}
+
+/// The needs and all they depend on, each after its dependencies; among
+/// components free to go next, the alphabetically first goes first.
+fn dependency_order(catalog: &Catalog, needs: &[&str]) -> Vec<String> {
+    let mut wanted = BTreeSet::new();
+    let mut stack: Vec<&str> = needs.to_vec();
+    while let Some(name) = stack.pop() {
+        if wanted.insert(name.to_owned()) {
+            stack.extend(catalog.components()[name].dependencies());
+        }
+    }
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = wanted
+        .iter()
+        .map(|n| (n.as_str(), catalog.components()[n].dependencies().collect()))
+        .collect();
+    let mut order = Vec::with_capacity(remaining.len());
+    // The catalog is checked for cycles, so some component is always free.
+    while let Some(next) = remaining.iter().find(|(_, deps)| deps.is_empty()).map(|(n, _)| *n) {
+        remaining.remove(next);
+        for deps in remaining.values_mut() {
+            deps.remove(next);
+        }
+        order.push(next.to_owned());
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;

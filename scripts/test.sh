@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: starts the engines they need, then the whole workspace
+# under cargo-nextest with all features.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/engine.sh --all
+cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
