@@ -43,9 +43,14 @@ pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
 
 /// `key=value` filters selecting everything of the run and consumer of `plan`.
 pub fn run_filter(plan: &Plan) -> Vec<String> {
+    filter(plan.run().as_str(), plan.consumer().as_str())
+}
+
+/// `key=value` filters selecting everything of one run and consumer.
+pub fn filter(run_id: &str, consumer: &str) -> Vec<String> {
     vec![
         format!("{MANAGED_BY}={MANAGED_BY_VALUE}"),
-        format!("{RUN}={}", plan.run().as_str()),
-        format!("{CONSUMER}={}", plan.consumer().as_str()),
+        format!("{RUN}={run_id}"),
+        format!("{CONSUMER}={consumer}"),
     ]
 }

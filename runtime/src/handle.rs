@@ -1,0 +1,173 @@
+//! The handle every test of a suite shares: tag, image references,
+//! namespace or network, endpoints, and clients for the engine and cluster.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{self, EngineError};
+use crate::plan::{ImageRef, Namespace, Plan, Tag};
+
+/// Where a stack runs, as recorded for the processes that attach to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Placement {
+    /// Containers on a Docker (or Podman) engine.
+    Docker {
+        /// The engine address the stack was created on (`DOCKER_HOST`), if not the default.
+        docker_host: Option<String>,
+        /// The network of the stack.
+        network: String,
+    },
+    /// Workloads in a Kubernetes namespace.
+    Kubernetes {
+        /// The kubeconfig context.
+        context: String,
+    },
+}
+
+/// What the setup process records for the others: everything the handle
+/// carries that the plan alone does not tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRecord {
+    /// The run identity.
+    pub run_id: String,
+    /// The consumer.
+    pub consumer: String,
+    /// The tag, to check attaching processes planned the same one.
+    pub tag: String,
+    /// Where it runs.
+    pub placement: Placement,
+    /// Published addresses: component -> container port -> host address.
+    pub endpoints: BTreeMap<String, BTreeMap<u16, SocketAddr>>,
+    /// The one-per-run summary table.
+    pub summary: String,
+}
+
+/// An address a test can reach a component at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// The socket address on this machine.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host part.
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// The host port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://host:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// The shared, ready handle of a suite's stack.
+///
+/// Clients are made anew by each call, on the caller's async runtime: every
+/// `#[tokio::test]` has a runtime of its own, and a connection pool made on
+/// one test's runtime breaks once that test ends.
+///
+/// ```no_run
+/// # fn demo(infra: &e2e_infra::Infra) {
+/// let url = infra.endpoint("datastorage", 8080).expect("datastorage publishes 8080").url();
+/// assert!(infra.image("datastorage").expect("planned").to_string().ends_with(infra.tag().as_str()));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Infra {
+    plan: Plan,
+    record: StackRecord,
+}
+
+impl Infra {
+    pub(crate) fn new(plan: Plan, record: StackRecord) -> Self {
+        Self { plan, record }
+    }
+
+    /// The run's plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The one tag of every image built for this run and consumer.
+    pub fn tag(&self) -> &Tag {
+        self.plan.tag()
+    }
+
+    /// A component's image reference, exactly as built, loaded and deployed.
+    pub fn image(&self, component: &str) -> Option<&ImageRef> {
+        self.plan.image(component)
+    }
+
+    /// The Kubernetes namespace of the stack (on Docker, the network has this name).
+    pub fn namespace(&self) -> &Namespace {
+        self.plan.namespace()
+    }
+
+    /// Where the stack runs.
+    pub fn placement(&self) -> &Placement {
+        &self.record.placement
+    }
+
+    /// The Docker network of the stack, on the Docker backend.
+    pub fn network(&self) -> Option<&str> {
+        match &self.record.placement {
+            Placement::Docker { network, .. } => Some(network),
+            Placement::Kubernetes { .. } => None,
+        }
+    }
+
+    /// Where a component's container port is published on this machine.
+    pub fn endpoint(&self, component: &str, port: u16) -> Option<Endpoint> {
+        self.record.endpoints.get(component)?.get(&port).map(|addr| Endpoint { addr: *addr })
+    }
+
+    /// The per-run summary: component, image, build / load / ready times, cache hits.
+    pub fn summary(&self) -> &str {
+        &self.record.summary
+    }
+
+    /// A Docker client for the engine the stack runs on, bound to the
+    /// caller's runtime.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine address cannot be used.
+    pub fn docker(&self) -> Result<bollard::Docker, EngineError> {
+        match &self.record.placement {
+            Placement::Docker { docker_host: Some(host), .. } => engine::client_for(host),
+            _ => engine::client_from_env(),
+        }
+    }
+
+    /// A Kubernetes client for the stack's cluster, bound to the caller's runtime.
+    ///
+    /// # Errors
+    /// [`kube::Error`] or a kubeconfig error when the cluster's context cannot be loaded.
+    pub async fn kube(&self) -> Result<kube::Client, crate::deploy::kube::KubeError> {
+        let context = match &self.record.placement {
+            Placement::Kubernetes { context } => Some(context.as_str()),
+            Placement::Docker { .. } => None,
+        };
+        crate::deploy::kube::client(context).await
+    }
+}

@@ -1,0 +1,291 @@
+//! The suite lifecycle: set the stack up once per run, share it with every
+//! test of every process of the run, tear it down after the run.
+//!
+//! Within a process, the first test that needs the handle runs setup and
+//! the others wait for it ([`OnceLock`]). Across the processes of a run
+//! (cargo-nextest runs every test in a process of its own; `cargo test` runs
+//! one process per test binary), a lock file in the run's state directory
+//! decides: the first process sets up and records the stack, the others
+//! attach to the record. Setup that dies half-way is taken over by the next
+//! process; setup that fails is recorded, and every other process fails with
+//! that error at once.
+//!
+//! Teardown runs in a separate process started by the setup process: it
+//! waits for the process that launched the run (cargo, cargo-nextest) to
+//! exit, then removes everything the run owns, unless a test failed or
+//! `E2E_INFRA_KEEP=1`.
+
+mod reaper;
+pub mod state;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::catalog::Catalog;
+use crate::handle::Infra;
+use crate::plan::{Delivery, Plan, RunId};
+use crate::stack::{self, StackError, StackOptions};
+
+pub use reaper::REAPER_TEST;
+use state::{Found, RunDir};
+
+/// Set to `1` to keep the stack after the run whatever the results.
+pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
+
+/// Where a suite's stack runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Containers on the Docker engine (or Podman) that `DOCKER_HOST` names.
+    Docker,
+    /// Workloads on a Kind cluster.
+    Kind {
+        /// The Kind cluster name (kubeconfig context `kind-<cluster>`).
+        cluster: &'static str,
+        /// Push images to this registry instead of loading them into the nodes.
+        registry: Option<&'static str>,
+    },
+}
+
+impl Backend {
+    /// How built images reach where they run.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            Self::Kind { registry: Some(host), .. } => Delivery::Registry((*host).to_owned()),
+            _ => Delivery::Local,
+        }
+    }
+}
+
+/// What the attribute knows about a suite.
+#[derive(Debug)]
+pub struct SuiteSpec {
+    /// The consumer name.
+    pub consumer: &'static str,
+    /// The components the suite needs.
+    pub needs: &'static [&'static str],
+    /// Where it runs.
+    pub backend: Backend,
+    /// Overrides every readiness timeout.
+    pub ready_timeout_secs: Option<u64>,
+    /// The catalog the attribute was checked against.
+    pub catalog: &'static str,
+    /// `module_path!()` of the annotated module.
+    pub module_path: &'static str,
+}
+
+/// Why a suite's stack could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SuiteError {
+    /// The catalog is broken.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    /// The plan could not be made.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    /// The run's shared state could not be used.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// Setup failed in this process.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// Setup failed in another process of the run.
+    #[error("setting up `{consumer}` failed in another process of this run:\n{message}")]
+    FailedElsewhere {
+        /// The consumer.
+        consumer: String,
+        /// That process's error.
+        message: String,
+    },
+    /// Another process recorded a stack with a different tag.
+    #[error("the stack recorded for `{consumer}` has tag `{recorded}` but this process planned `{planned}`; the catalog or needs differ between test binaries of one run")]
+    TagMismatch {
+        /// The consumer.
+        consumer: String,
+        /// The recorded tag.
+        recorded: String,
+        /// This process's tag.
+        planned: String,
+    },
+    /// The setup thread could not be started or died.
+    #[error("the setup thread of `{0}` failed to run")]
+    Thread(String),
+}
+
+/// One suite: the static the attribute generates.
+#[derive(Debug)]
+pub struct Suite {
+    spec: SuiteSpec,
+    infra: OnceLock<Result<Infra, String>>,
+}
+
+impl Suite {
+    /// A suite that sets nothing up until a test asks.
+    pub const fn new(spec: SuiteSpec) -> Self {
+        Self { spec, infra: OnceLock::new() }
+    }
+
+    /// What the attribute said.
+    pub fn spec(&self) -> &SuiteSpec {
+        &self.spec
+    }
+
+    /// The shared handle; sets the stack up on first use, once per run.
+    ///
+    /// # Panics
+    /// With the setup error, in every test that asks, when setup failed.
+    pub fn infra(&'static self) -> &'static Infra {
+        match self.infra.get_or_init(|| self.setup().map_err(|e| error_chain(&e))) {
+            Ok(infra) => infra,
+            Err(message) => panic!("e2e-infra: {message}"),
+        }
+    }
+
+    /// A guard for one test: if the test panics, the failure is recorded and
+    /// the stack is kept after the run.
+    pub fn guard(&'static self) -> TestGuard {
+        TestGuard { suite: self, test: std::thread::current().name().unwrap_or("test").to_owned() }
+    }
+
+    /// The teardown entry point, run in a process of its own.
+    pub fn reap(&'static self) {
+        reaper::run(self);
+    }
+
+    fn plan(&self, run: RunId) -> Result<Plan, SuiteError> {
+        let catalog = Catalog::load(std::path::Path::new(self.spec.catalog))?;
+        Ok(Plan::new(&catalog, self.spec.consumer, self.spec.needs, run, &self.spec.backend.delivery())?)
+    }
+
+    fn options(&self) -> StackOptions {
+        StackOptions {
+            backend: self.spec.backend,
+            ready_timeout: self.spec.ready_timeout_secs.map(Duration::from_secs),
+            ..StackOptions::default()
+        }
+    }
+
+    fn setup(&'static self) -> Result<Infra, SuiteError> {
+        init_logging();
+        let plan = self.plan(RunId::detect().map_err(crate::plan::PlanError::from)?)?;
+        let dir = RunDir::open(plan.run().as_str(), plan.consumer().as_str())?;
+        let _lock = dir.lock_setup()?;
+        let found = dir.found()?;
+        let record = match found {
+            Found::Ready(record) => record,
+            Found::Failed(message) => {
+                return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
+            }
+            Found::Nothing | Found::Abandoned => {
+                reaper::spawn(self, &plan, &dir);
+                let abandoned = matches!(found, Found::Abandoned);
+                dir.begin_attempt()?;
+                match self.run_setup(&plan, abandoned) {
+                    Ok(record) => {
+                        dir.record_ready(&record)?;
+                        tracing::info!("{}", record.summary);
+                        record
+                    }
+                    Err(error) => {
+                        dir.record_failure(&error_chain(&error))?;
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        if record.tag != plan.tag().as_str() {
+            return Err(SuiteError::TagMismatch {
+                consumer: self.spec.consumer.to_owned(),
+                recorded: record.tag,
+                planned: plan.tag().to_string(),
+            });
+        }
+        Ok(Infra::new(plan, record))
+    }
+
+    /// Runs setup on a thread of its own with its own async runtime: the
+    /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
+    /// from inside, and whose runtime ends with that test.
+    fn run_setup(&self, plan: &Plan, abandoned: bool) -> Result<crate::handle::StackRecord, SuiteError> {
+        let options = self.options();
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name(format!("e2e-infra-setup-{}", self.spec.consumer))
+                .spawn_scoped(scope, || -> Result<_, SuiteError> {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
+                    runtime.block_on(async {
+                        if abandoned {
+                            tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
+                            stack::down(plan.run().as_str(), plan.consumer().as_str(), None).await?;
+                        }
+                        Ok(stack::up(plan, &options).await?)
+                    })
+                })
+                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
+            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
+        })
+    }
+
+    /// The state directory of this process's run, if it exists.
+    fn run_dir(&self) -> Option<RunDir> {
+        let run = RunId::detect().ok()?;
+        RunDir::existing(run.as_str(), self.spec.consumer)
+    }
+}
+
+/// Records a failed test when dropped during a panic.
+#[derive(Debug)]
+pub struct TestGuard {
+    suite: &'static Suite,
+    test: String,
+}
+
+impl Drop for TestGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // Only a stack that exists can be kept; a failure before setup keeps nothing.
+        let Some(dir) = self.suite.run_dir() else { return };
+        if dir.record_failed_test(&self.test).is_ok() {
+            eprintln!(
+                "e2e-infra: `{}` failed; the `{}` stack will be kept after the run (state: {}). \
+                 Remove it with `e2e-infra clean --kept` or `e2e-infra down --consumer {}`.",
+                self.test,
+                self.suite.spec.consumer,
+                dir.path().display(),
+                self.suite.spec.consumer
+            );
+        }
+    }
+}
+
+/// An error and its sources, one per line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str("\n  caused by: ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// Quiet by default inside tests; `RUST_LOG` turns the detail on.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
