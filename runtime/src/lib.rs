@@ -24,3 +24,16 @@ pub mod plan;
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_macros::e2e_infra;
 pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};
+pub mod handle;
+pub mod stack;
+pub mod suite;
+pub mod teardown;
+
+pub use handle::{Endpoint, Infra};
+
+#[doc(hidden)]
+pub mod __private {
+    //! What the attribute's expansion names; not a public API.
+    pub use crate::handle::Infra;
+    pub use crate::suite::{Backend, Suite, SuiteSpec, TestGuard};
+}

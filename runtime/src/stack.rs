@@ -68,6 +68,17 @@ struct Timings {
     ready: Option<Duration>,
 }
 
+/// The engine a recorded stack lives on.
+///
+/// # Errors
+/// [`StackError::Engine`] when it does not answer.
+pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker, StackError> {
+    Ok(match placement {
+        Some(Placement::Docker { docker_host: Some(host), .. }) => engine::connect_to(host).await?,
+        _ => engine::connect().await?,
+    })
+}
+
 /// Builds, loads, deploys and waits until ready.
 ///
 /// # Errors
@@ -130,17 +141,20 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
 /// by their labels, and the namespace on Kubernetes. Images stay: built ones
 /// are the build cache, borrowed ones are not ours.
 ///
+/// `kube_context` names the cluster whose namespace goes too.
+///
 /// # Errors
 /// [`StackError`] when the engine or cluster refuses.
-pub async fn down(run_id: &str, consumer: &str, placement: Option<&Placement>) -> Result<String, StackError> {
+pub async fn down(
+    docker: &bollard::Docker,
+    run_id: &str,
+    consumer: &str,
+    kube_context: Option<&str>,
+) -> Result<String, StackError> {
     let filters = labels::filter(run_id, consumer);
-    let docker = match placement {
-        Some(Placement::Docker { docker_host: Some(host), .. }) => engine::connect_to(host).await?,
-        _ => engine::connect().await?,
-    };
-    let removed = docker_backend::remove_labelled(&docker, &filters).await?;
+    let removed = docker_backend::remove_labelled(docker, &filters).await?;
     let mut summary = removed.to_string();
-    if let Some(Placement::Kubernetes { context }) = placement {
+    if let Some(context) = kube_context {
         let client = kube_backend::client(Some(context)).await?;
         let deleted = kube_backend::delete_labelled_namespaces(client, &filters).await?;
         let _ = write!(summary, ", {deleted} namespace(s)");

@@ -219,9 +219,14 @@ impl Suite {
                         .build()
                         .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
                     runtime.block_on(async {
+                        let docker = stack::engine_of(None).await?;
                         if abandoned {
                             tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
-                            stack::down(plan.run().as_str(), plan.consumer().as_str(), None).await?;
+                            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), None).await?;
+                        }
+                        // Leftovers of runs that ended without their teardown.
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, false).await? {
+                            tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)
                     })

@@ -102,7 +102,16 @@ pub(super) fn run(suite: &Suite) {
         .enable_all()
         .build()
         .map_err(crate::stack::StackError::Runtime)
-        .and_then(|rt| rt.block_on(crate::stack::down(run.as_str(), consumer, placement.as_ref())));
+        .and_then(|rt| {
+            rt.block_on(async {
+                let docker = crate::stack::engine_of(placement.as_ref()).await?;
+                let context = match &placement {
+                    Some(crate::handle::Placement::Kubernetes { context }) => Some(context.as_str()),
+                    _ => None,
+                };
+                crate::stack::down(&docker, run.as_str(), consumer, context).await
+            })
+        });
     match removed {
         Ok(summary) => {
             println!("e2e-infra: removed the `{consumer}` stack of run {run}: {summary}");

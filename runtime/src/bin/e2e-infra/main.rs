@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod plan;
+mod stacks;
 
 #[derive(Parser)]
 #[command(name = "e2e-infra", version, about = "One tag, one build, one deploy per end-to-end test run")]
@@ -20,12 +21,34 @@ struct Cli {
 enum Command {
     /// Print the plan of the current run: the one tag, every image reference, in dependency order.
     Plan(plan::Args),
+    /// Build, load, deploy and wait until ready; leave the stack running.
+    Up(stacks::UpArgs),
+    /// Remove a consumer's stacks.
+    Down(stacks::DownArgs),
+    /// List the stacks on the engine: run, consumer, alive, dead, kept or manual.
+    Status,
+    /// Remove what finished or killed runs left behind.
+    Clean(stacks::CleanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One short line per stage and component; RUST_LOG gives more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("e2e_infra=info")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
     let result = match cli.command {
         Command::Plan(args) => plan::run(cli.config.as_deref(), &args),
+        Command::Up(args) => stacks::up(cli.config.as_deref(), args),
+        Command::Down(args) => stacks::down(&args),
+        Command::Status => stacks::status(),
+        Command::Clean(args) => stacks::clean(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

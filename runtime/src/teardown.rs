@@ -1,0 +1,126 @@
+//! Finding and removing what runs left behind, by their labels.
+//!
+//! A run's teardown process removes its stack when the run ends. When that
+//! process could not (the machine went down, it was killed), the leftovers
+//! carry the launcher's pid and start time: a run whose launcher is gone is
+//! dead, and the next run or `e2e-infra clean` removes it. Stacks kept on
+//! purpose (a failed test, `E2E_INFRA_KEEP=1`) and stacks brought up by hand
+//! (`e2e-infra up`, no launcher) are left alone unless asked.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
+use bollard::Docker;
+
+use crate::labels;
+use crate::plan::Launcher;
+use crate::stack::{self, StackError};
+use crate::suite::state::RunDir;
+
+/// Whether a run is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its launcher runs.
+    Alive,
+    /// Its launcher is gone.
+    Dead,
+    /// Brought up by hand; lives until `e2e-infra down`.
+    Manual,
+}
+
+/// What one run and consumer owns on the engine.
+#[derive(Debug, Clone)]
+pub struct RunStack {
+    /// The run identity.
+    pub run_id: String,
+    /// The consumer.
+    pub consumer: String,
+    /// The launcher recorded in the labels.
+    pub launcher: Option<Launcher>,
+    /// Container names.
+    pub containers: Vec<String>,
+    /// Network names.
+    pub networks: Vec<String>,
+    /// Kept on purpose.
+    pub kept: bool,
+}
+
+impl RunStack {
+    /// Whether the run is still going.
+    pub fn liveness(&self) -> Liveness {
+        match self.launcher {
+            None => Liveness::Manual,
+            Some(launcher) if launcher.is_alive() => Liveness::Alive,
+            Some(_) => Liveness::Dead,
+        }
+    }
+}
+
+fn managed_filter() -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)],
+    )])
+}
+
+/// Every run and consumer that owns containers or networks on the engine.
+///
+/// # Errors
+/// [`StackError::Docker`] when the engine cannot list them.
+pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
+    let containers = docker
+        .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
+        .await
+        .map_err(|e| StackError::Docker(crate::deploy::docker::DockerError::from_engine("listing containers", e)))?;
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
+        .await
+        .map_err(|e| StackError::Docker(crate::deploy::docker::DockerError::from_engine("listing networks", e)))?;
+    let mut runs: BTreeMap<(String, String), RunStack> = BTreeMap::new();
+    let mut entry = |labels: &HashMap<String, String>| -> Option<&mut RunStack> {
+        let run_id = labels.get(labels::RUN)?.clone();
+        let consumer = labels.get(labels::CONSUMER)?.clone();
+        let launcher = labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l));
+        Some(runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
+            kept: RunDir::existing(&run_id, &consumer).is_some_and(|d| d.is_kept()),
+            run_id,
+            consumer,
+            launcher,
+            containers: Vec::new(),
+            networks: Vec::new(),
+        }))
+    };
+    for container in containers {
+        let name = container.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
+        if let Some(run) = container.labels.as_ref().and_then(&mut entry) {
+            run.containers.push(name.trim_start_matches('/').to_owned());
+        }
+    }
+    for network in networks {
+        if let Some(run) = network.labels.as_ref().and_then(&mut entry) {
+            run.networks.push(network.name.unwrap_or_default());
+        }
+    }
+    Ok(runs.into_values().collect())
+}
+
+/// Removes the stacks of dead runs; kept ones only with `include_kept`.
+/// Returns each removed stack with what was removed.
+///
+/// # Errors
+/// [`StackError`] when the engine refuses.
+pub async fn clean_dead(docker: &Docker, include_kept: bool) -> Result<Vec<(RunStack, String)>, StackError> {
+    let mut removed = Vec::new();
+    for run in list(docker).await? {
+        if run.liveness() != Liveness::Dead || (run.kept && !include_kept) {
+            continue;
+        }
+        let summary = stack::down(docker, &run.run_id, &run.consumer, None).await?;
+        if let Some(dir) = RunDir::existing(&run.run_id, &run.consumer) {
+            let _ = dir.remove();
+        }
+        removed.push((run, summary));
+    }
+    Ok(removed)
+}
