@@ -31,6 +31,10 @@ use state::{Found, RunDir};
 
 /// Set to `1` to keep the stack after the run whatever the results.
 pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
+/// Overrides the attribute's backend at run time: `docker` or `kind`.
+pub const BACKEND_ENV: &str = "E2E_INFRA_BACKEND";
+/// The Kind cluster when [`BACKEND_ENV`] is `kind` (default `kind`).
+pub const KIND_CLUSTER_ENV: &str = "E2E_INFRA_KIND_CLUSTER";
 
 /// Where a suite's stack runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,24 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// `declared`, unless [`BACKEND_ENV`] switches it: the same suite runs on
+    /// Docker on a laptop and on Kind in CI.
+    ///
+    /// # Errors
+    /// A message naming the variable when its value is not `docker` or `kind`.
+    pub fn from_env(declared: Self) -> Result<Self, String> {
+        match std::env::var(BACKEND_ENV).as_deref() {
+            Err(_) => Ok(declared),
+            Ok("docker") => Ok(Self::Docker),
+            Ok("kind") => {
+                let cluster = std::env::var(KIND_CLUSTER_ENV).unwrap_or_else(|_| "kind".to_owned());
+                // Read once per process; the suite keeps it for the process's life.
+                Ok(Self::Kind { cluster: Box::leak(cluster.into_boxed_str()), registry: None })
+            }
+            Ok(other) => Err(format!("{BACKEND_ENV}=`{other}` is not a backend: use `docker` or `kind`")),
+        }
+    }
+
     /// How built images reach where they run.
     pub fn delivery(&self) -> Delivery {
         match self {
@@ -108,6 +130,9 @@ pub enum SuiteError {
         /// This process's tag.
         planned: String,
     },
+    /// `E2E_INFRA_BACKEND` names no backend.
+    #[error("{0}")]
+    Backend(String),
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
     Thread(String),
@@ -117,13 +142,14 @@ pub enum SuiteError {
 #[derive(Debug)]
 pub struct Suite {
     spec: SuiteSpec,
+    backend: OnceLock<Result<Backend, String>>,
     infra: OnceLock<Result<Infra, String>>,
 }
 
 impl Suite {
     /// A suite that sets nothing up until a test asks.
     pub const fn new(spec: SuiteSpec) -> Self {
-        Self { spec, infra: OnceLock::new() }
+        Self { spec, backend: OnceLock::new(), infra: OnceLock::new() }
     }
 
     /// What the attribute said.
@@ -153,17 +179,21 @@ impl Suite {
         reaper::run(self);
     }
 
-    fn plan(&self, run: RunId) -> Result<Plan, SuiteError> {
-        let catalog = Catalog::load(std::path::Path::new(self.spec.catalog))?;
-        Ok(Plan::new(&catalog, self.spec.consumer, self.spec.needs, run, &self.spec.backend.delivery())?)
+    fn backend(&self) -> Result<Backend, SuiteError> {
+        self.backend.get_or_init(|| Backend::from_env(self.spec.backend)).clone().map_err(SuiteError::Backend)
     }
 
-    fn options(&self) -> StackOptions {
-        StackOptions {
-            backend: self.spec.backend,
+    fn plan(&self, run: RunId) -> Result<Plan, SuiteError> {
+        let catalog = Catalog::load(std::path::Path::new(self.spec.catalog))?;
+        Ok(Plan::new(&catalog, self.spec.consumer, self.spec.needs, run, &self.backend()?.delivery())?)
+    }
+
+    fn options(&self) -> Result<StackOptions, SuiteError> {
+        Ok(StackOptions {
+            backend: self.backend()?,
             ready_timeout: self.spec.ready_timeout_secs.map(Duration::from_secs),
             ..StackOptions::default()
-        }
+        })
     }
 
     fn setup(&'static self) -> Result<Infra, SuiteError> {
@@ -208,7 +238,7 @@ impl Suite {
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
     fn run_setup(&self, plan: &Plan, abandoned: bool) -> Result<crate::handle::StackRecord, SuiteError> {
-        let options = self.options();
+        let options = self.options()?;
         std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name(format!("e2e-infra-setup-{}", self.spec.consumer))
