@@ -1,0 +1,314 @@
+//! Once per run, across processes, and teardown after the run: a fresh crate
+//! that depends on e2e-infra alone is laid out from `tests/fixture`, run under
+//! cargo-nextest and cargo test, and the engine is asked what happened.
+#![cfg(feature = "e2e")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
+use bollard::Docker;
+use futures::StreamExt;
+use tempfile::TempDir;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// A fresh suite crate in a temporary directory.
+struct Fixture {
+    dir: TempDir,
+    consumer: String,
+}
+
+impl Fixture {
+    fn new(scenario: &str, needs: &[&str]) -> Self {
+        let consumer = format!("fx-{scenario}-{:04x}", std::process::id() % 0xffff);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = root().join("tests/fixture");
+        std::fs::create_dir_all(dir.path().join("image")).expect("image dir");
+        std::fs::create_dir_all(dir.path().join("tests")).expect("tests dir");
+        std::fs::copy(src.join("e2e-infra.toml"), dir.path().join("e2e-infra.toml")).expect("catalog");
+        std::fs::copy(src.join("busybox.Dockerfile"), dir.path().join("busybox.Dockerfile")).expect("dockerfile");
+        std::fs::copy("/bin/busybox", dir.path().join("image/busybox")).expect("busybox: install busybox-static");
+        std::fs::copy(root().join("Cargo.lock"), dir.path().join("Cargo.lock")).expect("lock");
+        let needs = needs.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+        let suite = std::fs::read_to_string(src.join("tests/suite.rs"))
+            .expect("suite")
+            .replace("@CONSUMER@", &consumer)
+            .replace("@NEEDS@", &needs);
+        std::fs::write(dir.path().join("tests/suite.rs"), suite).expect("write suite");
+        let manifest = format!(
+            r#"[package]
+name = "fixture-suite"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[workspace]
+
+[features]
+e2e = []
+
+[dev-dependencies]
+e2e-infra = {{ path = "{}" }}
+tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
+"#,
+            root().join("runtime").display()
+        );
+        std::fs::write(dir.path().join("Cargo.toml"), manifest).expect("manifest");
+        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        Self { dir, consumer }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs the suite under `runner` ("nextest" or "test") with extra env.
+    fn run(&self, runner: &str, env: &[(&str, &str)]) -> Output {
+        let args: &[&str] = match runner {
+            "nextest" => &["nextest", "run", "--features", "e2e", "--no-fail-fast", "--color", "never"],
+            _ => &["test", "--features", "e2e", "--color", "never"],
+        };
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command.args(args).current_dir(self.dir.path());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("NEXTEST") || key.starts_with("E2E_INFRA") || key == "RUST_TEST_THREADS" {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("CARGO_TARGET_DIR", root().join("target/fixture"))
+            .env("E2E_INFRA_STATE_DIR", self.state())
+            .envs(env.iter().copied());
+        let output = command.output().expect("run cargo");
+        eprintln!(
+            "--- {runner} {} ---\n{}\n{}",
+            self.consumer,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn docker() -> Docker {
+    Docker::connect_with_local_defaults().expect("docker client")
+}
+
+fn consumer_filter(consumer: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.consumer={consumer}")])])
+}
+
+fn now() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    i64::try_from(since_epoch.as_secs()).expect("seconds")
+}
+
+/// Engine events since `since` (unix seconds) until now.
+async fn events(since: i64, filters: HashMap<String, Vec<String>>) -> Vec<bollard::models::EventMessage> {
+    docker()
+        .events(Some(EventsOptions {
+            since: Some(since.to_string()),
+            until: Some((now() + 1).to_string()),
+            filters: Some(filters),
+        }))
+        .filter_map(|e| async move { e.ok() })
+        .collect()
+        .await
+}
+
+/// Containers created for the consumer since `since`.
+async fn containers_created(since: i64, consumer: &str) -> Vec<String> {
+    let mut filters = consumer_filter(consumer);
+    filters.insert("type".into(), vec!["container".into()]);
+    filters.insert("event".into(), vec!["create".into()]);
+    events(since, filters)
+        .await
+        .into_iter()
+        .filter_map(|e| e.actor?.attributes?.get("name").cloned())
+        .collect()
+}
+
+/// Images tagged `...:<consumer>-<hex>` since `since`: one per build or cache hit.
+async fn images_tagged(since: i64, consumer: &str) -> Vec<String> {
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["image".to_owned()]),
+        ("event".to_owned(), vec!["tag".to_owned()]),
+    ]);
+    events(since, filters)
+        .await
+        .into_iter()
+        .filter_map(|e| e.actor?.attributes?.get("name").cloned())
+        .filter(|name| name.contains(&format!(":{consumer}-")))
+        .collect()
+}
+
+/// What the consumer still owns on the engine: (containers, networks).
+async fn leftovers(consumer: &str) -> (usize, usize) {
+    let docker = docker();
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(consumer_filter(consumer)),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers");
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions { filters: Some(consumer_filter(consumer)) }))
+        .await
+        .expect("list networks");
+    (containers.len(), networks.len())
+}
+
+/// Waits (bounded) for the teardown process to remove everything.
+async fn assert_torn_down(fixture: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = leftovers(&fixture.consumer).await;
+        let states = walk(&fixture.state());
+        if left == (0, 0) && states.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the run, {left:?} containers/networks and state {states:?} of {} remain",
+            fixture.consumer
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+async fn once_per_run(runner: &str, scenario: &str) {
+    let fixture = Fixture::new(scenario, &["api"]);
+    let since = now();
+    let output = fixture.run(runner, &[]);
+    let all = text(&output);
+    assert!(output.status.success(), "suite failed:\n{all}");
+    let passed = if runner == "nextest" { "8 tests run: 8 passed" } else { "test result: ok. 8 passed" };
+    assert!(all.contains(passed), "expected all 8 to pass:\n{all}");
+    let created = containers_created(since, &fixture.consumer).await;
+    assert_eq!(created.len(), 2, "one container per component for the whole run: {created:?}");
+    let tagged = images_tagged(since, &fixture.consumer).await;
+    assert_eq!(tagged.len(), 2, "one build (or cache tag) per image for the whole run: {tagged:?}");
+    assert_torn_down(&fixture).await;
+}
+
+#[tokio::test]
+async fn nextest_sets_up_once_per_run_and_tears_down_after() {
+    once_per_run("nextest", "nx").await;
+}
+
+#[tokio::test]
+async fn cargo_test_sets_up_once_per_run_and_tears_down_after() {
+    once_per_run("test", "ct").await;
+}
+
+#[tokio::test]
+async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
+    let fixture = Fixture::new("keep", &["api"]);
+    let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic")]);
+    let all = text(&output);
+    assert!(!output.status.success());
+    assert!(all.contains("7 passed, 1 failed"), "{all}");
+    assert!(all.contains("will be kept after the run"), "{all}");
+    assert!(all.contains(&format!("e2e-infra down --consumer {}", fixture.consumer)), "{all}");
+    // The teardown process marks it kept once the run is over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        if let Some(kept) = walk(&fixture.state()).into_iter().find(|p| p.ends_with("kept")) {
+            break kept;
+        }
+        assert!(Instant::now() < deadline, "no kept marker");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(std::fs::read_to_string(&kept).expect("kept").contains("scenario_switch"));
+    assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "kept stack: two containers, one network");
+    let run_id = kept.parent().and_then(Path::parent).and_then(Path::file_name).expect("run dir");
+    let removed = e2e_infra::stack::down(&docker(), &run_id.to_string_lossy(), &fixture.consumer, None)
+        .await
+        .expect("down");
+    assert!(removed.contains("2 container"), "{removed}");
+    assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_failed_test_with_keep_off_still_tears_down() {
+    let fixture = Fixture::new("nokeep", &["api"]);
+    let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")]);
+    assert!(text(&output).contains("7 passed, 1 failed"), "{}", text(&output));
+    assert_torn_down(&fixture).await;
+}
+
+#[tokio::test]
+async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
+    let fixture = Fixture::new("kill", &["api"]);
+    let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "sigkill")]);
+    let all = text(&output);
+    assert!(all.contains("SIGKILL"), "the test process was killed:\n{all}");
+    assert!(all.contains("7 passed, 1 failed"), "{all}");
+    assert_torn_down(&fixture).await;
+}
+
+#[tokio::test]
+async fn failing_setup_fails_every_test_at_once_with_the_logs() {
+    let fixture = Fixture::new("crash", &["crasher"]);
+    let since = now();
+    let started = Instant::now();
+    let output = fixture.run("nextest", &[]);
+    let elapsed = started.elapsed();
+    let all = text(&output);
+    assert!(all.contains("8 failed"), "{all}");
+    assert!(
+        all.matches("crasher cannot find its config").count() >= 8,
+        "every test carries the container's log line:\n{all}"
+    );
+    // One setup attempt for the whole run: no retry storm.
+    let created = containers_created(since, &fixture.consumer).await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    // The probe timeout is 120 s; the crash is reported long before (the
+    // bound is loose: it includes compiling the suite).
+    assert!(elapsed < Duration::from_secs(110), "took {elapsed:?}");
+    assert_torn_down(&fixture).await;
+}
+
+#[tokio::test]
+async fn two_consumers_at_once_do_not_share_or_disturb() {
+    let a = Fixture::new("pa", &["api"]);
+    let b = Fixture::new("pb", &["api"]);
+    let since = now();
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let ha = s.spawn(|| a.run("nextest", &[]));
+        let hb = s.spawn(|| b.run("nextest", &[]));
+        (ha.join().expect("a"), hb.join().expect("b"))
+    });
+    assert!(out_a.status.success(), "{}", text(&out_a));
+    assert!(out_b.status.success(), "{}", text(&out_b));
+    let created_a = containers_created(since, &a.consumer).await;
+    let created_b = containers_created(since, &b.consumer).await;
+    assert_eq!((created_a.len(), created_b.len()), (2, 2));
+    assert!(created_a.iter().all(|n| !created_b.contains(n)), "{created_a:?} / {created_b:?}");
+    assert_torn_down(&a).await;
+    assert_torn_down(&b).await;
+}
