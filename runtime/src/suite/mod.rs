@@ -29,7 +29,8 @@ use crate::stack::{self, StackError, StackOptions};
 pub use reaper::REAPER_TEST;
 use state::{Found, RunDir};
 
-/// Set to `1` to keep the stack after the run whatever the results.
+/// `1`: keep the stack after the run whatever the results; `0`: remove it
+/// even when a test failed; unset: keep it when a test failed.
 pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
 /// Overrides the attribute's backend at run time: `docker` or `kind`.
 pub const BACKEND_ENV: &str = "E2E_INFRA_BACKEND";
@@ -285,7 +286,11 @@ impl Drop for TestGuard {
         if !std::thread::panicking() {
             return;
         }
-        // Only a stack that exists can be kept; a failure before setup keeps nothing.
+        // Only a stack this process attached to can be kept: a failed setup
+        // keeps nothing, its error already carries the logs.
+        if !matches!(self.suite.infra.get(), Some(Ok(_))) {
+            return;
+        }
         let Some(dir) = self.suite.run_dir() else { return };
         if dir.record_failed_test(&self.test).is_ok() {
             eprintln!(

@@ -88,7 +88,12 @@ pub(super) fn run(suite: &Suite) {
         }
     };
     let failed = dir.failed_tests();
-    if std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") || !failed.is_empty() {
+    let keep = match std::env::var(KEEP_ENV).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !failed.is_empty(),
+    };
+    if keep {
         let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
         let _ = dir.mark_kept(&why);
         println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
