@@ -310,3 +310,34 @@ fn missing_catalog_says_where_it_looked() {
     assert!(stderr.contains("no e2e-infra.toml found in"), "{stderr}");
     assert!(stderr.contains("E2E_INFRA_CONFIG"), "{stderr}");
 }
+
+/// The example's committed catalog, Dockerfiles and manifests, copied next
+/// to an empty build context (the real one holds a binary built on demand).
+#[test]
+fn example_catalog_plans_the_notification_stack() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
+    let copy = tempfile::tempdir().expect("temporary directory");
+    std::fs::copy(example.join("e2e-infra.toml"), copy.path().join("e2e-infra.toml")).expect("copy catalog");
+    for dir in ["docker", "deploy"] {
+        std::fs::create_dir(copy.path().join(dir)).expect("mkdir");
+        for entry in std::fs::read_dir(example.join(dir)).expect("read example") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), copy.path().join(dir).join(entry.file_name())).expect("copy");
+        }
+    }
+    std::fs::create_dir(copy.path().join("images")).expect("mkdir");
+    let plan = run(Command::new(BIN)
+        .current_dir(copy.path())
+        .env_remove("E2E_INFRA_CONFIG")
+        .env("E2E_INFRA_RUN_ID", "cli-example")
+        .args(["plan", "--consumer", "notification", "--needs", "datastorage", "--format", "json"]));
+    let names: Vec<&str> =
+        plan["components"].as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["postgres", "migrate", "redis", "datastorage"]);
+    for component in plan["components"].as_array().expect("array") {
+        assert_eq!(
+            component["image"],
+            format!("localhost/{}:{}", component["name"].as_str().expect("name"), tag(&plan))
+        );
+    }
+}
