@@ -198,9 +198,12 @@ impl Catalog {
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn parse(path: &Path, text: &str) -> Result<Self, CatalogError> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Syntax {
-            location: locate(path, text, e.span().map_or(0, |s| s.start)),
-            message: e.message().to_owned(),
+        let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            CatalogError::Syntax {
+                location: locate(path, text, span.start),
+                message: syntax_message(text, span, e.message()),
+            }
         })?;
         let at = |offset: usize| locate(path, text, offset);
         if raw.components.is_empty() {
@@ -298,6 +301,23 @@ impl Catalog {
 /// `"postgres://${postgres.addr}/db"` gives `["postgres.addr"]`.
 pub fn env_references(value: &str) -> impl Iterator<Item = &str> {
     value.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
+}
+
+/// The parser's message with the offending line quoted: messages such as
+/// "invalid type" or "duplicate key" do not name the key themselves.
+fn syntax_message(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
+    let mut message = match text.get(span.clone()) {
+        Some(key) if message == "duplicate key" && !key.is_empty() => {
+            format!("duplicate key `{key}`: each component and each key may be declared once")
+        }
+        _ => message.to_owned(),
+    };
+    let start = text.get(..span.start).and_then(|t| t.rfind('\n')).map_or(0, |i| i + 1);
+    let end = text.get(span.start..).and_then(|t| t.find('\n')).map_or(text.len(), |i| span.start + i);
+    if let Some(line) = text.get(start..end).map(str::trim).filter(|l| !l.is_empty()) {
+        message = format!("{message} (in `{line}`)");
+    }
+    message
 }
 
 /// Turns a byte offset into a file:line:column location.
