@@ -1,5 +1,6 @@
 //! `e2e-infra plan`.
 
+use std::io::Write;
 use std::path::Path;
 
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
@@ -46,27 +47,35 @@ pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
     let delivery = args.registry.clone().map_or(Delivery::Local, Delivery::Registry);
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
     let plan = Plan::new(&catalog, &args.consumer, &needs, run, &delivery).map_err(|e| e.to_string())?;
+    let mut text = String::new();
     match args.format {
         Format::Json => {
-            let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
-            println!("{json}");
+            text = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+            text.push('\n');
         }
         Format::Text => {
-            println!("run       {}", plan.run());
-            println!("consumer  {}", plan.consumer());
-            println!("tag       {}", plan.tag());
-            println!("namespace {}", plan.namespace());
+            text.push_str(&format!(
+                "run       {}\nconsumer  {}\ntag       {}\nnamespace {}\n",
+                plan.run(),
+                plan.consumer(),
+                plan.tag(),
+                plan.namespace()
+            ));
             for c in plan.components() {
                 let deps = if c.depends_on.is_empty() { "-".to_owned() } else { c.depends_on.join(",") };
-                println!(
-                    "  {:<16} {:<48} {:<8} {:<12} after {deps}",
+                text.push_str(&format!(
+                    "  {:<16} {:<48} {:<8} {:<12} after {deps}\n",
                     c.name,
                     c.image.to_string(),
                     format!("{:?}", c.origin).to_lowercase(),
                     c.pull_policy.as_str()
-                );
+                ));
             }
         }
     }
-    Ok(())
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the plan: {e}")),
+        _ => Ok(()),
+    }
 }
