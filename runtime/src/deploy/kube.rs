@@ -1,0 +1,1 @@
+//! Deploying the planned components to Kubernetes.
