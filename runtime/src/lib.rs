@@ -18,7 +18,9 @@
 //! -> teardown after the run. Each stage is a module with its own errors.
 
 pub mod catalog;
+pub mod deploy;
 pub mod labels;
+pub mod load;
 pub mod plan;
 
 pub use catalog::{Catalog, CatalogError};

@@ -1,1 +1,3 @@
+//! Helpers shared by the workspace-level suites.
 
+pub mod kind_node;

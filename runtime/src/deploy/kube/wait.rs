@@ -1,0 +1,349 @@
+//! Watching a namespace until its workloads are ready, and failing at the
+//! first container that cannot start instead of waiting for the timeout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStatus, Event as KubeEvent, Pod};
+use kube::api::{ListParams, LogParams};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+use super::render::RenderedManifest;
+use super::KubeError;
+
+/// Waiting reasons that never resolve by themselves.
+const FATAL_REASONS: &[&str] =
+    &["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CrashLoopBackOff", "CreateContainerConfigError"];
+/// Log lines kept for a failure.
+const LOG_LINES: i64 = 20;
+/// Events kept for a failure.
+const EVENTS_KEPT: usize = 10;
+
+/// The workload kinds whose readiness is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    Job,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Why a container cannot start: what [`KubeError::PodFailed`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    /// The namespace.
+    pub namespace: String,
+    /// The pod.
+    pub pod: String,
+    /// The container.
+    pub container: String,
+    /// The container's image.
+    pub image: String,
+    /// The waiting reason (`ImagePullBackOff`, `CrashLoopBackOff`, ...).
+    pub reason: String,
+    /// The kubelet's message for it.
+    pub message: String,
+    /// Recent events of the pod, oldest first.
+    pub events: Vec<String>,
+    /// The last log lines of the container (of its previous run after a crash).
+    pub logs: String,
+}
+
+impl fmt::Display for PodFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "container `{}` of pod `{}` in namespace `{}` cannot start: {} for image `{}`",
+            self.container, self.pod, self.namespace, self.reason, self.image
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if !self.events.is_empty() {
+            write!(f, "\nrecent events of the pod:")?;
+            for event in &self.events {
+                write!(f, "\n  {event}")?;
+            }
+        }
+        if !self.logs.trim().is_empty() {
+            write!(f, "\nlast log lines:\n{}", self.logs.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The Deployments, StatefulSets and Jobs among the rendered objects.
+pub(super) fn workloads(rendered: &[RenderedManifest]) -> Vec<(WorkloadKind, String)> {
+    rendered
+        .iter()
+        .flat_map(|m| &m.objects)
+        .filter_map(|object| {
+            let kind = match object.get("kind").and_then(Value::as_str)? {
+                "Deployment" => WorkloadKind::Deployment,
+                "StatefulSet" => WorkloadKind::StatefulSet,
+                "Job" => WorkloadKind::Job,
+                _ => return None,
+            };
+            let name = object.get("metadata")?.get("name")?.as_str()?;
+            Some((kind, name.to_owned()))
+        })
+        .collect()
+}
+
+/// An event of one of the watches; boxed, the objects are large.
+enum Seen {
+    Deployment(Box<Event<Deployment>>),
+    StatefulSet(Box<Event<StatefulSet>>),
+    Job(Box<Event<Job>>),
+    Pod(Box<Event<Pod>>),
+}
+
+/// Where each awaited workload stands: ready or not, and a description.
+struct Progress {
+    namespace: String,
+    workloads: BTreeMap<(WorkloadKind, String), (bool, String)>,
+    last_watch_error: Option<String>,
+}
+
+impl Progress {
+    fn update(&mut self, kind: WorkloadKind, name: &str, ready: bool, detail: String) {
+        if let Some(entry) = self.workloads.get_mut(&(kind, name.to_owned())) {
+            *entry = (ready, detail);
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        self.workloads.values().all(|(ready, _)| *ready)
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.workloads
+            .iter()
+            .filter(|(_, (ready, _))| !ready)
+            .map(|((kind, name), (_, detail))| format!("{kind}/{name} ({detail})"))
+            .collect()
+    }
+}
+
+/// Watches `namespace` until every workload is ready.
+pub(super) async fn until_ready(
+    client: &Client,
+    namespace: &str,
+    workloads: Vec<(WorkloadKind, String)>,
+    timeout: Duration,
+) -> Result<(), KubeError> {
+    let mut progress = Progress {
+        namespace: namespace.to_owned(),
+        workloads: workloads.iter().map(|w| (w.clone(), (false, "not seen yet".to_owned()))).collect(),
+        last_watch_error: None,
+    };
+    if progress.all_ready() {
+        return Ok(());
+    }
+    let has = |kind| workloads.iter().any(|(k, _)| *k == kind);
+    let mut streams: Vec<BoxStream<'static, Result<Seen, watcher::Error>>> =
+        vec![watch(client, namespace).map_ok(|e| Seen::Pod(Box::new(e))).boxed()];
+    if has(WorkloadKind::Deployment) {
+        streams.push(watch(client, namespace).map_ok(|e| Seen::Deployment(Box::new(e))).boxed());
+    }
+    if has(WorkloadKind::StatefulSet) {
+        streams.push(watch(client, namespace).map_ok(|e| Seen::StatefulSet(Box::new(e))).boxed());
+    }
+    if has(WorkloadKind::Job) {
+        streams.push(watch(client, namespace).map_ok(|e| Seen::Job(Box::new(e))).boxed());
+    }
+    let seen = futures::stream::select_all(streams);
+    match tokio::time::timeout(timeout, follow(client, seen, &mut progress)).await {
+        Ok(result) => result,
+        Err(_) => Err(KubeError::NotReady {
+            namespace: namespace.to_owned(),
+            timeout,
+            pending: progress.pending(),
+            last_watch_error: progress.last_watch_error,
+        }),
+    }
+}
+
+fn watch<K>(client: &Client, namespace: &str) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    watcher(Api::<K>::namespaced(client.clone(), namespace), watcher::Config::default()).default_backoff()
+}
+
+async fn follow(
+    client: &Client,
+    mut seen: futures::stream::SelectAll<BoxStream<'static, Result<Seen, watcher::Error>>>,
+    progress: &mut Progress,
+) -> Result<(), KubeError> {
+    while let Some(item) = seen.next().await {
+        match item {
+            // The watcher retries with a backoff; the error matters only if
+            // nothing becomes ready before the timeout.
+            Err(error) => progress.last_watch_error = Some(error.to_string()),
+            Ok(Seen::Deployment(event)) => on_event(*event, progress, WorkloadKind::Deployment, deployment_progress),
+            Ok(Seen::StatefulSet(event)) => on_event(*event, progress, WorkloadKind::StatefulSet, statefulset_progress),
+            Ok(Seen::Job(event)) => {
+                if let Event::Apply(job) | Event::InitApply(job) = event.as_ref() {
+                    if let Some(message) = job_failure(job) {
+                        return Err(KubeError::JobFailed {
+                            namespace: progress.namespace.clone(),
+                            job: job.name_any(),
+                            message,
+                        });
+                    }
+                }
+                on_event(*event, progress, WorkloadKind::Job, job_progress);
+            }
+            Ok(Seen::Pod(event)) => {
+                if let Event::Apply(pod) | Event::InitApply(pod) = event.as_ref() {
+                    if let Some(failure) = fatal_container(pod) {
+                        return Err(KubeError::PodFailed(Box::new(explain(client, pod, failure).await)));
+                    }
+                }
+            }
+        }
+        if progress.all_ready() {
+            return Ok(());
+        }
+    }
+    Err(KubeError::WatchEnded { namespace: progress.namespace.clone() })
+}
+
+fn on_event<K: ResourceExt>(
+    event: Event<K>,
+    progress: &mut Progress,
+    kind: WorkloadKind,
+    judge: fn(&K) -> (bool, String),
+) {
+    match event {
+        Event::Apply(object) | Event::InitApply(object) => {
+            let (ready, detail) = judge(&object);
+            progress.update(kind, &object.name_any(), ready, detail);
+        }
+        Event::Delete(object) => progress.update(kind, &object.name_any(), false, "deleted".to_owned()),
+        Event::Init | Event::InitDone => {}
+    }
+}
+
+fn deployment_progress(deployment: &Deployment) -> (bool, String) {
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let status = deployment.status.as_ref();
+    let available = status.and_then(|s| s.available_replicas).unwrap_or(0);
+    // A status about an older generation says nothing about this one.
+    let current = match (status.and_then(|s| s.observed_generation), deployment.metadata.generation) {
+        (Some(observed), Some(generation)) => observed >= generation,
+        _ => true,
+    };
+    (current && available >= wanted, format!("{available}/{wanted} available"))
+}
+
+fn statefulset_progress(set: &StatefulSet) -> (bool, String) {
+    let wanted = set.spec.replicas.unwrap_or(1);
+    let ready = set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    (ready >= wanted, format!("{ready}/{wanted} ready"))
+}
+
+fn job_progress(job: &Job) -> (bool, String) {
+    let wanted = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(1);
+    let succeeded = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0);
+    (succeeded >= wanted, format!("{succeeded}/{wanted} succeeded"))
+}
+
+fn job_failure(job: &Job) -> Option<String> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
+    Some(format!(
+        "{}: {}",
+        failed.reason.as_deref().unwrap_or("Failed"),
+        failed.message.as_deref().unwrap_or("the job failed")
+    ))
+}
+
+/// The first container of `pod` waiting for a reason that never resolves.
+fn fatal_container(pod: &Pod) -> Option<PodFailure> {
+    let status = pod.status.as_ref()?;
+    let statuses: Vec<&ContainerStatus> =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten()).collect();
+    statuses.into_iter().find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| FATAL_REASONS.contains(r))?;
+        let spec = pod.spec.as_ref();
+        let image = spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|c| c.name == container.name)
+            .and_then(|c| c.image.clone())
+            .unwrap_or_else(|| container.image.clone());
+        Some(PodFailure {
+            namespace: pod.namespace().unwrap_or_default(),
+            pod: pod.name_any(),
+            container: container.name.clone(),
+            image,
+            reason: reason.to_owned(),
+            message: waiting.message.clone().unwrap_or_default(),
+            events: Vec::new(),
+            logs: String::new(),
+        })
+    })
+}
+
+/// Adds the pod's recent events and, after a crash, the last log lines.
+async fn explain(client: &Client, pod: &Pod, mut failure: PodFailure) -> PodFailure {
+    let namespace = failure.namespace.clone();
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!("involvedObject.kind=Pod,involvedObject.name={}", failure.pod);
+    failure.events = match events.list(&ListParams::default().fields(&selector)).await {
+        Ok(list) => {
+            let mut lines: Vec<String> = list
+                .items
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {}: {}",
+                        e.type_.as_deref().unwrap_or("Normal"),
+                        e.reason.as_deref().unwrap_or("-"),
+                        e.message.as_deref().unwrap_or("").trim()
+                    )
+                })
+                .collect();
+            let skip = lines.len().saturating_sub(EVENTS_KEPT);
+            lines.drain(..skip);
+            lines
+        }
+        Err(error) => vec![format!("(events unavailable: {error})")],
+    };
+    if failure.reason == "CrashLoopBackOff" {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let params = LogParams {
+            container: Some(failure.container.clone()),
+            previous: true,
+            tail_lines: Some(LOG_LINES),
+            ..LogParams::default()
+        };
+        failure.logs = match pods.logs(&pod.name_any(), &params).await {
+            Ok(logs) => logs,
+            Err(error) => format!("(logs unavailable: {error})"),
+        };
+    }
+    failure
+}

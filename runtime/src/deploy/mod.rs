@@ -1,0 +1,3 @@
+//! Deploy: standing the planned components up.
+
+pub mod kube;

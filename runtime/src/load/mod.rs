@@ -1,0 +1,3 @@
+//! Load: making built images available where the run's workloads start.
+
+pub mod kind;

@@ -1,0 +1,228 @@
+//! Kind node stand-ins: containers running the host's containerd, named and
+//! labelled the way Kind names and labels its nodes, so that loading images
+//! into a cluster can be tested for real without a Kind node image.
+//!
+//! Also builds small busybox images under a plan's references.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, RemoveContainerOptions, RemoveImageOptions,
+};
+use bollard::Docker;
+use e2e_infra::load::kind::{node_images, CLUSTER_LABEL, ROLE_LABEL};
+use e2e_infra::ImageRef;
+use futures::StreamExt;
+
+/// The stand-in node image, built once and kept across test runs.
+pub const STAND_IN_IMAGE: &str = "localhost/e2e-infra-kind-node:stand-in";
+/// Put on every container and image the test suites create.
+pub const TEST_LABEL: &str = "io.e2e-infra.test";
+
+/// Host files the stand-in needs: containerd and ctr link only against libc.
+const NODE_FILES: &[&str] = &[
+    "/usr/bin/containerd",
+    "/usr/bin/ctr",
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/lib64/ld-linux-x86-64.so.2",
+    "/bin/busybox",
+];
+const STAND_IN_DOCKERFILE: &str = "FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CMD [\"/usr/bin/containerd\"]
+";
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// The engine, with the API version negotiated (the engine may be older than
+/// the client).
+pub async fn engine() -> Docker {
+    Docker::connect_with_local_defaults()
+        .expect("Docker engine socket")
+        .negotiate_version()
+        .await
+        .expect("negotiating the Docker API version")
+}
+
+/// A name unique to this process and call: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Builds `dockerfile` with `files` (path in the context, contents, mode)
+/// as its context and tags it `tag`; returns the image id.
+pub async fn build(
+    docker: &Docker,
+    tag: &str,
+    dockerfile: &str,
+    files: Vec<(String, Vec<u8>, u32)>,
+    labels: HashMap<String, String>,
+) -> String {
+    let mut context = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, bytes: &[u8], mode: u32| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        context.append_data(&mut header, path, bytes).expect("adding to the build context");
+    };
+    add("Dockerfile", dockerfile.as_bytes(), 0o644);
+    for (path, bytes, mode) in files {
+        add(&path, &bytes, mode);
+    }
+    let context = context.into_inner().expect("build context");
+    let options = BuildImageOptions { t: Some(tag.to_owned()), labels: Some(labels), ..Default::default() };
+    let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(step) = progress.next().await {
+        let step = step.unwrap_or_else(|e| panic!("building {tag} failed: {e}"));
+        if let Some(detail) = step.error_detail {
+            panic!("building {tag} failed: {detail:?}");
+        }
+    }
+    docker
+        .inspect_image(tag)
+        .await
+        .unwrap_or_else(|e| panic!("inspecting {tag} after its build failed: {e}"))
+        .id
+        .expect("image id")
+}
+
+/// Builds [`STAND_IN_IMAGE`] unless the engine already has it.
+pub async fn stand_in_image(docker: &Docker) {
+    if docker.inspect_image(STAND_IN_IMAGE).await.is_ok() {
+        return;
+    }
+    let files: Vec<(String, Vec<u8>, u32)> = NODE_FILES
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
+            (format!("rootfs{path}"), bytes, 0o755)
+        })
+        .collect();
+    let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-node".to_owned())]);
+    build(docker, STAND_IN_IMAGE, STAND_IN_DOCKERFILE, files, labels).await;
+}
+
+/// Builds a busybox image under `image` whose content differs by `marker`;
+/// returns the image id.
+pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> String {
+    let busybox = std::fs::read("/bin/busybox").expect("reading /bin/busybox (package busybox-static)");
+    let dockerfile =
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n";
+    let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-load".to_owned())]);
+    build(
+        docker,
+        &image.to_string(),
+        dockerfile,
+        vec![("busybox".to_owned(), busybox, 0o755), ("marker".to_owned(), marker.as_bytes().to_vec(), 0o644)],
+        labels,
+    )
+    .await
+}
+
+/// Removes the tagged images when dropped, even when a test fails.
+#[derive(Debug, Default)]
+pub struct ImageGuard(pub Vec<String>);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let tags = std::mem::take(&mut self.0);
+        on_fresh_runtime(move |docker| async move {
+            for tag in tags {
+                let options = RemoveImageOptions { force: true, ..Default::default() };
+                let _ = docker.remove_image(&tag, Some(options), None).await;
+            }
+        });
+    }
+}
+
+/// A stand-in Kind cluster: a control plane and `workers` workers, removed
+/// when dropped.
+#[derive(Debug)]
+pub struct StandInCluster {
+    /// The cluster name.
+    pub name: String,
+    /// Node container names, control plane first.
+    pub nodes: Vec<String>,
+}
+
+impl StandInCluster {
+    /// Starts the nodes and waits until containerd answers in each.
+    pub async fn start(docker: &Docker, name: &str, workers: usize) -> Self {
+        stand_in_image(docker).await;
+        let mut cluster = Self { name: name.to_owned(), nodes: Vec::new() };
+        let roles = std::iter::once(("control-plane", "control-plane".to_owned()))
+            .chain((1..=workers).map(|i| ("worker", if i == 1 { "worker".to_owned() } else { format!("worker{i}") })));
+        for (role, suffix) in roles {
+            let node = format!("{name}-{suffix}");
+            let config = ContainerCreateBody {
+                image: Some(STAND_IN_IMAGE.to_owned()),
+                labels: Some(HashMap::from([
+                    (CLUSTER_LABEL.to_owned(), name.to_owned()),
+                    (ROLE_LABEL.to_owned(), role.to_owned()),
+                    (TEST_LABEL.to_owned(), "kind-node".to_owned()),
+                ])),
+                host_config: Some(HostConfig {
+                    cap_add: Some(vec!["SYS_ADMIN".to_owned()]),
+                    security_opt: Some(vec!["seccomp=unconfined".to_owned(), "apparmor=unconfined".to_owned()]),
+                    tmpfs: Some(HashMap::from([
+                        ("/var/lib/containerd".to_owned(), String::new()),
+                        ("/run".to_owned(), String::new()),
+                    ])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = CreateContainerOptions { name: Some(node.clone()), ..Default::default() };
+            docker
+                .create_container(Some(options), config)
+                .await
+                .unwrap_or_else(|e| panic!("creating stand-in node {node}: {e}"));
+            cluster.nodes.push(node.clone());
+            docker.start_container(&node, None).await.unwrap_or_else(|e| panic!("starting stand-in node {node}: {e}"));
+        }
+        for node in &cluster.nodes {
+            let deadline = Instant::now() + READY_WITHIN;
+            loop {
+                match node_images(docker, node).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > deadline => panic!("containerd in {node} never answered: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        cluster
+    }
+}
+
+impl Drop for StandInCluster {
+    fn drop(&mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        on_fresh_runtime(move |docker| async move {
+            for node in nodes {
+                let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                let _ = docker.remove_container(&node, Some(options)).await;
+            }
+        });
+    }
+}
+
+/// Runs a clean-up on its own thread and runtime: `Drop` cannot await, and
+/// the test's runtime may be shutting down.
+fn on_fresh_runtime<F, Fut>(cleanup: F)
+where
+    F: FnOnce(Docker) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let done = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        runtime.block_on(async move { cleanup(engine().await).await });
+    });
+    let _ = done.join();
+}
