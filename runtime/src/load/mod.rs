@@ -1,0 +1,3 @@
+//! Loading built images where the deployment can reach them.
+
+pub mod registry;
