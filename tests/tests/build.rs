@@ -122,7 +122,9 @@ async fn failing_build(dockerfile_tail: &str) -> BuildError {
     let plan = plan(&catalog, "fails", &["broken"], AREA, &Delivery::Local);
     let result = build_all(&docker, &plan, &BuildOptions::default()).await;
     remove_built_images(&docker, &plan).await;
-    result.expect_err("the build should fail")
+    let error = result.expect_err("the build should fail");
+    eprintln!("{error}");
+    error
 }
 
 #[tokio::test]
