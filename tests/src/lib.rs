@@ -15,6 +15,7 @@ use bollard::query_parameters::RemoveImageOptionsBuilder;
 use bollard::Docker;
 use e2e_infra::build::{build_all, BuildOptions, BuildOutcome};
 use e2e_infra::{Catalog, Delivery, ImageRef, Origin, Plan, RunId};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The static busybox the test images are made of.
@@ -33,9 +34,13 @@ pub fn busybox_dockerfile(extra: &str) -> String {
 /// A run identity no other test process shares: `<area>-<pid>-<nanos>-<n>`.
 pub fn unique_run(area: &str) -> RunId {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    RunId::explicit(&format!("{area}-{}-{nanos}-{n}", std::process::id()), None).expect("valid run id")
+    RunId::explicit(&format!("{area}-{}-{nanos}-{n}", std::process::id()), None)
+        .expect("valid run id")
 }
 
 /// A temporary project directory holding a catalog and build contexts;
@@ -47,7 +52,9 @@ pub struct Project {
 impl Project {
     /// An empty project.
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temporary directory") }
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
     }
 
     /// The project root.
@@ -90,8 +97,15 @@ impl Default for Project {
 }
 
 /// Plans `needs` of `catalog` for `consumer` in a fresh run of `area`.
-pub fn plan(catalog: &Catalog, consumer: &str, needs: &[&str], area: &str, delivery: &Delivery) -> Plan {
-    Plan::new(catalog, consumer, needs, unique_run(area), delivery).unwrap_or_else(|e| panic!("plan: {e}"))
+pub fn plan(
+    catalog: &Catalog,
+    consumer: &str,
+    needs: &[&str],
+    area: &str,
+    delivery: &Delivery,
+) -> Plan {
+    Plan::new(catalog, consumer, needs, unique_run(area), delivery)
+        .unwrap_or_else(|e| panic!("plan: {e}"))
 }
 
 /// Connects to the engine at `host`, or to the default one.
@@ -107,19 +121,31 @@ pub async fn engine(host: Option<&str>) -> Docker {
 /// reference other catalogs can borrow (`image = "..."`), so that several
 /// components share one build. Remove it with [`remove_built_images`] on
 /// the returned plan.
-pub async fn busybox_image(docker: &Docker, project: &Project, area: &str, extra: &str) -> (Plan, BuildOutcome) {
+pub async fn busybox_image(
+    docker: &Docker,
+    project: &Project,
+    area: &str,
+    extra: &str,
+) -> (Plan, BuildOutcome) {
     project.busybox_context("busybox-image");
     project.write("busybox-image/Dockerfile", busybox_dockerfile(extra));
-    let catalog = project.catalog("[components.busybox]\nbuild = { context = \"busybox-image\" }\n");
+    let catalog =
+        project.catalog("[components.busybox]\nbuild = { context = \"busybox-image\" }\n");
     let plan = plan(&catalog, area, &["busybox"], area, &Delivery::Local);
-    let mut built = build_all(docker, &plan, &BuildOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut built = build_all(docker, &plan, &BuildOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     (plan, built.remove(0))
 }
 
 /// Removes the references `plan` gave its built images (an image goes when
 /// its last reference does). Borrowed images are left alone.
 pub async fn remove_built_images(docker: &Docker, plan: &Plan) {
-    for component in plan.components().iter().filter(|c| c.origin == Origin::Built) {
+    for component in plan
+        .components()
+        .iter()
+        .filter(|c| c.origin == Origin::Built)
+    {
         remove_image(docker, &component.image).await;
     }
 }
@@ -127,8 +153,14 @@ pub async fn remove_built_images(docker: &Docker, plan: &Plan) {
 /// Removes one reference, if the engine has it.
 pub async fn remove_image(docker: &Docker, image: &ImageRef) {
     let options = RemoveImageOptionsBuilder::new().force(true).build();
-    match docker.remove_image(&image.to_string(), Some(options), None).await {
-        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+    match docker
+        .remove_image(&image.to_string(), Some(options), None)
+        .await
+    {
+        Ok(_)
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
         Err(e) => panic!("removing {image}: {e}"),
     }
 }
@@ -136,10 +168,32 @@ pub async fn remove_image(docker: &Docker, image: &ImageRef) {
 /// A plain HTTP/1.0 GET: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.to_owned()))
+}
+
+/// Runs `body`, then `cleanup` however the body ended (an error, a failed
+/// assertion), then fails the test if the body did. Keeps a failing test
+/// from leaving images and containers on a shared engine.
+pub async fn clean_up_after<E: std::fmt::Display>(
+    body: impl std::future::Future<Output = Result<(), E>>,
+    cleanup: impl std::future::Future<Output = ()>,
+) {
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    cleanup.await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }

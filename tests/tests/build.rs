@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use e2e_infra::build::{build_all, BuildError, BuildOptions};
 use e2e_infra::{labels, Delivery};
-use e2e_infra_tests::{busybox_dockerfile, engine, plan, remove_built_images, Project};
+use e2e_infra_tests::{
+    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project,
+};
 
 const AREA: &str = "docker-build";
 
@@ -18,7 +20,10 @@ async fn dockerfiles_inside_and_outside_the_context_with_args_and_target() {
     project.busybox_context("ctx");
     let stages = "ARG GREETING=unset\nLABEL greeting=$GREETING\nENV GREETING_ENV=$GREETING\nRUN echo \"$GREETING\" > /greeting\n";
     project.write("ctx/docker/x.Dockerfile", busybox_dockerfile(stages));
-    let outside = format!("{}FROM base AS final\nLABEL stage=final\n", busybox_dockerfile(stages).replace("FROM scratch", "FROM scratch AS base"));
+    let outside = format!(
+        "{}FROM base AS final\nLABEL stage=final\n",
+        busybox_dockerfile(stages).replace("FROM scratch", "FROM scratch AS base")
+    );
     project.write("outside/y.Dockerfile", outside);
     let catalog = project.catalog(
         r#"
@@ -29,33 +34,77 @@ build = { context = "ctx", dockerfile = "ctx/docker/x.Dockerfile", args = { GREE
 build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETING = "hello-outer" }, target = "base" }
 "#,
     );
-    let plan = plan(&catalog, "seed", &["inner", "outer"], AREA, &Delivery::Local);
+    let plan = plan(
+        &catalog,
+        "seed",
+        &["inner", "outer"],
+        AREA,
+        &Delivery::Local,
+    );
     let built = build_all(&docker, &plan, &BuildOptions::default()).await;
-    let result = async {
+    let body = async {
         let built = built.map_err(|e| e.to_string())?;
-        assert_eq!(built.iter().map(|b| b.component.as_str()).collect::<Vec<_>>(), ["inner", "outer"]);
+        assert_eq!(
+            built
+                .iter()
+                .map(|b| b.component.as_str())
+                .collect::<Vec<_>>(),
+            ["inner", "outer"]
+        );
         for (outcome, greeting) in built.iter().zip(["hello-inner", "hello-outer"]) {
-            assert!(!outcome.cached, "{} should have been built", outcome.component);
+            assert!(
+                !outcome.cached,
+                "{} should have been built",
+                outcome.component
+            );
             assert_eq!(&outcome.image, plan.image(&outcome.component).unwrap());
-            let image = docker.inspect_image(&outcome.image.to_string()).await.map_err(|e| e.to_string())?;
+            let image = docker
+                .inspect_image(&outcome.image.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
             assert_eq!(image.id.as_deref(), Some(outcome.image_id.as_str()));
             let config = image.config.unwrap_or_default();
             let image_labels = config.labels.unwrap_or_default();
-            assert_eq!(image_labels.get("greeting").map(String::as_str), Some(greeting));
-            assert!(config.env.unwrap_or_default().contains(&format!("GREETING_ENV={greeting}")));
-            assert_eq!(image_labels.get(labels::RUN).map(String::as_str), Some(plan.run().as_str()));
-            assert_eq!(image_labels.get(labels::CONSUMER).map(String::as_str), Some("seed"));
-            assert_eq!(image_labels.get(labels::COMPONENT), Some(&outcome.component));
-            assert_eq!(image_labels.get(labels::MANAGED_BY).map(String::as_str), Some(labels::MANAGED_BY_VALUE));
-            assert!(image_labels.get(labels::INPUT_DIGEST).is_some_and(|d| d.starts_with("sha256:")));
+            assert_eq!(
+                image_labels.get("greeting").map(String::as_str),
+                Some(greeting)
+            );
+            assert!(config
+                .env
+                .unwrap_or_default()
+                .contains(&format!("GREETING_ENV={greeting}")));
+            assert_eq!(
+                image_labels.get(labels::RUN).map(String::as_str),
+                Some(plan.run().as_str())
+            );
+            assert_eq!(
+                image_labels.get(labels::CONSUMER).map(String::as_str),
+                Some("seed")
+            );
+            assert_eq!(
+                image_labels.get(labels::COMPONENT),
+                Some(&outcome.component)
+            );
+            assert_eq!(
+                image_labels.get(labels::MANAGED_BY).map(String::as_str),
+                Some(labels::MANAGED_BY_VALUE)
+            );
+            assert!(image_labels
+                .get(labels::INPUT_DIGEST)
+                .is_some_and(|d| d.starts_with("sha256:")));
             // The target stage stops before the final stage's label.
-            assert!(!image_labels.contains_key("stage"), "{}: target stage ignored", outcome.component);
+            assert!(
+                !image_labels.contains_key("stage"),
+                "{}: target stage ignored",
+                outcome.component
+            );
         }
         Ok::<_, String>(())
-    }
+    };
+    clean_up_after(body, async {
+        remove_built_images(&docker, &plan).await;
+    })
     .await;
-    remove_built_images(&docker, &plan).await;
-    result.unwrap();
 }
 
 /// Unchanged inputs are tagged, not rebuilt; an ignored file does not count;
@@ -65,23 +114,38 @@ async fn the_input_digest_decides_whether_to_build() {
     let docker = engine(None).await;
     let project = Project::new();
     project.busybox_context("app");
-    project.write("app/Dockerfile", busybox_dockerfile("COPY config /config\n"));
+    project.write(
+        "app/Dockerfile",
+        busybox_dockerfile("COPY config /config\n"),
+    );
     project.write("app/config", "v1");
     project.write("app/.dockerignore", "scratch-notes\n");
     project.write("app/scratch-notes", "first");
     let catalog = project.catalog("[components.app]\nbuild = { context = \"app\" }\n");
     let opts = BuildOptions::default();
-    let mut plans = Vec::new();
-    let result = async {
-        let mut build = |force: bool| {
+    let plans = std::cell::RefCell::new(Vec::new());
+    let body = async {
+        let build = |force: bool| {
             let p = plan(&catalog, "cache", &["app"], AREA, &Delivery::Local);
-            plans.push(p.clone());
+            plans.borrow_mut().push(p.clone());
             let docker = docker.clone();
-            let opts = BuildOptions { force, ..opts.clone() };
+            let opts = BuildOptions {
+                force,
+                ..opts.clone()
+            };
             async move {
-                let built = build_all(&docker, &p, &opts).await.map_err(|e| e.to_string())?;
-                let tagged = docker.inspect_image(&p.image("app").unwrap().to_string()).await.map_err(|e| e.to_string())?;
-                assert_eq!(tagged.id.as_deref(), Some(built[0].image_id.as_str()), "the run's own tag names the image");
+                let built = build_all(&docker, &p, &opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tagged = docker
+                    .inspect_image(&p.image("app").unwrap().to_string())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(
+                    tagged.id.as_deref(),
+                    Some(built[0].image_id.as_str()),
+                    "the run's own tag names the image"
+                );
                 Ok::<_, String>(built[0].clone())
             }
         };
@@ -98,19 +162,23 @@ async fn the_input_digest_decides_whether_to_build() {
 
         project.write("app/config", "v2");
         let changed = build(false).await?;
-        assert!(!changed.cached, "a changed context file did not trigger a build");
+        assert!(
+            !changed.cached,
+            "a changed context file did not trigger a build"
+        );
         assert_ne!(changed.image_id, first.image_id);
 
         let forced = build(true).await?;
         assert!(!forced.cached);
         assert_ne!(forced.image_id, changed.image_id, "force reused the image");
         Ok::<_, String>(())
-    }
+    };
+    clean_up_after(body, async {
+        for p in plans.borrow().iter() {
+            remove_built_images(&docker, p).await;
+        }
+    })
     .await;
-    for p in &plans {
-        remove_built_images(&docker, p).await;
-    }
-    result.unwrap();
 }
 
 async fn failing_build(dockerfile_tail: &str) -> BuildError {
@@ -134,7 +202,10 @@ async fn a_failing_run_step_is_named() {
     assert!(matches!(error, BuildError::Failed { .. }), "{message}");
     assert!(message.contains("`broken`"), "{message}");
     assert!(message.contains("RUN /bin/busybox false"), "{message}");
-    assert!(message.contains("about-to-fail"), "the last output lines are missing: {message}");
+    assert!(
+        message.contains("about-to-fail"),
+        "the last output lines are missing: {message}"
+    );
 }
 
 #[tokio::test]
@@ -152,9 +223,17 @@ async fn a_missing_borrowed_image_is_not_pulled() {
     let catalog = project.catalog(&format!("[components.absent]\nimage = \"{image}\"\n"));
     let plan = plan(&catalog, "borrow", &["absent"], AREA, &Delivery::Local);
     let started = std::time::Instant::now();
-    let error = build_all(&docker, &plan, &BuildOptions::default()).await.expect_err("must fail");
+    let error = build_all(&docker, &plan, &BuildOptions::default())
+        .await
+        .expect_err("must fail");
     assert!(started.elapsed() < Duration::from_secs(20));
     let message = error.to_string();
-    assert!(matches!(error, BuildError::BorrowedMissing { .. }), "{message}");
-    assert!(message.contains(&image) && message.contains("cannot be pulled"), "{message}");
+    assert!(
+        matches!(error, BuildError::BorrowedMissing { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&image) && message.contains("cannot be pulled"),
+        "{message}"
+    );
 }

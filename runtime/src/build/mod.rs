@@ -267,12 +267,14 @@ async fn build_one(
 
 /// The id of the newest image labelled with `digest`, if any.
 async fn find_by_digest(docker: &Docker, digest: &str) -> Result<Option<String>, bollard::errors::Error> {
-    let filter = HashMap::from([(
-        "label",
-        vec![format!("{}={}", labels::INPUT_DIGEST, digest), format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)],
-    )]);
+    // One label per filter: Podman 4 answers nothing when given two.
+    let filter = HashMap::from([("label", vec![format!("{}={}", labels::INPUT_DIGEST, digest)])]);
     let images = docker.list_images(Some(ListImagesOptionsBuilder::new().filters(&filter).build())).await?;
-    Ok(images.into_iter().max_by_key(|i| i.created).map(|i| i.id))
+    Ok(images
+        .into_iter()
+        .filter(|i| i.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE))
+        .max_by_key(|i| i.created)
+        .map(|i| i.id))
 }
 
 /// Docker prints `Step 2/3 : RUN ...`, Podman `STEP 2/3: RUN ...`.
