@@ -174,7 +174,8 @@ async fn the_input_digest_decides_whether_to_build() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        for p in plans.borrow().iter() {
+        let made = plans.take();
+        for p in &made {
             remove_built_images(&docker, p).await;
         }
     })
@@ -236,4 +237,29 @@ async fn a_missing_borrowed_image_is_not_pulled() {
         message.contains(&image) && message.contains("cannot be pulled"),
         "{message}"
     );
+}
+
+/// Builds run side by side; the first failure ends the others instead of
+/// waiting for them.
+#[tokio::test]
+async fn one_failure_stops_the_other_builds() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("slow.Dockerfile", busybox_dockerfile("RUN sleep 120\n"));
+    project.write("fails.Dockerfile", busybox_dockerfile("RUN sleep 2 && false\n"));
+    let catalog = project.catalog(
+        "[components.slow]\nbuild = { context = \"ctx\", dockerfile = \"slow.Dockerfile\" }\n\
+         [components.fails]\nbuild = { context = \"ctx\", dockerfile = \"fails.Dockerfile\" }\n",
+    );
+    let plan = plan(&catalog, "together", &["slow", "fails"], AREA, &Delivery::Local);
+    let started = std::time::Instant::now();
+    let result = build_all(&docker, &plan, &BuildOptions { force: false, concurrency: 2 }).await;
+    let elapsed = started.elapsed();
+    let slow_tagged = docker.inspect_image(&plan.image("slow").unwrap().to_string()).await.is_ok();
+    remove_built_images(&docker, &plan).await;
+    let error = result.expect_err("one build fails");
+    assert!(matches!(&error, BuildError::Failed { component, .. } if component == "fails"), "{error}");
+    assert!(elapsed < Duration::from_secs(60), "waited {elapsed:?} for the slow build");
+    assert!(!slow_tagged, "the cancelled build still produced its image");
 }

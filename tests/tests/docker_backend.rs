@@ -133,7 +133,7 @@ ready = {{ http = "/upstream", timeout = "30s" }}
             .await
             .map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 4, "{removed:?}");
-        assert_eq!(removed.networks, [stack.network.clone()]);
+        assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         assert!(leftovers(&docker, &plan).await.is_empty());
         assert!(
             docker.inspect_network(&stack.network, None).await.is_err(),

@@ -106,7 +106,7 @@ ready = { http = "/upstream", timeout = "30s" }
             .await
             .map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 2, "{removed:?}");
-        assert_eq!(removed.networks, [stack.network.clone()]);
+        assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {

@@ -493,7 +493,7 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
         let mut stream = TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
-        let mut head = vec![0; 64];
+        let mut head = [0; 64];
         let mut read = 0;
         while read < head.len() {
             let n = stream.read(&mut head[read..]).await?;
@@ -609,7 +609,46 @@ fn gone(error: &bollard::errors::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::status_is_success;
+    use std::path::Path;
+
+    use super::*;
+    use crate::{Catalog, Delivery, RunId};
+
+    fn plan(catalog: &str) -> Plan {
+        let catalog = Catalog::parse(Path::new("/project/e2e-infra.toml"), catalog).unwrap();
+        Plan::new(&catalog, "unit", &["app"], RunId::explicit("unit-run", None).unwrap(), &Delivery::Local).unwrap()
+    }
+
+    const DB: &str = "[components.db]\nimage = \"postgres:16\"\ndocker = { ports = [5432, 9187] }\n";
+
+    #[test]
+    fn env_references_become_container_names_and_first_ports() {
+        let plan = plan(&format!(
+            "{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = {{ env = {{ DSN = \"postgres://u@${{db.addr}}/x\", H = \"${{db.host}}\", P = \"${{db.port}}\", PLAIN = \"$HOME\" }} }}\n"
+        ));
+        let db = container_name(&plan, "db");
+        let env = resolve_env(&plan, plan.component("app").unwrap()).unwrap();
+        assert_eq!(
+            env,
+            [format!("DSN=postgres://u@{db}:5432/x"), format!("H={db}"), "P=5432".to_owned(), "PLAIN=$HOME".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_port_reference_to_a_component_without_ports_is_an_error() {
+        let plan = plan(
+            "[components.db]\nimage = \"postgres:16\"\ndocker = {}\n[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = { env = { A = \"${db.addr}\" } }\n",
+        );
+        let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
+        assert!(error.to_string().contains("declares no ports"), "{error}");
+    }
+
+    #[test]
+    fn a_component_without_a_docker_section_cannot_run_here() {
+        let plan = plan(&format!("{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\n"));
+        let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
+        assert!(matches!(error, DockerError::NotForDocker { .. }), "{error}");
+    }
 
     #[test]
     fn http_status_lines() {
