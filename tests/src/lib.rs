@@ -88,6 +88,16 @@ impl Project {
         let path = self.write("e2e-infra.toml", toml);
         Catalog::load(&path).unwrap_or_else(|e| panic!("catalog: {e}"))
     }
+
+    /// A catalog of one component, `name`, built in context `<name>/` from
+    /// [`busybox_dockerfile`]`(extra)`.
+    pub fn busybox_catalog(&self, name: &str, extra: &str) -> Catalog {
+        self.busybox_context(name);
+        self.write(&format!("{name}/Dockerfile"), busybox_dockerfile(extra));
+        self.catalog(&format!(
+            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
+        ))
+    }
 }
 
 impl Default for Project {
@@ -127,10 +137,7 @@ pub async fn busybox_image(
     area: &str,
     extra: &str,
 ) -> (Plan, BuildOutcome) {
-    project.busybox_context("busybox-image");
-    project.write("busybox-image/Dockerfile", busybox_dockerfile(extra));
-    let catalog =
-        project.catalog("[components.busybox]\nbuild = { context = \"busybox-image\" }\n");
+    let catalog = project.busybox_catalog("busybox", extra);
     let plan = plan(&catalog, area, &["busybox"], area, &Delivery::Local);
     let mut built = build_all(docker, &plan, &BuildOptions::default())
         .await

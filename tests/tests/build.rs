@@ -113,15 +113,10 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
 async fn the_input_digest_decides_whether_to_build() {
     let docker = engine(None).await;
     let project = Project::new();
-    project.busybox_context("app");
-    project.write(
-        "app/Dockerfile",
-        busybox_dockerfile("COPY config /config\n"),
-    );
+    let catalog = project.busybox_catalog("app", "COPY config /config\n");
     project.write("app/config", "v1");
     project.write("app/.dockerignore", "scratch-notes\n");
     project.write("app/scratch-notes", "first");
-    let catalog = project.catalog("[components.app]\nbuild = { context = \"app\" }\n");
     let opts = BuildOptions::default();
     let plans = std::cell::RefCell::new(Vec::new());
     let body = async {
@@ -185,9 +180,7 @@ async fn the_input_digest_decides_whether_to_build() {
 async fn failing_build(dockerfile_tail: &str) -> BuildError {
     let docker = engine(None).await;
     let project = Project::new();
-    project.busybox_context("broken");
-    project.write("broken/Dockerfile", busybox_dockerfile(dockerfile_tail));
-    let catalog = project.catalog("[components.broken]\nbuild = { context = \"broken\" }\n");
+    let catalog = project.busybox_catalog("broken", dockerfile_tail);
     let plan = plan(&catalog, "fails", &["broken"], AREA, &Delivery::Local);
     let result = build_all(&docker, &plan, &BuildOptions::default()).await;
     remove_built_images(&docker, &plan).await;
@@ -247,19 +240,45 @@ async fn one_failure_stops_the_other_builds() {
     let project = Project::new();
     project.busybox_context("ctx");
     project.write("slow.Dockerfile", busybox_dockerfile("RUN sleep 120\n"));
-    project.write("fails.Dockerfile", busybox_dockerfile("RUN sleep 2 && false\n"));
+    project.write(
+        "fails.Dockerfile",
+        busybox_dockerfile("RUN sleep 2 && false\n"),
+    );
     let catalog = project.catalog(
         "[components.slow]\nbuild = { context = \"ctx\", dockerfile = \"slow.Dockerfile\" }\n\
          [components.fails]\nbuild = { context = \"ctx\", dockerfile = \"fails.Dockerfile\" }\n",
     );
-    let plan = plan(&catalog, "together", &["slow", "fails"], AREA, &Delivery::Local);
+    let plan = plan(
+        &catalog,
+        "together",
+        &["slow", "fails"],
+        AREA,
+        &Delivery::Local,
+    );
     let started = std::time::Instant::now();
-    let result = build_all(&docker, &plan, &BuildOptions { force: false, concurrency: 2 }).await;
+    let result = build_all(
+        &docker,
+        &plan,
+        &BuildOptions {
+            force: false,
+            concurrency: 2,
+        },
+    )
+    .await;
     let elapsed = started.elapsed();
-    let slow_tagged = docker.inspect_image(&plan.image("slow").unwrap().to_string()).await.is_ok();
+    let slow_tagged = docker
+        .inspect_image(&plan.image("slow").unwrap().to_string())
+        .await
+        .is_ok();
     remove_built_images(&docker, &plan).await;
     let error = result.expect_err("one build fails");
-    assert!(matches!(&error, BuildError::Failed { component, .. } if component == "fails"), "{error}");
-    assert!(elapsed < Duration::from_secs(60), "waited {elapsed:?} for the slow build");
+    assert!(
+        matches!(&error, BuildError::Failed { component, .. } if component == "fails"),
+        "{error}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "waited {elapsed:?} for the slow build"
+    );
     assert!(!slow_tagged, "the cancelled build still produced its image");
 }

@@ -6,8 +6,7 @@ use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::load::registry::{push_all, LoadError};
 use e2e_infra::Delivery;
 use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, remove_image, Project,
-    REGISTRY,
+    clean_up_after, engine, plan, remove_built_images, remove_image, Project, REGISTRY,
 };
 use futures::TryStreamExt;
 
@@ -17,9 +16,7 @@ const AREA: &str = "docker-registry";
 async fn a_pushed_image_pulls_back_with_the_same_id() {
     let docker = engine(None).await;
     let project = Project::new();
-    project.busybox_context("app");
-    project.write("app/Dockerfile", busybox_dockerfile(""));
-    let catalog = project.catalog("[components.app]\nbuild = { context = \"app\" }\n");
+    let catalog = project.busybox_catalog("app", "");
     let plan = plan(
         &catalog,
         "registry",
@@ -81,9 +78,7 @@ async fn a_pushed_image_pulls_back_with_the_same_id() {
 async fn a_local_plan_has_nowhere_to_push() {
     let docker = engine(None).await;
     let project = Project::new();
-    project.busybox_context("app");
-    project.write("app/Dockerfile", busybox_dockerfile(""));
-    let catalog = project.catalog("[components.app]\nbuild = { context = \"app\" }\n");
+    let catalog = project.busybox_catalog("app", "");
     let plan = plan(&catalog, "registry", &["app"], AREA, &Delivery::Local);
     let error = push_all(&docker, &plan, None)
         .await
