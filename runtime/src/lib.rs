@@ -17,8 +17,10 @@
 //! image references) -> build -> load -> deploy -> ready -> the shared handle
 //! -> teardown after the run. Each stage is a module with its own errors.
 
+pub mod build;
 pub mod catalog;
 pub mod deploy;
+pub mod engine;
 pub mod labels;
 pub mod load;
 pub mod plan;

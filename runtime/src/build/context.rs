@@ -1,0 +1,311 @@
+//! The build context: which files go to the engine, the digest of every
+//! input of a build, and the tar stream itself.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::dockerignore::{DockerIgnore, InvalidPattern};
+use crate::catalog::BuildSpec;
+
+/// The name given inside the tar to a Dockerfile that lies outside the
+/// context (or that `.dockerignore` excludes).
+pub(crate) const GENERATED_DOCKERFILE: &str = ".e2e-infra.Dockerfile";
+const DOCKERIGNORE: &str = ".dockerignore";
+
+/// Reading the context failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// A file or directory could not be read.
+    #[error("reading {path} failed: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// `.dockerignore` holds a pattern that cannot be compiled.
+    #[error("{path}: {source}")]
+    Ignore {
+        /// The `.dockerignore` file.
+        path: PathBuf,
+        /// The bad pattern.
+        source: InvalidPattern,
+    },
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
+    move |source| ContextError::Read { path: path.to_owned(), source }
+}
+
+#[derive(Debug)]
+enum Kind {
+    File,
+    Dir,
+    Symlink(PathBuf),
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// `/`-separated path inside the context.
+    relative: String,
+    path: PathBuf,
+    kind: Kind,
+    mode: u32,
+}
+
+/// A scanned context: what will be sent and the digest of all inputs.
+#[derive(Debug)]
+pub(crate) struct Context {
+    entries: Vec<Entry>,
+    dockerfile: Vec<u8>,
+    /// The Dockerfile's name inside the tar, as passed to the engine.
+    pub(crate) dockerfile_name: String,
+    /// Set when the Dockerfile must be added under a generated name; the
+    /// text of the `.dockerignore` sent with it.
+    generated_ignore: Option<String>,
+    /// sha256 of the Dockerfile, the context files after `.dockerignore`
+    /// (paths, kinds, modes, contents), the build args and the target.
+    pub(crate) digest: String,
+}
+
+impl Context {
+    /// Walks the context of `spec` and computes the input digest.
+    pub(crate) fn scan(component: &str, spec: &BuildSpec) -> Result<Self, ContextError> {
+        let root = &spec.context;
+        let ignore_path = root.join(DOCKERIGNORE);
+        let ignore_text = match fs::read_to_string(&ignore_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(read_error(&ignore_path)(e)),
+        };
+        let ignore = DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default())
+            .map_err(|source| ContextError::Ignore { path: ignore_path.clone(), source })?;
+        let mut entries = Vec::new();
+        walk(root, "", &ignore, &mut entries)?;
+        entries.sort_by(|a, b| a.relative.cmp(&b.relative));
+
+        let dockerfile = fs::read(&spec.dockerfile).map_err(read_error(&spec.dockerfile))?;
+        let inside = inside_context(root, &spec.dockerfile)?;
+        let (dockerfile_name, generated_ignore) = match inside {
+            Some(relative) if !ignore.excludes(&relative) => (relative, None),
+            _ => {
+                // As the Docker CLI does: the engine drops files that the sent
+                // `.dockerignore` names once it has read the Dockerfile, so a
+                // `COPY . .` does not pick the generated file up.
+                let mut text = ignore_text.unwrap_or_default();
+                text.push_str(&format!("\n{GENERATED_DOCKERFILE}\n{DOCKERIGNORE}\n"));
+                (GENERATED_DOCKERFILE.to_owned(), Some(text))
+            }
+        };
+        let digest = input_digest(component, &dockerfile, &entries, spec)?;
+        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest })
+    }
+
+    /// Writes the context as an uncompressed tar to `out`.
+    pub(crate) fn write_tar(&self, out: impl Write) -> Result<(), ContextError> {
+        let mut tar = tar::Builder::new(out);
+        for entry in &self.entries {
+            if self.generated_ignore.is_some() && entry.relative == DOCKERIGNORE {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&entry.path).map_err(read_error(&entry.path))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            // The Docker CLI sends every file as owned by root.
+            header.set_uid(0);
+            header.set_gid(0);
+            let written = match &entry.kind {
+                Kind::File => {
+                    let file = File::open(&entry.path).map_err(read_error(&entry.path))?;
+                    tar.append_data(&mut header, &entry.relative, file)
+                }
+                Kind::Dir => tar.append_data(&mut header, &entry.relative, io::empty()),
+                Kind::Symlink(target) => tar.append_link(&mut header, &entry.relative, target),
+            };
+            written.map_err(read_error(&entry.path))?;
+        }
+        if let Some(ignore) = &self.generated_ignore {
+            append_bytes(&mut tar, DOCKERIGNORE, ignore.as_bytes())?;
+            append_bytes(&mut tar, GENERATED_DOCKERFILE, &self.dockerfile)?;
+        }
+        tar.into_inner().and_then(|mut out| out.flush()).map_err(read_error(Path::new("<tar stream>")))?;
+        Ok(())
+    }
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> Result<(), ContextError> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, name, bytes).map_err(read_error(Path::new(name)))
+}
+
+/// The Dockerfile's `/`-separated path inside the context, if it is inside.
+fn inside_context(root: &Path, dockerfile: &Path) -> Result<Option<String>, ContextError> {
+    let root = root.canonicalize().map_err(read_error(root))?;
+    let file = dockerfile.canonicalize().map_err(read_error(dockerfile))?;
+    Ok(file.strip_prefix(&root).ok().map(|rel| {
+        rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    }))
+}
+
+fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -> Result<(), ContextError> {
+    for item in fs::read_dir(dir).map_err(read_error(dir))? {
+        let item = item.map_err(read_error(dir))?;
+        let path = item.path();
+        let name = item.file_name().to_string_lossy().into_owned();
+        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let meta = fs::symlink_metadata(&path).map_err(read_error(&path))?;
+        let excluded = ignore.excludes(&relative);
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            if !excluded {
+                out.push(Entry { relative: relative.clone(), path: path.clone(), kind: Kind::Dir, mode });
+            }
+            // A `!` line may bring back files below an excluded directory.
+            walk(&path, &relative, ignore, out)?;
+        } else if !excluded {
+            let kind = if meta.file_type().is_symlink() {
+                Kind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
+            } else {
+                Kind::File
+            };
+            out.push(Entry { relative, path, kind, mode });
+        }
+    }
+    Ok(())
+}
+
+fn input_digest(component: &str, dockerfile: &[u8], entries: &[Entry], spec: &BuildSpec) -> Result<String, ContextError> {
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        // Length-prefixed so that no two different input sets hash alike.
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    field(b"e2e-infra build inputs v1");
+    field(component.as_bytes());
+    field(dockerfile);
+    for entry in entries {
+        field(entry.relative.as_bytes());
+        field(&entry.mode.to_le_bytes());
+        match &entry.kind {
+            Kind::Dir => field(b"dir"),
+            Kind::Symlink(target) => {
+                field(b"symlink");
+                field(target.to_string_lossy().as_bytes());
+            }
+            Kind::File => {
+                field(b"file");
+                field(&file_sha256(&entry.path)?);
+            }
+        }
+    }
+    for (key, value) in &spec.args {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    field(spec.target.as_deref().unwrap_or_default().as_bytes());
+    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
+}
+
+fn file_sha256(path: &Path) -> Result<Vec<u8>, ContextError> {
+    let mut file = File::open(path).map_err(read_error(path))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(read_error(path))?;
+        if n == 0 {
+            return Ok(hash.finalize().to_vec());
+        }
+        hash.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+
+    use super::*;
+
+    fn spec(context: &Path, dockerfile: &Path) -> BuildSpec {
+        BuildSpec {
+            context: context.to_owned(),
+            dockerfile: dockerfile.to_owned(),
+            args: BTreeMap::new(),
+            target: None,
+        }
+    }
+
+    fn names(ctx: &Context) -> Vec<String> {
+        let mut tar = Vec::new();
+        ctx.write_tar(&mut tar).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    #[test]
+    fn ignored_files_are_neither_sent_nor_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(dir.path().join(".dockerignore"), "notes.txt\n").unwrap();
+        fs::write(dir.path().join("app"), "v1").unwrap();
+        fs::write(dir.path().join("notes.txt"), "a").unwrap();
+        let s = spec(dir.path(), &dir.path().join("Dockerfile"));
+        let first = Context::scan("c", &s).unwrap();
+        assert!(!names(&first).contains(&"notes.txt".to_owned()));
+        assert!(names(&first).contains(&"app".to_owned()));
+
+        fs::write(dir.path().join("notes.txt"), "b").unwrap();
+        assert_eq!(Context::scan("c", &s).unwrap().digest, first.digest);
+        fs::write(dir.path().join("app"), "v2").unwrap();
+        assert_ne!(Context::scan("c", &s).unwrap().digest, first.digest);
+    }
+
+    #[test]
+    fn mode_args_and_target_change_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(dir.path().join("run.sh"), "x").unwrap();
+        let mut s = spec(dir.path(), &dir.path().join("Dockerfile"));
+        let base = Context::scan("c", &s).unwrap().digest;
+        fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let moded = Context::scan("c", &s).unwrap().digest;
+        assert_ne!(base, moded);
+        s.args.insert("VERSION".into(), "1".into());
+        let with_arg = Context::scan("c", &s).unwrap().digest;
+        assert_ne!(moded, with_arg);
+        s.target = Some("final".into());
+        assert_ne!(with_arg, Context::scan("c", &s).unwrap().digest);
+    }
+
+    #[test]
+    fn a_dockerfile_outside_the_context_is_sent_under_a_generated_name() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("ctx")).unwrap();
+        fs::write(dir.path().join("ctx/app"), "x").unwrap();
+        fs::write(dir.path().join("outside.Dockerfile"), "FROM scratch\n").unwrap();
+        let ctx = Context::scan("c", &spec(&dir.path().join("ctx"), &dir.path().join("outside.Dockerfile"))).unwrap();
+        assert_eq!(ctx.dockerfile_name, GENERATED_DOCKERFILE);
+        let sent = names(&ctx);
+        assert!(sent.contains(&GENERATED_DOCKERFILE.to_owned()), "{sent:?}");
+        assert!(sent.contains(&DOCKERIGNORE.to_owned()), "{sent:?}");
+    }
+
+    #[test]
+    fn a_dockerfile_in_a_subdirectory_keeps_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("docker")).unwrap();
+        fs::write(dir.path().join("docker/x.Dockerfile"), "FROM scratch\n").unwrap();
+        let ctx = Context::scan("c", &spec(dir.path(), &dir.path().join("docker/x.Dockerfile"))).unwrap();
+        assert_eq!(ctx.dockerfile_name, "docker/x.Dockerfile");
+        assert!(names(&ctx).contains(&"docker/x.Dockerfile".to_owned()));
+    }
+}

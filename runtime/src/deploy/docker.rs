@@ -1,0 +1,662 @@
+//! The Docker backend: one network per run and consumer, one container per
+//! component, each started once its dependencies are ready.
+//!
+//! Works against the Docker engine and against Podman's compatible API.
+//! Readiness probes connect to the container's address on the run's network
+//! rather than to the published port: the engine's port proxy accepts
+//! connections on the published port even while nothing listens inside.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
+use crate::labels;
+use crate::plan::{Plan, PlannedComponent};
+
+/// How often a starting container's state and probe are checked.
+const POLL: Duration = Duration::from_millis(250);
+/// Longest single probe attempt.
+const ATTEMPT: Duration = Duration::from_secs(2);
+/// How many log lines an error carries.
+const LOG_TAIL: &str = "30";
+
+/// A stack the Docker backend stood up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerStack {
+    /// The run's network, named after the plan's namespace.
+    pub network: String,
+    /// The components, in the order they became ready.
+    pub containers: Vec<RunningComponent>,
+}
+
+impl DockerStack {
+    /// One component's container.
+    pub fn component(&self, name: &str) -> Option<&RunningComponent> {
+        self.containers.iter().find(|c| c.component == name)
+    }
+}
+
+/// One ready component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningComponent {
+    /// The component.
+    pub component: String,
+    /// The container id.
+    pub container_id: String,
+    /// The container name, also its host name on the run's network.
+    pub container_name: String,
+    /// Container port to the address it is published on (127.0.0.1).
+    pub ports: BTreeMap<u16, SocketAddr>,
+    /// Time from start to ready.
+    pub ready_after: Duration,
+}
+
+/// What [`remove_labelled`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// Container names.
+    pub containers: Vec<String>,
+    /// Network names.
+    pub networks: Vec<String>,
+}
+
+/// A Docker backend error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// The component has no `[components.<name>.docker]` section.
+    #[error("component `{component}` has no `docker` section in the catalog, so the Docker backend cannot run it; add one (ports, env, ready)")]
+    NotForDocker {
+        /// The component.
+        component: String,
+    },
+    /// An env value refers to something that cannot be resolved.
+    #[error("component `{component}`: env `{key}` refers to `${{{reference}}}`, but {problem}")]
+    EnvReference {
+        /// The component.
+        component: String,
+        /// The variable.
+        key: String,
+        /// The reference, without `${}`.
+        reference: String,
+        /// Why it cannot be resolved.
+        problem: String,
+    },
+    /// A `log` probe's pattern does not compile.
+    #[error("component `{component}`: the ready.log pattern is invalid: {source}")]
+    Pattern {
+        /// The component.
+        component: String,
+        /// The regex error.
+        source: regex::Error,
+    },
+    /// A network operation failed.
+    #[error("{operation} network `{network}` failed: {source}")]
+    Network {
+        /// The network.
+        network: String,
+        /// What was asked of the engine.
+        operation: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// A container operation failed.
+    #[error("{operation} container `{container}` of `{component}` failed: {source}")]
+    Container {
+        /// The component.
+        component: String,
+        /// The container name.
+        container: String,
+        /// What was asked of the engine.
+        operation: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// The container stopped before it was ready.
+    #[error("component `{component}` (container `{container}`) exited with code {exit_code} {after:.1?} after start, before it was ready; last log lines:\n{logs}")]
+    Exited {
+        /// The component.
+        component: String,
+        /// The container name.
+        container: String,
+        /// Its exit code.
+        exit_code: i64,
+        /// Time from start to exit seen.
+        after: Duration,
+        /// Its last log lines.
+        logs: String,
+    },
+    /// The probe did not succeed within its timeout.
+    #[error("component `{component}` (container `{container}`) was not ready after {timeout:?}: {probe} never succeeded; last log lines:\n{logs}")]
+    NotReady {
+        /// The component.
+        component: String,
+        /// The container name.
+        container: String,
+        /// The probe, described.
+        probe: String,
+        /// Its timeout.
+        timeout: Duration,
+        /// Its last log lines.
+        logs: String,
+    },
+    /// Listing resources to remove failed.
+    #[error("listing {what} labelled {filters:?} failed: {source}")]
+    List {
+        /// Containers or networks.
+        what: &'static str,
+        /// The label filters.
+        filters: Vec<String>,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+}
+
+/// The container name of `component` in `plan`: unique to the run and consumer.
+pub fn container_name(plan: &Plan, component: &str) -> String {
+    format!("{}-{component}", plan.namespace())
+}
+
+/// Creates the run's network and starts every component of `plan`, each once
+/// its dependencies are ready, components whose dependencies are ready
+/// starting together. If a component fails, what `up` created is removed
+/// (the error carries the failed component's logs).
+///
+/// # Errors
+/// [`DockerError`] naming the component: no `docker` section, an env
+/// reference that cannot be resolved, an engine error, a container that
+/// exited before it was ready (reported at once) or a probe timeout.
+///
+/// # Example
+/// ```no_run
+/// # async fn demo(plan: e2e_infra::Plan) -> Result<(), Box<dyn std::error::Error>> {
+/// let docker = e2e_infra::engine::connect().await?;
+/// let stack = e2e_infra::deploy::docker::up(&docker, &plan).await?;
+/// let db = stack.component("postgres").and_then(|c| c.ports.get(&5432));
+/// # Ok(()) }
+/// ```
+pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError> {
+    let mut envs = HashMap::new();
+    for component in plan.components() {
+        envs.insert(component.name.as_str(), resolve_env(plan, component)?);
+    }
+    let network = plan.namespace().to_string();
+    let request = NetworkCreateRequest {
+        name: network.clone(),
+        driver: Some("bridge".to_owned()),
+        labels: Some(labels::for_run(plan)),
+        ..Default::default()
+    };
+    docker
+        .create_network(request)
+        .await
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?;
+    match start_all(docker, plan, &network, envs).await {
+        Ok(containers) => Ok(DockerStack { network, containers }),
+        Err(e) => {
+            if let Err(cleanup) = remove_labelled(docker, &labels::run_filter(plan)).await {
+                tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it by its labels");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn start_all(
+    docker: &Docker,
+    plan: &Plan,
+    network: &str,
+    mut envs: HashMap<&str, Vec<String>>,
+) -> Result<Vec<RunningComponent>, DockerError> {
+    let mut waiting: Vec<&PlannedComponent> = plan.components().iter().collect();
+    let mut ready: Vec<RunningComponent> = Vec::new();
+    let mut starting = FuturesUnordered::new();
+    loop {
+        let (free, blocked): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|c| c.depends_on.iter().all(|d| ready.iter().any(|r| &r.component == d)));
+        waiting = blocked;
+        for component in free {
+            let env = envs.remove(component.name.as_str()).unwrap_or_default();
+            starting.push(start_one(docker, plan, component, network, env));
+        }
+        match starting.next().await {
+            Some(result) => ready.push(result?),
+            None => return Ok(ready),
+        }
+    }
+}
+
+fn docker_spec(component: &PlannedComponent) -> Result<&DockerSpec, DockerError> {
+    component.spec.docker.as_ref().ok_or_else(|| DockerError::NotForDocker { component: component.name.clone() })
+}
+
+/// The component's env with `${dep.host}`, `${dep.port}` and `${dep.addr}`
+/// replaced, as `KEY=value`.
+fn resolve_env(plan: &Plan, component: &PlannedComponent) -> Result<Vec<String>, DockerError> {
+    let spec = docker_spec(component)?;
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (key, value) in &spec.env {
+        let mut resolved = value.clone();
+        for reference in env_references(value) {
+            let problem = |problem: String| DockerError::EnvReference {
+                component: component.name.clone(),
+                key: key.clone(),
+                reference: reference.to_owned(),
+                problem,
+            };
+            let (dep, field) = reference.split_once('.').unwrap_or((reference, ""));
+            let target = plan
+                .component(dep)
+                .filter(|_| component.depends_on.iter().any(|d| d == dep))
+                .ok_or_else(|| problem(format!("`{dep}` is not among its dependencies")))?;
+            let host = container_name(plan, dep);
+            let port = || {
+                docker_spec(target)?
+                    .ports
+                    .first()
+                    .copied()
+                    .ok_or_else(|| problem(format!("`{dep}` declares no ports in its `docker` section")))
+            };
+            let text = match field {
+                "host" => host,
+                "port" => port()?.to_string(),
+                "addr" => format!("{host}:{}", port()?),
+                _ => return Err(problem("only `host`, `port` and `addr` exist".to_owned())),
+            };
+            resolved = resolved.replace(&format!("${{{reference}}}"), &text);
+        }
+        env.push(format!("{key}={resolved}"));
+    }
+    Ok(env)
+}
+
+async fn start_one(
+    docker: &Docker,
+    plan: &Plan,
+    component: &PlannedComponent,
+    network: &str,
+    env: Vec<String>,
+) -> Result<RunningComponent, DockerError> {
+    let spec = docker_spec(component)?;
+    let name = container_name(plan, &component.name);
+    let failed = |operation, source| DockerError::Container {
+        component: component.name.clone(),
+        container: name.clone(),
+        operation,
+        source,
+    };
+    let port_keys: Vec<String> = spec.ports.iter().map(|p| format!("{p}/tcp")).collect();
+    let bindings = port_keys
+        .iter()
+        .map(|key| {
+            let binding = PortBinding { host_ip: Some("127.0.0.1".to_owned()), host_port: Some(String::new()) };
+            (key.clone(), Some(vec![binding]))
+        })
+        .collect();
+    let endpoint = EndpointSettings { aliases: Some(vec![component.name.clone()]), ..Default::default() };
+    let body = ContainerCreateBody {
+        image: Some(component.image.to_string()),
+        env: Some(env),
+        cmd: spec.command.clone(),
+        labels: Some(labels::for_component(plan, &component.name)),
+        exposed_ports: Some(port_keys),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_owned()),
+            port_bindings: Some(bindings),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network.to_owned(), endpoint)])),
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
+        .await
+        .map_err(|e| failed("creating", e))?;
+    docker.start_container(&created.id, None).await.map_err(|e| failed("starting", e))?;
+    let started = Instant::now();
+    tracing::info!(component = %component.name, container = %name, "started; waiting until ready");
+    let probe = Prober::new(component, &name, spec.ready.as_ref())?;
+    let ports = probe.wait(docker, &created.id, network, started).await?;
+    let ready_after = started.elapsed();
+    tracing::info!(component = %component.name, container = %name, ?ready_after, "ready");
+    Ok(RunningComponent {
+        component: component.name.clone(),
+        container_id: created.id,
+        container_name: name,
+        ports: ports.into_iter().filter(|(port, _)| spec.ports.contains(port)).collect(),
+        ready_after,
+    })
+}
+
+/// Waits for one container to be ready.
+struct Prober<'a> {
+    component: &'a str,
+    container: &'a str,
+    ready: Option<&'a ReadySpec>,
+    pattern: Option<regex::Regex>,
+}
+
+/// What one look at the container found.
+enum Seen {
+    Running(Option<IpAddr>),
+    Exited(i64),
+}
+
+impl<'a> Prober<'a> {
+    fn new(component: &'a PlannedComponent, container: &'a str, ready: Option<&'a ReadySpec>) -> Result<Self, DockerError> {
+        let pattern = match ready.map(|r| &r.probe) {
+            Some(Probe::Log(pattern)) => Some(
+                regex::Regex::new(pattern)
+                    .map_err(|source| DockerError::Pattern { component: component.name.clone(), source })?,
+            ),
+            _ => None,
+        };
+        Ok(Self { component: &component.name, container, ready, pattern })
+    }
+
+    /// Polls the container's state and the probe until ready; returns the
+    /// published ports. A container that stops is reported at once.
+    async fn wait(
+        &self,
+        docker: &Docker,
+        id: &str,
+        network: &str,
+        started: Instant,
+    ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
+        loop {
+            let inspected = docker.inspect_container(id, None).await.map_err(|source| DockerError::Container {
+                component: self.component.to_owned(),
+                container: self.container.to_owned(),
+                operation: "inspecting",
+                source,
+            })?;
+            let ports = published_ports(&inspected);
+            let seen = seen(&inspected, network);
+            let completes = matches!(self.ready.map(|r| &r.probe), Some(Probe::Completes));
+            match seen {
+                Seen::Exited(0) if completes => return Ok(ports),
+                Seen::Exited(exit_code) => {
+                    return Err(DockerError::Exited {
+                        component: self.component.to_owned(),
+                        container: self.container.to_owned(),
+                        exit_code,
+                        after: started.elapsed(),
+                        logs: last_logs(docker, id).await,
+                    })
+                }
+                Seen::Running(ip) => {
+                    let Some(ready) = self.ready else { return Ok(ports) };
+                    if self.attempt(docker, id, ip, &ready.probe).await {
+                        return Ok(ports);
+                    }
+                    if started.elapsed() >= ready.timeout {
+                        return Err(DockerError::NotReady {
+                            component: self.component.to_owned(),
+                            container: self.container.to_owned(),
+                            probe: describe(&ready.probe),
+                            timeout: ready.timeout,
+                            logs: last_logs(docker, id).await,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn attempt(&self, docker: &Docker, id: &str, ip: Option<IpAddr>, probe: &Probe) -> bool {
+        match probe {
+            Probe::Tcp(port) => match ip {
+                Some(ip) => tcp_open(SocketAddr::new(ip, *port)).await,
+                None => false,
+            },
+            Probe::Http(http) => match ip {
+                Some(ip) => http_ok(SocketAddr::new(ip, http.port), &http.path).await,
+                None => false,
+            },
+            Probe::Log(_) => {
+                let logs = all_logs(docker, id).await;
+                self.pattern.as_ref().is_some_and(|p| logs.lines().any(|line| p.is_match(line)))
+            }
+            Probe::Completes => false,
+        }
+    }
+}
+
+fn seen(inspected: &bollard::models::ContainerInspectResponse, network: &str) -> Seen {
+    use bollard::models::ContainerStateStatusEnum as Status;
+    let state = inspected.state.clone().unwrap_or_default();
+    if matches!(state.status, Some(Status::EXITED | Status::DEAD)) {
+        return Seen::Exited(state.exit_code.unwrap_or(-1));
+    }
+    let ip = inspected
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .and_then(|n| n.get(network))
+        .and_then(|e| e.ip_address.as_deref())
+        .and_then(|ip| ip.parse().ok());
+    Seen::Running(ip)
+}
+
+fn published_ports(inspected: &bollard::models::ContainerInspectResponse) -> BTreeMap<u16, SocketAddr> {
+    let mut ports = BTreeMap::new();
+    let map = inspected.network_settings.as_ref().and_then(|s| s.ports.as_ref());
+    for (key, bindings) in map.into_iter().flatten() {
+        let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse().ok()) else { continue };
+        let found = bindings.iter().flatten().find_map(|b| {
+            let ip: IpAddr = match b.host_ip.as_deref() {
+                None | Some("") | Some("0.0.0.0") => IpAddr::from([127, 0, 0, 1]),
+                Some(ip) => ip.parse().ok()?,
+            };
+            let host_port = b.host_port.as_deref()?.parse().ok()?;
+            Some(SocketAddr::new(ip, host_port))
+        });
+        if let Some(addr) = found {
+            ports.insert(port, addr);
+        }
+    }
+    ports
+}
+
+fn describe(probe: &Probe) -> String {
+    match probe {
+        Probe::Tcp(port) => format!("a TCP connect to port {port}"),
+        Probe::Http(http) => format!("an HTTP GET of {} on port {} answering 2xx", http.path, http.port),
+        Probe::Log(pattern) => format!("a log line matching `{pattern}`"),
+        Probe::Completes => "running to completion with exit code 0".to_owned(),
+    }
+}
+
+async fn tcp_open(addr: SocketAddr) -> bool {
+    matches!(tokio::time::timeout(ATTEMPT, TcpStream::connect(addr)).await, Ok(Ok(_)))
+}
+
+async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0; 64];
+        let mut read = 0;
+        while read < head.len() {
+            let n = stream.read(&mut head[read..]).await?;
+            if n == 0 || head[..read + n].contains(&b'\n') {
+                read += n;
+                break;
+            }
+            read += n;
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..read]).into_owned())
+    };
+    match tokio::time::timeout(ATTEMPT, exchange).await {
+        Ok(Ok(head)) => status_is_success(&head),
+        _ => false,
+    }
+}
+
+/// Whether an HTTP status line says 2xx.
+fn status_is_success(head: &str) -> bool {
+    let mut parts = head.split_whitespace();
+    parts.next().is_some_and(|v| v.starts_with("HTTP/")) && parts.next().is_some_and(|code| code.len() == 3 && code.starts_with('2'))
+}
+
+async fn fetch_logs(docker: &Docker, id: &str, tail: &str) -> String {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(tail).build();
+    let mut text = String::new();
+    let mut logs = docker.logs(id, Some(options));
+    while let Some(chunk) = logs.next().await {
+        match chunk {
+            Ok(out) => text.push_str(&out.to_string()),
+            Err(e) => {
+                text.push_str(&format!("<reading the logs failed: {e}>"));
+                break;
+            }
+        }
+    }
+    text
+}
+
+async fn all_logs(docker: &Docker, id: &str) -> String {
+    fetch_logs(docker, id, "all").await
+}
+
+async fn last_logs(docker: &Docker, id: &str) -> String {
+    let text = fetch_logs(docker, id, LOG_TAIL).await;
+    if text.trim().is_empty() {
+        "<no output>".to_owned()
+    } else {
+        text.trim_end().to_owned()
+    }
+}
+
+/// Removes (forcibly) every container, then every network, that carries all
+/// of `filters` (`key=value`, e.g. from [`labels::run_filter`]) and the
+/// managed-by label. Images are never removed.
+///
+/// # Errors
+/// [`DockerError::List`] when listing fails, [`DockerError::Container`] or
+/// [`DockerError::Network`] when a removal fails; something removed
+/// meanwhile by someone else is not an error.
+pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Removed, DockerError> {
+    let mut labels = vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)];
+    labels.extend(filters.iter().filter(|f| !labels.contains(f)).cloned().collect::<Vec<_>>());
+    let filter = HashMap::from([("label", labels.clone())]);
+    let list_error = |what| {
+        let filters = labels.clone();
+        move |source| DockerError::List { what, filters, source }
+    };
+    let mut removed = Removed::default();
+    let containers = docker
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
+        .await
+        .map_err(list_error("containers"))?;
+    for container in containers {
+        let Some(id) = container.id else { continue };
+        let name = container
+            .names
+            .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
+            .unwrap_or_else(|| id.clone());
+        let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
+        match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
+            Ok(()) => removed.containers.push(name),
+            Err(e) if gone(&e) => {}
+            Err(source) => return Err(DockerError::Container { component, container: name, operation: "removing", source }),
+        }
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filter).build()))
+        .await
+        .map_err(list_error("networks"))?;
+    for network in networks {
+        let Some(name) = network.name else { continue };
+        match docker.remove_network(&name).await {
+            Ok(()) => removed.networks.push(name),
+            Err(e) if gone(&e) => {}
+            Err(source) => return Err(DockerError::Network { network: name, operation: "removing", source }),
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the engine says the object no longer exists (or is already being
+/// removed by someone else).
+fn gone(error: &bollard::errors::Error) -> bool {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => true,
+        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
+            message.contains("already in progress")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{Catalog, Delivery, RunId};
+
+    fn plan(catalog: &str) -> Plan {
+        let catalog = Catalog::parse(Path::new("/project/e2e-infra.toml"), catalog).unwrap();
+        Plan::new(&catalog, "unit", &["app"], RunId::explicit("unit-run", None).unwrap(), &Delivery::Local).unwrap()
+    }
+
+    const DB: &str = "[components.db]\nimage = \"postgres:16\"\ndocker = { ports = [5432, 9187] }\n";
+
+    #[test]
+    fn env_references_become_container_names_and_first_ports() {
+        let plan = plan(&format!(
+            "{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = {{ env = {{ DSN = \"postgres://u@${{db.addr}}/x\", H = \"${{db.host}}\", P = \"${{db.port}}\", PLAIN = \"$HOME\" }} }}\n"
+        ));
+        let db = container_name(&plan, "db");
+        let env = resolve_env(&plan, plan.component("app").unwrap()).unwrap();
+        assert_eq!(
+            env,
+            [format!("DSN=postgres://u@{db}:5432/x"), format!("H={db}"), "P=5432".to_owned(), "PLAIN=$HOME".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_port_reference_to_a_component_without_ports_is_an_error() {
+        let plan = plan(
+            "[components.db]\nimage = \"postgres:16\"\ndocker = {}\n[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = { env = { A = \"${db.addr}\" } }\n",
+        );
+        let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
+        assert!(error.to_string().contains("declares no ports"), "{error}");
+    }
+
+    #[test]
+    fn a_component_without_a_docker_section_cannot_run_here() {
+        let plan = plan(&format!("{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\n"));
+        let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
+        assert!(matches!(error, DockerError::NotForDocker { .. }), "{error}");
+    }
+
+    #[test]
+    fn http_status_lines() {
+        assert!(status_is_success("HTTP/1.0 200 OK\r\n"));
+        assert!(status_is_success("HTTP/1.1 204 No Content\r\n"));
+        assert!(!status_is_success("HTTP/1.1 404 Not Found\r\n"));
+        assert!(!status_is_success("HTTP/1.1 500 Oops\r\n"));
+        assert!(!status_is_success("SSH-2.0-OpenSSH\r\n"));
+        assert!(!status_is_success(""));
+    }
+}

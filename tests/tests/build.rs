@@ -1,0 +1,284 @@
+//! Image builds against the real engine.
+#![cfg(feature = "e2e")]
+
+use std::time::Duration;
+
+use e2e_infra::build::{build_all, BuildError, BuildOptions};
+use e2e_infra::{labels, Delivery};
+use e2e_infra_tests::{
+    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project,
+};
+
+const AREA: &str = "docker-build";
+
+/// The seed's layout: context `ctx`, one Dockerfile in `ctx/docker/`, one
+/// outside the context; build args, a target stage and labels reach the image.
+#[tokio::test]
+async fn dockerfiles_inside_and_outside_the_context_with_args_and_target() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    let stages = "ARG GREETING=unset\nLABEL greeting=$GREETING\nENV GREETING_ENV=$GREETING\nRUN echo \"$GREETING\" > /greeting\n";
+    project.write("ctx/docker/x.Dockerfile", busybox_dockerfile(stages));
+    let outside = format!(
+        "{}FROM base AS final\nLABEL stage=final\n",
+        busybox_dockerfile(stages).replace("FROM scratch", "FROM scratch AS base")
+    );
+    project.write("outside/y.Dockerfile", outside);
+    let catalog = project.catalog(
+        r#"
+[components.inner]
+build = { context = "ctx", dockerfile = "ctx/docker/x.Dockerfile", args = { GREETING = "hello-inner" } }
+
+[components.outer]
+build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETING = "hello-outer" }, target = "base" }
+"#,
+    );
+    let plan = plan(
+        &catalog,
+        "seed",
+        &["inner", "outer"],
+        AREA,
+        &Delivery::Local,
+    );
+    let built = build_all(&docker, &plan, &BuildOptions::default()).await;
+    let body = async {
+        let built = built.map_err(|e| e.to_string())?;
+        assert_eq!(
+            built
+                .iter()
+                .map(|b| b.component.as_str())
+                .collect::<Vec<_>>(),
+            ["inner", "outer"]
+        );
+        for (outcome, greeting) in built.iter().zip(["hello-inner", "hello-outer"]) {
+            assert!(
+                !outcome.cached,
+                "{} should have been built",
+                outcome.component
+            );
+            assert_eq!(&outcome.image, plan.image(&outcome.component).unwrap());
+            let image = docker
+                .inspect_image(&outcome.image.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(image.id.as_deref(), Some(outcome.image_id.as_str()));
+            let config = image.config.unwrap_or_default();
+            let image_labels = config.labels.unwrap_or_default();
+            assert_eq!(
+                image_labels.get("greeting").map(String::as_str),
+                Some(greeting)
+            );
+            assert!(config
+                .env
+                .unwrap_or_default()
+                .contains(&format!("GREETING_ENV={greeting}")));
+            assert_eq!(
+                image_labels.get(labels::RUN).map(String::as_str),
+                Some(plan.run().as_str())
+            );
+            assert_eq!(
+                image_labels.get(labels::CONSUMER).map(String::as_str),
+                Some("seed")
+            );
+            assert_eq!(
+                image_labels.get(labels::COMPONENT),
+                Some(&outcome.component)
+            );
+            assert_eq!(
+                image_labels.get(labels::MANAGED_BY).map(String::as_str),
+                Some(labels::MANAGED_BY_VALUE)
+            );
+            assert!(image_labels
+                .get(labels::INPUT_DIGEST)
+                .is_some_and(|d| d.starts_with("sha256:")));
+            // The target stage stops before the final stage's label.
+            assert!(
+                !image_labels.contains_key("stage"),
+                "{}: target stage ignored",
+                outcome.component
+            );
+        }
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_built_images(&docker, &plan).await;
+    })
+    .await;
+}
+
+/// Unchanged inputs are tagged, not rebuilt; an ignored file does not count;
+/// a changed context file and `force` rebuild.
+#[tokio::test]
+async fn the_input_digest_decides_whether_to_build() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.busybox_catalog("app", "COPY config /config\n");
+    project.write("app/config", "v1");
+    project.write("app/.dockerignore", "scratch-notes\n");
+    project.write("app/scratch-notes", "first");
+    let opts = BuildOptions::default();
+    let plans = std::cell::RefCell::new(Vec::new());
+    let body = async {
+        let build = |force: bool| {
+            let p = plan(&catalog, "cache", &["app"], AREA, &Delivery::Local);
+            plans.borrow_mut().push(p.clone());
+            let docker = docker.clone();
+            let opts = BuildOptions {
+                force,
+                ..opts.clone()
+            };
+            async move {
+                let built = build_all(&docker, &p, &opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tagged = docker
+                    .inspect_image(&p.image("app").unwrap().to_string())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(
+                    tagged.id.as_deref(),
+                    Some(built[0].image_id.as_str()),
+                    "the run's own tag names the image"
+                );
+                Ok::<_, String>(built[0].clone())
+            }
+        };
+        let first = build(false).await?;
+        assert!(!first.cached);
+        let again = build(false).await?;
+        assert!(again.cached, "unchanged inputs were rebuilt");
+        assert_eq!(again.image_id, first.image_id);
+
+        project.write("app/scratch-notes", "second");
+        let ignored = build(false).await?;
+        assert!(ignored.cached, "a .dockerignored change triggered a build");
+        assert_eq!(ignored.image_id, first.image_id);
+
+        project.write("app/config", "v2");
+        let changed = build(false).await?;
+        assert!(
+            !changed.cached,
+            "a changed context file did not trigger a build"
+        );
+        assert_ne!(changed.image_id, first.image_id);
+
+        let forced = build(true).await?;
+        assert!(!forced.cached);
+        assert_ne!(forced.image_id, changed.image_id, "force reused the image");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        let made = plans.take();
+        for p in &made {
+            remove_built_images(&docker, p).await;
+        }
+    })
+    .await;
+}
+
+async fn failing_build(dockerfile_tail: &str) -> BuildError {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.busybox_catalog("broken", dockerfile_tail);
+    let plan = plan(&catalog, "fails", &["broken"], AREA, &Delivery::Local);
+    let result = build_all(&docker, &plan, &BuildOptions::default()).await;
+    remove_built_images(&docker, &plan).await;
+    let error = result.expect_err("the build should fail");
+    eprintln!("{error}");
+    error
+}
+
+#[tokio::test]
+async fn a_failing_run_step_is_named() {
+    let error = failing_build("RUN echo about-to-fail\nRUN /bin/busybox false\n").await;
+    let message = error.to_string();
+    assert!(matches!(error, BuildError::Failed { .. }), "{message}");
+    assert!(message.contains("`broken`"), "{message}");
+    assert!(message.contains("RUN /bin/busybox false"), "{message}");
+    assert!(
+        message.contains("about-to-fail"),
+        "the last output lines are missing: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_copy_source_is_named() {
+    let error = failing_build("COPY not-there /x\n").await;
+    let message = error.to_string();
+    assert!(message.contains("COPY not-there /x"), "{message}");
+}
+
+#[tokio::test]
+async fn a_missing_borrowed_image_is_not_pulled() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let image = format!("localhost/e2e-infra-absent:{}", std::process::id());
+    let catalog = project.catalog(&format!("[components.absent]\nimage = \"{image}\"\n"));
+    let plan = plan(&catalog, "borrow", &["absent"], AREA, &Delivery::Local);
+    let started = std::time::Instant::now();
+    let error = build_all(&docker, &plan, &BuildOptions::default())
+        .await
+        .expect_err("must fail");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let message = error.to_string();
+    assert!(
+        matches!(error, BuildError::BorrowedMissing { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&image) && message.contains("cannot be pulled"),
+        "{message}"
+    );
+}
+
+/// Builds run side by side; the first failure ends the others instead of
+/// waiting for them.
+#[tokio::test]
+async fn one_failure_stops_the_other_builds() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("slow.Dockerfile", busybox_dockerfile("RUN sleep 120\n"));
+    project.write(
+        "fails.Dockerfile",
+        busybox_dockerfile("RUN sleep 2 && false\n"),
+    );
+    let catalog = project.catalog(
+        "[components.slow]\nbuild = { context = \"ctx\", dockerfile = \"slow.Dockerfile\" }\n\
+         [components.fails]\nbuild = { context = \"ctx\", dockerfile = \"fails.Dockerfile\" }\n",
+    );
+    let plan = plan(
+        &catalog,
+        "together",
+        &["slow", "fails"],
+        AREA,
+        &Delivery::Local,
+    );
+    let started = std::time::Instant::now();
+    let result = build_all(
+        &docker,
+        &plan,
+        &BuildOptions {
+            force: false,
+            concurrency: 2,
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let slow_tagged = docker
+        .inspect_image(&plan.image("slow").unwrap().to_string())
+        .await
+        .is_ok();
+    remove_built_images(&docker, &plan).await;
+    let error = result.expect_err("one build fails");
+    assert!(
+        matches!(&error, BuildError::Failed { component, .. } if component == "fails"),
+        "{error}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "waited {elapsed:?} for the slow build"
+    );
+    assert!(!slow_tagged, "the cancelled build still produced its image");
+}

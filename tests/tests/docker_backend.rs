@@ -1,0 +1,275 @@
+//! The Docker backend against the real engine, and connecting to no engine.
+#![cfg(feature = "e2e")]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+use e2e_infra::deploy::docker::{container_name, remove_labelled, up, DockerError};
+use e2e_infra::engine::{connect_to, EngineError};
+use e2e_infra::{labels, Delivery, Plan};
+use e2e_infra_tests::{
+    busybox_image, clean_up_after, engine, http_get, plan, remove_built_images, Project,
+};
+
+const AREA: &str = "docker-deploy";
+const WWW: &str = "RUN mkdir /www && echo upstream-ok > /www/index.html\n";
+
+/// Containers of `plan`'s run and consumer the engine still has.
+async fn leftovers(docker: &Docker, plan: &Plan) -> Vec<String> {
+    let filter = HashMap::from([("label", labels::run_filter(plan))]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filter)
+        .build();
+    let containers = docker.list_containers(Some(options)).await.unwrap();
+    containers
+        .into_iter()
+        .flat_map(|c| c.names.unwrap_or_default())
+        .collect()
+}
+
+/// Four components: a TCP stand-in, an HTTP stand-in, a one-shot migration,
+/// and an app that needs all three and reads their addresses from its env.
+#[tokio::test]
+async fn a_stack_comes_up_in_dependency_order_and_is_removed_by_label() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let (image_plan, image) = busybox_image(&docker, &project, AREA, WWW).await;
+    let catalog = project.catalog(&format!(
+        r#"
+[components.db]
+image = "{image}"
+docker = {{ ports = [5432], command = ["nc", "-ll", "-p", "5432", "-e", "echo", "db-says-hi"], ready = {{ tcp = 5432, timeout = "30s" }} }}
+
+[components.web]
+image = "{image}"
+docker = {{ ports = [8080], command = ["httpd", "-f", "-p", "8080", "-h", "/www"], ready = {{ http = "/index.html", timeout = "30s" }} }}
+
+[components.migrate]
+image = "{image}"
+depends_on = ["db"]
+docker = {{ command = ["sh", "-c", "echo migrating $DB; sleep 1; echo done"], env = {{ DB = "${{db.addr}}" }}, ready = {{ completes = true, timeout = "30s" }} }}
+
+[components.app]
+image = "{image}"
+depends_on = ["db", "web", "migrate"]
+[components.app.docker]
+ports = [9090]
+env = {{ DB_ADDR = "${{db.addr}}", WEB_URL = "http://${{web.host}}:${{web.port}}/index.html" }}
+command = ["sh", "-c", "mkdir -p /srv && wget -q -O /srv/upstream \"$WEB_URL\" && nc $(echo $DB_ADDR | tr : ' ') > /srv/db && echo $DB_ADDR > /srv/addr && exec httpd -f -p 9090 -h /srv"]
+ready = {{ http = "/upstream", timeout = "30s" }}
+"#,
+        image = image.image
+    ));
+    let plan = plan(&catalog, "stack", &["app"], AREA, &Delivery::Local);
+    let body = async {
+        let stack = up(&docker, &plan).await.map_err(|e| e.to_string())?;
+        assert_eq!(stack.network, plan.namespace().as_str());
+        let order: Vec<&str> = stack
+            .containers
+            .iter()
+            .map(|c| c.component.as_str())
+            .collect();
+        let at = |name| order.iter().position(|c| *c == name).unwrap();
+        assert!(
+            at("db") < at("migrate") && at("migrate") < at("app") && at("web") < at("app"),
+            "{order:?}"
+        );
+
+        let app = stack.component("app").unwrap();
+        assert_eq!(app.container_name, container_name(&plan, "app"));
+        let published = app.ports[&9090];
+        assert!(published.ip().is_loopback() && published.port() != 9090);
+        let get = |path| async move { http_get(published, path).await.map_err(|e| e.to_string()) };
+        assert_eq!(
+            get("/upstream").await?,
+            (200, "upstream-ok\n".to_owned()),
+            "app could not reach web by name"
+        );
+        assert_eq!(
+            get("/db").await?.1,
+            "db-says-hi\n",
+            "app could not reach db by name"
+        );
+        assert_eq!(
+            get("/addr").await?.1,
+            format!("{}:5432\n", container_name(&plan, "db"))
+        );
+
+        // Everything created carries the run's labels.
+        for running in &stack.containers {
+            let inspected = docker
+                .inspect_container(&running.container_id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let got = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+            for (key, value) in labels::for_component(&plan, &running.component) {
+                assert_eq!(
+                    got.get(&key),
+                    Some(&value),
+                    "{} lacks label {key}",
+                    running.component
+                );
+            }
+        }
+        let network = docker
+            .inspect_network(&stack.network, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let got = network.labels.unwrap_or_default();
+        for (key, value) in labels::for_run(&plan) {
+            assert_eq!(got.get(&key), Some(&value), "network lacks label {key}");
+        }
+
+        // A stack handle survives a round trip through a file.
+        let json = serde_json::to_string(&stack).map_err(|e| e.to_string())?;
+        let back: e2e_infra::deploy::docker::DockerStack =
+            serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        assert_eq!(back, stack);
+
+        let removed = remove_labelled(&docker, &labels::run_filter(&plan))
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(removed.containers.len(), 4, "{removed:?}");
+        assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
+        assert!(leftovers(&docker, &plan).await.is_empty());
+        assert!(
+            docker.inspect_network(&stack.network, None).await.is_err(),
+            "the network remains"
+        );
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&docker, &labels::run_filter(&plan))
+            .await
+            .unwrap();
+        remove_built_images(&docker, &image_plan).await;
+    })
+    .await;
+}
+
+async fn failing_stack(docker_section: &str) -> (DockerError, Duration, Vec<String>) {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let (image_plan, image) = busybox_image(&docker, &project, AREA, "").await;
+    let catalog = project.catalog(&format!(
+        "[components.broken]\nimage = \"{}\"\ndocker = {docker_section}\n",
+        image.image
+    ));
+    let plan = plan(&catalog, "failing", &["broken"], AREA, &Delivery::Local);
+    let started = Instant::now();
+    let result = up(&docker, &plan).await;
+    let elapsed = started.elapsed();
+    let left = leftovers(&docker, &plan).await;
+    remove_labelled(&docker, &labels::run_filter(&plan))
+        .await
+        .unwrap();
+    remove_built_images(&docker, &image_plan).await;
+    let error = result.expect_err("the stack should fail");
+    eprintln!("{error}");
+    (error, elapsed, left)
+}
+
+#[tokio::test]
+async fn a_crashing_component_fails_fast_with_its_logs() {
+    let (error, elapsed, left) = failing_stack(
+        r#"{ ports = [5432], command = ["sh", "-c", "echo boom; exit 3"], ready = { tcp = 5432, timeout = "120s" } }"#,
+    )
+    .await;
+    let message = error.to_string();
+    assert!(
+        matches!(error, DockerError::Exited { exit_code: 3, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("`broken`") && message.contains("boom"),
+        "{message}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?} of a 120 s timeout"
+    );
+    assert!(left.is_empty(), "up left {left:?} behind");
+}
+
+#[tokio::test]
+async fn a_component_that_never_opens_its_port_times_out() {
+    let (error, elapsed, _) = failing_stack(
+        r#"{ ports = [5432], command = ["sh", "-c", "echo waiting-forever; exec sleep 600"], ready = { tcp = 5432, timeout = "3s" } }"#,
+    )
+    .await;
+    let message = error.to_string();
+    assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
+    assert!(
+        message.contains("`broken`") && message.contains("port 5432"),
+        "{message}"
+    );
+    assert!(
+        message.contains("waiting-forever"),
+        "logs missing: {message}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(60),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_one_shot_component_is_reported() {
+    let (error, _, _) = failing_stack(r#"{ command = ["sh", "-c", "echo migration failed >&2; exit 1"], ready = { completes = true } }"#).await;
+    let message = error.to_string();
+    assert!(
+        matches!(error, DockerError::Exited { exit_code: 1, .. }),
+        "{message}"
+    );
+    assert!(message.contains("migration failed"), "{message}");
+}
+
+#[tokio::test]
+async fn no_engine_at_a_missing_socket_fails_fast_and_says_how_to_start_one() {
+    let socket = format!(
+        "unix:///tmp/e2e-infra-no-engine-{}.sock",
+        std::process::id()
+    );
+    let started = Instant::now();
+    let error = connect_to(&socket)
+        .await
+        .expect_err("nothing listens there");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let message = error.to_string();
+    assert!(
+        matches!(error, EngineError::Unreachable { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&socket) && message.contains("scripts/engine.sh"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_engine_that_never_answers_fails_within_the_ping_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.sock");
+    // Accepts connections and never answers.
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let host = format!("unix://{}", path.display());
+    let started = Instant::now();
+    let error = connect_to(&host).await.expect_err("the engine is silent");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, EngineError::NoAnswer { .. }), "{error}");
+    assert!(error.to_string().contains(&host));
+    held.abort();
+}
