@@ -24,6 +24,8 @@ pub enum Placement {
     },
     /// Workloads in a Kubernetes namespace.
     Kubernetes {
+        /// The Kind cluster.
+        cluster: String,
         /// The kubeconfig context.
         context: String,
     },
@@ -147,27 +149,26 @@ impl Infra {
         &self.record.summary
     }
 
-    /// A Docker client for the engine the stack runs on, bound to the
-    /// caller's runtime.
+    /// A Docker client for the engine the stack runs on (the one that built
+    /// the images), bound to the caller's runtime.
     ///
     /// # Errors
-    /// [`EngineError`] when the engine address cannot be used.
-    pub fn docker(&self) -> Result<bollard::Docker, EngineError> {
+    /// [`EngineError`] when the engine does not answer.
+    pub async fn docker(&self) -> Result<bollard::Docker, EngineError> {
         match &self.record.placement {
-            Placement::Docker { docker_host: Some(host), .. } => engine::client_for(host),
-            _ => engine::client_from_env(),
+            Placement::Docker { docker_host: Some(host), .. } => engine::connect_to(host).await,
+            _ => engine::connect().await,
         }
     }
 
     /// A Kubernetes client for the stack's cluster, bound to the caller's runtime.
     ///
     /// # Errors
-    /// [`kube::Error`] or a kubeconfig error when the cluster's context cannot be loaded.
+    /// [`KubeError`](crate::deploy::kube::KubeError) when the cluster's context cannot be loaded.
     pub async fn kube(&self) -> Result<kube::Client, crate::deploy::kube::KubeError> {
-        let context = match &self.record.placement {
-            Placement::Kubernetes { context } => Some(context.as_str()),
-            Placement::Docker { .. } => None,
-        };
-        crate::deploy::kube::client(context).await
+        match &self.record.placement {
+            Placement::Kubernetes { cluster, context } => crate::deploy::kube::client(cluster, Some(context)).await,
+            Placement::Docker { .. } => crate::deploy::kube::client("kind", None).await,
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::engine;
 use crate::handle::{Placement, StackRecord};
 use crate::labels;
 use crate::load::{kind, registry};
-use crate::plan::Plan;
+use crate::plan::{Namespace, Plan};
 use crate::suite::Backend;
 
 /// A stage of a stack's setup or removal failed.
@@ -85,6 +85,11 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// [`StackError`] from the first stage that fails.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     let docker = engine::connect().await?;
+    let mut plan = plan.clone();
+    if let Some(timeout) = options.ready_timeout {
+        plan.set_ready_timeout(timeout);
+    }
+    let plan = &plan;
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
     let built: Vec<BuildOutcome> = build::build_all(&docker, plan, &options.build).await?;
     for outcome in &built {
@@ -93,7 +98,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
     let mut endpoints = BTreeMap::new();
     let placement = match options.backend {
         Backend::Docker => {
-            let stack = docker_backend::up(&docker, plan, options.ready_timeout).await?;
+            let stack = docker_backend::up(&docker, plan).await?;
             for running in &stack.containers {
                 timings.entry(running.component.clone()).or_default().ready = Some(running.ready_after);
                 endpoints.insert(running.component.clone(), running.ports.clone());
@@ -103,7 +108,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         Backend::Kind { cluster, registry: registry_host } => {
             let started = Instant::now();
             if registry_host.is_some() {
-                registry::push_all(&docker, plan).await?;
+                registry::push_all(&docker, plan, None).await?;
             } else {
                 let images: Vec<kind::LoadImage> = built
                     .iter()
@@ -115,7 +120,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
                 timings.entry(outcome.component.clone()).or_default().load = Some(started.elapsed());
             }
             let context = format!("kind-{cluster}");
-            let client = kube_backend::client(Some(&context)).await?;
+            let client = kube_backend::client(cluster, Some(&context)).await?;
             let started = Instant::now();
             let kube_options = kube_backend::KubeOptions {
                 timeout: options.ready_timeout.unwrap_or(kube_backend::KubeOptions::default().timeout),
@@ -124,7 +129,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
             for component in plan.components() {
                 timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
             }
-            Placement::Kubernetes { context }
+            Placement::Kubernetes { cluster: cluster.to_owned(), context }
         }
     };
     Ok(StackRecord {
@@ -142,6 +147,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
 /// are the build cache, borrowed ones are not ours.
 ///
 /// `kube_context` names the cluster whose namespace goes too.
+/// Returns what was removed, in words.
 ///
 /// # Errors
 /// [`StackError`] when the engine or cluster refuses.
@@ -153,11 +159,12 @@ pub async fn down(
 ) -> Result<String, StackError> {
     let filters = labels::filter(run_id, consumer);
     let removed = docker_backend::remove_labelled(docker, &filters).await?;
-    let mut summary = removed.to_string();
+    let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
     if let Some(context) = kube_context {
-        let client = kube_backend::client(Some(context)).await?;
-        let deleted = kube_backend::delete_labelled_namespaces(client, &filters).await?;
-        let _ = write!(summary, ", {deleted} namespace(s)");
+        let client = kube_backend::client("", Some(context)).await?;
+        let namespace = Namespace::of(run_id, consumer);
+        kube_backend::delete_namespace(client, &namespace).await?;
+        let _ = write!(summary, ", namespace {namespace}");
     }
     Ok(summary)
 }

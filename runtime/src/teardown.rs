@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
 
+use crate::deploy::docker::DockerError;
 use crate::labels;
 use crate::plan::Launcher;
 use crate::stack::{self, StackError};
@@ -64,6 +65,10 @@ fn managed_filter() -> HashMap<String, Vec<String>> {
     )])
 }
 
+fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
+    StackError::Docker(DockerError::List { what, filters: managed_filter()["label"].clone(), source })
+}
+
 /// Every run and consumer that owns containers or networks on the engine.
 ///
 /// # Errors
@@ -72,34 +77,34 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     let containers = docker
         .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
         .await
-        .map_err(|e| StackError::Docker(crate::deploy::docker::DockerError::from_engine("listing containers", e)))?;
+        .map_err(|source| listing("containers", source))?;
     let networks = docker
         .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
         .await
-        .map_err(|e| StackError::Docker(crate::deploy::docker::DockerError::from_engine("listing networks", e)))?;
+        .map_err(|source| listing("networks", source))?;
     let mut runs: BTreeMap<(String, String), RunStack> = BTreeMap::new();
-    let mut entry = |labels: &HashMap<String, String>| -> Option<&mut RunStack> {
-        let run_id = labels.get(labels::RUN)?.clone();
-        let consumer = labels.get(labels::CONSUMER)?.clone();
-        let launcher = labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l));
-        Some(runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
-            kept: RunDir::existing(&run_id, &consumer).is_some_and(|d| d.is_kept()),
-            run_id,
-            consumer,
-            launcher,
+    let owned = containers
+        .into_iter()
+        .map(|c| (c.labels, c.names.and_then(|n| n.into_iter().next()), true))
+        .chain(networks.into_iter().map(|n| (n.labels, n.name, false)));
+    for (labels, name, is_container) in owned {
+        let Some(labels) = labels else { continue };
+        let (Some(run_id), Some(consumer)) = (labels.get(labels::RUN), labels.get(labels::CONSUMER)) else {
+            continue;
+        };
+        let run = runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
+            kept: RunDir::existing(run_id, consumer).is_some_and(|d| d.is_kept()),
+            run_id: run_id.clone(),
+            consumer: consumer.clone(),
+            launcher: labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l)),
             containers: Vec::new(),
             networks: Vec::new(),
-        }))
-    };
-    for container in containers {
-        let name = container.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
-        if let Some(run) = container.labels.as_ref().and_then(&mut entry) {
-            run.containers.push(name.trim_start_matches('/').to_owned());
-        }
-    }
-    for network in networks {
-        if let Some(run) = network.labels.as_ref().and_then(&mut entry) {
-            run.networks.push(network.name.unwrap_or_default());
+        });
+        let name = name.unwrap_or_default().trim_start_matches('/').to_owned();
+        if is_container {
+            run.containers.push(name);
+        } else {
+            run.networks.push(name);
         }
     }
     Ok(runs.into_values().collect())

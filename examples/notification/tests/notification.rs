@@ -38,7 +38,7 @@ mod notification_e2e {
 
     #[tokio::test]
     async fn the_engine_runs_what_was_built(infra: &Infra) {
-        let docker = infra.docker().expect("docker client");
+        let docker = infra.docker().await.expect("docker client");
         let name = format!("{}-datastorage", infra.namespace());
         let container = docker.inspect_container(&name, None).await.expect("inspect datastorage");
         let image = container.config.and_then(|c| c.image).expect("image");

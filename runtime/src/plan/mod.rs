@@ -120,6 +120,13 @@ impl fmt::Display for Tag {
 pub struct Namespace(String);
 
 impl Namespace {
+    /// The name owned by `run_id` and `consumer`: `<consumer>-<8 hex>`, the
+    /// first 8 hex digits of SHA-256 over both. The run's tag is the same text.
+    pub fn of(run_id: &str, consumer: &str) -> Self {
+        let digest = Sha256::digest(format!("{run_id}\0{consumer}"));
+        Self(format!("{consumer}-{}", hex::encode(&digest[..4])))
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -234,10 +241,8 @@ impl Plan {
                 host.clone()
             }
         };
-        let digest = Sha256::digest(format!("{}\0{}", run.as_str(), consumer.as_str()));
-        let hex8 = hex::encode(&digest[..4]);
-        let tag = Tag(format!("{consumer}-{hex8}"));
-        let namespace = Namespace(format!("{consumer}-{hex8}"));
+        let namespace = Namespace::of(run.as_str(), consumer.as_str());
+        let tag = Tag(namespace.0.clone());
         let components = dependency_order(catalog, needs)
             .into_iter()
             .map(|name| {
@@ -293,6 +298,15 @@ impl Plan {
     /// One component.
     pub fn component(&self, name: &str) -> Option<&PlannedComponent> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// Replaces every component's readiness timeout.
+    pub fn set_ready_timeout(&mut self, timeout: std::time::Duration) {
+        for component in &mut self.components {
+            if let Some(ready) = component.spec.docker.as_mut().and_then(|d| d.ready.as_mut()) {
+                ready.timeout = timeout;
+            }
+        }
     }
 
     /// The planned reference of `component`.

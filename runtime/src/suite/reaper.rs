@@ -111,7 +111,7 @@ pub(super) fn run(suite: &Suite) {
             rt.block_on(async {
                 let docker = crate::stack::engine_of(placement.as_ref()).await?;
                 let context = match &placement {
-                    Some(crate::handle::Placement::Kubernetes { context }) => Some(context.as_str()),
+                    Some(crate::handle::Placement::Kubernetes { context, .. }) => Some(context.as_str()),
                     _ => None,
                 };
                 crate::stack::down(&docker, run.as_str(), consumer, context).await

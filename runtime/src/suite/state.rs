@@ -30,7 +30,7 @@ pub struct StateError {
     source: io::Error,
 }
 
-fn io_err(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
     move |source| StateError { operation, path: path.to_owned(), source }
 }
 
