@@ -121,11 +121,23 @@ impl Args {
         ];
         let mut parts: Vec<String> = strings
             .iter()
-            .filter_map(|(key, given)| given.as_ref().map(|g| format!("{} = {:?}", key.name(), g.value.value())))
+            .filter_map(|(key, given)| {
+                given
+                    .as_ref()
+                    .map(|g| format!("{} = {:?}", key.name(), g.value.value()))
+            })
             .collect();
         if let Some(needs) = &self.needs {
-            let names: Vec<String> = needs.value.names.iter().map(|n| format!("{:?}", n.value())).collect();
-            parts.insert(parts.len().min(1), format!("needs = [{}]", names.join(", ")));
+            let names: Vec<String> = needs
+                .value
+                .names
+                .iter()
+                .map(|n| format!("{:?}", n.value()))
+                .collect();
+            parts.insert(
+                parts.len().min(1),
+                format!("needs = [{}]", names.join(", ")),
+            );
         }
         parts.extend(extra.iter().cloned());
         format!("#[e2e_infra({})]", parts.join(", "))
@@ -174,7 +186,10 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
     for RawArg { key: ident, value } in raw {
         let name = ident.unraw().to_string();
         let Some(key) = Key::from_name(&name) else {
-            errors.at(ident.span(), diag::unknown("key", &name, Key::names(), "Valid keys"));
+            errors.at(
+                ident.span(),
+                diag::unknown("key", &name, Key::names(), "Valid keys"),
+            );
             continue;
         };
         if args.wrote(key) {
@@ -183,20 +198,31 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
         }
         args.seen.push(key);
         let Some(value) = value else {
-            errors.at(ident.span(), format!("`{name}` needs a value, e.g. `{}`", key.example()));
+            errors.at(
+                ident.span(),
+                format!("`{name}` needs a value, e.g. `{}`", key.example()),
+            );
             continue;
         };
         if key == Key::Needs {
             if let Some(needs) = errors.take(needs(&value)) {
-                args.needs = Some(Given { key: ident, value: needs });
+                args.needs = Some(Given {
+                    key: ident,
+                    value: needs,
+                });
             }
         } else if let Some(string) = errors.take(string(key, &value)) {
-            args.set(key, Given { key: ident, value: string });
+            args.set(
+                key,
+                Given {
+                    key: ident,
+                    value: string,
+                },
+            );
         }
     }
     Some(args)
 }
-
 
 /// A string value; a bare word or number gets the quoted spelling suggested.
 fn string(key: Key, value: &Expr) -> syn::Result<LitStr> {
@@ -204,22 +230,34 @@ fn string(key: Key, value: &Expr) -> syn::Result<LitStr> {
         return Ok(s.clone());
     }
     let name = key.name();
-    let mut message = format!("`{name}` takes a string, e.g. `{}`", key.example());
-    if let Some(bare) = bare_text(value) {
-        // A bare number of seconds is the likeliest timeout slip.
-        let unit = if key == Key::Timeout && matches!(literal(value), Some(Lit::Int(_))) { "s" } else { "" };
-        message.push_str(&format!("; write `{name} = \"{bare}{unit}\"`"));
-    }
+    let message = match bare_text(value) {
+        Some(bare) => {
+            // A bare number of seconds is the likeliest timeout slip.
+            let unit = if key == Key::Timeout && matches!(literal(value), Some(Lit::Int(_))) {
+                "s"
+            } else {
+                ""
+            };
+            format!("`{name}` takes a string; write `{name} = \"{bare}{unit}\"`")
+        }
+        None => format!("`{name}` takes a string, e.g. `{}`", key.example()),
+    };
     Err(syn::Error::new(value.span(), message))
 }
 
 /// `["a", "b"]`; every element that is not a string is reported.
 fn needs(value: &Expr) -> syn::Result<Needs> {
     let Expr::Array(array) = value else {
-        let mut message = format!("`needs` takes an array of component names, e.g. `{}`", Key::Needs.example());
-        if let Some(Lit::Str(s)) = literal(value) {
-            message.push_str(&format!("; write `needs = [{:?}]`", s.value()));
-        }
+        let message = match literal(value) {
+            Some(Lit::Str(s)) => format!(
+                "`needs` takes an array of component names; write `needs = [{:?}]`",
+                s.value()
+            ),
+            _ => format!(
+                "`needs` takes an array of component names, e.g. `{}`",
+                Key::Needs.example()
+            ),
+        };
         return Err(syn::Error::new(value.span(), message));
     };
     let mut errors = Errors::default();
@@ -236,7 +274,10 @@ fn needs(value: &Expr) -> syn::Result<Needs> {
             }
         }
     }
-    errors.finish(Needs { span: array.bracket_token.span.join(), names })
+    errors.finish(Needs {
+        span: array.bracket_token.span.join(),
+        names,
+    })
 }
 
 fn literal(value: &Expr) -> Option<&Lit> {

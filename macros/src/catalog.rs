@@ -32,9 +32,16 @@ impl Catalog {
 /// a parent.
 ///
 /// The error says which path was tried and how it was chosen.
-pub(crate) fn locate(key: Option<&str>, env: Option<&OsStr>, manifest_dir: &Path) -> Result<PathBuf, String> {
+pub(crate) fn locate(
+    key: Option<&str>,
+    env: Option<&OsStr>,
+    manifest_dir: &Path,
+) -> Result<PathBuf, String> {
     let (candidate, how) = if let Some(key) = key {
-        (manifest_dir.join(key), String::from("from the `catalog` key, relative to the crate's directory"))
+        (
+            manifest_dir.join(key),
+            String::from("from the `catalog` key, relative to the crate's directory"),
+        )
     } else if let Some(env) = env {
         (manifest_dir.join(env), format!("from {ENV}"))
     } else {
@@ -52,7 +59,10 @@ pub(crate) fn locate(key: Option<&str>, env: Option<&OsStr>, manifest_dir: &Path
     if candidate.is_file() {
         Ok(candidate)
     } else {
-        Err(format!("catalog not found at {} ({how})", candidate.display()))
+        Err(format!(
+            "catalog not found at {} ({how})",
+            candidate.display()
+        ))
     }
 }
 
@@ -60,8 +70,11 @@ pub(crate) fn locate(key: Option<&str>, env: Option<&OsStr>, manifest_dir: &Path
 ///
 /// The error names the file and, for a syntax error, the line and column.
 pub(crate) fn read(path: &Path) -> Result<Catalog, String> {
-    let path = path.canonicalize().map_err(|e| format!("cannot resolve catalog path {}: {e}", path.display()))?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read catalog {}: {e}", path.display()))?;
+    let path = path
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve catalog path {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read catalog {}: {e}", path.display()))?;
     let components = component_names(&text).map_err(|e| format!("{}{e}", path.display()))?;
     Ok(Catalog { path, components })
 }
@@ -70,16 +83,25 @@ pub(crate) fn read(path: &Path) -> Result<Catalog, String> {
 /// or `:` so it can follow the path.
 fn component_names(text: &str) -> Result<Vec<String>, String> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
-        let at = e.span().map(|span| position(text, span.start)).unwrap_or_default();
+        let at = e
+            .span()
+            .map(|span| position(text, span.start))
+            .unwrap_or_default();
         format!("{at}: TOML syntax error: {}", e.message())
     })?;
     let names: Vec<String> = match table.get("components") {
         None => Vec::new(),
         Some(toml::Value::Table(components)) => components.keys().cloned().collect(),
-        Some(_) => return Err(String::from(": `components` must hold [components.<name>] tables")),
+        Some(_) => {
+            return Err(String::from(
+                ": `components` must hold [components.<name>] tables",
+            ))
+        }
     };
     if names.is_empty() {
-        return Err(String::from(": the catalog declares no components; add a [components.<name>] table"));
+        return Err(String::from(
+            ": the catalog declares no components; add a [components.<name>] table",
+        ));
     }
     Ok(names)
 }
@@ -93,6 +115,7 @@ fn position(text: &str, offset: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -104,24 +127,40 @@ mod tests {
 
     #[test]
     fn syntax_error_names_line_and_column() {
-        let error = component_names("[components.redis]\nimage = \"redis:7\"\nports = [\n").unwrap_err();
-        assert!(error.starts_with(":3:10: TOML syntax error: unclosed array"), "{error}");
+        let error =
+            component_names("[components.redis]\nimage = \"redis:7\"\nports = [\n").unwrap_err();
+        assert!(
+            error.starts_with(":3:10: TOML syntax error: unclosed array"),
+            "{error}"
+        );
     }
 
     #[test]
     fn no_components_is_an_error() {
-        assert!(component_names("[other]\nx = 1\n").unwrap_err().contains("declares no components"));
+        assert!(component_names("[other]\nx = 1\n")
+            .unwrap_err()
+            .contains("declares no components"));
     }
 
     #[test]
     fn key_path_is_relative_to_the_crate() {
-        let dir = std::env::temp_dir().join(format!("e2e-infra-macros-locate-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("e2e-infra-macros-locate-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join(FILE_NAME), "").unwrap();
-        assert_eq!(locate(None, None, &dir.join("sub")).unwrap(), dir.join(FILE_NAME));
-        assert_eq!(locate(Some("../e2e-infra.toml"), None, &dir.join("sub")).unwrap(), dir.join("sub/../e2e-infra.toml"));
+        assert_eq!(
+            locate(None, None, &dir.join("sub")).unwrap(),
+            dir.join(FILE_NAME)
+        );
+        assert_eq!(
+            locate(Some("../e2e-infra.toml"), None, &dir.join("sub")).unwrap(),
+            dir.join("sub/../e2e-infra.toml")
+        );
         let missing = locate(Some("nope.toml"), None, &dir).unwrap_err();
-        assert!(missing.contains("nope.toml") && missing.contains("`catalog` key"), "{missing}");
+        assert!(
+            missing.contains("nope.toml") && missing.contains("`catalog` key"),
+            "{missing}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

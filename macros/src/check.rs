@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proc_macro2::Span;
-use quote::ToTokens;
 use syn::{FnArg, Item, LitStr};
 
 use crate::ast::{self, Module};
@@ -33,7 +32,10 @@ pub(crate) struct Spec {
 /// Where the suite's stack runs.
 pub(crate) enum Backend {
     Docker,
-    Kind { cluster: String, registry: Option<String> },
+    Kind {
+        cluster: String,
+        registry: Option<String>,
+    },
 }
 
 /// What the compiler's environment says about where the catalog is.
@@ -102,7 +104,7 @@ pub(crate) fn module(module: &Module, errors: &mut Errors) {
                     other,
                     format!(
                         "a test in an #[e2e_infra] module takes no parameter or one `&Infra` (the suite's shared handle); `{}` is not `&Infra`",
-                        other.to_token_stream()
+                        diag::show(other)
                     ),
                 ),
             }
@@ -112,7 +114,7 @@ pub(crate) fn module(module: &Module, errors: &mut Errors) {
                 extra,
                 format!(
                     "a test in an #[e2e_infra] module takes at most one parameter, the shared handle `&Infra`; remove `{}`",
-                    extra.to_token_stream()
+                    diag::show(extra)
                 ),
             );
         }
@@ -122,22 +124,36 @@ pub(crate) fn module(module: &Module, errors: &mut Errors) {
 fn find_catalog(args: &Args, env: &Env) -> syn::Result<Catalog> {
     let key = args.catalog.as_ref().map(|g| &g.value);
     let span = key.map_or_else(Span::call_site, LitStr::span);
-    catalog::locate(key.map(LitStr::value).as_deref(), env.config.as_deref(), &env.manifest_dir)
-        .and_then(|path| catalog::read(&path))
-        .map_err(|message| syn::Error::new(span, message))
+    catalog::locate(
+        key.map(LitStr::value).as_deref(),
+        env.config.as_deref(),
+        &env.manifest_dir,
+    )
+    .and_then(|path| catalog::read(&path))
+    .map_err(|message| syn::Error::new(span, message))
 }
 
 fn missing(args: &Args, key: Key, what: &str, example: String, errors: &mut Errors) {
     errors.at(
         Span::call_site(),
-        format!("missing required key `{}` ({what}); add it: `{}`", key.name(), args.corrected(&[example])),
+        format!(
+            "missing required key `{}` ({what}); add it: `{}`",
+            key.name(),
+            args.corrected(&[example])
+        ),
     );
 }
 
 fn consumer(args: &Args, errors: &mut Errors) -> Option<String> {
     let Some(Given { value, .. }) = &args.consumer else {
         if !args.wrote(Key::Consumer) {
-            missing(args, Key::Consumer, "the suite's name", Key::Consumer.example().to_owned(), errors);
+            missing(
+                args,
+                Key::Consumer,
+                "the suite's name",
+                Key::Consumer.example().to_owned(),
+                errors,
+            );
         }
         return None;
     };
@@ -162,7 +178,9 @@ fn valid_consumer(name: &str) -> bool {
     name.len() <= MAX_CONSUMER_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The nearest valid spelling of `name`, to suggest.
@@ -183,16 +201,29 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
     let known = catalog.map(|c| diag::list(c.names())).unwrap_or_default();
     let Some(Given { value: given, .. }) = &args.needs else {
         if !args.wrote(Key::Needs) {
-            let first = catalog.and_then(|c| c.components.first()).map_or("datastorage", String::as_str);
+            let first = catalog
+                .and_then(|c| c.components.first())
+                .map_or("datastorage", String::as_str);
             let example = format!("needs = [{first:?}]");
-            let what = if known.is_empty() { String::from("the components the suite needs") } else { format!("the components the suite needs, from: {known}") };
+            let what = if known.is_empty() {
+                String::from("the components the suite needs")
+            } else {
+                format!("the components the suite needs, from: {known}")
+            };
             missing(args, Key::Needs, &what, example, errors);
         }
         return None;
     };
     if given.names.is_empty() {
-        let hint = if known.is_empty() { String::new() } else { format!("; known: {known}") };
-        errors.at(given.span, format!("`needs` is empty: name at least one component of the catalog{hint}"));
+        let hint = if known.is_empty() {
+            String::new()
+        } else {
+            format!("; known: {known}")
+        };
+        errors.at(
+            given.span,
+            format!("`needs` is empty: name at least one component of the catalog{hint}"),
+        );
         return None;
     }
     let mut ok = true;
@@ -200,14 +231,20 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
     for lit in &given.names {
         let name = lit.value();
         if names.contains(&name) {
-            errors.at(lit.span(), format!("`needs` names `{name}` twice; name each component once"));
+            errors.at(
+                lit.span(),
+                format!("`needs` names `{name}` twice; name each component once"),
+            );
             ok = false;
             continue;
         }
         if let Some(catalog) = catalog {
             if !catalog.components.contains(&name) {
                 let unknown = diag::unknown("component", &name, catalog.names(), "Known");
-                errors.at(lit.span(), format!("{unknown} (catalog: {})", catalog.path.display()));
+                errors.at(
+                    lit.span(),
+                    format!("{unknown} (catalog: {})", catalog.path.display()),
+                );
                 ok = false;
             }
         }
@@ -223,7 +260,10 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
             "docker" => false,
             "kind" => true,
             other => {
-                errors.at(value.span(), diag::unknown("backend", other, BACKENDS, "Known"));
+                errors.at(
+                    value.span(),
+                    diag::unknown("backend", other, BACKENDS, "Known"),
+                );
                 return None;
             }
         },
@@ -232,11 +272,18 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         for given in [&args.cluster, &args.registry].into_iter().flatten() {
             kind_only(args, given, errors);
         }
-        return (!args.wrote(Key::Cluster) && !args.wrote(Key::Registry)).then_some(Backend::Docker);
+        return (!args.wrote(Key::Cluster) && !args.wrote(Key::Registry))
+            .then_some(Backend::Docker);
     }
     let cluster = match &args.cluster {
         Some(Given { value, .. }) if value.value().is_empty() => {
-            errors.at(value.span(), format!("`cluster` is empty; name the Kind cluster, e.g. `{}`", Key::Cluster.example()));
+            errors.at(
+                value.span(),
+                format!(
+                    "`cluster` is empty; name the Kind cluster, e.g. `{}`",
+                    Key::Cluster.example()
+                ),
+            );
             return None;
         }
         Some(Given { value, .. }) => value.value(),
@@ -246,7 +293,11 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         Some(Given { value, .. }) if !host_port(&value.value()) => {
             errors.at(
                 value.span(),
-                format!("`registry` takes `host:port`, e.g. `{}`; got {:?}", Key::Registry.example(), value.value()),
+                format!(
+                    "`registry` takes `host:port`, e.g. `{}`; got {:?}",
+                    Key::Registry.example(),
+                    value.value()
+                ),
             );
             return None;
         }
@@ -287,7 +338,9 @@ fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
     };
     let text = value.value();
     match humantime::parse_duration(&text) {
-        Ok(d) if d >= Duration::from_secs(1) => Some(Some(d.as_secs() + u64::from(d.subsec_nanos() > 0))),
+        Ok(d) if d >= Duration::from_secs(1) => {
+            Some(Some(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
+        }
         Ok(_) => {
             errors.at(value.span(), format!("`timeout = {text:?}` is shorter than a second; give the stack time to start, e.g. `{}`", Key::Timeout.example()));
             None
@@ -308,10 +361,26 @@ mod tests {
 
     #[test]
     fn consumer_names() {
-        for good in ["notification", "a", "notification-e2e", "v2-api", &"a".repeat(MAX_CONSUMER_LEN)] {
+        for good in [
+            "notification",
+            "a",
+            "notification-e2e",
+            "v2-api",
+            &"a".repeat(MAX_CONSUMER_LEN),
+        ] {
             assert!(valid_consumer(good), "{good}");
         }
-        for bad in ["", "Notification", "2fa", "-x", "x-", "x_y", "x.y", "né", &"a".repeat(MAX_CONSUMER_LEN + 1)] {
+        for bad in [
+            "",
+            "Notification",
+            "2fa",
+            "-x",
+            "x-",
+            "x_y",
+            "x.y",
+            "né",
+            &"a".repeat(MAX_CONSUMER_LEN + 1),
+        ] {
             assert!(!valid_consumer(bad), "{bad}");
         }
     }
@@ -328,7 +397,14 @@ mod tests {
     fn registry_is_host_and_port() {
         assert!(host_port("127.0.0.1:5000"));
         assert!(host_port("registry.local:443"));
-        for bad in ["127.0.0.1", ":5000", "host:0", "host:port", "host:70000", "a/b:5000"] {
+        for bad in [
+            "127.0.0.1",
+            ":5000",
+            "host:0",
+            "host:port",
+            "host:70000",
+            "a/b:5000",
+        ] {
             assert!(!host_port(bad), "{bad}");
         }
     }

@@ -60,9 +60,28 @@ pub(crate) fn unknown<'a>(
     known_as: &str,
 ) -> String {
     match nearest(name, known.clone()) {
-        Some(near) => format!("unknown {what} `{name}`; did you mean `{near}`? {known_as}: {}", list(known)),
-        None => format!("unknown {what} `{name}`; {}: {}", known_as.to_lowercase(), list(known)),
+        Some(near) => format!(
+            "unknown {what} `{name}`; did you mean `{near}`? {known_as}: {}",
+            list(known)
+        ),
+        None => format!(
+            "unknown {what} `{name}`; {}: {}",
+            known_as.to_lowercase(),
+            list(known)
+        ),
     }
+}
+
+/// Tokens as a reader would write them: `x: &u32`, not `x : & u32`.
+pub(crate) fn show(tokens: impl quote::ToTokens) -> String {
+    tokens
+        .to_token_stream()
+        .to_string()
+        .replace(" : ", ": ")
+        .replace("& ", "&")
+        .replace(" ,", ",")
+        .replace(" < ", "<")
+        .replace(" >", ">")
 }
 
 /// `a, b, c`.
@@ -71,6 +90,7 @@ pub(crate) fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -81,7 +101,10 @@ mod tests {
         assert_eq!(nearest("datastorge", COMPONENTS), Some("datastorage"));
         assert_eq!(nearest("postgre", COMPONENTS), Some("postgres"));
         assert_eq!(nearest("rdis", COMPONENTS), Some("redis"));
-        assert_eq!(nearest("consumr", ["consumer", "needs", "crate"]), Some("consumer"));
+        assert_eq!(
+            nearest("consumr", ["consumer", "needs", "crate"]),
+            Some("consumer")
+        );
     }
 
     #[test]
@@ -96,7 +119,18 @@ mod tests {
             unknown("component", "datastorge", COMPONENTS, "Known"),
             "unknown component `datastorge`; did you mean `datastorage`? Known: datastorage, postgres, redis"
         );
-        assert_eq!(unknown("component", "kafka", COMPONENTS, "Known"), "unknown component `kafka`; known: datastorage, postgres, redis");
+        assert_eq!(
+            unknown("component", "kafka", COMPONENTS, "Known"),
+            "unknown component `kafka`; known: datastorage, postgres, redis"
+        );
+    }
+
+    #[test]
+    fn shows_parameters_as_written() {
+        let param: syn::FnArg = syn::parse_quote!(retries: &mut Vec<u32>);
+        assert_eq!(show(&param), "retries: &mut Vec<u32>");
+        let param: syn::FnArg = syn::parse_quote!(infra: &'a Infra);
+        assert_eq!(show(&param), "infra: &'a Infra");
     }
 
     #[test]
@@ -105,7 +139,12 @@ mod tests {
         assert!(errors.take(Ok::<_, syn::Error>(1)).is_some());
         errors.at(Span::call_site(), "first");
         errors.at(Span::call_site(), "second");
-        let messages: Vec<String> = errors.finish(()).unwrap_err().into_iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = errors
+            .finish(())
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(messages, ["first", "second"]);
     }
 }
