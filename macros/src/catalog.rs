@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn key_path_is_relative_to_the_crate() {
+    fn key_and_variable_are_relative_to_the_crate_and_the_key_wins() {
         let dir =
             std::env::temp_dir().join(format!("e2e-infra-macros-locate-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -156,7 +156,9 @@ mod tests {
             locate(Some("../e2e-infra.toml"), None, &dir.join("sub")).unwrap(),
             dir.join("sub/../e2e-infra.toml")
         );
-        let missing = locate(Some("nope.toml"), None, &dir).unwrap_err();
+        let env = std::ffi::OsString::from("e2e-infra.toml");
+        assert_eq!(locate(None, Some(&env), &dir).unwrap(), dir.join(FILE_NAME));
+        let missing = locate(Some("nope.toml"), Some(&env), &dir).unwrap_err();
         assert!(
             missing.contains("nope.toml") && missing.contains("`catalog` key"),
             "{missing}"
