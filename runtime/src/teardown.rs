@@ -110,15 +110,21 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     Ok(runs.into_values().collect())
 }
 
-/// Removes the stacks of dead runs; kept ones only with `include_kept`.
-/// Returns each removed stack with what was removed.
+/// Removes the stacks of dead runs (of `consumer` only, when given); kept
+/// ones only with `include_kept`. Returns each removed stack with what was
+/// removed.
 ///
 /// # Errors
 /// [`StackError`] when the engine refuses.
-pub async fn clean_dead(docker: &Docker, include_kept: bool) -> Result<Vec<(RunStack, String)>, StackError> {
+pub async fn clean_dead(
+    docker: &Docker,
+    consumer: Option<&str>,
+    include_kept: bool,
+) -> Result<Vec<(RunStack, String)>, StackError> {
     let mut removed = Vec::new();
     for run in list(docker).await? {
-        if run.liveness() != Liveness::Dead || (run.kept && !include_kept) {
+        let ours = consumer.is_none_or(|c| c == run.consumer);
+        if !ours || run.liveness() != Liveness::Dead || (run.kept && !include_kept) {
             continue;
         }
         let summary = stack::down(docker, &run.run_id, &run.consumer, None).await?;

@@ -546,6 +546,12 @@ async fn last_logs(docker: &Docker, id: &str) -> String {
     }
 }
 
+const NETWORK_REMOVE_ATTEMPTS: u32 = 25;
+
+fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains("active endpoints"))
+}
+
 /// Removes (forcibly) every container, then every network, that carries all
 /// of `filters` (`key=value`, e.g. from [`labels::run_filter`]) and the
 /// managed-by label. Images are never removed.
@@ -586,10 +592,21 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         .map_err(list_error("networks"))?;
     for network in networks {
         let Some(name) = network.name else { continue };
-        match docker.remove_network(&name).await {
-            Ok(()) => removed.networks.push(name),
-            Err(e) if gone(&e) => {}
-            Err(source) => return Err(DockerError::Network { network: name, operation: "removing", source }),
+        // The engine detaches a removed container's endpoint a moment after
+        // the removal returns; until then the network refuses to go.
+        let mut attempts = 0;
+        loop {
+            match docker.remove_network(&name).await {
+                Ok(()) => removed.networks.push(name),
+                Err(e) if gone(&e) => {}
+                Err(e) if attempts < NETWORK_REMOVE_ATTEMPTS && has_active_endpoints(&e) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(source) => return Err(DockerError::Network { network: name, operation: "removing", source }),
+            }
+            break;
         }
     }
     Ok(removed)

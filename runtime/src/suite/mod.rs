@@ -259,8 +259,10 @@ impl Suite {
                             tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
                             stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), None).await?;
                         }
-                        // Leftovers of runs that ended without their teardown.
-                        for (dead, removed) in crate::teardown::clean_dead(&docker, false).await? {
+                        // Leftovers of this consumer's runs that ended without
+                        // their teardown; other suites' stacks are theirs.
+                        let consumer = Some(plan.consumer().as_str());
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, consumer, false).await? {
                             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)

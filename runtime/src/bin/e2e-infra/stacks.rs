@@ -169,7 +169,7 @@ pub fn status() -> Result<(), String> {
 pub fn clean(args: &CleanArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| chain(&e))?;
-        let removed = teardown::clean_dead(&docker, args.kept).await.map_err(|e| chain(&e))?;
+        let removed = teardown::clean_dead(&docker, None, args.kept).await.map_err(|e| chain(&e))?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");
         }
