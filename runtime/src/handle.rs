@@ -1,12 +1,14 @@
 //! The handle every test of a suite shares: tag, image references,
 //! namespace or network, endpoints, and clients for the engine and cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::kube::forward;
 use crate::engine::{self, EngineError};
 use crate::plan::{ImageRef, Namespace, Plan, Tag};
 
@@ -47,6 +49,23 @@ pub struct StackRecord {
     pub endpoints: BTreeMap<String, BTreeMap<u16, SocketAddr>>,
     /// The one-per-run summary table.
     pub summary: String,
+}
+
+/// Why a component cannot be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The stack has no such component or port.
+    #[error("component `{component}` publishes no port {port} in this stack; list it under `ports` in the catalog's docker section")]
+    NotPublished {
+        /// The component.
+        component: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// A port-forward could not be opened.
+    #[error(transparent)]
+    Forward(#[from] forward::ForwardError),
 }
 
 /// An address a test can reach a component at.
@@ -99,11 +118,13 @@ impl fmt::Display for Endpoint {
 pub struct Infra {
     plan: Plan,
     record: StackRecord,
+    /// Port-forwards opened by this process, on Kubernetes.
+    forwards: Mutex<HashMap<(String, u16), SocketAddr>>,
 }
 
 impl Infra {
     pub(crate) fn new(plan: Plan, record: StackRecord) -> Self {
-        Self { plan, record }
+        Self { plan, record, forwards: Mutex::default() }
     }
 
     /// The run's plan.
@@ -139,9 +160,45 @@ impl Infra {
         }
     }
 
-    /// Where a component's container port is published on this machine.
+    /// Where a component's container port can be reached from this machine:
+    /// on Docker, the port published on 127.0.0.1; on Kubernetes, a local
+    /// port-forward to a ready pod behind the Service named after the
+    /// component, opened on first use and kept for the process's life.
+    /// `None` when the component does not publish that port; see
+    /// [`Infra::try_endpoint`] for why.
     pub fn endpoint(&self, component: &str, port: u16) -> Option<Endpoint> {
-        self.record.endpoints.get(component)?.get(&port).map(|addr| Endpoint { addr: *addr })
+        self.try_endpoint(component, port).ok()
+    }
+
+    /// As [`Infra::endpoint`], saying why an endpoint cannot be had.
+    ///
+    /// # Errors
+    /// [`EndpointError`] for a component or port the stack does not publish,
+    /// or a port-forward that cannot be opened.
+    pub fn try_endpoint(&self, component: &str, port: u16) -> Result<Endpoint, EndpointError> {
+        let unknown = || EndpointError::NotPublished { component: component.to_owned(), port };
+        match &self.record.placement {
+            Placement::Docker { .. } => {
+                let addr = self.record.endpoints.get(component).and_then(|p| p.get(&port)).ok_or_else(unknown)?;
+                Ok(Endpoint { addr: *addr })
+            }
+            Placement::Kubernetes { cluster, context } => {
+                self.plan.component(component).ok_or_else(unknown)?;
+                let mut forwards = self.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(addr) = forwards.get(&(component.to_owned(), port)) {
+                    return Ok(Endpoint { addr: *addr });
+                }
+                let addr = forward::start(forward::Target {
+                    cluster: cluster.clone(),
+                    context: context.clone(),
+                    namespace: self.plan.namespace().to_string(),
+                    service: component.to_owned(),
+                    port,
+                })?;
+                forwards.insert((component.to_owned(), port), addr);
+                Ok(Endpoint { addr })
+            }
+        }
     }
 
     /// The per-run summary: component, image, build / load / ready times, cache hits.

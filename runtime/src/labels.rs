@@ -21,16 +21,12 @@ pub const LAUNCHER: &str = "io.e2e-infra.launcher";
 /// The digest of a build's inputs (images only).
 pub const INPUT_DIGEST: &str = "io.e2e-infra.input-digest";
 
-/// Labels for a resource of the run and consumer of `plan`.
+/// Labels for a resource of the run and consumer of `plan`. The launcher
+/// label is always set, empty for a stack brought up by hand: a container
+/// would otherwise inherit one from its image.
 pub fn for_run(plan: &Plan) -> HashMap<String, String> {
-    let mut labels = HashMap::from([
-        (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
-        (RUN.to_owned(), plan.run().as_str().to_owned()),
-        (CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
-    ]);
-    if let Some(launcher) = plan.run().launcher() {
-        labels.insert(LAUNCHER.to_owned(), launcher.label());
-    }
+    let mut labels = identity(plan);
+    labels.insert(LAUNCHER.to_owned(), plan.run().launcher().map(|l| l.label()).unwrap_or_default());
     labels
 }
 
@@ -39,6 +35,23 @@ pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
     let mut labels = for_run(plan);
     labels.insert(COMPONENT.to_owned(), component.to_owned());
     labels
+}
+
+/// Labels for a built image: which run built it, without the launcher. The
+/// image outlives the run as build cache and must not make the containers
+/// of later runs look like the builder's.
+pub fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
+    let mut labels = identity(plan);
+    labels.insert(COMPONENT.to_owned(), component.to_owned());
+    labels
+}
+
+fn identity(plan: &Plan) -> HashMap<String, String> {
+    HashMap::from([
+        (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        (RUN.to_owned(), plan.run().as_str().to_owned()),
+        (CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
+    ])
 }
 
 /// `key=value` filters selecting everything of the run and consumer of `plan`.

@@ -33,7 +33,7 @@ pub mod stack;
 pub mod suite;
 pub mod teardown;
 
-pub use handle::{Endpoint, Infra};
+pub use handle::{Endpoint, EndpointError, Infra};
 
 #[doc(hidden)]
 pub mod __private {

@@ -199,7 +199,7 @@ async fn build_one(
         }
     }
 
-    let mut image_labels = labels::for_component(plan, name);
+    let mut image_labels = labels::for_image(plan, name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
     let build_args: HashMap<&str, &str> = spec.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tag = image.to_string();

@@ -9,6 +9,7 @@
 //! are ready. A container that cannot start (image pull errors, crash loops,
 //! bad configuration) ends the wait at once with the pod's events and logs.
 
+pub mod forward;
 mod render;
 mod wait;
 
