@@ -47,7 +47,13 @@ fn consumer(area: &str) -> String {
     format!("cli-{area}-{}", std::process::id())
 }
 
+// One test: `clean` acts on the whole engine, so the parts must not race.
 #[test]
+fn up_status_down_and_clean() {
+    up_prints_endpoints_status_lists_it_and_down_removes_it();
+    clean_removes_stacks_of_finished_runs_but_not_kept_ones();
+}
+
 fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     let dir = project();
     let consumer = consumer("up");
@@ -80,15 +86,12 @@ fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("e2e-infra status"));
 }
 
-#[test]
 fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     let dir = project();
     let catalog = Catalog::load(&dir.path().join("e2e-infra.toml")).expect("catalog");
-    // A launcher that has already exited: the run it stood for is over.
-    let mut child = Command::new("true").spawn().expect("spawn");
+    // A launcher that ends once the stacks are up: the run it stood for is over.
+    let mut child = Command::new("sleep").arg("60").spawn().expect("spawn");
     let launcher = Launcher::of(child.id()).expect("launcher seen while it runs");
-    child.wait().expect("wait");
-    assert!(!launcher.is_alive());
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dead = consumer("dead");
@@ -98,6 +101,9 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
         let plan = Plan::new(&catalog, name, &["web"], run, &Delivery::Local).expect("plan");
         runtime.block_on(stack::up(&plan, &StackOptions::default())).expect("up");
     }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(!launcher.is_alive());
     let kept_dir = dir.path().join("state").join(format!("dead-{kept}")).join(&kept);
     std::fs::create_dir_all(&kept_dir).expect("state dir");
     std::fs::write(kept_dir.join("kept"), "failed: some_test").expect("kept marker");

@@ -6,7 +6,10 @@
 
 #[e2e_infra::e2e_infra(consumer = "notification", needs = ["datastorage"])]
 mod notification_e2e {
+    use e2e_infra::handle::Placement;
     use e2e_infra::Infra;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
     use notification_client::request;
 
     fn datastorage(infra: &Infra) -> std::net::SocketAddr {
@@ -37,11 +40,26 @@ mod notification_e2e {
     }
 
     #[tokio::test]
-    async fn the_engine_runs_what_was_built(infra: &Infra) {
-        let docker = infra.docker().await.expect("docker client");
-        let name = format!("{}-datastorage", infra.namespace());
-        let container = docker.inspect_container(&name, None).await.expect("inspect datastorage");
-        let image = container.config.and_then(|c| c.image).expect("image");
-        assert!(infra.image("datastorage").expect("planned").matches(&image), "{image}");
+    async fn what_runs_is_what_was_built(infra: &Infra) {
+        let planned = infra.image("datastorage").expect("planned");
+        let running: Vec<String> = match infra.placement() {
+            Placement::Docker { .. } => {
+                let docker = infra.docker().await.expect("docker client");
+                let name = format!("{}-datastorage", infra.namespace());
+                let container = docker.inspect_container(&name, None).await.expect("inspect datastorage");
+                container.config.and_then(|c| c.image).into_iter().collect()
+            }
+            _ => {
+                let pods: Api<Pod> = Api::namespaced(infra.kube().await.expect("kube client"), infra.namespace().as_str());
+                let listed = pods.list(&ListParams::default().labels("app=datastorage")).await.expect("list pods");
+                listed
+                    .items
+                    .into_iter()
+                    .flat_map(|p| p.spec.map(|s| s.containers).unwrap_or_default())
+                    .filter_map(|c| c.image)
+                    .collect()
+            }
+        };
+        assert!(!running.is_empty() && running.iter().all(|image| planned.matches(image)), "{running:?}");
     }
 }
