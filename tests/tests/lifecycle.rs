@@ -69,10 +69,12 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         self.dir.path().join("state")
     }
 
-    /// Runs the suite under `runner` ("nextest" or "test") with extra env.
+    /// Runs the suite under `runner` ("nextest", "test", or "test-serial":
+    /// cargo test with one test thread) with extra env.
     fn run(&self, runner: &str, env: &[(&str, &str)]) -> Output {
         let args: &[&str] = match runner {
             "nextest" => &["nextest", "run", "--features", "e2e", "--no-fail-fast", "--color", "never"],
+            "test-serial" => &["test", "--features", "e2e", "--color", "never", "--", "--test-threads", "1"],
             _ => &["test", "--features", "e2e", "--color", "never"],
         };
         let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -109,51 +111,59 @@ fn consumer_filter(consumer: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.consumer={consumer}")])])
 }
 
-fn now() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-    i64::try_from(since_epoch.as_secs()).expect("seconds")
+/// Container and image events, followed live: the engine keeps only its last
+/// few hundred events for later queries, and builds make many.
+struct EventLog {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<bollard::models::EventMessage>>>,
+    follower: tokio::task::JoinHandle<()>,
 }
 
-/// Engine events since `since` (unix seconds) until now.
-async fn events(since: i64, filters: HashMap<String, Vec<String>>) -> Vec<bollard::models::EventMessage> {
-    docker()
-        .events(Some(EventsOptions {
-            since: Some(since.to_string()),
-            until: Some((now() + 1).to_string()),
-            filters: Some(filters),
-        }))
-        .filter_map(|e| async move { e.ok() })
-        .collect()
-        .await
+impl EventLog {
+    fn start() -> Self {
+        let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned(), "image".to_owned()])]);
+        // From this second on, whenever the subscription reaches the engine:
+        // what happened meanwhile is still in its recent-events buffer.
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let options = EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
+        let mut stream = Box::pin(docker().events(Some(options)));
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<_>>> = std::sync::Arc::default();
+        let sink = std::sync::Arc::clone(&seen);
+        let follower = tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                sink.lock().expect("event log").push(event);
+            }
+        });
+        Self { seen, follower }
+    }
+
+    /// Names (from `attribute`) of events of `action` whose name matches `keep`.
+    fn names(&self, action: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("event log")
+            .iter()
+            .filter(|e| e.action.as_deref() == Some(action))
+            .filter_map(|e| e.actor.as_ref()?.attributes.as_ref()?.get("name").cloned())
+            .filter(|name| keep(name))
+            .collect()
+    }
+
+    /// Containers created for the consumer: the stack's are named after it
+    /// (intermediate build containers carry the image's labels, not its name).
+    fn containers_created(&self, consumer: &str) -> Vec<String> {
+        self.names("create", |name| name.starts_with(&format!("{consumer}-")))
+    }
+
+    /// Images tagged `...:<consumer>-<hex>`: one per build or cache hit.
+    fn images_tagged(&self, consumer: &str) -> Vec<String> {
+        self.names("tag", |name| name.contains(&format!(":{consumer}-")))
+    }
 }
 
-/// Containers created for the consumer since `since`.
-async fn containers_created(since: i64, consumer: &str) -> Vec<String> {
-    let mut filters = consumer_filter(consumer);
-    filters.insert("type".into(), vec!["container".into()]);
-    filters.insert("event".into(), vec!["create".into()]);
-    // Intermediate build containers carry the image's labels too; the
-    // stack's containers are the ones named after the consumer.
-    events(since, filters)
-        .await
-        .into_iter()
-        .filter_map(|e| e.actor?.attributes?.get("name").cloned())
-        .filter(|name| name.starts_with(&format!("{consumer}-")))
-        .collect()
-}
-
-/// Images tagged `...:<consumer>-<hex>` since `since`: one per build or cache hit.
-async fn images_tagged(since: i64, consumer: &str) -> Vec<String> {
-    let filters = HashMap::from([
-        ("type".to_owned(), vec!["image".to_owned()]),
-        ("event".to_owned(), vec!["tag".to_owned()]),
-    ]);
-    events(since, filters)
-        .await
-        .into_iter()
-        .filter_map(|e| e.actor?.attributes?.get("name").cloned())
-        .filter(|name| name.contains(&format!(":{consumer}-")))
-        .collect()
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
 }
 
 /// What the consumer still owns on the engine: (containers, networks).
@@ -207,15 +217,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 async fn once_per_run(runner: &str, scenario: &str) {
     let fixture = Fixture::new(scenario, &["api"]);
-    let since = now();
+    let events = EventLog::start();
     let output = fixture.run(runner, &[]);
     let all = text(&output);
     assert!(output.status.success(), "suite failed:\n{all}");
-    let passed = if runner == "nextest" { "8 tests run: 8 passed" } else { "test result: ok. 8 passed" };
+    let passed = if runner == "nextest" { "9 tests run: 9 passed" } else { "test result: ok. 9 passed" };
     assert!(all.contains(passed), "expected all 8 to pass:\n{all}");
-    let created = containers_created(since, &fixture.consumer).await;
+    let created = events.containers_created(&fixture.consumer);
     assert_eq!(created.len(), 2, "one container per component for the whole run: {created:?}");
-    let tagged = images_tagged(since, &fixture.consumer).await;
+    let tagged = events.images_tagged(&fixture.consumer);
     assert_eq!(tagged.len(), 2, "one build (or cache tag) per image for the whole run: {tagged:?}");
     assert_torn_down(&fixture).await;
 }
@@ -231,12 +241,48 @@ async fn cargo_test_sets_up_once_per_run_and_tears_down_after() {
 }
 
 #[tokio::test]
+async fn cargo_test_in_sequence_shares_the_stack_across_test_runtimes() {
+    once_per_run("test-serial", "seq").await;
+}
+
+#[tokio::test]
+async fn a_setup_process_killed_half_way_is_taken_over() {
+    let fixture = Fixture::new("takeover", &["api"]);
+    // Kill the process that sets up as soon as it has said so: its pid is in
+    // the `attempt` marker. A forced build keeps it busy long enough.
+    let state = fixture.state();
+    let killer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while Instant::now() < deadline {
+            let pid = walk(&state)
+                .into_iter()
+                .find(|p| p.ends_with("attempt"))
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .filter(|pid| !pid.is_empty());
+            if let Some(pid) = pid {
+                let killed = Command::new("kill").args(["-9", &pid]).status().is_ok_and(|s| s.success());
+                return killed.then_some(pid);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    });
+    let output = fixture.run("nextest", &[("E2E_INFRA_FORCE_BUILD", "1")]);
+    let killed = killer.join().expect("killer thread");
+    let all = text(&output);
+    assert!(killed.is_some(), "the setup process was never seen:\n{all}");
+    assert!(all.contains("SIGKILL"), "{all}");
+    assert!(all.contains("8 passed, 1 failed"), "another process took over the setup:\n{all}");
+    assert_torn_down(&fixture).await;
+}
+
+#[tokio::test]
 async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     let fixture = Fixture::new("keep", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic")]);
     let all = text(&output);
     assert!(!output.status.success());
-    assert!(all.contains("7 passed, 1 failed"), "{all}");
+    assert!(all.contains("8 passed, 1 failed"), "{all}");
     assert!(all.contains("will be kept after the run"), "{all}");
     assert!(all.contains(&format!("e2e-infra down --consumer {}", fixture.consumer)), "{all}");
     // The teardown process marks it kept once the run is over.
@@ -262,7 +308,7 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
 async fn a_failed_test_with_keep_off_still_tears_down() {
     let fixture = Fixture::new("nokeep", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")]);
-    assert!(text(&output).contains("7 passed, 1 failed"), "{}", text(&output));
+    assert!(text(&output).contains("8 passed, 1 failed"), "{}", text(&output));
     assert_torn_down(&fixture).await;
 }
 
@@ -272,25 +318,25 @@ async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "sigkill")]);
     let all = text(&output);
     assert!(all.contains("SIGKILL"), "the test process was killed:\n{all}");
-    assert!(all.contains("7 passed, 1 failed"), "{all}");
+    assert!(all.contains("8 passed, 1 failed"), "{all}");
     assert_torn_down(&fixture).await;
 }
 
 #[tokio::test]
 async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     let fixture = Fixture::new("crash", &["crasher"]);
-    let since = now();
+    let events = EventLog::start();
     let started = Instant::now();
     let output = fixture.run("nextest", &[]);
     let elapsed = started.elapsed();
     let all = text(&output);
-    assert!(all.contains("8 failed"), "{all}");
+    assert!(all.contains("9 failed"), "{all}");
     assert!(
-        all.matches("crasher cannot find its config").count() >= 8,
+        all.matches("crasher cannot find its config").count() >= 9,
         "every test carries the container's log line:\n{all}"
     );
     // One setup attempt for the whole run: no retry storm.
-    let created = containers_created(since, &fixture.consumer).await;
+    let created = events.containers_created(&fixture.consumer);
     assert_eq!(created.len(), 1, "{created:?}");
     // The probe timeout is 120 s; the crash is reported long before (the
     // bound is loose: it includes compiling the suite).
@@ -302,7 +348,7 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
 async fn two_consumers_at_once_do_not_share_or_disturb() {
     let a = Fixture::new("pa", &["api"]);
     let b = Fixture::new("pb", &["api"]);
-    let since = now();
+    let events = EventLog::start();
     let (out_a, out_b) = std::thread::scope(|s| {
         let ha = s.spawn(|| a.run("nextest", &[]));
         let hb = s.spawn(|| b.run("nextest", &[]));
@@ -310,8 +356,8 @@ async fn two_consumers_at_once_do_not_share_or_disturb() {
     });
     assert!(out_a.status.success(), "{}", text(&out_a));
     assert!(out_b.status.success(), "{}", text(&out_b));
-    let created_a = containers_created(since, &a.consumer).await;
-    let created_b = containers_created(since, &b.consumer).await;
+    let created_a = events.containers_created(&a.consumer);
+    let created_b = events.containers_created(&b.consumer);
     assert_eq!((created_a.len(), created_b.len()), (2, 2));
     assert!(created_a.iter().all(|n| !created_b.contains(n)), "{created_a:?} / {created_b:?}");
     assert_torn_down(&a).await;

@@ -219,7 +219,9 @@ impl Suite {
                 match self.run_setup(&plan, abandoned) {
                     Ok(record) => {
                         dir.record_ready(&record)?;
-                        tracing::info!("{}", record.summary);
+                        // Once per run. Test harnesses capture it: it shows
+                        // with a failing test's output, or with --nocapture.
+                        eprint!("{}", record.summary);
                         record
                     }
                     Err(error) => {
