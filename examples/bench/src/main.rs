@@ -5,11 +5,12 @@
 //! Run it through `scripts/bench.sh`; `--help` lists the sizes and
 //! repetitions that can be changed.
 
+mod fail_fast;
 mod kind_load;
 mod report;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -89,6 +90,7 @@ async fn run(cli: &Cli) -> Res<()> {
         let section = match benchmark {
             1 => kind_load::load_times(&docker, cli.load_mb, cli.reps).await?,
             2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.reps).await?,
+            3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
             other => return Err(format!("no benchmark {other}; they are 1 to 5").into()),
         };
         sections.push(section);

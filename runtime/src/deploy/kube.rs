@@ -9,6 +9,8 @@
 //! are ready. A container that cannot start (image pull errors, crash loops,
 //! bad configuration) ends the wait at once with the pod's events and logs.
 
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
 mod render;
 mod wait;
 
