@@ -30,10 +30,7 @@ impl BigImage {
     /// Builds it through e2e-infra's build from a temporary context.
     pub async fn build(docker: &Docker, mb: u64) -> Res<Self> {
         let project = Project::new();
-        let blob = project.path().join("busybox/blob");
-        std::fs::create_dir_all(project.path().join("busybox"))?;
-        let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom")?, mb * MIB);
-        std::io::copy(&mut random, &mut std::fs::File::create(&blob)?)?;
+        random_file(&project.path().join("busybox/blob"), mb)?;
         let started = Instant::now();
         let (_plan, built) = busybox_image(docker, &project, "bench-load", "COPY blob /blob\n").await;
         let guard = ImageGuard(vec![built.image.to_string()]);
@@ -50,6 +47,16 @@ impl BigImage {
     fn reference(&self) -> String {
         self.load.image.to_string()
     }
+}
+
+/// Writes `mb` MiB of random bytes to `path`, creating its directory.
+pub fn random_file(path: &std::path::Path, mb: u64) -> Res<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom")?, mb * MIB);
+    std::io::copy(&mut random, &mut std::fs::File::create(path)?)?;
+    Ok(())
 }
 
 /// Runs `args` in `node` through the engine and fails unless it exits 0.
@@ -72,7 +79,7 @@ async fn exec(docker: &Docker, node: &str, args: &[&str]) -> Res<()> {
 
 /// Removes every image from the nodes' containerd, synchronously collecting
 /// its content and snapshots, so the next load starts from nothing.
-async fn clear(docker: &Docker, cluster: &StandInCluster) -> Res<()> {
+pub async fn clear(docker: &Docker, cluster: &StandInCluster) -> Res<()> {
     for node in &cluster.nodes {
         let refs = kind::node_images(docker, node).await?;
         if refs.is_empty() {
@@ -124,12 +131,13 @@ async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration
     Ok(started.elapsed())
 }
 
-/// e2e-infra's load, checked to have done `expected` on every node.
-async fn our_load(docker: &Docker, cluster: &StandInCluster, image: &LoadImage, expected: Action) -> Res<Duration> {
+/// e2e-infra's load, checked to have done `expected` with every image on
+/// every node.
+pub async fn our_load(docker: &Docker, cluster: &StandInCluster, images: &[LoadImage], expected: Action) -> Res<Duration> {
     let started = Instant::now();
-    let report = kind::load(docker, &cluster.name, std::slice::from_ref(image)).await?;
+    let report = kind::load(docker, &cluster.name, images).await?;
     let took = started.elapsed();
-    if report.with_action(expected).count() != cluster.nodes.len() {
+    if report.with_action(expected).count() != cluster.nodes.len() * images.len() {
         return Err(format!("expected every node {expected}: {report:?}").into());
     }
     Ok(took)
@@ -169,7 +177,7 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
             for i in (0..ways.len()).map(|i| (i + rep) % ways.len()) {
                 clear(docker, &cluster).await?;
                 let took = match ways[i] {
-                    Way::Ours => our_load(docker, &cluster, &image.load, Action::Loaded).await?,
+                    Way::Ours => our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?,
                     Way::CliSequential => cli_load(&reference, &cluster.nodes, false).await?,
                     Way::CliParallel => cli_load(&reference, &cluster.nodes, true).await?,
                 };
@@ -195,10 +203,10 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
         }
 
         clear(docker, &cluster).await?;
-        our_load(docker, &cluster, &image.load, Action::Loaded).await?;
+        our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?;
         let mut ours = Vec::new();
         for _ in 0..reps {
-            ours.push(our_load(docker, &cluster, &image.load, Action::Skipped).await?);
+            ours.push(our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Skipped).await?);
         }
         let mut cli = Vec::new();
         for _ in 0..reps {

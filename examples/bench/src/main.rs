@@ -8,6 +8,7 @@
 mod fail_fast;
 mod kind_load;
 mod report;
+mod warm;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -91,6 +92,7 @@ async fn run(cli: &Cli) -> Res<()> {
             1 => kind_load::load_times(&docker, cli.load_mb, cli.reps).await?,
             2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.reps).await?,
             3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+            4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             other => return Err(format!("no benchmark {other}; they are 1 to 5").into()),
         };
         sections.push(section);
