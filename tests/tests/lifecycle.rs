@@ -42,7 +42,7 @@ impl Fixture {
         std::fs::write(dir.path().join("tests/suite.rs"), suite).expect("write suite");
         let manifest = format!(
             r#"[package]
-name = "fixture-suite"
+name = "{consumer}"
 version = "0.0.0"
 edition = "2021"
 publish = false
@@ -58,6 +58,8 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
 "#,
             root().join("runtime").display()
         );
+        // Each fixture is its own package: in the shared target directory,
+        // test binaries of equally named packages would overwrite each other.
         std::fs::write(dir.path().join("Cargo.toml"), manifest).expect("manifest");
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
         Self { dir, consumer }
@@ -130,10 +132,13 @@ async fn containers_created(since: i64, consumer: &str) -> Vec<String> {
     let mut filters = consumer_filter(consumer);
     filters.insert("type".into(), vec!["container".into()]);
     filters.insert("event".into(), vec!["create".into()]);
+    // Intermediate build containers carry the image's labels too; the
+    // stack's containers are the ones named after the consumer.
     events(since, filters)
         .await
         .into_iter()
         .filter_map(|e| e.actor?.attributes?.get("name").cloned())
+        .filter(|name| name.starts_with(&format!("{consumer}-")))
         .collect()
 }
 

@@ -227,7 +227,7 @@ async fn build_one(
                     if line.is_empty() {
                         continue;
                     }
-                    tracing::info!(target: "e2e_infra::build", component = name, "{line}");
+                    tracing::debug!(target: "e2e_infra::build", component = name, "{line}");
                     if is_step(line) {
                         step = Some(line.trim().to_owned());
                     }

@@ -77,7 +77,7 @@ pub struct RunId {
 #[non_exhaustive]
 pub enum IdentityError {
     /// An override that cannot be used in labels and file names.
-    #[error("{RUN_ID_ENV}=`{0}` is invalid: use 1 to 63 letters, digits, '-', '_' or '.'")]
+    #[error("{RUN_ID_ENV}=`{0}` is invalid: use 1 to 128 letters, digits, '-', '_' or '.'")]
     Invalid(String),
     /// No override and no `/proc` to identify the launcher.
     #[error("cannot identify the process that launched the tests (no /proc/<ppid>/stat); set {RUN_ID_ENV} to one value shared by all test processes")]
@@ -115,7 +115,7 @@ impl RunId {
     /// [`IdentityError::Invalid`] for characters that labels cannot carry.
     pub fn explicit(id: &str, launcher: Option<Launcher>) -> Result<Self, IdentityError> {
         let ok = !id.is_empty()
-            && id.len() <= 63
+            && id.len() <= 128
             && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
             return Err(IdentityError::Invalid(id.to_owned()));

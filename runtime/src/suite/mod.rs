@@ -32,6 +32,8 @@ use state::{Found, RunDir};
 /// `1`: keep the stack after the run whatever the results; `0`: remove it
 /// even when a test failed; unset: keep it when a test failed.
 pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
+/// `1`: rebuild every image even when one built from the same inputs exists.
+pub const FORCE_BUILD_ENV: &str = "E2E_INFRA_FORCE_BUILD";
 /// Overrides the attribute's backend at run time: `docker` or `kind`.
 pub const BACKEND_ENV: &str = "E2E_INFRA_BACKEND";
 /// The Kind cluster when [`BACKEND_ENV`] is `kind` (default `kind`).
@@ -190,11 +192,13 @@ impl Suite {
     }
 
     fn options(&self) -> Result<StackOptions, SuiteError> {
-        Ok(StackOptions {
+        let mut options = StackOptions {
             backend: self.backend()?,
             ready_timeout: self.spec.ready_timeout_secs.map(Duration::from_secs),
             ..StackOptions::default()
-        })
+        };
+        options.build.force = std::env::var(FORCE_BUILD_ENV).is_ok_and(|v| v == "1");
+        Ok(options)
     }
 
     fn setup(&'static self) -> Result<Infra, SuiteError> {

@@ -92,15 +92,20 @@ impl RunDir {
     /// # Errors
     /// [`StateError`] when the lock file cannot be opened or locked.
     pub fn lock_setup(&self) -> Result<File, StateError> {
-        let path = self.file("setup.lock");
+        let (file, path) = self.lock_file("setup.lock")?;
+        file.lock().map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+
+    fn lock_file(&self, name: &str) -> Result<(File, PathBuf), StateError> {
+        let path = self.file(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io_err("opening lock", &path))?;
-        file.lock().map_err(io_err("locking", &path))?;
-        Ok(file)
+        Ok((file, path))
     }
 
     /// Takes the reaper lock if no other reaper holds it.
@@ -108,13 +113,7 @@ impl RunDir {
     /// # Errors
     /// [`StateError`] when the lock file cannot be opened.
     pub fn try_lock_reaper(&self) -> Result<Option<File>, StateError> {
-        let path = self.file("reaper.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening lock", &path))?;
+        let (file, path) = self.lock_file("reaper.lock")?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

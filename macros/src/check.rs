@@ -1,0 +1,411 @@
+//! What the attribute and the module mean, every mistake reported at once.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::{FnArg, Item, LitStr};
+
+use crate::ast::{self, Module};
+use crate::attr::{Args, Given, Key};
+use crate::catalog::{self, Catalog};
+use crate::diag::{self, Errors};
+
+/// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.
+const MAX_CONSUMER_LEN: usize = 40;
+
+const BACKENDS: [&str; 2] = ["docker", "kind"];
+
+const DEFAULT_CLUSTER: &str = "kind";
+
+/// A checked attribute: everything the expansion writes down.
+pub(crate) struct Spec {
+    pub(crate) consumer: String,
+    pub(crate) needs: Vec<String>,
+    pub(crate) backend: Backend,
+    pub(crate) ready_timeout_secs: Option<u64>,
+    /// Absolute.
+    pub(crate) catalog: PathBuf,
+}
+
+/// Where the suite's stack runs.
+pub(crate) enum Backend {
+    Docker,
+    Kind {
+        cluster: String,
+        registry: Option<String>,
+    },
+}
+
+/// What the compiler's environment says about where the catalog is.
+pub(crate) struct Env {
+    /// `CARGO_MANIFEST_DIR` of the crate being compiled.
+    pub(crate) manifest_dir: PathBuf,
+    /// `E2E_INFRA_CONFIG`, if set.
+    pub(crate) config: Option<OsString>,
+}
+
+/// The runtime crate's path: the `crate` key, else `::e2e_infra`.
+pub(crate) fn crate_path(args: Option<&Args>, errors: &mut Errors) -> syn::Path {
+    let given = args.and_then(|a| a.krate.as_ref());
+    // Parsing through the literal gives the path its span, so an unresolved
+    // path is reported at the `crate` value.
+    given
+        .and_then(|g| {
+            errors.take(g.value.parse::<syn::Path>().map_err(|_| {
+                syn::Error::new(
+                    g.value.span(),
+                    format!("`crate` takes a path to the e2e-infra crate such as `::e2e_infra` or `my_reexport::e2e_infra`, not {:?}", g.value.value()),
+                )
+            }))
+        })
+        .unwrap_or_else(|| syn::parse_quote!(::e2e_infra))
+}
+
+/// Checks the attribute against the catalog.
+pub(crate) fn attribute(args: &Args, env: &Env, errors: &mut Errors) -> Option<Spec> {
+    let catalog = errors.take(find_catalog(args, env));
+    let consumer = consumer(args, errors);
+    let needs = needs(args, catalog.as_ref(), errors);
+    let backend = backend(args, errors);
+    let ready_timeout_secs = timeout(args, errors);
+    Some(Spec {
+        consumer: consumer?,
+        needs: needs?,
+        backend: backend?,
+        ready_timeout_secs: ready_timeout_secs?,
+        catalog: catalog?.path,
+    })
+}
+
+/// Checks the module's test functions and names.
+pub(crate) fn module(module: &Module, errors: &mut Errors) {
+    for item in module.items() {
+        if let Item::Fn(f) = item {
+            if f.sig.ident == "infra" {
+                errors.at(
+                    f.sig.ident.span(),
+                    "#[e2e_infra] generates `infra()`, the accessor of the suite's shared handle, in this module; rename this function",
+                );
+            }
+        }
+    }
+    for test in module.tests() {
+        let mut params = test.sig.inputs.iter();
+        if let Some(first) = params.next() {
+            match first {
+                FnArg::Typed(p) if ast::is_handle(&p.ty) => {}
+                FnArg::Typed(p) if ast::is_mut_handle(&p.ty) => errors.spanned(
+                    &p.ty,
+                    "take the handle as `&Infra`: every test of the suite shares it, so it cannot be borrowed mutably",
+                ),
+                other => errors.spanned(
+                    other,
+                    format!(
+                        "a test in an #[e2e_infra] module takes no parameter or one `&Infra` (the suite's shared handle); `{}` is not `&Infra`",
+                        diag::show(other)
+                    ),
+                ),
+            }
+        }
+        for extra in params {
+            errors.spanned(
+                extra,
+                format!(
+                    "a test in an #[e2e_infra] module takes at most one parameter, the shared handle `&Infra`; remove `{}`",
+                    diag::show(extra)
+                ),
+            );
+        }
+    }
+}
+
+fn find_catalog(args: &Args, env: &Env) -> syn::Result<Catalog> {
+    let key = args.catalog.as_ref().map(|g| &g.value);
+    let span = key.map_or_else(Span::call_site, LitStr::span);
+    catalog::locate(
+        key.map(LitStr::value).as_deref(),
+        env.config.as_deref(),
+        &env.manifest_dir,
+    )
+    .and_then(|path| catalog::read(&path))
+    .map_err(|message| syn::Error::new(span, message))
+}
+
+fn missing(args: &Args, key: Key, what: &str, example: String, errors: &mut Errors) {
+    errors.at(
+        Span::call_site(),
+        format!(
+            "missing required key `{}` ({what}); add it: `{}`",
+            key.name(),
+            args.corrected(&[example])
+        ),
+    );
+}
+
+fn consumer(args: &Args, errors: &mut Errors) -> Option<String> {
+    let Some(Given { value, .. }) = &args.consumer else {
+        if !args.wrote(Key::Consumer) {
+            missing(
+                args,
+                Key::Consumer,
+                "the suite's name",
+                Key::Consumer.example().to_owned(),
+                errors,
+            );
+        }
+        return None;
+    };
+    let name = value.value();
+    if valid_consumer(&name) {
+        return Some(name);
+    }
+    let mut message = format!(
+        "consumer `{name}` is invalid: use lowercase letters, digits and '-', starting with a letter, not ending with '-', at most {MAX_CONSUMER_LEN} characters (it becomes part of image tags and namespace names)"
+    );
+    let fixed = sanitize_consumer(&name);
+    if valid_consumer(&fixed) {
+        message.push_str(&format!("; e.g. `consumer = \"{fixed}\"`"));
+    }
+    errors.at(value.span(), message);
+    None
+}
+
+/// Lowercase letters, digits and '-', starting with a letter, not ending
+/// with '-', at most [`MAX_CONSUMER_LEN`] characters.
+fn valid_consumer(name: &str) -> bool {
+    name.len() <= MAX_CONSUMER_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The nearest valid spelling of `name`, to suggest.
+fn sanitize_consumer(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().map(|c| c.to_ascii_lowercase()) {
+        if c.is_ascii_lowercase() || (c.is_ascii_digit() && !out.is_empty()) {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(MAX_CONSUMER_LEN);
+    out.trim_end_matches('-').to_owned()
+}
+
+fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<Vec<String>> {
+    let known = catalog.map(|c| diag::list(c.names())).unwrap_or_default();
+    let Some(Given { value: given, .. }) = &args.needs else {
+        if !args.wrote(Key::Needs) {
+            let first = catalog
+                .and_then(|c| c.components.first())
+                .map_or("datastorage", String::as_str);
+            let example = format!("needs = [{first:?}]");
+            let what = if known.is_empty() {
+                String::from("the components the suite needs")
+            } else {
+                format!("the components the suite needs, from: {known}")
+            };
+            missing(args, Key::Needs, &what, example, errors);
+        }
+        return None;
+    };
+    if given.names.is_empty() {
+        let hint = if known.is_empty() {
+            String::new()
+        } else {
+            format!("; known: {known}")
+        };
+        errors.at(
+            given.span,
+            format!("`needs` is empty: name at least one component of the catalog{hint}"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut names: Vec<String> = Vec::new();
+    for lit in &given.names {
+        let name = lit.value();
+        if names.contains(&name) {
+            errors.at(
+                lit.span(),
+                format!("`needs` names `{name}` twice; name each component once"),
+            );
+            ok = false;
+            continue;
+        }
+        if let Some(catalog) = catalog {
+            if !catalog.components.contains(&name) {
+                let unknown = diag::unknown("component", &name, catalog.names(), "Known");
+                errors.at(
+                    lit.span(),
+                    format!("{unknown} (catalog: {})", catalog.path.display()),
+                );
+                ok = false;
+            }
+        }
+        names.push(name);
+    }
+    ok.then_some(names)
+}
+
+fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
+    let kind = match &args.backend {
+        None => false,
+        Some(Given { value, .. }) => match value.value().as_str() {
+            "docker" => false,
+            "kind" => true,
+            other => {
+                errors.at(
+                    value.span(),
+                    diag::unknown("backend", other, BACKENDS, "Known"),
+                );
+                return None;
+            }
+        },
+    };
+    if !kind {
+        for given in [&args.cluster, &args.registry].into_iter().flatten() {
+            kind_only(args, given, errors);
+        }
+        return (!args.wrote(Key::Cluster) && !args.wrote(Key::Registry))
+            .then_some(Backend::Docker);
+    }
+    let cluster = match &args.cluster {
+        Some(Given { value, .. }) if value.value().is_empty() => {
+            errors.at(
+                value.span(),
+                format!(
+                    "`cluster` is empty; name the Kind cluster, e.g. `{}`",
+                    Key::Cluster.example()
+                ),
+            );
+            return None;
+        }
+        Some(Given { value, .. }) => value.value(),
+        None => DEFAULT_CLUSTER.to_owned(),
+    };
+    let registry = match &args.registry {
+        Some(Given { value, .. }) if !host_port(&value.value()) => {
+            errors.at(
+                value.span(),
+                format!(
+                    "`registry` takes `host:port`, e.g. `{}`; got {:?}",
+                    Key::Registry.example(),
+                    value.value()
+                ),
+            );
+            return None;
+        }
+        Some(Given { value, .. }) => Some(value.value()),
+        None => None,
+    };
+    Some(Backend::Kind { cluster, registry })
+}
+
+/// `cluster`/`registry` on a suite that does not use Kind.
+fn kind_only(args: &Args, given: &Given<LitStr>, errors: &mut Errors) {
+    let key = given.key.to_string();
+    let message = match &args.backend {
+        Some(Given { value, .. }) => format!(
+            "`{key}` only applies to `backend = \"kind\"`, but this suite uses `backend = {:?}`; switch the backend to \"kind\" or remove `{key}`",
+            value.value()
+        ),
+        None => format!(
+            "`{key}` only applies to `backend = \"kind\"` (the default backend is docker); add it: `{}`",
+            args.corrected(&[String::from("backend = \"kind\"")])
+        ),
+    };
+    errors.at(given.key.span(), message);
+}
+
+fn host_port(value: &str) -> bool {
+    value.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(|c: char| c == '/' || c.is_whitespace())
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
+}
+
+/// `Some(None)` when not given; `None` when invalid.
+fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
+    let Some(Given { value, .. }) = &args.timeout else {
+        return Some(None);
+    };
+    let text = value.value();
+    match humantime::parse_duration(&text) {
+        Ok(d) if d >= Duration::from_secs(1) => {
+            Some(Some(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
+        }
+        Ok(_) => {
+            errors.at(value.span(), format!("`timeout = {text:?}` is shorter than a second; give the stack time to start, e.g. `{}`", Key::Timeout.example()));
+            None
+        }
+        Err(e) => {
+            errors.at(
+                value.span(),
+                format!("`timeout = {text:?}` is not a duration ({e}); write it like \"300s\", \"5m\" or \"1m 30s\""),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names() {
+        for good in [
+            "notification",
+            "a",
+            "notification-e2e",
+            "v2-api",
+            &"a".repeat(MAX_CONSUMER_LEN),
+        ] {
+            assert!(valid_consumer(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Notification",
+            "2fa",
+            "-x",
+            "x-",
+            "x_y",
+            "x.y",
+            "né",
+            &"a".repeat(MAX_CONSUMER_LEN + 1),
+        ] {
+            assert!(!valid_consumer(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_consumers_get_a_valid_suggestion() {
+        assert_eq!(sanitize_consumer("Notification_E2E"), "notification-e2e");
+        assert_eq!(sanitize_consumer("2fa service-"), "fa-service");
+        assert_eq!(sanitize_consumer("my..suite"), "my-suite");
+        assert!(valid_consumer(&sanitize_consumer(&"Ab_".repeat(30))));
+    }
+
+    #[test]
+    fn registry_is_host_and_port() {
+        assert!(host_port("127.0.0.1:5000"));
+        assert!(host_port("registry.local:443"));
+        for bad in [
+            "127.0.0.1",
+            ":5000",
+            "host:0",
+            "host:port",
+            "host:70000",
+            "a/b:5000",
+        ] {
+            assert!(!host_port(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+// Built with E2E_INFRA_CONFIG naming a catalog with a TOML syntax error.
+use e2e_infra::e2e_infra;
+
+#[e2e_infra(consumer = "notification", needs = ["datastorage"])]
+mod suite {}
+
+fn main() {}

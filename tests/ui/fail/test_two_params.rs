@@ -1,0 +1,13 @@
+use e2e_infra::e2e_infra;
+
+#[e2e_infra(consumer = "notification", needs = ["datastorage"])]
+mod suite {
+    use e2e_infra::Infra;
+
+    #[test]
+    fn stores_a_notification(infra: &Infra, retries: u32) {
+        let _ = (infra, retries);
+    }
+}
+
+fn main() {}
