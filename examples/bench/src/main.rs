@@ -5,6 +5,7 @@
 //! Run it through `scripts/bench.sh`; `--help` lists the sizes and
 //! repetitions that can be changed.
 
+mod amortize;
 mod fail_fast;
 mod kind_load;
 mod report;
@@ -93,6 +94,7 @@ async fn run(cli: &Cli) -> Res<()> {
             2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.reps).await?,
             3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
+            5 => amortize::amortization(&docker, cli.tests).await?,
             other => return Err(format!("no benchmark {other}; they are 1 to 5").into()),
         };
         sections.push(section);
