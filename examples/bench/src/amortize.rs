@@ -48,24 +48,22 @@ fn lay_out(dir: &Path, ours: &str, naive: &str, tests: usize) -> Res<()> {
             workspace().join("runtime").display()
         ),
     )?;
-    let names: Vec<String> = (1..=tests).map(|i| format!("t{i:02}")).collect();
-    let with_handle: String = names
-        .iter()
-        .map(|t| format!("    #[test]\n    fn {t}(infra: &Infra) {{\n        assert!(infra.endpoint(\"api\", 8080).is_some());\n    }}\n"))
-        .collect();
-    std::fs::write(
-        dir.join("tests/ours.rs"),
+    // `test` is one test's source with `NAME` for its name.
+    let suite = |file: &str, head: String, test: &str, tail: &str| {
+        let tests: String = (1..=tests).map(|i| test.replace("NAME", &format!("t{i:02}"))).collect();
+        std::fs::write(dir.join("tests").join(file), format!("{head}{tests}{tail}"))
+    };
+    suite(
+        "ours.rs",
         format!(
             "//! Every test shares the run's stack.\n\n\
-             #[e2e_infra::e2e_infra(consumer = \"{ours}\", needs = [\"api\"])]\nmod ours {{\n    use e2e_infra::Infra;\n\n{with_handle}}}\n"
+             #[e2e_infra::e2e_infra(consumer = \"{ours}\", needs = [\"api\"])]\nmod ours {{\n    use e2e_infra::Infra;\n\n"
         ),
+        "    #[test]\n    fn NAME(infra: &Infra) {\n        assert!(infra.endpoint(\"api\", 8080).is_some());\n    }\n",
+        "}\n",
     )?;
-    let with_cell: String = names
-        .iter()
-        .map(|t| format!("#[test]\nfn {t}() {{\n    assert!(stack().endpoints.contains_key(\"api\"));\n}}\n\n"))
-        .collect();
-    std::fs::write(
-        dir.join("tests/naive.rs"),
+    suite(
+        "naive.rs",
         format!(
             r#"//! Every test process stands its own stack up, once, with its own run id.
 
@@ -86,9 +84,10 @@ fn stack() -> &'static StackRecord {{
         tokio::runtime::Runtime::new().expect("runtime").block_on(up(&plan, &options)).expect("stack up")
     }})
 }}
-
-{with_cell}"#
+"#
         ),
+        "\n#[test]\nfn NAME() {\n    assert!(stack().endpoints.contains_key(\"api\"));\n}\n",
+        "",
     )?;
     Ok(())
 }

@@ -24,20 +24,9 @@ const SEED_TIMEOUT: Duration = Duration::from_secs(300);
 /// When the mock server reports the failing pod, after the pod watch starts.
 const POD_FAILS_AFTER: Duration = Duration::from_millis(500);
 
-const MANIFEST: &str = "\
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: datastorage }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: datastorage } }
-  template:
-    metadata: { labels: { app: datastorage } }
-    spec:
-      containers:
-        - name: api
-          image: ${image:datastorage}
-";
+const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: datastorage }\nspec:
+  { replicas: 1, selector: { matchLabels: { app: datastorage } }, template: { metadata: { labels: { app: datastorage } },
+    spec: { containers: [{ name: api, image: \"${image:datastorage}\" }] } } }\n";
 
 /// A project whose `datastorage` manifest names `image`, and its plan.
 fn fixture(image: &str) -> (Project, Plan) {

@@ -30,6 +30,9 @@ struct Cli {
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Repetitions of the large loads of benchmarks 1 and 2.
+    #[arg(long, default_value_t = 2)]
+    load_reps: usize,
     /// Size in MiB of the random payload of the image loaded in benchmark 1.
     #[arg(long, default_value_t = 300)]
     load_mb: u64,
@@ -75,7 +78,11 @@ async fn main() {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
-        None => run(&cli).await,
+        // Dropping the run on Ctrl-C drops its guards, which remove what it made.
+        None => tokio::select! {
+            outcome = run(&cli) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        },
     };
     if let Err(e) = outcome {
         eprintln!("e2e-infra-bench: {e}");
@@ -90,8 +97,8 @@ async fn run(cli: &Cli) -> Res<()> {
     let mut sections: Vec<Section> = Vec::new();
     for benchmark in &cli.only {
         let section = match benchmark {
-            1 => kind_load::load_times(&docker, cli.load_mb, cli.reps).await?,
-            2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.reps).await?,
+            1 => kind_load::load_times(&docker, cli.load_mb, cli.load_reps).await?,
+            2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.load_reps).await?,
             3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             5 => amortize::amortization(&docker, cli.tests).await?,
