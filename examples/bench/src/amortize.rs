@@ -118,10 +118,30 @@ struct Measured {
 
 /// Runs test binary `suite` and counts what the engine saw for `consumer`.
 async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: &[(&str, &str)]) -> Res<Measured> {
-    let since = unix_now();
+    // The engine keeps only its last 256 events for later queries, fewer
+    // than a naive run makes: follow them live instead.
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["image".to_owned(), "container".to_owned()]),
+        ("event".to_owned(), vec!["tag".to_owned(), "create".to_owned()]),
+    ]);
+    let options = EventsOptions { since: Some(unix_now().to_string()), until: None, filters: Some(filters) };
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let follow = {
+        let (mut events, seen) = (docker.events(Some(options)), std::sync::Arc::clone(&seen));
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = events.next().await {
+                if let (Ok(mut seen), Some(attributes)) = (seen.lock(), event.actor.and_then(|a| a.attributes)) {
+                    seen.push((event.action.unwrap_or_default(), attributes));
+                }
+            }
+        })
+    };
     let started = Instant::now();
-    let output = nextest(dir, &["--test", suite, "--no-fail-fast"], env).output()?;
+    let mut command = nextest(dir, &["--test", suite, "--no-fail-fast"], env);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
     let wall = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    follow.abort();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
         return Err(format!("the {suite} suite failed:\n{text}").into());
@@ -133,22 +153,14 @@ async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: 
         .filter_map(|l| l.split_once('[')?.1.split_once("s]")?.0.trim().parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .collect();
-    let events = |kind: &str, action: &str| {
-        let filters = HashMap::from([("type".to_owned(), vec![kind.to_owned()]), ("event".to_owned(), vec![action.to_owned()])]);
-        let options = EventsOptions { since: Some(since.to_string()), until: Some((unix_now() + 1).to_string()), filters: Some(filters) };
-        docker.events(Some(options)).filter_map(|e| async move { e.ok()?.actor?.attributes })
+    let seen = seen.lock().map_err(|_| "the event log was poisoned")?;
+    let named = |action: &str, name: &dyn Fn(&str) -> bool| {
+        seen.iter().filter(|(a, attributes)| a == action && attributes.get("name").is_some_and(|n| name(n))).count()
     };
-    let tagged = events("image", "tag").filter(|a| futures::future::ready(a.get("name").is_some_and(|n| n.contains(&format!(":{consumer}-"))))).count().await;
+    let tagged = named("tag", &|n| n.contains(&format!(":{consumer}-")));
     // Build steps run in containers that carry the labels too; a stack's
     // containers are the ones named after its namespace.
-    let containers = events("container", "create")
-        .filter(|a| {
-            let ours = a.get(CONSUMER).is_some_and(|c| c == consumer)
-                && a.get("name").is_some_and(|n| n.starts_with(&format!("{consumer}-")));
-            futures::future::ready(ours)
-        })
-        .count()
-        .await;
+    let containers = named("create", &|n| n.starts_with(&format!("{consumer}-")));
     Ok(Measured { wall, per_test, tagged, containers })
 }
 

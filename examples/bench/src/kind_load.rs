@@ -13,7 +13,7 @@ use e2e_infra_tests::kind_node::{unique, ImageGuard, StandInCluster};
 use e2e_infra_tests::{busybox_image, Project};
 use futures::StreamExt;
 
-use crate::report::{median, median_of, ratio, ratio_of, Res, Section};
+use crate::report::{median, median_of, middle, ratio, ratio_of, Res, Section};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -233,7 +233,7 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
     let mut peaks = Vec::new();
     for &mb in sizes_mb {
         let image = BigImage::build(docker, mb).await?;
-        let mut kib = Vec::new();
+        let mut kib: Vec<u64> = Vec::new();
         let mut times = Vec::new();
         for _ in 0..reps {
             clear(docker, &cluster).await?;
@@ -241,9 +241,8 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
             kib.push(load_in_child(&cluster.name, &image.load)?);
             times.push(started.elapsed());
         }
-        kib.sort_unstable();
-        let peak = kib[(kib.len() - 1) / 2];
         let all: Vec<String> = kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
+        let peak = middle(&kib).map_or(0, |(low, high)| (low + high) / 2);
         section.row(vec![
             format!("busybox + {mb} MiB random"),
             format!("{} MiB", image.bytes / MIB),

@@ -9,14 +9,20 @@ use bollard::Docker;
 /// What every benchmark step returns.
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// The median of `samples` (the lower middle one for an even count).
-pub fn median(samples: &[Duration]) -> Duration {
+/// The two middle samples in order (the same one twice for an odd count).
+pub fn middle<T: Copy + Ord>(samples: &[T]) -> Option<(T, T)> {
     let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or_default()
+    sorted.sort_unstable();
+    let n = sorted.len();
+    (n > 0).then(|| (sorted[(n - 1) / 2], sorted[n / 2]))
 }
 
-/// A duration for a table: milliseconds below ten seconds' tenth, else seconds.
+/// The median of `samples` (the mean of the two middle ones for an even count).
+pub fn median(samples: &[Duration]) -> Duration {
+    middle(samples).map_or(Duration::ZERO, |(low, high)| (low + high) / 2)
+}
+
+/// A duration for a table: microseconds, milliseconds or seconds.
 pub fn secs(d: Duration) -> String {
     if d < Duration::from_millis(1) {
         format!("{:.0} µs", d.as_secs_f64() * 1e6)
