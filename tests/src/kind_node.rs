@@ -213,7 +213,7 @@ impl Drop for StandInCluster {
 
 /// Runs a clean-up on its own thread and runtime: `Drop` cannot await, and
 /// the test's runtime may be shutting down.
-fn on_fresh_runtime<F, Fut>(cleanup: F)
+pub fn on_fresh_runtime<F, Fut>(cleanup: F)
 where
     F: FnOnce(Docker) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,

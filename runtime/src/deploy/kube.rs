@@ -10,6 +10,8 @@
 //! bad configuration) ends the wait at once with the pod's events and logs.
 
 pub mod forward;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
 mod render;
 mod wait;
 

@@ -2,15 +2,17 @@
 //! recorded and answered the way an API server answers, watch events
 //! included (newline-delimited JSON).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use kube::client::Body;
-use serde_json::{json, Value};
-use tower_test::mock::{Handle, SendResponse};
+use serde_json::json;
 
+use super::mock::{
+    added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script, Seen,
+};
 use super::*;
 use crate::{Catalog, Delivery, RunId};
 
@@ -90,149 +92,6 @@ kubernetes = { manifests = ["api.yaml"] }
     (dir, plan)
 }
 
-/// A request as the mock API server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-}
-
-/// What the mock API server answers.
-#[derive(Default)]
-struct Script {
-    /// Per resource (`pods`, `deployments`), the answers to successive
-    /// watches: a delay, then these watch events. Later watches never answer.
-    watches: HashMap<&'static str, VecDeque<(Duration, Vec<Value>)>>,
-    /// The items of an event list.
-    events: Vec<Value>,
-    /// A pod's log.
-    logs: String,
-}
-
-impl Script {
-    fn watch(mut self, resource: &'static str, delay: Duration, events: Vec<Value>) -> Self {
-        self.watches.entry(resource).or_default().push_back((delay, events));
-        self
-    }
-}
-
-fn client_and_server(script: Script) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(serve(handle, script, Arc::clone(&seen)));
-    (Client::new(service, "default"), seen)
-}
-
-async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, mut script: Script, seen: Arc<Mutex<Vec<Seen>>>) {
-    let mut parked: Vec<SendResponse<Response<Body>>> = Vec::new();
-    while let Some((request, send)) = handle.next_request().await {
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.expect("request body");
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let path = parts.uri.path().to_owned();
-        let query = parts.uri.query().unwrap_or_default().to_owned();
-        seen.lock().expect("log").push(Seen {
-            method: parts.method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            body: body.clone(),
-        });
-        let resource = path.rsplit('/').next().unwrap_or_default();
-        let collection = path.split('/').nth_back(if parts.method == Method::GET { 0 } else { 1 }).unwrap_or_default();
-        match parts.method {
-            Method::PATCH => {
-                let mut object = body;
-                object["metadata"]["resourceVersion"] = json!("1");
-                send.send_response(json_response(&object));
-            }
-            Method::DELETE => send.send_response(json_response(&json!({
-                "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": resource }
-            }))),
-            Method::GET if resource == "log" => {
-                send.send_response(
-                    Response::builder().body(Body::from(script.logs.clone().into_bytes())).expect("response"),
-                );
-            }
-            Method::GET if query.contains("watch=true") => {
-                match script.watches.get_mut(collection).and_then(VecDeque::pop_front) {
-                    Some((delay, events)) => {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
-                            send.send_response(
-                                Response::builder().body(Body::from(lines.into_bytes())).expect("response"),
-                            );
-                        });
-                    }
-                    None => parked.push(send),
-                }
-            }
-            Method::GET => {
-                let items = if collection == "events" { script.events.clone() } else { Vec::new() };
-                send.send_response(json_response(&json!({ "metadata": { "resourceVersion": "1" }, "items": items })));
-            }
-            other => panic!("unexpected {other} {path}"),
-        }
-    }
-}
-
-fn json_response(value: &Value) -> Response<Body> {
-    Response::builder().body(Body::from(serde_json::to_vec(value).expect("json"))).expect("response")
-}
-
-fn added(object: Value) -> Value {
-    json!({ "type": "ADDED", "object": object })
-}
-
-fn modified(object: Value) -> Value {
-    json!({ "type": "MODIFIED", "object": object })
-}
-
-fn template() -> Value {
-    json!({ "metadata": {}, "spec": { "containers": [] } })
-}
-
-fn deployment(ns: &str, name: &str, available: i32) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name, "namespace": ns, "resourceVersion": "2" },
-        "spec": { "replicas": 1, "selector": {}, "template": template() },
-        "status": { "availableReplicas": available }
-    })
-}
-
-fn statefulset(ns: &str, name: &str, ready: i32) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": { "name": name, "namespace": ns, "resourceVersion": "2" },
-        "spec": { "serviceName": name, "selector": {}, "template": template() },
-        "status": { "replicas": 1, "readyReplicas": ready }
-    })
-}
-
-fn job(ns: &str, name: &str, succeeded: i32) -> Value {
-    json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": { "name": name, "namespace": ns, "resourceVersion": "2" },
-        "spec": { "template": template() },
-        "status": { "succeeded": succeeded }
-    })
-}
-
-fn waiting_pod(ns: &str, image: &str, reason: &str, message: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "api-7d9f-x2x", "namespace": ns, "resourceVersion": "3" },
-        "spec": { "containers": [{ "name": "api", "image": image }] },
-        "status": { "containerStatuses": [{
-            "name": "api", "image": image, "imageID": "", "ready": false, "restartCount": 4,
-            "state": { "waiting": { "reason": reason, "message": message } }
-        }] }
-    })
-}
-
 /// The watches of a healthy stack: everything ready, the Deployment last.
 fn healthy(ns: &str) -> Script {
     Script::default()
@@ -242,8 +101,8 @@ fn healthy(ns: &str) -> Script {
         .watch("deployments", Duration::from_millis(200), vec![modified(deployment(ns, "api", 1))])
 }
 
-fn patches(seen: &Mutex<Vec<Seen>>) -> Vec<Seen> {
-    seen.lock().expect("log").iter().filter(|s| s.method == Method::PATCH).cloned().collect()
+fn patches(seen: &Mutex<Log>) -> Vec<Seen> {
+    seen.lock().expect("log").requests.iter().filter(|s| s.method == Method::PATCH).cloned().collect()
 }
 
 #[tokio::test]
@@ -327,6 +186,7 @@ async fn image_pull_back_off_ends_the_wait_at_once_naming_the_image() {
     let asked_events = seen
         .lock()
         .expect("log")
+        .requests
         .iter()
         .any(|s| s.path.ends_with("/events") && s.query.contains("involvedObject.name%3Dapi-7d9f-x2x"));
     assert!(asked_events, "the pod's events were not asked for");
@@ -353,7 +213,7 @@ async fn crash_loop_back_off_carries_the_last_log_lines() {
     assert_eq!(failure.reason, "CrashLoopBackOff");
     assert!(failure.logs.contains("connection refused"), "{}", failure.logs);
     assert!(error.to_string().contains("connection refused"), "{error}");
-    let log_request = seen.lock().expect("log").iter().find(|s| s.path.ends_with("/log")).cloned().expect("logs asked");
+    let log_request = seen.lock().expect("log").requests.iter().find(|s| s.path.ends_with("/log")).cloned().expect("logs asked");
     assert_eq!(log_request.path, format!("/api/v1/namespaces/{ns}/pods/api-7d9f-x2x/log"));
     assert!(
         log_request.query.contains("previous=true") && log_request.query.contains("tailLines=20"),
@@ -397,7 +257,7 @@ async fn preflight_refuses_a_hard_coded_image_before_any_request() {
     let text = error.to_string();
     assert!(text.contains("api.yaml") && text.contains(&api), "{text}");
     tokio::task::yield_now().await;
-    assert!(seen.lock().expect("log").is_empty(), "requests reached the API server");
+    assert!(seen.lock().expect("log").requests.is_empty(), "requests reached the API server");
 }
 
 #[test]

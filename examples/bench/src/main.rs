@@ -1,0 +1,117 @@
+//! Side-by-side benchmarks of e2e-infra against the naive way or the CLI
+//! pipeline it replaces, measured in one run and written to
+//! `docs/benchmarks.md` with the machine and the command that made them.
+//!
+//! Run it through `scripts/bench.sh`; `--help` lists the sizes and
+//! repetitions that can be changed.
+
+mod amortize;
+mod fail_fast;
+mod kind_load;
+mod report;
+mod warm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use report::{Machine, Res, Section};
+
+/// Benchmarks e2e-infra against the naive way and writes docs/benchmarks.md.
+#[derive(Debug, Parser)]
+#[command(name = "e2e-infra-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Child>,
+    /// Which benchmarks to run (1 to 5).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5])]
+    only: Vec<u8>,
+    /// Repetitions of each cheap measurement; tables show the median.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Repetitions of the large loads of benchmarks 1 and 2.
+    #[arg(long, default_value_t = 2)]
+    load_reps: usize,
+    /// Size in MiB of the random payload of the image loaded in benchmark 1.
+    #[arg(long, default_value_t = 300)]
+    load_mb: u64,
+    /// Payload sizes in MiB whose loads benchmark 2 compares.
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 500])]
+    memory_mb: Vec<u64>,
+    /// The naive way's readiness timeout in seconds (benchmark 3).
+    #[arg(long, default_value_t = 30)]
+    naive_timeout: u64,
+    /// Components of the catalog built and loaded in benchmark 4.
+    #[arg(long, default_value_t = 4)]
+    warm_components: usize,
+    /// Size in MiB of each of those components' random payload.
+    #[arg(long, default_value_t = 20)]
+    warm_mb: u64,
+    /// Tests in each generated suite of benchmark 5.
+    #[arg(long, default_value_t = 16)]
+    tests: usize,
+    /// Where the page goes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md"))]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Child {
+    /// Loads one image into a Kind cluster and prints the peak resident set
+    /// (what benchmark 2 runs in a child process).
+    LoadOne {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// The image reference.
+        #[arg(long)]
+        image: String,
+        /// The engine's id of the image.
+        #[arg(long)]
+        image_id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
+        // Dropping the run on Ctrl-C drops its guards, which remove what it made.
+        None => tokio::select! {
+            outcome = run(&cli) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        },
+    };
+    if let Err(e) = outcome {
+        eprintln!("e2e-infra-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: &Cli) -> Res<()> {
+    let started = Instant::now();
+    let docker = e2e_infra::engine::connect().await?;
+    let machine = Machine::describe(&docker).await?;
+    let mut sections: Vec<Section> = Vec::new();
+    for benchmark in &cli.only {
+        let section = match benchmark {
+            1 => kind_load::load_times(&docker, cli.load_mb, cli.load_reps).await?,
+            2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.load_reps).await?,
+            3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+            4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
+            5 => amortize::amortization(&docker, cli.tests).await?,
+            other => return Err(format!("no benchmark {other}; they are 1 to 5").into()),
+        };
+        sections.push(section);
+    }
+    let command = std::iter::once("scripts/bench.sh".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let page = report::page(&sections, &machine, &command, started.elapsed());
+    std::fs::write(&cli.out, page)?;
+    println!("\nwrote {}", cli.out.display());
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Figures, the tables they go in, the machine they were measured on, and
+//! the page that holds them all.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+
+/// What every benchmark step returns.
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The two middle samples in order (the same one twice for an odd count).
+pub fn middle<T: Copy + Ord>(samples: &[T]) -> Option<(T, T)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    (n > 0).then(|| (sorted[(n - 1) / 2], sorted[n / 2]))
+}
+
+/// The median of `samples` (the mean of the two middle ones for an even count).
+pub fn median(samples: &[Duration]) -> Duration {
+    middle(samples).map_or(Duration::ZERO, |(low, high)| (low + high) / 2)
+}
+
+/// A duration for a table: microseconds, milliseconds or seconds.
+pub fn secs(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// The median of `samples`, with every sample when there are several.
+pub fn median_of(samples: &[Duration]) -> String {
+    let middle = secs(median(samples));
+    if samples.len() < 2 {
+        return middle;
+    }
+    let all: Vec<String> = samples.iter().map(|d| secs(*d)).collect();
+    format!("{middle} ({})", all.join(", "))
+}
+
+/// How many times `ours` fits in `baseline`: above 1 when ours is faster.
+pub fn ratio(baseline: Duration, ours: Duration) -> String {
+    ratio_of(baseline.as_secs_f64(), ours.as_secs_f64())
+}
+
+/// `baseline / ours`, written for a table.
+pub fn ratio_of(baseline: f64, ours: f64) -> String {
+    if ours <= 0.0 {
+        return "-".to_owned();
+    }
+    let r = baseline / ours;
+    if r >= 100.0 {
+        format!("{r:.0}×")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+/// One benchmark's table, printed row by row as figures come in.
+#[derive(Debug)]
+pub struct Section {
+    title: String,
+    intro: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    notes: Vec<String>,
+}
+
+impl Section {
+    /// A table with these columns.
+    pub fn new(title: &str, intro: &str, header: &[&str]) -> Self {
+        println!("\n== {title}\n   {}", header.join(" | "));
+        Self {
+            title: title.to_owned(),
+            intro: intro.to_owned(),
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds and prints a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        println!("   {}", cells.join(" | "));
+        self.rows.push(cells);
+    }
+
+    /// Adds and prints a remark under the table.
+    pub fn note(&mut self, text: &str) {
+        println!("   note: {text}");
+        self.notes.push(text.to_owned());
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = format!("## {}\n\n{}\n\n", self.title, self.intro);
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        out.push_str(&line(&self.header));
+        out.push_str(&line(&vec!["---".to_owned(); self.header.len()]));
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// The machine a run measured.
+#[derive(Debug)]
+pub struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    memory: String,
+    kernel: String,
+    docker: String,
+}
+
+impl Machine {
+    /// Reads the host's facts and asks the engine for its version.
+    pub async fn describe(docker: &Docker) -> Res<Self> {
+        let proc_field = |file: &str, key: &str| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find(|l| l.starts_with(key))
+                        .and_then(|l| l.split_once(':'))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        let memory_kib: f64 =
+            proc_field("/proc/meminfo", "MemTotal").trim_end_matches(" kB").parse().unwrap_or_default();
+        let version = docker.version().await?;
+        let info = docker.info().await?;
+        Ok(Self {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: proc_field("/proc/cpuinfo", "model name"),
+            memory: format!("{:.1} GiB", memory_kib / 1024.0 / 1024.0),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+            docker: format!(
+                "Docker Engine {} (API {}, storage driver {}, cgroup v{})",
+                version.version.unwrap_or_default(),
+                version.api_version.unwrap_or_default(),
+                info.driver.unwrap_or_default(),
+                info.cgroup_version.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+        })
+    }
+}
+
+/// The whole page: sections, then the machine and the command.
+pub fn page(sections: &[Section], machine: &Machine, command: &str, took: Duration) -> String {
+    let profile = if cfg!(debug_assertions) { "dev (unoptimized)" } else { "release" };
+    let mut out = String::from(
+        "# Benchmarks\n\n\
+         Generated by `scripts/bench.sh` (the `e2e-infra-bench` binary, `examples/bench/`): every figure \
+         below comes from one run, each measurement of e2e-infra side by side with the naive way or the \
+         CLI pipeline it replaces. Times are medians of the repetitions, with every sample in brackets; \
+         ratios are baseline ÷ e2e-infra, so above 1× means e2e-infra is faster. Do not edit by hand: \
+         run the command at the end again.\n\n",
+    );
+    for section in sections {
+        out.push_str(&section.markdown());
+    }
+    let _ = write!(
+        out,
+        "## Machine\n\n\
+         | | |\n| --- | --- |\n\
+         | CPUs (nproc) | {} × {} |\n| memory | {} |\n| kernel | {} |\n| engine | {} |\n\
+         | bench build profile | {profile} |\n| run at | {} |\n| run took | {} |\n\n\
+         ## Reproduce\n\n```sh\n{command}\n```\n",
+        machine.cpus,
+        machine.cpu_model,
+        machine.memory,
+        machine.kernel,
+        machine.docker,
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        secs(took),
+    );
+    out
+}
