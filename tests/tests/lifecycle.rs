@@ -86,6 +86,8 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         }
         command
             .env("CARGO_TARGET_DIR", root().join("target/fixture"))
+            // One binary per suite: without debug info they stay small.
+            .env("CARGO_PROFILE_DEV_DEBUG", "false")
             .env("E2E_INFRA_STATE_DIR", self.state())
             .envs(env.iter().copied());
         let output = command.output().expect("run cargo");
@@ -134,6 +136,21 @@ impl EventLog {
             }
         });
         Self { seen, follower }
+    }
+
+    /// Waits until the events stop coming (bounded): the engine sends them as
+    /// they happen, and the run that caused them is over.
+    async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = usize::MAX;
+        while Instant::now() < deadline {
+            let now = self.seen.lock().expect("event log").len();
+            if now == seen {
+                return;
+            }
+            seen = now;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Names (from `attribute`) of events of `action` whose name matches `keep`.
@@ -223,6 +240,7 @@ async fn once_per_run(runner: &str, scenario: &str) {
     assert!(output.status.success(), "suite failed:\n{all}");
     let passed = if runner == "nextest" { "9 tests run: 9 passed" } else { "test result: ok. 9 passed" };
     assert!(all.contains(passed), "expected all 8 to pass:\n{all}");
+    events.settle().await;
     let created = events.containers_created(&fixture.consumer);
     assert_eq!(created.len(), 2, "one container per component for the whole run: {created:?}");
     let tagged = events.images_tagged(&fixture.consumer);
@@ -230,22 +248,22 @@ async fn once_per_run(runner: &str, scenario: &str) {
     assert_torn_down(&fixture).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nextest_sets_up_once_per_run_and_tears_down_after() {
     once_per_run("nextest", "nx").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_test_sets_up_once_per_run_and_tears_down_after() {
     once_per_run("test", "ct").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_test_in_sequence_shares_the_stack_across_test_runtimes() {
     once_per_run("test-serial", "seq").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_process_killed_half_way_is_taken_over() {
     let fixture = Fixture::new("takeover", &["api"]);
     // Kill the process that sets up as soon as it has said so: its pid is in
@@ -276,7 +294,7 @@ async fn a_setup_process_killed_half_way_is_taken_over() {
     assert_torn_down(&fixture).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     let fixture = Fixture::new("keep", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic")]);
@@ -304,7 +322,7 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_test_with_keep_off_still_tears_down() {
     let fixture = Fixture::new("nokeep", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")]);
@@ -312,7 +330,7 @@ async fn a_failed_test_with_keep_off_still_tears_down() {
     assert_torn_down(&fixture).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     let fixture = Fixture::new("kill", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "sigkill")]);
@@ -322,7 +340,7 @@ async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     assert_torn_down(&fixture).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     let fixture = Fixture::new("crash", &["crasher"]);
     let events = EventLog::start();
@@ -336,6 +354,7 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
         "every test carries the container's log line:\n{all}"
     );
     // One setup attempt for the whole run: no retry storm.
+    events.settle().await;
     let created = events.containers_created(&fixture.consumer);
     assert_eq!(created.len(), 1, "{created:?}");
     // The probe timeout is 120 s; the crash is reported long before (the
@@ -344,7 +363,7 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     assert_torn_down(&fixture).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_at_once_do_not_share_or_disturb() {
     let a = Fixture::new("pa", &["api"]);
     let b = Fixture::new("pb", &["api"]);
@@ -356,6 +375,7 @@ async fn two_consumers_at_once_do_not_share_or_disturb() {
     });
     assert!(out_a.status.success(), "{}", text(&out_a));
     assert!(out_b.status.success(), "{}", text(&out_b));
+    events.settle().await;
     let created_a = events.containers_created(&a.consumer);
     let created_b = events.containers_created(&b.consumer);
     assert_eq!((created_a.len(), created_b.len()), (2, 2));
