@@ -68,6 +68,9 @@ pub enum Action {
     Loaded,
     /// The node already held this image under the plan's reference.
     Skipped,
+    /// The node held this very image (same id) under another reference, from
+    /// an earlier run: it was tagged with the plan's reference, not streamed.
+    Tagged,
 }
 
 /// The outcome for one image on one node.
@@ -247,6 +250,22 @@ pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Resul
                     action: Action::Skipped,
                     elapsed: *checked_in,
                 });
+            } else if let Some(source) = same_image(rows, wanted) {
+                let started = Instant::now();
+                let reference = wanted.image.to_string();
+                run(
+                    docker,
+                    &node.name,
+                    &["ctr", NAMESPACE_ARG, "images", "tag", "--force", source, &reference],
+                    None::<mpsc::Receiver<Vec<u8>>>,
+                )
+                .await?;
+                outcomes.push(NodeOutcome {
+                    node: node.name.clone(),
+                    image: wanted.image.clone(),
+                    action: Action::Tagged,
+                    elapsed: *checked_in + started.elapsed(),
+                });
             } else {
                 targets.push(node.name.as_str());
             }
@@ -268,7 +287,9 @@ pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Resul
         let loaded: Vec<&LoadImage> = images
             .iter()
             .filter(|wanted| {
-                outcomes.iter().any(|o| o.node == node.name && o.image == wanted.image && o.action == Action::Loaded)
+                outcomes.iter().any(|o| {
+                    o.node == node.name && o.image == wanted.image && matches!(o.action, Action::Loaded | Action::Tagged)
+                })
             })
             .collect();
         label_and_verify(docker, &node.name, images, loaded)
@@ -361,6 +382,14 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
             Some(Listed { name, labels })
         })
         .collect()
+}
+
+/// Another reference on the node to the very image wanted (same engine id),
+/// e.g. an earlier run's tag of an unchanged build.
+fn same_image<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Option<&'r str> {
+    rows.iter()
+        .find(|row| !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
+        .map(|row| row.name.as_str())
 }
 
 fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
@@ -538,6 +567,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Self::Loaded => "loaded",
             Self::Skipped => "skipped",
+            Self::Tagged => "tagged",
         })
     }
 }
