@@ -11,4 +11,6 @@ bash scripts/stand-ins.sh
 if [[ "${1:-}" == "--kind" ]]; then
   export E2E_INFRA_BACKEND=kind E2E_INFRA_KIND_CLUSTER="${2:?--kind takes a cluster name}"
 fi
-cargo test -p notification-e2e --features e2e
+# One line per stage and component, and the summary table of the run.
+export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
+cargo test -p notification-e2e --features e2e -- --nocapture

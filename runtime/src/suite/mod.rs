@@ -334,6 +334,8 @@ fn init_logging() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
             .try_init();
     }
 }
