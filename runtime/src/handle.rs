@@ -41,8 +41,11 @@ pub struct StackRecord {
     pub run_id: String,
     /// The consumer.
     pub consumer: String,
-    /// The tag, to check attaching processes planned the same one.
+    /// The tag.
     pub tag: String,
+    /// The components, in dependency order, to check that attaching
+    /// processes planned the same stack.
+    pub components: Vec<String>,
     /// Where it runs.
     pub placement: Placement,
     /// Published addresses: component -> container port -> host address.

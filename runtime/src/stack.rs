@@ -136,6 +136,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         run_id: plan.run().as_str().to_owned(),
         consumer: plan.consumer().as_str().to_owned(),
         tag: plan.tag().as_str().to_owned(),
+        components: plan.components().iter().map(|c| c.name.clone()).collect(),
         placement,
         endpoints,
         summary: summary(plan, &timings),

@@ -123,15 +123,16 @@ pub enum SuiteError {
         /// That process's error.
         message: String,
     },
-    /// Another process recorded a stack with a different tag.
-    #[error("the stack recorded for `{consumer}` has tag `{recorded}` but this process planned `{planned}`; the catalog or needs differ between test binaries of one run")]
-    TagMismatch {
+    /// Another test binary of the run set the consumer's stack up with
+    /// other components.
+    #[error("the `{consumer}` stack of this run was set up by another test binary with components [{}], but this suite plans [{}]; one consumer has one set of needs per run: give these suites different consumer names", recorded.join(", "), planned.join(", "))]
+    StackMismatch {
         /// The consumer.
         consumer: String,
-        /// The recorded tag.
-        recorded: String,
-        /// This process's tag.
-        planned: String,
+        /// The components of the recorded stack.
+        recorded: Vec<String>,
+        /// The components this suite planned.
+        planned: Vec<String>,
     },
     /// `E2E_INFRA_BACKEND` names no backend.
     #[error("{0}")]
@@ -231,11 +232,12 @@ impl Suite {
                 }
             }
         };
-        if record.tag != plan.tag().as_str() {
-            return Err(SuiteError::TagMismatch {
+        let planned: Vec<String> = plan.components().iter().map(|c| c.name.clone()).collect();
+        if record.components != planned {
+            return Err(SuiteError::StackMismatch {
                 consumer: self.spec.consumer.to_owned(),
-                recorded: record.tag,
-                planned: plan.tag().to_string(),
+                recorded: record.components,
+                planned,
             });
         }
         Ok(Infra::new(plan, record))
