@@ -3,6 +3,7 @@
 //! This is where the stages meet. Each takes the plan's references and
 //! returns what the next needs; none formats a tag.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -85,11 +86,15 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// [`StackError`] from the first stage that fails.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     let docker = engine::connect().await?;
-    let mut plan = plan.clone();
-    if let Some(timeout) = options.ready_timeout {
-        plan.set_ready_timeout(timeout);
-    }
-    let plan = &plan;
+    let plan = match options.ready_timeout {
+        Some(timeout) => {
+            let mut overridden = plan.clone();
+            overridden.set_ready_timeout(timeout);
+            Cow::Owned(overridden)
+        }
+        None => Cow::Borrowed(plan),
+    };
+    let plan = &*plan;
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
     let built: Vec<BuildOutcome> = build::build_all(&docker, plan, &options.build).await?;
     for outcome in &built {

@@ -36,23 +36,6 @@ CMD [\"/usr/bin/containerd\"]
 ";
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
-/// The engine, with the API version negotiated (the engine may be older than
-/// the client).
-pub async fn engine() -> Docker {
-    Docker::connect_with_local_defaults()
-        .expect("Docker engine socket")
-        .negotiate_version()
-        .await
-        .expect("negotiating the Docker API version")
-}
-
-/// A name unique to this process and call: `<prefix>-<pid>-<n>`.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix}-{}-{n}", std::process::id())
-}
-
 /// Builds `dockerfile` with `files` (path in the context, contents, mode)
 /// as its context and tags it `tag`; returns the image id.
 pub async fn build(
@@ -222,7 +205,7 @@ where
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
-        runtime.block_on(async move { cleanup(engine().await).await });
+        runtime.block_on(async move { cleanup(crate::engine(None).await).await });
     });
     let _ = done.join();
 }

@@ -33,16 +33,20 @@ pub fn busybox_dockerfile(extra: &str) -> String {
     format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra}")
 }
 
-/// A run identity no other test process shares: `<area>-<pid>-<nanos>-<n>`.
-pub fn unique_run(area: &str) -> RunId {
+/// A name no other test process or call shares: `<prefix>-<pid>-<nanos>-<n>`.
+pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    RunId::explicit(&format!("{area}-{}-{nanos}-{n}", std::process::id()), None)
-        .expect("valid run id")
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// A run identity no other test process shares, from [`unique`].
+pub fn unique_run(area: &str) -> RunId {
+    RunId::explicit(&unique(area), None).expect("valid run id")
 }
 
 /// A temporary project directory holding a catalog and build contexts;

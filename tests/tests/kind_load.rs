@@ -5,7 +5,8 @@
 use bollard::query_parameters::TagImageOptions;
 use e2e_infra::load::kind::{self, Action, KindError, LoadImage};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, engine, unique, ImageGuard, StandInCluster};
+use e2e_infra_tests::kind_node::{busybox_image, ImageGuard, StandInCluster};
+use e2e_infra_tests::{engine, unique};
 
 /// A plan of `components` (each a busybox build) for a unique run.
 fn plan(dir: &std::path::Path, components: &[&str], run: &str) -> Plan {
@@ -32,7 +33,7 @@ async fn build_all(docker: &bollard::Docker, plan: &Plan, guard: &mut ImageGuard
 
 #[tokio::test]
 async fn loads_every_image_into_every_node_then_skips_a_reload() {
-    let docker = engine().await;
+    let docker = engine(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let run = unique("kind-load");
     let plan = plan(dir.path(), &["alpha", "beta", "gamma"], &run);
@@ -60,7 +61,7 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
 
 #[tokio::test]
 async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
-    let docker = engine().await;
+    let docker = engine(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let first = plan(dir.path(), &["alpha"], &unique("kind-load-first"));
     let second = plan(dir.path(), &["alpha"], &unique("kind-load-second"));
@@ -89,7 +90,7 @@ async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
 
 #[tokio::test]
 async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched() {
-    let docker = engine().await;
+    let docker = engine(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let plan = plan(dir.path(), &["alpha"], &unique("kind-load-changed"));
     let mut guard = ImageGuard::default();
@@ -111,7 +112,7 @@ async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched()
 
 #[tokio::test]
 async fn no_cluster_names_the_clusters_present() {
-    let docker = engine().await;
+    let docker = engine(None).await;
     let present = StandInCluster::start(&docker, &unique("e2e-kind-present"), 0).await;
     let absent = unique("e2e-kind-absent");
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use e2e_infra::deploy::kube::{client, delete_namespace, deploy, KubeOptions};
 use e2e_infra::load::kind::{self, Action, LoadImage};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, engine, unique, ImageGuard};
+use e2e_infra_tests::kind_node::{busybox_image, ImageGuard};
+use e2e_infra_tests::{engine, unique};
 
 const MANIFEST: &str = "\
 apiVersion: apps/v1
@@ -40,7 +41,7 @@ async fn builds_loads_deploys_and_deletes_on_a_kind_cluster() {
     let run = RunId::explicit(&unique("kube-deploy"), None).expect("run id");
     let plan = Plan::new(&catalog, "kubedeploy", &["sleeper"], run, &Delivery::Local).expect("plan");
 
-    let docker = engine().await;
+    let docker = engine(None).await;
     let image = plan.image("sleeper").expect("planned").clone();
     let _images = ImageGuard(vec![image.to_string()]);
     let image_id = busybox_image(&docker, &image, "sleeper").await;

@@ -9,7 +9,8 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
 use e2e_infra::load::kind::{self, Action, LoadImage};
 use e2e_infra::ImageRef;
-use e2e_infra_tests::kind_node::{unique, ImageGuard, StandInCluster};
+use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
+use e2e_infra_tests::unique;
 use e2e_infra_tests::{busybox_image, Project};
 use futures::StreamExt;
 

@@ -7,7 +7,8 @@ use bollard::Docker;
 use e2e_infra::build::{build_all, BuildOptions, BuildOutcome};
 use e2e_infra::load::kind::{Action, LoadImage};
 use e2e_infra::{Catalog, Delivery, Plan};
-use e2e_infra_tests::kind_node::{unique, ImageGuard, StandInCluster};
+use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
+use e2e_infra_tests::unique;
 use e2e_infra_tests::{busybox_dockerfile, plan, Project};
 
 use crate::kind_load::{clear, our_load, random_file};

@@ -156,11 +156,6 @@ impl Suite {
         Self { spec, backend: OnceLock::new(), infra: OnceLock::new() }
     }
 
-    /// What the attribute said.
-    pub fn spec(&self) -> &SuiteSpec {
-        &self.spec
-    }
-
     /// The shared handle; sets the stack up on first use, once per run.
     ///
     /// # Panics
@@ -315,8 +310,9 @@ impl Drop for TestGuard {
     }
 }
 
-/// An error and its sources, one per line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, one per line, each source only when its text
+/// adds to what was said before.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use e2e_infra::plan::RunId;
 use e2e_infra::stack::{self, StackOptions};
-use e2e_infra::suite::Backend;
+use e2e_infra::suite::{error_chain, Backend};
 use e2e_infra::teardown::{self, Liveness};
 use e2e_infra::{engine, Plan};
 
@@ -58,19 +58,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting an async runtime failed: {e}"))
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(&format!("\n  caused by: {text}"));
-        }
-        source = cause.source();
-    }
-    message
-}
-
 /// Runs `up`.
 pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     let catalog = crate::plan::catalog(config)?;
@@ -96,7 +83,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     let record = runtime()?.block_on(stack::up(&plan, &options)).map_err(|e| {
         format!(
             "{}\nwhat was created is labelled; remove it with `e2e-infra down --consumer {} --run {}`",
-            chain(&e),
+            error_chain(&e),
             args.consumer,
             plan.run()
         )
@@ -114,8 +101,8 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
 /// Runs `down`.
 pub fn down(args: &DownArgs) -> Result<(), String> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| chain(&e))?;
-        let runs = teardown::list(&docker).await.map_err(|e| chain(&e))?;
+        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
+        let runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
         let mut found = false;
         for run in runs.iter().filter(|r| {
             r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id)
@@ -123,7 +110,7 @@ pub fn down(args: &DownArgs) -> Result<(), String> {
             found = true;
             let summary = stack::down(&docker, &run.run_id, &run.consumer, args.context.as_deref())
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| error_chain(&e))?;
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
         }
         if !found && args.context.is_none() {
@@ -140,8 +127,8 @@ pub fn down(args: &DownArgs) -> Result<(), String> {
 /// Runs `status`.
 pub fn status() -> Result<(), String> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| chain(&e))?;
-        let runs = teardown::list(&docker).await.map_err(|e| chain(&e))?;
+        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
+        let runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
         if runs.is_empty() {
             println!("no e2e-infra stacks on this engine");
         }
@@ -168,8 +155,8 @@ pub fn status() -> Result<(), String> {
 /// Runs `clean`.
 pub fn clean(args: &CleanArgs) -> Result<(), String> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| chain(&e))?;
-        let removed = teardown::clean_dead(&docker, None, args.kept).await.map_err(|e| chain(&e))?;
+        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
+        let removed = teardown::clean_dead(&docker, None, args.kept).await.map_err(|e| error_chain(&e))?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");
         }
