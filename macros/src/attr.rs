@@ -18,6 +18,8 @@ pub(crate) enum Key {
     Needs,
     Backend,
     Cluster,
+    Context,
+    Containerd,
     Registry,
     Timeout,
     Catalog,
@@ -25,11 +27,13 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    const ALL: [Key; 8] = [
+    const ALL: [Key; 10] = [
         Key::Consumer,
         Key::Needs,
         Key::Backend,
         Key::Cluster,
+        Key::Context,
+        Key::Containerd,
         Key::Registry,
         Key::Timeout,
         Key::Catalog,
@@ -42,6 +46,8 @@ impl Key {
             Key::Needs => "needs",
             Key::Backend => "backend",
             Key::Cluster => "cluster",
+            Key::Context => "context",
+            Key::Containerd => "containerd",
             Key::Registry => "registry",
             Key::Timeout => "timeout",
             Key::Catalog => "catalog",
@@ -56,6 +62,8 @@ impl Key {
             Key::Needs => r#"needs = ["datastorage"]"#,
             Key::Backend => r#"backend = "kind""#,
             Key::Cluster => r#"cluster = "kind""#,
+            Key::Context => r#"context = "kind-kind""#,
+            Key::Containerd => r#"containerd = "/run/k3s/containerd/containerd.sock""#,
             Key::Registry => r#"registry = "127.0.0.1:5000""#,
             Key::Timeout => r#"timeout = "300s""#,
             Key::Catalog => r#"catalog = "e2e-infra.toml""#,
@@ -69,6 +77,11 @@ impl Key {
 
     fn from_name(name: &str) -> Option<Key> {
         Key::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The key an identifier as written names.
+    pub(crate) fn from_ident(ident: &Ident) -> Option<Key> {
+        Key::from_name(&ident.unraw().to_string())
     }
 }
 
@@ -92,6 +105,8 @@ pub(crate) struct Args {
     pub(crate) needs: Option<Given<Needs>>,
     pub(crate) backend: Option<Given<LitStr>>,
     pub(crate) cluster: Option<Given<LitStr>>,
+    pub(crate) context: Option<Given<LitStr>>,
+    pub(crate) containerd: Option<Given<LitStr>>,
     pub(crate) registry: Option<Given<LitStr>>,
     pub(crate) timeout: Option<Given<LitStr>>,
     pub(crate) catalog: Option<Given<LitStr>>,
@@ -114,6 +129,8 @@ impl Args {
             (Key::Consumer, &self.consumer),
             (Key::Backend, &self.backend),
             (Key::Cluster, &self.cluster),
+            (Key::Context, &self.context),
+            (Key::Containerd, &self.containerd),
             (Key::Registry, &self.registry),
             (Key::Timeout, &self.timeout),
             (Key::Catalog, &self.catalog),
@@ -148,6 +165,8 @@ impl Args {
             Key::Consumer => &mut self.consumer,
             Key::Backend => &mut self.backend,
             Key::Cluster => &mut self.cluster,
+            Key::Context => &mut self.context,
+            Key::Containerd => &mut self.containerd,
             Key::Registry => &mut self.registry,
             Key::Timeout => &mut self.timeout,
             Key::Catalog => &mut self.catalog,

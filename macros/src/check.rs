@@ -15,7 +15,7 @@ use crate::diag::{self, Errors};
 /// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.
 const MAX_CONSUMER_LEN: usize = 40;
 
-const BACKENDS: [&str; 2] = ["docker", "kind"];
+const BACKENDS: [&str; 3] = ["docker", "kind", "kubernetes"];
 
 const DEFAULT_CLUSTER: &str = "kind";
 
@@ -32,8 +32,11 @@ pub(crate) struct Spec {
 /// Where the suite's stack runs.
 pub(crate) enum Backend {
     Docker,
-    Kind {
-        cluster: String,
+    /// `kind` is the short form: its cluster defaults to `kind`.
+    Kubernetes {
+        context: Option<String>,
+        cluster: Option<String>,
+        containerd: Option<String>,
         registry: Option<String>,
     },
 }
@@ -254,11 +257,12 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
 }
 
 fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
-    let kind = match &args.backend {
-        None => false,
+    let (kubernetes, kind) = match &args.backend {
+        None => (false, false),
         Some(Given { value, .. }) => match value.value().as_str() {
-            "docker" => false,
-            "kind" => true,
+            "docker" => (false, false),
+            "kind" => (true, true),
+            "kubernetes" => (true, false),
             other => {
                 errors.at(
                     value.span(),
@@ -268,56 +272,93 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
             }
         },
     };
-    if !kind {
-        for given in [&args.cluster, &args.registry].into_iter().flatten() {
-            kind_only(args, given, errors);
+    let cluster_keys = [&args.cluster, &args.context, &args.containerd, &args.registry];
+    if !kubernetes {
+        for given in cluster_keys.into_iter().flatten() {
+            cluster_only(args, given, errors);
         }
-        return (!args.wrote(Key::Cluster) && !args.wrote(Key::Registry))
-            .then_some(Backend::Docker);
+        return (!cluster_keys.iter().any(|k| k.is_some())).then_some(Backend::Docker);
     }
-    let cluster = match &args.cluster {
-        Some(Given { value, .. }) if value.value().is_empty() => {
+    let mut ok = true;
+    let mut text = |given: &Option<Given<LitStr>>, what: &str| match given {
+        Some(Given { key, value }) if value.value().is_empty() => {
             errors.at(
                 value.span(),
-                format!(
-                    "`cluster` is empty; name the Kind cluster, e.g. `{}`",
-                    Key::Cluster.example()
-                ),
+                format!("`{key}` is empty; give {what}, e.g. `{}`", example_of(key)),
             );
-            return None;
-        }
-        Some(Given { value, .. }) => value.value(),
-        None => DEFAULT_CLUSTER.to_owned(),
-    };
-    let registry = match &args.registry {
-        Some(Given { value, .. }) if !host_port(&value.value()) => {
-            errors.at(
-                value.span(),
-                format!(
-                    "`registry` takes `host:port`, e.g. `{}`; got {:?}",
-                    Key::Registry.example(),
-                    value.value()
-                ),
-            );
-            return None;
+            ok = false;
+            None
         }
         Some(Given { value, .. }) => Some(value.value()),
         None => None,
     };
-    Some(Backend::Kind { cluster, registry })
+    let cluster = text(&args.cluster, "the Kind cluster's name");
+    let context = text(&args.context, "a context of the kubeconfig");
+    let containerd = text(&args.containerd, "the node's containerd socket");
+    let registry = text(&args.registry, "the registry as `host:port`");
+    let cluster = cluster.or_else(|| kind.then(|| DEFAULT_CLUSTER.to_owned()));
+    if let (Some(given), Some(path)) = (&args.containerd, &containerd) {
+        if kind {
+            errors.at(
+                given.key.span(),
+                "`containerd` does not apply to `backend = \"kind\"`: Kind's nodes are reached through the engine; use `backend = \"kubernetes\"` for a cluster whose node's containerd listens on a socket of this machine",
+            );
+            ok = false;
+        } else if !path.starts_with('/') {
+            errors.at(
+                given.value.span(),
+                format!("`containerd` takes an absolute socket path, e.g. `{}`; got {path:?}", Key::Containerd.example()),
+            );
+            ok = false;
+        }
+    }
+    if let (Some(given), Some(host)) = (&args.registry, &registry) {
+        if !host_port(host) {
+            errors.at(
+                given.value.span(),
+                format!("`registry` takes `host:port`, e.g. `{}`; got {host:?}", Key::Registry.example()),
+            );
+            ok = false;
+        }
+        if let Some(socket) = &args.containerd {
+            errors.at(
+                socket.key.span(),
+                "images go either into the node's containerd or to a registry, not both; remove `containerd` or `registry`",
+            );
+            ok = false;
+        }
+    }
+    if ok && cluster.is_none() && containerd.is_none() && registry.is_none() {
+        let span = args.backend.as_ref().map_or_else(Span::call_site, |b| b.value.span());
+        errors.at(
+            span,
+            format!(
+                "`backend = \"kubernetes\"` needs to know how images reach the cluster: add `{}` (a node's containerd on this machine), `{}` (a Kind cluster's nodes) or `{}` (a registry the cluster pulls from)",
+                Key::Containerd.example(),
+                Key::Cluster.example(),
+                Key::Registry.example()
+            ),
+        );
+        ok = false;
+    }
+    ok.then_some(Backend::Kubernetes { context, cluster, containerd, registry })
 }
 
-/// `cluster`/`registry` on a suite that does not use Kind.
-fn kind_only(args: &Args, given: &Given<LitStr>, errors: &mut Errors) {
+fn example_of(key: &syn::Ident) -> &'static str {
+    crate::attr::Key::from_ident(key).map_or("", Key::example)
+}
+
+/// A cluster key on a suite that runs on Docker.
+fn cluster_only(args: &Args, given: &Given<LitStr>, errors: &mut Errors) {
     let key = given.key.to_string();
     let message = match &args.backend {
         Some(Given { value, .. }) => format!(
-            "`{key}` only applies to `backend = \"kind\"`, but this suite uses `backend = {:?}`; switch the backend to \"kind\" or remove `{key}`",
+            "`{key}` only applies to `backend = \"kind\"` or `\"kubernetes\"`, but this suite uses `backend = {:?}`; switch the backend or remove `{key}`",
             value.value()
         ),
         None => format!(
-            "`{key}` only applies to `backend = \"kind\"` (the default backend is docker); add it: `{}`",
-            args.corrected(&[String::from("backend = \"kind\"")])
+            "`{key}` only applies to `backend = \"kind\"` or `\"kubernetes\"` (the default backend is docker); add it: `{}`",
+            args.corrected(&[String::from(if key == "containerd" { "backend = \"kubernetes\"" } else { "backend = \"kind\"" })])
         ),
     };
     errors.at(given.key.span(), message);

@@ -56,11 +56,25 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
     let private = quote!(#krate::__private);
     let consumer = &spec.consumer;
     let needs = &spec.needs;
+    let text = |value: &Option<String>| option(value.as_ref().map(|v| quote!(#v)));
     let backend = match &spec.backend {
-        Backend::Docker => quote!(#private::Backend::Docker),
-        Backend::Kind { cluster, registry } => {
-            let registry = option(registry.as_ref().map(|r| quote!(#r)));
-            quote!(#private::Backend::Kind { cluster: #cluster, registry: #registry })
+        Backend::Docker => quote!(#private::Declared {
+            kubernetes: false,
+            context: ::core::option::Option::None,
+            cluster: ::core::option::Option::None,
+            containerd: ::core::option::Option::None,
+            registry: ::core::option::Option::None,
+        }),
+        Backend::Kubernetes { context, cluster, containerd, registry } => {
+            let (context, cluster, containerd, registry) =
+                (text(context), text(cluster), text(containerd), text(registry));
+            quote!(#private::Declared {
+                kubernetes: true,
+                context: #context,
+                cluster: #cluster,
+                containerd: #containerd,
+                registry: #registry,
+            })
         }
     };
     let timeout = option(spec.ready_timeout_secs.map(|s| quote!(#s)));
@@ -247,8 +261,10 @@ mod tests {
             syn::parse_quote!(
                 mod suite {}
             ),
-            Backend::Kind {
-                cluster: "e2e".into(),
+            Backend::Kubernetes {
+                context: None,
+                cluster: Some("e2e".into()),
+                containerd: None,
                 registry: Some("127.0.0.1:5000".into()),
             },
         );
@@ -257,7 +273,7 @@ mod tests {
             "static __E2E_INFRA_SUITE : :: e2e_infra :: __private :: Suite",
             "consumer : \"notification\"",
             "needs : & [\"datastorage\"]",
-            "Backend :: Kind { cluster : \"e2e\" , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") }",
+            "Declared { kubernetes : true , context : :: core :: option :: Option :: None , cluster : :: core :: option :: Option :: Some (\"e2e\") , containerd : :: core :: option :: Option :: None , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") , }",
             "ready_timeout_secs : :: core :: option :: Option :: Some (90u64)",
             "module_path : :: core :: module_path ! ()",
             ":: core :: include_bytes ! (\"/catalogs/e2e-infra.toml\")",

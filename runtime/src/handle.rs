@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::KubeTarget;
 use crate::deploy::kube::forward;
 use crate::engine::{self, EngineError};
 use crate::plan::{ImageRef, Namespace, Plan, Tag};
@@ -26,10 +27,8 @@ pub enum Placement {
     },
     /// Workloads in a Kubernetes namespace.
     Kubernetes {
-        /// The Kind cluster.
-        cluster: String,
-        /// The kubeconfig context.
-        context: String,
+        /// The cluster and where the images went.
+        target: KubeTarget,
     },
 }
 
@@ -185,15 +184,14 @@ impl Infra {
                 let addr = self.record.endpoints.get(component).and_then(|p| p.get(&port)).ok_or_else(unknown)?;
                 Ok(Endpoint { addr: *addr })
             }
-            Placement::Kubernetes { cluster, context } => {
+            Placement::Kubernetes { target } => {
                 self.plan.component(component).ok_or_else(unknown)?;
                 let mut forwards = self.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(addr) = forwards.get(&(component.to_owned(), port)) {
                     return Ok(Endpoint { addr: *addr });
                 }
                 let addr = forward::start(forward::Target {
-                    cluster: cluster.clone(),
-                    context: context.clone(),
+                    context: target.context.clone(),
                     namespace: self.plan.namespace().to_string(),
                     service: component.to_owned(),
                     port,
@@ -221,14 +219,17 @@ impl Infra {
         }
     }
 
-    /// A Kubernetes client for the stack's cluster, bound to the caller's runtime.
+    /// A Kubernetes client for the stack's cluster (on Docker, for the
+    /// kubeconfig's current context), bound to the caller's runtime.
     ///
     /// # Errors
-    /// [`KubeError`](crate::deploy::kube::KubeError) when the cluster's context cannot be loaded.
+    /// [`KubeError`](crate::deploy::kube::KubeError) when the context cannot
+    /// be loaded or its API server does not answer.
     pub async fn kube(&self) -> Result<kube::Client, crate::deploy::kube::KubeError> {
-        match &self.record.placement {
-            Placement::Kubernetes { cluster, context } => crate::deploy::kube::client(cluster, Some(context)).await,
-            Placement::Docker { .. } => crate::deploy::kube::client("kind", None).await,
-        }
+        let context = match &self.record.placement {
+            Placement::Kubernetes { target } => target.context.as_deref(),
+            Placement::Docker { .. } => None,
+        };
+        crate::deploy::kube::connect(context).await
     }
 }

@@ -17,6 +17,7 @@
 //! image references) -> build -> load -> deploy -> ready -> the shared handle
 //! -> teardown after the run. Each stage is a module with its own errors.
 
+pub mod backend;
 pub mod build;
 pub mod catalog;
 pub mod deploy;
@@ -39,5 +40,6 @@ pub use handle::{Endpoint, EndpointError, Infra};
 pub mod __private {
     //! What the attribute's expansion names; not a public API.
     pub use crate::handle::Infra;
-    pub use crate::suite::{Backend, Suite, SuiteSpec, TestGuard};
+    pub use crate::backend::Declared;
+    pub use crate::suite::{Suite, SuiteSpec, TestGuard};
 }

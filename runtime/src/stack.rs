@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::backend::{Backend, ImageTarget, KubeTarget};
 use crate::build::{self, BuildOptions, BuildOutcome};
 use crate::deploy::{docker as docker_backend, kube as kube_backend};
 use crate::engine;
 use crate::handle::{Placement, StackRecord};
 use crate::labels;
+use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
-use crate::plan::{Namespace, Plan};
-use crate::suite::Backend;
+use crate::plan::{Namespace, Plan, Tag};
 
 /// A stage of a stack's setup or removal failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +28,12 @@ pub enum StackError {
     /// A build failed.
     #[error(transparent)]
     Build(#[from] build::BuildError),
-    /// Loading into Kind nodes failed.
+    /// Finding a Kind cluster's nodes, or loading into them, failed.
     #[error(transparent)]
     Kind(#[from] kind::KindError),
+    /// Loading into a node's containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] containerd::ContainerdError),
     /// Pushing to a registry failed.
     #[error(transparent)]
     Registry(#[from] registry::LoadError),
@@ -85,6 +89,11 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// # Errors
 /// [`StackError`] from the first stage that fails.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
+    // A cluster that does not answer fails the run in seconds, before the build.
+    let kube = match &options.backend {
+        Backend::Kubernetes(target) => Some((target, kube_backend::connect(target.context.as_deref()).await?)),
+        Backend::Docker => None,
+    };
     let docker = engine::connect().await?;
     let plan = match options.ready_timeout {
         Some(timeout) => {
@@ -101,8 +110,8 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
     }
     let mut endpoints = BTreeMap::new();
-    let placement = match options.backend {
-        Backend::Docker => {
+    let placement = match kube {
+        None => {
             let stack = docker_backend::up(&docker, plan).await?;
             for running in &stack.containers {
                 timings.entry(running.component.clone()).or_default().ready = Some(running.ready_after);
@@ -110,31 +119,31 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
             }
             Placement::Docker { docker_host: std::env::var("DOCKER_HOST").ok(), network: stack.network }
         }
-        Backend::Kind { cluster, registry: registry_host } => {
+        Some((target, client)) => {
             let started = Instant::now();
-            if registry_host.is_some() {
-                registry::push_all(&docker, plan, None).await?;
-            } else {
-                let images: Vec<kind::LoadImage> = built
-                    .iter()
-                    .map(|b| kind::LoadImage { image: b.image.clone(), image_id: b.image_id.clone() })
-                    .collect();
-                kind::load(&docker, cluster, &images).await?;
-            }
-            for outcome in &built {
-                timings.entry(outcome.component.clone()).or_default().load = Some(started.elapsed());
-            }
-            let context = format!("kind-{cluster}");
-            let client = kube_backend::client(cluster, Some(&context)).await?;
+            let images: Vec<LoadImage> =
+                built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
+            let report = match &target.images {
+                ImageTarget::Registry { .. } => {
+                    registry::push_all(&docker, plan, None).await?;
+                    None
+                }
+                ImageTarget::KindNodes { cluster } => Some(kind::load(&docker, cluster, &images).await?),
+                ImageTarget::Containerd { socket } => {
+                    Some(containerd::load(&docker, &[Node::Socket { path: socket.clone() }], &images).await?)
+                }
+            };
+            record_loads(plan, report.as_ref(), started.elapsed(), &built, &mut timings);
             let started = Instant::now();
             let kube_options = kube_backend::KubeOptions {
-                timeout: options.ready_timeout.unwrap_or(kube_backend::KubeOptions::default().timeout),
+                timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
+                images: serde_json::to_string(&target.images).ok(),
             };
             kube_backend::deploy(client, plan, &kube_options).await?;
             for component in plan.components() {
                 timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
             }
-            Placement::Kubernetes { cluster: cluster.to_owned(), context }
+            Placement::Kubernetes { target: target.clone() }
         }
     };
     Ok(StackRecord {
@@ -148,11 +157,30 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
     })
 }
 
+/// Per built component, the slowest node's load time (the whole push for
+/// a registry).
+fn record_loads(
+    plan: &Plan,
+    report: Option<&LoadReport>,
+    total: Duration,
+    built: &[BuildOutcome],
+    timings: &mut BTreeMap<String, Timings>,
+) {
+    for outcome in built {
+        let slowest = report.map_or(total, |report| {
+            report.outcomes.iter().filter(|o| o.image == outcome.image).map(|o| o.elapsed).max().unwrap_or_default()
+        });
+        if plan.component(&outcome.component).is_some() {
+            timings.entry(outcome.component.clone()).or_default().load = Some(slowest);
+        }
+    }
+}
+
 /// Removes everything of one run and consumer: containers and networks found
-/// by their labels, and the namespace on Kubernetes. Images stay: built ones
-/// are the build cache, borrowed ones are not ours.
+/// by their labels; on Kubernetes (`kube`), the run's namespace and the
+/// run's image references on the nodes. Images on the engine stay: built
+/// ones are the build cache, borrowed ones are not ours.
 ///
-/// `kube_context` names the cluster whose namespace goes too.
 /// Returns what was removed, in words.
 ///
 /// # Errors
@@ -161,16 +189,25 @@ pub async fn down(
     docker: &bollard::Docker,
     run_id: &str,
     consumer: &str,
-    kube_context: Option<&str>,
+    kube: Option<&KubeTarget>,
 ) -> Result<String, StackError> {
     let filters = labels::filter(run_id, consumer);
     let removed = docker_backend::remove_labelled(docker, &filters).await?;
     let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
-    if let Some(context) = kube_context {
-        let client = kube_backend::client("", Some(context)).await?;
+    if let Some(target) = kube {
+        let client = kube_backend::connect(target.context.as_deref()).await?;
         let namespace = Namespace::of(run_id, consumer);
         kube_backend::delete_namespace(client, &namespace).await?;
-        let _ = write!(summary, ", namespace {namespace}");
+        let nodes = match &target.images {
+            ImageTarget::KindNodes { cluster } => kind::nodes(docker, cluster).await?,
+            ImageTarget::Containerd { socket } => vec![Node::Socket { path: socket.clone() }],
+            ImageTarget::Registry { .. } => Vec::new(),
+        };
+        let mut references = 0;
+        for node in &nodes {
+            references += containerd::remove_tagged(docker, node, &Tag::of(&namespace)).await?.len();
+        }
+        let _ = write!(summary, ", namespace {namespace}, {references} image reference(s) on the nodes");
     }
     Ok(summary)
 }

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
 
+use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
+use crate::deploy::kube as kube_backend;
 use crate::labels;
 use crate::plan::Launcher;
 use crate::stack::{self, StackError};
@@ -43,6 +45,8 @@ pub struct RunStack {
     pub containers: Vec<String>,
     /// Network names.
     pub networks: Vec<String>,
+    /// The namespace and cluster, for a stack on Kubernetes.
+    pub kube: Option<(String, KubeTarget)>,
     /// Kept on purpose.
     pub kept: bool,
 }
@@ -99,6 +103,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             launcher: labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l)),
             containers: Vec::new(),
             networks: Vec::new(),
+            kube: None,
         });
         let name = name.unwrap_or_default().trim_start_matches('/').to_owned();
         if is_container {
@@ -110,24 +115,58 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     Ok(runs.into_values().collect())
 }
 
-/// Removes the stacks of dead runs (of `consumer` only, when given); kept
-/// ones only with `include_kept`. Returns each removed stack with what was
-/// removed.
+/// Every run and consumer that owns a namespace on the cluster of
+/// kubeconfig context `context` (the current one when `None`). A namespace
+/// that does not record where its images went is skipped with a warning.
 ///
 /// # Errors
-/// [`StackError`] when the engine refuses.
+/// [`StackError::Kube`] when the cluster does not answer or refuses.
+pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackError> {
+    let client = kube_backend::connect(context).await?;
+    let mut runs = Vec::new();
+    for found in kube_backend::run_namespaces(client).await? {
+        let Some(images) = found.images.as_deref().and_then(|i| serde_json::from_str::<ImageTarget>(i).ok()) else {
+            tracing::warn!(
+                "namespace `{}` of run {} does not record where its images went; remove it with `kubectl delete namespace {}`",
+                found.name,
+                found.run_id,
+                found.name
+            );
+            continue;
+        };
+        runs.push(RunStack {
+            kept: RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
+            launcher: Launcher::from_label(&found.launcher),
+            kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),
+            run_id: found.run_id,
+            consumer: found.consumer,
+            containers: Vec::new(),
+            networks: Vec::new(),
+        });
+    }
+    Ok(runs)
+}
+
+/// Removes the stacks of dead runs among `runs` (of `consumer` only, when
+/// given); kept ones only with `include_kept`. Returns each removed stack
+/// with what was removed.
+///
+/// # Errors
+/// [`StackError`] when the engine or cluster refuses.
 pub async fn clean_dead(
     docker: &Docker,
+    runs: Vec<RunStack>,
     consumer: Option<&str>,
     include_kept: bool,
 ) -> Result<Vec<(RunStack, String)>, StackError> {
     let mut removed = Vec::new();
-    for run in list(docker).await? {
+    for run in runs {
         let ours = consumer.is_none_or(|c| c == run.consumer);
         if !ours || run.liveness() != Liveness::Dead || (run.kept && !include_kept) {
             continue;
         }
-        let summary = stack::down(docker, &run.run_id, &run.consumer, None).await?;
+        let kube = run.kube.as_ref().map(|(_, target)| target);
+        let summary = stack::down(docker, &run.run_id, &run.consumer, kube).await?;
         if let Some(dir) = RunDir::existing(&run.run_id, &run.consumer) {
             let _ = dir.remove();
         }

@@ -4,7 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use e2e_infra::__private::{Backend, Suite, SuiteSpec};
+use e2e_infra::__private::{Declared, Suite, SuiteSpec};
 
 const CATALOG: &str = r#"
 [components.db]
@@ -22,7 +22,7 @@ fn suite(catalog: &Path, consumer: &str, needs: &'static [&'static str]) -> &'st
     Box::leak(Box::new(Suite::new(SuiteSpec {
         consumer: leak(consumer.to_owned()),
         needs,
-        backend: Backend::Docker,
+        backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
         ready_timeout_secs: None,
         catalog: leak(catalog.display().to_string()),
         module_path: "attach::suite",

@@ -3,7 +3,8 @@
 //! containerd on the local engine.
 
 use bollard::query_parameters::TagImageOptions;
-use e2e_infra::load::kind::{self, Action, KindError, LoadImage};
+use e2e_infra::load::containerd::{Action, ContainerdError, LoadImage};
+use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::kind_node::{busybox_image, ImageGuard, StandInCluster};
 use e2e_infra_tests::{engine, unique};
@@ -100,7 +101,7 @@ async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched()
 
     let error = kind::load(&docker, &cluster.name, &images).await.expect_err("must refuse");
     match &error {
-        KindError::ImageChanged { image, found, .. } => {
+        KindError::Load(ContainerdError::ImageChanged { image, found, .. }) => {
             assert_eq!(image, &images[0].image);
             assert_eq!(found, &built);
         }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
-use e2e_infra::load::kind::{self, Action, LoadImage};
+use e2e_infra::load::containerd::{Action, LoadImage};
+use e2e_infra::load::kind;
 use e2e_infra::ImageRef;
 use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::unique;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use e2e_infra::build::{build_all, BuildOptions, BuildOutcome};
-use e2e_infra::load::kind::{Action, LoadImage};
+use e2e_infra::load::containerd::{Action, LoadImage};
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::unique;

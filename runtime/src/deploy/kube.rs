@@ -18,10 +18,11 @@ mod wait;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace as KubeNamespace;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, KubeconfigError};
-use kube::{Api, Client, Config};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::labels;
@@ -34,6 +35,13 @@ pub use wait::PodFailure;
 pub const FIELD_MANAGER: &str = "e2e-infra";
 /// How long [`deploy`] waits for readiness unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the API server may take to answer [`connect`]'s first request.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`delete_namespace`] waits for the namespace to be gone.
+pub const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The annotation on a run's namespace recording where its images went, so
+/// that `down` and `clean` can remove them from the nodes later.
+pub const IMAGES_ANNOTATION: &str = "io.e2e-infra.images";
 
 /// Options of [`deploy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,18 +49,21 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct KubeOptions {
     /// How long to wait for every workload to be ready.
     pub timeout: Duration,
+    /// Where the run's images went, recorded on the namespace
+    /// ([`IMAGES_ANNOTATION`]) for whoever removes the run later.
+    pub images: Option<String>,
 }
 
 impl KubeOptions {
     /// Options with this readiness timeout.
     pub fn with_timeout(timeout: Duration) -> Self {
-        Self { timeout }
+        Self { timeout, images: None }
     }
 }
 
 impl Default for KubeOptions {
     fn default() -> Self {
-        Self { timeout: DEFAULT_TIMEOUT }
+        Self::with_timeout(DEFAULT_TIMEOUT)
     }
 }
 
@@ -83,20 +94,32 @@ pub struct KubeStack {
 #[non_exhaustive]
 pub enum KubeError {
     /// The kubeconfig could not be loaded.
-    #[error("loading kubeconfig context `{context}` failed (set KUBECONFIG or name the context): {source}")]
+    #[error("loading {context} from the kubeconfig ({kubeconfig}) failed: {source}; point KUBECONFIG at the cluster's kubeconfig and name one of its contexts")]
     Kubeconfig {
-        /// The context.
+        /// The context, in words.
         context: String,
+        /// Where the kubeconfig was looked for.
+        kubeconfig: String,
         /// The loader's error.
         source: KubeconfigError,
     },
     /// A client could not be made from the kubeconfig.
-    #[error("making a Kubernetes client for context `{context}` failed: {source}")]
+    #[error("making a Kubernetes client for {context} failed: {source}")]
     Client {
-        /// The context.
+        /// The context, in words.
         context: String,
         /// kube's error.
         source: kube::Error,
+    },
+    /// The API server does not answer.
+    #[error("the API server of {context} at {server} does not answer: {problem}; start the cluster or pick another context")]
+    Unreachable {
+        /// The context, in words.
+        context: String,
+        /// The server's address.
+        server: String,
+        /// What was seen.
+        problem: String,
     },
     /// A manifest could not be read.
     #[error("reading manifest {} failed: {source}", file.display())]
@@ -189,22 +212,55 @@ pub enum KubeError {
         /// kube's error.
         source: kube::Error,
     },
+    /// Watching the namespace's deletion failed.
+    #[error("watching the deletion of namespace `{namespace}` failed: {source}")]
+    WatchDeletion {
+        /// The namespace.
+        namespace: String,
+        /// The watch's error.
+        source: kube::runtime::wait::Error,
+    },
+    /// The namespace was still there after [`DELETE_TIMEOUT`].
+    #[error("namespace `{namespace}` is still terminating after {}; see `kubectl get all -n {namespace}` for what holds it", humantime::format_duration(DELETE_TIMEOUT))]
+    StillTerminating {
+        /// The namespace.
+        namespace: String,
+    },
+    /// The run's namespaces could not be listed.
+    #[error("listing the namespaces of e2e-infra runs failed: {source}")]
+    ListNamespaces {
+        /// kube's error.
+        source: kube::Error,
+    },
 }
 
-/// A client for Kind cluster `cluster`: kube's usual kubeconfig inference
-/// (`KUBECONFIG`, else `~/.kube/config`) with context `kind-<cluster>`, or
-/// `context` when given.
+/// A client for kubeconfig context `context` (the kubeconfig's current
+/// context when `None`), after the API server answered a first request
+/// within [`CONNECT_TIMEOUT`]. kube's usual kubeconfig inference applies:
+/// `KUBECONFIG`, else `~/.kube/config`.
 ///
 /// # Errors
 /// [`KubeError::Kubeconfig`] when the kubeconfig or the context cannot be
-/// loaded; [`KubeError::Client`] when no client can be made from it.
-pub async fn client(cluster: &str, context: Option<&str>) -> Result<Client, KubeError> {
-    let context = context.map_or_else(|| format!("kind-{cluster}"), str::to_owned);
-    let options = KubeConfigOptions { context: Some(context.clone()), ..KubeConfigOptions::default() };
-    let config = Config::from_kubeconfig(&options)
-        .await
-        .map_err(|source| KubeError::Kubeconfig { context: context.clone(), source })?;
-    Client::try_from(config).map_err(|source| KubeError::Client { context, source })
+/// loaded; [`KubeError::Client`] when no client can be made from it;
+/// [`KubeError::Unreachable`], naming the context and the server, when the
+/// API server does not answer in time.
+pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
+    let described = context.map_or_else(|| "the current context".to_owned(), |c| format!("context `{c}`"));
+    let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
+    let mut config = Config::from_kubeconfig(&options).await.map_err(|source| KubeError::Kubeconfig {
+        context: described.clone(),
+        kubeconfig: std::env::var("KUBECONFIG").map_or_else(|_| "~/.kube/config".to_owned(), |k| format!("KUBECONFIG={k}")),
+        source,
+    })?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|source| KubeError::Client { context: described.clone(), source })?;
+    let unreachable = |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT)))),
+    }
 }
 
 /// Deploys the plan: renders and checks every manifest, creates the run's
@@ -222,9 +278,9 @@ pub async fn client(cluster: &str, context: Option<&str>) -> Result<Client, Kube
 /// # Example
 /// ```no_run
 /// # async fn example(plan: &e2e_infra::Plan) -> Result<(), Box<dyn std::error::Error>> {
-/// use e2e_infra::deploy::kube::{client, deploy, KubeOptions};
+/// use e2e_infra::deploy::kube::{connect, deploy, KubeOptions};
 ///
-/// let client = client("notification-e2e", None).await?;
+/// let client = connect(Some("kind-notification-e2e")).await?;
 /// let stack = deploy(client, plan, &KubeOptions::default()).await?;
 /// println!("deployed into {}", stack.namespace);
 /// # Ok(())
@@ -233,7 +289,7 @@ pub async fn client(cluster: &str, context: Option<&str>) -> Result<Client, Kube
 pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Result<KubeStack, KubeError> {
     let rendered = render(plan)?;
     let namespace = plan.namespace().as_str();
-    apply_namespace(&client, plan).await?;
+    apply_namespace(&client, plan, options.images.as_deref()).await?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut objects = Vec::new();
     for manifest in &rendered {
@@ -255,27 +311,89 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
     Ok(KubeStack { namespace: plan.namespace().clone(), objects })
 }
 
-/// Deletes the run's namespace and everything in it; an absent namespace is
-/// not an error.
+/// Deletes the run's namespace and everything in it, and waits until it is
+/// gone; an absent namespace is not an error. Pods go first, without a grace
+/// period: a test stack has nothing to drain, and their grace periods would
+/// otherwise hold the namespace in `Terminating`.
 ///
 /// # Errors
-/// [`KubeError::DeleteNamespace`] when the cluster refuses.
+/// [`KubeError::DeleteNamespace`] when the cluster refuses;
+/// [`KubeError::StillTerminating`] after [`DELETE_TIMEOUT`].
 pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(), KubeError> {
+    let name = namespace.as_str();
+    let refused = |source| KubeError::DeleteNamespace { namespace: name.to_owned(), source };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), name);
+    let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::background() };
+    match pods.delete_collection(&now, &ListParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(source) => return Err(refused(source)),
+    }
     let api: Api<KubeNamespace> = Api::all(client);
-    match api.delete(namespace.as_str(), &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(KubeError::DeleteNamespace { namespace: namespace.as_str().to_owned(), source }),
+    let uid = match api.delete(name, &DeleteParams::background()).await {
+        Ok(deleted) => deleted.left().and_then(|n| n.metadata.uid),
+        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        Err(source) => return Err(refused(source)),
+    };
+    let Some(uid) = uid else { return Ok(()) };
+    match tokio::time::timeout(DELETE_TIMEOUT, await_condition(api, name, conditions::is_deleted(&uid))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(KubeError::WatchDeletion { namespace: name.to_owned(), source }),
+        Err(_) => Err(KubeError::StillTerminating { namespace: name.to_owned() }),
     }
 }
 
-async fn apply_namespace(client: &Client, plan: &Plan) -> Result<(), KubeError> {
+/// A namespace of an e2e-infra run, as found on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunNamespace {
+    /// The namespace.
+    pub name: String,
+    /// The run identity.
+    pub run_id: String,
+    /// The consumer.
+    pub consumer: String,
+    /// The launcher (`pid:ticks`), empty for a stack brought up by hand.
+    pub launcher: String,
+    /// Where its images went ([`IMAGES_ANNOTATION`]), if recorded.
+    pub images: Option<String>,
+}
+
+/// Every namespace an e2e-infra run made on the cluster. The run, consumer
+/// and launcher come from the annotations that keep the labels' full values.
+///
+/// # Errors
+/// [`KubeError::ListNamespaces`] when the cluster refuses.
+pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeError> {
+    let api: Api<KubeNamespace> = Api::all(client);
+    let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+    let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|source| KubeError::ListNamespaces { source })?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|namespace| {
+            let annotation = |key: &str| namespace.annotations().get(key).cloned();
+            Some(RunNamespace {
+                run_id: annotation(labels::RUN)?,
+                consumer: annotation(labels::CONSUMER)?,
+                launcher: annotation(labels::LAUNCHER).unwrap_or_default(),
+                images: annotation(IMAGES_ANNOTATION),
+                name: namespace.name_any(),
+            })
+        })
+        .collect())
+}
+
+async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
     let labels = render::kube_labels(labels::for_run(plan));
+    let mut annotations = labels.annotations;
+    if let Some(images) = images {
+        annotations.insert(IMAGES_ANNOTATION.to_owned(), images.to_owned());
+    }
     let body = json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": { "name": name, "labels": labels.labels, "annotations": labels.annotations },
+        "metadata": { "name": name, "labels": labels.labels, "annotations": annotations },
     });
     let api: Api<KubeNamespace> = Api::all(client.clone());
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))

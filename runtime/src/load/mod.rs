@@ -1,5 +1,7 @@
-//! Loading built images where the deployment can reach them: into Kind
-//! nodes, or into a registry the cluster pulls from.
+//! Loading built images where the deployment can reach them: into a node's
+//! containerd (Kind node containers, or a socket on this machine), or into a
+//! registry the cluster pulls from.
 
+pub mod containerd;
 pub mod kind;
 pub mod registry;

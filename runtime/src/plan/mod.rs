@@ -102,6 +102,11 @@ impl PullPolicy {
 pub struct Tag(String);
 
 impl Tag {
+    /// The tag of the run that owns `namespace`: the same text.
+    pub fn of(namespace: &Namespace) -> Self {
+        Self(namespace.0.clone())
+    }
+
     /// The tag text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -242,7 +247,7 @@ impl Plan {
             }
         };
         let namespace = Namespace::of(run.as_str(), consumer.as_str());
-        let tag = Tag(namespace.0.clone());
+        let tag = Tag::of(&namespace);
         let components = dependency_order(catalog, needs)
             .into_iter()
             .map(|name| {

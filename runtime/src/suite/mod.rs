@@ -21,9 +21,10 @@ pub mod state;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::backend::{Backend, BackendError, Declared};
 use crate::catalog::Catalog;
 use crate::handle::Infra;
-use crate::plan::{Delivery, Plan, RunId};
+use crate::plan::{Plan, RunId};
 use crate::stack::{self, StackError, StackOptions};
 
 pub use reaper::REAPER_TEST;
@@ -34,54 +35,6 @@ use state::{Found, RunDir};
 pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
 /// `1`: rebuild every image even when one built from the same inputs exists.
 pub const FORCE_BUILD_ENV: &str = "E2E_INFRA_FORCE_BUILD";
-/// Overrides the attribute's backend at run time: `docker` or `kind`.
-pub const BACKEND_ENV: &str = "E2E_INFRA_BACKEND";
-/// The Kind cluster when [`BACKEND_ENV`] is `kind` (default `kind`).
-pub const KIND_CLUSTER_ENV: &str = "E2E_INFRA_KIND_CLUSTER";
-
-/// Where a suite's stack runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backend {
-    /// Containers on the Docker engine (or Podman) that `DOCKER_HOST` names.
-    Docker,
-    /// Workloads on a Kind cluster.
-    Kind {
-        /// The Kind cluster name (kubeconfig context `kind-<cluster>`).
-        cluster: &'static str,
-        /// Push images to this registry instead of loading them into the nodes.
-        registry: Option<&'static str>,
-    },
-}
-
-impl Backend {
-    /// `declared`, unless [`BACKEND_ENV`] switches it: the same suite runs on
-    /// Docker on a laptop and on Kind in CI.
-    ///
-    /// # Errors
-    /// A message naming the variable when its value is not `docker` or `kind`.
-    pub fn from_env(declared: Self) -> Result<Self, String> {
-        match std::env::var(BACKEND_ENV).as_deref() {
-            Err(_) => Ok(declared),
-            Ok("docker") => Ok(Self::Docker),
-            Ok("kind") => {
-                let cluster = std::env::var(KIND_CLUSTER_ENV).unwrap_or_else(|_| "kind".to_owned());
-                // Read once per process; the suite keeps it for the process's life.
-                Ok(Self::Kind { cluster: Box::leak(cluster.into_boxed_str()), registry: None })
-            }
-            Ok(other) => Err(format!("{BACKEND_ENV}=`{other}` is not a backend: use `docker` or `kind`")),
-        }
-    }
-
-    /// How built images reach where they run.
-    pub fn delivery(&self) -> Delivery {
-        match self {
-            Self::Kind { registry: Some(host), .. } => Delivery::Registry((*host).to_owned()),
-            _ => Delivery::Local,
-        }
-    }
-}
-
 /// What the attribute knows about a suite.
 #[derive(Debug)]
 pub struct SuiteSpec {
@@ -89,8 +42,8 @@ pub struct SuiteSpec {
     pub consumer: &'static str,
     /// The components the suite needs.
     pub needs: &'static [&'static str],
-    /// Where it runs.
-    pub backend: Backend,
+    /// Where it runs, unless the environment says otherwise.
+    pub backend: Declared,
     /// Overrides every readiness timeout.
     pub ready_timeout_secs: Option<u64>,
     /// The catalog the attribute was checked against.
@@ -134,9 +87,9 @@ pub enum SuiteError {
         /// The components this suite planned.
         planned: Vec<String>,
     },
-    /// `E2E_INFRA_BACKEND` names no backend.
-    #[error("{0}")]
-    Backend(String),
+    /// The declared backend and the environment do not make a backend.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
     Thread(String),
@@ -146,7 +99,7 @@ pub enum SuiteError {
 #[derive(Debug)]
 pub struct Suite {
     spec: SuiteSpec,
-    backend: OnceLock<Result<Backend, String>>,
+    backend: OnceLock<Result<Backend, BackendError>>,
     infra: OnceLock<Result<Infra, String>>,
 }
 
@@ -179,7 +132,7 @@ impl Suite {
     }
 
     fn backend(&self) -> Result<Backend, SuiteError> {
-        self.backend.get_or_init(|| Backend::from_env(self.spec.backend)).clone().map_err(SuiteError::Backend)
+        Ok(self.backend.get_or_init(|| Backend::resolve(&self.spec.backend)).clone()?)
     }
 
     fn plan(&self, run: RunId) -> Result<Plan, SuiteError> {
@@ -254,14 +207,22 @@ impl Suite {
                         .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
                     runtime.block_on(async {
                         let docker = stack::engine_of(None).await?;
+                        let kube = match &options.backend {
+                            Backend::Kubernetes(target) => Some(target),
+                            Backend::Docker => None,
+                        };
                         if abandoned {
                             tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
-                            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), None).await?;
+                            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube).await?;
                         }
                         // Leftovers of this consumer's runs that ended without
                         // their teardown; other suites' stacks are theirs.
                         let consumer = Some(plan.consumer().as_str());
-                        for (dead, removed) in crate::teardown::clean_dead(&docker, consumer, false).await? {
+                        let mut runs = crate::teardown::list(&docker).await?;
+                        if let Some(target) = kube {
+                            runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
+                        }
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, false).await? {
                             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::state::RunDir;
+use crate::backend::Backend;
 use super::{Suite, KEEP_ENV};
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
 
@@ -103,6 +104,12 @@ pub(super) fn run(suite: &Suite) {
         Ok(super::state::Found::Ready(record)) => Some(record.placement),
         _ => None,
     };
+    // From the suite, not the record: a setup that failed half-way recorded
+    // no stack, but may have loaded images and created a namespace.
+    let kube = match suite.backend() {
+        Ok(Backend::Kubernetes(target)) => Some(target),
+        _ => None,
+    };
     let removed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,11 +117,7 @@ pub(super) fn run(suite: &Suite) {
         .and_then(|rt| {
             rt.block_on(async {
                 let docker = crate::stack::engine_of(placement.as_ref()).await?;
-                let context = match &placement {
-                    Some(crate::handle::Placement::Kubernetes { context, .. }) => Some(context.as_str()),
-                    _ => None,
-                };
-                crate::stack::down(&docker, run.as_str(), consumer, context).await
+                crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
             })
         });
     match removed {

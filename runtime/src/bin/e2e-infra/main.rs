@@ -25,8 +25,8 @@ enum Command {
     Up(stacks::UpArgs),
     /// Remove a consumer's stacks.
     Down(stacks::DownArgs),
-    /// List the stacks on the engine: run, consumer, alive, dead, kept or manual.
-    Status,
+    /// List the stacks on the engine (and cluster): run, consumer, alive, dead, kept or manual.
+    Status(stacks::StatusArgs),
     /// Remove what finished or killed runs left behind.
     Clean(stacks::CleanArgs),
 }
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(cli.config.as_deref(), &args),
         Command::Up(args) => stacks::up(cli.config.as_deref(), args),
         Command::Down(args) => stacks::down(&args),
-        Command::Status => stacks::status(),
+        Command::Status(args) => stacks::status(&args),
         Command::Clean(args) => stacks::clean(&args),
     };
     match result {

@@ -2,11 +2,39 @@
 
 use std::path::Path;
 
+use e2e_infra::backend::{self, Backend, Declared};
 use e2e_infra::plan::RunId;
 use e2e_infra::stack::{self, StackOptions};
-use e2e_infra::suite::{error_chain, Backend};
-use e2e_infra::teardown::{self, Liveness};
+use e2e_infra::suite::error_chain;
+use e2e_infra::teardown::{self, Liveness, RunStack};
 use e2e_infra::{engine, Plan};
+
+/// Which Kubernetes cluster to look at besides the engine.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Also the Kubernetes cluster of the kubeconfig's current context (KUBECONFIG).
+    #[arg(long)]
+    kubernetes: bool,
+    /// Also the Kubernetes cluster of this kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl ClusterArgs {
+    /// `Some(context)` when a cluster was asked for.
+    fn wanted(&self) -> Option<Option<&str>> {
+        (self.kubernetes || self.context.is_some()).then_some(self.context.as_deref())
+    }
+
+    /// The flags that name this cluster again, for the hints printed.
+    fn flags(&self) -> String {
+        match (&self.context, self.kubernetes) {
+            (Some(context), _) => format!(" --context {context}"),
+            (None, true) => " --kubernetes".to_owned(),
+            (None, false) => String::new(),
+        }
+    }
+}
 
 /// Arguments of `up`.
 #[derive(clap::Args)]
@@ -17,11 +45,16 @@ pub struct UpArgs {
     /// Components to bring up, comma separated; their dependencies follow.
     #[arg(long, value_delimiter = ',', required = true)]
     needs: Vec<String>,
-    /// Run on this Kind cluster instead of the Docker engine.
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Run on Kubernetes, loading images into the nodes of this Kind cluster.
     #[arg(long)]
     kind: Option<String>,
-    /// With --kind: push to this registry (host:port) instead of loading into nodes.
-    #[arg(long, requires = "kind")]
+    /// Run on Kubernetes, loading images into the containerd at this socket.
+    #[arg(long)]
+    containerd: Option<String>,
+    /// Run on Kubernetes, pushing images to this registry (host:port).
+    #[arg(long)]
     registry: Option<String>,
     /// Rebuild even when an image of the same inputs exists.
     #[arg(long)]
@@ -37,9 +70,15 @@ pub struct DownArgs {
     /// Only the stack of this run (default: every run of the consumer).
     #[arg(long)]
     run: Option<String>,
-    /// The kubeconfig context, to delete the stack's namespace too.
-    #[arg(long)]
-    context: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Arguments of `status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Arguments of `clean`.
@@ -48,6 +87,17 @@ pub struct CleanArgs {
     /// Also remove stacks kept because a test failed or E2E_INFRA_KEEP=1.
     #[arg(long)]
     kept: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// The stacks on the engine, and on the cluster when one was asked for.
+async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<RunStack>, String> {
+    let mut runs = teardown::list(docker).await.map_err(|e| error_chain(&e))?;
+    if let Some(context) = cluster.wanted() {
+        runs.extend(teardown::list_kube(context).await.map_err(|e| error_chain(&e))?);
+    }
+    Ok(runs)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -67,26 +117,38 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     });
     // No launcher: a stack brought up by hand lives until `down`.
     let run = RunId::explicit(&id, None).map_err(|e| e.to_string())?;
-    // The process ends after `up`; leaking the names gives the 'static the
-    // backend description takes.
-    let backend = match args.kind {
-        Some(cluster) => Backend::Kind {
-            cluster: Box::leak(cluster.into_boxed_str()),
-            registry: args.registry.map(|r| &*Box::leak(r.into_boxed_str())),
-        },
-        None => Backend::Docker,
-    };
+    let kubernetes = args.cluster.wanted().is_some()
+        || args.kind.is_some()
+        || args.containerd.is_some()
+        || args.registry.is_some();
+    // The flags play the part of the environment variables a suite reads.
+    let backend = Backend::resolve_with(&Declared::default(), |name| match name {
+        backend::BACKEND_ENV => kubernetes.then(|| "kubernetes".to_owned()),
+        backend::KIND_CLUSTER_ENV => args.kind.clone(),
+        backend::CONTAINERD_SOCKET_ENV => args.containerd.clone(),
+        backend::REGISTRY_ENV => args.registry.clone(),
+        backend::KUBE_CONTEXT_ENV => args.cluster.context.clone(),
+        _ => None,
+    })
+    .map_err(|e| e.to_string())?;
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
     let plan = Plan::new(&catalog, &args.consumer, &needs, run, &backend.delivery()).map_err(|e| e.to_string())?;
+    let take_down = format!(
+        "e2e-infra down --consumer {} --run {}{}",
+        args.consumer,
+        plan.run(),
+        match &backend {
+            Backend::Kubernetes(target) => match &target.context {
+                Some(context) => format!(" --context {context}"),
+                None => " --kubernetes".to_owned(),
+            },
+            _ => String::new(),
+        }
+    );
     let mut options = StackOptions { backend, ..StackOptions::default() };
     options.build.force = args.force_build;
     let record = runtime()?.block_on(stack::up(&plan, &options)).map_err(|e| {
-        format!(
-            "{}\nwhat was created is labelled; remove it with `e2e-infra down --consumer {} --run {}`",
-            error_chain(&e),
-            args.consumer,
-            plan.run()
-        )
+        format!("{}\nwhat was created is labelled; remove it with `{take_down}`", error_chain(&e))
     })?;
     print!("{}", record.summary);
     for (component, ports) in &record.endpoints {
@@ -94,7 +156,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
             println!("  {component}:{port} -> {addr}");
         }
     }
-    println!("take it down with: e2e-infra down --consumer {} --run {}", args.consumer, plan.run());
+    println!("take it down with: {take_down}");
     Ok(())
 }
 
@@ -102,22 +164,24 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
 pub fn down(args: &DownArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
+        let runs = stacks(&docker, &args.cluster).await?;
         let mut found = false;
         for run in runs.iter().filter(|r| {
             r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id)
         }) {
             found = true;
-            let summary = stack::down(&docker, &run.run_id, &run.consumer, args.context.as_deref())
-                .await
-                .map_err(|e| error_chain(&e))?;
+            let kube = run.kube.as_ref().map(|(_, target)| target);
+            let summary =
+                stack::down(&docker, &run.run_id, &run.consumer, kube).await.map_err(|e| error_chain(&e))?;
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
         }
-        if !found && args.context.is_none() {
+        if !found {
             return Err(format!(
-                "no stack of consumer `{}`{} on this engine; `e2e-infra status` lists what there is",
+                "no stack of consumer `{}`{} on this engine{}; `e2e-infra status{}` lists what there is",
                 args.consumer,
-                args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default()
+                args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+                if args.cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
+                args.cluster.flags()
             ));
         }
         Ok(())
@@ -125,13 +189,14 @@ pub fn down(args: &DownArgs) -> Result<(), String> {
 }
 
 /// Runs `status`.
-pub fn status() -> Result<(), String> {
+pub fn status(args: &StatusArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
+        let runs = stacks(&docker, &args.cluster).await?;
         if runs.is_empty() {
-            println!("no e2e-infra stacks on this engine");
+            println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
         }
+        let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
         for run in runs {
             let state = match (run.liveness(), run.kept) {
                 (_, true) => "kept",
@@ -139,14 +204,20 @@ pub fn status() -> Result<(), String> {
                 (Liveness::Dead, _) => "dead",
                 (Liveness::Manual, _) => "manual",
             };
-            println!(
-                "{:<14} {:<7} run {}  containers: {}  networks: {}",
-                run.consumer,
-                state,
-                run.run_id,
-                if run.containers.is_empty() { "-".to_owned() } else { run.containers.join(", ") },
-                if run.networks.is_empty() { "-".to_owned() } else { run.networks.join(", ") },
-            );
+            match &run.kube {
+                Some((namespace, target)) => println!(
+                    "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
+                    run.consumer, state, run.run_id
+                ),
+                None => println!(
+                    "{:<14} {:<7} run {}  containers: {}  networks: {}",
+                    run.consumer,
+                    state,
+                    run.run_id,
+                    list(&run.containers),
+                    list(&run.networks)
+                ),
+            }
         }
         Ok(())
     })
@@ -156,7 +227,8 @@ pub fn status() -> Result<(), String> {
 pub fn clean(args: &CleanArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let removed = teardown::clean_dead(&docker, None, args.kept).await.map_err(|e| error_chain(&e))?;
+        let runs = stacks(&docker, &args.cluster).await?;
+        let removed = teardown::clean_dead(&docker, runs, None, args.kept).await.map_err(|e| error_chain(&e))?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");
         }

@@ -10,7 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::net::TcpStream;
 
-use super::client;
+use super::connect;
 
 /// A port-forward could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,8 @@ pub enum ForwardError {
 /// Where to forward to.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The Kind cluster.
-    pub cluster: String,
-    /// The kubeconfig context.
-    pub context: String,
+    /// The kubeconfig context; `None` for the current one.
+    pub context: Option<String>,
     /// The namespace of the stack.
     pub namespace: String,
     /// The Service, named after the component.
@@ -101,7 +99,7 @@ async fn serve(listener: std::net::TcpListener, target: Target) {
         Ok(listener) => listener,
         Err(error) => return tracing::warn!("port-forward to {}: {error}", target.service),
     };
-    let client = match client(&target.cluster, Some(&target.context)).await {
+    let client = match connect(target.context.as_deref()).await {
         Ok(client) => client,
         Err(error) => return tracing::warn!("port-forward to {}: {error}", target.service),
     };

@@ -1,0 +1,733 @@
+//! Loading built images into a node's containerd, the store the kubelet
+//! runs containers from (namespace `k8s.io`).
+//!
+//! A node is reached one of two ways ([`Node`]): a Kind node is a container
+//! of the engine running containerd, reached through the engine's exec API;
+//! a single-node cluster on this machine (k3s, microk8s, kubeadm, a local
+//! kubelet) exposes containerd as a socket, reached by running `ctr -a
+//! <socket>` with an argument vector. Either way an image is exported once
+//! from the engine and streamed, chunk by chunk, into `ctr images import` on
+//! every node that lacks it: no temporary tar file, and memory bounded by a
+//! few chunks per node whatever the image size. This is what `kind load
+//! docker-image` does, minus the temporary file and the CLI.
+//!
+//! A node is skipped when its containerd already holds the plan's reference
+//! with the engine's image id recorded in the [`IMAGE_ID_LABEL`] label, which
+//! this module sets after every import.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::Docker;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::plan::{ImageRef, Tag};
+
+/// The containerd image label recording the engine's image id of an import.
+pub const IMAGE_ID_LABEL: &str = "io.e2e-infra.image-id";
+
+/// The containerd namespace the kubelet uses.
+const NAMESPACE_ARG: &str = "--namespace=k8s.io";
+/// Chunks of an export waiting for one node: bounds memory per node.
+const CHUNKS_IN_FLIGHT: usize = 8;
+/// What is kept of a command's standard error for messages.
+const STDERR_KEPT: usize = 16 * 1024;
+/// What is kept of a command's standard output; listings are far smaller.
+const STDOUT_KEPT: usize = 4 * 1024 * 1024;
+/// How long the engine may take to report an exit code after the output ends.
+const EXIT_CODE_WAIT: Duration = Duration::from_secs(10);
+
+/// An image to load: its plan reference and the engine's id of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadImage {
+    /// The reference from the plan; nodes get the image under exactly this one.
+    pub image: ImageRef,
+    /// The engine's image id (`sha256:...`) the build produced.
+    pub image_id: String,
+}
+
+/// The tag a run's image keeps on a node after the run: the content stays
+/// for the next run (tagged, not streamed), no reference of the run does.
+pub const CACHE_TAG: &str = "e2e-infra-cache";
+
+/// A node's containerd, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Node {
+    /// A node container of a Kind cluster, reached through the engine's exec API.
+    Container {
+        /// The container name (`<cluster>-control-plane`, `<cluster>-worker`).
+        name: String,
+        /// Kind's role label (`control-plane`, `worker`).
+        role: String,
+    },
+    /// A containerd socket on this machine, reached with `ctr -a <socket>`.
+    Socket {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+impl Node {
+    /// The container name, or the socket path.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Container { name, .. } => name.clone(),
+            Self::Socket { path } => path.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Container { name, .. } => write!(f, "node `{name}`"),
+            Self::Socket { path } => write!(f, "containerd at `{}`", path.display()),
+        }
+    }
+}
+
+/// What happened to one image on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Streamed from the engine and imported.
+    Loaded,
+    /// The node already held this image under the plan's reference.
+    Skipped,
+    /// The node held this very image (same id) under another reference, from
+    /// an earlier run: it was tagged with the plan's reference, not streamed.
+    Tagged,
+}
+
+/// The outcome for one image on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// The node's container name, or its socket.
+    pub node: String,
+    /// The image.
+    pub image: ImageRef,
+    /// Loaded or skipped.
+    pub action: Action,
+    /// Time spent: the import for a loaded image, the check for a skipped one.
+    pub elapsed: Duration,
+}
+
+/// What [`load`] did, per node and image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The nodes, in the order given.
+    pub nodes: Vec<Node>,
+    /// One outcome per node and image.
+    pub outcomes: Vec<NodeOutcome>,
+}
+
+impl LoadReport {
+    /// The outcomes with this action.
+    pub fn with_action(&self, action: Action) -> impl Iterator<Item = &NodeOutcome> {
+        self.outcomes.iter().filter(move |o| o.action == action)
+    }
+}
+
+/// A failure to load images into a node's containerd.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainerdError {
+    /// The socket does not exist.
+    #[error("containerd socket `{}` does not exist; start the node's containerd, or point {} at the socket it listens on", path.display(), crate::backend::CONTAINERD_SOCKET_ENV)]
+    NoSocket {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The socket exists but cannot be connected to.
+    #[error("cannot connect to containerd socket `{}`: {source}; permission denied means this user may not write to it (run as its owner, or grant the socket's group)", path.display())]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// `ctr` could not be started.
+    #[error("starting `ctr` for containerd at `{}` failed: {source}; install containerd's client (Debian: apt-get install containerd)", path.display())]
+    Ctr {
+        /// The socket.
+        path: PathBuf,
+        /// The spawn error.
+        source: std::io::Error,
+    },
+/// The engine could not inspect an image to load.
+    #[error("inspecting `{image}` on the engine before loading it failed: {source}")]
+    InspectImage {
+        /// The image.
+        image: ImageRef,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// The engine's image under the reference is not the one built.
+    #[error("`{image}` on the engine is image {found}, not {expected} as built; was it retagged during the run?")]
+    ImageChanged {
+        /// The image.
+        image: ImageRef,
+        /// The id given to [`load`].
+        expected: String,
+        /// The id the engine has.
+        found: String,
+    },
+    /// Exporting an image from the engine failed.
+    #[error("exporting `{image}` from the engine failed: {source}")]
+    Export {
+        /// The image.
+        image: ImageRef,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// The engine could not run a command in a node.
+    #[error("running `{command}` in {node} failed: {source}")]
+    Exec {
+        /// The node.
+        node: String,
+        /// The command line.
+        command: String,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// Feeding a command's standard input failed though the command succeeded.
+    #[error("streaming into `{command}` in {node} failed: {source}")]
+    Stdin {
+        /// The node.
+        node: String,
+        /// The command line.
+        command: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A command in a node exited non-zero.
+    #[error("`{command}` in {node} failed with exit code {}: {}", exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string()), stderr.trim())]
+    CommandFailed {
+        /// The node.
+        node: String,
+        /// The command line.
+        command: String,
+        /// The exit code, when the engine reported one.
+        exit_code: Option<i64>,
+        /// The end of its standard error.
+        stderr: String,
+    },
+    /// After loading, a node does not list the reference.
+    #[error("{node} does not list `{image}` after loading; it has: {}", if found.is_empty() { "no images".to_owned() } else { found.join(", ") })]
+    Missing {
+        /// The node.
+        node: String,
+        /// The image.
+        image: ImageRef,
+        /// The references the node lists.
+        found: Vec<String>,
+    },
+}
+
+/// Loads `images` into every node of `nodes`.
+///
+/// Nodes that already hold an image under its plan reference (same image id)
+/// are skipped; nodes that hold it under another reference get the plan's
+/// reference as a tag; the others get it streamed from the engine, all
+/// nodes at once. Afterwards every node must list every reference.
+///
+/// # Errors
+/// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
+/// socket that is missing or not writable; [`ContainerdError::ImageChanged`]
+/// when the engine's image under a reference is not the one built;
+/// [`ContainerdError::Export`], [`ContainerdError::Exec`],
+/// [`ContainerdError::CommandFailed`] (with the command's standard error)
+/// when streaming or importing fails; [`ContainerdError::Missing`] when a
+/// node does not list a reference afterwards.
+///
+/// # Example
+/// ```no_run
+/// # async fn example(plan: &e2e_infra::Plan, image_id: String) -> Result<(), Box<dyn std::error::Error>> {
+/// use e2e_infra::load::containerd::{load, LoadImage, Node};
+///
+/// let docker = bollard::Docker::connect_with_local_defaults()?;
+/// let image = plan.image("datastorage").ok_or("not planned")?.clone();
+/// let node = Node::Socket { path: "/run/k3s/containerd/containerd.sock".into() };
+/// let report = load(&docker, &[node], &[LoadImage { image, image_id }]).await?;
+/// println!("{} node(s) loaded", report.outcomes.len());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Result<LoadReport, ContainerdError> {
+    for node in nodes {
+        check_reachable(node).await?;
+    }
+    for wanted in images {
+        check_engine_image(docker, wanted).await?;
+    }
+    let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
+        let started = Instant::now();
+        list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
+    }))
+    .await?;
+
+    let mut outcomes = Vec::new();
+    for wanted in images {
+        let mut targets = Vec::new();
+        for (node, (rows, checked_in)) in nodes.iter().zip(&listings) {
+            let outcome = |action, elapsed| NodeOutcome { node: node.name(), image: wanted.image.clone(), action, elapsed };
+            if holds(rows, wanted) {
+                outcomes.push(outcome(Action::Skipped, *checked_in));
+            } else if let Some(source) = same_image(rows, wanted) {
+                let started = Instant::now();
+                let reference = wanted.image.to_string();
+                run(docker, node, &["images", "tag", "--force", source, &reference], None::<mpsc::Receiver<Vec<u8>>>)
+                    .await?;
+                outcomes.push(outcome(Action::Tagged, *checked_in + started.elapsed()));
+            } else {
+                targets.push(node);
+            }
+        }
+        if targets.is_empty() {
+            continue;
+        }
+        for (node, elapsed) in stream_into(docker, wanted, &targets).await? {
+            outcomes.push(NodeOutcome { node: node.name(), image: wanted.image.clone(), action: Action::Loaded, elapsed });
+        }
+    }
+
+    futures::future::try_join_all(nodes.iter().map(|node| {
+        let name = node.name();
+        let loaded: Vec<&LoadImage> = images
+            .iter()
+            .filter(|wanted| {
+                outcomes.iter().any(|o| {
+                    o.node == name && o.image == wanted.image && matches!(o.action, Action::Loaded | Action::Tagged)
+                })
+            })
+            .collect();
+        label_and_verify(docker, node, images, loaded)
+    }))
+    .await?;
+    Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
+}
+
+/// The references `node`'s containerd lists in the kubelet's namespace.
+///
+/// # Errors
+/// [`ContainerdError::Exec`] or [`ContainerdError::CommandFailed`] when
+/// `ctr` cannot list them (containerd not answering yet, for instance).
+pub async fn node_images(docker: &Docker, node: &Node) -> Result<Vec<String>, ContainerdError> {
+    Ok(list_images(docker, node).await?.into_iter().map(|row| row.name).collect())
+}
+
+/// Removes every reference of the run whose tag is `tag` from `node`, and
+/// returns them. The content stays under `localhost/<name>:`[`CACHE_TAG`],
+/// labelled like a load, so that the next run of an unchanged build tags it
+/// instead of streaming it again.
+///
+/// # Errors
+/// [`ContainerdError`] when `ctr` fails.
+pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Vec<String>, ContainerdError> {
+    check_reachable(node).await?;
+    let suffix = format!(":{tag}");
+    let mut removed = Vec::new();
+    for row in list_images(docker, node).await? {
+        let Some(repository) = row.name.strip_suffix(&suffix) else { continue };
+        if let Some(image_id) = row.labels.get(IMAGE_ID_LABEL) {
+            let cache = format!("{repository}:{CACHE_TAG}");
+            let label = format!("{IMAGE_ID_LABEL}={image_id}");
+            let none = None::<mpsc::Receiver<Vec<u8>>>;
+            run(docker, node, &["images", "tag", "--force", &row.name, &cache], none).await?;
+            run(docker, node, &["images", "label", &cache, &label], None::<mpsc::Receiver<Vec<u8>>>).await?;
+        }
+        run(docker, node, &["images", "rm", &row.name], None::<mpsc::Receiver<Vec<u8>>>).await?;
+        removed.push(row.name);
+    }
+    Ok(removed)
+}
+
+/// A socket that is missing, or that this user cannot write to, is named
+/// before any `ctr` runs and fails with a less clear message.
+async fn check_reachable(node: &Node) -> Result<(), ContainerdError> {
+    let Node::Socket { path } = node else { return Ok(()) };
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(ContainerdError::NoSocket { path: path.clone() })
+        }
+        Err(source) => Err(ContainerdError::Socket { path: path.clone(), source }),
+    }
+}
+
+async fn check_engine_image(docker: &Docker, wanted: &LoadImage) -> Result<(), ContainerdError> {
+    let inspect = docker
+        .inspect_image(&wanted.image.to_string())
+        .await
+        .map_err(|source| ContainerdError::InspectImage { image: wanted.image.clone(), source })?;
+    let found = inspect.id.unwrap_or_default();
+    if found != wanted.image_id {
+        return Err(ContainerdError::ImageChanged { image: wanted.image.clone(), expected: wanted.image_id.clone(), found });
+    }
+    Ok(())
+}
+
+/// One line of `ctr images ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Parses `ctr images ls`: the reference is the first column and the labels
+/// (`k=v,k=v` or `-`) the last; the columns between may hold spaces (sizes).
+fn parse_listing(stdout: &str) -> Vec<Listed> {
+    stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?.to_owned();
+            let labels = fields
+                .next_back()
+                .filter(|l| *l != "-")
+                .map(|l| {
+                    l.split(',')
+                        .filter_map(|pair| pair.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(Listed { name, labels })
+        })
+        .collect()
+}
+
+/// Another reference on the node to the very image wanted (same engine id),
+/// e.g. an earlier run's tag of an unchanged build.
+fn same_image<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Option<&'r str> {
+    rows.iter()
+        .find(|row| !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
+        .map(|row| row.name.as_str())
+}
+
+fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
+    rows.iter().any(|row| wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
+}
+
+async fn list_images(docker: &Docker, node: &Node) -> Result<Vec<Listed>, ContainerdError> {
+    let stdout = run(docker, node, &["images", "ls"], None::<mpsc::Receiver<Vec<u8>>>).await?;
+    Ok(parse_listing(&stdout))
+}
+
+/// Exports `wanted` once and streams it into an import on every node of
+/// `targets` at once; returns how long each node took.
+async fn stream_into<'n>(
+    docker: &Docker,
+    wanted: &LoadImage,
+    targets: &[&'n Node],
+) -> Result<Vec<(&'n Node, Duration)>, ContainerdError> {
+    let started = Instant::now();
+    let (senders, receivers): (Vec<_>, Vec<_>) = targets.iter().map(|_| mpsc::channel(CHUNKS_IN_FLIGHT)).unzip();
+    let export = docker.export_image(&wanted.image.to_string());
+    let imports = futures::future::join_all(targets.iter().zip(receivers).map(|(node, rx)| async move {
+        let imported =
+            run(docker, node, &["images", "import", "--digests", "--snapshotter=overlayfs", "-"], Some(rx)).await;
+        (*node, imported, started.elapsed())
+    }));
+    let (pumped, imported) = tokio::join!(fan_out(export, senders), imports);
+    // A failed export truncates every import: its error is the cause to report.
+    pumped.map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source })?;
+    imported.into_iter().map(|(node, result, elapsed)| result.map(|_| (node, elapsed))).collect()
+}
+
+/// Copies every chunk of `source` to every sender, waiting for the slowest
+/// (the channels are bounded, so memory stays flat). A receiver that went away
+/// (its import failed) is dropped from the fan-out; its own error reports it.
+async fn fan_out<S, B, E>(source: S, mut senders: Vec<mpsc::Sender<B>>) -> Result<(), E>
+where
+    S: Stream<Item = Result<B, E>>,
+    B: Clone,
+{
+    futures::pin_mut!(source);
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk?;
+        let sent = futures::future::join_all(senders.iter().map(|tx| tx.send(chunk.clone()))).await;
+        let mut sent = sent.into_iter();
+        senders.retain(|_| sent.next().is_some_and(|r| r.is_ok()));
+        if senders.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Labels the references imported on `node` with their image id, then checks
+/// that the node lists every reference.
+async fn label_and_verify(
+    docker: &Docker,
+    node: &Node,
+    images: &[LoadImage],
+    loaded: Vec<&LoadImage>,
+) -> Result<(), ContainerdError> {
+    let rows = list_images(docker, node).await?;
+    for wanted in images {
+        let Some(row) = rows.iter().find(|row| wanted.image.matches(&row.name)) else {
+            return Err(ContainerdError::Missing {
+                node: node.to_string(),
+                image: wanted.image.clone(),
+                found: rows.iter().map(|r| r.name.clone()).collect(),
+            });
+        };
+        if loaded.contains(&wanted) {
+            let label = format!("{IMAGE_ID_LABEL}={}", wanted.image_id);
+            run(docker, node, &["images", "label", &row.name, &label], None::<mpsc::Receiver<Vec<u8>>>).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ctr --namespace=k8s.io <args>` against `node`, feeding it the
+/// chunks of `stdin` if given, and returns its standard output.
+async fn run<B: AsRef<[u8]>>(
+    docker: &Docker,
+    node: &Node,
+    args: &[&str],
+    stdin: Option<mpsc::Receiver<B>>,
+) -> Result<String, ContainerdError> {
+    match node {
+        Node::Container { name, .. } => {
+            let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
+            exec(docker, node, name, &argv, stdin).await
+        }
+        Node::Socket { path } => local_ctr(node, path, args, stdin).await,
+    }
+}
+
+/// `ctr -a <socket>` as a child process of this one.
+async fn local_ctr<B: AsRef<[u8]>>(
+    node: &Node,
+    socket: &Path,
+    args: &[&str],
+    stdin: Option<mpsc::Receiver<B>>,
+) -> Result<String, ContainerdError> {
+    let command = format!("ctr {NAMESPACE_ARG} {}", args.join(" "));
+    let mut child = tokio::process::Command::new("ctr")
+        .arg("-a")
+        .arg(socket)
+        .arg(NAMESPACE_ARG)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ContainerdError::Ctr { path: socket.to_owned(), source })?;
+    let input = child.stdin.take();
+    let feed = async move {
+        if let (Some(mut rx), Some(mut input)) = (stdin, input) {
+            while let Some(chunk) = rx.recv().await {
+                input.write_all(chunk.as_ref()).await?;
+            }
+            input.shutdown().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (fed, stdout, stderr) = tokio::join!(feed, read_tail(stdout, STDOUT_KEPT), read_tail(stderr, STDERR_KEPT));
+    let status = child.wait().await.map_err(|source| ContainerdError::Ctr { path: socket.to_owned(), source })?;
+    if !status.success() {
+        return Err(ContainerdError::CommandFailed {
+            node: node.to_string(),
+            command,
+            exit_code: status.code().map(i64::from),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        });
+    }
+    fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// The last `limit` bytes a pipe gives; nothing for no pipe or a read error
+/// (the exit status reports the failure).
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else { return kept };
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = pipe.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+        keep_tail(&mut kept, &buffer[..read], limit);
+    }
+    kept
+}
+
+/// Runs `argv` in the node container `container` through the engine's exec
+/// API, feeding it the chunks of `stdin` if given, and returns its standard
+/// output.
+async fn exec<B: AsRef<[u8]>>(
+    docker: &Docker,
+    node: &Node,
+    container: &str,
+    args: &[&str],
+    stdin: Option<mpsc::Receiver<B>>,
+) -> Result<String, ContainerdError> {
+    let command = args.join(" ");
+    let exec_error = |source| ContainerdError::Exec { node: node.to_string(), command: command.clone(), source };
+    let options = CreateExecOptions {
+        cmd: Some(args.to_vec()),
+        attach_stdin: Some(stdin.is_some()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(container, options).await.map_err(exec_error)?;
+    let (mut output, mut input) = match docker.start_exec(&exec.id, None).await.map_err(exec_error)? {
+        StartExecResults::Attached { output, input } => (output, input),
+        StartExecResults::Detached => {
+            return Err(ContainerdError::CommandFailed {
+                node: node.to_string(),
+                command,
+                exit_code: None,
+                stderr: "the engine detached the command instead of attaching to it".to_owned(),
+            })
+        }
+    };
+    let feed = async move {
+        if let Some(mut rx) = stdin {
+            while let Some(chunk) = rx.recv().await {
+                input.write_all(chunk.as_ref()).await?;
+            }
+        }
+        // Closing our side is the end of file the command reads.
+        input.shutdown().await
+    };
+    let read = async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(frame) = output.next().await {
+            match frame? {
+                LogOutput::StdOut { message } => keep_tail(&mut stdout, &message, STDOUT_KEPT),
+                LogOutput::StdErr { message } => keep_tail(&mut stderr, &message, STDERR_KEPT),
+                _ => {}
+            }
+        }
+        Ok::<_, bollard::errors::Error>((stdout, stderr))
+    };
+    let (fed, read) = tokio::join!(feed, read);
+    let (stdout, stderr) = read.map_err(exec_error)?;
+    let exit_code = exit_code(docker, &exec.id).await.map_err(exec_error)?;
+    if exit_code != Some(0) {
+        return Err(ContainerdError::CommandFailed {
+            node: node.to_string(),
+            command,
+            exit_code,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        });
+    }
+    fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// The exit code once the engine reports the command finished.
+async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, bollard::errors::Error> {
+    let deadline = Instant::now() + EXIT_CODE_WAIT;
+    loop {
+        let inspect = docker.inspect_exec(exec_id).await?;
+        if inspect.running != Some(true) || Instant::now() >= deadline {
+            return Ok(inspect.exit_code);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn keep_tail(buffer: &mut Vec<u8>, more: &[u8], limit: usize) {
+    buffer.extend_from_slice(more);
+    if buffer.len() > limit {
+        buffer.drain(..buffer.len() - limit);
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loaded => "loaded",
+            Self::Skipped => "skipped",
+            Self::Tagged => "tagged",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "\
+REF                                   TYPE                                                 DIGEST                                                                  SIZE      PLATFORMS   LABELS
+localhost/api:notification-1a2b3c4d   application/vnd.docker.distribution.manifest.v2+json sha256:aa11 1.9 MiB   linux/amd64 io.cri-containerd.image=managed,io.e2e-infra.image-id=sha256:bb22
+docker.io/library/postgres:16         application/vnd.docker.distribution.manifest.v2+json sha256:cc33 120.5 MiB linux/amd64,linux/arm64 -
+";
+
+    #[test]
+    fn listing_gives_names_and_labels_despite_spaces_in_sizes() {
+        let rows = parse_listing(LISTING);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].name, "localhost/api:notification-1a2b3c4d");
+        assert_eq!(rows[0].labels.get(IMAGE_ID_LABEL).map(String::as_str), Some("sha256:bb22"));
+        assert_eq!(rows[0].labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
+        assert_eq!(rows[1].name, "docker.io/library/postgres:16");
+        assert!(rows[1].labels.is_empty());
+    }
+
+    #[test]
+    fn a_node_holds_an_image_only_under_the_reference_with_the_same_id() {
+        let rows = parse_listing(LISTING);
+        let postgres = ImageRef::borrowed("postgres:16").expect("ref");
+        let labelled = LoadImage { image: postgres.clone(), image_id: "sha256:cc33".to_owned() };
+        // Listed, but never labelled by a load: its content is unknown.
+        assert!(!holds(&rows, &labelled));
+        let api = ImageRef::borrowed("localhost/api:notification-1a2b3c4d").expect("ref");
+        assert!(holds(&rows, &LoadImage { image: api.clone(), image_id: "sha256:bb22".to_owned() }));
+        assert!(!holds(&rows, &LoadImage { image: api, image_id: "sha256:other".to_owned() }));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut buffer = Vec::new();
+        keep_tail(&mut buffer, b"0123456789", 4);
+        keep_tail(&mut buffer, b"ab", 4);
+        assert_eq!(buffer, b"89ab");
+    }
+
+    #[tokio::test]
+    async fn fan_out_copies_every_chunk_to_every_receiver_and_survives_a_dropped_one() {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..100u8).map(|i| Ok(vec![i; 3])).collect();
+        let (tx_a, mut rx_a) = mpsc::channel(2);
+        let (tx_b, rx_b) = mpsc::channel(2);
+        drop(rx_b);
+        let collect = async move {
+            let mut got = Vec::new();
+            while let Some(chunk) = rx_a.recv().await {
+                got.extend(chunk);
+            }
+            got
+        };
+        let (pumped, got) = tokio::join!(fan_out(futures::stream::iter(chunks), vec![tx_a, tx_b]), collect);
+        pumped.expect("fan-out");
+        let expected: Vec<u8> = (0..100u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn fan_out_reports_a_failing_source() {
+        let chunks = vec![Ok(vec![1u8]), Err(std::io::Error::other("export broke"))];
+        let (tx, mut rx) = mpsc::channel(4);
+        let drain = async move { while rx.recv().await.is_some() {} };
+        let (pumped, ()) = tokio::join!(fan_out(futures::stream::iter(chunks), vec![tx]), drain);
+        assert_eq!(pumped.expect_err("must fail").to_string(), "export broke");
+    }
+}
