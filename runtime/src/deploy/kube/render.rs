@@ -1,7 +1,7 @@
 //! Rendering the catalog's manifests for one plan, and the preflight that
 //! refuses any container image the plan does not know.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -11,27 +11,48 @@ use sha2::{Digest, Sha256};
 
 use super::KubeError;
 use crate::labels;
-use crate::plan::{Origin, Plan};
+use crate::plan::{Namespace, Origin, Plan, PlannedComponent};
 
 /// How a manifest names the image of a component: `${image:<component>}`.
 const PLACEHOLDER_START: &str = "${image:";
+/// How a manifest names the run's namespace.
+const NAMESPACE_PLACEHOLDER: &str = "${namespace}";
 
-/// Kinds that live outside namespaces: a run's objects must all be inside
-/// its own namespace, so that deleting it removes everything.
-const CLUSTER_SCOPED: &[&str] = &[
-    "Namespace",
-    "Node",
-    "PersistentVolume",
-    "StorageClass",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "CustomResourceDefinition",
-    "PriorityClass",
-    "MutatingWebhookConfiguration",
-    "ValidatingWebhookConfiguration",
-    "APIService",
-    "IngressClass",
-    "RuntimeClass",
+/// The prefix of the label that marks a cluster-scoped object as used by a
+/// run; see [`user_label`].
+pub const USER_LABEL_PREFIX: &str = "users.e2e-infra.io/";
+
+/// Built-in kinds that live outside namespaces, by API group (`""` is the
+/// core group). The group is part of the match so that a custom resource
+/// that happens to share a kind's name keeps its own scope. `Namespace` and
+/// `Node` are not here: [`checked_object`] refuses them.
+const CLUSTER_SCOPED: &[(&str, &str)] = &[
+    ("", "PersistentVolume"),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicy"),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicyBinding"),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ("apiregistration.k8s.io", "APIService"),
+    ("certificates.k8s.io", "CertificateSigningRequest"),
+    ("certificates.k8s.io", "ClusterTrustBundle"),
+    ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
+    ("networking.k8s.io", "IngressClass"),
+    ("networking.k8s.io", "IPAddress"),
+    ("networking.k8s.io", "ServiceCIDR"),
+    ("node.k8s.io", "RuntimeClass"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("resource.k8s.io", "DeviceClass"),
+    ("resource.k8s.io", "ResourceSlice"),
+    ("scheduling.k8s.io", "PriorityClass"),
+    ("storage.k8s.io", "CSIDriver"),
+    ("storage.k8s.io", "CSINode"),
+    ("storage.k8s.io", "StorageClass"),
+    ("storage.k8s.io", "VolumeAttachment"),
 ];
 
 /// One manifest file rendered for a plan.
@@ -41,19 +62,24 @@ pub struct RenderedManifest {
     pub component: String,
     /// The file.
     pub file: PathBuf,
-    /// Its objects, in file order, with images bound, namespace and labels set.
+    /// Its objects, in file order, with images bound and labels set. A
+    /// namespaced object has `metadata.namespace`, the run's; a
+    /// cluster-scoped object has none.
     pub objects: Vec<Value>,
 }
 
-/// A container image the preflight refuses.
+/// An image the preflight refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageProblem {
     /// The manifest file.
     pub file: PathBuf,
     /// `Kind/name` of the object.
     pub object: String,
-    /// The container.
+    /// The name of the container, or of the image volume, that names the image.
     pub container: String,
+    /// What [`container`](Self::container) names: `container`,
+    /// `init container`, `ephemeral container` or `image volume`.
+    pub place: &'static str,
     /// The image as rendered.
     pub image: String,
     /// Why it is refused.
@@ -64,9 +90,10 @@ impl fmt::Display for ImageProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} container `{}` uses image `{}`: {}",
+            "{}: {} {} `{}` uses image `{}`: {}",
             self.file.display(),
             self.object,
+            self.place,
             self.container,
             self.image,
             self.reason
@@ -74,42 +101,59 @@ impl fmt::Display for ImageProblem {
     }
 }
 
+/// The label key that marks a cluster-scoped object as used by the run
+/// whose namespace is `namespace`: `users.e2e-infra.io/<namespace>`. Its
+/// value is the component whose manifest holds the object.
+///
+/// Cluster-scoped objects are shared by the runs that apply them, so they
+/// carry one such label per run instead of the run's own labels. A run's
+/// namespace (`<consumer>-<8 hex>`, at most 49 characters of `[a-z0-9-]`,
+/// alphanumeric at both ends) is a legal label name.
+pub fn user_label(namespace: &Namespace) -> String {
+    format!("{USER_LABEL_PREFIX}{namespace}")
+}
+
 /// Renders every manifest of the plan's components, in dependency order.
 ///
-/// `${image:<component>}` becomes the plan's reference of that component,
-/// `imagePullPolicy` is set from the plan, every object goes into the plan's
-/// namespace and carries the run's labels.
+/// `${image:<component>}` becomes the plan's reference of that component and
+/// `${namespace}` the plan's namespace; `imagePullPolicy` (`pullPolicy` of an
+/// image volume) is set from the plan. Every namespaced object goes into the
+/// plan's namespace and carries the run's labels. A cluster-scoped object (a
+/// built-in cluster-scoped kind, or a custom kind whose
+/// CustomResourceDefinition with `scope: Cluster` is among the plan's
+/// manifests) gets no namespace and, instead of the run's labels, the
+/// managed-by label and the run's `users.e2e-infra.io/<namespace>` label.
 ///
 /// # Errors
 /// [`KubeError::ReadManifest`], [`KubeError::ParseManifest`] or
-/// [`KubeError::InvalidObject`] for a manifest that cannot be used;
-/// [`KubeError::Preflight`] when a container image is neither planned nor a
-/// declared borrowed image (a hard-coded or stale tag, an unknown
-/// `${image:...}`), listing every such image and the planned references.
+/// [`KubeError::InvalidObject`] for a manifest that cannot be used (a
+/// `Namespace` or `Node` object included);
+/// [`KubeError::Preflight`] when an image of any pod spec, in any kind of
+/// object, is neither planned nor a declared borrowed image (a hard-coded or
+/// stale tag, an unknown `${image:...}`), listing every such image and the
+/// planned references.
 pub fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
+    let parsed = parse_manifests(plan)?;
+    // A custom resource's scope is known only from its definition, which may
+    // come from any component's manifests, including a later one.
+    let custom_cluster_kinds: HashSet<(String, String)> =
+        parsed.iter().flat_map(|(_, _, objects)| objects).filter_map(cluster_scoped_definition).collect();
     let mut rendered = Vec::new();
     let mut problems = Vec::new();
-    for component in plan.components() {
-        let Some(kubernetes) = &component.spec.kubernetes else { continue };
-        let labels = kube_labels(labels::for_component(plan, &component.name));
-        for file in &kubernetes.manifests {
-            let text = std::fs::read_to_string(file)
-                .map_err(|source| KubeError::ReadManifest { file: file.clone(), source })?;
-            let text = bind_images(plan, &text);
-            let mut objects = Vec::new();
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let value = Value::deserialize(document)
-                    .map_err(|source| KubeError::ParseManifest { file: file.clone(), source })?;
-                if value.is_null() {
-                    continue;
-                }
-                let mut object = checked_object(file, value)?;
-                set_metadata(&mut object, plan.namespace().as_str(), &labels);
-                problems.extend(bind_pull_policies(plan, file, &mut object));
-                objects.push(Value::Object(object));
+    for (component, file, objects) in parsed {
+        let namespaced = kube_labels(labels::for_component(plan, &component.name));
+        let shared = shared_labels(plan, &component.name);
+        let mut bound = Vec::new();
+        for mut object in objects {
+            if is_cluster_scoped(&object, &custom_cluster_kinds) {
+                set_metadata(&mut object, None, &shared);
+            } else {
+                set_metadata(&mut object, Some(plan.namespace().as_str()), &namespaced);
             }
-            rendered.push(RenderedManifest { component: component.name.clone(), file: file.clone(), objects });
+            problems.extend(bind_pull_policies(plan, file, &mut object));
+            bound.push(Value::Object(object));
         }
+        rendered.push(RenderedManifest { component: component.name.clone(), file: file.clone(), objects: bound });
     }
     if !problems.is_empty() {
         let planned = plan
@@ -123,6 +167,32 @@ pub fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
         return Err(KubeError::Preflight { problems, planned });
     }
     Ok(rendered)
+}
+
+/// A manifest file's checked objects, with their component.
+type Parsed<'a> = (&'a PlannedComponent, &'a PathBuf, Vec<Map<String, Value>>);
+
+/// Reads and parses every manifest of the plan, placeholders bound.
+fn parse_manifests(plan: &Plan) -> Result<Vec<Parsed<'_>>, KubeError> {
+    let mut parsed = Vec::new();
+    for component in plan.components() {
+        let Some(kubernetes) = &component.spec.kubernetes else { continue };
+        for file in &kubernetes.manifests {
+            let text = std::fs::read_to_string(file)
+                .map_err(|source| KubeError::ReadManifest { file: file.clone(), source })?;
+            let text = bind_images(plan, &text).replace(NAMESPACE_PLACEHOLDER, plan.namespace().as_str());
+            let mut objects = Vec::new();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = Value::deserialize(document)
+                    .map_err(|source| KubeError::ParseManifest { file: file.clone(), source })?;
+                if !value.is_null() {
+                    objects.push(checked_object(file, value)?);
+                }
+            }
+            parsed.push((component, file, objects));
+        }
+    }
+    Ok(parsed)
 }
 
 /// Replaces `${image:<component>}` by the plan's reference; unknown names are
@@ -151,26 +221,78 @@ fn checked_object(file: &Path, value: Value) -> Result<Map<String, Value>, KubeE
     };
     let text = |key: &str| object.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
     let kind = text("kind").ok_or_else(|| invalid("an object has no `kind`".to_owned()))?;
-    if text("apiVersion").is_none() {
+    let Some(api_version) = text("apiVersion") else {
         return Err(invalid(format!("a {kind} has no `apiVersion`")));
-    }
+    };
     let name = object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
     let Some(name) = name else {
         return Err(invalid(format!("a {kind} has no `metadata.name` (generateName cannot be applied)")));
     };
-    if CLUSTER_SCOPED.contains(&kind) {
-        return Err(invalid(format!(
-            "{kind}/{name} is cluster-scoped; a run's objects must live in its namespace so that deleting it removes them"
-        )));
+    match (group_of(api_version), kind) {
+        ("", "Namespace") => Err(invalid(format!(
+            "Namespace/{name} cannot be applied: a run has exactly one namespace, its own, which deploy creates \
+             and deletes; remove this object and write `${{namespace}}` where a manifest needs the run's namespace"
+        ))),
+        ("", "Node") => Err(invalid(format!(
+            "Node/{name} cannot be applied: nodes belong to the cluster, not to a run; remove this object"
+        ))),
+        _ => Ok(object),
     }
-    Ok(object)
 }
 
-fn set_metadata(object: &mut Map<String, Value>, namespace: &str, labels: &KubeLabels) {
+/// The API group of an `apiVersion`: `apps` of `apps/v1`, `""` of `v1`.
+fn group_of(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(group, _)| group)
+}
+
+/// `(group, kind)` of the custom resources a CustomResourceDefinition with
+/// `scope: Cluster` defines.
+fn cluster_scoped_definition(object: &Map<String, Value>) -> Option<(String, String)> {
+    let api_version = object.get("apiVersion").and_then(Value::as_str)?;
+    let kind = object.get("kind").and_then(Value::as_str)?;
+    if (group_of(api_version), kind) != ("apiextensions.k8s.io", "CustomResourceDefinition") {
+        return None;
+    }
+    let spec = object.get("spec")?;
+    if spec.get("scope").and_then(Value::as_str) != Some("Cluster") {
+        return None;
+    }
+    let group = spec.get("group").and_then(Value::as_str)?;
+    let kind = spec.get("names").and_then(|n| n.get("kind")).and_then(Value::as_str)?;
+    Some((group.to_owned(), kind.to_owned()))
+}
+
+fn is_cluster_scoped(object: &Map<String, Value>, custom: &HashSet<(String, String)>) -> bool {
+    let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
+    let (group, kind) = (group_of(text("apiVersion")), text("kind"));
+    CLUSTER_SCOPED.contains(&(group, kind)) || custom.contains(&(group.to_owned(), kind.to_owned()))
+}
+
+/// Labels of a cluster-scoped object. The run's own labels would flip each
+/// time another run applies the same object, so it carries only the
+/// managed-by label and one [`user_label`] per run that uses it.
+fn shared_labels(plan: &Plan, component: &str) -> KubeLabels {
+    let labels = BTreeMap::from([
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (user_label(plan.namespace()), label_value(component)),
+    ]);
+    KubeLabels { labels, annotations: BTreeMap::new() }
+}
+
+/// Puts the object into `namespace`, or out of any namespace when `None`
+/// (deploy tells cluster-scoped objects by the absence of
+/// `metadata.namespace`), and adds `labels`.
+fn set_metadata(object: &mut Map<String, Value>, namespace: Option<&str>, labels: &KubeLabels) {
     let metadata = object.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(metadata) = metadata else { return };
-    metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
+    match namespace {
+        Some(namespace) => metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned())),
+        None => metadata.remove("namespace"),
+    };
     for (key, values) in [("labels", &labels.labels), ("annotations", &labels.annotations)] {
+        if values.is_empty() {
+            continue;
+        }
         let entry = metadata.entry(key).or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(map) = entry {
             for (k, v) in values {
@@ -180,55 +302,90 @@ fn set_metadata(object: &mut Map<String, Value>, namespace: &str, labels: &KubeL
     }
 }
 
-/// The pod spec inside a workload object, if it has one.
-fn pod_spec_mut(object: &mut Map<String, Value>) -> Option<&mut Map<String, Value>> {
-    let kind = object.get("kind").and_then(Value::as_str)?.to_owned();
-    let spec = object.get_mut("spec")?;
-    let pod_spec = match kind.as_str() {
-        "Pod" => spec,
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
-            spec.get_mut("template")?.get_mut("spec")?
-        }
-        "CronJob" => spec.get_mut("jobTemplate")?.get_mut("spec")?.get_mut("template")?.get_mut("spec")?,
-        _ => return None,
-    };
-    pod_spec.as_object_mut()
+/// Calls `visit` on every pod spec in `value`, however deep: any mapping
+/// with a `containers` list. Kinds are not listed because custom resources
+/// (Argo Rollouts, Knative Services, operators' own kinds) embed pod specs
+/// wherever their authors chose. A pod spec holds no other pod spec, so the
+/// walk does not enter one.
+fn for_each_pod_spec(value: &mut Value, visit: &mut impl FnMut(&mut Map<String, Value>)) {
+    match value {
+        Value::Object(map) if matches!(map.get("containers"), Some(Value::Array(_))) => visit(map),
+        Value::Object(map) => map.values_mut().for_each(|v| for_each_pod_spec(v, visit)),
+        Value::Array(items) => items.iter_mut().for_each(|v| for_each_pod_spec(v, visit)),
+        _ => {}
+    }
 }
 
-/// Sets `imagePullPolicy` on every container whose image is planned, and
-/// returns the containers whose image is not.
+/// What [`ImageProblem::place`] calls an image volume.
+const IMAGE_VOLUME: &str = "image volume";
+
+/// The container lists of a pod spec, and what their entries are called.
+const CONTAINER_LISTS: [(&str, &str); 3] =
+    [("initContainers", "init container"), ("containers", "container"), ("ephemeralContainers", "ephemeral container")];
+
+/// Sets the pull policy of every planned image in every pod spec of the
+/// object (containers and image volumes), and returns the images that are
+/// not planned.
 fn bind_pull_policies(plan: &Plan, file: &Path, object: &mut Map<String, Value>) -> Vec<ImageProblem> {
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let name = object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
-    let described = format!("{kind}/{name}");
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
+    let described =
+        format!("{}/{}", text(object.get("kind")), text(object.get("metadata").and_then(|m| m.get("name"))));
     let mut problems = Vec::new();
-    let Some(pod_spec) = pod_spec_mut(object) else { return problems };
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        let Some(Value::Array(containers)) = pod_spec.get_mut(list) else { continue };
-        for container in containers.iter_mut().filter_map(Value::as_object_mut) {
-            let container_name = container.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
-            let image = container.get("image").and_then(Value::as_str).unwrap_or_default().to_owned();
-            match plan.components().iter().find(|c| c.image.matches(&image)) {
-                Some(component) => {
-                    container
-                        .insert("imagePullPolicy".to_owned(), Value::String(component.pull_policy.as_str().to_owned()));
+    let mut refuse = |place: &'static str, holder: &Map<String, Value>, image: String| {
+        problems.push(ImageProblem {
+            file: file.to_owned(),
+            object: described.clone(),
+            container: holder.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(),
+            place,
+            reason: refusal(plan, place, &image),
+            image,
+        });
+    };
+    let mut visit = |pod_spec: &mut Map<String, Value>| {
+        for (list, place) in CONTAINER_LISTS {
+            let Some(Value::Array(containers)) = pod_spec.get_mut(list) else { continue };
+            for container in containers.iter_mut().filter_map(Value::as_object_mut) {
+                if let Err(image) = bind_pull_policy(plan, container, "image", "imagePullPolicy") {
+                    refuse(place, container, image);
                 }
-                None => problems.push(ImageProblem {
-                    file: file.to_owned(),
-                    object: described.clone(),
-                    container: container_name,
-                    reason: refusal(plan, &image),
-                    image,
-                }),
             }
         }
+        let Some(Value::Array(volumes)) = pod_spec.get_mut("volumes") else { return };
+        for volume in volumes.iter_mut().filter_map(Value::as_object_mut) {
+            let Some(Value::Object(source)) = volume.get_mut("image") else { continue };
+            if let Err(image) = bind_pull_policy(plan, source, "reference", "pullPolicy") {
+                refuse(IMAGE_VOLUME, volume, image);
+            }
+        }
+    };
+    for value in object.values_mut() {
+        for_each_pod_spec(value, &mut visit);
     }
     problems
 }
 
-fn refusal(plan: &Plan, image: &str) -> String {
+/// Sets `policy_key` from the plan when `holder`'s `image_key` is a planned
+/// or borrowed image; the image otherwise.
+fn bind_pull_policy(
+    plan: &Plan,
+    holder: &mut Map<String, Value>,
+    image_key: &str,
+    policy_key: &str,
+) -> Result<(), String> {
+    let image = holder.get(image_key).and_then(Value::as_str).unwrap_or_default();
+    match plan.components().iter().find(|c| c.image.matches(image)) {
+        Some(component) => {
+            holder.insert(policy_key.to_owned(), Value::String(component.pull_policy.as_str().to_owned()));
+            Ok(())
+        }
+        None => Err(image.to_owned()),
+    }
+}
+
+fn refusal(plan: &Plan, place: &str, image: &str) -> String {
     if image.is_empty() {
-        return "the container has no image; write `image: ${image:<component>}`".to_owned();
+        let key = if place == IMAGE_VOLUME { "reference" } else { "image" };
+        return format!("the {place} has no image; write `{key}: ${{image:<component>}}`");
     }
     if let Some(rest) = image.strip_prefix(PLACEHOLDER_START) {
         let name = rest.trim_end_matches('}');

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::mock::{
     added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script, Seen,
 };
+use super::render::{user_label, USER_LABEL_PREFIX};
 use super::*;
 use crate::{Catalog, Delivery, RunId};
 
@@ -252,6 +253,7 @@ async fn preflight_refuses_a_hard_coded_image_before_any_request() {
     assert_eq!(problems[0].image, "localhost/kubernaut-datastorage:e2e-test-datastorage");
     assert_eq!(problems[0].object, "Deployment/api");
     assert_eq!(problems[0].container, "migrate");
+    assert_eq!(problems[0].place, "init container");
     let api = plan.image("api").expect("api planned").to_string();
     assert!(planned.iter().any(|p| p.starts_with(&api)), "{planned:?}");
     let text = error.to_string();
@@ -284,17 +286,409 @@ fn a_borrowed_image_may_be_written_literally() {
     assert_eq!(rendered[0].component, "postgres");
 }
 
-#[test]
-fn cluster_scoped_objects_are_refused() {
-    let manifest = format!(
-        "{API_MANIFEST}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{ name: api }}\n"
-    );
-    let (_dir, plan) = fixture(&manifest, "kube-cluster-scoped");
-    let error = render(&plan).expect_err("must refuse");
+/// The image the preflight must refuse: a tag written by hand for another project.
+const FOREIGN: &str = "localhost/kubernaut-datastorage:e2e-test-datastorage";
+
+/// One place a manifest can name an image.
+struct Shape<'a> {
+    /// The manifest of `api`, with `IMAGE` where the image goes.
+    manifest: &'a str,
+    /// `Kind/name` of the object.
+    object: &'a str,
+    /// What the preflight calls the image's holder, and its name.
+    place: &'a str,
+    name: &'a str,
+    /// JSON pointer to the holder within the object.
+    at: &'a str,
+}
+
+/// The shape's foreign image is refused naming the object and the holder;
+/// `${image:api}` in its place is accepted with the plan's pull policy.
+fn check_shape(run: &str, shape: &Shape<'_>) {
+    let (image_key, policy_key) =
+        if shape.place == "image volume" { ("reference", "pullPolicy") } else { ("image", "imagePullPolicy") };
+
+    let (dir, plan) = fixture(&shape.manifest.replace("IMAGE", FOREIGN), run);
+    let error = render(&plan).expect_err("a foreign image must be refused");
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    let refused: Vec<(&str, &str, &str, &str)> =
+        problems.iter().map(|p| (p.object.as_str(), p.place, p.container.as_str(), p.image.as_str())).collect();
+    assert_eq!(refused, [(shape.object, shape.place, shape.name, FOREIGN)]);
+    assert_eq!(problems[0].file, dir.path().join("api.yaml"));
+    let line = problems[0].to_string();
     assert!(
-        matches!(&error, KubeError::InvalidObject { problem, .. } if problem.contains("ClusterRole/api")),
-        "{error}"
+        line.contains(&format!("{} {} `{}` uses image `{FOREIGN}`", shape.object, shape.place, shape.name)),
+        "{line}"
     );
+
+    let (_dir, plan) = fixture(&shape.manifest.replace("IMAGE", "${image:api}"), run);
+    let rendered = render(&plan).expect("a planned image must be accepted");
+    let api = rendered.iter().find(|m| m.component == "api").expect("api rendered");
+    let holder = api.objects[0].pointer(shape.at).unwrap_or_else(|| panic!("nothing at {}", shape.at));
+    assert_eq!(holder[image_key], json!(plan.image("api").expect("api planned").to_string()));
+    assert_eq!(holder[policy_key], json!("Never"), "{holder}");
+}
+
+#[test]
+fn preflight_covers_a_pod() {
+    check_shape(
+        "shape-pod",
+        &Shape {
+            manifest: "apiVersion: v1\nkind: Pod\nmetadata: { name: api }\nspec: { containers: [{ name: api, image: IMAGE }] }\n",
+            object: "Pod/api",
+            place: "container",
+            name: "api",
+            at: "/spec/containers/0",
+        },
+    );
+}
+
+#[test]
+fn preflight_covers_a_pod_template() {
+    check_shape(
+        "shape-podtemplate",
+        &Shape {
+            manifest: "apiVersion: v1\nkind: PodTemplate\nmetadata: { name: api }\n\
+                       template: { spec: { containers: [{ name: api, image: IMAGE }] } }\n",
+            object: "PodTemplate/api",
+            place: "container",
+            name: "api",
+            at: "/template/spec/containers/0",
+        },
+    );
+}
+
+/// A workload whose pod spec is at `spec.template.spec`, built-in or not.
+fn check_pod_template_workload(api_version: &str, kind: &str) {
+    let manifest = format!(
+        "apiVersion: {api_version}\nkind: {kind}\nmetadata: {{ name: api }}\n\
+         spec: {{ template: {{ spec: {{ containers: [{{ name: api, image: IMAGE }}] }} }} }}\n"
+    );
+    let object = format!("{kind}/api");
+    let shape = Shape {
+        manifest: &manifest,
+        object: &object,
+        place: "container",
+        name: "api",
+        at: "/spec/template/spec/containers/0",
+    };
+    check_shape(&format!("shape-{}", kind.to_lowercase()), &shape);
+}
+
+#[test]
+fn preflight_covers_a_deployment() {
+    check_pod_template_workload("apps/v1", "Deployment");
+}
+
+#[test]
+fn preflight_covers_a_stateful_set() {
+    check_pod_template_workload("apps/v1", "StatefulSet");
+}
+
+#[test]
+fn preflight_covers_a_daemon_set() {
+    check_pod_template_workload("apps/v1", "DaemonSet");
+}
+
+#[test]
+fn preflight_covers_a_replica_set() {
+    check_pod_template_workload("apps/v1", "ReplicaSet");
+}
+
+#[test]
+fn preflight_covers_a_replication_controller() {
+    check_pod_template_workload("v1", "ReplicationController");
+}
+
+#[test]
+fn preflight_covers_a_job() {
+    check_pod_template_workload("batch/v1", "Job");
+}
+
+#[test]
+fn preflight_covers_an_argo_rollout() {
+    check_pod_template_workload("argoproj.io/v1alpha1", "Rollout");
+}
+
+#[test]
+fn preflight_covers_a_knative_service() {
+    check_pod_template_workload("serving.knative.dev/v1", "Service");
+}
+
+#[test]
+fn preflight_covers_a_cron_job() {
+    check_shape(
+        "shape-cronjob",
+        &Shape {
+            manifest: "\
+apiVersion: batch/v1
+kind: CronJob
+metadata: { name: api }
+spec:
+  schedule: '* * * * *'
+  jobTemplate: { spec: { template: { spec: { containers: [{ name: api, image: IMAGE }] } } } }
+",
+            object: "CronJob/api",
+            place: "container",
+            name: "api",
+            at: "/spec/jobTemplate/spec/template/spec/containers/0",
+        },
+    );
+}
+
+#[test]
+fn preflight_covers_a_pod_spec_nested_deep_in_a_custom_resource() {
+    check_shape(
+        "shape-custom",
+        &Shape {
+            manifest: "\
+apiVersion: training.example.com/v1
+kind: TrainingJob
+metadata: { name: api }
+spec:
+  replicaSpecs:
+    - role: worker
+      template: { spec: { containers: [{ name: trainer, image: IMAGE }] } }
+",
+            object: "TrainingJob/api",
+            place: "container",
+            name: "trainer",
+            at: "/spec/replicaSpecs/0/template/spec/containers/0",
+        },
+    );
+}
+
+#[test]
+fn preflight_covers_init_containers() {
+    check_shape(
+        "shape-init",
+        &Shape {
+            manifest: "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: api }
+spec:
+  template:
+    spec:
+      initContainers: [{ name: migrate, image: IMAGE }]
+      containers: [{ name: api, image: '${image:api}' }]
+",
+            object: "Deployment/api",
+            place: "init container",
+            name: "migrate",
+            at: "/spec/template/spec/initContainers/0",
+        },
+    );
+}
+
+#[test]
+fn preflight_covers_ephemeral_containers() {
+    check_shape(
+        "shape-ephemeral",
+        &Shape {
+            manifest: "\
+apiVersion: v1
+kind: Pod
+metadata: { name: api }
+spec:
+  containers: [{ name: api, image: '${image:api}' }]
+  ephemeralContainers: [{ name: debug, image: IMAGE }]
+",
+            object: "Pod/api",
+            place: "ephemeral container",
+            name: "debug",
+            at: "/spec/ephemeralContainers/0",
+        },
+    );
+}
+
+#[test]
+fn preflight_covers_image_volumes() {
+    check_shape(
+        "shape-volume",
+        &Shape {
+            manifest: "\
+apiVersion: v1
+kind: Pod
+metadata: { name: api }
+spec:
+  containers: [{ name: api, image: '${image:api}', volumeMounts: [{ name: models, mountPath: /models }] }]
+  volumes: [{ name: models, image: { reference: IMAGE } }]
+",
+            object: "Pod/api",
+            place: "image volume",
+            name: "models",
+            at: "/spec/volumes/0/image",
+        },
+    );
+}
+
+#[test]
+fn preflight_reports_every_refused_image_of_every_object_at_once() {
+    let manifest = format!(
+        "\
+apiVersion: v1
+kind: Pod
+metadata: {{ name: api }}
+spec:
+  containers: [{{ name: api, image: '${{image:api}}' }}]
+  volumes: [{{ name: models, image: {{ reference: {FOREIGN} }} }}]
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {{ name: api }}
+spec: {{ template: {{ spec: {{ containers: [{{ name: api, image: {FOREIGN} }}] }} }} }}
+"
+    );
+    let (_dir, plan) = fixture(&manifest, "kube-every-problem");
+    let error = render(&plan).expect_err("must refuse");
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    let refused: Vec<String> = problems.iter().map(|p| format!("{} {} {}", p.object, p.place, p.container)).collect();
+    assert_eq!(refused, ["Pod/api image volume models", "Rollout/api container api"]);
+    let text = error.to_string();
+    assert!(text.contains("preflight refused 2 container image(s)"), "{text}");
+    assert!(text.contains("Pod/api image volume `models` uses image"), "{text}");
+}
+
+#[test]
+fn the_namespace_placeholder_is_the_runs_namespace() {
+    let manifest = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: api }
+data: { peers: 'postgres.${namespace}.svc' }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: notification-reader-${namespace} }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: notification-reader }
+subjects: [{ kind: ServiceAccount, name: api, namespace: '${namespace}' }]
+";
+    let (_dir, plan) = fixture(manifest, "kube-namespace-placeholder");
+    let ns = plan.namespace().as_str();
+    let rendered = render(&plan).expect("render");
+    let objects = &rendered.iter().find(|m| m.component == "api").expect("api rendered").objects;
+    assert_eq!(objects[0]["data"]["peers"], json!(format!("postgres.{ns}.svc")));
+    assert_eq!(objects[1]["metadata"]["name"], json!(format!("notification-reader-{ns}")));
+    assert_eq!(objects[1]["subjects"][0]["namespace"], json!(ns));
+}
+
+/// Cluster-scoped objects, built-in and custom (the Widget's definition is in
+/// a later component's manifest than the Widget), beside namespaced ones.
+const SCOPES_API_MANIFEST: &str = "\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: notification-reader-${namespace} }
+rules: [{ apiGroups: [''], resources: [pods], verbs: [get] }]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: notification-reader-${namespace}, labels: { app: api } }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: notification-reader-${namespace} }
+subjects: [{ kind: ServiceAccount, name: api, namespace: '${namespace}' }]
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: widgets.example.com }
+spec:
+  group: example.com
+  scope: Cluster
+  names: { kind: Widget, plural: widgets }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: gadgets.example.com }
+spec:
+  group: example.com
+  scope: Namespaced
+  names: { kind: Gadget, plural: gadgets }
+---
+apiVersion: example.com/v1
+kind: Gadget
+metadata: { name: api }
+---
+apiVersion: other.example.com/v1
+kind: Widget
+metadata: { name: api }
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: api }
+";
+
+#[test]
+fn cluster_scoped_objects_get_no_namespace_and_only_shared_labels() {
+    let (dir, plan) = fixture(SCOPES_API_MANIFEST, "kube-scopes");
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: { name: shared, namespace: default }\n";
+    std::fs::write(dir.path().join("postgres.yaml"), format!("{POSTGRES_MANIFEST}---\n{widget}")).expect("write");
+    let ns = plan.namespace().as_str();
+
+    let rendered = render(&plan).expect("render");
+
+    let objects: Vec<(&str, &Value)> =
+        rendered.iter().flat_map(|m| m.objects.iter().map(move |o| (m.component.as_str(), o))).collect();
+    let placed: Vec<String> = objects
+        .iter()
+        .map(|(_, o)| {
+            let namespace = o["metadata"].get("namespace").and_then(Value::as_str).unwrap_or("-");
+            format!(
+                "{}/{} {namespace}",
+                o["kind"].as_str().expect("kind"),
+                o["metadata"]["name"].as_str().expect("name")
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            format!("StatefulSet/postgres {ns}"),
+            "Widget/shared -".to_owned(),
+            format!("ClusterRole/notification-reader-{ns} -"),
+            format!("ClusterRoleBinding/notification-reader-{ns} -"),
+            "CustomResourceDefinition/widgets.example.com -".to_owned(),
+            "CustomResourceDefinition/gadgets.example.com -".to_owned(),
+            format!("Gadget/api {ns}"),
+            format!("Widget/api {ns}"),
+            format!("ServiceAccount/api {ns}"),
+        ]
+    );
+
+    let user = user_label(plan.namespace());
+    assert_eq!(user, format!("{USER_LABEL_PREFIX}{ns}"));
+    for (component, object) in &objects {
+        let metadata = &object["metadata"];
+        if metadata.get("namespace").is_some() {
+            // Namespaced objects carry exactly the run's labels, full values as annotations.
+            let expected = render::kube_labels(labels::for_component(&plan, component));
+            assert_eq!(metadata["labels"], json!(expected.labels), "{object}");
+            assert_eq!(metadata["annotations"], json!(expected.annotations), "{object}");
+        } else {
+            let mut expected = json!({ labels::MANAGED_BY: "e2e-infra", user.as_str(): component });
+            if object["kind"] == "ClusterRoleBinding" {
+                expected["app"] = json!("api");
+            }
+            assert_eq!(metadata["labels"], expected, "{object}");
+            assert!(metadata.get("annotations").is_none(), "{object}");
+        }
+    }
+}
+
+#[test]
+fn namespace_and_node_objects_are_refused() {
+    for (object, expected) in [
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: { name: extra }\n",
+            "Namespace/extra cannot be applied: a run has exactly one namespace",
+        ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata: { name: worker }\n",
+            "Node/worker cannot be applied: nodes belong to the cluster",
+        ),
+    ] {
+        let (_dir, plan) = fixture(&format!("{API_MANIFEST}---\n{object}"), "kube-refused-kinds");
+        let error = render(&plan).expect_err("must refuse");
+        assert!(matches!(&error, KubeError::InvalidObject { problem, .. } if problem.contains(expected)), "{error}");
+    }
 }
 
 #[tokio::test]
