@@ -3,7 +3,7 @@
 //! containerd on the local engine.
 
 use bollard::query_parameters::TagImageOptions;
-use e2e_infra::load::containerd::{Action, ContainerdError, LoadImage};
+use e2e_infra::load::containerd::{Action, ContainerdError, LoadImage, Node};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::kind_node::{busybox_image, ImageGuard, StandInCluster};
@@ -52,7 +52,14 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
             assert!(listed.iter().any(|r| wanted.image.matches(r)), "{node} lacks {}: {listed:?}", wanted.image);
         }
     }
-    let roles: Vec<&str> = report.nodes.iter().map(|n| n.role.as_str()).collect();
+    let roles: Vec<&str> = report
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Container { role, .. } => Some(role.as_str()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(roles, ["control-plane", "worker", "worker"]);
 
     let again = kind::load(&docker, &cluster.name, &images).await.expect("reload");

@@ -24,4 +24,16 @@ mod audit_e2e {}
 #[e2e_infra(consumer = "reports", needs = ["redis"], backend = "kind")]
 mod reports_e2e {}
 
+#[e2e_infra(
+    consumer = "billing",
+    needs = ["redis"],
+    backend = "kubernetes",
+    context = "local",
+    containerd = "/run/k3s/containerd/containerd.sock",
+)]
+mod billing_e2e {}
+
+#[e2e_infra(consumer = "shared", needs = ["redis"], backend = "kubernetes", registry = "registry.ci.example:5000")]
+mod shared_cluster_e2e {}
+
 fn main() {}

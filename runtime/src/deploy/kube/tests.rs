@@ -733,18 +733,21 @@ fn label_values_are_kept_when_legal_and_hashed_when_not() {
 #[tokio::test]
 async fn deleting_an_absent_namespace_is_not_an_error() {
     let (_dir, plan) = fixture(API_MANIFEST, "kube-delete");
-    let expected_path = format!("/api/v1/namespaces/{}", plan.namespace());
+    let namespace_path = format!("/api/v1/namespaces/{}", plan.namespace());
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
-        let (request, send) = handle.next_request().await.expect("a request");
-        assert_eq!(request.method(), Method::DELETE);
-        assert_eq!(request.uri().path(), expected_path);
-        let status = json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-            "message": "namespace not found"
-        });
-        let body = Body::from(serde_json::to_vec(&status).expect("json"));
-        send.send_response(Response::builder().status(404).body(body).expect("response"));
+        // The pods without a grace period first, then the namespace.
+        for expected in [format!("{namespace_path}/pods"), namespace_path] {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(request.method(), Method::DELETE);
+            assert_eq!(request.uri().path(), expected);
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                "message": "namespace not found"
+            });
+            let body = Body::from(serde_json::to_vec(&status).expect("json"));
+            send.send_response(Response::builder().status(404).body(body).expect("response"));
+        }
     });
     delete_namespace(Client::new(service, "default"), plan.namespace()).await.expect("absent is fine");
     server.await.expect("server");

@@ -1,0 +1,6 @@
+use e2e_infra::e2e_infra;
+
+#[e2e_infra(consumer = "notification", needs = ["datastorage"], backend = "kubernetes", context = "", containerd = "/run/containerd/containerd.sock")]
+mod suite {}
+
+fn main() {}
