@@ -139,7 +139,15 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
                 timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
                 images: serde_json::to_string(&target.images).ok(),
             };
-            kube_backend::deploy(client, plan, &kube_options).await?;
+            let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
+            if let (Err(kube_backend::KubeError::PodFailed(failure)), Some(report)) = (&mut deployed, &report) {
+                if IMAGE_REASONS.contains(&failure.reason.as_str()) {
+                    if let Some(node) = report.nodes.first() {
+                        failure.node_images = Some((node.to_string(), same_repository(&docker, node, &failure.image).await));
+                    }
+                }
+            }
+            deployed?;
             for component in plan.components() {
                 timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
             }
@@ -155,6 +163,19 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         endpoints,
         summary: summary(plan, &timings),
     })
+}
+
+/// Waiting reasons of a container whose image the node cannot give it.
+const IMAGE_REASONS: &[&str] = &["ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"];
+
+/// The references `node` holds of `image`'s repository, to show next to a
+/// pull failure what the node has instead (an earlier tag, another name).
+async fn same_repository(docker: &bollard::Docker, node: &Node, image: &str) -> Vec<String> {
+    let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
+    match containerd::node_images(docker, node).await {
+        Ok(held) => held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect(),
+        Err(error) => vec![format!("(cannot list: {error})")],
+    }
 }
 
 /// Per built component, the slowest node's load time (the whole push for

@@ -15,6 +15,7 @@ pub mod mock;
 mod render;
 mod wait;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -176,8 +177,8 @@ pub enum KubeError {
     /// A container cannot start.
     #[error("{0}")]
     PodFailed(Box<PodFailure>),
-    /// A Job failed.
-    #[error("job `{job}` in namespace `{namespace}` failed: {message}")]
+    /// A Job failed; the components that depend on it were not applied.
+    #[error("job `{job}` in namespace `{namespace}` failed: {message}{}", if logs.trim().is_empty() { String::new() } else { format!("\nlast log lines of its pod:\n{}", logs.trim_end()) })]
     JobFailed {
         /// The namespace.
         namespace: String,
@@ -185,9 +186,11 @@ pub enum KubeError {
         job: String,
         /// The failure condition's reason and message.
         message: String,
+        /// The last log lines of its last pod.
+        logs: String,
     },
     /// Workloads were not ready in time.
-    #[error("namespace `{namespace}` not ready after {}: still waiting for {}{}", humantime::format_duration(*timeout), pending.join(", "), last_watch_error.as_ref().map(|e| format!(" (last watch error: {e})")).unwrap_or_default())]
+    #[error("namespace `{namespace}` not ready after {}: still waiting for {}{}{}", humantime::format_duration(*timeout), pending.join(", "), unready.iter().map(|u| format!("\n  {u}")).collect::<String>(), last_watch_error.as_ref().map(|e| format!("\n(last watch error: {e})")).unwrap_or_default())]
     NotReady {
         /// The namespace.
         namespace: String,
@@ -195,6 +198,8 @@ pub enum KubeError {
         timeout: Duration,
         /// `Kind/name (state)` of each workload not ready.
         pending: Vec<String>,
+        /// Each container not ready, its readiness probe and the probe's last failure.
+        unready: Vec<String>,
         /// The last error of a watch, if any.
         last_watch_error: Option<String>,
     },
@@ -288,27 +293,63 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
 /// ```
 pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Result<KubeStack, KubeError> {
     let rendered = render(plan)?;
+    let deadline = tokio::time::Instant::now() + options.timeout;
     let namespace = plan.namespace().as_str();
     apply_namespace(&client, plan, options.images.as_deref()).await?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut objects = Vec::new();
-    for manifest in &rendered {
-        for object in &manifest.objects {
-            let applied = applied_object(&manifest.component, object);
-            let (group, version) = applied.api_version.split_once('/').unwrap_or(("", &applied.api_version));
-            let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &applied.kind));
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-            api.patch(&applied.name, &params, &Patch::Apply(object)).await.map_err(|source| KubeError::Apply {
-                object: format!("{}/{}", applied.kind, applied.name),
-                file: manifest.file.clone(),
-                namespace: namespace.to_owned(),
-                source,
-            })?;
-            objects.push(applied);
+    // A component's objects go in once every component it depends on is
+    // ready: a migration Job completes before the service that needs the
+    // schema starts, and a failed one stops its dependents from being applied.
+    let with_manifests: BTreeSet<&str> = rendered.iter().map(|m| m.component.as_str()).collect();
+    let mut ready: BTreeSet<&str> = BTreeSet::new();
+    let mut pending: Vec<&str> = plan.components().iter().map(|c| c.name.as_str()).filter(|c| with_manifests.contains(c)).collect();
+    while !pending.is_empty() {
+        let wave: Vec<&str> = pending
+            .iter()
+            .copied()
+            .filter(|name| {
+                plan.component(name).is_some_and(|c| {
+                    c.depends_on.iter().all(|d| ready.contains(d.as_str()) || !with_manifests.contains(d.as_str()))
+                })
+            })
+            .collect();
+        let manifests: Vec<&RenderedManifest> = rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
+        for manifest in &manifests {
+            for object in &manifest.objects {
+                objects.push(apply(&client, manifest, object, namespace).await?);
+            }
+            tracing::info!(component = %manifest.component, file = %manifest.file.display(), "applied");
         }
+        let awaited = wait::workloads(manifests.iter().copied());
+        wait::until_ready(&client, namespace, awaited, deadline, options.timeout).await?;
+        for name in &wave {
+            tracing::info!(component = %name, %namespace, "ready");
+        }
+        ready.extend(wave.iter().copied());
+        pending.retain(|name| !wave.contains(name));
     }
-    wait::until_ready(&client, namespace, wait::workloads(&rendered), options.timeout).await?;
     Ok(KubeStack { namespace: plan.namespace().clone(), objects })
+}
+
+/// Applies one rendered object by server-side apply.
+async fn apply(
+    client: &Client,
+    manifest: &RenderedManifest,
+    object: &Value,
+    namespace: &str,
+) -> Result<AppliedObject, KubeError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = applied_object(&manifest.component, object);
+    let (group, version) = applied.api_version.split_once('/').unwrap_or(("", &applied.api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &applied.kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    api.patch(&applied.name, &params, &Patch::Apply(object)).await.map_err(|source| KubeError::Apply {
+        object: format!("{}/{}", applied.kind, applied.name),
+        file: manifest.file.clone(),
+        namespace: namespace.to_owned(),
+        source,
+    })?;
+    Ok(applied)
 }
 
 /// Deletes the run's namespace and everything in it, and waits until it is

@@ -436,7 +436,7 @@ async fn stream_into<'n>(
     let export = docker.export_image(&wanted.image.to_string());
     let imports = futures::future::join_all(targets.iter().zip(receivers).map(|(node, rx)| async move {
         let imported =
-            run(docker, node, &["images", "import", "--digests", "--snapshotter=overlayfs", "-"], Some(rx)).await;
+            run(docker, node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(rx)).await;
         (*node, imported, started.elapsed())
     }));
     let (pumped, imported) = tokio::join!(fan_out(export, senders), imports);

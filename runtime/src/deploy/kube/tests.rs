@@ -169,6 +169,7 @@ async fn image_pull_back_off_ends_the_wait_at_once_naming_the_image() {
     })];
     // Never ready: only the failing pod can end the wait before the timeout.
     script.watches.remove("deployments");
+    script.watches.remove("statefulsets");
     let (client, seen) = client_and_server(script);
 
     let started = Instant::now();

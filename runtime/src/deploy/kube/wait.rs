@@ -60,6 +60,9 @@ pub struct PodFailure {
     pub events: Vec<String>,
     /// The last log lines of the container (of its previous run after a crash).
     pub logs: String,
+    /// For an image that cannot be had: the references the node holds of
+    /// the same repository (the seed of a build/deploy tag mismatch).
+    pub node_images: Option<(String, Vec<String>)>,
 }
 
 impl fmt::Display for PodFailure {
@@ -81,14 +84,19 @@ impl fmt::Display for PodFailure {
         if !self.logs.trim().is_empty() {
             write!(f, "\nlast log lines:\n{}", self.logs.trim_end())?;
         }
+        if let Some((node, held)) = &self.node_images {
+            let repository = self.image.rsplit_once(':').map_or(self.image.as_str(), |(r, _)| r);
+            let held = if held.is_empty() { "nothing".to_owned() } else { held.join(", ") };
+            write!(f, "\n{node} holds of `{repository}`: {held}")?;
+        }
         Ok(())
     }
 }
 
 /// The Deployments, StatefulSets and Jobs among the rendered objects.
-pub(super) fn workloads(rendered: &[RenderedManifest]) -> Vec<(WorkloadKind, String)> {
+pub(super) fn workloads<'m>(rendered: impl IntoIterator<Item = &'m RenderedManifest>) -> Vec<(WorkloadKind, String)> {
     rendered
-        .iter()
+        .into_iter()
         .flat_map(|m| &m.objects)
         .filter_map(|object| {
             let kind = match object.get("kind").and_then(Value::as_str)? {
@@ -138,11 +146,13 @@ impl Progress {
     }
 }
 
-/// Watches `namespace` until every workload is ready.
+/// Watches `namespace` until every workload is ready, or `deadline` (the
+/// end of the whole `timeout`) passes.
 pub(super) async fn until_ready(
     client: &Client,
     namespace: &str,
     workloads: Vec<(WorkloadKind, String)>,
+    deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<(), KubeError> {
     let mut progress = Progress {
@@ -166,12 +176,13 @@ pub(super) async fn until_ready(
         streams.push(watch(client, namespace).map_ok(|e| Seen::Job(Box::new(e))).boxed());
     }
     let seen = futures::stream::select_all(streams);
-    match tokio::time::timeout(timeout, follow(client, seen, &mut progress)).await {
+    match tokio::time::timeout_at(deadline, follow(client, seen, &mut progress)).await {
         Ok(result) => result,
         Err(_) => Err(KubeError::NotReady {
             namespace: namespace.to_owned(),
             timeout,
             pending: progress.pending(),
+            unready: unready_containers(client, namespace).await,
             last_watch_error: progress.last_watch_error,
         }),
     }
@@ -209,6 +220,7 @@ async fn follow(
                             namespace: progress.namespace.clone(),
                             job: job.name_any(),
                             message,
+                            logs: job_logs(client, &progress.namespace, &job.name_any()).await,
                         });
                     }
                 }
@@ -303,6 +315,7 @@ fn fatal_container(pod: &Pod) -> Option<PodFailure> {
             message: waiting.message.clone().unwrap_or_default(),
             events: Vec::new(),
             logs: String::new(),
+            node_images: None,
         })
     })
 }
@@ -346,4 +359,69 @@ async fn explain(client: &Client, pod: &Pod, mut failure: PodFailure) -> PodFail
         };
     }
     failure
+}
+
+/// The last log lines of the newest pod of `job`.
+async fn job_logs(client: &Client, namespace: &str, job: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = match pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await {
+        Ok(listed) => listed,
+        Err(error) => return format!("(pods of the job unavailable: {error})"),
+    };
+    let Some(newest) = listed.items.iter().max_by_key(|p| p.metadata.creation_timestamp.clone()) else {
+        return String::new();
+    };
+    let params = LogParams { tail_lines: Some(LOG_LINES), ..LogParams::default() };
+    pods.logs(&newest.name_any(), &params).await.unwrap_or_else(|error| format!("(logs unavailable: {error})"))
+}
+
+/// For a timeout: every container that is not ready, with its readiness
+/// probe and the last time the kubelet said why it failed.
+async fn unready_containers(client: &Client, namespace: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let Ok(listed) = pods.list(&ListParams::default()).await else { return Vec::new() };
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
+    let unhealthy = events.list(&ListParams::default().fields("reason=Unhealthy")).await.map(|l| l.items).unwrap_or_default();
+    let mut lines = Vec::new();
+    for pod in &listed.items {
+        let name = pod.name_any();
+        let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
+        for status in statuses.filter(|s| !s.ready) {
+            let probe = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == status.name)
+                .and_then(|c| c.readiness_probe.as_ref())
+                .map_or_else(|| "no readiness probe".to_owned(), describe_probe);
+            let last = unhealthy
+                .iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+                .filter_map(|e| e.message.as_deref())
+                .next_back()
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default();
+            lines.push(format!("pod `{name}` container `{}`: {probe}{last}", status.name));
+        }
+    }
+    lines
+}
+
+fn describe_probe(probe: &k8s_openapi::api::core::v1::Probe) -> String {
+    let port = |p: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString| match p {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
+    };
+    let what = if let Some(http) = &probe.http_get {
+        format!("HTTP GET {}:{}", http.path.as_deref().unwrap_or("/"), port(&http.port))
+    } else if let Some(tcp) = &probe.tcp_socket {
+        format!("TCP {}", port(&tcp.port))
+    } else if let Some(exec) = &probe.exec {
+        format!("exec {:?}", exec.command.clone().unwrap_or_default())
+    } else if let Some(grpc) = &probe.grpc {
+        format!("gRPC {}", grpc.port)
+    } else {
+        "a probe".to_owned()
+    };
+    format!("readiness probe {what} every {}s never passed", probe.period_seconds.unwrap_or(10))
 }
