@@ -218,6 +218,7 @@ pub async fn down(
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
         let namespace = Namespace::of(run_id, consumer);
+        let released = kube_backend::release_shared(&client, &namespace).await?;
         kube_backend::delete_namespace(client, &namespace).await?;
         let nodes = match &target.images {
             ImageTarget::KindNodes { cluster } => kind::nodes(docker, cluster).await?,
@@ -229,6 +230,9 @@ pub async fn down(
             references += containerd::remove_tagged(docker, node, &Tag::of(&namespace)).await?.len();
         }
         let _ = write!(summary, ", namespace {namespace}, {references} image reference(s) on the nodes");
+        if !released.is_empty() {
+            let _ = write!(summary, ", cluster-scoped objects no other run uses: {}", released.join(", "));
+        }
     }
     Ok(summary)
 }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, KubeconfigError};
 use kube::runtime::wait::{await_condition, conditions};
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 use crate::labels;
 use crate::plan::{Namespace, Plan};
 
-pub use render::{label_value, render, ImageProblem, RenderedManifest};
+pub use render::{label_value, render, user_label, ImageProblem, RenderedManifest, USER_LABEL_PREFIX};
 pub use wait::PodFailure;
 
 /// The field manager of every server-side apply.
@@ -43,6 +44,9 @@ pub const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The annotation on a run's namespace recording where its images went, so
 /// that `down` and `clean` can remove them from the nodes later.
 pub const IMAGES_ANNOTATION: &str = "io.e2e-infra.images";
+/// The annotation on a run's namespace listing the cluster-scoped objects
+/// the run uses (`apiVersion/kind/name`, one a line), released with the run.
+pub const CLUSTER_OBJECTS_ANNOTATION: &str = "io.e2e-infra.cluster-objects";
 
 /// Options of [`deploy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +235,24 @@ pub enum KubeError {
         /// The namespace.
         namespace: String,
     },
+    /// A CustomResourceDefinition did not become Established.
+    #[error("CustomResourceDefinition `{name}` is not Established: {problem}")]
+    NotEstablished {
+        /// The definition.
+        name: String,
+        /// What was seen.
+        problem: String,
+    },
+    /// A shared cluster-scoped object could not be released.
+    #[error("releasing {object} of namespace `{namespace}` failed: {source}")]
+    Release {
+        /// `Kind/name`.
+        object: String,
+        /// The run's namespace.
+        namespace: String,
+        /// kube's error.
+        source: kube::Error,
+    },
     /// The run's namespaces could not be listed.
     #[error("listing the namespaces of e2e-infra runs failed: {source}")]
     ListNamespaces {
@@ -295,7 +317,16 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
     let rendered = render(plan)?;
     let deadline = tokio::time::Instant::now() + options.timeout;
     let namespace = plan.namespace().as_str();
-    apply_namespace(&client, plan, options.images.as_deref()).await?;
+    let shared: Vec<String> = rendered
+        .iter()
+        .flat_map(|m| &m.objects)
+        .filter(|o| is_cluster_scoped(o))
+        .map(|o| {
+            let a = applied_object("", o);
+            format!("{}/{}/{}", a.api_version, a.kind, a.name)
+        })
+        .collect();
+    apply_namespace(&client, plan, options.images.as_deref(), &shared).await?;
     let mut objects = Vec::new();
     // A component's objects go in once every component it depends on is
     // ready: a migration Job completes before the service that needs the
@@ -315,8 +346,12 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
             .collect();
         let manifests: Vec<&RenderedManifest> = rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
         for manifest in &manifests {
-            for object in &manifest.objects {
-                objects.push(apply(&client, manifest, object, namespace).await?);
+            // Definitions and cluster-wide RBAC first: the namespaced
+            // objects of the same component may be custom resources of them.
+            let (cluster, namespaced): (Vec<&Value>, Vec<&Value>) =
+                manifest.objects.iter().partition(|o| is_cluster_scoped(o));
+            for object in cluster.into_iter().chain(namespaced) {
+                objects.push(apply(&client, manifest, object, namespace, deadline).await?);
             }
             tracing::info!(component = %manifest.component, file = %manifest.file.display(), "applied");
         }
@@ -331,25 +366,104 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
     Ok(KubeStack { namespace: plan.namespace().clone(), objects })
 }
 
-/// Applies one rendered object by server-side apply.
+/// Applies one rendered object by server-side apply; waits until a
+/// CustomResourceDefinition is Established.
+///
+/// A cluster-scoped object may be shared with other runs (two suites
+/// applying one CRD): each run applies it as a field manager of its own, so
+/// that each owns its own user label and applying it again keeps the
+/// other runs' labels.
 async fn apply(
     client: &Client,
     manifest: &RenderedManifest,
     object: &Value,
     namespace: &str,
+    deadline: tokio::time::Instant,
 ) -> Result<AppliedObject, KubeError> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = applied_object(&manifest.component, object);
     let (group, version) = applied.api_version.split_once('/').unwrap_or(("", &applied.api_version));
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &applied.kind));
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let shared = is_cluster_scoped(object);
+    let (api, manager): (Api<DynamicObject>, String) = if shared {
+        (Api::all_with(client.clone(), &resource), format!("{FIELD_MANAGER}-{namespace}"))
+    } else {
+        (Api::namespaced_with(client.clone(), namespace, &resource), FIELD_MANAGER.to_owned())
+    };
+    let params = PatchParams::apply(&manager).force();
     api.patch(&applied.name, &params, &Patch::Apply(object)).await.map_err(|source| KubeError::Apply {
         object: format!("{}/{}", applied.kind, applied.name),
         file: manifest.file.clone(),
-        namespace: namespace.to_owned(),
+        namespace: if shared { "(cluster-scoped)".to_owned() } else { namespace.to_owned() },
         source,
     })?;
+    if applied.kind == "CustomResourceDefinition" && group == "apiextensions.k8s.io" {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let established = await_condition(crds, &applied.name, conditions::is_crd_established());
+        let problem = match tokio::time::timeout_at(deadline, established).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some("the readiness timeout passed first".to_owned()),
+        };
+        if let Some(problem) = problem {
+            return Err(KubeError::NotEstablished { name: applied.name, problem });
+        }
+    }
     Ok(applied)
+}
+
+/// Render leaves `metadata.namespace` off exactly the cluster-scoped objects.
+fn is_cluster_scoped(object: &Value) -> bool {
+    object.get("metadata").and_then(|m| m.get("namespace")).is_none()
+}
+
+/// Gives up the run's share of the cluster-scoped objects its namespace
+/// lists: removes its user label from each, and deletes each that no other
+/// run's label holds any more. The delete names the object's version, so an
+/// object another run labelled meanwhile stays.
+///
+/// # Errors
+/// [`KubeError::Release`] when the cluster refuses.
+pub async fn release_shared(client: &Client, namespace: &Namespace) -> Result<Vec<String>, KubeError> {
+    let namespaces: Api<KubeNamespace> = Api::all(client.clone());
+    let listed = match namespaces.get_opt(namespace.as_str()).await {
+        Ok(Some(found)) => found.annotations().get(CLUSTER_OBJECTS_ANNOTATION).cloned().unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(source) => {
+            return Err(KubeError::Release { object: "the run's list".to_owned(), namespace: namespace.to_string(), source })
+        }
+    };
+    let label = user_label(namespace);
+    let mut deleted = Vec::new();
+    for line in listed.lines() {
+        let Some((api_version, rest)) = line.rsplit_once('/').and_then(|(head, name)| {
+            head.rsplit_once('/').map(|(api_version, kind)| (api_version.to_owned(), (kind.to_owned(), name.to_owned())))
+        }) else {
+            continue;
+        };
+        let (kind, name) = rest;
+        let failed = |source| KubeError::Release { object: format!("{kind}/{name}"), namespace: namespace.to_string(), source };
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let patch = json!({ "metadata": { "labels": { label.clone(): null } } });
+        let object = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(object) => object,
+            Err(kube::Error::Api(status)) if status.is_not_found() => continue,
+            Err(source) => return Err(failed(source)),
+        };
+        if object.labels().keys().any(|k| k.starts_with(USER_LABEL_PREFIX)) {
+            continue;
+        }
+        let precondition = kube::api::Preconditions { resource_version: object.resource_version(), uid: None };
+        let params = DeleteParams { preconditions: Some(precondition), ..DeleteParams::background() };
+        match api.delete(&name, &params).await {
+            Ok(_) => deleted.push(format!("{kind}/{name}")),
+            // Not found: released by another run; conflict: another run took it meanwhile.
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+            Err(source) => return Err(failed(source)),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Deletes the run's namespace and everything in it, and waits until it is
@@ -424,12 +538,15 @@ pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeErr
         .collect())
 }
 
-async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>) -> Result<(), KubeError> {
+async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>, shared: &[String]) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
     let labels = render::kube_labels(labels::for_run(plan));
     let mut annotations = labels.annotations;
     if let Some(images) = images {
         annotations.insert(IMAGES_ANNOTATION.to_owned(), images.to_owned());
+    }
+    if !shared.is_empty() {
+        annotations.insert(CLUSTER_OBJECTS_ANNOTATION.to_owned(), shared.join("\n"));
     }
     let body = json!({
         "apiVersion": "v1",
