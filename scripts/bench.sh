@@ -5,12 +5,19 @@
 #   scripts/bench.sh --only 1,2 --reps 5 --load-mb 500
 #
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
-# makes sure of both) and cargo-nextest for benchmark 5.
+# makes sure of both), cargo-nextest for benchmark 5, and a cluster for
+# benchmark 6: KUBECONFIG (and E2E_KUBE_CONTEXT) if set, else kube-local,
+# started here and stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/engine.sh --all >/dev/null
+if [[ -z "${KUBECONFIG:-}" ]] && bash scripts/cluster.sh available x; then
+  dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
+  trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+  eval "$(bash scripts/cluster.sh start "$dir")"
+fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in
 # the same target directory.
-exec target/debug/e2e-infra-bench "$@"
+target/debug/e2e-infra-bench "$@"

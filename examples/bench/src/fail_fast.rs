@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use e2e_infra::deploy::kube::mock::{added, client_and_server, deployment, waiting_pod, Script};
-use e2e_infra::deploy::kube::{deploy, KubeError, KubeOptions};
+use e2e_infra::deploy::kube::{connect, delete_namespace, deploy, KubeError, KubeOptions};
 use e2e_infra::{Delivery, Plan};
 use e2e_infra_tests::{plan, Project};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -185,5 +185,92 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
          however early the pull fails, it reports only at its timeout",
         secs(POD_FAILS_AFTER)
     ));
+    Ok(section)
+}
+
+/// The run's namespace, made for the naive way, which applies into an
+/// existing namespace as `kubectl apply -n` does.
+async fn make_namespace(client: &Client, namespace: &str) -> Res<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let body = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } });
+    api.patch(namespace, &PatchParams::apply("naive-suite").force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Benchmark 6: the two cases of benchmark 3 on a real cluster.
+pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section> {
+    let context = std::env::var("E2E_KUBE_CONTEXT").ok();
+    let client = connect(context.as_deref())
+        .await
+        .map_err(|e| format!("benchmark 6 needs a cluster (scripts/bench.sh starts kube-local when it is at hand): {e}"))?;
+    let mut section = Section::new(
+        "6. Failing fast on a real cluster",
+        &format!(
+            "The cases of benchmark 3 on a real Kubernetes v1.36.2 (kube-local: a real API server, controllers, \
+             scheduler and a real kubelet with its own containerd, on this machine). e2e-infra: \
+             `e2e_infra::deploy::kube::deploy`, from its call to its error. Naive way: apply the manifest as \
+             written and wait until the Deployment is available (`kubectl apply` + `kubectl wait`), with a \
+             timeout of {} (measured); the seed's suites waited {} (configured).",
+            secs(naive_timeout),
+            secs(SEED_TIMEOUT)
+        ),
+        &[
+            "case",
+            "e2e-infra",
+            &format!("naive, {} timeout (measured)", secs(naive_timeout)),
+            "ratio (measured)",
+            &format!("naive, {} timeout (configured)", secs(SEED_TIMEOUT)),
+            "ratio (configured)",
+        ],
+    );
+    let options = KubeOptions::with_timeout(naive_timeout);
+    let cases = [
+        (WRONG_IMAGE, "(a) manifest hard-codes `localhost/kubernaut-datastorage:e2e-test-datastorage`: nothing sent, no namespace"),
+        ("${image:datastorage}", "(b) planned image missing from the node: the kubelet's `ErrImageNeverPull`"),
+    ];
+    for (image, case) in cases {
+        let (_project, plan) = fixture(image);
+        let namespace = plan.namespace().clone();
+        let mut ours = Vec::new();
+        for _ in 0..reps {
+            let started = Instant::now();
+            let error = deploy(client.clone(), &plan, &options).await;
+            ours.push(started.elapsed());
+            let expected = match &error {
+                Err(KubeError::Preflight { .. }) => image == WRONG_IMAGE,
+                Err(KubeError::PodFailed(failure)) => failure.reason == "ErrImageNeverPull",
+                _ => false,
+            };
+            delete_namespace(client.clone(), &namespace).await?;
+            if !expected {
+                return Err(format!("{case}: unexpected outcome {error:?}").into());
+            }
+        }
+        // The naive way gets the manifest with the reference it would have deployed.
+        let written = if image == WRONG_IMAGE { WRONG_IMAGE.to_owned() } else { plan.image("datastorage").map(ToString::to_string).unwrap_or_default() };
+        let manifest = MANIFEST.replace("${image:datastorage}", &written);
+        make_namespace(&client, namespace.as_str()).await?;
+        let started = Instant::now();
+        let naive_outcome = naive(client.clone(), namespace.as_str(), &manifest, naive_timeout).await;
+        let naive_took = started.elapsed();
+        delete_namespace(client.clone(), &namespace).await?;
+        match naive_outcome {
+            Err(e) if e.is::<tokio::time::error::Elapsed>() => {}
+            other => return Err(format!("{case}: the naive way did not time out: {other:?}").into()),
+        }
+        section.row(vec![
+            case.to_owned(),
+            median_of(&ours),
+            secs(naive_took),
+            ratio(naive_took, median(&ours)),
+            secs(SEED_TIMEOUT),
+            ratio(SEED_TIMEOUT, median(&ours)),
+        ]);
+    }
+    section.note(
+        "in (b) e2e-infra's time runs from its call: creating the namespace, applying, scheduling, the kubelet's \
+         attempt to start the container, the event, and asking for the pod's events and what the node holds of \
+         the repository to put in the error; each repetition deletes the namespace and waits until it is gone",
+    );
     Ok(section)
 }
