@@ -87,7 +87,9 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// Builds, loads, deploys and waits until ready.
 ///
 /// # Errors
-/// [`StackError`] from the first stage that fails.
+/// [`StackError`] from the first stage that fails. On Kubernetes, the
+/// manifests are rendered and checked ([`kube_backend::render`]) before the
+/// build: a manifest the preflight refuses costs no build and no load.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {
@@ -104,6 +106,11 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         None => Cow::Borrowed(plan),
     };
     let plan = &*plan;
+    if kube.is_some() {
+        // The preflight needs no request: a manifest that cannot be deployed
+        // fails before anything is built or loaded into the nodes.
+        kube_backend::render(plan)?;
+    }
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
     let built: Vec<BuildOutcome> = build::build_all(&docker, plan, &options.build).await?;
     for outcome in &built {

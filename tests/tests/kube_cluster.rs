@@ -1,0 +1,556 @@
+//! The Kubernetes backend on a real cluster: a real kubelet runs the
+//! containers, from its own containerd, into which the stack's images are
+//! loaded (kube-local's real node under `scripts/test.sh`).
+//!
+//! One cluster serves every test at once: each stands up its own run in its
+//! own namespace, and a [`StackGuard`] removes it however the test ends.
+#![cfg(feature = "e2e")]
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
+use e2e_infra::build::{build_all, BuildOptions};
+use e2e_infra::deploy::kube::{deploy, forward, KubeError, KubeOptions, PodFailure};
+use e2e_infra::handle::StackRecord;
+use e2e_infra::plan::RUN_ID_ENV;
+use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
+use e2e_infra::stack::{self, StackError, StackOptions};
+use e2e_infra::suite::error_chain;
+use e2e_infra::{Catalog, Delivery, Plan};
+use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
+use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+
+/// The one component of the test projects, and the name of its objects.
+const APP: &str = "app";
+/// How long a stack may take to be ready, unless the timeout is under test.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// The user a restricted kubeconfig impersonates; it has no rights of its own.
+const RESTRICTED: &str = "e2e-restricted";
+
+/// One test's project and run: component [`APP`], a busybox image, deployed
+/// by the objects the test gives, on the cluster of the environment. What
+/// the run creates is removed when this is dropped.
+struct AppRun {
+    cluster: Cluster,
+    project: Project,
+    plan: Plan,
+    _stack: StackGuard,
+}
+
+impl AppRun {
+    fn new(consumer: &str, objects: &[Value]) -> Self {
+        let cluster = Cluster::from_env();
+        let project = Project::new();
+        project.busybox_context(APP);
+        project.write(&format!("{APP}/Dockerfile"), busybox_dockerfile(""));
+        // JSON is YAML: one document per object.
+        let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
+        project.write("deploy/app.yaml", documents.join("\n---\n"));
+        let catalog = project.catalog(&format!(
+            "[components.{APP}]\nbuild = {{ context = \"{APP}\" }}\n\
+             [components.{APP}.kubernetes]\nmanifests = [\"deploy/app.yaml\"]\n"
+        ));
+        let plan = plan(&catalog, consumer, &[APP], consumer, &Delivery::Local);
+        let stack = StackGuard::of(&plan, cluster.target());
+        Self { cluster, project, plan, _stack: stack }
+    }
+
+    fn namespace(&self) -> &str {
+        self.plan.namespace().as_str()
+    }
+
+    /// The plan's reference of [`APP`].
+    fn image(&self) -> String {
+        self.plan.image(APP).expect("planned").to_string()
+    }
+
+    /// `stack::up` on the cluster, waiting `timeout` for readiness.
+    async fn up(&self, timeout: Duration) -> Result<StackRecord, StackError> {
+        self.up_on(self.cluster.backend(), timeout).await
+    }
+
+    async fn up_on(&self, backend: Backend, timeout: Duration) -> Result<StackRecord, StackError> {
+        let options = StackOptions { backend, ready_timeout: Some(timeout), ..StackOptions::default() };
+        stack::up(&self.plan, &options).await
+    }
+
+    /// `e2e-infra up` of [`APP`] on `cluster`, with `env` added, as this
+    /// run and consumer: the stack it stands up is this run's.
+    async fn cli_up(&self, cluster: &Cluster, env: &[(&str, &OsStr)]) -> (Output, Duration) {
+        let catalog = self.project.path().join("e2e-infra.toml");
+        let socket = cluster.socket.display().to_string();
+        let mut args = vec!["--config", path_str(&catalog), "up", "--consumer", self.plan.consumer().as_str()];
+        args.extend(["--needs", APP, "--containerd", &socket]);
+        let flags = cluster.context_flags();
+        args.extend(flags.iter().map(String::as_str));
+        let mut env = env.to_vec();
+        env.push((RUN_ID_ENV, OsStr::new(self.plan.run().as_str())));
+        cli(self.project.path(), &args, &env).await
+    }
+
+    /// Asserts that nothing of the run reached the cluster: no namespace, no
+    /// image reference of its tag on the node.
+    async fn assert_nothing_deployed(&self) {
+        assert!(!self.cluster.has_namespace(self.namespace()).await, "namespace {} was created", self.namespace());
+        let docker = engine(None).await;
+        let loaded = self.cluster.node_references(&docker, self.plan.tag().as_str()).await;
+        assert!(loaded.is_empty(), "loaded into the node: {loaded:?}");
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// A container of the app image running `script` with busybox's `sh`.
+fn container(script: &str) -> Value {
+    json!({ "name": APP, "image": format!("${{image:{APP}}}"), "command": ["/bin/sh", "-c", script] })
+}
+
+/// A container that runs until it is stopped.
+fn sleeper() -> Value {
+    container("exec /bin/sleep 3600")
+}
+
+/// A Deployment of one pod running `container`.
+fn deployment(container: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": APP },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": APP } },
+            "template": {
+                "metadata": { "labels": { "app": APP } },
+                "spec": { "terminationGracePeriodSeconds": 0, "containers": [container] },
+            },
+        },
+    })
+}
+
+/// A Job `name` whose one pod runs `container`, never retried.
+fn job(name: &str, container: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": { "name": name },
+        "spec": {
+            "backoffLimit": 0,
+            "template": { "spec": { "restartPolicy": "Never", "containers": [container] } },
+        },
+    })
+}
+
+/// The error of an `up` that had to fail.
+fn stack_error(result: Result<StackRecord, StackError>) -> StackError {
+    match result {
+        Ok(record) => panic!("the stack came up but had to fail:\n{}", record.summary),
+        Err(error) => {
+            eprintln!("{}", error_chain(&error));
+            error
+        }
+    }
+}
+
+/// The Kubernetes error of an `up` that had to fail there.
+fn kube_error(result: Result<StackRecord, StackError>) -> KubeError {
+    match stack_error(result) {
+        StackError::Kube(error) => error,
+        other => panic!("expected a Kubernetes error, got: {}", error_chain(&other)),
+    }
+}
+
+/// The containerd error of an `up` that had to fail there.
+fn containerd_error(result: Result<StackRecord, StackError>) -> ContainerdError {
+    match stack_error(result) {
+        StackError::Containerd(error) => error,
+        other => panic!("expected a containerd error, got: {}", error_chain(&other)),
+    }
+}
+
+fn pod_failure(error: KubeError) -> PodFailure {
+    match error {
+        KubeError::PodFailed(failure) => *failure,
+        other => panic!("expected a pod failure, got: {}", error_chain(&other)),
+    }
+}
+
+/// Asserts that `failure` names the app's pod, container and image.
+fn assert_names_the_app(failure: &PodFailure, run: &AppRun) {
+    assert_eq!(failure.namespace, run.namespace(), "{failure}");
+    assert!(failure.pod.starts_with(&format!("{APP}-")), "{failure}");
+    assert_eq!(failure.container, APP, "{failure}");
+    assert_eq!(failure.image, run.image(), "{failure}");
+}
+
+/// A 403 from the API server.
+fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
+}
+
+/// The API server's words for a `patch` that RBAC refuses.
+fn refused(user: &str, resource: &str, group: &str, namespace: &str) -> String {
+    format!(r#"User "{user}" cannot patch resource "{resource}" in API group "{group}" in the namespace "{namespace}""#)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn the_notification_example_runs_on_the_real_node() {
+    let cluster = Cluster::from_env();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
+    assert!(example.join("images/stand-ins").is_file(), "run scripts/stand-ins.sh first: the example's images need it");
+    let catalog = Catalog::load(&example.join("e2e-infra.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let plan = plan(&catalog, "kube-example", &["datastorage"], "kube-example", &Delivery::Local);
+    let _stack = StackGuard::of(&plan, cluster.target());
+
+    let options =
+        StackOptions { backend: cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
+    let record = stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    for component in plan.components() {
+        // component, image, build, load, ready, cache
+        let mut rows = record.summary.lines().map(|l| l.split_whitespace().collect::<Vec<_>>());
+        let load = rows.find(|r| r[0] == component.name).and_then(|r| r.get(3).copied()).unwrap_or("-");
+        assert!(load.ends_with('s'), "no load time for {}:\n{}", component.name, record.summary);
+    }
+    let target = forward::Target {
+        context: cluster.context.clone(),
+        namespace: plan.namespace().to_string(),
+        service: "datastorage".to_owned(),
+        port: 8080,
+    };
+    let datastorage = forward::start(target).unwrap_or_else(|e| panic!("{e}"));
+    let (status, body) = http_get(datastorage, "/readyz").await.expect("GET /readyz through the port-forward");
+    assert_eq!(status, 200, "{body}");
+
+    let docker = engine(None).await;
+    let removed = stack::down(&docker, &record.run_id, &record.consumer, Some(&cluster.target()))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert!(removed.contains(&format!("{} image reference(s)", plan.components().len())), "{removed}");
+    assert!(!cluster.has_namespace(plan.namespace().as_str()).await, "namespace {} is still there", plan.namespace());
+    assert_eq!(cluster.node_references(&docker, plan.tag().as_str()).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_hard_coded_image_is_refused_before_any_request() {
+    let hard_coded = "localhost/kubernaut-datastorage:e2e-test-datastorage";
+    let run = AppRun::new("kube-preflight", &[deployment(json!({ "name": "datastorage", "image": hard_coded }))]);
+
+    let error = kube_error(run.up(READY_WITHIN).await);
+    let KubeError::Preflight { problems, planned } = &error else { panic!("expected the preflight, got: {error}") };
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!((problems[0].object.as_str(), problems[0].container.as_str()), ("Deployment/app", "datastorage"));
+    assert_eq!(problems[0].image, hard_coded);
+    assert_eq!(planned, &[format!("{} (${{image:{APP}}})", run.image())]);
+    run.assert_nothing_deployed().await;
+    // Nothing was built either: a manifest that cannot deploy costs no build.
+    let docker = engine(None).await;
+    assert!(docker.inspect_image(&run.image()).await.is_err(), "{} was built", run.image());
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_planned_image_missing_from_the_node_is_err_image_never_pull() {
+    let run = AppRun::new("kube-never-pull", &[deployment(sleeper())]);
+    let docker = engine(None).await;
+    let built = build_all(&docker, &run.plan, &BuildOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let images: Vec<LoadImage> =
+        built.into_iter().map(|b| LoadImage { image: b.image, image_id: b.image_id }).collect();
+    containerd::load(&docker, &[run.cluster.node()], &images).await.unwrap_or_else(|e| panic!("{e}"));
+    // Gone between the load and the deploy (a cleanup, a node's image GC).
+    run.cluster.remove_from_node(&run.image());
+
+    let client = run.cluster.client().await;
+    let result = deploy(client.clone(), &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await;
+    let failed_at = SystemTime::now();
+    let failure = pod_failure(result.expect_err("the image is not on the node"));
+    eprintln!("{failure}");
+    assert_eq!(failure.reason, "ErrImageNeverPull", "{failure}");
+    assert_names_the_app(&failure, &run);
+    let kubelet_says = "is not present with pull policy of Never";
+    assert!(failure.events.iter().any(|e| e.contains(kubelet_says)), "{failure}");
+
+    // The failure is reported as the kubelet reports it, not at a later poll.
+    let events: Api<Event> = Api::namespaced(client, run.namespace());
+    let selector = format!("involvedObject.name={}", failure.pod);
+    let listed = events.list(&ListParams::default().fields(&selector)).await.expect("listing the pod's events");
+    let event = listed
+        .items
+        .iter()
+        .find(|e| e.message.as_deref().is_some_and(|m| m.contains(kubelet_says)))
+        .expect("the kubelet's event");
+    let seen = event.first_timestamp.as_ref().map(|t| t.0).or(event.event_time.as_ref().map(|t| t.0));
+    let seen = seen.expect("the event's time").as_millisecond() as f64 / 1000.0;
+    let failed_at = failed_at.duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    let after = failed_at - seen;
+    eprintln!("reported {after:.1} s after the event's second");
+    // 2 s, plus 1 s for the event's time being rounded down to the second.
+    assert!((0.0..3.0).contains(&after), "reported {after:.1} s after the event's second");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_crashing_container_is_crash_loop_back_off_with_its_logs() {
+    let last_words = unique("crashing-for-good");
+    let mut crashing = container(&format!("echo starting; echo {last_words}; exit 3"));
+    // Without a probe a container is ready as soon as it starts, which can be
+    // before it exits: the Deployment would count as available.
+    crashing["readinessProbe"] = json!({ "exec": { "command": ["/bin/true"] }, "initialDelaySeconds": 5 });
+    let run = AppRun::new("kube-crash", &[deployment(crashing)]);
+
+    let failure = pod_failure(kube_error(run.up(READY_WITHIN).await));
+    assert_eq!(failure.reason, "CrashLoopBackOff", "{failure}");
+    assert_names_the_app(&failure, &run);
+    assert_eq!(failure.logs.lines().last(), Some(last_words.as_str()), "{failure}");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_failing_migration_job_reports_and_stops() {
+    let run = AppRun::new("kube-job", &[job("migrate", container("echo the schema is broken; exit 1"))]);
+
+    let started = Instant::now();
+    let error = kube_error(run.up(READY_WITHIN).await);
+    let KubeError::JobFailed { namespace, job, message } = &error else {
+        panic!("expected a failed job, got: {error}")
+    };
+    assert_eq!((namespace.as_str(), job.as_str()), (run.namespace(), "migrate"));
+    assert!(message.contains("BackoffLimitExceeded"), "{message}");
+    assert!(started.elapsed() < READY_WITHIN, "the failure waited for the timeout");
+    // backoffLimit 0: the one failed pod is all there is.
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client().await, run.namespace());
+    let listed = pods.list(&ListParams::default().labels("job-name=migrate")).await.expect("listing the job's pods");
+    assert_eq!(listed.items.len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_readiness_probe_that_never_passes_names_the_timeout() {
+    let mut never_ready = sleeper();
+    never_ready["readinessProbe"] = json!({ "exec": { "command": ["/bin/false"] }, "periodSeconds": 1 });
+    let run = AppRun::new("kube-not-ready", &[deployment(never_ready)]);
+    let timeout = Duration::from_secs(15);
+
+    let error = kube_error(run.up(timeout).await);
+    let KubeError::NotReady { namespace, timeout: waited, pending, .. } = &error else {
+        panic!("expected not ready, got: {error}")
+    };
+    assert_eq!((namespace.as_str(), *waited), (run.namespace(), timeout));
+    assert_eq!(pending, &["Deployment/app (0/1 available)"]);
+    let message = error.to_string();
+    assert!(message.contains("not ready after 15s") && message.contains("Deployment/app"), "{message}");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_missing_kubeconfig_is_named() {
+    let run = AppRun::new("kube-no-kubeconfig", &[deployment(sleeper())]);
+    let missing = run.project.path().join("no-such-kubeconfig");
+
+    let (output, _) = run.cli_up(&run.cluster, &[("KUBECONFIG", missing.as_os_str())]).await;
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains(&format!("KUBECONFIG={}", missing.display())), "{message}");
+    run.assert_nothing_deployed().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn an_unknown_context_is_named() {
+    let run = AppRun::new("kube-no-context", &[deployment(sleeper())]);
+    let unknown = unique("no-such-context");
+    let elsewhere = Cluster { context: Some(unknown.clone()), ..run.cluster.clone() };
+
+    let error = kube_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
+    assert!(matches!(error, KubeError::Kubeconfig { .. }), "{error}");
+    assert!(error.to_string().contains(&format!("context `{unknown}`")), "{error}");
+    run.assert_nothing_deployed().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_dead_api_server_fails_within_5_s() {
+    let run = AppRun::new("kube-dead-server", &[deployment(sleeper())]);
+    // Nothing listens on a port just released.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    // A listener that accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+    let silent_addr = silent.local_addr().expect("address");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+
+    let run = &run;
+    let attempts = [refusing, silent_addr].map(|server| async move {
+        let kubeconfig = run.cluster.kubeconfig_with_server(&format!("https://{server}"));
+        let cluster = Cluster { context: Some(kubeconfig.context.clone()), ..run.cluster.clone() };
+        let (output, took) = run.cli_up(&cluster, &[("KUBECONFIG", kubeconfig.path.as_os_str())]).await;
+        (server, kubeconfig.context, output, took)
+    });
+    for (server, context, output, took) in futures::future::join_all(attempts).await {
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        let named = message.contains(&format!("context `{context}`")) && message.contains(&server.to_string());
+        assert!(named, "{message}");
+        assert!(took < Duration::from_secs(6), "{server}: failed after {took:.1?}");
+    }
+    holder.abort();
+    run.assert_nothing_deployed().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_forbidden_verb_names_verb_resource_and_namespace() {
+    let run = AppRun::new("kube-forbidden", &[deployment(sleeper())]);
+    let restricted = run.cluster.kubeconfig_impersonating(RESTRICTED).client().await;
+    let options = KubeOptions::with_timeout(READY_WITHIN);
+
+    // No rights at all: the run's namespace is refused (a namespace is
+    // authorized as an object in itself).
+    let error = deploy(restricted.clone(), &run.plan, &options).await.expect_err("the user may do nothing");
+    assert!(matches!(&error, KubeError::Namespace { source, .. } if is_forbidden(source)), "{error}");
+    assert!(error.to_string().contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
+
+    // The right to its namespace only: the Deployment is refused in there.
+    let admin = run.cluster.client().await;
+    let grant = unique(RESTRICTED);
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin);
+    let role = json!({
+        "metadata": { "name": grant },
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["namespaces"],
+            "resourceNames": [run.namespace()],
+            "verbs": ["create", "get", "patch"],
+        }],
+    });
+    let binding = json!({
+        "metadata": { "name": grant },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED }],
+    });
+    let granted = async {
+        let post = PostParams::default();
+        roles.create(&post, &serde_json::from_value(role)?).await?;
+        bindings.create(&post, &serde_json::from_value(binding)?).await?;
+        let error = deploy(restricted, &run.plan, &options).await.expect_err("deployments are not granted");
+        let KubeError::Apply { object, namespace, source, .. } = &error else {
+            panic!("expected a refused apply, got: {error}")
+        };
+        assert!(is_forbidden(source), "{error}");
+        assert_eq!((object.as_str(), namespace.as_str()), ("Deployment/app", run.namespace()));
+        let message = error.to_string();
+        assert!(message.contains(&refused(RESTRICTED, "deployments", "apps", run.namespace())), "{message}");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    };
+    let revoke = async {
+        let _ = bindings.delete(&grant, &DeleteParams::default()).await;
+        let _ = roles.delete(&grant, &DeleteParams::default()).await;
+    };
+    clean_up_after(granted, revoke).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_missing_containerd_socket_is_named() {
+    let run = AppRun::new("kube-no-socket", &[deployment(sleeper())]);
+    let missing = run.project.path().join("containerd.sock");
+    let elsewhere = Cluster { socket: missing.clone(), ..run.cluster.clone() };
+
+    let error = containerd_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
+    assert!(matches!(&error, ContainerdError::NoSocket { path } if *path == missing), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(path_str(&missing)) && message.contains(CONTAINERD_SOCKET_ENV), "{message}");
+    run.assert_nothing_deployed().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn an_unwritable_containerd_socket_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let run = AppRun::new("kube-closed-socket", &[deployment(sleeper())]);
+    let mut socket = run.project.path().join("containerd.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("binding a socket");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // Root connects whatever the mode says; a regular file where the
+        // socket should be refuses every user.
+        eprintln!("this user connects to a socket of mode 000 (root does): a regular file stands in for it");
+        socket = run.project.write("not-a-socket", "");
+    }
+    let elsewhere = Cluster { socket: socket.clone(), ..run.cluster.clone() };
+
+    let error = containerd_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
+    assert!(matches!(&error, ContainerdError::Socket { path, .. } if *path == socket), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(&format!("cannot connect to containerd socket `{}`", socket.display())), "{message}");
+    run.assert_nothing_deployed().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
+    let run = AppRun::new("kube-cli", &[deployment(sleeper())]);
+    let (consumer, run_id, tag) = (run.plan.consumer().as_str(), run.plan.run().as_str(), run.plan.tag().as_str());
+    let docker = engine(None).await;
+
+    let (up, _) = run.cli_up(&run.cluster, &[]).await;
+    assert!(up.status.success(), "{}", stderr(&up));
+    let printed = stdout(&up);
+    assert!(printed.contains(&format!("`{consumer}` ready, tag {tag}")), "{printed}");
+    let take_down = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("take it down with: e2e-infra "))
+        .expect("the take-down command")
+        .to_owned();
+    let take_down: Vec<&str> = take_down.split_whitespace().collect();
+    assert!(run.cluster.has_namespace(run.namespace()).await);
+    assert_eq!(run.cluster.node_references(&docker, tag).await, [run.image()]);
+
+    let mut status = vec!["status"];
+    let flags = run.cluster.context_flags();
+    status.extend(flags.iter().map(String::as_str));
+    let (listed, _) = cli(run.project.path(), &status, &[]).await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listed = stdout(&listed);
+    let line = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(consumer) && l.contains(run_id))
+        .unwrap_or_else(|| panic!("{consumer} is not listed:\n{listed}"));
+    assert!(line.contains(" manual ") && line.contains(&format!("namespace: {}", run.namespace())), "{line}");
+
+    let (down, _) = cli(run.project.path(), &take_down, &[]).await;
+    assert!(down.status.success(), "{}", stderr(&down));
+    let removed = stdout(&down);
+    assert!(removed.contains(&format!("namespace {}, 1 image reference(s)", run.namespace())), "{removed}");
+    assert!(!run.cluster.has_namespace(run.namespace()).await, "namespace {} is still there", run.namespace());
+    assert_eq!(run.cluster.node_references(&docker, tag).await, Vec::<String>::new());
+
+    let (again, _) = cli(run.project.path(), &take_down, &[]).await;
+    assert!(!again.status.success());
+    let message = stderr(&again);
+    assert!(message.contains(&format!("no stack of consumer `{consumer}` and run `{run_id}`")), "{message}");
+}
