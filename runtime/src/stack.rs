@@ -147,12 +147,8 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
                 images: serde_json::to_string(&target.images).ok(),
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
-            if let (Err(kube_backend::KubeError::PodFailed(failure)), Some(report)) = (&mut deployed, &report) {
-                if IMAGE_REASONS.contains(&failure.reason.as_str()) {
-                    if let Some(node) = report.nodes.first() {
-                        failure.node_images = Some((node.to_string(), same_repository(&docker, node, &failure.image).await));
-                    }
-                }
+            if let (Err(error), Some(report)) = (&mut deployed, &report) {
+                explain_pull_failure(&docker, &report.nodes, error).await;
             }
             deployed?;
             for component in plan.components() {
@@ -175,14 +171,21 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
 /// Waiting reasons of a container whose image the node cannot give it.
 const IMAGE_REASONS: &[&str] = &["ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff"];
 
-/// The references `node` holds of `image`'s repository, to show next to a
-/// pull failure what the node has instead (an earlier tag, another name).
-async fn same_repository(docker: &bollard::Docker, node: &Node, image: &str) -> Vec<String> {
-    let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
-    match containerd::node_images(docker, node).await {
+/// Adds to a container that cannot get its image what the first of
+/// `nodes` holds of the image's repository: an earlier tag, the cache, or
+/// nothing. That is the fact that settles a build/deploy tag mismatch.
+pub async fn explain_pull_failure(docker: &bollard::Docker, nodes: &[Node], error: &mut kube_backend::KubeError) {
+    let kube_backend::KubeError::PodFailed(failure) = error else { return };
+    let Some(node) = nodes.first() else { return };
+    if !IMAGE_REASONS.contains(&failure.reason.as_str()) {
+        return;
+    }
+    let repository = failure.image.rsplit_once(':').map_or(failure.image.as_str(), |(r, _)| r).to_owned();
+    let held = match containerd::node_images(docker, node).await {
         Ok(held) => held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect(),
         Err(error) => vec![format!("(cannot list: {error})")],
-    }
+    };
+    failure.node_images = Some((node.to_string(), held));
 }
 
 /// Per built component, the slowest node's load time (the whole push for

@@ -17,11 +17,12 @@ use e2e_infra::deploy::kube::{deploy, forward, KubeError, KubeOptions, PodFailur
 use e2e_infra::handle::StackRecord;
 use e2e_infra::plan::RUN_ID_ENV;
 use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
-use e2e_infra::stack::{self, StackError, StackOptions};
+use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::suite::error_chain;
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -30,6 +31,8 @@ use serde_json::{json, Value};
 
 /// The one component of the test projects, and the name of its objects.
 const APP: &str = "app";
+/// A component that depends on [`APP`].
+const DEPENDENT: &str = "dependent";
 /// How long a stack may take to be ready, unless the timeout is under test.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// The user a restricted kubeconfig impersonates; it has no rights of its own.
@@ -47,18 +50,34 @@ struct AppRun {
 
 impl AppRun {
     fn new(consumer: &str, objects: &[Value]) -> Self {
+        Self::with_dependent(consumer, objects, &[])
+    }
+
+    /// As [`AppRun::new`], plus, when `dependent` has objects, a component
+    /// [`DEPENDENT`] built like [`APP`] that depends on it.
+    fn with_dependent(consumer: &str, objects: &[Value], dependent: &[Value]) -> Self {
         let cluster = Cluster::from_env();
         let project = Project::new();
         project.busybox_context(APP);
         project.write(&format!("{APP}/Dockerfile"), busybox_dockerfile(""));
         // JSON is YAML: one document per object.
-        let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
-        project.write("deploy/app.yaml", documents.join("\n---\n"));
-        let catalog = project.catalog(&format!(
+        let yaml = |objects: &[Value]| objects.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n");
+        project.write("deploy/app.yaml", yaml(objects));
+        let mut catalog = format!(
             "[components.{APP}]\nbuild = {{ context = \"{APP}\" }}\n\
              [components.{APP}.kubernetes]\nmanifests = [\"deploy/app.yaml\"]\n"
-        ));
-        let plan = plan(&catalog, consumer, &[APP], consumer, &Delivery::Local);
+        );
+        let mut needs = APP;
+        if !dependent.is_empty() {
+            project.write("deploy/dependent.yaml", yaml(dependent));
+            catalog.push_str(&format!(
+                "[components.{DEPENDENT}]\nbuild = {{ context = \"{APP}\" }}\ndepends_on = [\"{APP}\"]\n\
+                 [components.{DEPENDENT}.kubernetes]\nmanifests = [\"deploy/dependent.yaml\"]\n"
+            ));
+            needs = DEPENDENT;
+        }
+        let catalog = project.catalog(&catalog);
+        let plan = plan(&catalog, consumer, &[needs], consumer, &Delivery::Local);
         let stack = StackGuard::of(&plan, cluster.target());
         Self { cluster, project, plan, _stack: stack }
     }
@@ -281,7 +300,15 @@ async fn a_planned_image_missing_from_the_node_is_err_image_never_pull() {
     let client = run.cluster.client().await;
     let result = deploy(client.clone(), &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await;
     let failed_at = SystemTime::now();
-    let failure = pod_failure(result.expect_err("the image is not on the node"));
+    let mut error = result.expect_err("the image is not on the node");
+    // What `stack::up` adds: what the node holds of the repository instead.
+    explain_pull_failure(&docker, &[run.cluster.node()], &mut error).await;
+    let failure = pod_failure(error);
+    let (node, held) = failure.node_images.clone().expect("what the node holds");
+    assert_eq!(node, run.cluster.node().to_string());
+    let repository = run.image().rsplit_once(':').map(|(r, _)| r.to_owned()).expect("a tag");
+    assert!(!held.contains(&run.image()) && held.iter().all(|r| r.starts_with(&repository)), "{held:?}");
+    assert!(failure.to_string().contains(&format!("holds of `{repository}`")), "{failure}");
     eprintln!("{failure}");
     assert_eq!(failure.reason, "ErrImageNeverPull", "{failure}");
     assert_names_the_app(&failure, &run);
@@ -325,20 +352,32 @@ async fn a_crashing_container_is_crash_loop_back_off_with_its_logs() {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_failing_migration_job_reports_and_stops() {
-    let run = AppRun::new("kube-job", &[job("migrate", container("echo the schema is broken; exit 1"))]);
+    let last_words = unique("the-schema-is-broken");
+    let migration = job("migrate", container(&format!("echo migrating; echo {last_words}; exit 1")));
+    let mut service = container("exec /bin/sleep 3600");
+    service["name"] = json!(DEPENDENT);
+    service["image"] = json!(format!("${{image:{DEPENDENT}}}"));
+    let mut dependent = deployment(service);
+    dependent["metadata"]["name"] = json!(DEPENDENT);
+    let run = AppRun::with_dependent("kube-job", &[migration], &[dependent]);
 
     let started = Instant::now();
     let error = kube_error(run.up(READY_WITHIN).await);
-    let KubeError::JobFailed { namespace, job, message } = &error else {
+    let KubeError::JobFailed { namespace, job, message, logs } = &error else {
         panic!("expected a failed job, got: {error}")
     };
     assert_eq!((namespace.as_str(), job.as_str()), (run.namespace(), "migrate"));
     assert!(message.contains("BackoffLimitExceeded"), "{message}");
+    assert_eq!(logs.lines().last(), Some(last_words.as_str()), "{error}");
     assert!(started.elapsed() < READY_WITHIN, "the failure waited for the timeout");
+    let client = run.cluster.client().await;
     // backoffLimit 0: the one failed pod is all there is.
-    let pods: Api<Pod> = Api::namespaced(run.cluster.client().await, run.namespace());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), run.namespace());
     let listed = pods.list(&ListParams::default().labels("job-name=migrate")).await.expect("listing the job's pods");
     assert_eq!(listed.items.len(), 1);
+    // What depends on the migration was never applied.
+    let deployments: Api<Deployment> = Api::namespaced(client, run.namespace());
+    assert!(deployments.get_opt(DEPENDENT).await.expect("get").is_none(), "the dependent was applied");
 }
 
 #[tokio::test]
@@ -357,6 +396,9 @@ async fn a_readiness_probe_that_never_passes_names_the_timeout() {
     assert_eq!(pending, &["Deployment/app (0/1 available)"]);
     let message = error.to_string();
     assert!(message.contains("not ready after 15s") && message.contains("Deployment/app"), "{message}");
+    // The probe, and the kubelet's word on why it fails.
+    assert!(message.contains("readiness probe exec [\"/bin/false\"]"), "{message}");
+    assert!(message.contains("Readiness probe failed"), "{message}");
 }
 
 #[tokio::test]

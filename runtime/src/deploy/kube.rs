@@ -283,8 +283,14 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| KubeError::Client { context: described.clone(), source })?;
     let unreachable = |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
+    let started = std::time::Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
+        // The client's own connect timeout ends a server that accepts but
+        // never answers: say so rather than only "client error (Connect)".
+        Ok(Err(error)) if started.elapsed() >= CONNECT_TIMEOUT.saturating_sub(Duration::from_millis(200)) => Err(
+            unreachable(format!("no answer within {} ({error})", humantime::format_duration(CONNECT_TIMEOUT))),
+        ),
         Ok(Err(error)) => Err(unreachable(error.to_string())),
         Err(_) => Err(unreachable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT)))),
     }
