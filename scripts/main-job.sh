@@ -32,18 +32,21 @@ cargo test -p notification-e2e --features e2e -- --nocapture
 
 if [[ "${1:-}" == "--kube-local" ]]; then
   # Teardown runs in a process of its own once cargo has exited; the run is
-  # over when the cluster holds nothing of it.
+  # over when the cluster holds nothing of it: no namespace, and no image
+  # reference of its tag on the node.
   cargo build --quiet -p e2e-infra --bin e2e-infra
+  leftovers() {
+    target/debug/e2e-infra status --context "$E2E_INFRA_KUBE_CONTEXT" 2>&1 | grep '^notification ' || true
+    ctr -a "$E2E_CONTAINERD_SOCKET" -n k8s.io images ls -q | grep -E '^localhost/.*:notification-' || true
+  }
   for _ in $(seq 1 240); do
-    status=$(target/debug/e2e-infra status --context "$E2E_INFRA_KUBE_CONTEXT" 2>/dev/null || true)
-    grep -q '^notification ' <<<"$status" || break
+    left=$(leftovers)
+    [[ -z "$left" ]] && break
     sleep 0.5
   done
-  echo "$status"
-  left=$(ctr -a "$E2E_CONTAINERD_SOCKET" -n k8s.io images ls -q | grep -E '^localhost/.*:notification-' || true)
-  if grep -q '^notification ' <<<"$status" || [[ -n "$left" ]]; then
-    echo "main-job: the run left something on the cluster:" >&2
-    echo "$status" "$left" >&2
+  if [[ -n "$left" ]]; then
+    echo "main-job: 120 s after the run, it has left on the cluster:" >&2
+    echo "$left" >&2
     exit 1
   fi
   echo "main-job: teardown left nothing of the run: no namespace, no image reference of its tag on the node"

@@ -15,7 +15,7 @@ use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::deploy::kube::{deploy, forward, KubeError, KubeOptions, PodFailure};
 use e2e_infra::handle::StackRecord;
-use e2e_infra::plan::RUN_ID_ENV;
+use e2e_infra::plan::{Launcher, RunId, RUN_ID_ENV};
 use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::suite::error_chain;
@@ -595,4 +595,41 @@ async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
     assert!(!again.status.success());
     let message = stderr(&again);
     assert!(message.contains(&format!("no stack of consumer `{consumer}` and run `{run_id}`")), "{message}");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn clean_removes_the_stack_of_a_run_whose_launcher_is_gone() {
+    let run = AppRun::new("kube-clean", &[deployment(sleeper())]);
+    // The same stack, owned by a launcher that has exited.
+    let mut exited = std::process::Command::new("true").spawn().expect("spawning `true`");
+    let pid = exited.id();
+    exited.wait().expect("waiting for `true`");
+    let dead = Launcher { pid, start_ticks: 0 };
+    let catalog = Catalog::load(&run.project.path().join("e2e-infra.toml")).expect("catalog");
+    let owned = RunId::explicit(&unique("kube-clean"), Some(dead)).expect("run id");
+    let plan = Plan::new(&catalog, "kube-clean", &[APP], owned, &Delivery::Local).expect("plan");
+    let _stack = StackGuard::of(&plan, run.cluster.target());
+    let options = StackOptions { backend: run.cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
+    stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let (namespace, tag) = (plan.namespace().as_str(), plan.tag().as_str());
+    let docker = engine(None).await;
+
+    let flags = run.cluster.context_flags();
+    let with_cluster = |command: &'static str| {
+        let mut args = vec![command];
+        args.extend(flags.iter().map(String::as_str));
+        args
+    };
+    let (listed, _) = cli(run.project.path(), &with_cluster("status"), &[]).await;
+    let listed = stdout(&listed);
+    let line = listed.lines().find(|l| l.contains(plan.run().as_str())).unwrap_or_else(|| panic!("not listed:\n{listed}"));
+    assert!(line.contains(" dead ") && line.contains(namespace), "{line}");
+
+    let (cleaned, _) = cli(run.project.path(), &with_cluster("clean"), &[]).await;
+    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+    let removed = stdout(&cleaned);
+    assert!(removed.contains(&format!("removed kube-clean run {}", plan.run())), "{removed}");
+    assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
+    assert_eq!(run.cluster.node_references(&docker, tag).await, Vec::<String>::new());
 }
