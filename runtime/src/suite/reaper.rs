@@ -8,7 +8,6 @@
 //! killed with SIGKILL stops it; if it is killed itself, the next run or
 //! `e2e-infra clean` finds the leftovers by their labels.
 
-use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -39,7 +38,7 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
         return;
     };
     let started = (|| -> std::io::Result<()> {
-        let log = OpenOptions::new().create(true).append(true).open(dir.reaper_log())?;
+        let log = dir.open_reaper_log()?;
         Command::new(std::env::current_exe()?)
             .args(["--exact", &test_name(suite.spec.module_path), "--ignored", "--nocapture"])
             .args(["--test-threads", "1"])
