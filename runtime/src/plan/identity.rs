@@ -79,6 +79,13 @@ impl Launcher {
         self.verdict() != Verdict::Dead
     }
 
+    /// Whether its pid runs with its start time in this process's PID
+    /// namespace. Only for a process known to share that namespace, such as
+    /// the teardown process its run started.
+    pub fn runs_in_this_namespace(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
     /// Alive, dead, or out of sight from this process.
     pub fn verdict(&self) -> Verdict {
         self.judge(Host::current(), start_ticks)

@@ -246,7 +246,7 @@ impl Suite {
                         if let Some(target) = kube {
                             runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
                         }
-                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, false).await? {
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
                             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)
