@@ -527,9 +527,14 @@ fn seen(inspected: &bollard::models::ContainerInspectResponse, network: &str) ->
         .network_settings
         .as_ref()
         .and_then(|s| s.networks.as_ref())
-        // `network` is the id the container was attached by; the engine
-        // keys its endpoints by network name.
-        .and_then(|n| n.get(network).or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network))))
+        // `network` is the id the container was attached by; engines key
+        // endpoints by network name, and Podman reports the name as the
+        // network id too. The container is attached to that network only.
+        .and_then(|n| {
+            n.get(network)
+                .or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network)))
+                .or_else(|| if n.len() == 1 { n.values().next() } else { None })
+        })
         .and_then(|e| e.ip_address.as_deref())
         .and_then(|ip| ip.parse().ok());
     Seen::Running(ip)
