@@ -242,6 +242,7 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         .await
         .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?
         .id;
+    settle_same_name(docker, plan, &network, &network_id).await?;
     let created = std::sync::Mutex::new(Vec::new());
     match start_all(docker, plan, &network_id, envs, &created).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
@@ -256,6 +257,46 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         }
     }
 }
+
+/// Two `up`s of one run and consumer racing past the check for an existing
+/// network both create one of the same name, and the engine then refuses
+/// to start containers on either ("ambiguous"). Both settle it the same
+/// way: the oldest network (then the smallest id) wins; the other `up`
+/// removes its own network and fails, and the winner waits until it has.
+async fn settle_same_name(docker: &Docker, plan: &Plan, network: &str, ours: &str) -> Result<(), DockerError> {
+    let same_name = HashMap::from([("name", vec![network.to_owned()])]);
+    let exists = || DockerError::StackExists {
+        run_id: plan.run().as_str().to_owned(),
+        consumer: plan.consumer().as_str().to_owned(),
+        network: network.to_owned(),
+    };
+    for _ in 0..SETTLE_ATTEMPTS {
+        let listed = docker
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()))
+            .await
+            .map_err(|source| DockerError::Network { network: network.to_owned(), operation: "looking for", source })?;
+        let mut rivals: Vec<(String, String)> = listed
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(network))
+            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .collect();
+        if rivals.iter().all(|(_, id)| id == ours) {
+            return Ok(());
+        }
+        rivals.sort();
+        if rivals.first().is_some_and(|(_, id)| id != ours) {
+            remove_network(docker, ours, network).await?;
+            return Err(exists());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remove_network(docker, ours, network).await?;
+    Err(exists())
+}
+
+/// How many times (100 ms apart) the winner of a race waits for the loser's
+/// network to go.
+const SETTLE_ATTEMPTS: u32 = 50;
 
 /// Removes containers and a network by id, as created by one [`up`].
 async fn remove_created(docker: &Docker, containers: &[String], network_id: &str) -> Result<(), DockerError> {
