@@ -157,7 +157,7 @@ pub enum DockerError {
         logs: String,
     },
     /// A stack of the same run and consumer is already on the engine.
-    #[error("the engine already holds a stack of run `{run_id}` and consumer `{consumer}` (network `{network}`); nothing was created. Take it down with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
+    #[error("the engine already holds a stack of run `{run_id}` and consumer `{consumer}` (network `{network}`); this call left nothing behind. Take it down with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
     StackExists {
         /// The run id.
         run_id: String,
@@ -447,7 +447,20 @@ async fn start_one(
         .await
         .map_err(|e| failed("creating", e))?;
     created_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(created.id.clone());
-    docker.start_container(&created.id, None).await.map_err(|e| failed("starting", e))?;
+    // A racing `up` of the same run may hold a network of the same name for
+    // the moment it takes to see it lost (see `settle_same_name`); the
+    // engine resolves the network by name at start and calls it ambiguous.
+    let mut attempts = 0;
+    loop {
+        match docker.start_container(&created.id, None).await {
+            Ok(()) => break,
+            Err(e) if attempts < SETTLE_ATTEMPTS && is_ambiguous(&e) => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(failed("starting", e)),
+        }
+    }
     let started = Instant::now();
     tracing::info!(component = %component.name, container = %name, "started; waiting until ready");
     let probe = Prober::new(component, &name, spec.ready.as_ref())?;
@@ -673,6 +686,10 @@ async fn last_logs(docker: &Docker, id: &str) -> String {
 }
 
 const NETWORK_REMOVE_ATTEMPTS: u32 = 25;
+
+fn is_ambiguous(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains("is ambiguous"))
+}
 
 fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
     matches!(error, bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains("active endpoints"))
