@@ -90,6 +90,25 @@ impl Project {
     }
 }
 
+/// Takes the consumers' stacks down however the test ends, so that a
+/// failing test leaves nothing on the shared engine.
+struct Cleanup<'a> {
+    project: &'a Project,
+    consumers: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for consumer in &self.consumers {
+            let _ = self.project.command(&["down", "--consumer", consumer], &self.project.state(), &[]).output();
+        }
+    }
+}
+
+fn cleanup<'a>(project: &'a Project, consumers: &[&str]) -> Cleanup<'a> {
+    Cleanup { project, consumers: consumers.iter().map(|c| (*c).to_owned()).collect() }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -153,6 +172,8 @@ fn status_line(project: &Project, consumer: &str) -> Option<String> {
 fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     let project = Project::new();
     let consumer = consumer("pidns");
+    let hostless = consumer.replace("pidns", "oldlabel");
+    let _cleanup = cleanup(&project, &[&consumer, &hostless]);
     // What a run inside `unshare -p` or a CI container records: pid 1 of a
     // PID namespace that is not this one. Pid 1 here is another process.
     let here = Host::current().expect("boot id and PID namespace");
@@ -179,7 +200,6 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     eprintln!("foreign run judged and left in {:?}", started.elapsed());
 
     // A label written before hosts were recorded cannot be judged either.
-    let hostless = consumer.replace("pidns", "oldlabel");
     project.up(&hostless, &format!("old-{hostless}"), Some(Launcher { host: None, ..foreign }));
     assert!(project.cli(&["clean"]).status.success());
     assert_eq!(containers_of(&hostless).len(), 1);
@@ -217,6 +237,7 @@ fn inner_run_in_a_new_pid_namespace() {
 fn a_real_run_under_unshare_survives_clean_outside() {
     let project = Project::new();
     let consumer = consumer("unshare");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let mut inner = Command::new("unshare")
         .args(["-p", "-f", "--mount-proc"])
         .arg(std::env::current_exe().expect("test binary"))
@@ -261,6 +282,7 @@ fn a_real_run_under_unshare_survives_clean_outside() {
 fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     let project = Project::new();
     let consumer = consumer("paths");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let plan = project.up(&consumer, &format!("ok-{consumer}"), Some(finished_launcher()));
     let image = plan.image("web").expect("planned").to_string();
     // Directories a `remove_dir_all(state_root/run/consumer)` would reach.
@@ -326,6 +348,7 @@ fn a_run_id_of_dot_dot_is_refused() {
 fn four_simultaneous_ups_of_one_consumer_get_four_stacks() {
     let project = Project::new();
     let consumer = consumer("four");
+    let _cleanup = cleanup(&project, &[&consumer]);
     // Build once first, so that the four race on ids, not on a build.
     assert!(project.cli(&["up", "--consumer", &consumer, "--needs", "web"]).status.success());
     assert!(project.cli(&["down", "--consumer", &consumer]).status.success());
@@ -369,6 +392,7 @@ fn endpoint(output: &Output) -> String {
 fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     let project = Project::new();
     let consumer = consumer("sameid");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("fixed-{consumer}");
     let env = [("E2E_INFRA_RUN_ID", run.as_str())];
     let args = ["up", "--consumer", consumer.as_str(), "--needs", "web"];
@@ -409,6 +433,7 @@ fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
 fn two_networks_of_one_name_do_not_make_down_fail() {
     let project = Project::new();
     let consumer = consumer("twonets");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("dup-{consumer}");
     let name = e2e_infra::Namespace::of(&run, &consumer).to_string();
     runtime().block_on(async {
@@ -441,6 +466,7 @@ fn two_networks_of_one_name_do_not_make_down_fail() {
 fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let project = Project::new();
     let consumer = consumer("kept");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("kept-{consumer}");
     let launcher = finished_launcher();
     project.up(&consumer, &run, Some(launcher));
@@ -490,6 +516,7 @@ fn run_dir(project: &Project, run: &str, consumer: &str) -> PathBuf {
 fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
     let project = Project::new();
     let consumer = consumer("retry");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("retry-{consumer}");
     let dir = run_dir(&project, &run, &consumer);
     std::fs::write(dir.join("launcher"), finished_launcher().label()).expect("earlier launcher");
@@ -507,6 +534,7 @@ fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
 fn a_stack_that_cannot_be_recorded_is_removed_and_the_error_says_why() {
     let project = Project::new();
     let consumer = consumer("unrecorded");
+    let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("full-{consumer}");
     let dir = run_dir(&project, &run, &consumer);
     // Recording writes `.stack.json.<pid>` first; a directory in its place
