@@ -15,9 +15,12 @@ pub const RUN: &str = "io.e2e-infra.run";
 pub const CONSUMER: &str = "io.e2e-infra.consumer";
 /// The component.
 pub const COMPONENT: &str = "io.e2e-infra.component";
-/// The launcher (`pid:start_ticks`) whose death ends the run; absent for
-/// stacks brought up by hand (`e2e-infra up`).
+/// The launcher (`pid:start_ticks:boot_id:pid_namespace`) whose death ends
+/// the run; empty for stacks brought up by hand (`e2e-infra up`).
 pub const LAUNCHER: &str = "io.e2e-infra.launcher";
+/// On a kept stack's marker (a volume on Docker, the namespace on
+/// Kubernetes): why it was kept. `clean` leaves it alone unless asked.
+pub const KEPT: &str = "io.e2e-infra.kept";
 /// The digest of a build's inputs (images only).
 pub const INPUT_DIGEST: &str = "io.e2e-infra.input-digest";
 

@@ -2,24 +2,39 @@
 //!
 //! A run's teardown process removes its stack when the run ends. When that
 //! process could not (the machine went down, it was killed), the leftovers
-//! carry the launcher's pid and start time: a run whose launcher is gone is
-//! dead, and the next run or `e2e-infra clean` removes it. Stacks kept on
-//! purpose (a failed test, `E2E_INFRA_KEEP=1`) and stacks brought up by hand
-//! (`e2e-infra up`, no launcher) are left alone unless asked.
+//! carry the launcher's pid, start time, boot id and PID namespace. A run is
+//! removed automatically only when it is proven over: its launcher was
+//! recorded on this host, in this PID namespace, and is gone. A launcher of
+//! another host or PID namespace (a CI job in a container sharing the
+//! engine, a devcontainer, another machine on the same `DOCKER_HOST`)
+//! cannot be judged from here: its stack is *foreign*, and is removed only
+//! by `e2e-infra clean --foreign`, or automatically once it is older than
+//! [`FOREIGN_TTL`]. Stacks kept on purpose (a failed test,
+//! `E2E_INFRA_KEEP=1`) carry a marker on the engine or cluster and are left
+//! alone unless asked; stacks brought up by hand (`e2e-infra up`, no
+//! launcher) are removed only by `e2e-infra down`.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
+use bollard::models::VolumeCreateRequest;
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 use bollard::Docker;
 
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
 use crate::labels;
-use crate::plan::Launcher;
+use crate::plan::{Launcher, Namespace, Verdict};
 use crate::stack::{self, StackError};
 use crate::suite::state::RunDir;
+
+/// How long a foreign run (one whose launcher cannot be judged from here)
+/// is presumed alive, from its stack's creation: 24 hours, longer than any
+/// test run should last. After it, setup and `e2e-infra clean` remove it
+/// like a dead one.
+pub const FOREIGN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Whether a run is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +43,9 @@ pub enum Liveness {
     Alive,
     /// Its launcher is gone.
     Dead,
+    /// Its launcher runs on another host or in another PID namespace, or
+    /// was recorded without either: nothing here can tell.
+    Foreign,
     /// Brought up by hand; lives until `e2e-infra down`.
     Manual,
 }
@@ -49,17 +67,105 @@ pub struct RunStack {
     pub kube: Option<(String, KubeTarget)>,
     /// Kept on purpose.
     pub kept: bool,
+    /// When its oldest resource was created, in seconds since the Unix
+    /// epoch, if the engine or cluster said.
+    pub created: Option<i64>,
+}
+
+/// What [`clean_dead`] may remove besides runs proven dead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Also stacks kept on purpose.
+    pub kept: bool,
+    /// Also foreign runs younger than [`FOREIGN_TTL`].
+    pub foreign: bool,
 }
 
 impl RunStack {
     /// Whether the run is still going.
     pub fn liveness(&self) -> Liveness {
-        match self.launcher {
+        match self.launcher.map(|l| l.verdict()) {
             None => Liveness::Manual,
-            Some(launcher) if launcher.is_alive() => Liveness::Alive,
-            Some(_) => Liveness::Dead,
+            Some(Verdict::Alive) => Liveness::Alive,
+            Some(Verdict::Dead) => Liveness::Dead,
+            Some(Verdict::Foreign) => Liveness::Foreign,
         }
     }
+
+    /// Whether a foreign run has outlived [`FOREIGN_TTL`] at `now` (seconds
+    /// since the Unix epoch). A run of unknown age never has.
+    pub fn expired(&self, now: i64) -> bool {
+        let ttl = i64::try_from(FOREIGN_TTL.as_secs()).unwrap_or(i64::MAX);
+        self.created.is_some_and(|created| now.saturating_sub(created) > ttl)
+    }
+
+    /// Whether `clean` with `scope` removes this run, judged as `liveness`
+    /// at `now` (seconds since the Unix epoch).
+    pub fn removable(&self, liveness: Liveness, scope: Scope, now: i64) -> bool {
+        if self.kept && !scope.kept {
+            return false;
+        }
+        match liveness {
+            Liveness::Dead => true,
+            Liveness::Foreign => scope.foreign || self.expired(now),
+            Liveness::Alive | Liveness::Manual => false,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Parses an engine timestamp (RFC 3339) to seconds since the Unix epoch.
+fn epoch_seconds(rfc3339: &str) -> Option<i64> {
+    let time = humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z').split('.').next()?).ok()?;
+    i64::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
+}
+
+/// The name of the volume that marks a kept stack on the engine.
+fn kept_marker(run_id: &str, consumer: &str) -> String {
+    format!("e2e-infra-kept-{consumer}-{run_id}")
+}
+
+/// Records on the engine (a small labelled volume) or the cluster (an
+/// annotation on the namespace) that the stack of `run_id` and `consumer`
+/// is kept, and `why`. Unlike the state folder, every shell and machine
+/// that lists stacks sees it.
+///
+/// # Errors
+/// [`StackError`] when the engine or cluster refuses.
+pub async fn mark_kept(
+    docker: &Docker,
+    run_id: &str,
+    consumer: &str,
+    launcher: Option<Launcher>,
+    kube: Option<&KubeTarget>,
+    why: &str,
+) -> Result<(), StackError> {
+    if let Some(target) = kube {
+        let client = kube_backend::connect(target.context.as_deref()).await?;
+        kube_backend::mark_kept(client, Namespace::of(run_id, consumer).as_str(), why).await?;
+        return Ok(());
+    }
+    let name = kept_marker(run_id, consumer);
+    let request = VolumeCreateRequest {
+        name: Some(name.clone()),
+        labels: Some(HashMap::from([
+            (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+            (labels::RUN.to_owned(), run_id.to_owned()),
+            (labels::CONSUMER.to_owned(), consumer.to_owned()),
+            (labels::LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
+            (labels::KEPT.to_owned(), why.to_owned()),
+        ])),
+        ..Default::default()
+    };
+    docker
+        .create_volume(request)
+        .await
+        .map(|_| ())
+        .map_err(|source| StackError::Docker(DockerError::Marker { volume: name, operation: "creating", source }))
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -73,7 +179,9 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
     StackError::Docker(DockerError::List { what, filters: managed_filter()["label"].clone(), source })
 }
 
-/// Every run and consumer that owns containers or networks on the engine.
+/// Every run and consumer that owns containers, networks or a kept marker
+/// on the engine. Label values are only compared and shown here; a value
+/// that is not a safe name never reaches a path (see [`RunDir::existing`]).
 ///
 /// # Errors
 /// [`StackError::Docker`] when the engine cannot list them.
@@ -86,12 +194,28 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
         .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
         .await
         .map_err(|source| listing("networks", source))?;
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
+        .await
+        .map_err(|source| listing("volumes", source))?;
+    enum Kind {
+        Container,
+        Network,
+        Marker,
+    }
     let mut runs: BTreeMap<(String, String), RunStack> = BTreeMap::new();
     let owned = containers
         .into_iter()
-        .map(|c| (c.labels, c.names.and_then(|n| n.into_iter().next()), true))
-        .chain(networks.into_iter().map(|n| (n.labels, n.name, false)));
-    for (labels, name, is_container) in owned {
+        .map(|c| (c.labels, c.names.and_then(|n| n.into_iter().next()), c.created, Kind::Container))
+        .chain(networks.into_iter().map(|n| {
+            let created = n.created.as_deref().and_then(epoch_seconds);
+            (n.labels, n.name, created, Kind::Network)
+        }))
+        .chain(volumes.volumes.unwrap_or_default().into_iter().map(|v| {
+            let created = v.created_at.as_deref().and_then(epoch_seconds);
+            (Some(v.labels), Some(v.name), created, Kind::Marker)
+        }));
+    for (labels, name, created, kind) in owned {
         let Some(labels) = labels else { continue };
         let (Some(run_id), Some(consumer)) = (labels.get(labels::RUN), labels.get(labels::CONSUMER)) else {
             continue;
@@ -100,16 +224,24 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             kept: RunDir::existing(run_id, consumer).is_some_and(|d| d.is_kept()),
             run_id: run_id.clone(),
             consumer: consumer.clone(),
-            launcher: labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l)),
+            launcher: None,
             containers: Vec::new(),
             networks: Vec::new(),
             kube: None,
+            created: None,
         });
+        if run.launcher.is_none() {
+            run.launcher = labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l));
+        }
+        run.created = match (run.created, created) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let name = name.unwrap_or_default().trim_start_matches('/').to_owned();
-        if is_container {
-            run.containers.push(name);
-        } else {
-            run.networks.push(name);
+        match kind {
+            Kind::Container => run.containers.push(name),
+            Kind::Network => run.networks.push(name),
+            Kind::Marker => run.kept |= labels.contains_key(labels::KEPT),
         }
     }
     Ok(runs.into_values().collect())
@@ -135,7 +267,8 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             continue;
         };
         runs.push(RunStack {
-            kept: RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
+            kept: found.kept.is_some() || RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
+            created: found.created,
             launcher: Launcher::from_label(&found.launcher),
             kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),
             run_id: found.run_id,
@@ -147,9 +280,9 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
     Ok(runs)
 }
 
-/// Removes the stacks of dead runs among `runs` (of `consumer` only, when
-/// given); kept ones only with `include_kept`. Returns each removed stack
-/// with what was removed.
+/// Removes the stacks among `runs` (of `consumer` only, when given) that
+/// are proven dead, foreign ones past [`FOREIGN_TTL`], and what `scope`
+/// adds. Returns each removed stack with what was removed.
 ///
 /// # Errors
 /// [`StackError`] when the engine or cluster refuses.
@@ -157,12 +290,13 @@ pub async fn clean_dead(
     docker: &Docker,
     runs: Vec<RunStack>,
     consumer: Option<&str>,
-    include_kept: bool,
+    scope: Scope,
 ) -> Result<Vec<(RunStack, String)>, StackError> {
     let mut removed = Vec::new();
+    let now = now();
     for run in runs {
         let ours = consumer.is_none_or(|c| c == run.consumer);
-        if !ours || run.liveness() != Liveness::Dead || (run.kept && !include_kept) {
+        if !ours || !run.removable(run.liveness(), scope, now) {
             continue;
         }
         let kube = run.kube.as_ref().map(|(_, target)| target);
@@ -173,4 +307,57 @@ pub async fn clean_dead(
         removed.push((run, summary));
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kept: bool, created: Option<i64>) -> RunStack {
+        RunStack {
+            run_id: "r".to_owned(),
+            consumer: "c".to_owned(),
+            launcher: None,
+            containers: Vec::new(),
+            networks: Vec::new(),
+            kube: None,
+            kept,
+            created,
+        }
+    }
+
+    #[test]
+    fn only_proven_dead_runs_are_removed_unless_asked() {
+        let now = 1_000_000_000;
+        let day = i64::try_from(FOREIGN_TTL.as_secs()).expect("fits");
+        let auto = Scope::default();
+        let fresh = run(false, Some(now - 60));
+        assert!(fresh.removable(Liveness::Dead, auto, now));
+        assert!(!fresh.removable(Liveness::Alive, auto, now));
+        assert!(!fresh.removable(Liveness::Manual, auto, now));
+        assert!(!fresh.removable(Liveness::Manual, Scope { kept: true, foreign: true }, now));
+        // Foreign: alive as far as anyone here knows.
+        assert!(!fresh.removable(Liveness::Foreign, auto, now));
+        assert!(!fresh.removable(Liveness::Foreign, Scope { kept: true, foreign: false }, now));
+        assert!(fresh.removable(Liveness::Foreign, Scope { kept: false, foreign: true }, now));
+        // ... until its time to live is over.
+        let old = run(false, Some(now - day - 1));
+        assert!(old.removable(Liveness::Foreign, auto, now));
+        assert!(!run(false, Some(now - day + 60)).removable(Liveness::Foreign, auto, now));
+        assert!(!run(false, None).removable(Liveness::Foreign, auto, now), "unknown age never expires");
+        // Kept wins over everything but an explicit --kept.
+        let kept = run(true, Some(now - 10 * day));
+        for liveness in [Liveness::Dead, Liveness::Foreign] {
+            assert!(!kept.removable(liveness, auto, now));
+            assert!(!kept.removable(liveness, Scope { kept: false, foreign: true }, now));
+            assert!(kept.removable(liveness, Scope { kept: true, foreign: true }, now));
+        }
+    }
+
+    #[test]
+    fn engine_timestamps_are_read() {
+        assert_eq!(epoch_seconds("1970-01-01T00:01:40Z"), Some(100));
+        assert_eq!(epoch_seconds("2026-11-27T22:19:58.123456789Z"), Some(1_795_817_998));
+        assert_eq!(epoch_seconds("not a time"), None);
+    }
 }

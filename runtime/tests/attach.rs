@@ -1,6 +1,7 @@
 //! Attaching to a stack another process of the run recorded, without an
 //! engine: the state directory alone decides.
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -55,6 +56,8 @@ fn processes_attach_to_the_recorded_stack_or_fail_with_its_error() {
     let catalog = dir.path().join("e2e-infra.toml");
     std::fs::write(&catalog, CATALOG).expect("catalog");
     let state = dir.path().join("state");
+    // The state root must be private to its user.
+    std::fs::DirBuilder::new().mode(0o700).create(&state).expect("state root");
     std::env::set_var("E2E_INFRA_STATE_DIR", &state);
     std::env::set_var("E2E_INFRA_RUN_ID", "attach-run");
     let write = |consumer: &str, file: &str, text: &str| {

@@ -1,6 +1,7 @@
 //! `e2e-infra up`, `status`, `down` and `clean` against the real engine.
 #![cfg(feature = "e2e")]
 
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -23,7 +24,8 @@ fn project() -> tempfile::TempDir {
     std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox")).expect("busybox: install busybox-static");
     std::fs::write(dir.path().join("web.Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("dockerfile");
     std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("catalog");
-    std::fs::create_dir(dir.path().join("state")).expect("state");
+    // The state root must be private to its user.
+    std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state");
     dir
 }
 

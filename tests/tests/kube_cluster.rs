@@ -15,7 +15,7 @@ use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::deploy::kube::{deploy, forward, KubeError, KubeOptions, PodFailure};
 use e2e_infra::handle::StackRecord;
-use e2e_infra::plan::{Launcher, RunId, RUN_ID_ENV};
+use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
 use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::suite::error_chain;
@@ -605,7 +605,7 @@ async fn clean_removes_the_stack_of_a_run_whose_launcher_is_gone() {
     let mut exited = std::process::Command::new("true").spawn().expect("spawning `true`");
     let pid = exited.id();
     exited.wait().expect("waiting for `true`");
-    let dead = Launcher { pid, start_ticks: 0 };
+    let dead = Launcher { pid, start_ticks: 0, host: Host::current() };
     let catalog = Catalog::load(&run.project.path().join("e2e-infra.toml")).expect("catalog");
     let owned = RunId::explicit(&unique("kube-clean"), Some(dead)).expect("run id");
     let plan = Plan::new(&catalog, "kube-clean", &[APP], owned, &Delivery::Local).expect("plan");

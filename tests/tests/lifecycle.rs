@@ -4,6 +4,7 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -61,7 +62,8 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         // Each fixture is its own package: in the shared target directory,
         // test binaries of equally named packages would overwrite each other.
         std::fs::write(dir.path().join("Cargo.toml"), manifest).expect("manifest");
-        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        // The state root must be private to its user.
+        std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state dir");
         Self { dir, consumer }
     }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::FuturesUnordered;
@@ -71,6 +71,9 @@ pub struct Removed {
     pub containers: Vec<String>,
     /// Network names.
     pub networks: Vec<String>,
+    /// Marker volumes (a kept stack's record on the engine).
+    #[serde(default)]
+    pub markers: Vec<String>,
 }
 
 /// A Docker backend error.
@@ -153,6 +156,26 @@ pub enum DockerError {
         /// Its last log lines.
         logs: String,
     },
+    /// A stack of the same run and consumer is already on the engine.
+    #[error("the engine already holds a stack of run `{run_id}` and consumer `{consumer}` (network `{network}`); this call left nothing behind. Take it down with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
+    StackExists {
+        /// The run id.
+        run_id: String,
+        /// The consumer.
+        consumer: String,
+        /// The network found.
+        network: String,
+    },
+    /// A marker volume operation failed.
+    #[error("{operation} marker volume `{volume}` failed: {source}")]
+    Marker {
+        /// The volume.
+        volume: String,
+        /// What was asked of the engine.
+        operation: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
     /// Listing resources to remove failed.
     #[error("listing {what} labelled {filters:?} failed: {source}")]
     List {
@@ -194,23 +217,116 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         envs.insert(component.name.as_str(), resolve_env(plan, component)?);
     }
     let network = plan.namespace().to_string();
+    // The engine lets two networks share a name; a second stack of one run
+    // and consumer would then make both impossible to remove by name.
+    let same_name = HashMap::from([("name", vec![network.clone()])]);
+    let existing = docker
+        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()))
+        .await
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "looking for", source })?;
+    if existing.iter().any(|n| n.name.as_deref() == Some(network.as_str())) {
+        return Err(DockerError::StackExists {
+            run_id: plan.run().as_str().to_owned(),
+            consumer: plan.consumer().as_str().to_owned(),
+            network,
+        });
+    }
     let request = NetworkCreateRequest {
         name: network.clone(),
         driver: Some("bridge".to_owned()),
         labels: Some(labels::for_run(plan)),
         ..Default::default()
     };
-    docker
+    let network_id = docker
         .create_network(request)
         .await
-        .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?;
-    match start_all(docker, plan, &network, envs).await {
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?
+        .id;
+    settle_same_name(docker, plan, &network, &network_id).await?;
+    let created = std::sync::Mutex::new(Vec::new());
+    match start_all(docker, plan, &network_id, envs, &created).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
         Err(e) => {
-            if let Err(cleanup) = remove_labelled(docker, &labels::run_filter(plan)).await {
-                tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it by its labels");
+            // Only what this call created, by id: a stack of the same run
+            // and consumer started by someone else carries the same labels.
+            let containers = created.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(cleanup) = remove_created(docker, &containers, &network_id).await {
+                tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it with `e2e-infra down`");
             }
             Err(e)
+        }
+    }
+}
+
+/// Two `up`s of one run and consumer racing past the check for an existing
+/// network both create one of the same name, and the engine then refuses
+/// to start containers on either ("ambiguous"). Both settle it the same
+/// way: the oldest network (then the smallest id) wins; the other `up`
+/// removes its own network and fails, and the winner waits until it has.
+async fn settle_same_name(docker: &Docker, plan: &Plan, network: &str, ours: &str) -> Result<(), DockerError> {
+    let same_name = HashMap::from([("name", vec![network.to_owned()])]);
+    let exists = || DockerError::StackExists {
+        run_id: plan.run().as_str().to_owned(),
+        consumer: plan.consumer().as_str().to_owned(),
+        network: network.to_owned(),
+    };
+    for _ in 0..SETTLE_ATTEMPTS {
+        let listed = docker
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()))
+            .await
+            .map_err(|source| DockerError::Network { network: network.to_owned(), operation: "looking for", source })?;
+        let mut rivals: Vec<(String, String)> = listed
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(network))
+            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .collect();
+        if rivals.iter().all(|(_, id)| id == ours) {
+            return Ok(());
+        }
+        rivals.sort();
+        if rivals.first().is_some_and(|(_, id)| id != ours) {
+            remove_network(docker, ours, network).await?;
+            return Err(exists());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remove_network(docker, ours, network).await?;
+    Err(exists())
+}
+
+/// How many times (100 ms apart) the winner of a race waits for the loser's
+/// network to go.
+const SETTLE_ATTEMPTS: u32 = 50;
+
+/// Removes containers and a network by id, as created by one [`up`].
+async fn remove_created(docker: &Docker, containers: &[String], network_id: &str) -> Result<(), DockerError> {
+    for id in containers {
+        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
+            Ok(()) => {}
+            Err(e) if gone(&e) => {}
+            Err(source) => {
+                return Err(DockerError::Container { component: String::new(), container: id.clone(), operation: "removing", source })
+            }
+        }
+    }
+    remove_network(docker, network_id, network_id).await.map(|_| ())
+}
+
+/// Removes the network with id `id` (`name` for messages), waiting out the
+/// endpoints of containers removed a moment ago. `false` when it was gone.
+async fn remove_network(docker: &Docker, id: &str, name: &str) -> Result<bool, DockerError> {
+    let mut attempts = 0;
+    loop {
+        match docker.remove_network(id).await {
+            Ok(()) => return Ok(true),
+            Err(e) if gone(&e) => return Ok(false),
+            // The engine detaches a removed container's endpoint a moment
+            // after the removal returns; until then the network refuses to go.
+            Err(e) if attempts < NETWORK_REMOVE_ATTEMPTS && has_active_endpoints(&e) => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(source) => return Err(DockerError::Network { network: name.to_owned(), operation: "removing", source }),
         }
     }
 }
@@ -220,6 +336,7 @@ async fn start_all(
     plan: &Plan,
     network: &str,
     mut envs: HashMap<&str, Vec<String>>,
+    created: &std::sync::Mutex<Vec<String>>,
 ) -> Result<Vec<RunningComponent>, DockerError> {
     let mut waiting: Vec<&PlannedComponent> = plan.components().iter().collect();
     let mut ready: Vec<RunningComponent> = Vec::new();
@@ -231,7 +348,7 @@ async fn start_all(
         waiting = blocked;
         for component in free {
             let env = envs.remove(component.name.as_str()).unwrap_or_default();
-            starting.push(start_one(docker, plan, component, network, env));
+            starting.push(start_one(docker, plan, component, network, env, created));
         }
         match starting.next().await {
             Some(result) => ready.push(result?),
@@ -290,6 +407,7 @@ async fn start_one(
     component: &PlannedComponent,
     network: &str,
     env: Vec<String>,
+    created_ids: &std::sync::Mutex<Vec<String>>,
 ) -> Result<RunningComponent, DockerError> {
     let spec = docker_spec(component)?;
     let name = container_name(plan, &component.name);
@@ -328,7 +446,21 @@ async fn start_one(
         .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
         .await
         .map_err(|e| failed("creating", e))?;
-    docker.start_container(&created.id, None).await.map_err(|e| failed("starting", e))?;
+    created_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(created.id.clone());
+    // A racing `up` of the same run may hold a network of the same name for
+    // the moment it takes to see it lost (see `settle_same_name`); the
+    // engine resolves the network by name at start and calls it ambiguous.
+    let mut attempts = 0;
+    loop {
+        match docker.start_container(&created.id, None).await {
+            Ok(()) => break,
+            Err(e) if attempts < SETTLE_ATTEMPTS && is_ambiguous(&e) => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(failed("starting", e)),
+        }
+    }
     let started = Instant::now();
     tracing::info!(component = %component.name, container = %name, "started; waiting until ready");
     let probe = Prober::new(component, &name, spec.ready.as_ref())?;
@@ -449,7 +581,14 @@ fn seen(inspected: &bollard::models::ContainerInspectResponse, network: &str) ->
         .network_settings
         .as_ref()
         .and_then(|s| s.networks.as_ref())
-        .and_then(|n| n.get(network))
+        // `network` is the id the container was attached by; engines key
+        // endpoints by network name, and Podman reports the name as the
+        // network id too. The container is attached to that network only.
+        .and_then(|n| {
+            n.get(network)
+                .or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network)))
+                .or_else(|| if n.len() == 1 { n.values().next() } else { None })
+        })
         .and_then(|e| e.ip_address.as_deref())
         .and_then(|ip| ip.parse().ok());
     Seen::Running(ip)
@@ -548,11 +687,16 @@ async fn last_logs(docker: &Docker, id: &str) -> String {
 
 const NETWORK_REMOVE_ATTEMPTS: u32 = 25;
 
+fn is_ambiguous(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains("is ambiguous"))
+}
+
 fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
     matches!(error, bollard::errors::Error::DockerResponseServerError { message, .. } if message.contains("active endpoints"))
 }
 
-/// Removes (forcibly) every container, then every network, that carries all
+/// Removes (forcibly) every container, then every network (by id), then
+/// every marker volume, that carries all
 /// of `filters` (`key=value`, e.g. from [`labels::run_filter`]) and the
 /// managed-by label. Images are never removed.
 ///
@@ -591,22 +735,22 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         .await
         .map_err(list_error("networks"))?;
     for network in networks {
-        let Some(name) = network.name else { continue };
-        // The engine detaches a removed container's endpoint a moment after
-        // the removal returns; until then the network refuses to go.
-        let mut attempts = 0;
-        loop {
-            match docker.remove_network(&name).await {
-                Ok(()) => removed.networks.push(name),
-                Err(e) if gone(&e) => {}
-                Err(e) if attempts < NETWORK_REMOVE_ATTEMPTS && has_active_endpoints(&e) => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(source) => return Err(DockerError::Network { network: name, operation: "removing", source }),
-            }
-            break;
+        // By id: two networks may share a name, and a name then is ambiguous.
+        let Some(id) = network.id else { continue };
+        let name = network.name.unwrap_or_else(|| id.clone());
+        if remove_network(docker, &id, &name).await? {
+            removed.networks.push(name);
+        }
+    }
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filter).build()))
+        .await
+        .map_err(list_error("volumes"))?;
+    for volume in volumes.volumes.unwrap_or_default() {
+        match docker.remove_volume(&volume.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => removed.markers.push(volume.name),
+            Err(e) if gone(&e) => {}
+            Err(source) => return Err(DockerError::Marker { volume: volume.name, operation: "removing", source }),
         }
     }
     Ok(removed)

@@ -253,6 +253,14 @@ pub enum KubeError {
         /// kube's error.
         source: kube::Error,
     },
+    /// The kept marker could not be put on a namespace.
+    #[error("marking namespace `{namespace}` as kept failed: {source}; `e2e-infra clean` may remove it unless the local state folder says it is kept")]
+    MarkKept {
+        /// The namespace.
+        namespace: String,
+        /// kube's error.
+        source: kube::Error,
+    },
     /// The run's namespaces could not be listed.
     #[error("listing the namespaces of e2e-infra runs failed: {source}")]
     ListNamespaces {
@@ -517,6 +525,10 @@ pub struct RunNamespace {
     pub launcher: String,
     /// Where its images went ([`IMAGES_ANNOTATION`]), if recorded.
     pub images: Option<String>,
+    /// Why the stack was kept ([`labels::KEPT`]), if it was.
+    pub kept: Option<String>,
+    /// When the namespace was created, in seconds since the Unix epoch.
+    pub created: Option<i64>,
 }
 
 /// Every namespace an e2e-infra run made on the cluster. The run, consumer
@@ -538,10 +550,28 @@ pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeErr
                 consumer: annotation(labels::CONSUMER)?,
                 launcher: annotation(labels::LAUNCHER).unwrap_or_default(),
                 images: annotation(IMAGES_ANNOTATION),
+                kept: annotation(labels::KEPT),
+                created: namespace.creation_timestamp().map(|t| t.0.as_second()),
                 name: namespace.name_any(),
             })
         })
         .collect())
+}
+
+/// Records on the namespace that its stack is kept, and why, so that
+/// `clean` from any machine leaves it alone.
+///
+/// # Errors
+/// [`KubeError::MarkKept`] when the cluster refuses.
+pub async fn mark_kept(client: Client, namespace: &str, why: &str) -> Result<(), KubeError> {
+    let api: Api<KubeNamespace> = Api::all(client);
+    let patch = json!({ "metadata": { "annotations": { labels::KEPT: why } } });
+    // A merge patch, not the run's apply: the namespace's applied fields
+    // stay the run's field manager's.
+    api.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|source| KubeError::MarkKept { namespace: namespace.to_owned(), source })
 }
 
 async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>, shared: &[String]) -> Result<(), KubeError> {

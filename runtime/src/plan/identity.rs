@@ -1,21 +1,63 @@
 //! Run identity: what every process of one test run agrees on.
 
 use std::fmt;
+use std::io::Read as _;
 
 /// Overrides the run identity.
 pub const RUN_ID_ENV: &str = "E2E_INFRA_RUN_ID";
 /// Set by cargo-nextest to one UUID for all processes of a run.
 pub const NEXTEST_RUN_ID_ENV: &str = "NEXTEST_RUN_ID";
 
+/// Where a process runs, as far as its pid means anything: the kernel it
+/// booted (`/proc/sys/kernel/random/boot_id`, the same in every container
+/// on one host) and its PID namespace (the inode behind
+/// `/proc/self/ns/pid`). Two processes can compare pids only when both match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Host {
+    /// The boot id, as 128 bits.
+    pub boot: u128,
+    /// The PID namespace's inode number.
+    pub pid_ns: u64,
+}
+
+impl Host {
+    /// This process's host and PID namespace, if `/proc` tells both.
+    pub fn current() -> Option<Self> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let boot: String = boot.trim().chars().filter(char::is_ascii_hexdigit).collect();
+        let boot = u128::from_str_radix(&boot, 16).ok()?;
+        // `pid:[4026531836]`
+        let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let link = link.to_str()?;
+        let pid_ns = link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()?;
+        Some(Self { boot, pid_ns })
+    }
+}
+
 /// The process that launched the tests (cargo, cargo-nextest): while it
 /// lives, the run lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Launcher {
-    /// Its pid.
+    /// Its pid, in the PID namespace of `host`.
     pub pid: u32,
     /// Its start time in clock ticks since boot, so a reused pid is not
     /// mistaken for it.
     pub start_ticks: u64,
+    /// Where that pid means this process; `None` in labels written before it
+    /// was recorded, which no process can then judge.
+    pub host: Option<Host>,
+}
+
+/// What a process can tell about a launcher it finds in a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same host and PID namespace, and the process runs.
+    Alive,
+    /// Same host and PID namespace, and the process is gone.
+    Dead,
+    /// Another host or PID namespace, or no record of either: this process
+    /// cannot see it, so it must be treated as alive.
+    Foreign,
 }
 
 impl Launcher {
@@ -25,31 +67,100 @@ impl Launcher {
         Self::of(ppid)
     }
 
-    /// The process `pid`, if it is running.
+    /// The process `pid` of this PID namespace, if it is running.
     pub fn of(pid: u32) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may contain spaces and parentheses: fields
-        // after it are counted from the last ')'.
-        let after = &stat[stat.rfind(')')? + 1..];
-        let start_ticks = after.split_whitespace().nth(19)?.parse().ok()?;
-        Some(Self { pid, start_ticks })
+        Some(Self { pid, start_ticks: start_ticks(pid)?, host: Host::current() })
     }
 
-    /// Whether this very process still runs.
+    /// Whether this very process still runs, as seen from here. A launcher
+    /// of another host or PID namespace counts as alive: nothing here can
+    /// prove it gone.
     pub fn is_alive(&self) -> bool {
-        Self::of(self.pid).is_some_and(|now| now == *self)
+        self.verdict() != Verdict::Dead
     }
 
-    /// `pid:start_ticks`, as stored in labels.
+    /// Whether its pid runs with its start time in this process's PID
+    /// namespace. Only for a process known to share that namespace, such as
+    /// the teardown process its run started.
+    pub fn runs_in_this_namespace(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
+    /// Alive, dead, or out of sight from this process.
+    pub fn verdict(&self) -> Verdict {
+        self.judge(Host::current(), start_ticks)
+    }
+
+    /// The judgment itself: `here` is the judging process's host, `ticks`
+    /// gives the start time of a pid of its PID namespace, if it runs.
+    pub fn judge(&self, here: Option<Host>, ticks: impl Fn(u32) -> Option<u64>) -> Verdict {
+        match (self.host, here) {
+            (Some(theirs), Some(ours)) if theirs == ours => {
+                if ticks(self.pid) == Some(self.start_ticks) {
+                    Verdict::Alive
+                } else {
+                    Verdict::Dead
+                }
+            }
+            _ => Verdict::Foreign,
+        }
+    }
+
+    /// `pid:start_ticks:boot:pid_ns` (boot in hex), as stored in labels.
     pub fn label(&self) -> String {
-        format!("{}:{}", self.pid, self.start_ticks)
+        match self.host {
+            Some(host) => format!("{}:{}:{:032x}:{}", self.pid, self.start_ticks, host.boot, host.pid_ns),
+            None => format!("{}:{}", self.pid, self.start_ticks),
+        }
     }
 
-    /// Parses [`Launcher::label`].
+    /// Parses [`Launcher::label`]; also the older `pid:start_ticks`, which
+    /// gives a launcher without a host.
     pub fn from_label(label: &str) -> Option<Self> {
-        let (pid, ticks) = label.split_once(':')?;
-        Some(Self { pid: pid.parse().ok()?, start_ticks: ticks.parse().ok()? })
+        let mut parts = label.split(':');
+        let pid = parts.next()?.parse().ok()?;
+        let start_ticks = parts.next()?.parse().ok()?;
+        let host = match (parts.next(), parts.next()) {
+            (None, None) => None,
+            (Some(boot), Some(pid_ns)) => {
+                Some(Host { boot: u128::from_str_radix(boot, 16).ok()?, pid_ns: pid_ns.parse().ok()? })
+            }
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { pid, start_ticks, host })
     }
+}
+
+/// The start time of `pid` in this PID namespace, if it runs.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: fields
+    // after it are counted from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `part` can be a run id or consumer name inside labels and as one
+/// component of a path: 1 to 128 letters, digits, '-', '_' or '.', not
+/// starting with '.', so never `.`, `..` or a hidden name.
+pub fn is_safe_name(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 128
+        && !part.starts_with('.')
+        && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `bytes` random bytes in hex, from the kernel.
+///
+/// # Errors
+/// When `/dev/urandom` cannot be read.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(hex::encode(buf))
 }
 
 /// Where the run identity came from.
@@ -77,7 +188,7 @@ pub struct RunId {
 #[non_exhaustive]
 pub enum IdentityError {
     /// An override that cannot be used in labels and file names.
-    #[error("{RUN_ID_ENV}=`{0}` is invalid: use 1 to 128 letters, digits, '-', '_' or '.'")]
+    #[error("{RUN_ID_ENV}=`{0}` is invalid: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'")]
     Invalid(String),
     /// No override and no `/proc` to identify the launcher.
     #[error("cannot identify the process that launched the tests (no /proc/<ppid>/stat); set {RUN_ID_ENV} to one value shared by all test processes")]
@@ -114,10 +225,9 @@ impl RunId {
     /// # Errors
     /// [`IdentityError::Invalid`] for characters that labels cannot carry.
     pub fn explicit(id: &str, launcher: Option<Launcher>) -> Result<Self, IdentityError> {
-        let ok = !id.is_empty()
-            && id.len() <= 128
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
+        // The id names a directory under the state root: `..` or a hidden
+        // name must never get there.
+        if !is_safe_name(id) {
             return Err(IdentityError::Invalid(id.to_owned()));
         }
         Ok(Self { id: id.to_owned(), source: RunSource::Explicit, launcher })

@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::{Catalog, Component, Source, Suggestion};
 
-pub use identity::{IdentityError, Launcher, RunId, RunSource, NEXTEST_RUN_ID_ENV, RUN_ID_ENV};
+pub use identity::{
+    is_safe_name, random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
+};
 pub use image::{ImageRef, InvalidImageRef, Origin};
 
 /// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.

@@ -368,7 +368,7 @@ fn built_refs_match_only_their_own_spelling() {
 
 #[test]
 fn explicit_run_ids_are_checked() {
-    for bad in ["", "has space", "a/b", "x:y", &"r".repeat(129)] {
+    for bad in ["", "has space", "a/b", "x:y", &"r".repeat(129), "..", ".", ".hidden"] {
         let err = RunId::explicit(bad, None).expect_err(bad);
         assert!(matches!(err, IdentityError::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains(RUN_ID_ENV), "{err}");
@@ -388,9 +388,54 @@ fn launcher_labels_round_trip() {
     assert_eq!(Launcher::from_label(&me.label()), Some(me));
     let reused = Launcher { start_ticks: me.start_ticks + 1, ..me };
     assert!(!reused.is_alive(), "a pid with another start time is another process");
+    assert!(me.host.is_some(), "this process's boot id and PID namespace are in /proc");
     assert_eq!(Launcher::from_label("12:x"), None);
+    assert_eq!(Launcher::from_label("12:3:ab"), None);
+    assert_eq!(Launcher::from_label("12:3:ab:4:5"), None);
     assert_eq!(Launcher::from_label("12"), None);
     assert!(Launcher::of(u32::MAX).is_none());
     let run = RunId::explicit("with-launcher", Some(me)).expect("valid");
     assert_eq!(run.launcher(), Some(me));
+}
+
+#[test]
+fn a_launcher_is_judged_only_from_its_own_host_and_pid_namespace() {
+    let here = Host { boot: 0xb007, pid_ns: 4026531836 };
+    let launcher = Launcher { pid: 42, start_ticks: 1000, host: Some(here) };
+    let running = |pid: u32| (pid == 42).then_some(1000);
+    let reused = |pid: u32| (pid == 42).then_some(2000);
+    let gone = |_: u32| None;
+    assert_eq!(launcher.judge(Some(here), running), Verdict::Alive);
+    assert_eq!(launcher.judge(Some(here), reused), Verdict::Dead, "a reused pid is another process");
+    assert_eq!(launcher.judge(Some(here), gone), Verdict::Dead);
+    // Another PID namespace on the same host (a CI job in a container, a
+    // devcontainer, `unshare -p`): pid 42 here is not pid 42 there.
+    let other_ns = Host { pid_ns: 4026532000, ..here };
+    assert_eq!(launcher.judge(Some(other_ns), gone), Verdict::Foreign);
+    assert_eq!(launcher.judge(Some(other_ns), running), Verdict::Foreign);
+    // Another host on the same engine.
+    let other_host = Host { boot: 0xf00d, ..here };
+    assert_eq!(launcher.judge(Some(other_host), gone), Verdict::Foreign);
+    // A label without a host, or a judge without /proc: cannot tell.
+    assert_eq!(Launcher { host: None, ..launcher }.judge(Some(here), gone), Verdict::Foreign);
+    assert_eq!(launcher.judge(None, gone), Verdict::Foreign);
+    // The label carries the host and reads back.
+    let label = launcher.label();
+    assert_eq!(label, format!("42:1000:{:032x}:4026531836", 0xb007));
+    assert_eq!(Launcher::from_label(&label), Some(launcher));
+    // Labels written before hosts were recorded read as hostless.
+    assert_eq!(Launcher::from_label("42:1000"), Some(Launcher { host: None, ..launcher }));
+}
+
+#[test]
+fn safe_names_never_leave_their_directory() {
+    for bad in ["", ".", "..", "../x", "a/b", ".hidden", "x\0"] {
+        assert!(!is_safe_name(bad), "{bad}");
+    }
+    for good in ["run-1", "nextest-0b1c", "a.b_c"] {
+        assert!(is_safe_name(good), "{good}");
+    }
+    let a = random_hex(8).expect("urandom");
+    assert_eq!(a.len(), 16);
+    assert_ne!(a, random_hex(8).expect("urandom"));
 }

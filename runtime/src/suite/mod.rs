@@ -28,7 +28,7 @@ use crate::plan::{Plan, RunId};
 use crate::stack::{self, StackError, StackOptions};
 
 pub use reaper::REAPER_TEST;
-use state::{Found, RunDir};
+use state::{Claim, Found, RunDir};
 
 /// `1`: keep the stack after the run whatever the results; `0`: remove it
 /// even when a test failed; unset: keep it when a test failed.
@@ -90,6 +90,20 @@ pub enum SuiteError {
     /// The declared backend and the environment do not make a backend.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The stack came up but could not be recorded for the run's other
+    /// processes; it has been removed again.
+    #[error("the `{consumer}` stack came up but recording it in `{}` failed, so no other test process could use it nor teardown find it; it was removed ({removed}). Free space in the state directory (or set E2E_INFRA_STATE_DIR) and run again", dir.display())]
+    Unrecorded {
+        /// The consumer.
+        consumer: String,
+        /// The run's state directory.
+        dir: std::path::PathBuf,
+        /// What was removed, or why removing failed.
+        removed: String,
+        /// Why recording failed.
+        #[source]
+        source: state::StateError,
+    },
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
     Thread(String),
@@ -155,6 +169,9 @@ impl Suite {
         let plan = self.plan(RunId::detect().map_err(crate::plan::PlanError::from)?)?;
         let dir = RunDir::open(plan.run().as_str(), plan.consumer().as_str())?;
         let _lock = dir.lock_setup()?;
+        // An earlier use of this run id (a retry with the same
+        // E2E_INFRA_RUN_ID) must not hand its error or stack to this run.
+        let claim = dir.claim(plan.run().launcher(), plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
         let record = match found {
             Found::Ready(record) => record,
@@ -163,18 +180,25 @@ impl Suite {
             }
             Found::Nothing | Found::Abandoned => {
                 reaper::spawn(self, &plan, &dir);
-                let abandoned = matches!(found, Found::Abandoned);
+                let abandoned =
+                    matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true });
                 dir.begin_attempt()?;
                 match self.run_setup(&plan, abandoned) {
                     Ok(record) => {
-                        dir.record_ready(&record)?;
+                        if let Err(source) = dir.record_ready(&record) {
+                            return Err(self.unrecorded(&plan, &dir, source));
+                        }
                         // Once per run. Test harnesses capture it: it shows
                         // with a failing test's output, or with --nocapture.
                         eprint!("{}", record.summary);
                         record
                     }
                     Err(error) => {
-                        dir.record_failure(&error_chain(&error))?;
+                        if let Err(state) = dir.record_failure(&error_chain(&error)) {
+                            // The other processes will retry setup and fail
+                            // the same way; this one's error still counts.
+                            eprintln!("e2e-infra: recording the setup error failed: {state}");
+                        }
                         return Err(error);
                     }
                 }
@@ -222,11 +246,53 @@ impl Suite {
                         if let Some(target) = kube {
                             runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
                         }
-                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, false).await? {
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
                             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)
                     })
+                })
+                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
+            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
+        })
+    }
+
+    /// The stack is up but the other processes cannot learn of it (a full
+    /// disk): nothing would tear it down, so it goes now.
+    fn unrecorded(&self, plan: &Plan, dir: &RunDir, source: state::StateError) -> SuiteError {
+        let removal = self.in_runtime(|| async {
+            let docker = stack::engine_of(None).await?;
+            let kube = match self.options()?.backend {
+                Backend::Kubernetes(target) => Some(target),
+                Backend::Docker => None,
+            };
+            Ok(stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube.as_ref()).await?)
+        });
+        SuiteError::Unrecorded {
+            consumer: plan.consumer().as_str().to_owned(),
+            dir: dir.path().to_owned(),
+            removed: removal.unwrap_or_else(|e| format!("removing it failed too: {}", error_chain(&e))),
+            source,
+        }
+    }
+
+    /// Runs `work` on a thread of its own with its own async runtime.
+    fn in_runtime<T, F, Fut>(&self, work: F) -> Result<T, SuiteError>
+    where
+        T: Send,
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T, SuiteError>>,
+    {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name(format!("e2e-infra-{}", self.spec.consumer))
+                .spawn_scoped(scope, || -> Result<T, SuiteError> {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
+                    runtime.block_on(work())
                 })
                 .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
             worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?

@@ -8,7 +8,6 @@
 //! killed with SIGKILL stops it; if it is killed itself, the next run or
 //! `e2e-infra clean` finds the leftovers by their labels.
 
-use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -39,7 +38,7 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
         return;
     };
     let started = (|| -> std::io::Result<()> {
-        let log = OpenOptions::new().create(true).append(true).open(dir.reaper_log())?;
+        let log = dir.open_reaper_log()?;
         Command::new(std::env::current_exe()?)
             .args(["--exact", &test_name(suite.spec.module_path), "--ignored", "--nocapture"])
             .args(["--test-threads", "1"])
@@ -77,7 +76,9 @@ pub(super) fn run(suite: &Suite) {
             return;
         }
     };
-    while launcher.is_alive() {
+    // This process descends from the launcher: same PID namespace, so
+    // the pid alone tells, even where the namespace cannot be read.
+    while launcher.runs_in_this_namespace() {
         std::thread::sleep(POLL);
     }
     // A setup still running in a lingering test process finishes first.
@@ -94,12 +95,6 @@ pub(super) fn run(suite: &Suite) {
         Ok("0") => false,
         _ => !failed.is_empty(),
     };
-    if keep {
-        let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
-        let _ = dir.mark_kept(&why);
-        println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
-        return;
-    }
     let placement = match dir.found() {
         Ok(super::state::Found::Ready(record)) => Some(record.placement),
         _ => None,
@@ -110,16 +105,37 @@ pub(super) fn run(suite: &Suite) {
         Ok(Backend::Kubernetes(target)) => Some(target),
         _ => None,
     };
-    let removed = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(crate::stack::StackError::Runtime)
-        .and_then(|rt| {
+    let in_runtime = |work: &dyn Fn(&tokio::runtime::Runtime) -> Result<String, crate::stack::StackError>| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(crate::stack::StackError::Runtime)
+            .and_then(|rt| work(&rt))
+    };
+    if keep {
+        let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
+        let _ = dir.mark_kept(&why);
+        // The local folder is seen only by shells with this state root;
+        // the engine or cluster is seen by every `clean`.
+        let marked = in_runtime(&|rt| {
             rt.block_on(async {
                 let docker = crate::stack::engine_of(placement.as_ref()).await?;
-                crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
+                crate::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await?;
+                Ok(String::new())
             })
         });
+        if let Err(error) = marked {
+            eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", super::error_chain(&error));
+        }
+        println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
+        return;
+    }
+    let removed = in_runtime(&|rt| {
+        rt.block_on(async {
+            let docker = crate::stack::engine_of(placement.as_ref()).await?;
+            crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
+        })
+    });
     match removed {
         Ok(summary) => {
             println!("e2e-infra: removed the `{consumer}` stack of run {run}: {summary}");

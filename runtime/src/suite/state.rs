@@ -1,7 +1,17 @@
 //! The run's shared state on disk: how the processes of one run agree that
 //! exactly one of them sets the stack up and the others attach to it.
 //!
+//! The state root is private to one user: `/tmp/e2e-infra-<uid>` (or
+//! `E2E_INFRA_STATE_DIR`), a directory owned by that user with mode 0700. A
+//! root owned by someone else, or open to group or others, is refused rather
+//! than trusted: whoever can write there could plant a `stack.json` pointing
+//! the tests at a foreign endpoint, or symlinks that make a teardown write
+//! through them. State files are never opened through a symlink.
+//!
 //! One directory per run and consumer holds:
+//! - `launcher`: the launcher of the run that uses this directory; a
+//!   different, finished one means the directory is left from an earlier
+//!   use of the same run id, and is cleared before it is trusted.
 //! - `setup.lock`: held (flock) by the process setting up; the kernel drops it
 //!   when that process dies, so another can take over.
 //! - `attempt`: written before setup starts; found without `stack.json`, it
@@ -9,36 +19,150 @@
 //! - `stack.json`: the finished [`StackRecord`]; others attach to it.
 //! - `error.txt`: the setup error; others fail with it at once.
 //! - `failed`: names of failed tests; the stack is then kept.
+//! - `kept`: why the stack was kept (the engine or cluster holds a marker
+//!   too, so that `clean` from any shell sees it).
 //! - `reaper.lock`, `reaper.log`: the teardown process.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::handle::StackRecord;
+use crate::plan::{is_safe_name, Launcher, Verdict};
 
-/// Overrides where run state lives (default: the system temp directory).
+/// Overrides where run state lives (default: `/tmp/e2e-infra-<uid>`).
 pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
 
 /// A state directory could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{operation} `{}` failed: {source}", path.display())]
-pub struct StateError {
-    operation: &'static str,
-    path: PathBuf,
-    #[source]
-    source: io::Error,
+#[non_exhaustive]
+pub enum StateError {
+    /// A file system operation failed.
+    #[error("{operation} `{}` failed: {source}", path.display())]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The state root, or a directory in it, is not this user's alone.
+    #[error("the e2e-infra state directory `{}` {problem}; it must be a real directory owned by uid {uid} with mode 0700: remove it if it is not yours to trust, `chmod 700` it if it is, or set {STATE_DIR_ENV} to a private directory", path.display())]
+    Untrusted {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// This process's user.
+        uid: u32,
+    },
+    /// A run id or consumer that cannot be one component of a path.
+    #[error("{what} `{name}` cannot name a state directory: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'")]
+    BadName {
+        /// "run id" or "consumer".
+        what: &'static str,
+        /// The value refused.
+        name: String,
+    },
+    /// An earlier run that used the same run id kept its stack.
+    #[error("run id `{run_id}` was used by an earlier run whose `{consumer}` stack is kept ({why}); remove it with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
+    KeptByEarlierRun {
+        /// The run id.
+        run_id: String,
+        /// The consumer.
+        consumer: String,
+        /// Why it was kept.
+        why: String,
+    },
 }
 
 fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError { operation, path: path.to_owned(), source }
+    move |source| StateError::Io { operation, path: path.to_owned(), source }
 }
 
-/// The root holding every run's directory.
-pub fn root() -> PathBuf {
-    std::env::var_os(STATE_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("e2e-infra"))
+/// This process's effective user: `/proc/self` belongs to it.
+fn current_uid() -> Result<u32, StateError> {
+    let proc_self = Path::new("/proc/self");
+    Ok(fs::metadata(proc_self).map_err(io_err("reading the owner of", proc_self))?.uid())
+}
+
+/// The root holding every run's directory, created if missing, refused if
+/// it is not private to this user.
+///
+/// # Errors
+/// [`StateError::Untrusted`] for a root owned by another user, open to
+/// group or others, or that is a symlink; [`StateError::Io`] when it cannot
+/// be created or inspected.
+pub fn root() -> Result<PathBuf, StateError> {
+    let uid = current_uid()?;
+    let path = match std::env::var_os(STATE_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        // Not $TMPDIR nor $XDG_RUNTIME_DIR: both differ between a login
+        // shell, sudo, cron and CI jobs of one user, and every process of a
+        // run must find the same directory.
+        None => PathBuf::from(format!("/tmp/e2e-infra-{uid}")),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err("creating the parent of", parent))?;
+    }
+    private_dir(&path, uid)?;
+    Ok(path)
+}
+
+/// Creates `path` with mode 0700 unless it exists; then checks that it is a
+/// directory (not a symlink) owned by `uid` and closed to everyone else.
+fn private_dir(path: &Path, uid: u32) -> Result<(), StateError> {
+    match DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("creating", path)(e)),
+    }
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    let untrusted = |problem: String| StateError::Untrusted { path: path.to_owned(), problem, uid };
+    if meta.file_type().is_symlink() {
+        return Err(untrusted("is a symlink".to_owned()));
+    }
+    if !meta.is_dir() {
+        return Err(untrusted("is not a directory".to_owned()));
+    }
+    if meta.uid() != uid {
+        return Err(untrusted(format!("is owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(untrusted(format!("has mode {:04o}, open to group or others", meta.mode() & 0o7777)));
+    }
+    Ok(())
+}
+
+/// A directory inside the private root: nobody else can reach it, so its
+/// own mode does not matter, but it must be ours and not a symlink.
+fn inner_dir(path: &Path, uid: u32) -> Result<(), StateError> {
+    match DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("creating", path)(e)),
+    }
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
+    let problem = if meta.file_type().is_symlink() {
+        "is a symlink".to_owned()
+    } else if !meta.is_dir() {
+        "is not a directory".to_owned()
+    } else if meta.uid() != uid {
+        format!("is owned by uid {}", meta.uid())
+    } else {
+        return Ok(());
+    };
+    Err(StateError::Untrusted { path: path.to_owned(), problem, uid })
+}
+
+/// Opens never follow a symlink planted in place of a state file.
+fn no_follow() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.custom_flags(libc::O_NOFOLLOW).mode(0o600);
+    options
 }
 
 /// The state directory of one run and consumer.
@@ -60,21 +184,59 @@ pub enum Found {
     Failed(String),
 }
 
+/// What [`RunDir::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The directory is this run's (or cannot be told apart from it).
+    Ours,
+    /// It was left by an earlier, finished use of the same run id and has
+    /// been cleared; `leftovers` when that use got as far as setting up, so
+    /// what it may have left on the engine must go first.
+    Reset {
+        /// Whether the earlier use started a setup.
+        leftovers: bool,
+    },
+}
+
+fn checked<'a>(what: &'static str, name: &'a str) -> Result<&'a str, StateError> {
+    if is_safe_name(name) {
+        Ok(name)
+    } else {
+        Err(StateError::BadName { what, name: name.to_owned() })
+    }
+}
+
 impl RunDir {
     /// The directory for `run_id` and `consumer` (created if missing).
     ///
     /// # Errors
-    /// [`StateError`] when it cannot be created.
+    /// [`StateError::BadName`] for a run id or consumer that is not a safe
+    /// path component, [`StateError::Untrusted`] for a state root that is not
+    /// private, [`StateError::Io`] when it cannot be created.
     pub fn open(run_id: &str, consumer: &str) -> Result<Self, StateError> {
-        let path = root().join(run_id).join(consumer);
-        fs::create_dir_all(&path).map_err(io_err("creating run state directory", &path))?;
+        Self::open_under(&root()?, run_id, consumer)
+    }
+
+    fn open_under(root: &Path, run_id: &str, consumer: &str) -> Result<Self, StateError> {
+        let (run_id, consumer) = (checked("run id", run_id)?, checked("consumer", consumer)?);
+        let uid = current_uid()?;
+        let run = root.join(run_id);
+        inner_dir(&run, uid)?;
+        let path = run.join(consumer);
+        inner_dir(&path, uid)?;
         Ok(Self { path })
     }
 
-    /// The directory, if it exists, without creating it.
+    /// The directory, if it exists, without creating it. Names that are not
+    /// safe path components (they may come from labels anyone can set) and
+    /// a root that is not private give `None`.
     pub fn existing(run_id: &str, consumer: &str) -> Option<Self> {
-        let path = root().join(run_id).join(consumer);
-        path.is_dir().then_some(Self { path })
+        if !is_safe_name(run_id) || !is_safe_name(consumer) {
+            return None;
+        }
+        let path = root().ok()?.join(run_id).join(consumer);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        meta.is_dir().then_some(Self { path })
     }
 
     /// Its path.
@@ -84,6 +246,22 @@ impl RunDir {
 
     fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
+    }
+
+    fn read(&self, name: &str) -> Result<Option<String>, StateError> {
+        let path = self.file(name);
+        let mut file = match no_follow().read(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("opening", &path)(e)),
+        };
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io_err("reading", &path))?;
+        Ok(Some(text))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        fs::symlink_metadata(self.file(name)).is_ok()
     }
 
     /// Blocks until this process holds the setup lock. The lock is released
@@ -99,7 +277,7 @@ impl RunDir {
 
     fn lock_file(&self, name: &str) -> Result<(File, PathBuf), StateError> {
         let path = self.file(name);
-        let file = OpenOptions::new()
+        let file = no_follow()
             .create(true)
             .truncate(false)
             .write(true)
@@ -121,23 +299,70 @@ impl RunDir {
         }
     }
 
+    /// Makes the directory this run's: state left by an earlier use of the
+    /// same run id (a different launcher, proven finished) is cleared, so a
+    /// retry never inherits its error or its stack record. A recorded
+    /// launcher that is alive, or that this process cannot judge (another
+    /// host or PID namespace), shares the directory as before. Call with the
+    /// setup lock held.
+    ///
+    /// # Errors
+    /// [`StateError::KeptByEarlierRun`] when the earlier use kept its stack:
+    /// clearing the record would orphan it. [`StateError::Io`] when files
+    /// cannot be read, removed or written.
+    pub fn claim(&self, launcher: Option<Launcher>, run_id: &str, consumer: &str) -> Result<Claim, StateError> {
+        // Without a launcher (no /proc) nothing tells two uses apart.
+        let Some(launcher) = launcher else { return Ok(Claim::Ours) };
+        let mine = launcher.label();
+        let recorded = self.read("launcher")?;
+        let earlier = match recorded.as_deref().map(str::trim) {
+            Some(label) if label == mine => return Ok(Claim::Ours),
+            Some(label) => Launcher::from_label(label).is_none_or(|l| l.verdict() == Verdict::Dead),
+            // No record: a fresh directory, or one written by hand or by a
+            // version that did not record launchers; nothing tells it apart.
+            None => false,
+        };
+        if !earlier {
+            if recorded.is_none() {
+                self.write("launcher", &mine)?;
+            }
+            return Ok(Claim::Ours);
+        }
+        if let Some(why) = self.read("kept")? {
+            return Err(StateError::KeptByEarlierRun {
+                run_id: run_id.to_owned(),
+                consumer: consumer.to_owned(),
+                why: why.trim().to_owned(),
+            });
+        }
+        let leftovers = self.exists("stack.json") || self.exists("attempt");
+        for name in ["stack.json", "error.txt", "attempt", "failed"] {
+            let path = self.file(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing stale", &path)(e)),
+            }
+        }
+        self.write("launcher", &mine)?;
+        Ok(Claim::Reset { leftovers })
+    }
+
     /// What the previous holders of the setup lock left. Call with the lock held.
     ///
     /// # Errors
     /// [`StateError`] when a state file cannot be read or parsed.
     pub fn found(&self) -> Result<Found, StateError> {
-        let stack = self.file("stack.json");
-        if stack.exists() {
-            let text = fs::read_to_string(&stack).map_err(io_err("reading", &stack))?;
-            let record = serde_json::from_str(&text)
-                .map_err(|e| io_err("parsing", &stack)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        if let Some(text) = self.read("stack.json")? {
+            let record = serde_json::from_str(&text).map_err(|e| {
+                io_err("parsing", &self.file("stack.json"))(io::Error::new(io::ErrorKind::InvalidData, e))
+            })?;
             return Ok(Found::Ready(record));
         }
-        let error = self.file("error.txt");
-        if error.exists() {
-            return Ok(Found::Failed(fs::read_to_string(&error).map_err(io_err("reading", &error))?));
+        if let Some(error) = self.read("error.txt")? {
+            return Ok(Found::Failed(error));
         }
-        Ok(if self.file("attempt").exists() { Found::Abandoned } else { Found::Nothing })
+        Ok(if self.exists("attempt") { Found::Abandoned } else { Found::Nothing })
     }
 
     /// Marks that this process starts setting up.
@@ -172,19 +397,13 @@ impl RunDir {
     /// [`StateError`] when it cannot be written.
     pub fn record_failed_test(&self, test: &str) -> Result<(), StateError> {
         let path = self.file("failed");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+        let mut file = no_follow().create(true).append(true).open(&path).map_err(io_err("opening", &path))?;
         writeln!(file, "{test}").map_err(io_err("writing", &path))
     }
 
     /// Names of the tests that failed, if any.
     pub fn failed_tests(&self) -> Vec<String> {
-        fs::read_to_string(self.file("failed"))
-            .map(|t| t.lines().map(str::to_owned).collect())
-            .unwrap_or_default()
+        self.read("failed").ok().flatten().map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
     }
 
     /// Marks the stack as kept on purpose, so that no automatic clean removes it.
@@ -195,14 +414,17 @@ impl RunDir {
         self.write("kept", why)
     }
 
-    /// Whether the stack was kept on purpose.
+    /// Whether the stack was kept on purpose, as recorded here.
     pub fn is_kept(&self) -> bool {
-        self.file("kept").exists()
+        self.exists("kept")
     }
 
-    /// The reaper's log file.
-    pub fn reaper_log(&self) -> PathBuf {
-        self.file("reaper.log")
+    /// Opens the reaper's log for appending, never through a symlink.
+    ///
+    /// # Errors
+    /// When it cannot be opened.
+    pub fn open_reaper_log(&self) -> io::Result<File> {
+        no_follow().create(true).append(true).open(self.file("reaper.log"))
     }
 
     /// Removes the directory once the stack is gone.
@@ -218,11 +440,25 @@ impl RunDir {
         Ok(())
     }
 
-    /// Writes atomically: readers see the old content or the new, never half.
+    /// Writes atomically: readers see the old content or the new, never
+    /// half. The temporary file is created new (never through a symlink)
+    /// and removed again if writing it fails, so a full disk leaves nothing.
     fn write(&self, name: &str, content: &str) -> Result<(), StateError> {
         let path = self.file(name);
         let tmp = self.file(&format!(".{name}.{}", std::process::id()));
-        fs::write(&tmp, content).map_err(io_err("writing", &tmp))?;
+        let _ = fs::remove_file(&tmp);
+        let written = no_follow()
+            .create_new(true)
+            .write(true)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(content.as_bytes()).and_then(|()| file.sync_all()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("writing", &tmp)(e));
+        }
         fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -87,6 +87,12 @@ pub struct CleanArgs {
     /// Also remove stacks kept because a test failed or E2E_INFRA_KEEP=1.
     #[arg(long)]
     kept: bool,
+    /// Also remove foreign stacks: runs launched on another host or in
+    /// another PID namespace (a container, a devcontainer, `unshare -p`),
+    /// whose liveness cannot be seen from here. Without it they are removed
+    /// only once older than 24 hours.
+    #[arg(long)]
+    foreign: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -111,10 +117,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Runs `up`.
 pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     let catalog = crate::plan::catalog(config)?;
-    let id = std::env::var(e2e_infra::plan::RUN_ID_ENV).unwrap_or_else(|_| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        format!("up-{:x}", now.as_millis())
-    });
+    let id = match std::env::var(e2e_infra::plan::RUN_ID_ENV) {
+        Ok(id) => id,
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            // The time orders ids for people; the random part keeps `up`s
+            // started in the same millisecond, or on other hosts, apart.
+            let random = e2e_infra::plan::random_hex(6)
+                .map_err(|e| format!("reading /dev/urandom for a run id failed: {e}; set E2E_INFRA_RUN_ID"))?;
+            format!("up-{:x}-{random}", now.as_millis())
+        }
+    };
     // No launcher: a stack brought up by hand lives until `down`.
     let run = RunId::explicit(&id, None).map_err(|e| e.to_string())?;
     let kubernetes = args.cluster.wanted().is_some()
@@ -145,10 +158,32 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
             _ => String::new(),
         }
     );
+    let kube_context = match &backend {
+        Backend::Kubernetes(target) => Some(target.context.clone()),
+        _ => None,
+    };
     let mut options = StackOptions { backend, ..StackOptions::default() };
     options.build.force = args.force_build;
-    let record = runtime()?.block_on(stack::up(&plan, &options)).map_err(|e| {
-        format!("{}\nwhat was created is labelled; remove it with `{take_down}`", error_chain(&e))
+    let runtime = runtime()?;
+    // A second `up` with the same run id would take the first stack's
+    // names; it refuses instead of replacing or removing anything.
+    runtime.block_on(async {
+        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
+        let mut runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
+        if let Some(context) = &kube_context {
+            runs.extend(teardown::list_kube(context.as_deref()).await.map_err(|e| error_chain(&e))?);
+        }
+        match runs.iter().find(|r| r.run_id == plan.run().as_str() && r.consumer == args.consumer) {
+            Some(_) => Err(format!(
+                "a `{}` stack of run `{}` is already up; nothing was created. Take it down with `{take_down}`, or use another run id",
+                args.consumer,
+                plan.run()
+            )),
+            None => Ok(()),
+        }
+    })?;
+    let record = runtime.block_on(stack::up(&plan, &options)).map_err(|e| {
+        format!("{}\nwhat this command created was removed where it could be; list what is left with `e2e-infra status`", error_chain(&e))
     })?;
     print!("{}", record.summary);
     for (component, ports) in &record.endpoints {
@@ -197,11 +232,14 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
             println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
         }
         let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
+        let now = teardown::now();
         for run in runs {
             let state = match (run.liveness(), run.kept) {
                 (_, true) => "kept",
                 (Liveness::Alive, _) => "alive",
                 (Liveness::Dead, _) => "dead",
+                (Liveness::Foreign, _) if run.expired(now) => "expired",
+                (Liveness::Foreign, _) => "foreign",
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
@@ -228,9 +266,23 @@ pub fn clean(args: &CleanArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
         let runs = stacks(&docker, &args.cluster).await?;
-        let removed = teardown::clean_dead(&docker, runs, None, args.kept).await.map_err(|e| error_chain(&e))?;
+        let now = teardown::now();
+        let foreign: Vec<String> = runs
+            .iter()
+            .filter(|r| r.liveness() == Liveness::Foreign && !r.kept && !r.expired(now))
+            .map(|r| format!("{} run {}", r.consumer, r.run_id))
+            .collect();
+        let scope = teardown::Scope { kept: args.kept, foreign: args.foreign };
+        let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(|e| error_chain(&e))?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");
+        }
+        if !args.foreign && !foreign.is_empty() {
+            println!(
+                "left foreign stacks (launched on another host or PID namespace, alive as far as can be told): {}; \
+                 they go after 24 h, or now with `e2e-infra clean --foreign`",
+                foreign.join(", ")
+            );
         }
         for (run, summary) in removed {
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
