@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
-use e2e_infra::deploy::kube::{deploy, forward, KubeError, KubeOptions, PodFailure};
+use e2e_infra::deploy::kube::{deploy, forward, mark_kept, KubeError, KubeOptions, PodFailure};
 use e2e_infra::handle::StackRecord;
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
 use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
@@ -113,6 +113,46 @@ impl AppRun {
         let mut env = env.to_vec();
         env.push((RUN_ID_ENV, OsStr::new(self.plan.run().as_str())));
         cli(self.project.path(), &args, &env).await
+    }
+
+    /// The same stack as this run's, stood up by `stack::up` for a run
+    /// whose launcher has exited: a stack its teardown never removed.
+    async fn dead_launchers_stack(&self) -> (Plan, StackGuard) {
+        let mut exited = std::process::Command::new("true").spawn().expect("spawning `true`");
+        let pid = exited.id();
+        exited.wait().expect("waiting for `true`");
+        let dead = Launcher { pid, start_ticks: 0, host: Host::current() };
+        let catalog = Catalog::load(&self.project.path().join("e2e-infra.toml")).expect("catalog");
+        let owned = RunId::explicit(&unique(self.plan.consumer().as_str()), Some(dead)).expect("run id");
+        let plan = Plan::new(&catalog, self.plan.consumer().as_str(), &[APP], owned, &Delivery::Local).expect("plan");
+        let guard = StackGuard::of(&plan, self.cluster.target());
+        let options =
+            StackOptions { backend: self.cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
+        stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        (plan, guard)
+    }
+
+    /// `e2e-infra <command> <extra>` on this run's cluster.
+    async fn cli_on_cluster(&self, command: &str, extra: &[&str]) -> Output {
+        let flags = self.cluster.context_flags();
+        let mut args = vec![command];
+        args.extend(extra);
+        args.extend(flags.iter().map(String::as_str));
+        cli(self.project.path(), &args, &[]).await.0
+    }
+
+    /// The line `e2e-infra status` prints for `plan`'s run.
+    async fn status_line(&self, plan: &Plan) -> String {
+        let listed = stdout(&self.cli_on_cluster("status", &[]).await);
+        let line = listed.lines().find(|l| l.contains(plan.run().as_str()));
+        line.unwrap_or_else(|| panic!("{} is not listed:\n{listed}", plan.run())).to_owned()
+    }
+
+    /// `e2e-infra clean <extra>` on this run's cluster; what it printed.
+    async fn clean(&self, extra: &[&str]) -> String {
+        let cleaned = self.cli_on_cluster("clean", extra).await;
+        assert!(cleaned.status.success(), "{}", stderr(&cleaned));
+        stdout(&cleaned)
     }
 
     /// Asserts that nothing of the run reached the cluster: no namespace, no
@@ -601,35 +641,33 @@ async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn clean_removes_the_stack_of_a_run_whose_launcher_is_gone() {
     let run = AppRun::new("kube-clean", &[deployment(sleeper())]);
-    // The same stack, owned by a launcher that has exited.
-    let mut exited = std::process::Command::new("true").spawn().expect("spawning `true`");
-    let pid = exited.id();
-    exited.wait().expect("waiting for `true`");
-    let dead = Launcher { pid, start_ticks: 0, host: Host::current() };
-    let catalog = Catalog::load(&run.project.path().join("e2e-infra.toml")).expect("catalog");
-    let owned = RunId::explicit(&unique("kube-clean"), Some(dead)).expect("run id");
-    let plan = Plan::new(&catalog, "kube-clean", &[APP], owned, &Delivery::Local).expect("plan");
-    let _stack = StackGuard::of(&plan, run.cluster.target());
-    let options = StackOptions { backend: run.cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
-    stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let (plan, _stack) = run.dead_launchers_stack().await;
     let (namespace, tag) = (plan.namespace().as_str(), plan.tag().as_str());
     let docker = engine(None).await;
 
-    let flags = run.cluster.context_flags();
-    let with_cluster = |command: &'static str| {
-        let mut args = vec![command];
-        args.extend(flags.iter().map(String::as_str));
-        args
-    };
-    let (listed, _) = cli(run.project.path(), &with_cluster("status"), &[]).await;
-    let listed = stdout(&listed);
-    let line = listed.lines().find(|l| l.contains(plan.run().as_str())).unwrap_or_else(|| panic!("not listed:\n{listed}"));
+    let line = run.status_line(&plan).await;
     assert!(line.contains(" dead ") && line.contains(namespace), "{line}");
 
-    let (cleaned, _) = cli(run.project.path(), &with_cluster("clean"), &[]).await;
-    assert!(cleaned.status.success(), "{}", stderr(&cleaned));
-    let removed = stdout(&cleaned);
+    let removed = run.clean(&[]).await;
     assert!(removed.contains(&format!("removed kube-clean run {}", plan.run())), "{removed}");
     assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
     assert_eq!(run.cluster.node_references(&docker, tag).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_kept_stack_is_kept_on_the_cluster_until_clean_kept() {
+    let run = AppRun::new("kube-kept", &[deployment(sleeper())]);
+    let (plan, _stack) = run.dead_launchers_stack().await;
+    let namespace = plan.namespace().as_str();
+    // What the teardown of a run with a failed test does; recorded on the
+    // cluster, so no local state is needed to honour it.
+    mark_kept(run.cluster.client().await, namespace, "failed: a_test").await.expect("mark kept");
+
+    assert!(run.status_line(&plan).await.contains(" kept "));
+    run.clean(&[]).await;
+    assert!(run.cluster.has_namespace(namespace).await, "clean removed a kept stack");
+    let removed = run.clean(&["--kept"]).await;
+    assert!(removed.contains(&format!("removed kube-kept run {}", plan.run())), "{removed}");
+    assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
 }
