@@ -44,7 +44,9 @@ async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
             Some("podman")
         );
         assert_eq!(
-            image_labels.get(labels::COMPONENT).map(String::as_str),
+            image_labels
+                .get(labels::BUILT_FOR_COMPONENT)
+                .map(String::as_str),
             Some("app")
         );
 
