@@ -151,30 +151,44 @@ pub async fn busybox_image(
     (plan, built.remove(0))
 }
 
-/// Removes the references `plan` gave its built images (an image goes when
-/// its last reference does). Borrowed images are left alone.
+/// Removes the references `plan` gave its built images and their cache
+/// references (an image goes when its last reference does). Borrowed
+/// images are left alone.
 pub async fn remove_built_images(docker: &Docker, plan: &Plan) {
     for component in plan
         .components()
         .iter()
         .filter(|c| c.origin == Origin::Built)
     {
+        let digest = docker
+            .inspect_image(&component.image.to_string())
+            .await
+            .ok()
+            .and_then(|i| i.config)
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(e2e_infra::labels::INPUT_DIGEST).cloned());
         remove_image(docker, &component.image).await;
+        if let Some(digest) = digest {
+            let cache = e2e_infra::build::cache_ref(&component.image, &digest);
+            remove_reference(docker, &cache).await;
+        }
     }
 }
 
 /// Removes one reference, if the engine has it.
 pub async fn remove_image(docker: &Docker, image: &ImageRef) {
+    remove_reference(docker, &image.to_string()).await;
+}
+
+/// Removes one reference given as text, if the engine has it.
+pub async fn remove_reference(docker: &Docker, reference: &str) {
     let options = RemoveImageOptionsBuilder::new().force(true).build();
-    match docker
-        .remove_image(&image.to_string(), Some(options), None)
-        .await
-    {
+    match docker.remove_image(reference, Some(options), None).await {
         Ok(_)
         | Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
-        Err(e) => panic!("removing {image}: {e}"),
+        Err(e) => panic!("removing {reference}: {e}"),
     }
 }
 

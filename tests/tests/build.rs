@@ -267,6 +267,7 @@ async fn one_failure_stops_the_other_builds() {
         &BuildOptions {
             force: false,
             concurrency: 2,
+            ..BuildOptions::default()
         },
     )
     .await;

@@ -10,15 +10,21 @@
 //!   `FROM` one of ours under another name);
 //! - a run tag that some container on the engine was created from, or whose
 //!   run still has its network (a run in progress, a kept stack);
-//! - the references the caller protects (the run that just built).
+//! - the references the caller protects (the run that just built);
+//! - any run tag of an image created or tagged within the grace period
+//!   ([`GRACE`]): another run may have just built or tagged it and not yet
+//!   started its containers. Docker records when an image was last tagged;
+//!   Podman does not, so there a cache hit's tag on an older image is
+//!   protected only once that run's network exists.
 //!
-//! The engine does not record when a tag was given, so runs are ordered by
-//! the creation time of their image, newest first; run tags on one image
+//! The engine does not record when each tag was given, so runs are ordered
+//! by the creation time of their image, newest first; run tags on one image
 //! (cache hits) are ordered by name. Removing a tag never deletes an image
 //! that still has another reference, and the engine refuses to delete an
 //! image a container uses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder, RemoveImageOptionsBuilder,
@@ -34,6 +40,8 @@ use crate::plan::ImageRef;
 pub const KEEP_RUNS: usize = 3;
 /// Overrides [`KEEP_RUNS`]; `0` turns housekeeping after builds off.
 pub const KEEP_RUNS_ENV: &str = "E2E_INFRA_KEEP_IMAGE_RUNS";
+/// Run tags of an image created or tagged this recently are never removed.
+pub const GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// A housekeeping error.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +112,9 @@ struct Candidate {
 
 /// Removes the run tags of all but the newest `keep` runs of each built
 /// component (all components when `components` is `None`), sparing what
-/// the [module documentation](self) lists and the references in `protect`.
-/// Returns what was removed.
+/// the [module documentation](self) lists, the references in `protect`, and
+/// the tags of images created or tagged within `grace` ([`GRACE`] unless a
+/// caller knows better). Returns what was removed.
 ///
 /// # Errors
 /// [`HousekeepingError`] when the engine cannot list its images, containers
@@ -117,7 +126,8 @@ struct Candidate {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use e2e_infra::build::housekeeping::prune_run_tags;
 /// let docker = e2e_infra::engine::connect().await?;
-/// for removed in prune_run_tags(&docker, None, 3, &[]).await? {
+/// use e2e_infra::build::housekeeping::GRACE;
+/// for removed in prune_run_tags(&docker, None, 3, GRACE, &[]).await? {
 ///     println!("removed {}", removed.reference);
 /// }
 /// # Ok(()) }
@@ -126,6 +136,7 @@ pub async fn prune_run_tags(
     docker: &Docker,
     components: Option<&[&str]>,
     keep: usize,
+    grace: Duration,
     protect: &[ImageRef],
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {
     let mut by_repository: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
@@ -139,10 +150,22 @@ pub async fn prune_run_tags(
     let in_use = in_use(docker).await?;
     let protected: HashSet<String> = protect.iter().map(ToString::to_string).collect();
     let mut removed = Vec::new();
+    let mut fresh: HashMap<String, bool> = HashMap::new();
     for candidates in by_repository.values_mut() {
         candidates.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.tag.cmp(&b.tag)));
         for old in candidates.iter().skip(keep) {
             if protected.contains(&old.reference) || in_use.references.contains(&old.reference) || in_use.runs.contains(&old.tag) {
+                continue;
+            }
+            let recent = match fresh.get(&old.image_id) {
+                Some(recent) => *recent,
+                None => {
+                    let recent = recently_touched(docker, old, grace).await?;
+                    fresh.insert(old.image_id.clone(), recent);
+                    recent
+                }
+            };
+            if recent {
                 continue;
             }
             let options = RemoveImageOptionsBuilder::new().force(false).noprune(false).build();
@@ -163,6 +186,30 @@ pub async fn prune_run_tags(
         }
     }
     Ok(removed)
+}
+
+/// Whether `candidate`'s image was created or last tagged within `grace`.
+async fn recently_touched(docker: &Docker, candidate: &Candidate, grace: Duration) -> Result<bool, HousekeepingError> {
+    let now = SystemTime::now();
+    let within = |at: SystemTime| now.duration_since(at).map_or(true, |age| age < grace);
+    let created = UNIX_EPOCH + Duration::from_secs(u64::try_from(candidate.created).unwrap_or_default());
+    if grace.is_zero() {
+        return Ok(false);
+    }
+    if within(created) {
+        return Ok(true);
+    }
+    let inspecting = docker.inspect_image(&candidate.image_id);
+    let inspected = match engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting an image", inspecting).await? {
+        Ok(inspected) => inspected,
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(true),
+        Err(source) => return Err(HousekeepingError::List { what: "image details", source }),
+    };
+    let tagged = inspected
+        .metadata
+        .and_then(|m| m.last_tag_time)
+        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+    Ok(tagged.is_some_and(within))
 }
 
 /// Every run tag on an image this project built, of `components` if given.

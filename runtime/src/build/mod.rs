@@ -185,7 +185,7 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
         let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
         let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
         // Housekeeping is a courtesy: its failure must not fail the run.
-        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, &protect).await {
+        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect).await {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(removed = removed.len(), keep = opts.keep_runs, "removed the image tags of older runs");
             }

@@ -9,8 +9,8 @@ use e2e_infra::suite::error_chain;
 pub struct ImagesArgs {
     /// Also remove the image tags of older runs: per built component, all
     /// but the newest runs' (see --keep), sparing cache references,
-    /// borrowed images, tags a user gave, and tags a container or a run in
-    /// progress uses.
+    /// borrowed images, tags a user gave, tags a container or a run in
+    /// progress uses, and images built or tagged in the last 10 minutes.
     #[arg(long)]
     images: bool,
     /// With --images: how many runs' tags to keep per component (default:
@@ -36,7 +36,7 @@ pub fn clean(args: &ImagesArgs) -> Result<(), String> {
         .map_err(|e| format!("starting an async runtime failed: {e}"))?;
     runtime.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let removed = prune_run_tags(&docker, None, keep, &[]).await.map_err(|e| error_chain(&e))?;
+        let removed = prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await.map_err(|e| error_chain(&e))?;
         if removed.is_empty() {
             println!("no image tags to remove: every component has the tags of at most {keep} run(s) not in use");
         }
