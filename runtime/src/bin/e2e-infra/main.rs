@@ -29,13 +29,13 @@ enum Command {
     /// List the stacks on the engine (and cluster): run, consumer, alive, dead, kept or manual.
     Status(stacks::StatusArgs),
     /// Remove what finished or killed runs left behind; with --images, the image tags of older runs too.
-    Clean(CleanArgs),
+    Clean(CleanAll),
 }
 
 /// `clean`: stacks first, so that tags only a dead run's containers used
 /// are no longer in use when the images are looked at.
 #[derive(clap::Args)]
-struct CleanArgs {
+struct CleanAll {
     #[command(flatten)]
     stacks: stacks::CleanArgs,
     #[command(flatten)]
