@@ -296,9 +296,19 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
 }
 
 /// Forwards TCP connections to a Unix socket, each after `delay`; once
-/// `frozen` is set, requests are swallowed and nothing answers, as with a
-/// frozen engine. Returns the `tcp://` address.
+/// `frozen` is set, or a request contains `freeze_at`, requests are
+/// swallowed and nothing answers, as with a frozen engine. Returns the
+/// `tcp://` address.
 async fn proxy(socket: &'static str, delay: Duration, frozen: Arc<AtomicBool>) -> String {
+    proxy_freezing_at(socket, delay, frozen, None).await
+}
+
+async fn proxy_freezing_at(
+    socket: &'static str,
+    delay: Duration,
+    frozen: Arc<AtomicBool>,
+    freeze_at: Option<&'static str>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -316,6 +326,10 @@ async fn proxy(socket: &'static str, delay: Duration, frozen: Arc<AtomicBool>) -
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
+                        let chunk = String::from_utf8_lossy(&buf[..n]);
+                        if freeze_at.is_some_and(|at| chunk.contains(at)) {
+                            frozen.store(true, Ordering::SeqCst);
+                        }
                         if frozen.load(Ordering::SeqCst) {
                             // Hold the connection open and never answer.
                             std::future::pending::<()>().await;
@@ -413,4 +427,43 @@ async fn a_refused_connection_fails_at_once() {
     assert!(matches!(error, EngineError::Unreachable { .. }), "{error}");
     assert!(error.to_string().contains(&host), "{error}");
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+}
+
+/// The engine freezes at the moment the container is created, after the
+/// network: the error names the component, the call and the engine, within
+/// the readiness timeout, and no cleanup waits on the frozen engine.
+#[tokio::test]
+async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
+    let frozen = Arc::new(AtomicBool::new(false));
+    let host = proxy_freezing_at(DOCKER_SOCKET, Duration::ZERO, frozen, Some("/containers/create")).await;
+    let docker = connect_within(&host, Duration::from_secs(10)).await.unwrap();
+    let direct = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("ctx/Dockerfile", busybox_dockerfile(""));
+    let catalog = project.catalog(
+        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
+    );
+    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    let body = async {
+        build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
+            .await
+            .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
+        let elapsed = started.elapsed();
+        let error = result.expect_err("the engine is frozen");
+        eprintln!("after {elapsed:?}: {error}");
+        let message = error.to_string();
+        assert!(matches!(error, DockerError::Silent { .. }), "{message}");
+        assert!(message.contains("`web`") && message.contains("creating the container"), "{message}");
+        assert!(message.contains(host.trim_start_matches("tcp://")), "{message}");
+        assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
+        remove_built_images(&direct, &plan).await;
+    })
+    .await;
 }

@@ -227,6 +227,12 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?;
     match start_all(docker, plan, &network, envs).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
+        Err(e @ DockerError::Silent { .. }) => {
+            // Asking a frozen engine to remove the stack would only add its
+            // own wait to the error; the next setup or `clean` removes it.
+            tracing::warn!(%network, "the engine stopped answering; the partly started stack is left for `e2e-infra clean`");
+            Err(e)
+        }
         Err(e) => {
             let filters = labels::run_filter(plan);
             let cleanup = engine::within(docker, CLEANUP_TIMEOUT, "removing the partly started stack", remove_labelled(docker, &filters));
