@@ -33,6 +33,14 @@ pub fn busybox_dockerfile(extra: &str) -> String {
     format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra}")
 }
 
+/// As [`busybox_dockerfile`], but copying the context's unique `nonce` file
+/// first (see [`Project::busybox_context`]), so that no layer is shared with
+/// another test's build: removing this test's images then never removes a
+/// layer that a build running in parallel is using.
+pub fn unshared_busybox_dockerfile(extra: &str) -> String {
+    busybox_dockerfile(extra).replacen("FROM scratch\n", "FROM scratch\nCOPY nonce /nonce\n", 1)
+}
+
 /// A name no other test process or call shares: `<prefix>-<pid>-<nanos>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -87,6 +95,19 @@ impl Project {
         fs::copy(BUSYBOX, dir.join("busybox")).expect("copy /bin/busybox (install busybox-static)");
         fs::write(dir.join("nonce"), unique_run("nonce").as_str()).expect("write nonce");
         dir
+    }
+
+    /// As [`Project::busybox_catalog`], built from
+    /// [`unshared_busybox_dockerfile`]`(extra)`.
+    pub fn unshared_busybox_catalog(&self, name: &str, extra: &str) -> Catalog {
+        self.busybox_context(name);
+        self.write(
+            &format!("{name}/Dockerfile"),
+            unshared_busybox_dockerfile(extra),
+        );
+        self.catalog(&format!(
+            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
+        ))
     }
 
     /// Writes `toml` as the project's `e2e-infra.toml` and loads it.

@@ -78,7 +78,9 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
                 Some(plan.run().as_str())
             );
             assert_eq!(
-                image_labels.get(labels::BUILT_BY_CONSUMER).map(String::as_str),
+                image_labels
+                    .get(labels::BUILT_BY_CONSUMER)
+                    .map(String::as_str),
                 Some("seed")
             );
             assert_eq!(
@@ -87,7 +89,12 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
             );
             // Provenance only: a container started from the image must not
             // inherit the membership of a stack.
-            for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
+            for membership in [
+                labels::MANAGED_BY,
+                labels::RUN,
+                labels::CONSUMER,
+                labels::COMPONENT,
+            ] {
                 assert!(
                     !image_labels.contains_key(membership),
                     "{}: image carries `{membership}`",

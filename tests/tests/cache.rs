@@ -21,8 +21,8 @@ use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_within, EngineError};
 use e2e_infra::{labels, Delivery, ImageRef};
 use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, remove_reference,
-    unique, Project, PODMAN_HOST,
+    clean_up_after, engine, plan, remove_built_images, remove_reference, unique,
+    unshared_busybox_dockerfile, Project, PODMAN_HOST,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,11 +43,7 @@ async fn build_by_hand(docker: &Docker, tag: &str, dockerfile: &str) -> Result<(
         .map_err(|e| e.to_string())?;
     let body = tar.into_inner().map_err(|e| e.to_string())?;
     let options = BuildImageOptionsBuilder::new().t(tag).rm(true).build();
-    let mut progress = docker.build_image(
-        options,
-        None,
-        Some(bollard::body_full(body.into())),
-    );
+    let mut progress = docker.build_image(options, None, Some(bollard::body_full(body.into())));
     while let Some(item) = progress.next().await {
         item.map_err(|e| format!("building {tag}: {e}"))?;
     }
@@ -83,7 +79,7 @@ async fn digest_of(docker: &Docker, image: &ImageRef) -> Result<String, String> 
 async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
     let docker = engine(None).await;
     let project = Project::new();
-    let catalog = project.busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
+    let catalog = project.unshared_busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
     let first = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
     let second = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
     let third = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
@@ -97,13 +93,23 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
         build_by_hand(
             &docker,
             &derived,
-            &format!("FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n", built[0].image),
+            &format!(
+                "FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n",
+                built[0].image
+            ),
         )
         .await?;
         let derived_id = image_id(&docker, &derived).await?;
-        let inherited = docker.inspect_image(&derived).await.map_err(|e| e.to_string())?;
+        let inherited = docker
+            .inspect_image(&derived)
+            .await
+            .map_err(|e| e.to_string())?;
         assert_eq!(
-            inherited.config.and_then(|c| c.labels).unwrap_or_default().get(labels::INPUT_DIGEST),
+            inherited
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .get(labels::INPUT_DIGEST),
             Some(&digest),
             "the derived image should inherit the digest label for this test to mean anything"
         );
@@ -112,7 +118,10 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
             .await
             .map_err(|e| e.to_string())?;
         assert!(hit[0].cached);
-        assert_eq!(hit[0].image_id, original, "the derived image was taken for the cache");
+        assert_eq!(
+            hit[0].image_id, original,
+            "the derived image was taken for the cache"
+        );
         assert_ne!(hit[0].image_id, derived_id);
 
         // Only the derived image is left carrying the digest label.
@@ -122,7 +131,10 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
         let rebuilt = build_all(&docker, &third, &BuildOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        assert!(!rebuilt[0].cached, "an image found only by its labels counted as a hit");
+        assert!(
+            !rebuilt[0].cached,
+            "an image found only by its labels counted as a hit"
+        );
         assert_ne!(rebuilt[0].image_id, derived_id);
         Ok::<_, String>(())
     };
@@ -141,7 +153,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
 async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() {
     let docker = engine(None).await;
     let project = Project::new();
-    let catalog = project.busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
+    let catalog = project.unshared_busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
     let plan = plan(&catalog, "stranger", &["app"], AREA, &Delivery::Local);
     let name = unique("by-hand");
     let body = async {
@@ -153,23 +165,46 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
             ..Default::default()
         };
         docker
-            .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
             .await
             .map_err(|e| e.to_string())?;
-        docker.start_container(&name, None).await.map_err(|e| e.to_string())?;
-        let inspected = docker.inspect_container(&name, None).await.map_err(|e| e.to_string())?;
+        docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let inspected = docker
+            .inspect_container(&name, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let container_labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
         assert_eq!(
-            container_labels.get(labels::BUILT_BY_RUN).map(String::as_str),
+            container_labels
+                .get(labels::BUILT_BY_RUN)
+                .map(String::as_str),
             Some(plan.run().as_str()),
             "provenance is inherited"
         );
-        for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
-            assert!(!container_labels.contains_key(membership), "inherited `{membership}`");
+        for membership in [
+            labels::MANAGED_BY,
+            labels::RUN,
+            labels::CONSUMER,
+            labels::COMPONENT,
+        ] {
+            assert!(
+                !container_labels.contains_key(membership),
+                "inherited `{membership}`"
+            );
         }
-        let stacks = e2e_infra::teardown::list(&docker).await.map_err(|e| e.to_string())?;
+        let stacks = e2e_infra::teardown::list(&docker)
+            .await
+            .map_err(|e| e.to_string())?;
         assert!(
-            stacks.iter().all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
+            stacks
+                .iter()
+                .all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
             "a container started by hand is listed as a stack member: {stacks:?}"
         );
         Ok::<_, String>(())
@@ -191,7 +226,10 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
     let project = Project::new();
     // A component name of its own: housekeeping looks at the whole repository.
     let component = unique("keep").replace('-', "");
-    let catalog = project.busybox_catalog(&component, "COPY version /version\nCMD [\"sleep\", \"60\"]\n");
+    let catalog = project.unshared_busybox_catalog(
+        &component,
+        "COPY version /version\nCMD [\"sleep\", \"60\"]\n",
+    );
     let plans = std::cell::RefCell::new(Vec::new());
     let user_tag = format!("localhost/{component}:v1");
     let user_container = unique("uses-old-tag");
@@ -199,27 +237,62 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
         let mut caches = Vec::new();
         for version in 0..5 {
             project.write(&format!("{component}/version"), version.to_string());
-            let p = plan(&catalog, "keep", &[component.as_str()], AREA, &Delivery::Local);
-            let built = build_all(&docker, &p, &BuildOptions { keep_runs: 2, ..BuildOptions::default() })
-                .await
-                .map_err(|e| e.to_string())?;
-            caches.push(cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?));
+            let p = plan(
+                &catalog,
+                "keep",
+                &[component.as_str()],
+                AREA,
+                &Delivery::Local,
+            );
+            let built = build_all(
+                &docker,
+                &p,
+                &BuildOptions {
+                    keep_runs: 2,
+                    ..BuildOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            caches.push(cache_ref(
+                &built[0].image,
+                &digest_of(&docker, &built[0].image).await?,
+            ));
             plans.borrow_mut().push(p);
             // Distinct creation times order the runs.
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
-        let run_tags: Vec<String> = plans.borrow().iter().map(|p| p.image(&component).unwrap().to_string()).collect();
+        let run_tags: Vec<String> = plans
+            .borrow()
+            .iter()
+            .map(|p| p.image(&component).unwrap().to_string())
+            .collect();
         for tag in &run_tags {
-            image_id(&docker, tag).await.map_err(|e| format!("the build's housekeeping removed a fresh tag: {e}"))?;
+            image_id(&docker, tag)
+                .await
+                .map_err(|e| format!("the build's housekeeping removed a fresh tag: {e}"))?;
         }
         let (repo, tag) = user_tag.rsplit_once(':').unwrap();
         docker
-            .tag_image(&run_tags[0], Some(TagImageOptionsBuilder::new().repo(repo).tag(tag).build()))
+            .tag_image(
+                &run_tags[0],
+                Some(TagImageOptionsBuilder::new().repo(repo).tag(tag).build()),
+            )
             .await
             .map_err(|e| e.to_string())?;
-        let body = ContainerCreateBody { image: Some(run_tags[1].clone()), ..Default::default() };
+        let body = ContainerCreateBody {
+            image: Some(run_tags[1].clone()),
+            ..Default::default()
+        };
         docker
-            .create_container(Some(CreateContainerOptionsBuilder::new().name(&user_container).build()), body)
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::new()
+                        .name(&user_container)
+                        .build(),
+                ),
+                body,
+            )
             .await
             .map_err(|e| e.to_string())?;
 
@@ -232,12 +305,17 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
         gone.sort_unstable();
         let mut expected = vec![run_tags[0].as_str(), run_tags[2].as_str()];
         expected.sort_unstable();
-        assert_eq!(gone, expected, "tags of runs 0 and 2 go; 1 is in use, 3 and 4 are the newest");
+        assert_eq!(
+            gone, expected,
+            "tags of runs 0 and 2 go; 1 is in use, 3 and 4 are the newest"
+        );
         for kept in [&run_tags[1], &run_tags[3], &run_tags[4], &user_tag] {
             image_id(&docker, kept).await?;
         }
         for cache in &caches {
-            image_id(&docker, cache).await.map_err(|e| format!("a cache reference was removed: {e}"))?;
+            image_id(&docker, cache)
+                .await
+                .map_err(|e| format!("a cache reference was removed: {e}"))?;
         }
         let again = prune_run_tags(&docker, Some(&[component.as_str()]), 2, Duration::ZERO, &[])
             .await
@@ -248,15 +326,23 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
     let cleanup_docker = docker.clone();
     clean_up_after(body, async {
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = cleanup_docker.remove_container(&user_container, Some(options)).await;
+        let _ = cleanup_docker
+            .remove_container(&user_container, Some(options))
+            .await;
         remove_reference(&cleanup_docker, &user_tag).await;
         for p in &plans.take() {
             remove_built_images(&cleanup_docker, p).await;
         }
         // Cache references of runs whose tag housekeeping removed.
         let filter = HashMap::from([("reference", vec![format!("localhost/{component}")])]);
-        let options = bollard::query_parameters::ListImagesOptionsBuilder::new().filters(&filter).build();
-        for image in cleanup_docker.list_images(Some(options)).await.unwrap_or_default() {
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .filters(&filter)
+            .build();
+        for image in cleanup_docker
+            .list_images(Some(options))
+            .await
+            .unwrap_or_default()
+        {
             for reference in image.repo_tags {
                 remove_reference(&cleanup_docker, &reference).await;
             }
@@ -271,9 +357,12 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
 async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
     let docker = engine(None).await;
     let project = Project::new();
-    let catalog = project.busybox_catalog("app", "");
+    let catalog = project.unshared_busybox_catalog("app", "");
     let fifo = project.path().join("app/events.pipe");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(made.success());
     let plan = plan(&catalog, "fifo", &["app"], AREA, &Delivery::Local);
     let started = Instant::now();
@@ -291,7 +380,10 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
         matches!(&error, BuildError::Context { source: ContextError::SpecialFile { kind: "FIFO", path }, .. } if path == &fifo),
         "{error}"
     );
-    assert!(error.to_string().contains(&fifo.display().to_string()), "{error}");
+    assert!(
+        error.to_string().contains(&fifo.display().to_string()),
+        "{error}"
+    );
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
 
@@ -318,7 +410,9 @@ async fn proxy_freezing_at(
             let frozen = frozen.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(answers_from).await;
-                let Ok(engine) = UnixStream::connect(socket).await else { return };
+                let Ok(engine) = UnixStream::connect(socket).await else {
+                    return;
+                };
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut engine_read, mut engine_write) = engine.into_split();
                 let upstream = async {
@@ -359,17 +453,21 @@ async fn proxy_freezing_at(
 async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
     let host = proxy(DOCKER_SOCKET, Duration::ZERO, frozen.clone()).await;
-    let docker = connect_within(&host, Duration::from_secs(10)).await.unwrap();
+    let docker = connect_within(&host, Duration::from_secs(10))
+        .await
+        .unwrap();
     let direct = engine(None).await;
     let project = Project::new();
     project.busybox_context("ctx");
-    project.write("ctx/Dockerfile", busybox_dockerfile(""));
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
     let catalog = project.catalog(
         "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
     );
     let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
     let body = async {
-        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        build_all(&docker, &plan, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
         frozen.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
@@ -385,7 +483,9 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&direct, &labels::run_filter(&plan))
+            .await
+            .unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;
@@ -393,14 +493,22 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
 
 async fn slow_engine_is_waited_for(socket: &'static str) {
     // Busy for longer than the first ping's 2 s.
-    let host = proxy(socket, Duration::from_secs(3), Arc::new(AtomicBool::new(false))).await;
+    let host = proxy(
+        socket,
+        Duration::from_secs(3),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
     let started = Instant::now();
     let docker = connect_within(&host, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let elapsed = started.elapsed();
     eprintln!("connected after {elapsed:?}");
-    assert!(elapsed > Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        elapsed > Duration::from_secs(2) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
     docker.ping().await.unwrap();
 }
 
@@ -423,7 +531,9 @@ async fn a_refused_connection_fails_at_once() {
     drop(listener);
     let host = format!("tcp://{addr}");
     let started = Instant::now();
-    let error = connect_within(&host, Duration::from_secs(30)).await.expect_err("nothing listens");
+    let error = connect_within(&host, Duration::from_secs(30))
+        .await
+        .expect_err("nothing listens");
     let elapsed = started.elapsed();
     eprintln!("after {elapsed:?}: {error}");
     assert!(matches!(error, EngineError::Unreachable { .. }), "{error}");
@@ -437,18 +547,28 @@ async fn a_refused_connection_fails_at_once() {
 #[tokio::test]
 async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
-    let host = proxy_freezing_at(DOCKER_SOCKET, Duration::ZERO, frozen, Some("/containers/create")).await;
-    let docker = connect_within(&host, Duration::from_secs(10)).await.unwrap();
+    let host = proxy_freezing_at(
+        DOCKER_SOCKET,
+        Duration::ZERO,
+        frozen,
+        Some("/containers/create"),
+    )
+    .await;
+    let docker = connect_within(&host, Duration::from_secs(10))
+        .await
+        .unwrap();
     let direct = engine(None).await;
     let project = Project::new();
     project.busybox_context("ctx");
-    project.write("ctx/Dockerfile", busybox_dockerfile(""));
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
     let catalog = project.catalog(
         "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
     );
     let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
     let body = async {
-        build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        build_all(&direct, &plan, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
             .await
@@ -458,13 +578,21 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
         eprintln!("after {elapsed:?}: {error}");
         let message = error.to_string();
         assert!(matches!(error, DockerError::Silent { .. }), "{message}");
-        assert!(message.contains("`web`") && message.contains("creating the container"), "{message}");
-        assert!(message.contains(host.trim_start_matches("tcp://")), "{message}");
+        assert!(
+            message.contains("`web`") && message.contains("creating the container"),
+            "{message}"
+        );
+        assert!(
+            message.contains(host.trim_start_matches("tcp://")),
+            "{message}"
+        );
         assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&direct, &labels::run_filter(&plan))
+            .await
+            .unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;

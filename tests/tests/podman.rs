@@ -11,8 +11,8 @@ use e2e_infra::deploy::docker::{remove_labelled, up};
 use e2e_infra::engine::{kind, EngineKind};
 use e2e_infra::{labels, Delivery};
 use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, http_get, plan, remove_built_images,
-    remove_reference, Project, PODMAN_HOST,
+    clean_up_after, engine, http_get, plan, remove_built_images, remove_reference,
+    unshared_busybox_dockerfile, Project, PODMAN_HOST,
 };
 
 const AREA: &str = "docker-podman";
@@ -25,7 +25,7 @@ async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
     project.busybox_context("ctx");
     project.write(
         "docker/app.Dockerfile",
-        busybox_dockerfile("ARG FLAVOUR\nLABEL flavour=$FLAVOUR\n"),
+        unshared_busybox_dockerfile("ARG FLAVOUR\nLABEL flavour=$FLAVOUR\n"),
     );
     let catalog = project.catalog(
         "[components.app]\nbuild = { context = \"ctx\", dockerfile = \"docker/app.Dockerfile\", args = { FLAVOUR = \"podman\" } }\n",
@@ -78,7 +78,7 @@ async fn podman_runs_a_two_component_stack() {
     project.busybox_context("ctx");
     project.write(
         "ctx/Dockerfile",
-        busybox_dockerfile("RUN mkdir /www && echo from-web > /www/index.html\n"),
+        unshared_busybox_dockerfile("RUN mkdir /www && echo from-web > /www/index.html\n"),
     );
     let catalog = project.catalog(
         r#"
@@ -137,9 +137,14 @@ async fn podman_never_takes_an_intermediate_image_for_the_cache() {
     let steps = "RUN mkdir /www && echo up > /www/index.html\n";
     project.write(
         "ctx/Dockerfile",
-        busybox_dockerfile(&format!("{steps}CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n")),
+        unshared_busybox_dockerfile(&format!(
+            "{steps}CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+        )),
     );
-    project.write("ctx/side.Dockerfile", busybox_dockerfile(&format!("{steps}CMD [\"true\"]\n")));
+    project.write(
+        "ctx/side.Dockerfile",
+        unshared_busybox_dockerfile(&format!("{steps}CMD [\"true\"]\n")),
+    );
     let catalog = project.catalog(
         r#"
 [components.web]
@@ -175,7 +180,12 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
         let label = format!("{}={digest}", labels::INPUT_DIGEST);
         let filter = HashMap::from([("label", vec![label.as_str()])]);
         let left = podman
-            .list_images(Some(ListImagesOptionsBuilder::new().all(true).filters(&filter).build()))
+            .list_images(Some(
+                ListImagesOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
             .await
             .map_err(|e| e.to_string())?;
         assert!(
@@ -186,7 +196,10 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
         let rebuilt = build_all(&podman, &second, &BuildOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        assert!(!rebuilt[0].cached, "an intermediate image was taken for the cache");
+        assert!(
+            !rebuilt[0].cached,
+            "an intermediate image was taken for the cache"
+        );
         assert!(left.iter().all(|i| i.id != rebuilt[0].image_id));
         let stack = up(&podman, &second).await.map_err(|e| e.to_string())?;
         let web = stack.component("web").ok_or("no web")?;
