@@ -1,11 +1,13 @@
 //! Connecting to the container engine: Docker, or Podman through its
 //! Docker-compatible API.
 //!
-//! A dead engine is reported within a couple of seconds, once, naming the
-//! address tried and how to start one, instead of as a 120 s request timeout
-//! somewhere in the middle of a build.
+//! A missing engine (no socket, connection refused) is reported at once,
+//! naming the address tried and how to start one. An engine that accepts
+//! the connection but answers slowly (a loaded machine) is pinged again,
+//! with growing waits, until a total budget runs out
+//! ([`CONNECT_BUDGET`], or `E2E_INFRA_CONNECT_TIMEOUT`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::{Docker, API_DEFAULT_VERSION};
 
@@ -13,8 +15,17 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 /// Where the engine listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
-/// How long a ping may take before the engine counts as dead.
+/// How long the first ping may take; each later attempt gets twice as long
+/// as the one before, within the connection budget.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// The total time [`connect`] gives an engine that accepts connections to
+/// answer a ping, unless `E2E_INFRA_CONNECT_TIMEOUT` says otherwise.
+pub const CONNECT_BUDGET: Duration = Duration::from_secs(30);
+/// Overrides [`CONNECT_BUDGET`]: a number of seconds (`45`) or a duration
+/// with unit (`45s`, `2m`, `500ms`).
+pub const CONNECT_BUDGET_ENV: &str = "E2E_INFRA_CONNECT_TIMEOUT";
+/// The pause between a failed ping and the next one.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long an API request may wait for the engine's answer to begin.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
@@ -53,14 +64,22 @@ pub enum EngineError {
         source: bollard::errors::Error,
     },
     /// The engine accepted the connection but did not answer in time.
-    #[error("the container engine at {host} ({origin}) did not answer a ping within {waited:?}; {HOW_TO_START}")]
+    #[error("the container engine at {host} ({origin}) did not answer {attempts} ping(s) within {waited:?}; it may be frozen or overloaded: check it with `docker info` (or restart the Podman service), or give it longer with {CONNECT_BUDGET_ENV}; {HOW_TO_START}")]
     NoAnswer {
         /// The address tried.
         host: String,
         /// Where the address came from.
         origin: &'static str,
-        /// How long it was given.
+        /// How long it was given in all.
         waited: Duration,
+        /// How many pings were sent.
+        attempts: u32,
+    },
+    /// `E2E_INFRA_CONNECT_TIMEOUT` does not hold a duration.
+    #[error("{CONNECT_BUDGET_ENV}=`{value}` is not a duration: write seconds (`45`) or a number with a unit (`45s`, `2m`, `500ms`)")]
+    InvalidBudget {
+        /// The value found.
+        value: String,
     },
     /// Asking the engine for its version failed.
     #[error("asking the container engine for its version failed: {0}")]
@@ -68,11 +87,14 @@ pub enum EngineError {
 }
 
 /// Connects to the engine named by `DOCKER_HOST` (`unix://` or `tcp://`),
-/// else to the default socket, and pings it.
+/// else to the default socket, and pings it, retrying with growing waits
+/// within the connection budget ([`CONNECT_BUDGET`] or
+/// `E2E_INFRA_CONNECT_TIMEOUT`).
 ///
 /// # Errors
-/// [`EngineError`] when the address is unsupported or nothing answers within
-/// [`PING_TIMEOUT`]; the message says how to start an engine.
+/// [`EngineError`] when the address is unsupported, the socket does not
+/// exist or refuses the connection (at once), or the engine does not answer
+/// within the budget; the message says how to start an engine.
 ///
 /// # Example
 /// ```no_run
@@ -81,22 +103,94 @@ pub enum EngineError {
 /// # Ok(()) }
 /// ```
 pub async fn connect() -> Result<Docker, EngineError> {
+    let budget = budget_from_env()?;
     match std::env::var(DOCKER_HOST_ENV) {
-        Ok(host) if !host.is_empty() => open(&host, "from DOCKER_HOST").await,
-        _ => open(DEFAULT_HOST, "the default socket; DOCKER_HOST is not set").await,
+        Ok(host) if !host.is_empty() => open(&host, "from DOCKER_HOST", budget).await,
+        _ => open(DEFAULT_HOST, "the default socket; DOCKER_HOST is not set", budget).await,
     }
 }
 
 /// Connects to the engine at `host` (`unix:///path.sock` or
-/// `tcp://host:port`), ignoring `DOCKER_HOST`, and pings it.
+/// `tcp://host:port`), ignoring `DOCKER_HOST`, and pings it within the
+/// connection budget.
 ///
 /// # Errors
 /// As [`connect`].
 pub async fn connect_to(host: &str) -> Result<Docker, EngineError> {
-    open(host, "given explicitly").await
+    open(host, "given explicitly", budget_from_env()?).await
 }
 
-async fn open(host: &str, origin: &'static str) -> Result<Docker, EngineError> {
+/// As [`connect_to`], with an explicit total budget for the pings (a
+/// suite's setup timeout, say) instead of the default.
+///
+/// # Errors
+/// As [`connect`].
+///
+/// # Example
+/// ```no_run
+/// # async fn demo() -> Result<(), e2e_infra::engine::EngineError> {
+/// use std::time::Duration;
+/// let docker = e2e_infra::engine::connect_within("unix:///var/run/docker.sock", Duration::from_secs(60)).await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect_within(host: &str, budget: Duration) -> Result<Docker, EngineError> {
+    open(host, "given explicitly", budget).await
+}
+
+/// The address a client talks to, for messages about an engine that does
+/// not answer.
+pub fn address(docker: &Docker) -> String {
+    // bollard keeps the address private but prints it in its Debug output.
+    let debug = format!("{docker:?}");
+    debug
+        .split_once("client_addr: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(addr, _)| addr.to_owned())
+        .filter(|addr| !addr.is_empty())
+        .unwrap_or_else(|| "the configured address".to_owned())
+}
+
+fn budget_from_env() -> Result<Duration, EngineError> {
+    match std::env::var(CONNECT_BUDGET_ENV) {
+        Ok(value) if !value.trim().is_empty() => {
+            parse_duration(value.trim()).ok_or(EngineError::InvalidBudget { value })
+        }
+        _ => Ok(CONNECT_BUDGET),
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+/// Whether the client found nothing at the address: no socket file, or a
+/// refused connection. Waiting would not make an engine appear, so these
+/// fail at once.
+fn nothing_listens(error: &bollard::errors::Error) -> bool {
+    if matches!(error, bollard::errors::Error::SocketNotFoundError(_)) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Docker, EngineError> {
     let unreachable = |source| EngineError::Unreachable { host: host.to_owned(), origin, source };
     let docker = if host.starts_with("unix://") {
         Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION).map_err(unreachable)?
@@ -107,15 +201,65 @@ async fn open(host: &str, origin: &'static str) -> Result<Docker, EngineError> {
     };
     // The client speaks the newest API by default; older engines (Docker
     // 20.10, Podman 4) refuse it, so settle on the engine's version first.
-    let handshake = async {
-        docker.ping().await?;
-        docker.negotiate_version().await
-    };
-    match tokio::time::timeout(PING_TIMEOUT, handshake).await {
-        Ok(Ok(docker)) => Ok(docker),
-        Ok(Err(source)) => Err(unreachable(source)),
-        Err(_) => Err(EngineError::NoAnswer { host: host.to_owned(), origin, waited: PING_TIMEOUT }),
+    let started = Instant::now();
+    let mut wait = PING_TIMEOUT;
+    let mut attempts = 0;
+    loop {
+        let remaining = budget.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(EngineError::NoAnswer { host: host.to_owned(), origin, waited: started.elapsed(), attempts });
+        }
+        attempts += 1;
+        let attempt = docker.clone();
+        let handshake = async move {
+            attempt.ping().await?;
+            attempt.negotiate_version().await
+        };
+        match tokio::time::timeout(wait.min(remaining), handshake).await {
+            Ok(Ok(docker)) => return Ok(docker),
+            Ok(Err(source)) if nothing_listens(&source) => return Err(unreachable(source)),
+            Ok(Err(source)) => {
+                tracing::debug!(host, attempts, error = %source, "the engine's ping failed; trying again");
+                let remaining = budget.saturating_sub(started.elapsed());
+                if remaining <= RETRY_PAUSE {
+                    return Err(unreachable(source));
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(_) => tracing::debug!(host, attempts, ?wait, "the engine did not answer a ping in time; trying again"),
+        }
+        wait = wait.saturating_mul(2);
     }
+}
+
+/// An engine call that did not finish in the time it was given.
+#[derive(Debug, thiserror::Error)]
+#[error("the container engine at {address} did not finish {operation} within {waited:?}; it may be frozen or overloaded: check it with `docker info` (or restart the Podman service)")]
+pub struct Silent {
+    /// The engine's address.
+    pub address: String,
+    /// What was asked of it.
+    pub operation: String,
+    /// How long it was given.
+    pub waited: Duration,
+}
+
+/// Runs one engine call, giving up after `limit`: a frozen engine accepts
+/// requests and never answers, and the client's own timeout is far longer
+/// than any setup timeout.
+///
+/// # Errors
+/// [`Silent`], naming the engine and `operation`, when `limit` passes; the
+/// call's own result otherwise.
+pub async fn within<T>(
+    docker: &Docker,
+    limit: Duration,
+    operation: &str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, Silent> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| Silent { address: address(docker), operation: operation.to_owned(), waited: limit })
 }
 
 /// Tells Docker from Podman by the engine's version report.
@@ -130,4 +274,25 @@ pub async fn kind(docker: &Docker) -> Result<EngineKind, EngineError> {
         .iter()
         .any(|c| c.name.to_ascii_lowercase().contains("podman"));
     Ok(if podman { EngineKind::Podman } else { EngineKind::Docker })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse_with_and_without_units() {
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5h"), None);
+    }
+
+    #[test]
+    fn the_address_comes_from_the_client() {
+        let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
+        assert_eq!(address(&docker), "127.0.0.1:1");
+    }
 }

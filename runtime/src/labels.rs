@@ -23,6 +23,12 @@ pub const LAUNCHER: &str = "io.e2e-infra.launcher";
 pub const KEPT: &str = "io.e2e-infra.kept";
 /// The digest of a build's inputs (images only).
 pub const INPUT_DIGEST: &str = "io.e2e-infra.input-digest";
+/// The run that built an image (images only): provenance, not membership.
+pub const BUILT_BY_RUN: &str = "io.e2e-infra.built-by.run";
+/// The consumer whose run built an image (images only).
+pub const BUILT_BY_CONSUMER: &str = "io.e2e-infra.built-by.consumer";
+/// The component an image was built for (images only).
+pub const BUILT_FOR_COMPONENT: &str = "io.e2e-infra.built-for.component";
 
 /// Labels for a resource of the run and consumer of `plan`. The launcher
 /// label is always set, empty for a stack brought up by hand: a container
@@ -40,13 +46,17 @@ pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
     labels
 }
 
-/// Labels for a built image: which run built it, without the launcher. The
-/// image outlives the run as build cache and must not make the containers
-/// of later runs look like the builder's.
+/// Labels for a built image: where it came from, under keys of their own.
+/// Every container started from the image, or from an image built `FROM`
+/// it, inherits its labels; with the membership keys ([`MANAGED_BY`],
+/// [`RUN`], [`CONSUMER`], [`COMPONENT`]) a stranger's container would count
+/// as part of a stack and be listed and removed with it.
 pub fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
-    let mut labels = identity(plan);
-    labels.insert(COMPONENT.to_owned(), component.to_owned());
-    labels
+    HashMap::from([
+        (BUILT_BY_RUN.to_owned(), plan.run().as_str().to_owned()),
+        (BUILT_BY_CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
+        (BUILT_FOR_COMPONENT.to_owned(), component.to_owned()),
+    ])
 }
 
 fn identity(plan: &Plan) -> HashMap<String, String> {

@@ -35,6 +35,14 @@ pub fn busybox_dockerfile(extra: &str) -> String {
     format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra}")
 }
 
+/// As [`busybox_dockerfile`], but copying the context's unique `nonce` file
+/// first (see [`Project::busybox_context`]), so that no layer is shared with
+/// another test's build: removing this test's images then never removes a
+/// layer that a build running in parallel is using.
+pub fn unshared_busybox_dockerfile(extra: &str) -> String {
+    busybox_dockerfile(extra).replacen("FROM scratch\n", "FROM scratch\nCOPY nonce /nonce\n", 1)
+}
+
 /// A name no other test process or call shares: `<prefix>-<pid>-<nanos>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -89,6 +97,19 @@ impl Project {
         fs::copy(BUSYBOX, dir.join("busybox")).expect("copy /bin/busybox (install busybox-static)");
         fs::write(dir.join("nonce"), unique_run("nonce").as_str()).expect("write nonce");
         dir
+    }
+
+    /// As [`Project::busybox_catalog`], built from
+    /// [`unshared_busybox_dockerfile`]`(extra)`.
+    pub fn unshared_busybox_catalog(&self, name: &str, extra: &str) -> Catalog {
+        self.busybox_context(name);
+        self.write(
+            &format!("{name}/Dockerfile"),
+            unshared_busybox_dockerfile(extra),
+        );
+        self.catalog(&format!(
+            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
+        ))
     }
 
     /// Writes `toml` as the project's `e2e-infra.toml` and loads it.
@@ -153,30 +174,44 @@ pub async fn busybox_image(
     (plan, built.remove(0))
 }
 
-/// Removes the references `plan` gave its built images (an image goes when
-/// its last reference does). Borrowed images are left alone.
+/// Removes the references `plan` gave its built images and their cache
+/// references (an image goes when its last reference does). Borrowed
+/// images are left alone.
 pub async fn remove_built_images(docker: &Docker, plan: &Plan) {
     for component in plan
         .components()
         .iter()
         .filter(|c| c.origin == Origin::Built)
     {
+        let digest = docker
+            .inspect_image(&component.image.to_string())
+            .await
+            .ok()
+            .and_then(|i| i.config)
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(e2e_infra::labels::INPUT_DIGEST).cloned());
         remove_image(docker, &component.image).await;
+        if let Some(digest) = digest {
+            let cache = e2e_infra::build::cache_ref(&component.image, &digest);
+            remove_reference(docker, &cache).await;
+        }
     }
 }
 
 /// Removes one reference, if the engine has it.
 pub async fn remove_image(docker: &Docker, image: &ImageRef) {
+    remove_reference(docker, &image.to_string()).await;
+}
+
+/// Removes one reference given as text, if the engine has it.
+pub async fn remove_reference(docker: &Docker, reference: &str) {
     let options = RemoveImageOptionsBuilder::new().force(true).build();
-    match docker
-        .remove_image(&image.to_string(), Some(options), None)
-        .await
-    {
+    match docker.remove_image(reference, Some(options), None).await {
         Ok(_)
         | Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
-        Err(e) => panic!("removing {image}: {e}"),
+        Err(e) => panic!("removing {reference}: {e}"),
     }
 }
 

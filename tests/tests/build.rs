@@ -74,21 +74,33 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
                 .unwrap_or_default()
                 .contains(&format!("GREETING_ENV={greeting}")));
             assert_eq!(
-                image_labels.get(labels::RUN).map(String::as_str),
+                image_labels.get(labels::BUILT_BY_RUN).map(String::as_str),
                 Some(plan.run().as_str())
             );
             assert_eq!(
-                image_labels.get(labels::CONSUMER).map(String::as_str),
+                image_labels
+                    .get(labels::BUILT_BY_CONSUMER)
+                    .map(String::as_str),
                 Some("seed")
             );
             assert_eq!(
-                image_labels.get(labels::COMPONENT),
+                image_labels.get(labels::BUILT_FOR_COMPONENT),
                 Some(&outcome.component)
             );
-            assert_eq!(
-                image_labels.get(labels::MANAGED_BY).map(String::as_str),
-                Some(labels::MANAGED_BY_VALUE)
-            );
+            // Provenance only: a container started from the image must not
+            // inherit the membership of a stack.
+            for membership in [
+                labels::MANAGED_BY,
+                labels::RUN,
+                labels::CONSUMER,
+                labels::COMPONENT,
+            ] {
+                assert!(
+                    !image_labels.contains_key(membership),
+                    "{}: image carries `{membership}`",
+                    outcome.component
+                );
+            }
             assert!(image_labels
                 .get(labels::INPUT_DIGEST)
                 .is_some_and(|d| d.starts_with("sha256:")));
@@ -262,6 +274,7 @@ async fn one_failure_stops_the_other_builds() {
         &BuildOptions {
             force: false,
             concurrency: 2,
+            ..BuildOptions::default()
         },
     )
     .await;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bollard::query_parameters::{EventsOptions, ListImagesOptions, RemoveImageOptions};
 use bollard::Docker;
 use e2e_infra::deploy::docker::remove_labelled;
-use e2e_infra::labels::CONSUMER;
+use e2e_infra::labels::{BUILT_BY_CONSUMER, CONSUMER};
 use e2e_infra::suite::REAPER_TEST;
 use e2e_infra_tests::kind_node::on_fresh_runtime;
 use futures::StreamExt;
@@ -173,7 +173,8 @@ impl Cleanup {
         for consumer in consumers {
             let label = format!("{CONSUMER}={consumer}");
             remove_labelled(docker, std::slice::from_ref(&label)).await?;
-            let filters = HashMap::from([("label".to_owned(), vec![label])]);
+            let built = format!("{BUILT_BY_CONSUMER}={consumer}");
+            let filters = HashMap::from([("label".to_owned(), vec![built])]);
             let images = docker.list_images(Some(ListImagesOptions { all: true, filters: Some(filters), ..Default::default() })).await?;
             for image in images {
                 let options = RemoveImageOptions { force: true, ..Default::default() };

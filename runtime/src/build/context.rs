@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -28,6 +28,16 @@ pub enum ContextError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The context holds a file that is neither a regular file, a directory
+    /// nor a symbolic link. Reading a FIFO would wait forever for a writer,
+    /// and a device or socket has no content to send.
+    #[error("{path} is a {kind}, which a build context cannot hold: remove it, move it out of the context, or exclude it in .dockerignore")]
+    SpecialFile {
+        /// The path.
+        path: PathBuf,
+        /// `FIFO`, `socket`, `character device` or `block device`.
+        kind: &'static str,
+    },
     /// `.dockerignore` holds a pattern that cannot be compiled.
     #[error("{path}: {source}")]
     Ignore {
@@ -40,6 +50,44 @@ pub enum ContextError {
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
     move |source| ContextError::Read { path: path.to_owned(), source }
+}
+
+/// What kind of special file `file_type` is, if it is one.
+fn special(file_type: fs::FileType) -> Option<&'static str> {
+    if file_type.is_fifo() {
+        Some("FIFO")
+    } else if file_type.is_socket() {
+        Some("socket")
+    } else if file_type.is_char_device() {
+        Some("character device")
+    } else if file_type.is_block_device() {
+        Some("block device")
+    } else {
+        None
+    }
+}
+
+/// Opens a file to read its content, refusing anything but a regular file.
+/// Non-blocking, so that a FIFO put in place after the scan cannot hold
+/// the open (and with it every process waiting for the build) forever;
+/// the flag does nothing to regular files.
+fn open_regular(path: &Path) -> Result<File, ContextError> {
+    const O_NONBLOCK: i32 = 0o4000;
+    let file = fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(read_error(path))?;
+    let file_type = file.metadata().map_err(read_error(path))?.file_type();
+    match special(file_type) {
+        Some(kind) => Err(ContextError::SpecialFile { path: path.to_owned(), kind }),
+        None if file_type.is_dir() => Err(read_error(path)(io::Error::other("is a directory"))),
+        None => Ok(file),
+    }
+}
+
+/// Reads a whole file that must be a regular one (a Dockerfile, a
+/// `.dockerignore`).
+fn read_regular(path: &Path) -> Result<Vec<u8>, ContextError> {
+    let mut bytes = Vec::new();
+    open_regular(path)?.read_to_end(&mut bytes).map_err(read_error(path))?;
+    Ok(bytes)
 }
 
 #[derive(Debug)]
@@ -78,10 +126,12 @@ impl Context {
     pub(crate) fn scan(component: &str, spec: &BuildSpec) -> Result<Self, ContextError> {
         let root = &spec.context;
         let ignore_path = root.join(DOCKERIGNORE);
-        let ignore_text = match fs::read_to_string(&ignore_path) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(read_error(&ignore_path)(e)),
+        let ignore_text = match read_regular(&ignore_path) {
+            Ok(bytes) => Some(String::from_utf8(bytes).map_err(|e| {
+                read_error(&ignore_path)(io::Error::new(io::ErrorKind::InvalidData, e))
+            })?),
+            Err(ContextError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
         };
         let ignore = DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default())
             .map_err(|source| ContextError::Ignore { path: ignore_path.clone(), source })?;
@@ -89,7 +139,7 @@ impl Context {
         walk(root, "", &ignore, &mut entries)?;
         entries.sort_by(|a, b| a.relative.cmp(&b.relative));
 
-        let dockerfile = fs::read(&spec.dockerfile).map_err(read_error(&spec.dockerfile))?;
+        let dockerfile = read_regular(&spec.dockerfile)?;
         let inside = inside_context(root, &spec.dockerfile)?;
         let (dockerfile_name, generated_ignore) = match inside {
             Some(relative) if !ignore.excludes(&relative) => (relative, None),
@@ -121,7 +171,7 @@ impl Context {
             header.set_gid(0);
             let written = match &entry.kind {
                 Kind::File => {
-                    let file = File::open(&entry.path).map_err(read_error(&entry.path))?;
+                    let file = open_regular(&entry.path)?;
                     tar.append_data(&mut header, &entry.relative, file)
                 }
                 Kind::Dir => tar.append_data(&mut header, &entry.relative, io::empty()),
@@ -171,6 +221,9 @@ fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -
             // A `!` line may bring back files below an excluded directory.
             walk(&path, &relative, ignore, out)?;
         } else if !excluded {
+            if let Some(kind) = special(meta.file_type()) {
+                return Err(ContextError::SpecialFile { path, kind });
+            }
             let kind = if meta.file_type().is_symlink() {
                 Kind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
             } else {
@@ -216,7 +269,7 @@ fn input_digest(component: &str, dockerfile: &[u8], entries: &[Entry], spec: &Bu
 }
 
 fn file_sha256(path: &Path) -> Result<Vec<u8>, ContextError> {
-    let mut file = File::open(path).map_err(read_error(path))?;
+    let mut file = open_regular(path)?;
     let mut hash = Sha256::new();
     let mut buf = vec![0; 64 * 1024];
     loop {
@@ -297,6 +350,32 @@ mod tests {
         let sent = names(&ctx);
         assert!(sent.contains(&GENERATED_DOCKERFILE.to_owned()), "{sent:?}");
         assert!(sent.contains(&DOCKERIGNORE.to_owned()), "{sent:?}");
+    }
+
+    #[test]
+    fn special_files_are_refused_with_their_path_and_excluded_ones_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::create_dir(dir.path().join("run")).unwrap();
+        let socket = dir.path().join("run/app.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let s = spec(dir.path(), &dir.path().join("Dockerfile"));
+        let started = std::time::Instant::now();
+        let error = Context::scan("c", &s).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(&error, ContextError::SpecialFile { path, kind: "socket" } if path == &socket), "{error}");
+        assert!(error.to_string().contains(&socket.display().to_string()), "{error}");
+
+        fs::write(dir.path().join(".dockerignore"), "run\n").unwrap();
+        assert!(Context::scan("c", &s).is_ok());
+    }
+
+    #[test]
+    fn a_directory_as_dockerfile_is_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("Dockerfile")).unwrap();
+        let error = Context::scan("c", &spec(dir.path(), &dir.path().join("Dockerfile"))).unwrap_err();
+        assert!(matches!(error, ContextError::Read { .. }), "{error}");
     }
 
     #[test]

@@ -2,16 +2,21 @@
 //!
 //! The context goes to the engine as a tar stream (after `.dockerignore`);
 //! a Dockerfile outside the context is added under a generated name. Every
-//! image carries the run's labels and the digest of its inputs, and an image
-//! whose inputs were already built is tagged instead of rebuilt.
+//! image carries its provenance (the run that built it, the component, the
+//! digest of its inputs) and a second reference, its cache reference
+//! `<registry>/<component>:cache-<digest prefix>`. An image counts as built
+//! from unchanged inputs only when found by that reference with matching
+//! labels: an image that merely inherited the labels (one built `FROM` a
+//! cached image, or an intermediate image of a Podman build) never does.
 
 mod context;
 mod dockerignore;
+pub mod housekeeping;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder};
+use bollard::query_parameters::{BuildImageOptionsBuilder, TagImageOptionsBuilder};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
@@ -20,11 +25,28 @@ pub use dockerignore::InvalidPattern;
 use context::Context;
 
 use crate::catalog::{BuildSpec, Source};
+use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{ImageRef, Plan, PlannedComponent};
 
 /// How many lines of build output an error carries.
 const OUTPUT_TAIL: usize = 20;
+/// How long one engine call around a build (inspect, tag) may take. The
+/// build itself is not bounded: a `RUN` step may rightly be silent for long.
+pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The tag prefix of cache references.
+pub const CACHE_TAG_PREFIX: &str = "cache-";
+/// How many hex digits of the input digest a cache reference carries; the
+/// full digest is checked against the image's label.
+const CACHE_DIGEST_HEX: usize = 20;
+
+/// The cache reference of the image built for `image`'s component from the
+/// inputs with `digest` (`sha256:<hex>`): `<registry>/<component>:cache-<20 hex>`.
+pub fn cache_ref(image: &ImageRef, digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let short: String = hex.chars().take(CACHE_DIGEST_HEX).collect();
+    format!("{}:{CACHE_TAG_PREFIX}{short}", image.name())
+}
 
 /// How [`build_all`] builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +56,16 @@ pub struct BuildOptions {
     pub force: bool,
     /// How many images build at once (at least one).
     pub concurrency: usize,
+    /// After a successful build, keep the run tags of this many newest runs
+    /// per built component and remove older ones (see [`housekeeping`]);
+    /// 0 keeps them all. Default [`housekeeping::KEEP_RUNS`], or
+    /// `E2E_INFRA_KEEP_IMAGE_RUNS`.
+    pub keep_runs: usize,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { force: false, concurrency: 2 }
+        Self { force: false, concurrency: 2, keep_runs: housekeeping::keep_runs_from_env() }
     }
 }
 
@@ -103,6 +130,14 @@ pub enum BuildError {
         /// The image.
         image: ImageRef,
     },
+    /// The engine did not answer a call around the build in time.
+    #[error("building `{component}`: {source}")]
+    Silent {
+        /// The component.
+        component: String,
+        /// The call and how long it was given.
+        source: Silent,
+    },
     /// A worker thread died.
     #[error("reading the build context of `{component}` stopped: {source}")]
     Worker {
@@ -146,11 +181,26 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
         .await?;
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
     outcomes.sort_by_key(|o| position(&o.component));
+    if opts.keep_runs > 0 && !outcomes.is_empty() {
+        let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
+        let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
+        // Housekeeping is a courtesy: its failure must not fail the run.
+        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(removed = removed.len(), keep = opts.keep_runs, "removed the image tags of older runs");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "removing the image tags of older runs failed; `e2e-infra clean --images` retries"),
+        }
+    }
     Ok(outcomes)
 }
 
 async fn ensure_present(docker: &Docker, component: &str, image: &ImageRef) -> Result<(), BuildError> {
-    match docker.inspect_image(&image.to_string()).await {
+    let inspected = engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the borrowed image", docker.inspect_image(&image.to_string()))
+        .await
+        .map_err(|source| BuildError::Silent { component: component.to_owned(), source })?;
+    match inspected {
         Ok(_) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
             Err(BuildError::BorrowedMissing { component: component.to_owned(), image: image.clone() })
@@ -188,11 +238,20 @@ async fn build_one(
         .map_err(worker_error)?
         .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
 
+    let silent = |source| BuildError::Silent { component: name.to_owned(), source };
+    let cache = cache_ref(image, &ctx.digest);
+    let repo = image.name();
+    let run_tag = image.tag().unwrap_or("latest");
     if !opts.force {
-        if let Some(id) = find_by_digest(docker, &ctx.digest).await.map_err(|e| engine_error("looking for an image with the same inputs", e))? {
-            docker
-                .tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&image.name()).tag(image.tag().unwrap_or("latest")).build()))
+        let found = engine::within(docker, ENGINE_CALL_TIMEOUT, "looking up the cache reference", find_cached(docker, &cache, name, &ctx.digest))
+            .await
+            .map_err(silent)?
+            .map_err(|e| engine_error("looking up the cache reference", e))?;
+        if let Some(id) = found {
+            let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
+            engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
                 .await
+                .map_err(silent)?
                 .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
             return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed() });
@@ -259,22 +318,47 @@ async fn build_one(
             source,
         });
     }
-    let inspected = docker.inspect_image(&tag).await.map_err(|e| engine_error("inspecting the built image", e))?;
+    let inspected = engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", docker.inspect_image(&tag))
+        .await
+        .map_err(silent)?
+        .map_err(|e| engine_error("inspecting the built image", e))?;
     let image_id = inspected.id.unwrap_or_default();
+    // Tagged after the build, by id: only this image, never one of the
+    // build's intermediates, can then be found as the cache.
+    let cache_tag = cache.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+    let tagging = docker.tag_image(&image_id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(cache_tag).build()));
+    engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cache reference", tagging)
+        .await
+        .map_err(silent)?
+        .map_err(|e| engine_error("tagging the cache reference", e))?;
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed() })
 }
 
-/// The id of the newest image labelled with `digest`, if any.
-async fn find_by_digest(docker: &Docker, digest: &str) -> Result<Option<String>, bollard::errors::Error> {
-    // One label per filter: Podman 4 answers nothing when given two.
-    let filter = HashMap::from([("label", vec![format!("{}={}", labels::INPUT_DIGEST, digest)])]);
-    let images = docker.list_images(Some(ListImagesOptionsBuilder::new().filters(&filter).build())).await?;
-    Ok(images
-        .into_iter()
-        .filter(|i| i.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE))
-        .max_by_key(|i| i.created)
-        .map(|i| i.id))
+/// The id of the image behind the cache reference `cache`, if it exists and
+/// its labels say it was built for `component` from the inputs `digest`.
+/// Nothing is ever found by its labels alone: labels are inherited by every
+/// image built `FROM` this one and, on Podman, by intermediate images.
+async fn find_cached(
+    docker: &Docker,
+    cache: &str,
+    component: &str,
+    digest: &str,
+) -> Result<Option<String>, bollard::errors::Error> {
+    let image = match docker.inspect_image(cache).await {
+        Ok(image) => image,
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let image_labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+    let matches = image_labels.get(labels::BUILT_FOR_COMPONENT).map(String::as_str) == Some(component)
+        && image_labels.get(labels::INPUT_DIGEST).map(String::as_str) == Some(digest);
+    if !matches {
+        // Someone re-tagged the reference: build, which moves it back.
+        tracing::warn!(component, cache, "the cache reference names an image with other labels; building instead");
+        return Ok(None);
+    }
+    Ok(image.id)
 }
 
 /// Docker prints `Step 2/3 : RUN ...`, Podman `STEP 2/3: RUN ...`.

@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
+use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
 
@@ -32,6 +33,17 @@ const POLL: Duration = Duration::from_millis(250);
 const ATTEMPT: Duration = Duration::from_secs(2);
 /// How many log lines an error carries.
 const LOG_TAIL: &str = "30";
+/// How long one engine call of `up` may take for a component that has no
+/// readiness timeout; otherwise each call gets at most the component's
+/// readiness timeout, and the readiness polls only what is left of it.
+pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long fetching logs for an error message may take.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long removing a partly started stack may take before `up` reports
+/// its own error and leaves the rest to `e2e-infra clean`.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The least time a readiness poll gives the engine to answer.
+const MIN_POLL_CALL: Duration = Duration::from_secs(1);
 
 /// A stack the Docker backend stood up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +188,14 @@ pub enum DockerError {
         /// The engine's error.
         source: bollard::errors::Error,
     },
+    /// The engine did not answer a call in time (a frozen engine).
+    #[error("starting `{component}`: {source}")]
+    Silent {
+        /// The component, or the network for the run's network.
+        component: String,
+        /// The call and how long it was given.
+        source: Silent,
+    },
     /// Listing resources to remove failed.
     #[error("listing {what} labelled {filters:?} failed: {source}")]
     List {
@@ -237,21 +257,35 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         labels: Some(labels::for_run(plan)),
         ..Default::default()
     };
-    let network_id = docker
-        .create_network(request)
+    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
+    let network_id = engine::within(docker, limit, "creating the run's network", docker.create_network(request))
         .await
+        .map_err(|source| DockerError::Silent { component: format!("the network {network}"), source })?
         .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?
         .id;
     settle_same_name(docker, plan, &network, &network_id).await?;
     let created = std::sync::Mutex::new(Vec::new());
     match start_all(docker, plan, &network_id, envs, &created).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
+        Err(e @ DockerError::Silent { .. }) => {
+            // Asking a frozen engine to remove the stack would only add its
+            // own wait to the error; the next setup or `clean` removes it.
+            tracing::warn!(%network, "the engine stopped answering; the partly started stack is left for `e2e-infra clean`");
+            Err(e)
+        }
         Err(e) => {
             // Only what this call created, by id: a stack of the same run
             // and consumer started by someone else carries the same labels.
             let containers = created.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Err(cleanup) = remove_created(docker, &containers, &network_id).await {
-                tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it with `e2e-infra down`");
+            let removing = remove_created(docker, &containers, &network_id);
+            match engine::within(docker, CLEANUP_TIMEOUT, "removing the partly started stack", removing).await {
+                Ok(Ok(())) => {}
+                Ok(Err(cleanup)) => {
+                    tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it with `e2e-infra down`");
+                }
+                Err(silent) => {
+                    tracing::warn!(%network, error = %silent, "removing the partly started stack failed; remove it with `e2e-infra down`");
+                }
             }
             Err(e)
         }
@@ -329,6 +363,16 @@ async fn remove_network(docker: &Docker, id: &str, name: &str) -> Result<bool, D
             Err(source) => return Err(DockerError::Network { network: name.to_owned(), operation: "removing", source }),
         }
     }
+}
+
+/// How long one engine call for `component` may take.
+fn call_limit(component: &PlannedComponent) -> Duration {
+    component
+        .spec
+        .docker
+        .as_ref()
+        .and_then(|d| d.ready.as_ref())
+        .map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout.min(ENGINE_CALL_TIMEOUT))
 }
 
 async fn start_all(
@@ -442,9 +486,12 @@ async fn start_one(
         }),
         ..Default::default()
     };
-    let created = docker
-        .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
+    let limit = call_limit(component);
+    let silent = |source| DockerError::Silent { component: component.name.clone(), source };
+    let creating = docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body);
+    let created = engine::within(docker, limit, "creating the container", creating)
         .await
+        .map_err(silent)?
         .map_err(|e| failed("creating", e))?;
     created_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(created.id.clone());
     // A racing `up` of the same run may hold a network of the same name for
@@ -452,7 +499,8 @@ async fn start_one(
     // engine resolves the network by name at start and calls it ambiguous.
     let mut attempts = 0;
     loop {
-        match docker.start_container(&created.id, None).await {
+        let starting = docker.start_container(&created.id, None);
+        match engine::within(docker, limit, "starting the container", starting).await.map_err(silent)? {
             Ok(()) => break,
             Err(e) if attempts < SETTLE_ATTEMPTS && is_ambiguous(&e) => {
                 attempts += 1;
@@ -512,12 +560,19 @@ impl<'a> Prober<'a> {
         started: Instant,
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
         loop {
-            let inspected = docker.inspect_container(id, None).await.map_err(|source| DockerError::Container {
-                component: self.component.to_owned(),
-                container: self.container.to_owned(),
-                operation: "inspecting",
-                source,
-            })?;
+            // The readiness timeout bounds the wait as a whole, engine calls
+            // included: a frozen engine must not stretch it.
+            let left = self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout.saturating_sub(started.elapsed()));
+            let inspecting = docker.inspect_container(id, None);
+            let inspected = engine::within(docker, left.max(MIN_POLL_CALL), "inspecting the container", inspecting)
+                .await
+                .map_err(|source| DockerError::Silent { component: self.component.to_owned(), source })?
+                .map_err(|source| DockerError::Container {
+                    component: self.component.to_owned(),
+                    container: self.container.to_owned(),
+                    operation: "inspecting",
+                    source,
+                })?;
             let ports = published_ports(&inspected);
             let seen = seen(&inspected, network);
             let completes = matches!(self.ready.map(|r| &r.probe), Some(Probe::Completes));
@@ -564,6 +619,9 @@ impl<'a> Prober<'a> {
             },
             Probe::Log(_) => {
                 let logs = all_logs(docker, id).await;
+                if logs.contains(LOGS_SILENT) {
+                    return false;
+                }
                 self.pattern.as_ref().is_some_and(|p| logs.lines().any(|line| p.is_match(line)))
             }
             Probe::Completes => false,
@@ -660,17 +718,25 @@ async fn fetch_logs(docker: &Docker, id: &str, tail: &str) -> String {
     let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(tail).build();
     let mut text = String::new();
     let mut logs = docker.logs(id, Some(options));
-    while let Some(chunk) = logs.next().await {
-        match chunk {
-            Ok(out) => text.push_str(&out.to_string()),
-            Err(e) => {
-                text.push_str(&format!("<reading the logs failed: {e}>"));
-                break;
+    let reading = async {
+        while let Some(chunk) = logs.next().await {
+            match chunk {
+                Ok(out) => text.push_str(&out.to_string()),
+                Err(e) => {
+                    text.push_str(&format!("<reading the logs failed: {e}>"));
+                    break;
+                }
             }
         }
+    };
+    if tokio::time::timeout(LOGS_TIMEOUT, reading).await.is_err() {
+        text.push_str(&format!("\n{LOGS_SILENT} within {LOGS_TIMEOUT:?}>"));
     }
     text
 }
+
+/// Marks logs cut short because the engine stopped sending them.
+const LOGS_SILENT: &str = "<the engine did not send the logs";
 
 async fn all_logs(docker: &Docker, id: &str) -> String {
     fetch_logs(docker, id, "all").await

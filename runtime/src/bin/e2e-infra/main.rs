@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod images;
 mod plan;
 mod stacks;
 
@@ -27,8 +28,18 @@ enum Command {
     Down(stacks::DownArgs),
     /// List the stacks on the engine (and cluster): run, consumer, alive, dead, kept or manual.
     Status(stacks::StatusArgs),
-    /// Remove what finished or killed runs left behind.
-    Clean(stacks::CleanArgs),
+    /// Remove what finished or killed runs left behind; with --images, the image tags of older runs too.
+    Clean(CleanAll),
+}
+
+/// `clean`: stacks first, so that tags only a dead run's containers used
+/// are no longer in use when the images are looked at.
+#[derive(clap::Args)]
+struct CleanAll {
+    #[command(flatten)]
+    stacks: stacks::CleanArgs,
+    #[command(flatten)]
+    images: images::ImagesArgs,
 }
 
 fn main() -> ExitCode {
@@ -48,7 +59,7 @@ fn main() -> ExitCode {
         Command::Up(args) => stacks::up(cli.config.as_deref(), args),
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
-        Command::Clean(args) => stacks::clean(&args),
+        Command::Clean(args) => stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

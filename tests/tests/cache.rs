@@ -1,0 +1,599 @@
+//! The build cache, image provenance, housekeeping and bounded engine calls,
+//! against the real engine: what a cache hit is, what a built image may make
+//! a container look like, which tags go, and how long a frozen or slow
+//! engine may hold a run.
+#![cfg(feature = "e2e")]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    TagImageOptionsBuilder,
+};
+use bollard::Docker;
+use e2e_infra::build::housekeeping::prune_run_tags;
+use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
+use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
+use e2e_infra::engine::{connect_within, EngineError};
+use e2e_infra::{labels, Delivery, ImageRef};
+use e2e_infra_tests::{
+    clean_up_after, engine, plan, remove_built_images, remove_reference, unique,
+    unshared_busybox_dockerfile, Project, PODMAN_HOST,
+};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+
+const AREA: &str = "docker-cache";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Builds `dockerfile` (which may name local images in `FROM`) as `tag`,
+/// the way a user would with `docker build`.
+async fn build_by_hand(docker: &Docker, tag: &str, dockerfile: &str) -> Result<(), String> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let body = tar.into_inner().map_err(|e| e.to_string())?;
+    let options = BuildImageOptionsBuilder::new().t(tag).rm(true).build();
+    let mut progress = docker.build_image(options, None, Some(bollard::body_full(body.into())));
+    while let Some(item) = progress.next().await {
+        item.map_err(|e| format!("building {tag}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn image_id(docker: &Docker, reference: &str) -> Result<String, String> {
+    docker
+        .inspect_image(reference)
+        .await
+        .map_err(|e| format!("inspecting {reference}: {e}"))?
+        .id
+        .ok_or_else(|| format!("{reference} has no id"))
+}
+
+async fn digest_of(docker: &Docker, image: &ImageRef) -> Result<String, String> {
+    let inspected = docker
+        .inspect_image(&image.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    inspected
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|l| l.get(labels::INPUT_DIGEST).cloned())
+        .ok_or_else(|| format!("{image} has no input digest label"))
+}
+
+/// A user's image built `FROM` a cached one inherits its labels, input
+/// digest included. It is never taken for the cache: while the cache
+/// reference exists the hit is the catalog's build, and once the catalog's
+/// references are gone the next run builds.
+#[tokio::test]
+async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
+    let first = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
+    let second = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
+    let third = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
+    let derived = format!("localhost/{}:mine", unique("derived"));
+    let body = async {
+        let built = build_all(&docker, &first, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let original = built[0].image_id.clone();
+        let digest = digest_of(&docker, &built[0].image).await?;
+        build_by_hand(
+            &docker,
+            &derived,
+            &format!(
+                "FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n",
+                built[0].image
+            ),
+        )
+        .await?;
+        let derived_id = image_id(&docker, &derived).await?;
+        let inherited = docker
+            .inspect_image(&derived)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            inherited
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .get(labels::INPUT_DIGEST),
+            Some(&digest),
+            "the derived image should inherit the digest label for this test to mean anything"
+        );
+
+        let hit = build_all(&docker, &second, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(hit[0].cached);
+        assert_eq!(
+            hit[0].image_id, original,
+            "the derived image was taken for the cache"
+        );
+        assert_ne!(hit[0].image_id, derived_id);
+
+        // Only the derived image is left carrying the digest label.
+        remove_reference(&docker, &first.image("app").unwrap().to_string()).await;
+        remove_reference(&docker, &second.image("app").unwrap().to_string()).await;
+        remove_reference(&docker, &cache_ref(&built[0].image, &digest)).await;
+        let rebuilt = build_all(&docker, &third, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(
+            !rebuilt[0].cached,
+            "an image found only by its labels counted as a hit"
+        );
+        assert_ne!(rebuilt[0].image_id, derived_id);
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        for p in [&first, &second, &third] {
+            remove_built_images(&docker, p).await;
+        }
+        remove_reference(&docker, &derived).await;
+    })
+    .await;
+}
+
+/// A container a user starts from a built image carries only the image's
+/// provenance labels, so it is nobody's stack member.
+#[tokio::test]
+async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("app", "CMD [\"sleep\", \"60\"]\n");
+    let plan = plan(&catalog, "stranger", &["app"], AREA, &Delivery::Local);
+    let name = unique("by-hand");
+    let body = async {
+        build_all(&docker, &plan, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = ContainerCreateBody {
+            image: Some(plan.image("app").unwrap().to_string()),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let inspected = docker
+            .inspect_container(&name, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let container_labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        assert_eq!(
+            container_labels
+                .get(labels::BUILT_BY_RUN)
+                .map(String::as_str),
+            Some(plan.run().as_str()),
+            "provenance is inherited"
+        );
+        for membership in [
+            labels::MANAGED_BY,
+            labels::RUN,
+            labels::CONSUMER,
+            labels::COMPONENT,
+        ] {
+            assert!(
+                !container_labels.contains_key(membership),
+                "inherited `{membership}`"
+            );
+        }
+        let stacks = e2e_infra::teardown::list(&docker)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(
+            stacks
+                .iter()
+                .all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
+            "a container started by hand is listed as a stack member: {stacks:?}"
+        );
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(&name, Some(options)).await;
+        remove_built_images(&docker, &plan).await;
+    })
+    .await;
+}
+
+/// Five runs, each with changed inputs: the run tags of the newest two stay,
+/// older ones go, except one a container uses; cache references and a tag a
+/// user gave stay; a build's own housekeeping spares a fresh image.
+#[tokio::test]
+async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    // A component name of its own: housekeeping looks at the whole repository.
+    let component = unique("keep").replace('-', "");
+    let catalog = project.unshared_busybox_catalog(
+        &component,
+        "COPY version /version\nCMD [\"sleep\", \"60\"]\n",
+    );
+    let plans = std::cell::RefCell::new(Vec::new());
+    let user_tag = format!("localhost/{component}:v1");
+    let user_container = unique("uses-old-tag");
+    let body = async {
+        let mut caches = Vec::new();
+        for version in 0..5 {
+            project.write(&format!("{component}/version"), version.to_string());
+            let p = plan(
+                &catalog,
+                "keep",
+                &[component.as_str()],
+                AREA,
+                &Delivery::Local,
+            );
+            let built = build_all(
+                &docker,
+                &p,
+                &BuildOptions {
+                    keep_runs: 2,
+                    ..BuildOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            caches.push(cache_ref(
+                &built[0].image,
+                &digest_of(&docker, &built[0].image).await?,
+            ));
+            plans.borrow_mut().push(p);
+            // Distinct creation times order the runs.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let run_tags: Vec<String> = plans
+            .borrow()
+            .iter()
+            .map(|p| p.image(&component).unwrap().to_string())
+            .collect();
+        for tag in &run_tags {
+            image_id(&docker, tag)
+                .await
+                .map_err(|e| format!("the build's housekeeping removed a fresh tag: {e}"))?;
+        }
+        let (repo, tag) = user_tag.rsplit_once(':').unwrap();
+        docker
+            .tag_image(
+                &run_tags[0],
+                Some(TagImageOptionsBuilder::new().repo(repo).tag(tag).build()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = ContainerCreateBody {
+            image: Some(run_tags[1].clone()),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::new()
+                        .name(&user_container)
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let started = Instant::now();
+        let removed = prune_run_tags(&docker, Some(&[component.as_str()]), 2, Duration::ZERO, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("pruned in {:?}: {removed:?}", started.elapsed());
+        let mut gone: Vec<&str> = removed.iter().map(|r| r.reference.as_str()).collect();
+        gone.sort_unstable();
+        let mut expected = vec![run_tags[0].as_str(), run_tags[2].as_str()];
+        expected.sort_unstable();
+        assert_eq!(
+            gone, expected,
+            "tags of runs 0 and 2 go; 1 is in use, 3 and 4 are the newest"
+        );
+        for kept in [&run_tags[1], &run_tags[3], &run_tags[4], &user_tag] {
+            image_id(&docker, kept).await?;
+        }
+        for cache in &caches {
+            image_id(&docker, cache)
+                .await
+                .map_err(|e| format!("a cache reference was removed: {e}"))?;
+        }
+        let again = prune_run_tags(&docker, Some(&[component.as_str()]), 2, Duration::ZERO, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        assert!(again.is_empty(), "{again:?}");
+        Ok::<_, String>(())
+    };
+    let cleanup_docker = docker.clone();
+    clean_up_after(body, async {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = cleanup_docker
+            .remove_container(&user_container, Some(options))
+            .await;
+        remove_reference(&cleanup_docker, &user_tag).await;
+        for p in &plans.take() {
+            remove_built_images(&cleanup_docker, p).await;
+        }
+        // Cache references of runs whose tag housekeeping removed.
+        let filter = HashMap::from([("reference", vec![format!("localhost/{component}")])]);
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .filters(&filter)
+            .build();
+        for image in cleanup_docker
+            .list_images(Some(options))
+            .await
+            .unwrap_or_default()
+        {
+            for reference in image.repo_tags {
+                remove_reference(&cleanup_docker, &reference).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// A FIFO in the context used to hang the build (and every process waiting
+/// for it) forever; it is refused, by path, before anything is sent.
+#[tokio::test]
+async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("app", "");
+    let fifo = project.path().join("app/events.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let plan = plan(&catalog, "fifo", &["app"], AREA, &Delivery::Local);
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        build_all(&docker, &plan, &BuildOptions::default()),
+    )
+    .await
+    .expect("the build hung on the FIFO");
+    let elapsed = started.elapsed();
+    remove_built_images(&docker, &plan).await;
+    let error = result.expect_err("a FIFO cannot be part of a context");
+    eprintln!("after {elapsed:?}: {error}");
+    assert!(
+        matches!(&error, BuildError::Context { source: ContextError::SpecialFile { kind: "FIFO", path }, .. } if path == &fifo),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&fifo.display().to_string()),
+        "{error}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+/// Forwards TCP connections to a Unix socket, none before `delay` has passed
+/// since the proxy started (an engine busy at first); once
+/// `frozen` is set, or a request contains `freeze_at`, requests are
+/// swallowed and nothing answers, as with a frozen engine. Returns the
+/// `tcp://` address.
+async fn proxy(socket: &'static str, delay: Duration, frozen: Arc<AtomicBool>) -> String {
+    proxy_freezing_at(socket, delay, frozen, None).await
+}
+
+async fn proxy_freezing_at(
+    socket: &'static str,
+    delay: Duration,
+    frozen: Arc<AtomicBool>,
+    freeze_at: Option<&'static str>,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers_from = tokio::time::Instant::now() + delay;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let frozen = frozen.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(answers_from).await;
+                let Ok(engine) = UnixStream::connect(socket).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut engine_read, mut engine_write) = engine.into_split();
+                let upstream = async {
+                    let mut buf = vec![0; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = String::from_utf8_lossy(&buf[..n]);
+                        if freeze_at.is_some_and(|at| chunk.contains(at)) {
+                            frozen.store(true, Ordering::SeqCst);
+                        }
+                        if frozen.load(Ordering::SeqCst) {
+                            // Hold the connection open and never answer.
+                            std::future::pending::<()>().await;
+                        }
+                        if engine_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let downstream = tokio::io::copy(&mut engine_read, &mut client_write);
+                tokio::select! {
+                    () = upstream => {}
+                    _ = downstream => {}
+                }
+            });
+        }
+    });
+    format!("tcp://{addr}")
+}
+
+/// An engine that freezes after the build: `up` used to wait on it for the
+/// client's 120 s request timeout per call; it now fails within the
+/// component's readiness timeout, naming the engine's address.
+#[tokio::test]
+async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
+    let frozen = Arc::new(AtomicBool::new(false));
+    let host = proxy(DOCKER_SOCKET, Duration::ZERO, frozen.clone()).await;
+    let docker = connect_within(&host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let direct = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
+    let catalog = project.catalog(
+        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
+    );
+    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    let body = async {
+        build_all(&docker, &plan, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        frozen.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
+            .await
+            .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
+        let elapsed = started.elapsed();
+        let error = result.expect_err("the engine is frozen");
+        eprintln!("after {elapsed:?}: {error}");
+        assert!(matches!(error, DockerError::Silent { .. }), "{error}");
+        let address = host.trim_start_matches("tcp://");
+        assert!(error.to_string().contains(address), "{error}");
+        assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&direct, &labels::run_filter(&plan))
+            .await
+            .unwrap();
+        remove_built_images(&direct, &plan).await;
+    })
+    .await;
+}
+
+async fn slow_engine_is_waited_for(socket: &'static str) {
+    // Busy for longer than the first ping's 2 s.
+    let host = proxy(
+        socket,
+        Duration::from_secs(3),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    let started = Instant::now();
+    let docker = connect_within(&host, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let elapsed = started.elapsed();
+    eprintln!("connected after {elapsed:?}");
+    assert!(
+        elapsed > Duration::from_secs(2) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    docker.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_docker_engine_is_pinged_again_until_it_answers() {
+    slow_engine_is_waited_for(DOCKER_SOCKET).await;
+}
+
+#[tokio::test]
+async fn a_slow_podman_service_is_pinged_again_until_it_answers() {
+    slow_engine_is_waited_for(PODMAN_HOST.trim_start_matches("unix://").to_owned().leak()).await;
+}
+
+/// A refused connection means no engine: it fails at once, not after the
+/// whole connection budget.
+#[tokio::test]
+async fn a_refused_connection_fails_at_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let host = format!("tcp://{addr}");
+    let started = Instant::now();
+    let error = connect_within(&host, Duration::from_secs(30))
+        .await
+        .expect_err("nothing listens");
+    let elapsed = started.elapsed();
+    eprintln!("after {elapsed:?}: {error}");
+    assert!(matches!(error, EngineError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains(&host), "{error}");
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+}
+
+/// The engine freezes at the moment the container is created, after the
+/// network: the error names the component, the call and the engine, within
+/// the readiness timeout, and no cleanup waits on the frozen engine.
+#[tokio::test]
+async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
+    let frozen = Arc::new(AtomicBool::new(false));
+    let host = proxy_freezing_at(
+        DOCKER_SOCKET,
+        Duration::ZERO,
+        frozen,
+        Some("/containers/create"),
+    )
+    .await;
+    let docker = connect_within(&host, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let direct = engine(None).await;
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
+    let catalog = project.catalog(
+        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
+    );
+    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    let body = async {
+        build_all(&direct, &plan, &BuildOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
+            .await
+            .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
+        let elapsed = started.elapsed();
+        let error = result.expect_err("the engine is frozen");
+        eprintln!("after {elapsed:?}: {error}");
+        let message = error.to_string();
+        assert!(matches!(error, DockerError::Silent { .. }), "{message}");
+        assert!(
+            message.contains("`web`") && message.contains("creating the container"),
+            "{message}"
+        );
+        assert!(
+            message.contains(host.trim_start_matches("tcp://")),
+            "{message}"
+        );
+        assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&direct, &labels::run_filter(&plan))
+            .await
+            .unwrap();
+        remove_built_images(&direct, &plan).await;
+    })
+    .await;
+}
