@@ -116,7 +116,8 @@ impl Drop for ImageGuard {
         let tags = std::mem::take(&mut self.0);
         on_fresh_runtime(move |docker| async move {
             for tag in tags {
-                let options = RemoveImageOptions { force: true, ..Default::default() };
+                // Parents stay: another test's build may be using them.
+                let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
                 let _ = docker.remove_image(&tag, Some(options), None).await;
             }
         });

@@ -177,7 +177,7 @@ impl Cleanup {
             let filters = HashMap::from([("label".to_owned(), vec![built])]);
             let images = docker.list_images(Some(ListImagesOptions { all: true, filters: Some(filters), ..Default::default() })).await?;
             for image in images {
-                let options = RemoveImageOptions { force: true, ..Default::default() };
+                let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
                 let _ = docker.remove_image(&image.id, Some(options), None).await;
             }
         }

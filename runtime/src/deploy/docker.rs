@@ -240,9 +240,12 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
     // The engine lets two networks share a name; a second stack of one run
     // and consumer would then make both impossible to remove by name.
     let same_name = HashMap::from([("name", vec![network.clone()])]);
-    let existing = docker
-        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()))
+    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
+    let silent = |source| DockerError::Silent { component: format!("the network {network}"), source };
+    let looking = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()));
+    let existing = engine::within(docker, limit, "looking for the run's network", looking)
         .await
+        .map_err(silent)?
         .map_err(|source| DockerError::Network { network: network.clone(), operation: "looking for", source })?;
     if existing.iter().any(|n| n.name.as_deref() == Some(network.as_str())) {
         return Err(DockerError::StackExists {
@@ -257,13 +260,15 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         labels: Some(labels::for_run(plan)),
         ..Default::default()
     };
-    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
     let network_id = engine::within(docker, limit, "creating the run's network", docker.create_network(request))
         .await
-        .map_err(|source| DockerError::Silent { component: format!("the network {network}"), source })?
+        .map_err(silent)?
         .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?
         .id;
-    settle_same_name(docker, plan, &network, &network_id).await?;
+    let settling = settle_same_name(docker, plan, &network, &network_id);
+    engine::within(docker, limit, "checking the run's network is the only one of its name", settling)
+        .await
+        .map_err(silent)??;
     let created = std::sync::Mutex::new(Vec::new());
     match start_all(docker, plan, &network_id, envs, &created).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
