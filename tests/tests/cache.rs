@@ -19,7 +19,7 @@ use e2e_infra::build::housekeeping::prune_run_tags;
 use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
 use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_within, EngineError};
-use e2e_infra::{labels, Delivery, ImageRef};
+use e2e_infra::{labels, Delivery, ImageRef, Plan};
 use e2e_infra_tests::{
     clean_up_after, engine, plan, remove_built_images, remove_reference, unique,
     unshared_busybox_dockerfile, Project, PODMAN_HOST,
@@ -446,6 +446,18 @@ async fn proxy_freezing_at(
     format!("tcp://{addr}")
 }
 
+/// A one-component stack with a 5 s readiness timeout, for the frozen engines.
+fn frozen_engine_project() -> (Project, Plan) {
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
+    let catalog = project.catalog(
+        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
+    );
+    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    (project, plan)
+}
+
 /// An engine that freezes after the build: `up` used to wait on it for the
 /// client's 120 s request timeout per call; it now fails within the
 /// component's readiness timeout, naming the engine's address.
@@ -457,13 +469,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         .await
         .unwrap();
     let direct = engine(None).await;
-    let project = Project::new();
-    project.busybox_context("ctx");
-    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
-    let catalog = project.catalog(
-        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
-    );
-    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    let (_project, plan) = frozen_engine_project();
     let body = async {
         build_all(&docker, &plan, &BuildOptions::default())
             .await
@@ -558,13 +564,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
         .await
         .unwrap();
     let direct = engine(None).await;
-    let project = Project::new();
-    project.busybox_context("ctx");
-    project.write("ctx/Dockerfile", unshared_busybox_dockerfile(""));
-    let catalog = project.catalog(
-        "[components.web]\nbuild = { context = \"ctx\" }\ndocker = { ports = [8080], command = [\"httpd\", \"-f\", \"-p\", \"8080\"], ready = { tcp = 8080, timeout = \"5s\" } }\n",
-    );
-    let plan = plan(&catalog, "frozen", &["web"], AREA, &Delivery::Local);
+    let (_project, plan) = frozen_engine_project();
     let body = async {
         build_all(&direct, &plan, &BuildOptions::default())
             .await

@@ -101,9 +101,26 @@ fn since_pod_event(log: &std::sync::Mutex<e2e_infra::deploy::kube::mock::Log>, e
     log.watch_answers.iter().find(|(resource, _)| resource == "pods").map(|(_, at)| end - *at)
 }
 
+/// A section whose rows time e2e-infra against the naive way's measured
+/// and configured timeouts.
+fn timed_against_naive(title: &str, intro: &str, naive_timeout: Duration) -> Section {
+    Section::new(
+        title,
+        intro,
+        &[
+            "case",
+            "e2e-infra",
+            &format!("naive, {} timeout (measured)", secs(naive_timeout)),
+            "ratio (measured)",
+            &format!("naive, {} timeout (configured)", secs(SEED_TIMEOUT)),
+            "ratio (configured)",
+        ],
+    )
+}
+
 /// Benchmark 3.
 pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
-    let mut section = Section::new(
+    let mut section = timed_against_naive(
         "3. Failing fast on a wrong or unpullable image (Kubernetes)",
         &format!(
             "Against kube's mock API server (a `tower-test` service answering like an API server and \
@@ -114,14 +131,7 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
             secs(naive_timeout),
             secs(SEED_TIMEOUT)
         ),
-        &[
-            "case",
-            "e2e-infra",
-            &format!("naive, {} timeout (measured)", secs(naive_timeout)),
-            "ratio (measured)",
-            &format!("naive, {} timeout (configured)", secs(SEED_TIMEOUT)),
-            "ratio (configured)",
-        ],
+        naive_timeout,
     );
 
     // (a) The manifest hard-codes the image: e2e-infra's preflight refuses it
@@ -203,7 +213,7 @@ pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section
     let client = connect(context.as_deref())
         .await
         .map_err(|e| format!("benchmark 6 needs a cluster (scripts/bench.sh starts kube-local when it is at hand): {e}"))?;
-    let mut section = Section::new(
+    let mut section = timed_against_naive(
         "6. Failing fast on a real cluster",
         &format!(
             "The cases of benchmark 3 on a real Kubernetes v1.36.2 (kube-local: a real API server, controllers, \
@@ -214,14 +224,7 @@ pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section
             secs(naive_timeout),
             secs(SEED_TIMEOUT)
         ),
-        &[
-            "case",
-            "e2e-infra",
-            &format!("naive, {} timeout (measured)", secs(naive_timeout)),
-            "ratio (measured)",
-            &format!("naive, {} timeout (configured)", secs(SEED_TIMEOUT)),
-            "ratio (configured)",
-        ],
+        naive_timeout,
     );
     let options = KubeOptions::with_timeout(naive_timeout);
     let cases = [
