@@ -103,12 +103,12 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
         let plan = Plan::new(&catalog, name, &["web"], run, &Delivery::Local).expect("plan");
         runtime.block_on(stack::up(&plan, &StackOptions::default())).expect("up");
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
-    assert!(!launcher.is_alive());
     let kept_dir = dir.path().join("state").join(format!("dead-{kept}")).join(&kept);
     std::fs::create_dir_all(&kept_dir).expect("state dir");
     std::fs::write(kept_dir.join("kept"), "failed: some_test").expect("kept marker");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(!launcher.is_alive());
 
     let status = stdout(&cli(dir.path(), &["status"]));
     assert!(status.lines().any(|l| l.starts_with(&dead) && l.contains(" dead ")), "{status}");
@@ -120,7 +120,7 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     let status = stdout(&cli(dir.path(), &["status"]));
     assert!(!status.contains(&dead) && status.contains(&kept), "{status}");
 
-    let clean_kept = stdout(&cli(dir.path(), &["clean", "--kept"]));
+    let clean_kept = stdout(&cli(dir.path(), &["clean", "--kept", "--consumer", &kept]));
     assert!(clean_kept.contains(&format!("removed {kept} run dead-{kept}")), "{clean_kept}");
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&kept));
 }

@@ -204,8 +204,10 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     assert!(project.cli(&["clean"]).status.success());
     assert_eq!(containers_of(&hostless).len(), 1);
 
-    let clean = project.cli(&["clean", "--foreign"]);
-    assert!(clean.status.success());
+    // Scoped: a global `--foreign` would also take the live runs of other tests.
+    for owner in [&consumer, &hostless] {
+        assert!(project.cli(&["clean", "--foreign", "--consumer", owner]).status.success());
+    }
     assert!(containers_of(&consumer).is_empty() && containers_of(&hostless).is_empty());
 }
 
@@ -468,11 +470,15 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let consumer = consumer("kept");
     let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("kept-{consumer}");
-    let launcher = finished_launcher();
+    // As a real run does: marked kept while its launcher lives, which then ends.
+    let mut child = Command::new("sleep").arg("60").spawn().expect("spawn");
+    let launcher = Launcher::of(child.id()).expect("seen while it runs");
     project.up(&consumer, &run, Some(launcher));
     runtime().block_on(async {
         teardown::mark_kept(&docker(), &run, &consumer, Some(launcher), None, "failed: some_test").await.expect("marked")
     });
+    child.kill().expect("kill");
+    child.wait().expect("wait");
     // Another shell: another TMPDIR, another state root, nothing recorded.
     let elsewhere = project.path().join("elsewhere");
     let clean = project.cli_with(&["clean"], &elsewhere, &[]);
@@ -481,7 +487,7 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let status = text(&project.cli_with(&["status"], &elsewhere, &[]).stdout);
     assert!(status.lines().any(|l| l.starts_with(&consumer) && l.contains(" kept ")), "{status}");
 
-    let clean = project.cli_with(&["clean", "--kept"], &elsewhere, &[]);
+    let clean = project.cli_with(&["clean", "--kept", "--consumer", &consumer], &elsewhere, &[]);
     assert!(clean.status.success());
     assert!(containers_of(&consumer).is_empty());
     assert!(volumes_of(&consumer).is_empty(), "the kept marker goes with the stack");

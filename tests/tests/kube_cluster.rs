@@ -148,9 +148,13 @@ impl AppRun {
         line.unwrap_or_else(|| panic!("{} is not listed:\n{listed}", plan.run())).to_owned()
     }
 
-    /// `e2e-infra clean <extra>` on this run's cluster; what it printed.
+    /// `e2e-infra clean --consumer C <extra>` on this run's cluster; what it printed.
     async fn clean(&self, extra: &[&str]) -> String {
-        let cleaned = self.cli_on_cluster("clean", extra).await;
+        // Scoped to this test's consumer: other tests' stacks on the shared
+        // cluster are not this test's to remove.
+        let mut args = vec!["--consumer", self.plan.consumer().as_str()];
+        args.extend(extra);
+        let cleaned = self.cli_on_cluster("clean", &args).await;
         assert!(cleaned.status.success(), "{}", stderr(&cleaned));
         stdout(&cleaned)
     }

@@ -84,6 +84,9 @@ pub struct StatusArgs {
 /// Arguments of `clean`.
 #[derive(clap::Args)]
 pub struct CleanArgs {
+    /// Only this consumer's stacks (default: every consumer's).
+    #[arg(long)]
+    consumer: Option<String>,
     /// Also remove stacks kept because a test failed or E2E_INFRA_KEEP=1.
     #[arg(long)]
     kept: bool,
@@ -265,7 +268,10 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
 pub fn clean(args: &CleanArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let runs = stacks(&docker, &args.cluster).await?;
+        let mut runs = stacks(&docker, &args.cluster).await?;
+        if let Some(consumer) = &args.consumer {
+            runs.retain(|r| r.consumer == *consumer);
+        }
         let now = teardown::now();
         let foreign: Vec<String> = runs
             .iter()
