@@ -159,7 +159,8 @@ fn budget_from_env() -> Result<Duration, EngineError> {
     }
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+/// Reads `90`, `90s`, `500ms` or `2m`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().ok()?;

@@ -18,6 +18,11 @@ use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
 use crate::plan::{Namespace, Plan, Tag};
 
+/// How long removing a stack's containers, networks and markers from the
+/// engine may take in all; a frozen engine fails the teardown with a
+/// message instead of holding it forever.
+pub const REMOVAL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A stage of a stack's setup or removal failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,6 +48,9 @@ pub enum StackError {
     /// The Kubernetes backend failed.
     #[error(transparent)]
     Kube(#[from] kube_backend::KubeError),
+    /// The engine did not finish removing a stack in time.
+    #[error(transparent)]
+    Silent(#[from] engine::Silent),
     /// No async runtime could be started.
     #[error("starting an async runtime failed: {0}")]
     Runtime(#[source] std::io::Error),
@@ -223,7 +231,8 @@ pub async fn down(
     kube: Option<&KubeTarget>,
 ) -> Result<String, StackError> {
     let filters = labels::filter(run_id, consumer);
-    let removed = docker_backend::remove_labelled(docker, &filters).await?;
+    let removing = docker_backend::remove_labelled(docker, &filters);
+    let removed = engine::within(docker, REMOVAL_TIMEOUT, "removing the stack's containers and networks", removing).await??;
     let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;

@@ -162,6 +162,12 @@ fn finished_launcher() -> Launcher {
     launcher
 }
 
+/// `e2e-infra down --consumer C` succeeds and leaves no container of C.
+fn down_to_nothing(project: &Project, consumer: &str) {
+    assert!(project.cli(&["down", "--consumer", consumer]).status.success());
+    assert!(containers_of(consumer).is_empty());
+}
+
 fn status_line(project: &Project, consumer: &str) -> Option<String> {
     text(&project.cli(&["status"]).stdout).lines().find(|l| l.starts_with(consumer)).map(str::to_owned)
 }
@@ -211,14 +217,15 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     assert!(containers_of(&consumer).is_empty() && containers_of(&hostless).is_empty());
 }
 
-/// The inside of [`a_real_run_under_unshare_survives_clean_outside`]: brings
-/// a stack up as its own launcher (pid 1 of a new PID namespace), then
-/// waits until told to stop.
+/// The inside of the `unshare` tests: what a setup does (remove the
+/// consumer's dead runs, then bring its own stack up) as its own launcher,
+/// pid 1 of a new PID namespace; then waits until told to stop.
 #[test]
-#[ignore = "run by a_real_run_under_unshare_survives_clean_outside inside `unshare -p`"]
+#[ignore = "run by the unshare tests inside `unshare -p`"]
 fn inner_run_in_a_new_pid_namespace() {
     let Ok(dir) = std::env::var("OWNERSHIP_PROJECT") else { return };
     let consumer = std::env::var("OWNERSHIP_CONSUMER").expect("consumer");
+    let run = std::env::var("OWNERSHIP_RUN").expect("run id");
     let project = Project { dir: tempfile::TempDir::new_in(&dir).expect("scratch") };
     std::fs::create_dir(project.path().join("ctx")).expect("ctx");
     std::fs::copy(Path::new(&dir).join("ctx/busybox"), project.path().join("ctx/busybox")).expect("busybox");
@@ -226,12 +233,61 @@ fn inner_run_in_a_new_pid_namespace() {
         std::fs::copy(Path::new(&dir).join(file), project.path().join(file)).expect("project file");
     }
     let me = Launcher::of(std::process::id()).expect("in /proc");
-    project.up(&consumer, &format!("unshare-{consumer}"), Some(me));
+    runtime().block_on(async {
+        let docker = docker();
+        let runs = teardown::list(&docker).await.expect("list");
+        teardown::clean_dead(&docker, runs, Some(&consumer), Scope::default()).await.expect("clean");
+    });
+    project.up(&consumer, &run, Some(me));
     println!("UP {}", me.label());
-    let stop = Path::new(&dir).join("stop");
+    let stop = Path::new(&dir).join(format!("stop-{run}"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A run of `consumer` inside `unshare -p`, up until [`Sandbox::stop`].
+struct Sandbox {
+    child: std::process::Child,
+    stop: PathBuf,
+    label: String,
+}
+
+impl Sandbox {
+    /// Starts it and waits until its stack is up.
+    fn start(project: &Project, consumer: &str, run: &str) -> Self {
+        let mut child = Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc"])
+            .arg(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "inner_run_in_a_new_pid_namespace", "--ignored", "--nocapture"])
+            .env("OWNERSHIP_PROJECT", project.path())
+            .env("OWNERSHIP_CONSUMER", consumer)
+            .env("OWNERSHIP_RUN", run)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare: needs util-linux and CAP_SYS_ADMIN");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, labels) = std::sync::mpsc::channel();
+        // Read to the end: the inner run must not die writing to a closed pipe.
+        let run_name = run.to_owned();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("{run_name}: {line}");
+                if let Some(label) = line.strip_prefix("UP ") {
+                    let _ = sender.send(label.to_owned());
+                }
+            }
+        });
+        let label = labels.recv_timeout(Duration::from_secs(120)).expect("the inner run brought its stack up");
+        let recorded = Launcher::from_label(&label).expect("label");
+        assert_eq!(recorded.pid, 1, "the inner run is pid 1 of its namespace");
+        Self { child, stop: project.path().join(format!("stop-{run}")), label }
+    }
+
+    fn stop(mut self) {
+        std::fs::write(&self.stop, "").expect("stop");
+        assert!(self.child.wait().expect("inner run").success());
     }
 }
 
@@ -240,29 +296,8 @@ fn a_real_run_under_unshare_survives_clean_outside() {
     let project = Project::new();
     let consumer = consumer("unshare");
     let _cleanup = cleanup(&project, &[&consumer]);
-    let mut inner = Command::new("unshare")
-        .args(["-p", "-f", "--mount-proc"])
-        .arg(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "inner_run_in_a_new_pid_namespace", "--ignored", "--nocapture"])
-        .env("OWNERSHIP_PROJECT", project.path())
-        .env("OWNERSHIP_CONSUMER", &consumer)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("unshare: needs util-linux and CAP_SYS_ADMIN");
-    let stdout = inner.stdout.take().expect("piped");
-    let (sender, labels) = std::sync::mpsc::channel();
-    // Read to the end: the inner run must not die writing to a closed pipe.
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            eprintln!("inner: {line}");
-            if let Some(label) = line.strip_prefix("UP ") {
-                let _ = sender.send(label.to_owned());
-            }
-        }
-    });
-    let label = labels.recv_timeout(Duration::from_secs(120)).expect("the inner run brought its stack up");
-    let recorded = Launcher::from_label(&label).expect("label");
-    assert_eq!(recorded.pid, 1, "the inner run is pid 1 of its namespace");
+    let inner = Sandbox::start(&project, &consumer, &format!("unshare-{consumer}"));
+    let recorded = Launcher::from_label(&inner.label).expect("label");
     assert_ne!(recorded.host.map(|h| h.pid_ns), Host::current().map(|h| h.pid_ns));
 
     // Outside: pid 1 is init here, so by pid alone the run looked dead.
@@ -272,10 +307,26 @@ fn a_real_run_under_unshare_survives_clean_outside() {
     let line = status_line(&project, &consumer).expect("listed");
     assert!(line.contains(" foreign "), "{line}");
 
-    std::fs::write(project.path().join("stop"), "").expect("stop");
-    assert!(inner.wait().expect("inner run").success());
-    assert!(project.cli(&["down", "--consumer", &consumer]).status.success());
-    assert!(containers_of(&consumer).is_empty());
+    inner.stop();
+    down_to_nothing(&project, &consumer);
+}
+
+/// Two CI jobs in containers sharing the host's engine: both are pid 1 of
+/// their own PID namespace, and the second one's setup of the same consumer
+/// leaves the first one's stack alone.
+#[test]
+fn two_sandboxes_sharing_one_engine_keep_each_others_stacks() {
+    let project = Project::new();
+    let consumer = consumer("sandboxes");
+    let _cleanup = cleanup(&project, &[&consumer]);
+    let first = Sandbox::start(&project, &consumer, &format!("first-{consumer}"));
+    let second = Sandbox::start(&project, &consumer, &format!("second-{consumer}"));
+    assert_eq!(containers_of(&consumer).len(), 2, "the second sandbox's setup removed the first one's stack");
+    let (a, b) = (Launcher::from_label(&first.label), Launcher::from_label(&second.label));
+    assert_eq!(a.map(|l| l.pid), b.map(|l| l.pid), "both are pid 1 of their namespace");
+    first.stop();
+    second.stop();
+    down_to_nothing(&project, &consumer);
 }
 
 // ---- 2. Label values and the environment never become paths.

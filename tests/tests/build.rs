@@ -190,11 +190,15 @@ async fn the_input_digest_decides_whether_to_build() {
 }
 
 async fn failing_build(dockerfile_tail: &str) -> BuildError {
+    failing_build_with(dockerfile_tail, BuildOptions::default()).await
+}
+
+async fn failing_build_with(dockerfile_tail: &str, options: BuildOptions) -> BuildError {
     let docker = engine(None).await;
     let project = Project::new();
     let catalog = project.busybox_catalog("broken", dockerfile_tail);
     let plan = plan(&catalog, "fails", &["broken"], AREA, &Delivery::Local);
-    let result = build_all(&docker, &plan, &BuildOptions::default()).await;
+    let result = build_all(&docker, &plan, &options).await;
     remove_built_images(&docker, &plan).await;
     let error = result.expect_err("the build should fail");
     eprintln!("{error}");
@@ -212,6 +216,25 @@ async fn a_failing_run_step_is_named() {
         message.contains("about-to-fail"),
         "the last output lines are missing: {message}"
     );
+}
+
+/// A build the engine stops talking about is given up after the silence
+/// bound, naming the step it was on, rather than waited for without end.
+#[tokio::test]
+async fn a_silent_build_is_given_up_after_the_silence_bound() {
+    let silence = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let error = failing_build_with(
+        "RUN echo going-quiet\nRUN /bin/busybox sleep 20\n",
+        BuildOptions { force: true, silence, ..BuildOptions::default() },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, BuildError::Quiet { .. }), "{message}");
+    assert!(message.contains("RUN /bin/busybox sleep 20"), "{message}");
+    assert!(message.contains("E2E_INFRA_BUILD_SILENCE"), "{message}");
+    assert!(elapsed < Duration::from_secs(15), "given up after {elapsed:?}");
 }
 
 #[tokio::test]

@@ -31,9 +31,14 @@ use crate::plan::{ImageRef, Plan, PlannedComponent};
 
 /// How many lines of build output an error carries.
 const OUTPUT_TAIL: usize = 20;
-/// How long one engine call around a build (inspect, tag) may take. The
-/// build itself is not bounded: a `RUN` step may rightly be silent for long.
+/// How long one engine call around a build (inspect, tag) may take.
 pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a build may go without a word from the engine before it is
+/// given up as frozen. A `RUN` step may rightly be quiet for a while, so this
+/// bounds silence, not the build.
+pub const BUILD_SILENCE: Duration = Duration::from_secs(600);
+/// Overrides [`BUILD_SILENCE`] (`90`, `90s`, `15m`).
+pub const BUILD_SILENCE_ENV: &str = "E2E_INFRA_BUILD_SILENCE";
 /// The tag prefix of cache references.
 pub const CACHE_TAG_PREFIX: &str = "cache-";
 /// How many hex digits of the input digest a cache reference carries; the
@@ -61,11 +66,25 @@ pub struct BuildOptions {
     /// 0 keeps them all. Default [`housekeeping::KEEP_RUNS`], or
     /// `E2E_INFRA_KEEP_IMAGE_RUNS`.
     pub keep_runs: usize,
+    /// How long a build may go without output from the engine. Default
+    /// [`BUILD_SILENCE`], or `E2E_INFRA_BUILD_SILENCE`.
+    pub silence: Duration,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { force: false, concurrency: 2, keep_runs: housekeeping::keep_runs_from_env() }
+        Self { force: false, concurrency: 2, keep_runs: housekeeping::keep_runs_from_env(), silence: silence_from_env() }
+    }
+}
+
+/// [`BUILD_SILENCE`], or the duration in `E2E_INFRA_BUILD_SILENCE`.
+fn silence_from_env() -> Duration {
+    match std::env::var(BUILD_SILENCE_ENV) {
+        Ok(value) if !value.trim().is_empty() => engine::parse_duration(value.trim()).unwrap_or_else(|| {
+            tracing::warn!(value, "{BUILD_SILENCE_ENV} is not a duration (`90`, `90s`, `15m`); allowing {BUILD_SILENCE:?} of silence");
+            BUILD_SILENCE
+        }),
+        _ => BUILD_SILENCE,
     }
 }
 
@@ -129,6 +148,20 @@ pub enum BuildError {
         component: String,
         /// The image.
         image: ImageRef,
+    },
+    /// The engine sent nothing for longer than the build's silence bound.
+    #[error("building `{component}` as `{image}`: the engine sent nothing for {waited:?}{}; it may be frozen or overloaded (check it with `docker info`), or the step is quiet for longer than that: allow more with {BUILD_SILENCE_ENV}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" during `{s}`")).unwrap_or_default())]
+    Quiet {
+        /// The component.
+        component: String,
+        /// The reference it was to be tagged with.
+        image: ImageRef,
+        /// The last step the engine started.
+        step: Option<String>,
+        /// The last lines of build output.
+        output: String,
+        /// How long the engine was silent.
+        waited: Duration,
     },
     /// The engine did not answer a call around the build in time.
     #[error("building `{component}`: {source}")]
@@ -278,7 +311,13 @@ async fn build_one(
     let mut tail = VecDeque::with_capacity(OUTPUT_TAIL);
     let mut step = None;
     let mut failure = None;
-    while let Some(item) = progress.next().await {
+    let mut quiet = false;
+    loop {
+        let Ok(next) = tokio::time::timeout(opts.silence, progress.next()).await else {
+            quiet = true;
+            break;
+        };
+        let Some(item) = next else { break };
         match item {
             Ok(info) => {
                 for line in info.stream.iter().chain(info.status.iter()).flat_map(|s| s.lines()) {
@@ -303,6 +342,15 @@ async fn build_one(
         }
     }
     drop(progress);
+    if quiet {
+        return Err(BuildError::Quiet {
+            component: name.to_owned(),
+            image: image.clone(),
+            step,
+            output: Vec::from(tail).join("\n"),
+            waited: opts.silence,
+        });
+    }
     // An unreadable context file is the cause to report, not the broken
     // stream the engine saw because of it.
     writer
