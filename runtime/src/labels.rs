@@ -21,6 +21,13 @@ pub const LAUNCHER: &str = "io.e2e-infra.launcher";
 /// On a kept stack's marker (a volume on Docker, the namespace on
 /// Kubernetes): why it was kept. `clean` leaves it alone unless asked.
 pub const KEPT: &str = "io.e2e-infra.kept";
+/// On a reusable stack (`E2E_INFRA_REUSE=1`): it outlives its run and is
+/// reused by the next one while nothing it runs changed.
+pub const REUSE: &str = "io.e2e-infra.reuse";
+/// On a reusable stack's container: the digest of what it runs (image id,
+/// resolved environment, command, ports, probe). A container whose
+/// fingerprint differs from the new run's is replaced.
+pub const FINGERPRINT: &str = "io.e2e-infra.fingerprint";
 /// The digest of a build's inputs (images only).
 pub const INPUT_DIGEST: &str = "io.e2e-infra.input-digest";
 /// The run that built an image (images only): provenance, not membership.
@@ -37,6 +44,11 @@ pub fn for_run(plan: &Plan) -> HashMap<String, String> {
     let mut labels = identity(plan);
     labels.insert(LAUNCHER.to_owned(), plan.run().launcher().map(|l| l.label()).unwrap_or_default());
     labels
+}
+
+/// The label that marks a reusable stack's resources.
+pub fn reuse() -> (String, String) {
+    (REUSE.to_owned(), "1".to_owned())
 }
 
 /// Labels for one component's resource.

@@ -65,11 +65,14 @@ pub struct StackOptions {
     pub ready_timeout: Option<Duration>,
     /// Build options.
     pub build: BuildOptions,
+    /// Keep the stack after the run and reuse what did not change (Docker
+    /// backend; see [`docker_backend::up_reusing`]).
+    pub reuse: bool,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { backend: Backend::Docker, ready_timeout: None, build: BuildOptions::default() }
+        Self { backend: Backend::Docker, ready_timeout: None, build: BuildOptions::default(), reuse: false }
     }
 }
 
@@ -79,6 +82,7 @@ struct Timings {
     build: Option<(Duration, bool)>,
     load: Option<Duration>,
     ready: Option<Duration>,
+    reused: bool,
 }
 
 /// The engine a recorded stack lives on.
@@ -127,9 +131,21 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
     let mut endpoints = BTreeMap::new();
     let placement = match kube {
         None => {
-            let stack = docker_backend::up(&docker, plan).await?;
+            let stack = if options.reuse {
+                let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
+                let (stack, kept) = docker_backend::up_reusing(&docker, plan, &ids).await?;
+                for component in kept {
+                    timings.entry(component).or_default().reused = true;
+                }
+                stack
+            } else {
+                docker_backend::up(&docker, plan).await?
+            };
             for running in &stack.containers {
-                timings.entry(running.component.clone()).or_default().ready = Some(running.ready_after);
+                let timing = timings.entry(running.component.clone()).or_default();
+                if !timing.reused {
+                    timing.ready = Some(running.ready_after);
+                }
                 endpoints.insert(running.component.clone(), running.ports.clone());
             }
             Placement::Docker { docker_host: std::env::var("DOCKER_HOST").ok(), network: stack.network }
@@ -281,6 +297,7 @@ fn summary(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
             Some((_, false)) => "miss",
             None => "-",
         };
+        let cache = if t.is_some_and(|t| t.reused) { format!("{cache}, container reused") } else { cache.to_owned() };
         let _ = writeln!(
             out,
             "  {:<16} {:<width$} {:>7} {:>7} {:>7}  {cache}",

@@ -67,6 +67,8 @@ pub struct RunStack {
     pub kube: Option<(String, KubeTarget)>,
     /// Kept on purpose.
     pub kept: bool,
+    /// A reusable stack: outlives its runs until `down` or `clean --reused`.
+    pub reused: bool,
     /// When its oldest resource was created, in seconds since the Unix
     /// epoch, if the engine or cluster said.
     pub created: Option<i64>,
@@ -79,6 +81,8 @@ pub struct Scope {
     pub kept: bool,
     /// Also foreign runs younger than [`FOREIGN_TTL`].
     pub foreign: bool,
+    /// Also reusable stacks.
+    pub reused: bool,
 }
 
 impl RunStack {
@@ -102,6 +106,9 @@ impl RunStack {
     /// Whether `clean` with `scope` removes this run, judged as `liveness`
     /// at `now` (seconds since the Unix epoch).
     pub fn removable(&self, liveness: Liveness, scope: Scope, now: i64) -> bool {
+        if self.reused {
+            return scope.reused;
+        }
         if self.kept && !scope.kept {
             return false;
         }
@@ -228,8 +235,10 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             containers: Vec::new(),
             networks: Vec::new(),
             kube: None,
+            reused: false,
             created: None,
         });
+        run.reused |= labels.contains_key(labels::REUSE);
         if run.launcher.is_none() {
             run.launcher = labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l));
         }
@@ -275,6 +284,7 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             consumer: found.consumer,
             containers: Vec::new(),
             networks: Vec::new(),
+            reused: false,
         });
     }
     Ok(runs)
@@ -322,7 +332,18 @@ mod tests {
             networks: Vec::new(),
             kube: None,
             kept,
+            reused: false,
             created,
+        }
+    }
+
+    #[test]
+    fn a_reusable_stack_goes_only_when_asked() {
+        let now = 1_000_000_000;
+        let reused = RunStack { reused: true, ..run(false, Some(now)) };
+        for liveness in [Liveness::Alive, Liveness::Dead, Liveness::Foreign, Liveness::Manual] {
+            assert!(!reused.removable(liveness, Scope { kept: true, foreign: true, reused: false }, now));
+            assert!(reused.removable(liveness, Scope { reused: true, ..Scope::default() }, now));
         }
     }
 
@@ -335,11 +356,11 @@ mod tests {
         assert!(fresh.removable(Liveness::Dead, auto, now));
         assert!(!fresh.removable(Liveness::Alive, auto, now));
         assert!(!fresh.removable(Liveness::Manual, auto, now));
-        assert!(!fresh.removable(Liveness::Manual, Scope { kept: true, foreign: true }, now));
+        assert!(!fresh.removable(Liveness::Manual, Scope { kept: true, foreign: true, reused: false }, now));
         // Foreign: alive as far as anyone here knows.
         assert!(!fresh.removable(Liveness::Foreign, auto, now));
-        assert!(!fresh.removable(Liveness::Foreign, Scope { kept: true, foreign: false }, now));
-        assert!(fresh.removable(Liveness::Foreign, Scope { kept: false, foreign: true }, now));
+        assert!(!fresh.removable(Liveness::Foreign, Scope { kept: true, foreign: false, reused: false }, now));
+        assert!(fresh.removable(Liveness::Foreign, Scope { kept: false, foreign: true, reused: false }, now));
         // ... until its time to live is over.
         let old = run(false, Some(now - day - 1));
         assert!(old.removable(Liveness::Foreign, auto, now));
@@ -349,8 +370,8 @@ mod tests {
         let kept = run(true, Some(now - 10 * day));
         for liveness in [Liveness::Dead, Liveness::Foreign] {
             assert!(!kept.removable(liveness, auto, now));
-            assert!(!kept.removable(liveness, Scope { kept: false, foreign: true }, now));
-            assert!(kept.removable(liveness, Scope { kept: true, foreign: true }, now));
+            assert!(!kept.removable(liveness, Scope { kept: false, foreign: true, reused: false }, now));
+            assert!(kept.removable(liveness, Scope { kept: true, foreign: true, reused: false }, now));
         }
     }
 

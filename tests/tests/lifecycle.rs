@@ -385,3 +385,74 @@ async fn two_consumers_at_once_do_not_share_or_disturb() {
     assert_torn_down(&a).await;
     assert_torn_down(&b).await;
 }
+
+/// Removes a stack kept on purpose however the test ends.
+struct DownOnDrop<'a>(&'a Fixture);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(e2e_infra_tests::cluster::cli_binary())
+            .args(["down", "--consumer", &self.0.consumer])
+            .env("E2E_INFRA_STATE_DIR", self.0.state())
+            .output();
+    }
+}
+
+/// `E2E_INFRA_REUSE=1`: the stack outlives the run; the next run reuses
+/// every container whose image and configuration are unchanged and
+/// replaces the others (and what depends on them); `status` lists it,
+/// `clean` leaves it, `clean --reused` removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_stack_is_replaced_only_where_something_changed() {
+    let fixture = Fixture::new("ru", &["api"]);
+    let _down = DownOnDrop(&fixture);
+    // Inputs of its own: other tests force rebuilds of the fixture's images,
+    // which would rightly count as a changed image here.
+    std::fs::write(fixture.dir.path().join("image/owner"), &fixture.consumer).expect("context file");
+    let reuse = [("E2E_INFRA_REUSE", "1")];
+    let run = |expected_created: usize, why: &'static str| {
+        let fixture = &fixture;
+        async move {
+            let events = EventLog::start();
+            let output = fixture.run("nextest", &reuse);
+            assert!(output.status.success(), "suite failed:\n{}", text(&output));
+            events.settle().await;
+            let created = events.containers_created(&fixture.consumer);
+            assert_eq!(created.len(), expected_created, "{why}: {created:?}");
+            // Kept after the run, by design.
+            assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "{why}: the stack stays");
+            created
+        }
+    };
+    run(2, "a cold start creates both").await;
+    run(0, "nothing changed").await;
+
+    // Only the api's command changes: the store stays.
+    let catalog = fixture.dir.path().join("e2e-infra.toml");
+    let text_of = std::fs::read_to_string(&catalog).expect("catalog");
+    std::fs::write(&catalog, text_of.replace("echo api store=$STORE >", "echo api store=$STORE changed >")).expect("catalog");
+    let created = run(1, "the api's configuration changed").await;
+    assert!(created[0].ends_with("-api"), "{created:?}");
+
+    // A changed image: both are built from it, both are replaced.
+    std::fs::write(fixture.dir.path().join("image/version"), "2").expect("context file");
+    std::fs::write(
+        fixture.dir.path().join("busybox.Dockerfile"),
+        std::fs::read_to_string(fixture.dir.path().join("busybox.Dockerfile")).expect("dockerfile") + "COPY version /version\n",
+    )
+    .expect("dockerfile");
+    run(2, "the image changed").await;
+
+    let dir = fixture.dir.path();
+    let state = [("E2E_INFRA_STATE_DIR", fixture.state().into_os_string())];
+    let env: Vec<(&str, &std::ffi::OsStr)> = state.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let (status, _) = e2e_infra_tests::cluster::cli(dir, &["status"], &env).await;
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(listed.lines().any(|l| l.starts_with(&fixture.consumer) && l.contains(" reuse ")), "{listed}");
+    let (clean, _) = e2e_infra_tests::cluster::cli(dir, &["clean", "--consumer", &fixture.consumer], &env).await;
+    assert!(clean.status.success());
+    assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "plain clean removed a reusable stack");
+    let (clean, _) = e2e_infra_tests::cluster::cli(dir, &["clean", "--reused", "--consumer", &fixture.consumer], &env).await;
+    assert!(clean.status.success());
+    assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
+}

@@ -27,6 +27,9 @@ use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
 
+mod reuse;
+pub use reuse::up_reusing;
+
 /// How often a starting container's state and probe are checked.
 const POLL: Duration = Duration::from_millis(250);
 /// Longest single probe attempt.
@@ -208,6 +211,15 @@ pub enum DockerError {
     },
 }
 
+/// A container's labels; a reusable stack's also carry the fingerprint.
+fn component_labels(plan: &Plan, component: &str, fingerprint: Option<&str>) -> HashMap<String, String> {
+    let mut labels = labels::for_component(plan, component);
+    if let Some(fingerprint) = fingerprint {
+        labels.extend([labels::reuse(), (labels::FINGERPRINT.to_owned(), fingerprint.to_owned())]);
+    }
+    labels
+}
+
 /// The container name of `component` in `plan`: unique to the run and consumer.
 pub fn container_name(plan: &Plan, component: &str) -> String {
     format!("{}-{component}", plan.namespace())
@@ -232,22 +244,29 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 /// # Ok(()) }
 /// ```
 pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError> {
+    let envs = resolve_envs(plan)?;
+    let network_id = create_network(docker, plan, false).await?;
+    start_on(docker, plan, &network_id, envs, Started::default()).await
+}
+
+/// Every component's resolved environment.
+fn resolve_envs(plan: &Plan) -> Result<HashMap<&str, Vec<String>>, DockerError> {
     let mut envs = HashMap::new();
     for component in plan.components() {
         envs.insert(component.name.as_str(), resolve_env(plan, component)?);
     }
+    Ok(envs)
+}
+
+/// Creates the run's network (marked reusable when `reuse`); its id.
+/// Refuses when the run already has one.
+async fn create_network(docker: &Docker, plan: &Plan, reuse: bool) -> Result<String, DockerError> {
     let network = plan.namespace().to_string();
     // The engine lets two networks share a name; a second stack of one run
     // and consumer would then make both impossible to remove by name.
-    let same_name = HashMap::from([("name", vec![network.clone()])]);
     let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
     let silent = |source| DockerError::Silent { component: format!("the network {network}"), source };
-    let looking = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()));
-    let existing = engine::within(docker, limit, "looking for the run's network", looking)
-        .await
-        .map_err(silent)?
-        .map_err(|source| DockerError::Network { network: network.clone(), operation: "looking for", source })?;
-    if existing.iter().any(|n| n.name.as_deref() == Some(network.as_str())) {
+    if find_network(docker, plan).await?.is_some() {
         return Err(DockerError::StackExists {
             run_id: plan.run().as_str().to_owned(),
             consumer: plan.consumer().as_str().to_owned(),
@@ -257,7 +276,7 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
     let request = NetworkCreateRequest {
         name: network.clone(),
         driver: Some("bridge".to_owned()),
-        labels: Some(labels::for_run(plan)),
+        labels: Some(labels::for_run(plan).into_iter().chain(reuse.then(labels::reuse)).collect()),
         ..Default::default()
     };
     let network_id = engine::within(docker, limit, "creating the run's network", docker.create_network(request))
@@ -269,8 +288,45 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
     engine::within(docker, limit, "checking the run's network is the only one of its name", settling)
         .await
         .map_err(silent)??;
+    Ok(network_id)
+}
+
+/// The id of the run's network, if it has one.
+async fn find_network(docker: &Docker, plan: &Plan) -> Result<Option<String>, DockerError> {
+    let network = plan.namespace().to_string();
+    let same_name = HashMap::from([("name", vec![network.clone()])]);
+    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
+    let looking = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()));
+    let existing = engine::within(docker, limit, "looking for the run's network", looking)
+        .await
+        .map_err(|source| DockerError::Silent { component: format!("the network {network}"), source })?
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "looking for", source })?;
+    // The filter matches names that contain the given one.
+    Ok(existing.into_iter().find(|n| n.name.as_deref() == Some(network.as_str())).and_then(|n| n.id))
+}
+
+/// What a call to [`start_on`] starts from: components already running
+/// (kept from an earlier run), and labels for the containers it creates.
+#[derive(Default)]
+struct Started {
+    running: Vec<RunningComponent>,
+    fingerprints: HashMap<String, String>,
+}
+
+/// Starts every component of `plan` not already running on the network
+/// `network_id`. On failure, removes what this call created, by id, and the
+/// network when it made the whole stack.
+async fn start_on(
+    docker: &Docker,
+    plan: &Plan,
+    network_id: &str,
+    envs: HashMap<&str, Vec<String>>,
+    started: Started,
+) -> Result<DockerStack, DockerError> {
+    let network = plan.namespace().to_string();
+    let whole = started.running.is_empty();
     let created = std::sync::Mutex::new(Vec::new());
-    match start_all(docker, plan, &network_id, envs, &created).await {
+    match start_all(docker, plan, network_id, envs, started, &created).await {
         Ok(containers) => Ok(DockerStack { network, containers }),
         Err(e @ DockerError::Silent { .. }) => {
             // Asking a frozen engine to remove the stack would only add its
@@ -282,7 +338,7 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
             // Only what this call created, by id: a stack of the same run
             // and consumer started by someone else carries the same labels.
             let containers = created.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let removing = remove_created(docker, &containers, &network_id);
+            let removing = remove_created(docker, &containers, whole.then_some(network_id));
             match engine::within(docker, CLEANUP_TIMEOUT, "removing the partly started stack", removing).await {
                 Ok(Ok(())) => {}
                 Ok(Err(cleanup)) => {
@@ -338,7 +394,7 @@ async fn settle_same_name(docker: &Docker, plan: &Plan, network: &str, ours: &st
 const SETTLE_ATTEMPTS: u32 = 50;
 
 /// Removes containers and a network by id, as created by one [`up`].
-async fn remove_created(docker: &Docker, containers: &[String], network_id: &str) -> Result<(), DockerError> {
+async fn remove_created(docker: &Docker, containers: &[String], network_id: Option<&str>) -> Result<(), DockerError> {
     for id in containers {
         match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
             Ok(()) => {}
@@ -348,7 +404,10 @@ async fn remove_created(docker: &Docker, containers: &[String], network_id: &str
             }
         }
     }
-    remove_network(docker, network_id, network_id).await.map(|_| ())
+    match network_id {
+        Some(id) => remove_network(docker, id, id).await.map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// Removes the network with id `id` (`name` for messages), waiting out the
@@ -385,10 +444,12 @@ async fn start_all(
     plan: &Plan,
     network: &str,
     mut envs: HashMap<&str, Vec<String>>,
+    started: Started,
     created: &std::sync::Mutex<Vec<String>>,
 ) -> Result<Vec<RunningComponent>, DockerError> {
-    let mut waiting: Vec<&PlannedComponent> = plan.components().iter().collect();
-    let mut ready: Vec<RunningComponent> = Vec::new();
+    let Started { running: mut ready, fingerprints } = started;
+    let mut waiting: Vec<&PlannedComponent> =
+        plan.components().iter().filter(|c| !ready.iter().any(|r| r.component == c.name)).collect();
     let mut starting = FuturesUnordered::new();
     loop {
         let (free, blocked): (Vec<_>, Vec<_>) = waiting
@@ -397,7 +458,8 @@ async fn start_all(
         waiting = blocked;
         for component in free {
             let env = envs.remove(component.name.as_str()).unwrap_or_default();
-            starting.push(start_one(docker, plan, component, network, env, created));
+            let fingerprint = fingerprints.get(&component.name).map(String::as_str);
+            starting.push(start_one(docker, plan, component, network, env, fingerprint, created));
         }
         match starting.next().await {
             Some(result) => ready.push(result?),
@@ -456,6 +518,7 @@ async fn start_one(
     component: &PlannedComponent,
     network: &str,
     env: Vec<String>,
+    fingerprint: Option<&str>,
     created_ids: &std::sync::Mutex<Vec<String>>,
 ) -> Result<RunningComponent, DockerError> {
     let spec = docker_spec(component)?;
@@ -479,7 +542,7 @@ async fn start_one(
         image: Some(component.image.to_string()),
         env: Some(env),
         cmd: spec.command.clone(),
-        labels: Some(labels::for_component(plan, &component.name)),
+        labels: Some(component_labels(plan, &component.name, fingerprint)),
         exposed_ports: Some(port_keys),
         host_config: Some(HostConfig {
             network_mode: Some(network.to_owned()),

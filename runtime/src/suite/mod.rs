@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::backend::{Backend, BackendError, Declared};
 use crate::catalog::Catalog;
 use crate::handle::Infra;
-use crate::plan::{Plan, RunId};
+use crate::plan::{Launcher, Plan, RunId};
 use crate::stack::{self, StackError, StackOptions};
 
 pub use reaper::REAPER_TEST;
@@ -35,6 +35,9 @@ use state::{Claim, Found, RunDir};
 pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
 /// `1`: rebuild every image even when one built from the same inputs exists.
 pub const FORCE_BUILD_ENV: &str = "E2E_INFRA_FORCE_BUILD";
+/// `1`: keep the stack after the run and let the next run reuse every
+/// container whose image and configuration did not change (Docker backend).
+pub const REUSE_ENV: &str = "E2E_INFRA_REUSE";
 /// What the attribute knows about a suite.
 #[derive(Debug)]
 pub struct SuiteSpec {
@@ -104,6 +107,12 @@ pub enum SuiteError {
         #[source]
         source: state::StateError,
     },
+    /// Reuse was asked for a suite on Kubernetes.
+    #[error("{REUSE_ENV}=1 keeps stacks between runs on the Docker backend only, and `{consumer}` runs on Kubernetes; unset {REUSE_ENV} for this suite")]
+    ReuseOnKubernetes {
+        /// The consumer.
+        consumer: String,
+    },
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
     Thread(String),
@@ -158,20 +167,42 @@ impl Suite {
         let mut options = StackOptions {
             backend: self.backend()?,
             ready_timeout: self.spec.ready_timeout_secs.map(Duration::from_secs),
+            reuse: reuse_requested(),
             ..StackOptions::default()
         };
+        if options.reuse && matches!(options.backend, Backend::Kubernetes(_)) {
+            return Err(SuiteError::ReuseOnKubernetes { consumer: self.spec.consumer.to_owned() });
+        }
         options.build.force = std::env::var(FORCE_BUILD_ENV).is_ok_and(|v| v == "1");
         Ok(options)
     }
 
+    /// The run id the stack is planned and recorded under, and the launcher
+    /// of this test run. A reusable stack has one id per user and consumer,
+    /// the same in every run, and records no launcher on the engine: its
+    /// life is not a run's.
+    fn identity(&self) -> Result<(RunId, Option<Launcher>), SuiteError> {
+        let detected = RunId::detect().map_err(crate::plan::PlanError::from)?;
+        let launcher = detected.launcher();
+        if !reuse_requested() {
+            return Ok((detected, launcher));
+        }
+        let uid = state::current_uid()?;
+        let reused = RunId::explicit(&format!("reuse-u{uid}"), None).map_err(crate::plan::PlanError::from)?;
+        Ok((reused, launcher))
+    }
+
     fn setup(&'static self) -> Result<Infra, SuiteError> {
         init_logging();
-        let plan = self.plan(RunId::detect().map_err(crate::plan::PlanError::from)?)?;
+        let (run, launcher) = self.identity()?;
+        let reuse = reuse_requested();
+        let plan = self.plan(run)?;
         let dir = RunDir::open(plan.run().as_str(), plan.consumer().as_str())?;
         let _lock = dir.lock_setup()?;
         // An earlier use of this run id (a retry with the same
-        // E2E_INFRA_RUN_ID) must not hand its error or stack to this run.
-        let claim = dir.claim(plan.run().launcher(), plan.run().as_str(), plan.consumer().as_str())?;
+        // E2E_INFRA_RUN_ID, or the previous run of a reusable stack) must
+        // not hand its error or stack to this run.
+        let claim = dir.claim(launcher, plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
         let record = match found {
             Found::Ready(record) => record,
@@ -179,9 +210,13 @@ impl Suite {
                 return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
             }
             Found::Nothing | Found::Abandoned => {
-                reaper::spawn(self, &plan, &dir);
-                let abandoned =
-                    matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true });
+                // A reusable stack is kept by design: no teardown, and what
+                // an earlier run left is what setup reuses or replaces.
+                let abandoned = !reuse
+                    && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
+                if !reuse {
+                    reaper::spawn(self, &plan, &dir);
+                }
                 dir.begin_attempt()?;
                 match self.run_setup(&plan, abandoned) {
                     Ok(record) => {
@@ -301,7 +336,7 @@ impl Suite {
 
     /// The state directory of this process's run, if it exists.
     fn run_dir(&self) -> Option<RunDir> {
-        let run = RunId::detect().ok()?;
+        let (run, _) = self.identity().ok()?;
         RunDir::existing(run.as_str(), self.spec.consumer)
     }
 }
@@ -351,6 +386,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// Whether `E2E_INFRA_REUSE=1`.
+fn reuse_requested() -> bool {
+    std::env::var(REUSE_ENV).is_ok_and(|v| v == "1")
 }
 
 /// Quiet by default inside tests; `RUST_LOG` turns the detail on.

@@ -84,7 +84,7 @@ fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(io::Error)
 }
 
 /// This process's effective user: `/proc/self` belongs to it.
-fn current_uid() -> Result<u32, StateError> {
+pub(crate) fn current_uid() -> Result<u32, StateError> {
     let proc_self = Path::new("/proc/self");
     Ok(fs::metadata(proc_self).map_err(io_err("reading the owner of", proc_self))?.uid())
 }

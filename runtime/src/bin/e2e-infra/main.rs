@@ -26,7 +26,7 @@ enum Command {
     Up(stacks::UpArgs),
     /// Remove a consumer's stacks.
     Down(stacks::DownArgs),
-    /// List the stacks on the engine (and cluster): run, consumer, alive, dead, kept or manual.
+    /// List the stacks on the engine (and cluster): run, consumer, alive, dead, foreign, kept, reuse or manual.
     Status(stacks::StatusArgs),
     /// Remove what finished or killed runs left behind; with --images, the image tags of older runs too.
     Clean(CleanAll),

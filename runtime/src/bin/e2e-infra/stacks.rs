@@ -96,6 +96,9 @@ pub struct CleanArgs {
     /// only once older than 24 hours.
     #[arg(long)]
     foreign: bool,
+    /// Also remove reusable stacks (kept between runs by E2E_INFRA_REUSE=1).
+    #[arg(long)]
+    reused: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -238,6 +241,7 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
         let now = teardown::now();
         for run in runs {
             let state = match (run.liveness(), run.kept) {
+                _ if run.reused => "reuse",
                 (_, true) => "kept",
                 (Liveness::Alive, _) => "alive",
                 (Liveness::Dead, _) => "dead",
@@ -278,7 +282,7 @@ pub fn clean(args: &CleanArgs) -> Result<(), String> {
             .filter(|r| r.liveness() == Liveness::Foreign && !r.kept && !r.expired(now))
             .map(|r| format!("{} run {}", r.consumer, r.run_id))
             .collect();
-        let scope = teardown::Scope { kept: args.kept, foreign: args.foreign };
+        let scope = teardown::Scope { kept: args.kept, foreign: args.foreign, reused: args.reused };
         let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(|e| error_chain(&e))?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");

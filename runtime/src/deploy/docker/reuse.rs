@@ -1,0 +1,170 @@
+//! Reusable stacks (`E2E_INFRA_REUSE=1`): a stack that outlives its run and
+//! is picked up again by the next one, container by container.
+//!
+//! Every container of a reusable stack carries a fingerprint of what it
+//! runs: the image id, the resolved environment and the component's Docker
+//! section (command, ports, probe). The next run computes the same for its
+//! plan. A container whose fingerprint matches and that still runs is kept
+//! as it is; every other one is replaced, and so is every component that
+//! depends on a replaced one (it may hold connections to the old one).
+
+use std::collections::{BTreeSet, HashMap};
+
+use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::Docker;
+use sha2::{Digest, Sha256};
+
+use super::{
+    call_limit, create_network, docker_spec, find_network, gone, published_ports, resolve_envs, start_on, DockerError,
+    DockerStack, RunningComponent, Started, ENGINE_CALL_TIMEOUT,
+};
+use crate::engine;
+use crate::labels;
+use crate::plan::Plan;
+
+/// Brings `plan`'s stack up as a reusable one, keeping the containers of an
+/// earlier run whose fingerprint still matches. `image_ids` maps each
+/// component to the id of the image its reference names now. Returns the
+/// stack and the components kept as they were.
+///
+/// # Errors
+/// [`DockerError`] as [`super::up`]; on failure only what this call created
+/// is removed, and containers it kept stay for the next run.
+pub async fn up_reusing(
+    docker: &Docker,
+    plan: &Plan,
+    image_ids: &HashMap<String, String>,
+) -> Result<(DockerStack, Vec<String>), DockerError> {
+    let envs = resolve_envs(plan)?;
+    let mut fingerprints = HashMap::new();
+    for component in plan.components() {
+        let image_id = image_ids.get(&component.name).map_or("", String::as_str);
+        let env = envs.get(component.name.as_str()).map_or(&[][..], Vec::as_slice);
+        fingerprints.insert(component.name.clone(), fingerprint(image_id, env, docker_spec(component)?));
+    }
+    let Some(network_id) = find_network(docker, plan).await? else {
+        let network_id = create_network(docker, plan, true).await?;
+        let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }).await?;
+        return Ok((stack, Vec::new()));
+    };
+    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
+    let silent = |source| DockerError::Silent { component: format!("the reusable stack {}", plan.namespace()), source };
+    let filters = HashMap::from([("label", labels::run_filter(plan))]);
+    let listing = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()));
+    let existing = engine::within(docker, limit, "listing the reusable stack's containers", listing)
+        .await
+        .map_err(silent)?
+        .map_err(|source| DockerError::List { what: "containers", filters: labels::run_filter(plan), source })?;
+
+    // component -> (container id, still matches)
+    let mut found: HashMap<String, (String, bool)> = HashMap::new();
+    let mut strangers = Vec::new();
+    for container in existing {
+        let Some(id) = container.id else { continue };
+        let labels = container.labels.unwrap_or_default();
+        let component = labels.get(labels::COMPONENT).cloned().unwrap_or_default();
+        let Some(wanted) = fingerprints.get(&component) else {
+            strangers.push(id);
+            continue;
+        };
+        let running = container.state == Some(ContainerSummaryStateEnum::RUNNING);
+        found.insert(component, (id, running && labels.get(labels::FINGERPRINT) == Some(wanted)));
+    }
+    let replaced = replaced(plan, &found);
+    let mut removals = strangers;
+    removals.extend(found.iter().filter(|(c, _)| replaced.contains(c.as_str())).map(|(_, (id, _))| id.clone()));
+    for id in &removals {
+        let removing = docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
+        match engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)? {
+            Ok(()) => {}
+            Err(e) if gone(&e) => {}
+            Err(source) => {
+                return Err(DockerError::Container {
+                    component: String::new(),
+                    container: id.clone(),
+                    operation: "removing",
+                    source,
+                })
+            }
+        }
+    }
+    let mut running = Vec::new();
+    for component in plan.components().iter().filter(|c| !replaced.contains(c.name.as_str())) {
+        let Some((id, _)) = found.get(&component.name) else { continue };
+        let inspected = engine::within(docker, limit, "inspecting a reused container", docker.inspect_container(id, None))
+            .await
+            .map_err(silent)?
+            .map_err(|source| DockerError::Container {
+                component: component.name.clone(),
+                container: id.clone(),
+                operation: "inspecting",
+                source,
+            })?;
+        let ports = docker_spec(component)?.ports.clone();
+        running.push(RunningComponent {
+            component: component.name.clone(),
+            container_id: id.clone(),
+            container_name: inspected.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
+            ports: published_ports(&inspected).into_iter().filter(|(port, _)| ports.contains(port)).collect(),
+            ready_after: std::time::Duration::ZERO,
+        });
+    }
+    let kept: Vec<String> = running.iter().map(|r| r.component.clone()).collect();
+    tracing::info!(consumer = %plan.consumer(), ?kept, ?replaced, "reusing the stack");
+    let stack = start_on(docker, plan, &network_id, envs, Started { running, fingerprints }).await?;
+    Ok((stack, kept))
+}
+
+/// The components to (re)create: those without a matching running
+/// container, and everything that depends on one of them.
+fn replaced<'a>(plan: &'a Plan, found: &HashMap<String, (String, bool)>) -> BTreeSet<&'a str> {
+    let mut replaced: BTreeSet<&str> = plan
+        .components()
+        .iter()
+        .filter(|c| !found.get(&c.name).is_some_and(|(_, matches)| *matches))
+        .map(|c| c.name.as_str())
+        .collect();
+    loop {
+        let more: Vec<&str> = plan
+            .components()
+            .iter()
+            .filter(|c| !replaced.contains(c.name.as_str()))
+            .filter(|c| c.depends_on.iter().any(|d| replaced.contains(d.as_str())))
+            .map(|c| c.name.as_str())
+            .collect();
+        if more.is_empty() {
+            return replaced;
+        }
+        replaced.extend(more);
+    }
+}
+
+/// The digest of what a container runs.
+fn fingerprint(image_id: &str, env: &[String], spec: &crate::catalog::DockerSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(image_id.as_bytes());
+    for line in env {
+        hasher.update(b"\n");
+        hasher.update(line.as_bytes());
+    }
+    hasher.update(format!("\n{:?}\n{:?}\n{:?}", spec.command, spec.ports, spec.ready).as_bytes());
+    hex::encode(&hasher.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+    use crate::catalog::DockerSpec;
+
+    #[test]
+    fn the_fingerprint_changes_with_the_image_the_env_and_the_command() {
+        let spec = DockerSpec::default();
+        let base = fingerprint("sha256:a", &["K=v".to_owned()], &spec);
+        assert_eq!(base, fingerprint("sha256:a", &["K=v".to_owned()], &spec));
+        assert_ne!(base, fingerprint("sha256:b", &["K=v".to_owned()], &spec));
+        assert_ne!(base, fingerprint("sha256:a", &["K=w".to_owned()], &spec));
+        let command = DockerSpec { command: Some(vec!["serve".to_owned()]), ..DockerSpec::default() };
+        assert_ne!(base, fingerprint("sha256:a", &["K=v".to_owned()], &command));
+    }
+}
