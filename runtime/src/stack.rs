@@ -103,12 +103,19 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// manifests are rendered and checked ([`kube_backend::render`]) before the
 /// build: a manifest the preflight refuses costs no build and no load.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
+    up_on(&engine::connect().await?, plan, options).await
+}
+
+/// [`up`] with an engine client already connected.
+///
+/// # Errors
+/// As [`up`].
+pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {
         Backend::Kubernetes(target) => Some((target, kube_backend::connect(target.context.as_deref()).await?)),
         Backend::Docker => None,
     };
-    let docker = engine::connect().await?;
     let plan = match options.ready_timeout {
         Some(timeout) => {
             let mut overridden = plan.clone();
@@ -124,7 +131,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         kube_backend::render(plan)?;
     }
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
-    let built: Vec<BuildOutcome> = build::build_all(&docker, plan, &options.build).await?;
+    let built: Vec<BuildOutcome> = build::build_all(docker, plan, &options.build).await?;
     for outcome in &built {
         timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
     }
@@ -133,13 +140,13 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
         None => {
             let stack = if options.reuse {
                 let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
-                let (stack, kept) = docker_backend::up_reusing(&docker, plan, &ids).await?;
+                let (stack, kept) = docker_backend::up_reusing(docker, plan, &ids).await?;
                 for component in kept {
                     timings.entry(component).or_default().reused = true;
                 }
                 stack
             } else {
-                docker_backend::up(&docker, plan).await?
+                docker_backend::up(docker, plan).await?
             };
             for running in &stack.containers {
                 let timing = timings.entry(running.component.clone()).or_default();
@@ -156,12 +163,12 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
                 built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
             let report = match &target.images {
                 ImageTarget::Registry { .. } => {
-                    registry::push_all(&docker, plan, None).await?;
+                    registry::push_all(docker, plan, None).await?;
                     None
                 }
-                ImageTarget::KindNodes { cluster } => Some(kind::load(&docker, cluster, &images).await?),
+                ImageTarget::KindNodes { cluster } => Some(kind::load(docker, cluster, &images).await?),
                 ImageTarget::Containerd { socket } => {
-                    Some(containerd::load(&docker, &[Node::Socket { path: socket.clone() }], &images).await?)
+                    Some(containerd::load(docker, &[Node::Socket { path: socket.clone() }], &images).await?)
                 }
             };
             record_loads(plan, report.as_ref(), started.elapsed(), &built, &mut timings);
@@ -172,7 +179,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
             if let (Err(error), Some(report)) = (&mut deployed, &report) {
-                explain_pull_failure(&docker, &report.nodes, error).await;
+                explain_pull_failure(docker, &report.nodes, error).await;
             }
             deployed?;
             for component in plan.components() {

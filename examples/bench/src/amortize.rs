@@ -93,7 +93,7 @@ fn stack() -> &'static StackRecord {{
 }
 
 /// `cargo nextest run` in `dir` with these arguments.
-fn nextest(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn nextest(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     command.args(["nextest", "run", "--color", "never"]).args(args).current_dir(dir);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("NEXTEST") || k.starts_with("E2E_INFRA")) {
@@ -109,15 +109,15 @@ fn unix_now() -> i64 {
 }
 
 /// What one suite's run did.
-struct Measured {
-    wall: Duration,
-    per_test: Vec<Duration>,
+pub(crate) struct Measured {
+    pub(crate) wall: Duration,
+    pub(crate) per_test: Vec<Duration>,
     tagged: usize,
-    containers: usize,
+    pub(crate) containers: usize,
 }
 
 /// Runs test binary `suite` and counts what the engine saw for `consumer`.
-async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: &[(&str, &str)]) -> Res<Measured> {
+pub(crate) async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: &[(&str, &str)]) -> Res<Measured> {
     // The engine keeps only its last 256 events for later queries, fewer
     // than a naive run makes: follow them live instead.
     let filters = HashMap::from([
@@ -166,7 +166,7 @@ async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: 
 
 /// Removes the containers, networks and images of the given consumers,
 /// when dropped too (a failed run, a panic).
-struct Cleanup(Vec<String>);
+pub(crate) struct Cleanup(pub(crate) Vec<String>);
 
 impl Cleanup {
     async fn run(docker: &Docker, consumers: &[String]) -> Res<()> {
@@ -190,7 +190,7 @@ impl Drop for Cleanup {
         let consumers = std::mem::take(&mut self.0);
         on_fresh_runtime(move |docker| async move {
             if let Err(e) = Self::run(&docker, &consumers).await {
-                eprintln!("cleaning up after benchmark 5: {e}");
+                eprintln!("cleaning up after a benchmark: {e}");
             }
         });
     }

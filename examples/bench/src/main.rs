@@ -9,6 +9,7 @@ mod amortize;
 mod fail_fast;
 mod kind_load;
 mod report;
+mod reuse;
 mod warm;
 
 use std::path::PathBuf;
@@ -24,8 +25,8 @@ use report::{Machine, Res, Section};
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 6; 6 needs a cluster: KUBECONFIG).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6])]
+    /// Which benchmarks to run (1 to 7; 6 needs a cluster: KUBECONFIG; 7 fetches testcontainers from crates.io).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -103,7 +104,8 @@ async fn run(cli: &Cli) -> Res<()> {
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             5 => amortize::amortization(&docker, cli.tests).await?,
             6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
-            other => return Err(format!("no benchmark {other}; they are 1 to 6").into()),
+            7 => reuse::reuse(&docker, cli.tests, cli.reps).await?,
+            other => return Err(format!("no benchmark {other}; they are 1 to 7").into()),
         };
         sections.push(section);
     }

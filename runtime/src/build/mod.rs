@@ -280,12 +280,15 @@ async fn build_one(
             .await
             .map_err(silent)?
             .map_err(|e| engine_error("looking up the cache reference", e))?;
-        if let Some(id) = found {
-            let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
-            engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
-                .await
-                .map_err(silent)?
-                .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
+        if let Some(Cached { id, references }) = found {
+            // A run id used again (a reusable stack) finds its tag in place.
+            if !references.contains(&image.to_string()) {
+                let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
+                engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
+                    .await
+                    .map_err(silent)?
+                    .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
+            }
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
             return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed() });
         }
@@ -387,12 +390,19 @@ async fn build_one(
 /// its labels say it was built for `component` from the inputs `digest`.
 /// Nothing is ever found by its labels alone: labels are inherited by every
 /// image built `FROM` this one and, on Podman, by intermediate images.
+/// An image found under its cache reference.
+struct Cached {
+    id: String,
+    /// Every reference it has.
+    references: Vec<String>,
+}
+
 async fn find_cached(
     docker: &Docker,
     cache: &str,
     component: &str,
     digest: &str,
-) -> Result<Option<String>, bollard::errors::Error> {
+) -> Result<Option<Cached>, bollard::errors::Error> {
     let image = match docker.inspect_image(cache).await {
         Ok(image) => image,
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
@@ -406,7 +416,7 @@ async fn find_cached(
         tracing::warn!(component, cache, "the cache reference names an image with other labels; building instead");
         return Ok(None);
     }
-    Ok(image.id)
+    Ok(image.id.map(|id| Cached { id, references: image.repo_tags.unwrap_or_default() }))
 }
 
 /// Docker prints `Step 2/3 : RUN ...`, Podman `STEP 2/3: RUN ...`.

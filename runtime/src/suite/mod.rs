@@ -174,6 +174,11 @@ impl Suite {
             return Err(SuiteError::ReuseOnKubernetes { consumer: self.spec.consumer.to_owned() });
         }
         options.build.force = std::env::var(FORCE_BUILD_ENV).is_ok_and(|v| v == "1");
+        if options.reuse {
+            // The reusable stack's tag is the same in every run: a run adds
+            // no tag to prune, and listing every image costs a warm run most.
+            options.build.keep_runs = 0;
+        }
         Ok(options)
     }
 
@@ -284,7 +289,7 @@ impl Suite {
                         for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
                             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
-                        Ok(stack::up(plan, &options).await?)
+                        Ok(stack::up_on(&docker, plan, &options).await?)
                     })
                 })
                 .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;

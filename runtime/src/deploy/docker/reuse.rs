@@ -8,15 +8,16 @@
 //! as it is; every other one is replaced, and so is every component that
 //! depends on a replaced one (it may hold connections to the old one).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 
-use bollard::models::ContainerSummaryStateEnum;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
 use super::{
-    call_limit, create_network, docker_spec, find_network, gone, published_ports, resolve_envs, start_on, DockerError,
+    call_limit, create_network, docker_spec, find_network, gone, resolve_envs, start_on, DockerError,
     DockerStack, RunningComponent, Started, ENGINE_CALL_TIMEOUT,
 };
 use crate::engine;
@@ -43,11 +44,6 @@ pub async fn up_reusing(
         let env = envs.get(component.name.as_str()).map_or(&[][..], Vec::as_slice);
         fingerprints.insert(component.name.clone(), fingerprint(image_id, env, docker_spec(component)?));
     }
-    let Some(network_id) = find_network(docker, plan).await? else {
-        let network_id = create_network(docker, plan, true).await?;
-        let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }).await?;
-        return Ok((stack, Vec::new()));
-    };
     let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
     let silent = |source| DockerError::Silent { component: format!("the reusable stack {}", plan.namespace()), source };
     let filters = HashMap::from([("label", labels::run_filter(plan))]);
@@ -56,24 +52,41 @@ pub async fn up_reusing(
         .await
         .map_err(silent)?
         .map_err(|source| DockerError::List { what: "containers", filters: labels::run_filter(plan), source })?;
+    let network = plan.namespace().to_string();
+    // The containers say which network they are on; only a stack without
+    // containers needs to look for it.
+    let attached = existing
+        .iter()
+        .find_map(|c| c.network_settings.as_ref()?.networks.as_ref()?.get(&network)?.network_id.clone());
+    let network_id = match attached {
+        Some(id) => id,
+        None => match find_network(docker, plan).await? {
+            Some(id) => id,
+            None => {
+                let network_id = create_network(docker, plan, true).await?;
+                let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }).await?;
+                return Ok((stack, Vec::new()));
+            }
+        },
+    };
 
-    // component -> (container id, still matches)
-    let mut found: HashMap<String, (String, bool)> = HashMap::new();
+    // component -> the container, and whether it still matches
+    let mut found: HashMap<String, (ContainerSummary, bool)> = HashMap::new();
     let mut strangers = Vec::new();
     for container in existing {
-        let Some(id) = container.id else { continue };
-        let labels = container.labels.unwrap_or_default();
+        let labels = container.labels.clone().unwrap_or_default();
         let component = labels.get(labels::COMPONENT).cloned().unwrap_or_default();
         let Some(wanted) = fingerprints.get(&component) else {
-            strangers.push(id);
+            strangers.extend(container.id);
             continue;
         };
         let running = container.state == Some(ContainerSummaryStateEnum::RUNNING);
-        found.insert(component, (id, running && labels.get(labels::FINGERPRINT) == Some(wanted)));
+        let matches = running && labels.get(labels::FINGERPRINT) == Some(wanted);
+        found.insert(component, (container, matches));
     }
     let replaced = replaced(plan, &found);
     let mut removals = strangers;
-    removals.extend(found.iter().filter(|(c, _)| replaced.contains(c.as_str())).map(|(_, (id, _))| id.clone()));
+    removals.extend(found.iter().filter(|(c, _)| replaced.contains(c.as_str())).filter_map(|(_, (c, _))| c.id.clone()));
     for id in &removals {
         let removing = docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
         match engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)? {
@@ -91,22 +104,18 @@ pub async fn up_reusing(
     }
     let mut running = Vec::new();
     for component in plan.components().iter().filter(|c| !replaced.contains(c.name.as_str())) {
-        let Some((id, _)) = found.get(&component.name) else { continue };
-        let inspected = engine::within(docker, limit, "inspecting a reused container", docker.inspect_container(id, None))
-            .await
-            .map_err(silent)?
-            .map_err(|source| DockerError::Container {
-                component: component.name.clone(),
-                container: id.clone(),
-                operation: "inspecting",
-                source,
-            })?;
-        let ports = docker_spec(component)?.ports.clone();
+        let Some((container, _)) = found.get(&component.name) else { continue };
+        let declared = &docker_spec(component)?.ports;
         running.push(RunningComponent {
             component: component.name.clone(),
-            container_id: id.clone(),
-            container_name: inspected.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
-            ports: published_ports(&inspected).into_iter().filter(|(port, _)| ports.contains(port)).collect(),
+            container_id: container.id.clone().unwrap_or_default(),
+            container_name: container
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default(),
+            ports: published(container).into_iter().filter(|(port, _)| declared.contains(port)).collect(),
             ready_after: std::time::Duration::ZERO,
         });
     }
@@ -118,7 +127,7 @@ pub async fn up_reusing(
 
 /// The components to (re)create: those without a matching running
 /// container, and everything that depends on one of them.
-fn replaced<'a>(plan: &'a Plan, found: &HashMap<String, (String, bool)>) -> BTreeSet<&'a str> {
+fn replaced<'a>(plan: &'a Plan, found: &HashMap<String, (ContainerSummary, bool)>) -> BTreeSet<&'a str> {
     let mut replaced: BTreeSet<&str> = plan
         .components()
         .iter()
@@ -138,6 +147,24 @@ fn replaced<'a>(plan: &'a Plan, found: &HashMap<String, (String, bool)>) -> BTre
         }
         replaced.extend(more);
     }
+}
+
+/// The ports a listed container publishes, as the listing reports them.
+fn published(container: &ContainerSummary) -> BTreeMap<u16, SocketAddr> {
+    let mut ports = BTreeMap::new();
+    for port in container.ports.iter().flatten() {
+        let Some(public) = port.public_port else { continue };
+        let ip: IpAddr = match port.ip.as_deref() {
+            None | Some("" | "0.0.0.0") => IpAddr::from([127, 0, 0, 1]),
+            Some(ip) => match ip.parse() {
+                Ok(ip) => ip,
+                Err(_) => continue,
+            },
+        };
+        // The listing shows a port once per address family.
+        ports.entry(port.private_port).or_insert(SocketAddr::new(ip, public));
+    }
+    ports
 }
 
 /// The digest of what a container runs.
