@@ -176,6 +176,8 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
             let kube_options = kube_backend::KubeOptions {
                 timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
                 images: serde_json::to_string(&target.images).ok(),
+                image_ids: built.iter().map(|b| (b.image.to_string(), b.image_id.clone())).collect(),
+                reuse: options.reuse,
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
             if let (Err(error), Some(report)) = (&mut deployed, &report) {

@@ -284,7 +284,7 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             consumer: found.consumer,
             containers: Vec::new(),
             networks: Vec::new(),
-            reused: false,
+            reused: found.reused,
         });
     }
     Ok(runs)

@@ -675,3 +675,54 @@ async fn a_kept_stack_is_kept_on_the_cluster_until_clean_kept() {
     assert!(removed.contains(&format!("removed kube-kept run {}", plan.run())), "{removed}");
     assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
 }
+
+/// The uids of the pods of `run`'s namespace that match `selector`.
+async fn pod_uids(run: &AppRun, selector: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(run.cluster.client().await, run.namespace());
+    let listed = pods.list(&ListParams::default().labels(selector)).await.expect("listing pods");
+    let mut uids: Vec<String> = listed
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    uids.sort();
+    uids
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_reused_stack_rolls_only_when_an_image_changes() {
+    let run = AppRun::new("kube-reuse", &[job("migrate", container("echo migrated")), deployment(sleeper())]);
+    let options = StackOptions {
+        backend: run.cluster.backend(),
+        ready_timeout: Some(READY_WITHIN),
+        reuse: true,
+        ..StackOptions::default()
+    };
+    stack::up(&run.plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let (service, migration) = (pod_uids(&run, "app=app").await, pod_uids(&run, "job-name=migrate").await);
+    assert_eq!((service.len(), migration.len()), (1, 1));
+
+    // Nothing changed: the same pods, the migration not run again.
+    stack::up(&run.plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(pod_uids(&run, "app=app").await, service, "an unchanged stack was rolled");
+    assert_eq!(pod_uids(&run, "job-name=migrate").await, migration, "an unchanged migration ran again");
+
+    // The image changes under the same reference: both roll.
+    run.project.write(&format!("{APP}/changed"), "1");
+    run.project.write(&format!("{APP}/Dockerfile"), busybox_dockerfile("COPY changed /changed\n"));
+    stack::up(&run.plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let (rolled, rerun) = (pod_uids(&run, "app=app").await, pod_uids(&run, "job-name=migrate").await);
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert_ne!(rolled, service, "a changed image kept the old pod");
+    assert_ne!(rerun, migration, "a changed image did not run the migration again");
+
+    let listed = stdout(&run.cli_on_cluster("status", &[]).await);
+    let line = listed.lines().find(|l| l.contains(run.namespace())).expect("listed").to_owned();
+    assert!(line.contains(" reuse "), "{line}");
+    run.clean(&[]).await;
+    assert!(run.cluster.has_namespace(run.namespace()).await, "plain clean removed a reusable stack");
+    run.clean(&["--reused"]).await;
+    assert!(!run.cluster.has_namespace(run.namespace()).await, "clean --reused left the namespace");
+}

@@ -15,7 +15,7 @@ pub mod mock;
 mod render;
 mod wait;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,12 +57,21 @@ pub struct KubeOptions {
     /// Where the run's images went, recorded on the namespace
     /// ([`IMAGES_ANNOTATION`]) for whoever removes the run later.
     pub images: Option<String>,
+    /// The engine's id of each planned image, by reference: a pod template
+    /// that names an image carries their digest ([`IMAGE_IDS_ANNOTATION`]),
+    /// so that an image rebuilt under the same reference rolls its pods.
+    pub image_ids: BTreeMap<String, String>,
+    /// Marks the namespace as a reusable stack's (`E2E_INFRA_REUSE=1`).
+    pub reuse: bool,
 }
+
+/// On a pod template: the digest of the ids of the planned images it names.
+pub const IMAGE_IDS_ANNOTATION: &str = "io.e2e-infra/image-ids";
 
 impl KubeOptions {
     /// Options with this readiness timeout.
     pub fn with_timeout(timeout: Duration) -> Self {
-        Self { timeout, images: None }
+        Self { timeout, images: None, image_ids: BTreeMap::new(), reuse: false }
     }
 }
 
@@ -340,7 +349,7 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
             format!("{}/{}/{}", a.api_version, a.kind, a.name)
         })
         .collect();
-    apply_namespace(&client, plan, options.images.as_deref(), &shared).await?;
+    apply_namespace(&client, plan, options, &shared).await?;
     let mut objects = Vec::new();
     // A component's objects go in once every component it depends on is
     // ready: a migration Job completes before the service that needs the
@@ -365,7 +374,8 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
             let (cluster, namespaced): (Vec<&Value>, Vec<&Value>) =
                 manifest.objects.iter().partition(|o| is_cluster_scoped(o));
             for object in cluster.into_iter().chain(namespaced) {
-                objects.push(apply(&client, manifest, object, namespace, deadline).await?);
+                let object = with_image_ids(object, &options.image_ids);
+                objects.push(apply(&client, manifest, &object, namespace, deadline).await?);
             }
             tracing::info!(component = %manifest.component, file = %manifest.file.display(), "applied");
         }
@@ -404,7 +414,22 @@ async fn apply(
         (Api::namespaced_with(client.clone(), namespace, &resource), FIELD_MANAGER.to_owned())
     };
     let params = PatchParams::apply(&manager).force();
-    api.patch(&applied.name, &params, &Patch::Apply(object)).await.map_err(|source| KubeError::Apply {
+    let mut patched = api.patch(&applied.name, &params, &Patch::Apply(object)).await;
+    // A Job's or a Pod's spec cannot change in place: a reused stack whose
+    // migration or pod changed gets a new one.
+    if matches!(&patched, Err(kube::Error::Api(status)) if status.code == 422)
+        && matches!(applied.kind.as_str(), "Job" | "Pod")
+        && !shared
+    {
+        tracing::info!(object = %format!("{}/{}", applied.kind, applied.name), "changed and immutable: replacing it");
+        if let Ok(old) = api.delete(&applied.name, &DeleteParams::foreground()).await {
+            let uid = old.either(|o| o.uid(), |_| None).unwrap_or_default();
+            let gone = await_condition(api.clone(), &applied.name, conditions::is_deleted(&uid));
+            let _ = tokio::time::timeout_at(deadline, gone).await;
+        }
+        patched = api.patch(&applied.name, &params, &Patch::Apply(object)).await;
+    }
+    patched.map_err(|source| KubeError::Apply {
         object: format!("{}/{}", applied.kind, applied.name),
         file: manifest.file.clone(),
         namespace: if shared { "(cluster-scoped)".to_owned() } else { namespace.to_owned() },
@@ -529,6 +554,8 @@ pub struct RunNamespace {
     pub kept: Option<String>,
     /// When the namespace was created, in seconds since the Unix epoch.
     pub created: Option<i64>,
+    /// A reusable stack's ([`labels::REUSE`]).
+    pub reused: bool,
 }
 
 /// Every namespace an e2e-infra run made on the cluster. The run, consumer
@@ -551,6 +578,7 @@ pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeErr
                 launcher: annotation(labels::LAUNCHER).unwrap_or_default(),
                 images: annotation(IMAGES_ANNOTATION),
                 kept: annotation(labels::KEPT),
+                reused: annotation(labels::REUSE).is_some() || namespace.labels().contains_key(labels::REUSE),
                 created: namespace.creation_timestamp().map(|t| t.0.as_second()),
                 name: namespace.name_any(),
             })
@@ -574,11 +602,15 @@ pub async fn mark_kept(client: Client, namespace: &str, why: &str) -> Result<(),
         .map_err(|source| KubeError::MarkKept { namespace: namespace.to_owned(), source })
 }
 
-async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>, shared: &[String]) -> Result<(), KubeError> {
+async fn apply_namespace(client: &Client, plan: &Plan, options: &KubeOptions, shared: &[String]) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
-    let labels = render::kube_labels(labels::for_run(plan));
+    let mut run_labels = labels::for_run(plan);
+    if options.reuse {
+        run_labels.extend([labels::reuse()]);
+    }
+    let labels = render::kube_labels(run_labels);
     let mut annotations = labels.annotations;
-    if let Some(images) = images {
+    if let Some(images) = options.images.as_deref() {
         annotations.insert(IMAGES_ANNOTATION.to_owned(), images.to_owned());
     }
     if !shared.is_empty() {
@@ -594,6 +626,40 @@ async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>, sha
         .await
         .map_err(|source| KubeError::Namespace { namespace: name.to_owned(), source })?;
     Ok(())
+}
+
+/// `object` with [`IMAGE_IDS_ANNOTATION`] on its pod template (a bare Pod:
+/// on itself) when it names planned images: the digest of their ids. A
+/// rebuilt image under the same reference changes the template, and the
+/// workload rolls; an unchanged one leaves the applied object as it was.
+fn with_image_ids(object: &Value, image_ids: &BTreeMap<String, String>) -> Value {
+    let mut object = object.clone();
+    let text = object.to_string();
+    let named: Vec<&String> = image_ids.iter().filter(|(reference, _)| text.contains(&format!("\"{reference}\""))).map(|(_, id)| id).collect();
+    if named.is_empty() {
+        return object;
+    }
+    let digest = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for id in named {
+            hasher.update(id.as_bytes());
+            hasher.update(b"\n");
+        }
+        hex::encode(&hasher.finalize()[..12])
+    };
+    let is_pod = object.get("kind").and_then(Value::as_str) == Some("Pod");
+    let target = if is_pod { Some(&mut object) } else { object.pointer_mut("/spec/template") };
+    if let Some(Value::Object(target)) = target {
+        let metadata = target.entry("metadata").or_insert_with(|| json!({}));
+        if let Value::Object(metadata) = metadata {
+            let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+            if let Value::Object(annotations) = annotations {
+                annotations.insert(IMAGE_IDS_ANNOTATION.to_owned(), Value::String(digest));
+            }
+        }
+    }
+    object
 }
 
 /// The identity of a rendered object (render checked that it has one).

@@ -36,7 +36,8 @@ pub const KEEP_ENV: &str = "E2E_INFRA_KEEP";
 /// `1`: rebuild every image even when one built from the same inputs exists.
 pub const FORCE_BUILD_ENV: &str = "E2E_INFRA_FORCE_BUILD";
 /// `1`: keep the stack after the run and let the next run reuse every
-/// container whose image and configuration did not change (Docker backend).
+/// container (Docker) or workload (Kubernetes) whose image and configuration
+/// did not change.
 pub const REUSE_ENV: &str = "E2E_INFRA_REUSE";
 /// What the attribute knows about a suite.
 #[derive(Debug)]
@@ -107,12 +108,6 @@ pub enum SuiteError {
         #[source]
         source: state::StateError,
     },
-    /// Reuse was asked for a suite on Kubernetes.
-    #[error("{REUSE_ENV}=1 keeps stacks between runs on the Docker backend only, and `{consumer}` runs on Kubernetes; unset {REUSE_ENV} for this suite")]
-    ReuseOnKubernetes {
-        /// The consumer.
-        consumer: String,
-    },
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
     Thread(String),
@@ -170,9 +165,6 @@ impl Suite {
             reuse: reuse_requested(),
             ..StackOptions::default()
         };
-        if options.reuse && matches!(options.backend, Backend::Kubernetes(_)) {
-            return Err(SuiteError::ReuseOnKubernetes { consumer: self.spec.consumer.to_owned() });
-        }
         options.build.force = std::env::var(FORCE_BUILD_ENV).is_ok_and(|v| v == "1");
         if options.reuse {
             // The reusable stack's tag is the same in every run: a run adds

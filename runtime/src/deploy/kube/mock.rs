@@ -142,7 +142,7 @@ pub fn deployment(ns: &str, name: &str, available: i32) -> Value {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": { "name": name, "namespace": ns, "resourceVersion": "2" },
         "spec": { "replicas": 1, "selector": {}, "template": template() },
-        "status": { "availableReplicas": available }
+        "status": { "availableReplicas": available, "updatedReplicas": 1 }
     })
 }
 

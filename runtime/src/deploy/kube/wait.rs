@@ -261,12 +261,20 @@ fn deployment_progress(deployment: &Deployment) -> (bool, String) {
     let wanted = deployment.spec.replicas.unwrap_or(1);
     let status = deployment.status.as_ref();
     let available = status.and_then(|s| s.available_replicas).unwrap_or(0);
+    // During a rollout the old pods are still available: count only those
+    // of the current template.
+    let updated = status.and_then(|s| s.updated_replicas).unwrap_or(0);
     // A status about an older generation says nothing about this one.
     let current = match (status.and_then(|s| s.observed_generation), deployment.metadata.generation) {
         (Some(observed), Some(generation)) => observed >= generation,
         _ => true,
     };
-    (current && available >= wanted, format!("{available}/{wanted} available"))
+    let text = if updated < wanted {
+        format!("{available}/{wanted} available, {updated}/{wanted} of the current template")
+    } else {
+        format!("{available}/{wanted} available")
+    };
+    (current && available >= wanted && updated >= wanted, text)
 }
 
 fn statefulset_progress(set: &StatefulSet) -> (bool, String) {
