@@ -1,5 +1,4 @@
 //! Image builds against the real engine.
-#![cfg(feature = "e2e")]
 
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ const AREA: &str = "docker-build";
 
 /// The seed's layout: context `ctx`, one Dockerfile in `ctx/docker/`, one
 /// outside the context; build args, a target stage and labels reach the image.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn dockerfiles_inside_and_outside_the_context_with_args_and_target() {
     let docker = engine(None).await;
@@ -121,6 +121,7 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
 
 /// Unchanged inputs are tagged, not rebuilt; an ignored file does not count;
 /// a changed context file and `force` rebuild.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn the_input_digest_decides_whether_to_build() {
     let docker = engine(None).await;
@@ -201,6 +202,7 @@ async fn failing_build(dockerfile_tail: &str) -> BuildError {
     error
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_failing_run_step_is_named() {
     let error = failing_build("RUN echo about-to-fail\nRUN /bin/busybox false\n").await;
@@ -214,6 +216,7 @@ async fn a_failing_run_step_is_named() {
     );
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_missing_copy_source_is_named() {
     let error = failing_build("COPY not-there /x\n").await;
@@ -221,6 +224,7 @@ async fn a_missing_copy_source_is_named() {
     assert!(message.contains("COPY not-there /x"), "{message}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_missing_borrowed_image_is_not_pulled() {
     let docker = engine(None).await;
@@ -246,6 +250,7 @@ async fn a_missing_borrowed_image_is_not_pulled() {
 
 /// Builds run side by side; the first failure ends the others instead of
 /// waiting for them.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn one_failure_stops_the_other_builds() {
     let docker = engine(None).await;

@@ -37,6 +37,8 @@ pub mod code {
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum CliError {
     /// The catalog cannot be found, read or accepted.
     #[error(transparent)]
@@ -71,9 +73,7 @@ pub enum CliError {
     /// `up` of a run whose stack is already up.
     #[error("a `{consumer}` stack of run `{run}` is already up; nothing was created. Take it down with `{take_down}`, or use another run id")]
     AlreadyUp {
-        /// The consumer.
         consumer: String,
-        /// The run id.
         run: String,
         /// The command that takes the stack down.
         take_down: String,
@@ -84,17 +84,13 @@ pub enum CliError {
     /// Taking a stack down failed.
     #[error("taking down {consumer} run {run} failed")]
     Down {
-        /// The consumer.
         consumer: String,
-        /// The run id.
         run: String,
-        /// Why.
         source: StackError,
     },
     /// `down` found nothing to take down.
     #[error("no stack of consumer `{consumer}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is")]
     NoStack {
-        /// The consumer.
         consumer: String,
         /// " and run `r`" when a run was named.
         run: String,

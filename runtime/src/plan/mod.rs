@@ -20,6 +20,8 @@ pub use identity::{random_hex, Host, IdentityError, Launcher, RunId, RunSource, 
 /// A planning error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum PlanError {
     /// The consumer name cannot make a tag and a namespace.
     #[error(transparent)]
@@ -38,7 +40,6 @@ pub enum PlanError {
     UnknownComponent {
         /// The name asked for, among the known ones.
         unknown: Unknown,
-        /// The catalog file.
         catalog: String,
     },
     /// The run identity.

@@ -43,6 +43,8 @@ impl fmt::Display for Location {
 /// What is wrong with a catalog.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum CatalogError {
     /// No catalog was named and none was found.
     #[error("no {CATALOG_FILE} found in {start} or any parent directory; create one (see docs/catalog.md), name one with the attribute's `catalog` key or the command's `--config`, or point {CATALOG_ENV} at it")]
@@ -61,15 +63,12 @@ pub enum CatalogError {
     /// The catalog could not be read.
     #[error("reading catalog {path} failed: {source}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// TOML syntax, a duplicate key, an unknown key or a value of the wrong type.
     #[error("{location}: {message}")]
     Syntax {
-        /// Where.
         location: Location,
         /// The parser's message (for unknown keys it lists the valid ones).
         message: String,
@@ -77,23 +76,18 @@ pub enum CatalogError {
     /// A catalog with no components.
     #[error("{path}: the catalog declares no components; add a [components.<name>] table")]
     Empty {
-        /// The file.
         path: PathBuf,
     },
     /// A component name that cannot become an image name.
     #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
     InvalidName {
-        /// Where.
         location: Location,
-        /// The name.
         name: String,
     },
     /// A component that is both built and borrowed, or neither.
     #[error("{location}: component `{component}` {problem}")]
     Source {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// What is wrong.
         problem: String,
@@ -101,11 +95,9 @@ pub enum CatalogError {
     /// `depends_on` names a component the catalog does not have.
     #[error("{location}: component `{component}` depends on an {unknown}")]
     UnknownDependency {
-        /// Where.
         location: Location,
         /// The depending component.
         component: String,
-        /// The unknown name among the known ones.
         unknown: Unknown,
     },
     /// A dependency cycle.
@@ -119,9 +111,7 @@ pub enum CatalogError {
     /// A build path that does not exist.
     #[error("{location}: component `{component}`: {what} not found at {tried}")]
     MissingPath {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// "Dockerfile" or "build context" or "manifest".
         what: &'static str,
@@ -131,13 +121,21 @@ pub enum CatalogError {
     /// A readiness probe or env reference that does not hold together.
     #[error("{location}: component `{component}`: {problem}")]
     Invalid {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// What is wrong and how to fix it.
         problem: String,
     },
+}
+
+/// Which of the paths a catalog names must exist when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Paths {
+    /// Every one, as before a build.
+    All,
+    /// Those kept with the sources: not a build context, nor a Dockerfile
+    /// inside a context that does not exist yet.
+    Sources,
 }
 
 /// A parsed and checked catalog.
@@ -180,16 +178,30 @@ impl Catalog {
             })
     }
 
-    /// Reads and checks the catalog at `path`.
+    /// Reads and checks the catalog at `path`, every path it names included.
     ///
     /// # Errors
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        Self::read(path, Paths::All)
+    }
+
+    /// Reads and checks the catalog at `path` as the attribute does at
+    /// compile time: a build context may hold what a build step makes later,
+    /// so it, and a Dockerfile inside it, need not exist yet.
+    ///
+    /// # Errors
+    /// Any [`CatalogError`], naming the file, line and key at fault.
+    pub fn load_sources(path: &Path) -> Result<Self, CatalogError> {
+        Self::read(path, Paths::Sources)
+    }
+
+    fn read(path: &Path, paths: Paths) -> Result<Self, CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse_checking(path, &text, paths)
     }
 
     /// Parses and checks catalog text; `path` is used for messages and to
@@ -198,6 +210,10 @@ impl Catalog {
     /// # Errors
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn parse(path: &Path, text: &str) -> Result<Self, CatalogError> {
+        Self::parse_checking(path, text, Paths::All)
+    }
+
+    fn parse_checking(path: &Path, text: &str, paths: Paths) -> Result<Self, CatalogError> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -214,7 +230,7 @@ impl Catalog {
         }
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
-            let component = raw_component.check(name.get_ref(), name.span().start, &base, &at)?;
+            let component = raw_component.check(name.get_ref(), name.span().start, (&base, paths), &at)?;
             components.insert(name.into_inner(), component);
         }
         let catalog = Self {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CatalogError, Location};
+use super::{CatalogError, Location, Paths};
 use crate::image::ImageRef;
 use crate::names::is_valid_name;
 
@@ -138,8 +138,9 @@ pub struct DockerSpec {
 /// A readiness probe and its timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct ReadySpec {
-    /// The probe.
     pub probe: Probe,
     /// How long to wait before giving up.
     pub timeout: Duration,
@@ -180,7 +181,7 @@ impl RawComponent {
         self,
         name: &str,
         span: usize,
-        base: &Path,
+        (base, paths): (&Path, Paths),
         at: &dyn Fn(usize) -> Location,
     ) -> Result<Component, CatalogError> {
         if !is_valid_name(name) {
@@ -201,7 +202,7 @@ impl RawComponent {
             (None, None) => {
                 return Err(problem("has neither `build` nor `image`; add `build = { dockerfile = \"...\" }` or `image = \"name:tag\"`"))
             }
-            (Some(build), None) => Source::Build(check_build(name, build, base, at)?),
+            (Some(build), None) => Source::Build(check_build(name, build, (base, paths), at)?),
             (None, Some(image)) => {
                 let offset = image.span().start;
                 Source::Borrowed(ImageRef::borrowed(image.get_ref()).map_err(|e| CatalogError::Invalid {
@@ -247,7 +248,7 @@ impl RawComponent {
 fn check_build(
     name: &str,
     build: Spanned<RawBuild>,
-    base: &Path,
+    (base, paths): (&Path, Paths),
     at: &dyn Fn(usize) -> Location,
 ) -> Result<BuildSpec, CatalogError> {
     let build_span = build.span().start;
@@ -258,7 +259,8 @@ fn check_build(
     } else {
         raw.context.span().start
     };
-    if !context.is_dir() {
+    let context_exists = context.is_dir();
+    if !context_exists && paths == Paths::All {
         return Err(CatalogError::MissingPath {
             location: at(context_span),
             component: name.to_owned(),
@@ -270,7 +272,8 @@ fn check_build(
         Some(d) => (base.join(d.get_ref()), d.span().start),
         None => (context.join("Dockerfile"), build_span),
     };
-    if !dockerfile.is_file() {
+    let made_later = !context_exists && dockerfile.starts_with(&context);
+    if !dockerfile.is_file() && !made_later {
         return Err(CatalogError::MissingPath {
             location: at(dockerfile_span),
             component: name.to_owned(),

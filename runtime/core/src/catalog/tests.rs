@@ -848,3 +848,19 @@ fn invalid_borrowed_image_names_the_component() {
     assert!(message.starts_with(&ws.at_line(3)), "{message}");
     assert_contains(&message, &["`ds`", "`image`", "`Postgres:16`", "lowercase"]);
 }
+
+#[test]
+fn at_compile_time_a_build_context_may_be_made_later_but_sources_must_exist() {
+    let ws = Workspace::seeded();
+    let later = "[components.ds]\nbuild = { context = \"out/ds\" }\n\n[components.pg]\nbuild = { context = \"out/pg\", dockerfile = \"docker/postgres.Dockerfile\" }\n";
+    ws.file(CATALOG_FILE, later);
+    let catalog = Catalog::load_sources(&ws.catalog_path()).expect("contexts made later");
+    assert_eq!(catalog.known_names(), "ds, pg");
+    let err = Catalog::load(&ws.catalog_path()).expect_err("before a build every path must exist");
+    assert!(matches!(err, CatalogError::MissingPath { what: "build context", .. }), "{err:?}");
+
+    let typo = "[components.ds]\nbuild = { context = \"out/ds\", dockerfile = \"docker/data-storge.Dockerfile\" }\n";
+    ws.file(CATALOG_FILE, typo);
+    let err = Catalog::load_sources(&ws.catalog_path()).expect_err("a Dockerfile of the sources");
+    assert!(matches!(err, CatalogError::MissingPath { what: "Dockerfile", .. }), "{err:?}");
+}
