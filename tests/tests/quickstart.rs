@@ -11,9 +11,16 @@ use e2e_infra_tests::guide::{blocks, lay_out, page, root, write};
 
 /// The one block of `language` that contains `marker`.
 fn block(markdown: &str, language: &str, marker: &str) -> String {
-    let mut matching = blocks(markdown, language).into_iter().filter(|b| b.contains(marker));
-    let found = matching.next().unwrap_or_else(|| panic!("no ```{language} block with `{marker}`"));
-    assert!(matching.next().is_none(), "more than one ```{language} block with `{marker}`");
+    let mut matching = blocks(markdown, language)
+        .into_iter()
+        .filter(|b| b.contains(marker));
+    let found = matching
+        .next()
+        .unwrap_or_else(|| panic!("no ```{language} block with `{marker}`"));
+    assert!(
+        matching.next().is_none(),
+        "more than one ```{language} block with `{marker}`"
+    );
     found
 }
 
@@ -23,7 +30,10 @@ fn cargo(dir: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(args).current_dir(dir);
     for (key, _) in std::env::vars() {
-        if key.starts_with("NEXTEST") || key.starts_with("E2E_INFRA") || key.starts_with("RUST_TEST") {
+        if key.starts_with("NEXTEST")
+            || key.starts_with("E2E_INFRA")
+            || key.starts_with("RUST_TEST")
+        {
             command.env_remove(key);
         }
     }
@@ -51,7 +61,8 @@ fn a_crate_set_up_as_the_quickstart_says_builds_without_warnings() {
 
     let dir = tempfile::tempdir().expect("temporary directory");
     // The quickstart's dependency names a checkout next to the workspace.
-    std::os::unix::fs::symlink(root(), dir.path().join("e2e-infra")).expect("a checkout next to the crate");
+    std::os::unix::fs::symlink(root(), dir.path().join("e2e-infra"))
+        .expect("a checkout next to the crate");
     let krate = dir.path().join("notification");
     let package = format!(
         "[package]\nname = \"quickstart-{}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n[workspace]\n\n",
@@ -69,10 +80,18 @@ fn a_crate_set_up_as_the_quickstart_says_builds_without_warnings() {
         args.extend(features);
         args.extend(["--", "-D", "warnings"]);
         let built = cargo(&krate, &args);
-        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
     }
     let ran = cargo(&krate, &["test", "--test", "notification"]);
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     let listed = String::from_utf8_lossy(&ran.stdout);
     for test in ["datastorage_is_ready", "the_engine_runs_what_was_built"] {
         let line = format!("{test} ... ignored, needs a container engine: run with --features e2e");

@@ -112,7 +112,10 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Catalog(_) | Self::Plan(_) | Self::RunId(_) | Self::Backend(_) => code::CONFIG,
-            Self::CurrentDir(_) | Self::RandomRunId(_) | Self::AsyncRuntime(_) | Self::Output(_) => code::HOST,
+            Self::CurrentDir(_)
+            | Self::RandomRunId(_)
+            | Self::AsyncRuntime(_)
+            | Self::Output(_) => code::HOST,
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
             Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) => code::STACK,
             Self::NoStack { .. } => code::NO_STACK,
@@ -135,15 +138,27 @@ mod tests {
     fn each_kind_of_failure_has_its_code() {
         let io = || std::io::Error::other("closed");
         let cases = [
-            (CliError::Catalog(CatalogError::NotFound { start: "/".into() }), code::CONFIG),
+            (
+                CliError::Catalog(CatalogError::NotFound { start: "/".into() }),
+                code::CONFIG,
+            ),
             (CliError::AsyncRuntime(io()), code::HOST),
             (CliError::Output(io()), code::HOST),
             (
-                CliError::AlreadyUp { consumer: "c".into(), run: "r".into(), take_down: "e2e-infra down".into() },
+                CliError::AlreadyUp {
+                    consumer: "c".into(),
+                    run: "r".into(),
+                    take_down: "e2e-infra down".into(),
+                },
                 code::ALREADY_UP,
             ),
             (
-                CliError::NoStack { consumer: "c".into(), run: String::new(), place: "", flags: String::new() },
+                CliError::NoStack {
+                    consumer: "c".into(),
+                    run: String::new(),
+                    place: "",
+                    flags: String::new(),
+                },
                 code::NO_STACK,
             ),
         ];
@@ -155,6 +170,9 @@ mod tests {
     #[test]
     fn a_cause_is_printed_once_after_what_failed() {
         let error = CliError::Output(std::io::Error::other("broken pipe"));
-        assert_eq!(e2e_infra::suite::error_chain(&error), "writing the plan failed\n  caused by: broken pipe");
+        assert_eq!(
+            e2e_infra::suite::error_chain(&error),
+            "writing the plan failed\n  caused by: broken pipe"
+        );
     }
 }

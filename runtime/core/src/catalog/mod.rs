@@ -75,15 +75,10 @@ pub enum CatalogError {
     },
     /// A catalog with no components.
     #[error("{path}: the catalog declares no components; add a [components.<name>] table")]
-    Empty {
-        path: PathBuf,
-    },
+    Empty { path: PathBuf },
     /// A component name that cannot become an image name.
     #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
-    InvalidName {
-        location: Location,
-        name: String,
-    },
+    InvalidName { location: Location, name: String },
     /// A component that is both built and borrowed, or neither.
     #[error("{location}: component `{component}` {problem}")]
     Source {
@@ -230,7 +225,8 @@ impl Catalog {
         }
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
-            let component = raw_component.check(name.get_ref(), name.span().start, (&base, paths), &at)?;
+            let component =
+                raw_component.check(name.get_ref(), name.span().start, (&base, paths), &at)?;
             components.insert(name.into_inner(), component);
         }
         let catalog = Self {
