@@ -343,3 +343,23 @@ fn example_catalog_plans_the_notification_stack() {
         );
     }
 }
+
+/// One rule, one message: the command rejects a consumer with the very
+/// words the attribute's compile error uses (its committed snapshot).
+#[test]
+fn an_invalid_consumer_reads_as_the_attribute_reports_it() {
+    let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/fail/invalid_consumer.stderr");
+    let snapshot = std::fs::read_to_string(snapshot).expect("the compile error's snapshot");
+    let compile_error = snapshot.lines().next().expect("the error line");
+    let project = Project::new();
+    let mut command = Command::new(BIN);
+    command.current_dir(project.root()).env_remove("E2E_INFRA_CONFIG").args([
+        "plan",
+        "--consumer",
+        "Notification_E2E",
+        "--needs",
+        "datastorage",
+    ]);
+    let stderr = failure(&mut command);
+    assert_eq!(stderr.lines().next(), Some(compile_error), "{stderr}");
+}
