@@ -1,8 +1,8 @@
 //! The quickstart as a user follows it: a crate laid out exactly as
 //! `docs/quickstart.md` says (its `Cargo.toml` lines, its catalog, its test
 //! file), next to a checkout of this repository, builds with `-D warnings`
-//! with and without its `e2e` feature; without the feature its tests show as
-//! ignored, with the reason.
+//! with and without its `e2e` feature, and so does the README's example;
+//! without the feature the tests show as ignored, with the reason.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -72,11 +72,20 @@ fn a_crate_set_up_as_the_quickstart_says_builds_without_warnings() {
     write(&krate.join("src/lib.rs"), "");
     write(&krate.join("e2e-infra.toml"), &catalog);
     write(&krate.join("tests/notification.rs"), &suite);
+    // The README's example, in the same crate.
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    write(
+        &krate.join("tests/readme.rs"),
+        &block(&readme, "rust", "mod notification_e2e"),
+    );
     lay_out(&krate, &catalog);
     std::fs::copy(root().join("Cargo.lock"), krate.join("Cargo.lock")).expect("lock file");
 
-    for features in [&[][..], &["--features", "e2e"]] {
-        let mut args = vec!["rustc", "--test", "notification"];
+    let builds = ["notification", "readme"]
+        .into_iter()
+        .flat_map(|test| [(test, &[][..]), (test, &["--features", "e2e"])]);
+    for (test, features) in builds {
+        let mut args = vec!["rustc", "--test", test];
         args.extend(features);
         args.extend(["--", "-D", "warnings"]);
         let built = cargo(&krate, &args);
