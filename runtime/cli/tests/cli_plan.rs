@@ -66,6 +66,20 @@ impl Project {
             .args(args);
         command
     }
+
+    /// `e2e-infra plan --consumer <consumer> --needs <needs>` in the
+    /// project root, the catalog found there.
+    fn plan_for(&self, consumer: &str, needs: &str) -> Command {
+        let mut command = Command::new(BIN);
+        command.current_dir(self.root()).env_remove("E2E_INFRA_CONFIG").args([
+            "plan",
+            "--consumer",
+            consumer,
+            "--needs",
+            needs,
+        ]);
+        command
+    }
 }
 
 fn json(output: &Output) -> Value {
@@ -290,16 +304,8 @@ fn broken_catalog_fails_with_the_message_on_stderr_only() {
 #[test]
 fn unknown_need_fails_with_a_suggestion() {
     let project = Project::new();
-    let mut command = Command::new(BIN);
-    command.current_dir(project.root()).env_remove("E2E_INFRA_CONFIG").args([
-        "plan",
-        "--consumer",
-        "notification",
-        "--needs",
-        "datastorge",
-        "--format",
-        "json",
-    ]);
+    let mut command = project.plan_for("notification", "datastorge");
+    command.args(["--format", "json"]);
     let stderr = failure(&mut command);
     assert!(stderr.contains("unknown component `datastorge`; did you mean `datastorage`?"), "{stderr}");
 }
@@ -351,15 +357,6 @@ fn an_invalid_consumer_reads_as_the_attribute_reports_it() {
     let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/fail/invalid_consumer.stderr");
     let snapshot = std::fs::read_to_string(snapshot).expect("the compile error's snapshot");
     let compile_error = snapshot.lines().next().expect("the error line");
-    let project = Project::new();
-    let mut command = Command::new(BIN);
-    command.current_dir(project.root()).env_remove("E2E_INFRA_CONFIG").args([
-        "plan",
-        "--consumer",
-        "Notification_E2E",
-        "--needs",
-        "datastorage",
-    ]);
-    let stderr = failure(&mut command);
+    let stderr = failure(&mut Project::new().plan_for("Notification_E2E", "datastorage"));
     assert_eq!(stderr.lines().next(), Some(compile_error), "{stderr}");
 }
