@@ -71,8 +71,9 @@ impl Default for BuildOptions {
 
 /// One built (or reused) image.
 #[derive(Debug, Clone)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct BuildOutcome {
-    /// The component.
     pub component: String,
     /// The reference it is tagged with: the plan's.
     pub image: ImageRef,
@@ -87,11 +88,12 @@ pub struct BuildOutcome {
 /// A build error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum BuildError {
     /// The build context could not be read.
     #[error("reading the build context of `{component}` failed: {source}")]
     Context {
-        /// The component.
         component: String,
         /// What went wrong.
         source: ContextError,
@@ -99,7 +101,6 @@ pub enum BuildError {
     /// The engine rejected or failed the build.
     #[error("building `{component}` as `{image}` failed{}: {source}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default())]
     Failed {
-        /// The component.
         component: String,
         /// The reference it was to be tagged with.
         image: ImageRef,
@@ -113,9 +114,7 @@ pub enum BuildError {
     /// An engine call around the build failed.
     #[error("{operation} for `{component}` (`{image}`) failed: {source}")]
     Engine {
-        /// The component.
         component: String,
-        /// The image.
         image: String,
         /// What was asked of the engine.
         operation: &'static str,
@@ -125,15 +124,12 @@ pub enum BuildError {
     /// A borrowed image is not in the engine.
     #[error("component `{component}` borrows image `{image}`, which this engine does not have; it is never built here and cannot be pulled here: load or build it into the engine first (e.g. `docker load`, `docker build -t {image}`)")]
     BorrowedMissing {
-        /// The component.
         component: String,
-        /// The image.
         image: ImageRef,
     },
     /// The engine did not answer a call around the build in time.
     #[error("building `{component}`: {source}")]
     Silent {
-        /// The component.
         component: String,
         /// The call and how long it was given.
         source: Silent,
@@ -141,7 +137,6 @@ pub enum BuildError {
     /// A worker thread died.
     #[error("reading the build context of `{component}` stopped: {source}")]
     Worker {
-        /// The component.
         component: String,
         /// The join error.
         source: tokio::task::JoinError,
