@@ -34,7 +34,7 @@ if [[ "${1:-}" == "--kube-local" ]]; then
   # Teardown runs in a process of its own once cargo has exited; the run is
   # over when the cluster holds nothing of it: no namespace, and no image
   # reference of its tag on the node.
-  cargo build --quiet -p e2e-infra --bin e2e-infra
+  cargo build --quiet -p e2e-infra-cli
   leftovers() {
     target/debug/e2e-infra status --context "$E2E_INFRA_KUBE_CONTEXT" 2>&1 | grep '^notification ' || true
     ctr -a "$E2E_CONTAINERD_SOCKET" -n k8s.io images ls -q | grep -E '^localhost/.*:notification-' || true

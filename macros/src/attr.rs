@@ -2,6 +2,7 @@
 //! value of the type its key takes. What the values mean (a valid consumer,
 //! known components) is checked in `check`.
 
+use e2e_infra_core::suggest::Unknown;
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream, Parser};
@@ -9,7 +10,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Ident, Lit, LitStr, Token};
 
-use crate::diag::{self, Errors};
+use crate::diag::Errors;
 
 /// A key the attribute understands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -207,7 +208,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
         let Some(key) = Key::from_name(&name) else {
             errors.at(
                 ident.span(),
-                diag::unknown("key", &name, Key::names(), "Valid keys"),
+                Unknown::new("key", &name, Key::names()).listed_as("Valid keys"),
             );
             continue;
         };

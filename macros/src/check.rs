@@ -1,19 +1,17 @@
 //! What the attribute and the module mean, every mistake reported at once.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use e2e_infra_core::suggest::Unknown;
+use e2e_infra_core::{Catalog, Consumer, Registry};
 use proc_macro2::Span;
 use syn::{FnArg, Item, LitStr};
 
 use crate::ast::{self, Module};
 use crate::attr::{Args, Given, Key};
-use crate::catalog::{self, Catalog};
 use crate::diag::{self, Errors};
-
-/// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.
-const MAX_CONSUMER_LEN: usize = 40;
 
 const BACKENDS: [&str; 3] = ["docker", "kind", "kubernetes"];
 
@@ -78,7 +76,7 @@ pub(crate) fn attribute(args: &Args, env: &Env, errors: &mut Errors) -> Option<S
         needs: needs?,
         backend: backend?,
         ready_timeout_secs: ready_timeout_secs?,
-        catalog: catalog?.path,
+        catalog: catalog?.path().to_owned(),
     })
 }
 
@@ -124,16 +122,19 @@ pub(crate) fn module(module: &Module, errors: &mut Errors) {
     }
 }
 
+/// The catalog, found and checked whole by the code the runtime runs it
+/// with, so a broken catalog fails the build rather than the tests.
 fn find_catalog(args: &Args, env: &Env) -> syn::Result<Catalog> {
     let key = args.catalog.as_ref().map(|g| &g.value);
     let span = key.map_or_else(Span::call_site, LitStr::span);
-    catalog::locate(
-        key.map(LitStr::value).as_deref(),
+    let given = key.map(LitStr::value);
+    Catalog::locate(
+        given.as_deref().map(|k| (Path::new(k), "the `catalog` key")),
         env.config.as_deref(),
         &env.manifest_dir,
     )
-    .and_then(|path| catalog::read(&path))
-    .map_err(|message| syn::Error::new(span, message))
+    .and_then(|path| Catalog::load_sources(&path))
+    .map_err(|error| syn::Error::new(span, error))
 }
 
 fn missing(args: &Args, key: Key, what: &str, example: String, errors: &mut Errors) {
@@ -160,52 +161,18 @@ fn consumer(args: &Args, errors: &mut Errors) -> Option<String> {
         }
         return None;
     };
-    let name = value.value();
-    if valid_consumer(&name) {
-        return Some(name);
-    }
-    let mut message = format!(
-        "consumer `{name}` is invalid: use lowercase letters, digits and '-', starting with a letter, not ending with '-', at most {MAX_CONSUMER_LEN} characters (it becomes part of image tags and namespace names)"
-    );
-    let fixed = sanitize_consumer(&name);
-    if valid_consumer(&fixed) {
-        message.push_str(&format!("; e.g. `consumer = \"{fixed}\"`"));
-    }
-    errors.at(value.span(), message);
-    None
-}
-
-/// Lowercase letters, digits and '-', starting with a letter, not ending
-/// with '-', at most [`MAX_CONSUMER_LEN`] characters.
-fn valid_consumer(name: &str) -> bool {
-    name.len() <= MAX_CONSUMER_LEN
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// The nearest valid spelling of `name`, to suggest.
-fn sanitize_consumer(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().map(|c| c.to_ascii_lowercase()) {
-        if c.is_ascii_lowercase() || (c.is_ascii_digit() && !out.is_empty()) {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.truncate(MAX_CONSUMER_LEN);
-    out.trim_end_matches('-').to_owned()
+    Consumer::new(&value.value())
+        .map_err(|invalid| errors.at(value.span(), invalid))
+        .ok()
+        .map(|c| c.as_str().to_owned())
 }
 
 fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<Vec<String>> {
-    let known = catalog.map(|c| diag::list(c.names())).unwrap_or_default();
+    let known = catalog.map(Catalog::known_names).unwrap_or_default();
     let Some(Given { value: given, .. }) = &args.needs else {
         if !args.wrote(Key::Needs) {
             let first = catalog
-                .and_then(|c| c.components.first())
+                .and_then(|c| c.components().keys().next())
                 .map_or("datastorage", String::as_str);
             let example = format!("needs = [{first:?}]");
             let what = if known.is_empty() {
@@ -242,11 +209,14 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
             continue;
         }
         if let Some(catalog) = catalog {
-            if !catalog.components.contains(&name) {
-                let unknown = diag::unknown("component", &name, catalog.names(), "Known");
+            if catalog.get(&name).is_none() {
                 errors.at(
                     lit.span(),
-                    format!("{unknown} (catalog: {})", catalog.path.display()),
+                    format!(
+                        "{} (catalog: {})",
+                        catalog.unknown(&name),
+                        catalog.path().display()
+                    ),
                 );
                 ok = false;
             }
@@ -266,7 +236,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
             other => {
                 errors.at(
                     value.span(),
-                    diag::unknown("backend", other, BACKENDS, "Known"),
+                    Unknown::new("backend", other, BACKENDS),
                 );
                 return None;
             }
@@ -295,7 +265,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
     let cluster = text(&args.cluster, "the Kind cluster's name");
     let context = text(&args.context, "a context of the kubeconfig");
     let containerd = text(&args.containerd, "the node's containerd socket");
-    let registry = text(&args.registry, "the registry as `host:port`");
+    let registry = text(&args.registry, "the registry as `host[:port]`");
     let cluster = cluster.or_else(|| kind.then(|| DEFAULT_CLUSTER.to_owned()));
     if let (Some(given), Some(path)) = (&args.containerd, &containerd) {
         if kind {
@@ -313,11 +283,8 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         }
     }
     if let (Some(given), Some(host)) = (&args.registry, &registry) {
-        if !host_port(host) {
-            errors.at(
-                given.value.span(),
-                format!("`registry` takes `host:port`, e.g. `{}`; got {host:?}", Key::Registry.example()),
-            );
+        if let Err(invalid) = Registry::new(host) {
+            errors.at(given.value.span(), invalid);
             ok = false;
         }
         if let Some(socket) = &args.containerd {
@@ -364,14 +331,6 @@ fn cluster_only(args: &Args, given: &Given<LitStr>, errors: &mut Errors) {
     errors.at(given.key.span(), message);
 }
 
-fn host_port(value: &str) -> bool {
-    value.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host.contains(|c: char| c == '/' || c.is_whitespace())
-            && port.parse::<u16>().is_ok_and(|p| p > 0)
-    })
-}
-
 /// `Some(None)` when not given; `None` when invalid.
 fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
     let Some(Given { value, .. }) = &args.timeout else {
@@ -392,61 +351,6 @@ fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
                 format!("`timeout = {text:?}` is not a duration ({e}); write it like \"300s\", \"5m\" or \"1m 30s\""),
             );
             None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consumer_names() {
-        for good in [
-            "notification",
-            "a",
-            "notification-e2e",
-            "v2-api",
-            &"a".repeat(MAX_CONSUMER_LEN),
-        ] {
-            assert!(valid_consumer(good), "{good}");
-        }
-        for bad in [
-            "",
-            "Notification",
-            "2fa",
-            "-x",
-            "x-",
-            "x_y",
-            "x.y",
-            "né",
-            &"a".repeat(MAX_CONSUMER_LEN + 1),
-        ] {
-            assert!(!valid_consumer(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn invalid_consumers_get_a_valid_suggestion() {
-        assert_eq!(sanitize_consumer("Notification_E2E"), "notification-e2e");
-        assert_eq!(sanitize_consumer("2fa service-"), "fa-service");
-        assert_eq!(sanitize_consumer("my..suite"), "my-suite");
-        assert!(valid_consumer(&sanitize_consumer(&"Ab_".repeat(30))));
-    }
-
-    #[test]
-    fn registry_is_host_and_port() {
-        assert!(host_port("127.0.0.1:5000"));
-        assert!(host_port("registry.local:443"));
-        for bad in [
-            "127.0.0.1",
-            ":5000",
-            "host:0",
-            "host:port",
-            "host:70000",
-            "a/b:5000",
-        ] {
-            assert!(!host_port(bad), "{bad}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Collecting every mistake before stopping, and the "did you mean" hint.
+//! Collecting every mistake before stopping, and showing tokens in messages.
 
 use std::fmt::Display;
 
@@ -41,37 +41,6 @@ impl Errors {
     }
 }
 
-/// The name of `known` nearest to `name`, if near enough to be a typo.
-pub(crate) fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    known
-        .into_iter()
-        .map(|k| (strsim::damerau_levenshtein(name, k), k))
-        .filter(|&(distance, k)| distance > 0 && distance <= 2.max(k.chars().count() / 3))
-        .min()
-        .map(|(_, k)| k)
-}
-
-/// `unknown <what> `<name>`; did you mean `<near>`? <Known>: a, b, c`, where
-/// `known_as` names the list ("Known", "Valid keys").
-pub(crate) fn unknown<'a>(
-    what: &str,
-    name: &str,
-    known: impl IntoIterator<Item = &'a str> + Clone,
-    known_as: &str,
-) -> String {
-    match nearest(name, known.clone()) {
-        Some(near) => format!(
-            "unknown {what} `{name}`; did you mean `{near}`? {known_as}: {}",
-            list(known)
-        ),
-        None => format!(
-            "unknown {what} `{name}`; {}: {}",
-            known_as.to_lowercase(),
-            list(known)
-        ),
-    }
-}
-
 /// Tokens as a reader would write them: `x: &u32`, not `x : & u32`.
 pub(crate) fn show(tokens: impl quote::ToTokens) -> String {
     tokens
@@ -84,46 +53,10 @@ pub(crate) fn show(tokens: impl quote::ToTokens) -> String {
         .replace(" >", ">")
 }
 
-/// `a, b, c`.
-pub(crate) fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    names.into_iter().collect::<Vec<_>>().join(", ")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-
-    const COMPONENTS: [&str; 3] = ["datastorage", "postgres", "redis"];
-
-    #[test]
-    fn suggests_the_nearest_name_for_a_typo() {
-        assert_eq!(nearest("datastorge", COMPONENTS), Some("datastorage"));
-        assert_eq!(nearest("postgre", COMPONENTS), Some("postgres"));
-        assert_eq!(nearest("rdis", COMPONENTS), Some("redis"));
-        assert_eq!(
-            nearest("consumr", ["consumer", "needs", "crate"]),
-            Some("consumer")
-        );
-    }
-
-    #[test]
-    fn suggests_nothing_for_a_far_name() {
-        assert_eq!(nearest("kafka", COMPONENTS), None);
-        assert_eq!(nearest("mysql", COMPONENTS), None);
-    }
-
-    #[test]
-    fn unknown_lists_every_known_name() {
-        assert_eq!(
-            unknown("component", "datastorge", COMPONENTS, "Known"),
-            "unknown component `datastorge`; did you mean `datastorage`? Known: datastorage, postgres, redis"
-        );
-        assert_eq!(
-            unknown("component", "kafka", COMPONENTS, "Known"),
-            "unknown component `kafka`; known: datastorage, postgres, redis"
-        );
-    }
 
     #[test]
     fn shows_parameters_as_written() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use proc_macro2::{Span, TokenStream};
 
 use crate::diag::Errors;
-use crate::{ast, attr, catalog, check, render};
+use crate::{ast, attr, check, render};
 
 /// Expands `#[e2e_infra(<attr>)] <item>`.
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -17,7 +17,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         manifest_dir: std::env::var_os("CARGO_MANIFEST_DIR")
             .map(PathBuf::from)
             .unwrap_or_default(),
-        config: std::env::var_os(catalog::ENV),
+        config: std::env::var_os(e2e_infra_core::CATALOG_ENV),
     };
     let spec = args
         .as_ref()

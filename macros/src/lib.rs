@@ -2,12 +2,12 @@
 //! re-exports it and provides everything the expansion calls.
 //!
 //! The attribute is read in [`attr`], the annotated module in [`ast`], both are
-//! checked in [`check`] against the catalog found by [`catalog`], and
-//! [`render`] writes the expansion. [`expand`] ties the stages together.
+//! checked in [`check`] against the catalog, which `e2e-infra-core` finds and
+//! checks whole, as the runtime does; [`render`] writes the expansion.
+//! [`expand`] ties the stages together.
 
 mod ast;
 mod attr;
-mod catalog;
 mod check;
 mod diag;
 mod expand;

@@ -1,14 +1,14 @@
 //! The expansion: the suite's static, the handle accessor, the teardown
-//! entry and the rewritten tests. Generated code names only
-//! `<crate>::__private` and `::core`, so a user's imports cannot shadow it.
+//! entry and the rewritten tests. Besides the handle's type as the user
+//! wrote it, generated code names only `<crate>::__private` and `::core`,
+//! so a user's imports cannot shadow it.
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, Item, ItemFn, Stmt};
+use syn::{FnArg, Ident, Item, ItemFn, Stmt, Type};
 
 use crate::ast::{self, Module};
-use crate::catalog;
 use crate::check::{Backend, Spec};
 
 /// The static every generated statement refers to.
@@ -23,7 +23,7 @@ pub(crate) fn suite(spec: &Spec, krate: &syn::Path, module: Module) -> TokenStre
         for it in items.iter_mut() {
             if let Item::Fn(f) = it {
                 if f.attrs.iter().any(ast::is_test_attr) {
-                    rewrite_test(f, krate);
+                    rewrite_test(f);
                 }
             }
         }
@@ -34,16 +34,22 @@ pub(crate) fn suite(spec: &Spec, krate: &syn::Path, module: Module) -> TokenStre
 
 /// Prepends the guard to a test and, when it takes `&Infra`, turns the
 /// parameter into a binding of the shared handle.
-fn rewrite_test(f: &mut ItemFn, krate: &syn::Path) {
+fn rewrite_test(f: &mut ItemFn) {
     let suite = suite_ident();
     // Mixed-site: the user cannot name (or shadow) the guard.
     let guard = Ident::new("__e2e_infra_guard", Span::mixed_site());
     let mut prelude: Vec<Stmt> = vec![syn::parse_quote!(let #guard = #suite.guard();)];
     if let Some(FnArg::Typed(param)) = f.sig.inputs.first() {
         let (attrs, pat) = (&param.attrs, &param.pat);
+        // The type as the user wrote it, so the `use` that names it counts
+        // as used; only its lifetime becomes the handle's.
+        let mut ty = (*param.ty).clone();
+        if let Type::Reference(reference) = &mut ty {
+            reference.lifetime = Some(syn::Lifetime::new("'static", Span::call_site()));
+        }
         // Spanned at the parameter so anything wrong with it points there.
         prelude.push(syn::parse_quote_spanned!(param.span()=>
-            #(#attrs)* let #pat: &'static #krate::__private::Infra = #suite.infra();
+            #(#attrs)* let #pat: #ty = #suite.infra();
         ));
         f.sig.inputs.clear();
     }
@@ -79,7 +85,7 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
     };
     let timeout = option(spec.ready_timeout_secs.map(|s| quote!(#s)));
     let catalog = spec.catalog.display().to_string();
-    let env = catalog::ENV;
+    let env = e2e_infra_core::CATALOG_ENV;
     quote! {
         #[doc(hidden)]
         static #suite: #private::Suite = #private::Suite::new(#private::SuiteSpec {
@@ -217,7 +223,10 @@ mod tests {
             ),
             Backend::Docker,
         );
-        for (name, binding) in [("stores", "let infra"), ("stores_async", "let mut handle")] {
+        for (name, binding) in [
+            ("stores", "let infra : & 'static Infra"),
+            ("stores_async", "let mut handle : & 'static e2e_infra :: Infra"),
+        ] {
             let f = function(&out, name);
             assert!(f.sig.inputs.is_empty(), "{name} keeps its parameter");
             let stmts = statements(f);
@@ -227,7 +236,7 @@ mod tests {
             );
             assert_eq!(
                 stmts[1],
-                format!("{binding} : & 'static :: e2e_infra :: __private :: Infra = __E2E_INFRA_SUITE . infra () ;")
+                format!("{binding} = __E2E_INFRA_SUITE . infra () ;")
             );
             assert_eq!(stmts.len(), 3, "{name}: the body follows the prelude");
         }

@@ -25,10 +25,11 @@ pub const REGISTRY_ENV: &str = "E2E_INFRA_REGISTRY";
 /// The backend as the attribute wrote it: everything optional, all `'static`
 /// so that the suite's description can be a `static`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct Declared {
     /// `backend = "kubernetes"` or `"kind"`; else Docker.
     pub kubernetes: bool,
-    /// `context`.
     pub context: Option<&'static str>,
     /// `cluster`: a Kind cluster whose node containers get the images.
     pub cluster: Option<&'static str>,
@@ -61,6 +62,8 @@ pub struct KubeTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "via", rename_all = "snake_case")]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum ImageTarget {
     /// Streamed into the containerd of every node container of a Kind cluster.
     KindNodes {
@@ -70,7 +73,6 @@ pub enum ImageTarget {
     /// Streamed into a containerd listening on a socket of this machine
     /// (k3s, microk8s, kubeadm, a local kubelet).
     Containerd {
-        /// The socket.
         socket: PathBuf,
     },
     /// Pushed to a registry the cluster pulls from.
@@ -83,6 +85,8 @@ pub enum ImageTarget {
 /// The declared backend and the environment do not make a backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum BackendError {
     /// `E2E_INFRA_BACKEND` names no backend.
     #[error("{BACKEND_ENV}=`{0}` is not a backend: use `docker`, `kind` or `kubernetes`")]
@@ -93,9 +97,7 @@ pub enum BackendError {
     /// Both a containerd socket and a registry.
     #[error("images go either into containerd at {socket} or to registry {registry}, not both; unset {CONTAINERD_SOCKET_ENV} or {REGISTRY_ENV} (or the attribute's `containerd` or `registry`)")]
     TwoDeliveries {
-        /// The socket.
         socket: String,
-        /// The registry.
         registry: String,
     },
     /// A containerd socket given as a relative path.

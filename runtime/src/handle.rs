@@ -35,12 +35,12 @@ pub enum Placement {
 /// What the setup process records for the others: everything the handle
 /// carries that the plan alone does not tell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct StackRecord {
     /// The run identity.
     pub run_id: String,
-    /// The consumer.
     pub consumer: String,
-    /// The tag.
     pub tag: String,
     /// The components, in dependency order, to check that attaching
     /// processes planned the same stack.
@@ -56,11 +56,12 @@ pub struct StackRecord {
 /// Why a component cannot be reached.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum EndpointError {
     /// The stack has no such component or port.
     #[error("component `{component}` publishes no port {port} in this stack; list it under `ports` in the catalog's docker section")]
     NotPublished {
-        /// The component.
         component: String,
         /// The port asked for.
         port: u16,

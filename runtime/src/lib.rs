@@ -19,13 +19,13 @@
 
 pub mod backend;
 pub mod build;
-pub mod catalog;
 pub mod deploy;
 pub mod engine;
 pub mod labels;
 pub mod load;
 pub mod plan;
 
+pub use e2e_infra_core::catalog;
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_macros::e2e_infra;
 pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};

@@ -52,10 +52,11 @@ pub enum Liveness {
 
 /// What one run and consumer owns on the engine.
 #[derive(Debug, Clone)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct RunStack {
     /// The run identity.
     pub run_id: String,
-    /// The consumer.
     pub consumer: String,
     /// The launcher recorded in the labels.
     pub launcher: Option<Launcher>,

@@ -220,7 +220,7 @@ impl Drop for StackGuard {
 /// The `e2e-infra` command built next to this test binary.
 ///
 /// # Panics
-/// When it has not been built: `cargo build -p e2e-infra --bins --all-features`
+/// When it has not been built: `cargo build -p e2e-infra-cli`
 /// with the same target directory.
 pub fn cli_binary() -> PathBuf {
     let test = std::env::current_exe().expect("the test binary's path");
@@ -229,7 +229,7 @@ pub fn cli_binary() -> PathBuf {
     let binary = profile.join("e2e-infra");
     assert!(
         binary.is_file(),
-        "{} is missing: build it with `cargo build -p e2e-infra --bins --all-features` (same CARGO_TARGET_DIR)",
+        "{} is missing: build it with `cargo build -p e2e-infra-cli` (same CARGO_TARGET_DIR)",
         binary.display()
     );
     binary

@@ -1,12 +1,14 @@
 //! Support for the engine-backed suites: throw-away projects with a catalog,
 //! scratch images holding the machine's static busybox, unique run
 //! identities, and clean-up of what a test built; for the real-cluster
-//! suite, the cluster under test ([`cluster`]).
+//! suite, the cluster under test ([`cluster`]); the guide's examples
+//! ([`guide`]).
 //!
 //! Nothing can be pulled on the test machines, so every image is built from
 //! `FROM scratch` plus `/bin/busybox` (Debian's `busybox-static`).
 
 pub mod cluster;
+pub mod guide;
 pub mod kind_node;
 
 use std::fs;

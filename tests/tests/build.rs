@@ -1,5 +1,4 @@
 //! Image builds against the real engine.
-#![cfg(feature = "e2e")]
 
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ const AREA: &str = "docker-build";
 
 /// The seed's layout: context `ctx`, one Dockerfile in `ctx/docker/`, one
 /// outside the context; build args, a target stage and labels reach the image.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn dockerfiles_inside_and_outside_the_context_with_args_and_target() {
     let docker = engine(None).await;
@@ -121,6 +121,7 @@ build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETIN
 
 /// Unchanged inputs are tagged, not rebuilt; an ignored file does not count;
 /// a changed context file and `force` rebuild.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn the_input_digest_decides_whether_to_build() {
     let docker = engine(None).await;
@@ -205,6 +206,7 @@ async fn failing_build_with(dockerfile_tail: &str, options: BuildOptions) -> Bui
     error
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_failing_run_step_is_named() {
     let error = failing_build("RUN echo about-to-fail\nRUN /bin/busybox false\n").await;
@@ -220,6 +222,7 @@ async fn a_failing_run_step_is_named() {
 
 /// A build the engine stops talking about is given up after the silence
 /// bound, naming the step it was on, rather than waited for without end.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_silent_build_is_given_up_after_the_silence_bound() {
     let silence = Duration::from_secs(1);
@@ -237,6 +240,7 @@ async fn a_silent_build_is_given_up_after_the_silence_bound() {
     assert!(elapsed < Duration::from_secs(15), "given up after {elapsed:?}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_missing_copy_source_is_named() {
     let error = failing_build("COPY not-there /x\n").await;
@@ -244,6 +248,7 @@ async fn a_missing_copy_source_is_named() {
     assert!(message.contains("COPY not-there /x"), "{message}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_missing_borrowed_image_is_not_pulled() {
     let docker = engine(None).await;
@@ -269,6 +274,7 @@ async fn a_missing_borrowed_image_is_not_pulled() {
 
 /// Builds run side by side; the first failure ends the others instead of
 /// waiting for them.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn one_failure_stops_the_other_builds() {
     let docker = engine(None).await;

@@ -2,7 +2,6 @@
 //! against the real engine: what a cache hit is, what a built image may make
 //! a container look like, which tags go, and how long a frozen or slow
 //! engine may hold a run.
-#![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +74,7 @@ async fn digest_of(docker: &Docker, image: &ImageRef) -> Result<String, String> 
 /// digest included. It is never taken for the cache: while the cache
 /// reference exists the hit is the catalog's build, and once the catalog's
 /// references are gone the next run builds.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
     let docker = engine(None).await;
@@ -149,6 +149,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
 
 /// A container a user starts from a built image carries only the image's
 /// provenance labels, so it is nobody's stack member.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() {
     let docker = engine(None).await;
@@ -220,6 +221,7 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
 /// Five runs, each with changed inputs: the run tags of the newest two stay,
 /// older ones go, except one a container uses; cache references and a tag a
 /// user gave stay; a build's own housekeeping spares a fresh image.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
     let docker = engine(None).await;
@@ -353,6 +355,7 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
 
 /// A FIFO in the context used to hang the build (and every process waiting
 /// for it) forever; it is refused, by path, before anything is sent.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
     let docker = engine(None).await;
@@ -461,6 +464,7 @@ fn frozen_engine_project() -> (Project, Plan) {
 /// An engine that freezes after the build: `up` used to wait on it for the
 /// client's 120 s request timeout per call; it now fails within the
 /// component's readiness timeout, naming the engine's address.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
@@ -518,11 +522,13 @@ async fn slow_engine_is_waited_for(socket: &'static str) {
     docker.ping().await.unwrap();
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_slow_docker_engine_is_pinged_again_until_it_answers() {
     slow_engine_is_waited_for(DOCKER_SOCKET).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_slow_podman_service_is_pinged_again_until_it_answers() {
     slow_engine_is_waited_for(PODMAN_HOST.trim_start_matches("unix://").to_owned().leak()).await;
@@ -530,6 +536,7 @@ async fn a_slow_podman_service_is_pinged_again_until_it_answers() {
 
 /// A refused connection means no engine: it fails at once, not after the
 /// whole connection budget.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_refused_connection_fails_at_once() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -550,6 +557,7 @@ async fn a_refused_connection_fails_at_once() {
 /// The engine freezes at the moment the container is created, after the
 /// network: the error names the component, the call and the engine, within
 /// the readiness timeout, and no cleanup waits on the frozen engine.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));

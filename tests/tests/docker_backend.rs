@@ -1,5 +1,4 @@
 //! The Docker backend against the real engine, and connecting to no engine.
-#![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ async fn leftovers(docker: &Docker, plan: &Plan) -> Vec<String> {
 
 /// Four components: a TCP stand-in, an HTTP stand-in, a one-shot migration,
 /// and an app that needs all three and reads their addresses from its env.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_stack_comes_up_in_dependency_order_and_is_removed_by_label() {
     let docker = engine(None).await;
@@ -172,6 +172,7 @@ async fn failing_stack(docker_section: &str) -> (DockerError, Duration, Vec<Stri
     (error, elapsed, left)
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_crashing_component_fails_fast_with_its_logs() {
     let (error, elapsed, left) = failing_stack(
@@ -194,6 +195,7 @@ async fn a_crashing_component_fails_fast_with_its_logs() {
     assert!(left.is_empty(), "up left {left:?} behind");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_component_that_never_opens_its_port_times_out() {
     let (error, elapsed, _) = failing_stack(
@@ -216,6 +218,7 @@ async fn a_component_that_never_opens_its_port_times_out() {
     );
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_failing_one_shot_component_is_reported() {
     let (error, _, _) = failing_stack(r#"{ command = ["sh", "-c", "echo migration failed >&2; exit 1"], ready = { completes = true } }"#).await;
@@ -227,6 +230,7 @@ async fn a_failing_one_shot_component_is_reported() {
     assert!(message.contains("migration failed"), "{message}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn no_engine_at_a_missing_socket_fails_fast_and_says_how_to_start_one() {
     let socket = format!(
@@ -249,6 +253,7 @@ async fn no_engine_at_a_missing_socket_fails_fast_and_says_how_to_start_one() {
     );
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn an_engine_that_never_answers_fails_within_the_connection_budget() {
     let dir = tempfile::tempdir().unwrap();

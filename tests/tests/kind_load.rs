@@ -1,4 +1,3 @@
-#![cfg(feature = "e2e")]
 //! Loading images into Kind nodes, against stand-in nodes running a real
 //! containerd on the local engine.
 
@@ -32,6 +31,7 @@ async fn build_all(docker: &bollard::Docker, plan: &Plan, guard: &mut ImageGuard
     images
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn loads_every_image_into_every_node_then_skips_a_reload() {
     let docker = engine(None).await;
@@ -67,6 +67,7 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
     assert_eq!(again.with_action(Action::Loaded).count(), 0);
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
     let docker = engine(None).await;
@@ -96,6 +97,7 @@ async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
     }
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched() {
     let docker = engine(None).await;
@@ -118,6 +120,7 @@ async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched()
     assert!(!listed.iter().any(|r| images[0].image.matches(r)), "{listed:?}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn no_cluster_names_the_clusters_present() {
     let docker = engine(None).await;

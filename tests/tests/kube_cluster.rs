@@ -4,7 +4,6 @@
 //!
 //! One cluster serves every test at once: each stands up its own run in its
 //! own namespace, and a [`StackGuard`] removes it however the test ends.
-#![cfg(feature = "e2e")]
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -1,7 +1,6 @@
 //! Once per run, across processes, and teardown after the run: a fresh crate
 //! that depends on e2e-infra alone is laid out from `tests/fixture`, run under
 //! cargo-nextest and cargo test, and the engine is asked what happened.
-#![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -250,21 +249,25 @@ async fn once_per_run(runner: &str, scenario: &str) {
     assert_torn_down(&fixture).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nextest_sets_up_once_per_run_and_tears_down_after() {
     once_per_run("nextest", "nx").await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_test_sets_up_once_per_run_and_tears_down_after() {
     once_per_run("test", "ct").await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_test_in_sequence_shares_the_stack_across_test_runtimes() {
     once_per_run("test-serial", "seq").await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setup_process_killed_half_way_is_taken_over() {
     let fixture = Fixture::new("takeover", &["api"]);
@@ -296,6 +299,7 @@ async fn a_setup_process_killed_half_way_is_taken_over() {
     assert_torn_down(&fixture).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     let fixture = Fixture::new("keep", &["api"]);
@@ -324,6 +328,7 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_test_with_keep_off_still_tears_down() {
     let fixture = Fixture::new("nokeep", &["api"]);
@@ -332,6 +337,7 @@ async fn a_failed_test_with_keep_off_still_tears_down() {
     assert_torn_down(&fixture).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     let fixture = Fixture::new("kill", &["api"]);
@@ -342,6 +348,7 @@ async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     assert_torn_down(&fixture).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     let fixture = Fixture::new("crash", &["crasher"]);
@@ -365,6 +372,7 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     assert_torn_down(&fixture).await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_at_once_do_not_share_or_disturb() {
     let a = Fixture::new("pa", &["api"]);
@@ -402,6 +410,7 @@ impl Drop for DownOnDrop<'_> {
 /// every container whose image and configuration are unchanged and
 /// replaces the others (and what depends on them); `status` lists it,
 /// `clean` leaves it, `clean --reused` removes it.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_stack_is_replaced_only_where_something_changed() {
     let fixture = Fixture::new("ru", &["api"]);

@@ -1,7 +1,6 @@
 //! The same build and Docker-backend code against Podman's compatible API.
 //! Connects to the socket explicitly: tests run in parallel, so the process
 //! environment (`DOCKER_HOST`) is left alone.
-#![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
 
@@ -17,6 +16,7 @@ use e2e_infra_tests::{
 
 const AREA: &str = "docker-podman";
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
     let podman = engine(Some(PODMAN_HOST)).await;
@@ -71,6 +71,7 @@ async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
     .await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_runs_a_two_component_stack() {
     let podman = engine(Some(PODMAN_HOST)).await;
@@ -129,6 +130,7 @@ ready = { http = "/upstream", timeout = "30s" }
 /// image's references are gone, the next run must build, not pick an
 /// intermediate (which has no command: its containers failed with `no
 /// command or entrypoint provided`).
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_never_takes_an_intermediate_image_for_the_cache() {
     let podman = engine(Some(PODMAN_HOST)).await;

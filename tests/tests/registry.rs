@@ -1,5 +1,4 @@
 //! Pushing built images to the loopback registry and pulling them back.
-#![cfg(feature = "e2e")]
 
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use e2e_infra::build::{build_all, BuildOptions};
@@ -12,6 +11,7 @@ use futures::TryStreamExt;
 
 const AREA: &str = "docker-registry";
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_pushed_image_pulls_back_with_the_same_id() {
     let docker = engine(None).await;
@@ -74,6 +74,7 @@ async fn a_pushed_image_pulls_back_with_the_same_id() {
     .await;
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_local_plan_has_nowhere_to_push() {
     let docker = engine(None).await;

@@ -2,7 +2,6 @@
 //! once per run. Run it with `cargo test -p notification-e2e --features e2e`
 //! or `cargo nextest run -p notification-e2e --features e2e`; with
 //! `E2E_INFRA_BACKEND=kind` it runs on a Kind cluster instead.
-#![cfg(feature = "e2e")]
 
 #[e2e_infra::e2e_infra(consumer = "notification", needs = ["datastorage"])]
 mod notification_e2e {
@@ -16,12 +15,14 @@ mod notification_e2e {
         infra.endpoint("datastorage", 8080).expect("datastorage publishes 8080").addr()
     }
 
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[test]
     fn datastorage_is_ready(infra: &Infra) {
         let answer = request(datastorage(infra), "GET", "/readyz", "").expect("readyz");
         assert_eq!(answer.status, 200, "{}", answer.body);
     }
 
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[test]
     fn a_notification_is_stored_and_read_back(infra: &Infra) {
         let created = request(datastorage(infra), "POST", "/notifications", "{\"to\":\"oncall\"}").expect("post");
@@ -31,6 +32,7 @@ mod notification_e2e {
         assert_eq!((read.status, read.body.as_str()), (200, "{\"to\":\"oncall\"}"));
     }
 
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[test]
     fn every_image_carries_the_run_tag(infra: &Infra) {
         for component in ["postgres", "redis", "migrate", "datastorage"] {
@@ -39,6 +41,7 @@ mod notification_e2e {
         }
     }
 
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[tokio::test]
     async fn what_runs_is_what_was_built(infra: &Infra) {
         let planned = infra.image("datastorage").expect("planned");

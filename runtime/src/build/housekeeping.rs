@@ -46,6 +46,8 @@ pub const GRACE: Duration = Duration::from_secs(10 * 60);
 /// A housekeeping error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum HousekeepingError {
     /// Listing images, containers or networks failed.
     #[error("listing the {what} on the engine to find old image tags failed: {source}")]
@@ -58,7 +60,6 @@ pub enum HousekeepingError {
     /// Removing a tag failed for another reason than being in use.
     #[error("removing the image tag `{reference}` failed: {source}; remove it with `docker rmi {reference}` or leave it")]
     Remove {
-        /// The reference.
         reference: String,
         /// The engine's error.
         source: bollard::errors::Error,

@@ -90,8 +90,9 @@ fn silence_from_env() -> Duration {
 
 /// One built (or reused) image.
 #[derive(Debug, Clone)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct BuildOutcome {
-    /// The component.
     pub component: String,
     /// The reference it is tagged with: the plan's.
     pub image: ImageRef,
@@ -106,11 +107,12 @@ pub struct BuildOutcome {
 /// A build error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum BuildError {
     /// The build context could not be read.
     #[error("reading the build context of `{component}` failed: {source}")]
     Context {
-        /// The component.
         component: String,
         /// What went wrong.
         source: ContextError,
@@ -118,7 +120,6 @@ pub enum BuildError {
     /// The engine rejected or failed the build.
     #[error("building `{component}` as `{image}` failed{}: {source}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default())]
     Failed {
-        /// The component.
         component: String,
         /// The reference it was to be tagged with.
         image: ImageRef,
@@ -132,9 +133,7 @@ pub enum BuildError {
     /// An engine call around the build failed.
     #[error("{operation} for `{component}` (`{image}`) failed: {source}")]
     Engine {
-        /// The component.
         component: String,
-        /// The image.
         image: String,
         /// What was asked of the engine.
         operation: &'static str,
@@ -144,9 +143,7 @@ pub enum BuildError {
     /// A borrowed image is not in the engine.
     #[error("component `{component}` borrows image `{image}`, which this engine does not have; it is never built here and cannot be pulled here: load or build it into the engine first (e.g. `docker load`, `docker build -t {image}`)")]
     BorrowedMissing {
-        /// The component.
         component: String,
-        /// The image.
         image: ImageRef,
     },
     /// The engine sent nothing for longer than the build's silence bound.
@@ -166,7 +163,6 @@ pub enum BuildError {
     /// The engine did not answer a call around the build in time.
     #[error("building `{component}`: {source}")]
     Silent {
-        /// The component.
         component: String,
         /// The call and how long it was given.
         source: Silent,
@@ -174,7 +170,6 @@ pub enum BuildError {
     /// A worker thread died.
     #[error("reading the build context of `{component}` stopped: {source}")]
     Worker {
-        /// The component.
         component: String,
         /// The join error.
         source: tokio::task::JoinError,

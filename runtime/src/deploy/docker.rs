@@ -66,10 +66,10 @@ impl DockerStack {
 
 /// One ready component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct RunningComponent {
-    /// The component.
     pub component: String,
-    /// The container id.
     pub container_id: String,
     /// The container name, also its host name on the run's network.
     pub container_name: String,
@@ -94,17 +94,17 @@ pub struct Removed {
 /// A Docker backend error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum DockerError {
     /// The component has no `[components.<name>.docker]` section.
     #[error("component `{component}` has no `docker` section in the catalog, so the Docker backend cannot run it; add one (ports, env, ready)")]
     NotForDocker {
-        /// The component.
         component: String,
     },
     /// An env value refers to something that cannot be resolved.
     #[error("component `{component}`: env `{key}` refers to `${{{reference}}}`, but {problem}")]
     EnvReference {
-        /// The component.
         component: String,
         /// The variable.
         key: String,
@@ -116,7 +116,6 @@ pub enum DockerError {
     /// A `log` probe's pattern does not compile.
     #[error("component `{component}`: the ready.log pattern is invalid: {source}")]
     Pattern {
-        /// The component.
         component: String,
         /// The regex error.
         source: regex::Error,
@@ -124,7 +123,6 @@ pub enum DockerError {
     /// A network operation failed.
     #[error("{operation} network `{network}` failed: {source}")]
     Network {
-        /// The network.
         network: String,
         /// What was asked of the engine.
         operation: &'static str,
@@ -134,7 +132,6 @@ pub enum DockerError {
     /// A container operation failed.
     #[error("{operation} container `{container}` of `{component}` failed: {source}")]
     Container {
-        /// The component.
         component: String,
         /// The container name.
         container: String,
@@ -146,11 +143,9 @@ pub enum DockerError {
     /// The container stopped before it was ready.
     #[error("component `{component}` (container `{container}`) exited with code {exit_code} {after:.1?} after start, before it was ready; last log lines:\n{logs}")]
     Exited {
-        /// The component.
         component: String,
         /// The container name.
         container: String,
-        /// Its exit code.
         exit_code: i64,
         /// Time from start to exit seen.
         after: Duration,
@@ -160,13 +155,11 @@ pub enum DockerError {
     /// The probe did not succeed within its timeout.
     #[error("component `{component}` (container `{container}`) was not ready after {timeout:?}: {probe} never succeeded; last log lines:\n{logs}")]
     NotReady {
-        /// The component.
         component: String,
         /// The container name.
         container: String,
         /// The probe, described.
         probe: String,
-        /// Its timeout.
         timeout: Duration,
         /// Its last log lines.
         logs: String,
@@ -174,9 +167,7 @@ pub enum DockerError {
     /// A stack of the same run and consumer is already on the engine.
     #[error("the engine already holds a stack of run `{run_id}` and consumer `{consumer}` (network `{network}`); this call left nothing behind. Take it down with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
     StackExists {
-        /// The run id.
         run_id: String,
-        /// The consumer.
         consumer: String,
         /// The network found.
         network: String,
@@ -184,7 +175,6 @@ pub enum DockerError {
     /// A marker volume operation failed.
     #[error("{operation} marker volume `{volume}` failed: {source}")]
     Marker {
-        /// The volume.
         volume: String,
         /// What was asked of the engine.
         operation: &'static str,

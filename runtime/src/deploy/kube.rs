@@ -83,12 +83,13 @@ impl Default for KubeOptions {
 
 /// An object [`deploy`] applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct AppliedObject {
     /// The component whose manifest holds it.
     pub component: String,
     /// `apiVersion`.
     pub api_version: String,
-    /// `kind`.
     pub kind: String,
     /// `metadata.name`.
     pub name: String,
@@ -106,6 +107,8 @@ pub struct KubeStack {
 /// A failure of the Kubernetes stage.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum KubeError {
     /// The kubeconfig could not be loaded.
     #[error("loading {context} from the kubeconfig ({kubeconfig}) failed: {source}; point KUBECONFIG at the cluster's kubeconfig and name one of its contexts")]
@@ -138,7 +141,6 @@ pub enum KubeError {
     /// A manifest could not be read.
     #[error("reading manifest {} failed: {source}", file.display())]
     ReadManifest {
-        /// The file.
         file: PathBuf,
         /// The I/O error.
         source: std::io::Error,
@@ -146,7 +148,6 @@ pub enum KubeError {
     /// A manifest is not YAML.
     #[error("parsing manifest {} failed: {source}", file.display())]
     ParseManifest {
-        /// The file.
         file: PathBuf,
         /// The parser's error.
         source: serde_yaml::Error,
@@ -154,7 +155,6 @@ pub enum KubeError {
     /// A manifest object that cannot be applied.
     #[error("manifest {}: {problem}", file.display())]
     InvalidObject {
-        /// The file.
         file: PathBuf,
         /// What is wrong.
         problem: String,
@@ -170,7 +170,6 @@ pub enum KubeError {
     /// The namespace could not be created.
     #[error("creating namespace `{namespace}` failed: {source}")]
     Namespace {
-        /// The namespace.
         namespace: String,
         /// kube's error.
         source: kube::Error,
@@ -182,7 +181,6 @@ pub enum KubeError {
         object: String,
         /// Its manifest.
         file: PathBuf,
-        /// The namespace.
         namespace: String,
         /// kube's error.
         source: kube::Error,
@@ -193,9 +191,7 @@ pub enum KubeError {
     /// A Job failed; the components that depend on it were not applied.
     #[error("job `{job}` in namespace `{namespace}` failed: {message}{}", if logs.trim().is_empty() { String::new() } else { format!("\nlast log lines of its pod:\n{}", logs.trim_end()) })]
     JobFailed {
-        /// The namespace.
         namespace: String,
-        /// The job.
         job: String,
         /// The failure condition's reason and message.
         message: String,
@@ -205,9 +201,7 @@ pub enum KubeError {
     /// Workloads were not ready in time.
     #[error("namespace `{namespace}` not ready after {}: still waiting for {}{}{}", humantime::format_duration(*timeout), pending.join(", "), unready.iter().map(|u| format!("\n  {u}")).collect::<String>(), last_watch_error.as_ref().map(|e| format!("\n(last watch error: {e})")).unwrap_or_default())]
     NotReady {
-        /// The namespace.
         namespace: String,
-        /// The timeout.
         timeout: Duration,
         /// `Kind/name (state)` of each workload not ready.
         pending: Vec<String>,
@@ -219,13 +213,11 @@ pub enum KubeError {
     /// The watches ended before the workloads were ready.
     #[error("watching namespace `{namespace}` ended before its workloads were ready")]
     WatchEnded {
-        /// The namespace.
         namespace: String,
     },
     /// The namespace could not be deleted.
     #[error("deleting namespace `{namespace}` failed: {source}")]
     DeleteNamespace {
-        /// The namespace.
         namespace: String,
         /// kube's error.
         source: kube::Error,
@@ -233,7 +225,6 @@ pub enum KubeError {
     /// Watching the namespace's deletion failed.
     #[error("watching the deletion of namespace `{namespace}` failed: {source}")]
     WatchDeletion {
-        /// The namespace.
         namespace: String,
         /// The watch's error.
         source: kube::runtime::wait::Error,
@@ -241,7 +232,6 @@ pub enum KubeError {
     /// The namespace was still there after [`DELETE_TIMEOUT`].
     #[error("namespace `{namespace}` is still terminating after {}; see `kubectl get all -n {namespace}` for what holds it", humantime::format_duration(DELETE_TIMEOUT))]
     StillTerminating {
-        /// The namespace.
         namespace: String,
     },
     /// A CustomResourceDefinition did not become Established.
@@ -265,7 +255,6 @@ pub enum KubeError {
     /// The kept marker could not be put on a namespace.
     #[error("marking namespace `{namespace}` as kept failed: {source}; `e2e-infra clean` may remove it unless the local state folder says it is kept")]
     MarkKept {
-        /// The namespace.
         namespace: String,
         /// kube's error.
         source: kube::Error,
@@ -539,12 +528,13 @@ pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(
 
 /// A namespace of an e2e-infra run, as found on the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct RunNamespace {
     /// The namespace.
     pub name: String,
     /// The run identity.
     pub run_id: String,
-    /// The consumer.
     pub consumer: String,
     /// The launcher (`pid:ticks`), empty for a stack brought up by hand.
     pub launcher: String,

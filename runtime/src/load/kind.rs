@@ -16,11 +16,12 @@ pub const ROLE_LABEL: &str = "io.x-k8s.kind.role";
 /// A failure to find a Kind cluster's nodes, or to load into them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum KindError {
     /// The engine could not list containers.
     #[error("listing the node containers of Kind cluster `{cluster}` failed: {source}")]
     ListNodes {
-        /// The cluster.
         cluster: String,
         /// The engine's error.
         source: bollard::errors::Error,

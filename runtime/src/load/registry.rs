@@ -20,19 +20,18 @@ pub struct Pushed {
 /// A registry load error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum LoadError {
     /// The plan delivers images locally; there is nowhere to push them.
     #[error("`{image}` names no registry (the plan was made with Delivery::Local); make the plan with Delivery::Registry(\"host:port\") to push")]
     NoRegistry {
-        /// The image.
         image: ImageRef,
     },
     /// The push failed.
     #[error("pushing `{image}` to {registry} failed: {source}")]
     Push {
-        /// The image.
         image: ImageRef,
-        /// The registry.
         registry: String,
         /// The engine's error.
         source: bollard::errors::Error,
@@ -40,7 +39,6 @@ pub enum LoadError {
     /// The engine did not report what the registry stored.
     #[error("pushing `{image}` finished but the engine reported no digest for it")]
     NoDigest {
-        /// The image.
         image: ImageRef,
     },
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io::Read as _;
 
+use e2e_infra_core::names::is_safe_name;
+
 /// Overrides the run identity.
 pub const RUN_ID_ENV: &str = "E2E_INFRA_RUN_ID";
 /// Set by cargo-nextest to one UUID for all processes of a run.
@@ -141,16 +143,6 @@ fn start_ticks(pid: u32) -> Option<u64> {
     // after it are counted from the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether `part` can be a run id or consumer name inside labels and as one
-/// component of a path: 1 to 128 letters, digits, '-', '_' or '.', not
-/// starting with '.', so never `.`, `..` or a hidden name.
-pub fn is_safe_name(part: &str) -> bool {
-    !part.is_empty()
-        && part.len() <= 128
-        && !part.starts_with('.')
-        && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `bytes` random bytes in hex, from the kernel.

@@ -4,42 +4,30 @@
 //! Every later stage takes its references from here; none formats a tag.
 
 mod identity;
-mod image;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-use sha2::{Digest, Sha256};
+use e2e_infra_core::suggest::Unknown;
 
-use crate::catalog::{Catalog, Component, Source, Suggestion};
+use crate::catalog::{Catalog, Component, Source};
 
-pub use identity::{
-    is_safe_name, random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
+pub use e2e_infra_core::image::{ImageRef, InvalidImageRef, Origin};
+pub use e2e_infra_core::names::{
+    is_safe_name, Consumer, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
 };
-pub use image::{ImageRef, InvalidImageRef, Origin};
-
-/// Longest consumer name: `<consumer>-<8 hex>` must stay a legal namespace.
-pub const MAX_CONSUMER_LEN: usize = 40;
-
-/// Whether `name` is lowercase letters, digits and '-', starting with a
-/// letter, not ending with '-', at most `max` characters.
-pub fn valid_name(name: &str, max: usize) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
+pub use identity::{random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV};
 
 /// A planning error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum PlanError {
     /// The consumer name cannot make a tag and a namespace.
-    #[error("consumer `{0}` is invalid: use lowercase letters, digits and '-', starting with a letter, at most {MAX_CONSUMER_LEN} characters (it becomes part of image tags and namespace names)")]
-    InvalidConsumer(String),
+    #[error(transparent)]
+    InvalidConsumer(#[from] InvalidConsumer),
     /// Nothing needed.
-    #[error("`needs` is empty: name at least one component of the catalog ({known})")]
+    #[error("`needs` is empty: name at least one component of the catalog; known: {known}")]
     EmptyNeeds {
         /// Known component names.
         known: String,
@@ -48,23 +36,18 @@ pub enum PlanError {
     #[error("`needs` names `{0}` twice; name each component once")]
     DuplicateNeed(String),
     /// A need the catalog does not have.
-    #[error("unknown component `{name}`{suggestion}; known: {known} (catalog: {catalog})")]
+    #[error("{unknown} (catalog: {catalog})")]
     UnknownComponent {
-        /// The name asked for.
-        name: String,
-        /// A near name.
-        suggestion: Suggestion,
-        /// Known names.
-        known: String,
-        /// The catalog file.
+        /// The name asked for, among the known ones.
+        unknown: Unknown,
         catalog: String,
     },
     /// The run identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// A registry host that cannot prefix an image reference.
-    #[error("registry `{0}` is invalid: give host[:port], e.g. 127.0.0.1:5000")]
-    InvalidRegistry(String),
+    #[error(transparent)]
+    InvalidRegistry(#[from] InvalidRegistry),
 }
 
 /// How built images reach the place that runs them; it decides their
@@ -95,84 +78,6 @@ impl PullPolicy {
             Self::Never => "Never",
             Self::IfNotPresent => "IfNotPresent",
         }
-    }
-}
-
-/// The one tag of a run and consumer: `<consumer>-<8 hex>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct Tag(String);
-
-impl Tag {
-    /// The tag of the run that owns `namespace`: the same text.
-    pub fn of(namespace: &Namespace) -> Self {
-        Self(namespace.0.clone())
-    }
-
-    /// The tag text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A Kubernetes namespace (or Docker network) name owned by one run and consumer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct Namespace(String);
-
-impl Namespace {
-    /// The name owned by `run_id` and `consumer`: `<consumer>-<8 hex>`, the
-    /// first 8 hex digits of SHA-256 over both. The run's tag is the same text.
-    pub fn of(run_id: &str, consumer: &str) -> Self {
-        let digest = Sha256::digest(format!("{run_id}\0{consumer}"));
-        Self(format!("{consumer}-{}", hex::encode(&digest[..4])))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A validated consumer name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct Consumer(String);
-
-impl Consumer {
-    /// Checks a consumer name.
-    ///
-    /// # Errors
-    /// [`PlanError::InvalidConsumer`].
-    pub fn new(name: &str) -> Result<Self, PlanError> {
-        if valid_name(name, MAX_CONSUMER_LEN) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(PlanError::InvalidConsumer(name.to_owned()))
-        }
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Consumer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -230,23 +135,14 @@ impl Plan {
             }
             if catalog.get(need).is_none() {
                 return Err(PlanError::UnknownComponent {
-                    name: (*need).to_owned(),
-                    suggestion: Suggestion::nearest(need, catalog.components().keys().map(String::as_str)),
-                    known: catalog.known_names(),
+                    unknown: catalog.unknown(need),
                     catalog: catalog.path().display().to_string(),
                 });
             }
         }
         let registry = match delivery {
             Delivery::Local => "localhost".to_owned(),
-            Delivery::Registry(host) => {
-                let ok = !host.is_empty()
-                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
-                if !ok {
-                    return Err(PlanError::InvalidRegistry(host.clone()));
-                }
-                host.clone()
-            }
+            Delivery::Registry(host) => Registry::new(host)?.to_string(),
         };
         let namespace = Namespace::of(run.as_str(), consumer.as_str());
         let tag = Tag::of(&namespace);

@@ -177,7 +177,7 @@ fn invalid_registry_is_rejected() {
 
 #[test]
 fn invalid_consumers_are_rejected() {
-    let long = "n".repeat(MAX_CONSUMER_LEN + 1);
+    let long = "n".repeat(MAX_NAME_LEN + 1);
     for consumer in ["Notification", "notification_e2e", "1notification", "notification-", "", "no tification", &long] {
         let err = plan_error(consumer, &["migrate"]);
         assert!(matches!(err, PlanError::InvalidConsumer(_)), "{consumer:?}: {err:?}");
@@ -185,9 +185,9 @@ fn invalid_consumers_are_rejected() {
         assert!(message.contains(&format!("consumer `{consumer}`")), "{message}");
         assert!(message.contains("lowercase letters"), "{message}");
     }
-    let longest = "n".repeat(MAX_CONSUMER_LEN);
+    let longest = "n".repeat(MAX_NAME_LEN);
     let plan = Plan::new(&fixture().catalog, &longest, &["migrate"], run("r"), &Delivery::Local).expect("40 is fine");
-    assert_eq!(plan.tag().as_str().len(), MAX_CONSUMER_LEN + 9);
+    assert_eq!(plan.tag().as_str().len(), MAX_NAME_LEN + 9);
     assert_eq!(plan.consumer().as_str(), longest);
 }
 
@@ -213,8 +213,8 @@ fn unknown_need_suggests_the_nearest_component() {
     let err = Plan::new(&f.catalog, "notification", &["datastorge"], run("r"), &Delivery::Local).expect_err("unknown");
     assert!(matches!(err, PlanError::UnknownComponent { .. }), "{err:?}");
     let message = err.to_string();
-    assert!(message.contains("unknown component `datastorge` (did you mean `datastorage`?)"), "{message}");
-    assert!(message.contains("known: alpha, audit, datastorage"), "{message}");
+    assert!(message.contains("unknown component `datastorge`; did you mean `datastorage`?"), "{message}");
+    assert!(message.contains("Known: alpha, audit, datastorage"), "{message}");
     assert!(message.contains(&f.catalog.path().display().to_string()), "{message}");
 
     let message = plan_error("notification", &["kafka"]).to_string();
@@ -428,13 +428,7 @@ fn a_launcher_is_judged_only_from_its_own_host_and_pid_namespace() {
 }
 
 #[test]
-fn safe_names_never_leave_their_directory() {
-    for bad in ["", ".", "..", "../x", "a/b", ".hidden", "x\0"] {
-        assert!(!is_safe_name(bad), "{bad}");
-    }
-    for good in ["run-1", "nextest-0b1c", "a.b_c"] {
-        assert!(is_safe_name(good), "{good}");
-    }
+fn random_hex_differs_every_time() {
     let a = random_hex(8).expect("urandom");
     assert_eq!(a.len(), 16);
     assert_ne!(a, random_hex(8).expect("urandom"));

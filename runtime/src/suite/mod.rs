@@ -59,6 +59,8 @@ pub struct SuiteSpec {
 /// Why a suite's stack could not be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum SuiteError {
     /// The catalog is broken.
     #[error(transparent)]
@@ -75,7 +77,6 @@ pub enum SuiteError {
     /// Setup failed in another process of the run.
     #[error("setting up `{consumer}` failed in another process of this run:\n{message}")]
     FailedElsewhere {
-        /// The consumer.
         consumer: String,
         /// That process's error.
         message: String,
@@ -84,7 +85,6 @@ pub enum SuiteError {
     /// other components.
     #[error("the `{consumer}` stack of this run was set up by another test binary with components [{}], but this suite plans [{}]; one consumer has one set of needs per run: give these suites different consumer names", recorded.join(", "), planned.join(", "))]
     StackMismatch {
-        /// The consumer.
         consumer: String,
         /// The components of the recorded stack.
         recorded: Vec<String>,
@@ -98,7 +98,6 @@ pub enum SuiteError {
     /// processes; it has been removed again.
     #[error("the `{consumer}` stack came up but recording it in `{}` failed, so no other test process could use it nor teardown find it; it was removed ({removed}). Free space in the state directory (or set E2E_INFRA_STATE_DIR) and run again", dir.display())]
     Unrecorded {
-        /// The consumer.
         consumer: String,
         /// The run's state directory.
         dir: std::path::PathBuf,

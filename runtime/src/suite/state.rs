@@ -37,6 +37,8 @@ pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
 /// A state directory could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum StateError {
     /// A file system operation failed.
     #[error("{operation} `{}` failed: {source}", path.display())]
@@ -70,9 +72,7 @@ pub enum StateError {
     /// An earlier run that used the same run id kept its stack.
     #[error("run id `{run_id}` was used by an earlier run whose `{consumer}` stack is kept ({why}); remove it with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
     KeptByEarlierRun {
-        /// The run id.
         run_id: String,
-        /// The consumer.
         consumer: String,
         /// Why it was kept.
         why: String,

@@ -15,11 +15,12 @@ use super::connect;
 /// A port-forward could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum ForwardError {
     /// No local listener could be opened.
     #[error("opening a local port for `{service}` failed: {source}")]
     Listen {
-        /// The Service.
         service: String,
         /// The I/O error.
         source: std::io::Error,
@@ -27,9 +28,7 @@ pub enum ForwardError {
     /// The Service cannot be read.
     #[error("reading Service `{service}` in namespace `{namespace}` failed: {source}; the component's manifest must define a Service named after it")]
     Service {
-        /// The Service.
         service: String,
-        /// The namespace.
         namespace: String,
         /// kube's error.
         source: kube::Error,
@@ -37,19 +36,14 @@ pub enum ForwardError {
     /// No pod behind the Service is ready.
     #[error("no ready pod behind Service `{service}` in namespace `{namespace}` (selector `{selector}`)")]
     NoPod {
-        /// The Service.
         service: String,
-        /// The namespace.
         namespace: String,
-        /// Its selector.
         selector: String,
     },
     /// Listing pods or forwarding to one failed.
     #[error("port-forwarding to pod `{pod}` port {port} failed: {source}")]
     Pod {
-        /// The pod.
         pod: String,
-        /// The port.
         port: u16,
         /// kube's error.
         source: kube::Error,

@@ -57,10 +57,11 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
 
 /// One manifest file rendered for a plan.
 #[derive(Debug, Clone)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct RenderedManifest {
     /// The component whose catalog entry lists it.
     pub component: String,
-    /// The file.
     pub file: PathBuf,
     /// Its objects, in file order, with images bound and labels set. A
     /// namespaced object has `metadata.namespace`, the run's; a

@@ -43,12 +43,11 @@ impl fmt::Display for WorkloadKind {
 
 /// Why a container cannot start: what [`KubeError::PodFailed`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct PodFailure {
-    /// The namespace.
     pub namespace: String,
-    /// The pod.
     pub pod: String,
-    /// The container.
     pub container: String,
     /// The container's image.
     pub image: String,

@@ -7,8 +7,12 @@
 mod schema;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::names::NAME_RULE;
+use crate::suggest::Unknown;
 
 pub use schema::{
     BuildSpec, Component, DockerSpec, HttpProbe, KubernetesSpec, Probe, ReadySpec, Source,
@@ -39,66 +43,57 @@ impl fmt::Display for Location {
 /// What is wrong with a catalog.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub enum CatalogError {
-    /// No catalog was found.
-    #[error("no {CATALOG_FILE} found in {start} or any parent directory; create one (see docs/catalog.md) or point {CATALOG_ENV} at it")]
+    /// No catalog was named and none was found.
+    #[error("no {CATALOG_FILE} found in {start} or any parent directory; create one (see docs/catalog.md), name one with the attribute's `catalog` key or the command's `--config`, or point {CATALOG_ENV} at it")]
     NotFound {
         /// Where the search started.
         start: PathBuf,
     },
+    /// The catalog named outright does not exist.
+    #[error("catalog not found at {path} (from {named_by})")]
+    Missing {
+        /// The path tried.
+        path: PathBuf,
+        /// What named it: the `catalog` key, `--config` or the variable.
+        named_by: &'static str,
+    },
     /// The catalog could not be read.
     #[error("reading catalog {path} failed: {source}")]
     Read {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// TOML syntax, a duplicate key, an unknown key or a value of the wrong type.
     #[error("{location}: {message}")]
     Syntax {
-        /// Where.
         location: Location,
         /// The parser's message (for unknown keys it lists the valid ones).
         message: String,
     },
     /// A catalog with no components.
     #[error("{path}: the catalog declares no components; add a [components.<name>] table")]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
+    Empty { path: PathBuf },
     /// A component name that cannot become an image name.
-    #[error("{location}: component name `{name}` is invalid: use lowercase letters, digits and '-', starting with a letter, at most 40 characters")]
-    InvalidName {
-        /// Where.
-        location: Location,
-        /// The name.
-        name: String,
-    },
+    #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
+    InvalidName { location: Location, name: String },
     /// A component that is both built and borrowed, or neither.
     #[error("{location}: component `{component}` {problem}")]
     Source {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// What is wrong.
         problem: String,
     },
     /// `depends_on` names a component the catalog does not have.
-    #[error("{location}: component `{component}` depends on unknown component `{missing}`{suggestion}; known: {known}")]
+    #[error("{location}: component `{component}` depends on an {unknown}")]
     UnknownDependency {
-        /// Where.
         location: Location,
         /// The depending component.
         component: String,
-        /// The unknown name.
-        missing: String,
-        /// " (did you mean `x`?)" or empty.
-        suggestion: Suggestion,
-        /// All component names.
-        known: String,
+        unknown: Unknown,
     },
     /// A dependency cycle.
     #[error("{location}: dependency cycle: {}", cycle.join(" -> "))]
@@ -111,9 +106,7 @@ pub enum CatalogError {
     /// A build path that does not exist.
     #[error("{location}: component `{component}`: {what} not found at {tried}")]
     MissingPath {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// "Dockerfile" or "build context" or "manifest".
         what: &'static str,
@@ -123,38 +116,21 @@ pub enum CatalogError {
     /// A readiness probe or env reference that does not hold together.
     #[error("{location}: component `{component}`: {problem}")]
     Invalid {
-        /// Where.
         location: Location,
-        /// The component.
         component: String,
         /// What is wrong and how to fix it.
         problem: String,
     },
 }
 
-/// " (did you mean `x`?)" when a near name exists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Suggestion(pub Option<String>);
-
-impl Suggestion {
-    /// The nearest of `known` to `name`, if it is near enough to be a typo.
-    pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Self {
-        let best = known
-            .into_iter()
-            .map(|k| (strsim::damerau_levenshtein(name, k), k))
-            .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-            .min();
-        Self(best.map(|(_, k)| k.to_owned()))
-    }
-}
-
-impl fmt::Display for Suggestion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(s) => write!(f, " (did you mean `{s}`?)"),
-            None => Ok(()),
-        }
-    }
+/// Which of the paths a catalog names must exist when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Paths {
+    /// Every one, as before a build.
+    All,
+    /// Those kept with the sources: not a build context, nor a Dockerfile
+    /// inside a context that does not exist yet.
+    Sources,
 }
 
 /// A parsed and checked catalog.
@@ -165,30 +141,62 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Finds the catalog: `E2E_INFRA_CONFIG` if set, else the nearest
-    /// `e2e-infra.toml` in `start` or a parent.
+    /// Finds the catalog: the path `given` outright (with what named it),
+    /// else `env`, the value of [`CATALOG_ENV`], else the nearest
+    /// [`CATALOG_FILE`] in `start` or a parent. Relative paths are relative
+    /// to `start`: the crate's directory when the attribute compiles (where
+    /// cargo also runs its tests), the current directory for the command.
     ///
     /// # Errors
-    /// [`CatalogError::NotFound`] when there is none.
-    pub fn locate(start: &Path) -> Result<PathBuf, CatalogError> {
-        if let Some(explicit) = std::env::var_os(CATALOG_ENV) {
-            return Ok(PathBuf::from(explicit));
+    /// [`CatalogError::Missing`] when a named file does not exist,
+    /// [`CatalogError::NotFound`] when the search finds none.
+    pub fn locate(
+        given: Option<(&Path, &'static str)>,
+        env: Option<&OsStr>,
+        start: &Path,
+    ) -> Result<PathBuf, CatalogError> {
+        let named = given.or_else(|| env.map(|env| (Path::new(env), CATALOG_ENV)));
+        if let Some((path, named_by)) = named {
+            let path = start.join(path);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(CatalogError::Missing { path, named_by })
+            };
         }
         start
             .ancestors()
             .map(|dir| dir.join(CATALOG_FILE))
             .find(|candidate| candidate.is_file())
-            .ok_or_else(|| CatalogError::NotFound { start: start.to_owned() })
+            .ok_or_else(|| CatalogError::NotFound {
+                start: start.to_owned(),
+            })
     }
 
-    /// Reads and checks the catalog at `path`.
+    /// Reads and checks the catalog at `path`, every path it names included.
     ///
     /// # Errors
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
-        Self::parse(path, &text)
+        Self::read(path, Paths::All)
+    }
+
+    /// Reads and checks the catalog at `path` as the attribute does at
+    /// compile time: a build context may hold what a build step makes later,
+    /// so it, and a Dockerfile inside it, need not exist yet.
+    ///
+    /// # Errors
+    /// Any [`CatalogError`], naming the file, line and key at fault.
+    pub fn load_sources(path: &Path) -> Result<Self, CatalogError> {
+        Self::read(path, Paths::Sources)
+    }
+
+    fn read(path: &Path, paths: Paths) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_checking(path, &text, paths)
     }
 
     /// Parses and checks catalog text; `path` is used for messages and to
@@ -197,6 +205,10 @@ impl Catalog {
     /// # Errors
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn parse(path: &Path, text: &str) -> Result<Self, CatalogError> {
+        Self::parse_checking(path, text, Paths::All)
+    }
+
+    fn parse_checking(path: &Path, text: &str, paths: Paths) -> Result<Self, CatalogError> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -207,14 +219,20 @@ impl Catalog {
         })?;
         let at = |offset: usize| locate(path, text, offset);
         if raw.components.is_empty() {
-            return Err(CatalogError::Empty { path: path.to_owned() });
+            return Err(CatalogError::Empty {
+                path: path.to_owned(),
+            });
         }
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
-            let component = raw_component.check(name.get_ref(), name.span().start, &base, &at)?;
+            let component =
+                raw_component.check(name.get_ref(), name.span().start, (&base, paths), &at)?;
             components.insert(name.into_inner(), component);
         }
-        let catalog = Self { path: path.to_owned(), components };
+        let catalog = Self {
+            path: path.to_owned(),
+            components,
+        };
         catalog.check_dependencies(&at)?;
         Ok(catalog)
     }
@@ -236,7 +254,16 @@ impl Catalog {
 
     /// Component names, comma separated, for messages.
     pub fn known_names(&self) -> String {
-        self.components.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+        crate::suggest::list(self.components.keys().map(String::as_str))
+    }
+
+    /// `name`, not a component of this catalog, as messages report it.
+    pub fn unknown(&self, name: &str) -> Unknown {
+        Unknown::new(
+            "component",
+            name,
+            self.components.keys().map(String::as_str),
+        )
     }
 
     fn check_dependencies(&self, at: &dyn Fn(usize) -> Location) -> Result<(), CatalogError> {
@@ -246,12 +273,7 @@ impl Catalog {
                     return Err(CatalogError::UnknownDependency {
                         location: at(dep.span().start),
                         component: name.clone(),
-                        missing: dep.get_ref().clone(),
-                        suggestion: Suggestion::nearest(
-                            dep.get_ref(),
-                            self.components.keys().map(String::as_str),
-                        ),
-                        known: self.known_names(),
+                        unknown: self.unknown(dep.get_ref()),
                     });
                 }
             }
@@ -262,7 +284,10 @@ impl Catalog {
         for name in self.components.keys() {
             if let Some(cycle) = self.find_cycle(name, &mut state, &mut stack) {
                 let first = &self.components[&cycle[0]];
-                return Err(CatalogError::Cycle { location: at(first.span), cycle });
+                return Err(CatalogError::Cycle {
+                    location: at(first.span),
+                    cycle,
+                });
             }
         }
         Ok(())
@@ -278,7 +303,8 @@ impl Catalog {
             Some(2) => return None,
             Some(1) => {
                 let start = stack.iter().position(|n| *n == name).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|s| (*s).to_owned()).collect();
+                let mut cycle: Vec<String> =
+                    stack[start..].iter().map(|s| (*s).to_owned()).collect();
                 cycle.push(name.to_owned());
                 return Some(cycle);
             }
@@ -300,7 +326,10 @@ impl Catalog {
 /// The `${...}` references in an env value, without the braces:
 /// `"postgres://${postgres.addr}/db"` gives `["postgres.addr"]`.
 pub fn env_references(value: &str) -> impl Iterator<Item = &str> {
-    value.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
+    value
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
 }
 
 /// The parser's message with the offending line quoted: messages such as
@@ -312,9 +341,19 @@ fn syntax_message(text: &str, span: std::ops::Range<usize>, message: &str) -> St
         }
         _ => message.to_owned(),
     };
-    let start = text.get(..span.start).and_then(|t| t.rfind('\n')).map_or(0, |i| i + 1);
-    let end = text.get(span.start..).and_then(|t| t.find('\n')).map_or(text.len(), |i| span.start + i);
-    if let Some(line) = text.get(start..end).map(str::trim).filter(|l| !l.is_empty()) {
+    let start = text
+        .get(..span.start)
+        .and_then(|t| t.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let end = text
+        .get(span.start..)
+        .and_then(|t| t.find('\n'))
+        .map_or(text.len(), |i| span.start + i);
+    if let Some(line) = text
+        .get(start..end)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
         message = format!("{message} (in `{line}`)");
     }
     message
@@ -325,7 +364,11 @@ fn locate(path: &Path, text: &str, offset: usize) -> Location {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location { file: path.to_owned(), line, column }
+    Location {
+        file: path.to_owned(),
+        line,
+        column,
+    }
 }
 
 #[cfg(test)]

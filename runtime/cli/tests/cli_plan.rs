@@ -66,6 +66,20 @@ impl Project {
             .args(args);
         command
     }
+
+    /// `e2e-infra plan --consumer <consumer> --needs <needs>` in the
+    /// project root, the catalog found there.
+    fn plan_for(&self, consumer: &str, needs: &str) -> Command {
+        let mut command = Command::new(BIN);
+        command.current_dir(self.root()).env_remove("E2E_INFRA_CONFIG").args([
+            "plan",
+            "--consumer",
+            consumer,
+            "--needs",
+            needs,
+        ]);
+        command
+    }
 }
 
 fn json(output: &Output) -> Value {
@@ -175,7 +189,7 @@ fn explicit_run_id_overrides_nextest() {
 fn invalid_explicit_run_id_is_reported() {
     let project = Project::new();
     let output = project.plan(&[]).env("E2E_INFRA_RUN_ID", "not valid/").output().expect("run");
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3));
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("E2E_INFRA_RUN_ID=`not valid/` is invalid"), "{stderr}");
@@ -266,9 +280,11 @@ fn catalog_is_found_by_walking_up() {
     assert_eq!(from_deep, from_root);
 }
 
+/// Runs a command that must fail for its input (exit code 3, as
+/// `docs/cli.md` lists); its standard error.
 fn failure(command: &mut Command) -> String {
     let output = command.env("E2E_INFRA_RUN_ID", "cli-broken").output().expect("run");
-    assert!(!output.status.success(), "succeeded:\n{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(output.status.code(), Some(3), "stdout:\n{}", String::from_utf8_lossy(&output.stdout));
     assert!(output.stdout.is_empty(), "stdout not empty:\n{}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8(output.stderr).expect("utf-8 stderr")
 }
@@ -282,24 +298,16 @@ fn broken_catalog_fails_with_the_message_on_stderr_only() {
     let stderr = failure(&mut project.plan(&[]));
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains(&format!("{}:{line}:", project.catalog().display())), "{stderr}");
-    assert!(stderr.contains("unknown component `postgress` (did you mean `postgres`?)"), "{stderr}");
+    assert!(stderr.contains("depends on an unknown component `postgress`; did you mean `postgres`?"), "{stderr}");
 }
 
 #[test]
 fn unknown_need_fails_with_a_suggestion() {
     let project = Project::new();
-    let mut command = Command::new(BIN);
-    command.current_dir(project.root()).env_remove("E2E_INFRA_CONFIG").args([
-        "plan",
-        "--consumer",
-        "notification",
-        "--needs",
-        "datastorge",
-        "--format",
-        "json",
-    ]);
+    let mut command = project.plan_for("notification", "datastorge");
+    command.args(["--format", "json"]);
     let stderr = failure(&mut command);
-    assert!(stderr.contains("unknown component `datastorge` (did you mean `datastorage`?)"), "{stderr}");
+    assert!(stderr.contains("unknown component `datastorge`; did you mean `datastorage`?"), "{stderr}");
 }
 
 #[test]
@@ -315,7 +323,7 @@ fn missing_catalog_says_where_it_looked() {
 /// to an empty build context (the real one holds a binary built on demand).
 #[test]
 fn example_catalog_plans_the_notification_stack() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/notification");
     let copy = tempfile::tempdir().expect("temporary directory");
     std::fs::copy(example.join("e2e-infra.toml"), copy.path().join("e2e-infra.toml")).expect("copy catalog");
     for dir in ["docker", "deploy"] {
@@ -340,4 +348,15 @@ fn example_catalog_plans_the_notification_stack() {
             format!("localhost/{}:{}", component["name"].as_str().expect("name"), tag(&plan))
         );
     }
+}
+
+/// One rule, one message: the command rejects a consumer with the very
+/// words the attribute's compile error uses (its committed snapshot).
+#[test]
+fn an_invalid_consumer_reads_as_the_attribute_reports_it() {
+    let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/fail/invalid_consumer.stderr");
+    let snapshot = std::fs::read_to_string(snapshot).expect("the compile error's snapshot");
+    let compile_error = snapshot.lines().next().expect("the error line");
+    let stderr = failure(&mut Project::new().plan_for("Notification_E2E", "datastorage"));
+    assert_eq!(stderr.lines().next(), Some(compile_error), "{stderr}");
 }

@@ -1,9 +1,13 @@
 //! The `e2e-infra` command: plan, bring up, inspect and clean stacks.
+//!
+//! Every failure is a [`CliError`](error::CliError) with its own exit code,
+//! listed in `docs/cli.md`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod error;
 mod images;
 mod plan;
 mod stacks;
@@ -43,7 +47,16 @@ struct CleanAll {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are "errors" that print to standard output.
+        Err(usage) => {
+            let code = if usage.use_stderr() { error::code::USAGE } else { error::code::OK };
+            // Nothing is left to report to if the terminal is gone.
+            let _ = usage.print();
+            return ExitCode::from(code);
+        }
+    };
     // One short line per stage and component; RUST_LOG gives more.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -62,10 +75,7 @@ fn main() -> ExitCode {
         Command::Clean(args) => stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
+        Ok(()) => ExitCode::from(error::code::OK),
+        Err(error) => error.report(),
     }
 }

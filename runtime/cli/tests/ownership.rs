@@ -4,7 +4,6 @@
 //! earlier use of a run id, and a stack that cannot be recorded. Each test
 //! reproduces one way the runtime used to remove or trust what it did not
 //! own, against the real engine.
-#![cfg(feature = "e2e")]
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
@@ -174,6 +173,7 @@ fn status_line(project: &Project, consumer: &str) -> Option<String> {
 
 // ---- 1. Liveness across PID namespaces.
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     let project = Project::new();
@@ -291,6 +291,7 @@ impl Sandbox {
     }
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_real_run_under_unshare_survives_clean_outside() {
     let project = Project::new();
@@ -314,6 +315,7 @@ fn a_real_run_under_unshare_survives_clean_outside() {
 /// Two CI jobs in containers sharing the host's engine: both are pid 1 of
 /// their own PID namespace, and the second one's setup of the same consumer
 /// leaves the first one's stack alone.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn two_sandboxes_sharing_one_engine_keep_each_others_stacks() {
     let project = Project::new();
@@ -331,6 +333,7 @@ fn two_sandboxes_sharing_one_engine_keep_each_others_stacks() {
 
 // ---- 2. Label values and the environment never become paths.
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     let project = Project::new();
@@ -379,6 +382,7 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_run_id_of_dot_dot_is_refused() {
     let project = Project::new();
@@ -397,6 +401,7 @@ fn a_run_id_of_dot_dot_is_refused() {
 
 // ---- 3. `up`: unique run ids, one stack per run id, removal by id.
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn four_simultaneous_ups_of_one_consumer_get_four_stacks() {
     let project = Project::new();
@@ -441,6 +446,7 @@ fn endpoint(output: &Output) -> String {
     text(&output.stdout).lines().find_map(|l| l.trim().strip_prefix("web:8080 -> ")).expect("endpoint line").to_owned()
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     let project = Project::new();
@@ -482,6 +488,7 @@ fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     assert!(containers_of(&consumer).is_empty());
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn two_networks_of_one_name_do_not_make_down_fail() {
     let project = Project::new();
@@ -515,6 +522,7 @@ fn two_networks_of_one_name_do_not_make_down_fail() {
 
 // ---- 5. Kept stacks are known to the engine, not only to one folder.
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let project = Project::new();
@@ -569,6 +577,7 @@ fn run_dir(project: &Project, run: &str, consumer: &str) -> PathBuf {
 }
 
 // One process per test (nextest): the environment is this test's own.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
     let project = Project::new();
@@ -587,6 +596,7 @@ fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
     assert!(torn_down.status.success());
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_stack_that_cannot_be_recorded_is_removed_and_the_error_says_why() {
     let project = Project::new();

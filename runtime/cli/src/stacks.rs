@@ -5,9 +5,10 @@ use std::path::Path;
 use e2e_infra::backend::{self, Backend, Declared};
 use e2e_infra::plan::RunId;
 use e2e_infra::stack::{self, StackOptions};
-use e2e_infra::suite::error_chain;
 use e2e_infra::teardown::{self, Liveness, RunStack};
 use e2e_infra::{engine, Plan};
+
+use crate::error::CliError;
 
 /// Which Kubernetes cluster to look at besides the engine.
 #[derive(clap::Args)]
@@ -104,24 +105,20 @@ pub struct CleanArgs {
 }
 
 /// The stacks on the engine, and on the cluster when one was asked for.
-async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<RunStack>, String> {
-    let mut runs = teardown::list(docker).await.map_err(|e| error_chain(&e))?;
-    if let Some(context) = cluster.wanted() {
-        runs.extend(teardown::list_kube(context).await.map_err(|e| error_chain(&e))?);
+async fn stacks(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Result<Vec<RunStack>, CliError> {
+    let mut runs = teardown::list(docker).await.map_err(CliError::List)?;
+    if let Some(context) = cluster {
+        runs.extend(teardown::list_kube(context).await.map_err(CliError::List)?);
     }
     Ok(runs)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting an async runtime failed: {e}"))
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(CliError::AsyncRuntime)
 }
 
 /// Runs `up`.
-pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
+pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     let catalog = crate::plan::catalog(config)?;
     let id = match std::env::var(e2e_infra::plan::RUN_ID_ENV) {
         Ok(id) => id,
@@ -129,13 +126,12 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             // The time orders ids for people; the random part keeps `up`s
             // started in the same millisecond, or on other hosts, apart.
-            let random = e2e_infra::plan::random_hex(6)
-                .map_err(|e| format!("reading /dev/urandom for a run id failed: {e}; set E2E_INFRA_RUN_ID"))?;
+            let random = e2e_infra::plan::random_hex(6).map_err(CliError::RandomRunId)?;
             format!("up-{:x}-{random}", now.as_millis())
         }
     };
     // No launcher: a stack brought up by hand lives until `down`.
-    let run = RunId::explicit(&id, None).map_err(|e| e.to_string())?;
+    let run = RunId::explicit(&id, None)?;
     let kubernetes = args.cluster.wanted().is_some()
         || args.kind.is_some()
         || args.containerd.is_some()
@@ -148,10 +144,9 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
         backend::REGISTRY_ENV => args.registry.clone(),
         backend::KUBE_CONTEXT_ENV => args.cluster.context.clone(),
         _ => None,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
-    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &backend.delivery()).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &backend.delivery())?;
     let take_down = format!(
         "e2e-infra down --consumer {} --run {}{}",
         args.consumer,
@@ -174,23 +169,18 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     // A second `up` with the same run id would take the first stack's
     // names; it refuses instead of replacing or removing anything.
     runtime.block_on(async {
-        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let mut runs = teardown::list(&docker).await.map_err(|e| error_chain(&e))?;
-        if let Some(context) = &kube_context {
-            runs.extend(teardown::list_kube(context.as_deref()).await.map_err(|e| error_chain(&e))?);
-        }
+        let docker = engine::connect().await?;
+        let runs = stacks(&docker, kube_context.as_ref().map(Option::as_deref)).await?;
         match runs.iter().find(|r| r.run_id == plan.run().as_str() && r.consumer == args.consumer) {
-            Some(_) => Err(format!(
-                "a `{}` stack of run `{}` is already up; nothing was created. Take it down with `{take_down}`, or use another run id",
-                args.consumer,
-                plan.run()
-            )),
+            Some(_) => Err(CliError::AlreadyUp {
+                consumer: args.consumer.clone(),
+                run: plan.run().to_string(),
+                take_down: take_down.clone(),
+            }),
             None => Ok(()),
         }
     })?;
-    let record = runtime.block_on(stack::up(&plan, &options)).map_err(|e| {
-        format!("{}\nwhat this command created was removed where it could be; list what is left with `e2e-infra status`", error_chain(&e))
-    })?;
+    let record = runtime.block_on(stack::up(&plan, &options)).map_err(CliError::Up)?;
     print!("{}", record.summary);
     for (component, ports) in &record.endpoints {
         for (port, addr) in ports {
@@ -202,38 +192,42 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
 }
 
 /// Runs `down`.
-pub fn down(args: &DownArgs) -> Result<(), String> {
+pub fn down(args: &DownArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let runs = stacks(&docker, &args.cluster).await?;
+        let docker = engine::connect().await?;
+        let runs = stacks(&docker, args.cluster.wanted()).await?;
         let mut found = false;
         for run in runs.iter().filter(|r| {
             r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id)
         }) {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
-            let summary =
-                stack::down(&docker, &run.run_id, &run.consumer, kube).await.map_err(|e| error_chain(&e))?;
+            let summary = stack::down(&docker, &run.run_id, &run.consumer, kube).await.map_err(|source| {
+                CliError::Down { consumer: run.consumer.clone(), run: run.run_id.clone(), source }
+            })?;
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
         }
         if !found {
-            return Err(format!(
-                "no stack of consumer `{}`{} on this engine{}; `e2e-infra status{}` lists what there is",
-                args.consumer,
-                args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default(),
-                if args.cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
-                args.cluster.flags()
-            ));
+            return Err(CliError::NoStack {
+                consumer: args.consumer.clone(),
+                run: args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+                place: if args.cluster.wanted().is_some() {
+                    " or cluster"
+                } else {
+                    " (add --context or --kubernetes for a cluster)"
+                },
+                flags: args.cluster.flags(),
+            });
         }
         Ok(())
     })
 }
 
 /// Runs `status`.
-pub fn status(args: &StatusArgs) -> Result<(), String> {
+pub fn status(args: &StatusArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let runs = stacks(&docker, &args.cluster).await?;
+        let docker = engine::connect().await?;
+        let runs = stacks(&docker, args.cluster.wanted()).await?;
         if runs.is_empty() {
             println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
         }
@@ -269,10 +263,10 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
 }
 
 /// Runs `clean`.
-pub fn clean(args: &CleanArgs) -> Result<(), String> {
+pub fn clean(args: &CleanArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
-        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let mut runs = stacks(&docker, &args.cluster).await?;
+        let docker = engine::connect().await?;
+        let mut runs = stacks(&docker, args.cluster.wanted()).await?;
         if let Some(consumer) = &args.consumer {
             runs.retain(|r| r.consumer == *consumer);
         }
@@ -283,7 +277,7 @@ pub fn clean(args: &CleanArgs) -> Result<(), String> {
             .map(|r| format!("{} run {}", r.consumer, r.run_id))
             .collect();
         let scope = teardown::Scope { kept: args.kept, foreign: args.foreign, reused: args.reused };
-        let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(|e| error_chain(&e))?;
+        let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(CliError::Clean)?;
         if removed.is_empty() {
             println!("nothing to clean: no stack of a finished run is left");
         }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CatalogError, Location};
-use crate::plan::ImageRef;
+use super::{CatalogError, Location, Paths};
+use crate::image::ImageRef;
+use crate::names::is_valid_name;
 
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -96,9 +97,9 @@ impl Component {
     }
 }
 
-/// Where a component's image comes from.
+/// Where a component's image comes from. Exhaustive: every stage of a
+/// run handles each.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Source {
     /// Built here from a Dockerfile.
     Build(BuildSpec),
@@ -106,9 +107,9 @@ pub enum Source {
     Borrowed(ImageRef),
 }
 
-/// How to build a component's image. Paths are absolute.
+/// How to build a component's image. Paths are absolute. Its fields are
+/// open so that a build can be described without a catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct BuildSpec {
     /// The build context directory.
     pub context: PathBuf,
@@ -137,16 +138,16 @@ pub struct DockerSpec {
 /// A readiness probe and its timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
 pub struct ReadySpec {
-    /// The probe.
     pub probe: Probe,
     /// How long to wait before giving up.
     pub timeout: Duration,
 }
 
-/// The readiness probes.
+/// The readiness probes. Exhaustive: the backends implement each.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Probe {
     /// A TCP connect to this container port succeeds.
     Tcp(u16),
@@ -180,11 +181,14 @@ impl RawComponent {
         self,
         name: &str,
         span: usize,
-        base: &Path,
+        (base, paths): (&Path, Paths),
         at: &dyn Fn(usize) -> Location,
     ) -> Result<Component, CatalogError> {
-        if !crate::plan::valid_name(name, 40) {
-            return Err(CatalogError::InvalidName { location: at(span), name: name.to_owned() });
+        if !is_valid_name(name) {
+            return Err(CatalogError::InvalidName {
+                location: at(span),
+                name: name.to_owned(),
+            });
         }
         let problem = |problem: &str| CatalogError::Source {
             location: at(span),
@@ -198,7 +202,7 @@ impl RawComponent {
             (None, None) => {
                 return Err(problem("has neither `build` nor `image`; add `build = { dockerfile = \"...\" }` or `image = \"name:tag\"`"))
             }
-            (Some(build), None) => Source::Build(check_build(name, build, base, at)?),
+            (Some(build), None) => Source::Build(check_build(name, build, (base, paths), at)?),
             (None, Some(image)) => {
                 let offset = image.span().start;
                 Source::Borrowed(ImageRef::borrowed(image.get_ref()).map_err(|e| CatalogError::Invalid {
@@ -208,7 +212,10 @@ impl RawComponent {
                 })?)
             }
         };
-        let docker = self.docker.map(|d| check_docker(name, d, &self.depends_on, at)).transpose()?;
+        let docker = self
+            .docker
+            .map(|d| check_docker(name, d, &self.depends_on, at))
+            .transpose()?;
         let kubernetes = match self.kubernetes {
             None => None,
             Some(k) => {
@@ -228,21 +235,32 @@ impl RawComponent {
                 Some(KubernetesSpec { manifests })
             }
         };
-        Ok(Component { source, depends_on: self.depends_on, docker, kubernetes, span })
+        Ok(Component {
+            source,
+            depends_on: self.depends_on,
+            docker,
+            kubernetes,
+            span,
+        })
     }
 }
 
 fn check_build(
     name: &str,
     build: Spanned<RawBuild>,
-    base: &Path,
+    (base, paths): (&Path, Paths),
     at: &dyn Fn(usize) -> Location,
 ) -> Result<BuildSpec, CatalogError> {
     let build_span = build.span().start;
     let raw = build.into_inner();
     let context = base.join(raw.context.get_ref());
-    let context_span = if raw.context.span().is_empty() { build_span } else { raw.context.span().start };
-    if !context.is_dir() {
+    let context_span = if raw.context.span().is_empty() {
+        build_span
+    } else {
+        raw.context.span().start
+    };
+    let context_exists = context.is_dir();
+    if !context_exists && paths == Paths::All {
         return Err(CatalogError::MissingPath {
             location: at(context_span),
             component: name.to_owned(),
@@ -254,7 +272,8 @@ fn check_build(
         Some(d) => (base.join(d.get_ref()), d.span().start),
         None => (context.join("Dockerfile"), build_span),
     };
-    if !dockerfile.is_file() {
+    let made_later = !context_exists && dockerfile.starts_with(&context);
+    if !dockerfile.is_file() && !made_later {
         return Err(CatalogError::MissingPath {
             location: at(dockerfile_span),
             component: name.to_owned(),
@@ -262,7 +281,12 @@ fn check_build(
             tried: dockerfile,
         });
     }
-    Ok(BuildSpec { context, dockerfile, args: raw.args, target: raw.target })
+    Ok(BuildSpec {
+        context,
+        dockerfile,
+        args: raw.args,
+        target: raw.target,
+    })
 }
 
 fn check_docker(
@@ -303,7 +327,10 @@ fn check_docker(
             let timeout = match &r.timeout {
                 None => DEFAULT_READY_TIMEOUT,
                 Some(t) => humantime::parse_duration(t).map_err(|e| {
-                    invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""))
+                    invalid(
+                        offset,
+                        format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""),
+                    )
                 })?,
             };
             let mut probes = Vec::new();
@@ -311,17 +338,30 @@ fn check_docker(
                 probes.push(Probe::Tcp(port));
             }
             if let Some(path) = r.http {
-                let port = r.port.or_else(|| raw.ports.first().copied()).ok_or_else(|| {
-                    invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned())
-                })?;
+                let port = r
+                    .port
+                    .or_else(|| raw.ports.first().copied())
+                    .ok_or_else(|| {
+                        invalid(
+                            offset,
+                            "ready.http needs `port` (or a port in `ports`)".to_owned(),
+                        )
+                    })?;
                 if !path.starts_with('/') {
-                    return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
+                    return Err(invalid(
+                        offset,
+                        format!("ready.http path `{path}` must start with `/`"),
+                    ));
                 }
                 probes.push(Probe::Http(HttpProbe { port, path }));
             }
             if let Some(pattern) = r.log {
-                regex::Regex::new(&pattern)
-                    .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
+                regex::Regex::new(&pattern).map_err(|e| {
+                    invalid(
+                        offset,
+                        format!("ready.log is not a valid regular expression: {e}"),
+                    )
+                })?;
                 probes.push(Probe::Log(pattern));
             }
             if r.completes == Some(true) {
@@ -333,8 +373,16 @@ fn check_docker(
                     "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"` or `completes = true`".to_owned(),
                 ));
             }
-            Some(ReadySpec { probe: probes.remove(0), timeout })
+            Some(ReadySpec {
+                probe: probes.remove(0),
+                timeout,
+            })
         }
     };
-    Ok(DockerSpec { ports: raw.ports, env, command: raw.command, ready })
+    Ok(DockerSpec {
+        ports: raw.ports,
+        env,
+        command: raw.command,
+        ready,
+    })
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 
+use crate::error::CliError;
+
 /// Arguments of `plan`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,29 +30,26 @@ enum Format {
     Json,
 }
 
-/// Loads the catalog named by `--config`, or found from the current directory.
-pub fn catalog(config: Option<&Path>) -> Result<Catalog, String> {
-    let path = match config {
-        Some(path) => path.to_owned(),
-        None => {
-            let here = std::env::current_dir().map_err(|e| format!("reading the current directory: {e}"))?;
-            Catalog::locate(&here).map_err(|e| e.to_string())?
-        }
-    };
-    Catalog::load(&path).map_err(|e| e.to_string())
+/// Loads the catalog named by `--config`, else by `E2E_INFRA_CONFIG`, else
+/// found from the current directory upwards.
+pub fn catalog(config: Option<&Path>) -> Result<Catalog, CliError> {
+    let here = std::env::current_dir().map_err(CliError::CurrentDir)?;
+    let env = std::env::var_os(e2e_infra::catalog::CATALOG_ENV);
+    let path = Catalog::locate(config.map(|c| (c, "--config")), env.as_deref(), &here)?;
+    Ok(Catalog::load(&path)?)
 }
 
 /// Runs `plan`.
-pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
+pub fn run(config: Option<&Path>, args: &Args) -> Result<(), CliError> {
     let catalog = catalog(config)?;
-    let run = RunId::detect().map_err(|e| e.to_string())?;
+    let run = RunId::detect()?;
     let delivery = args.registry.clone().map_or(Delivery::Local, Delivery::Registry);
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
-    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &delivery).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &delivery)?;
     let mut text = String::new();
     match args.format {
         Format::Json => {
-            text = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+            text = serde_json::to_string_pretty(&plan).map_err(|e| CliError::Output(e.into()))?;
             text.push('\n');
         }
         Format::Text => {
@@ -75,7 +74,7 @@ pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
     }
     // A reader that stops early (`| head`) is not an error.
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the plan: {e}")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
         _ => Ok(()),
     }
 }

@@ -22,8 +22,8 @@ fn keep_without_images_is_refused() {
         .env("DOCKER_HOST", "unix:///nonexistent/e2e-infra-cli-images.sock")
         .output()
         .expect("run e2e-infra");
-    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {stderr}");
     assert!(stderr.contains("--images"), "{stderr}");
     assert!(!stderr.contains("no container engine"), "{stderr}");
 }

@@ -2,7 +2,8 @@
 
 use e2e_infra::build::housekeeping::{self, prune_run_tags};
 use e2e_infra::engine;
-use e2e_infra::suite::error_chain;
+
+use crate::error::CliError;
 
 /// The image part of `clean`.
 #[derive(clap::Args)]
@@ -20,7 +21,7 @@ pub struct ImagesArgs {
 }
 
 /// Removes old run tags when `--images` was given, printing each.
-pub fn clean(args: &ImagesArgs) -> Result<(), String> {
+pub fn clean(args: &ImagesArgs) -> Result<(), CliError> {
     if !args.images {
         return Ok(());
     }
@@ -30,13 +31,11 @@ pub fn clean(args: &ImagesArgs) -> Result<(), String> {
         0 => housekeeping::KEEP_RUNS,
         n => n,
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting an async runtime failed: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::AsyncRuntime)?;
     runtime.block_on(async {
-        let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
-        let removed = prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await.map_err(|e| error_chain(&e))?;
+        let docker = engine::connect().await?;
+        let removed =
+            prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await.map_err(CliError::Images)?;
         if removed.is_empty() {
             println!("no image tags to remove: every component has the tags of at most {keep} run(s) not in use");
         }

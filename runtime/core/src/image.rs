@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::names::Tag;
+
 /// An image reference that is not valid.
 #[derive(Debug, thiserror::Error)]
 #[error("`{input}` is not a valid image reference: {reason}")]
@@ -24,9 +26,9 @@ pub enum Origin {
 /// `docker.io/library/` filled in the way the engine does, so that two
 /// spellings of one image compare equal.
 ///
-/// A reference to an image this run builds can only come from the run's
-/// [`Plan`](super::Plan); borrowed references are parsed with
-/// [`ImageRef::borrowed`].
+/// A reference to an image a run builds is made from the run's [`Tag`] by
+/// [`ImageRef::built`], which the run's plan alone calls; borrowed
+/// references are parsed with [`ImageRef::borrowed`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageRef {
     registry: String,
@@ -51,11 +53,19 @@ impl ImageRef {
     /// [`InvalidImageRef`] for an empty or malformed reference.
     pub fn borrowed(input: &str) -> Result<Self, InvalidImageRef> {
         let (registry, repository, tag, digest) = parse(input)?;
-        Ok(Self { registry, repository, tag, digest, origin: OriginKey::Borrowed })
+        Ok(Self {
+            registry,
+            repository,
+            tag,
+            digest,
+            origin: OriginKey::Borrowed,
+        })
     }
 
-    /// Only the plan builds these.
-    pub(super) fn built(registry: &str, component: &str, tag: &super::Tag) -> Self {
+    /// The reference of `component` as the run tagged `tag` builds it, in
+    /// `registry`. The run's plan makes these, so that every stage takes its
+    /// reference from the plan.
+    pub fn built(registry: &str, component: &str, tag: &Tag) -> Self {
         Self {
             registry: registry.to_owned(),
             repository: component.to_owned(),
@@ -126,7 +136,10 @@ type Parts = (String, String, Option<String>, Option<String>);
 /// Splits a reference the way the Docker engine does: the first path part is a
 /// registry when it has a `.` or `:` or is `localhost`.
 fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
-    let bad = |reason| InvalidImageRef { input: input.to_owned(), reason };
+    let bad = |reason| InvalidImageRef {
+        input: input.to_owned(),
+        reason,
+    };
     if input.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -149,10 +162,13 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     if let Some(t) = &tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
             && !t.starts_with(['.', '-']);
         if !ok {
-            return Err(bad("the tag may hold letters, digits, '_', '.' and '-', at most 128"));
+            return Err(bad(
+                "the tag may hold letters, digits, '_', '.' and '-', at most 128",
+            ));
         }
     }
     let (registry, repository) = match name.split_once('/') {
@@ -165,11 +181,19 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     let path_ok = !repository.is_empty()
         && repository.split('/').all(|part| {
             !part.is_empty()
-                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
         });
     if !path_ok {
-        return Err(bad("the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'"));
+        return Err(bad(
+            "the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'",
+        ));
     }
-    let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
+    let tag = if tag.is_none() && digest.is_none() {
+        Some("latest".to_owned())
+    } else {
+        tag
+    };
     Ok((registry, repository, tag, digest))
 }
