@@ -25,6 +25,7 @@ pub mod engine;
 pub mod labels;
 pub mod load;
 pub mod plan;
+pub mod report;
 
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_macros::e2e_infra;

@@ -26,6 +26,7 @@ use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
+use crate::report::Recorder;
 
 /// How often a starting container's state and probe are checked.
 const POLL: Duration = Duration::from_millis(250);
@@ -215,8 +216,9 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 
 /// Creates the run's network and starts every component of `plan`, each once
 /// its dependencies are ready, components whose dependencies are ready
-/// starting together. If a component fails, what `up` created is removed
-/// (the error carries the failed component's logs).
+/// starting together. If a component fails, `report` (if any) writes the
+/// failure report, then what `up` created is removed (the error carries
+/// the failed component's logs).
 ///
 /// # Errors
 /// [`DockerError`] naming the component: no `docker` section, an env
@@ -227,11 +229,11 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 /// ```no_run
 /// # async fn demo(plan: e2e_infra::Plan) -> Result<(), Box<dyn std::error::Error>> {
 /// let docker = e2e_infra::engine::connect().await?;
-/// let stack = e2e_infra::deploy::docker::up(&docker, &plan).await?;
+/// let stack = e2e_infra::deploy::docker::up(&docker, &plan, None).await?;
 /// let db = stack.component("postgres").and_then(|c| c.ports.get(&5432));
 /// # Ok(()) }
 /// ```
-pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError> {
+pub async fn up(docker: &Docker, plan: &Plan, report: Option<&Recorder>) -> Result<DockerStack, DockerError> {
     let mut envs = HashMap::new();
     for component in plan.components() {
         envs.insert(component.name.as_str(), resolve_env(plan, component)?);
@@ -270,7 +272,12 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         .await
         .map_err(silent)??;
     let created = std::sync::Mutex::new(Vec::new());
-    match start_all(docker, plan, &network_id, envs, &created).await {
+    let started = start_all(docker, plan, &network_id, envs, &created).await;
+    if let (Err(error), Some(report)) = (&started, report) {
+        // Before the removal below: the report is the stack's last trace.
+        report.capture(&crate::suite::error_chain(error)).await;
+    }
+    match started {
         Ok(containers) => Ok(DockerStack { network, containers }),
         Err(e @ DockerError::Silent { .. }) => {
             // Asking a frozen engine to remove the stack would only add its
