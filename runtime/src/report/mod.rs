@@ -39,6 +39,8 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::handle::{Placement, StackRecord};
 use crate::plan::{is_safe_name, Plan};
+use crate::suite::state::{Found, RunDir};
+use crate::teardown::RunStack;
 
 /// Overrides the folder that holds every report (default: `<target>/e2e-infra`).
 pub const REPORT_DIR_ENV: &str = "E2E_INFRA_REPORT_DIR";
@@ -320,10 +322,7 @@ pub async fn write_for(dir: PathBuf, evidence: &Evidence, placement: &Placement)
 /// Where a stack of `backend` is, before any record of it exists.
 pub fn placement_of(backend: &Backend, plan: &Plan) -> Placement {
     match backend {
-        Backend::Docker => Placement::Docker {
-            docker_host: std::env::var(crate::engine::DOCKER_HOST_ENV).ok().filter(|h| !h.is_empty()),
-            network: plan.namespace().to_string(),
-        },
+        Backend::Docker => on_this_engine(plan.namespace().to_string()),
         Backend::Kubernetes(target) => Placement::Kubernetes { target: target.clone() },
     }
 }
@@ -334,6 +333,39 @@ pub fn line(outcome: &Result<PathBuf, ReportError>) -> String {
         Ok(path) => format!("e2e-infra report: {}", path.display()),
         Err(error) => format!("e2e-infra report: none, {error}"),
     }
+}
+
+/// What is known of a stack found on the engine or cluster, for a report
+/// written on demand, and where it is. A stack of a test run has its
+/// record in the run's state directory; one brought up by `e2e-infra up`
+/// has only what the engine or cluster holds.
+pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
+    let record = RunDir::existing(&stack.run_id, &stack.consumer).map(|dir| (dir.found(), dir.failed_tests()));
+    let mut failure = "nothing failed: written on demand by `e2e-infra report`".to_owned();
+    if let Some((_, failed)) = &record {
+        if !failed.is_empty() {
+            failure = format!("written on demand by `e2e-infra report`; failed tests of the run: {}", failed.join(", "));
+        }
+    }
+    if let Some((Ok(Found::Ready(record)), _)) = record {
+        return (Evidence::of_record(&record, &failure), record.placement);
+    }
+    let evidence = Evidence {
+        run_id: stack.run_id.clone(),
+        consumer: stack.consumer.clone(),
+        failure,
+        ..Evidence::default()
+    };
+    let placement = match &stack.kube {
+        Some((_, target)) => Placement::Kubernetes { target: target.clone() },
+        None => on_this_engine(stack.networks.first().cloned().unwrap_or_default()),
+    };
+    (evidence, placement)
+}
+
+/// A stack on the engine this process talks to (`DOCKER_HOST`).
+fn on_this_engine(network: String) -> Placement {
+    Placement::Docker { docker_host: std::env::var(crate::engine::DOCKER_HOST_ENV).ok().filter(|h| !h.is_empty()), network }
 }
 
 /// The report of a setup in progress: gathers what the stages learn, and

@@ -101,7 +101,7 @@ pub struct CleanArgs {
 }
 
 /// The stacks on the engine, and on the cluster when one was asked for.
-async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<RunStack>, String> {
+pub async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<RunStack>, String> {
     let mut runs = teardown::list(docker).await.map_err(|e| error_chain(&e))?;
     if let Some(context) = cluster.wanted() {
         runs.extend(teardown::list_kube(context).await.map_err(|e| error_chain(&e))?);
@@ -109,7 +109,7 @@ async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<R
     Ok(runs)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -214,16 +214,20 @@ pub fn down(args: &DownArgs) -> Result<(), String> {
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
         }
         if !found {
-            return Err(format!(
-                "no stack of consumer `{}`{} on this engine{}; `e2e-infra status{}` lists what there is",
-                args.consumer,
-                args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default(),
-                if args.cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
-                args.cluster.flags()
-            ));
+            return Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster));
         }
         Ok(())
     })
+}
+
+/// The error for a consumer (and run) with no stack where it was looked for.
+pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> String {
+    format!(
+        "no stack of consumer `{consumer}`{} on this engine{}; `e2e-infra status{}` lists what there is",
+        run.map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+        if cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
+        cluster.flags()
+    )
 }
 
 /// Runs `status`.
