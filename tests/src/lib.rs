@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod kind_node;
+pub mod report;
 
 use std::fs;
 use std::net::SocketAddr;

@@ -282,12 +282,15 @@ pub async fn write(dir: PathBuf, evidence: &Evidence, collector: &impl Collect) 
         folder.write_log(&format!("build/{}.log", path_name(component)), output.as_bytes());
     }
     collector.collect(&folder, evidence).await;
+    let blind = !folder.problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty();
+    let missing: &[u8] = if blind {
+        b"nothing of this component was found, but the engine or cluster was not fully read: see summary.txt\n"
+    } else {
+        b"not started: nothing of this component exists on the engine or in the namespace\n"
+    };
     for component in &evidence.components {
         if !folder.path.join("components").join(path_name(component)).is_dir() {
-            folder.write(
-                &format!("components/{}/state.txt", path_name(component)),
-                b"not started: nothing of this component exists on the engine or in the namespace\n",
-            );
+            folder.write(&format!("components/{}/state.txt", path_name(component)), missing);
         }
     }
     let mut summary = format!(
