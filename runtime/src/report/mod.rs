@@ -125,14 +125,22 @@ impl Evidence {
 /// The folder that holds every report; see the module's documentation.
 pub fn root() -> PathBuf {
     let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    if let Some(dir) = std::env::var_os(REPORT_DIR_ENV).filter(|d| !d.is_empty()) {
+    let set = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    root_from(set(REPORT_DIR_ENV), set("CARGO_TARGET_DIR"), std::env::current_exe().ok(), &here)
+}
+
+/// [`root`] from its inputs: the two variables, the running executable and
+/// the current directory.
+fn root_from(report_dir: Option<PathBuf>, target_dir: Option<PathBuf>, exe: Option<PathBuf>, here: &Path) -> PathBuf {
+    if let Some(dir) = report_dir {
         return here.join(dir);
     }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+    if let Some(dir) = target_dir {
         return here.join(dir).join("e2e-infra");
     }
+    // Cargo marks every target directory it makes with this file.
     let marked = |dir: &Path| dir.join("CACHEDIR.TAG").is_file();
-    let from_exe = std::env::current_exe().ok().and_then(|exe| exe.ancestors().skip(1).find(|d| marked(d)).map(Path::to_owned));
+    let from_exe = exe.and_then(|exe| exe.ancestors().skip(1).find(|d| marked(d)).map(Path::to_owned));
     let from_here = || here.ancestors().map(|d| d.join("target")).find(|d| marked(d));
     from_exe.or_else(from_here).unwrap_or_else(|| here.join("target")).join("e2e-infra")
 }
@@ -461,6 +469,27 @@ mod tests {
         assert_eq!(rest.last(), Some(&"line 99"));
         assert!(rest.iter().all(|l| l.starts_with("line ")), "{rest:?}");
         assert!(rest.join("\n").len() <= 40, "{kept}");
+    }
+
+    #[test]
+    fn the_root_follows_the_documented_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("ws/target");
+        std::fs::create_dir_all(target.join("debug/deps")).unwrap();
+        std::fs::write(target.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+        let exe = Some(target.join("debug/deps/suite-0123"));
+        let here = dir.path().join("ws/crate");
+        std::fs::create_dir_all(&here).unwrap();
+        let given = |name: &str| Some(PathBuf::from(name));
+        assert_eq!(root_from(given("/r"), given("/t"), exe.clone(), &here), PathBuf::from("/r"));
+        assert_eq!(root_from(given("r"), None, exe.clone(), &here), here.join("r"));
+        assert_eq!(root_from(None, given("/t"), exe.clone(), &here), PathBuf::from("/t/e2e-infra"));
+        assert_eq!(root_from(None, None, exe, &here), target.join("e2e-infra"));
+        // An installed command: the nearest marked `target` above the current directory.
+        assert_eq!(root_from(None, None, given("/usr/local/bin/e2e-infra"), &here), target.join("e2e-infra"));
+        let elsewhere = dir.path().join("other");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        assert_eq!(root_from(None, None, None, &elsewhere), elsewhere.join("target/e2e-infra"));
     }
 
     #[test]
