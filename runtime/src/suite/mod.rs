@@ -184,7 +184,7 @@ impl Suite {
         let claim = dir.claim(plan.run().launcher(), plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
         let record = match found {
-            Found::Ready(record) => record,
+            Found::Ready(record) => *record,
             Found::Failed(message) => {
                 return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
             }
