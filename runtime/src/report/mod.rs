@@ -301,18 +301,38 @@ pub async fn write(dir: PathBuf, evidence: &Evidence, collector: &impl Collect) 
             folder.write(&format!("components/{}/state.txt", path_name(component)), missing);
         }
     }
+    let components = if evidence.components.is_empty() {
+        format!("{} (as found; the plan is not recorded)", listing(&folder.path.join("components"), false).join(", "))
+    } else {
+        evidence.components.join(", ")
+    };
     let mut summary = format!(
-        "e2e-infra report of the `{}` stack, run {}\nwritten at {}\n\nwhat failed:\n  {}\n\ncomponents: {}\n",
+        "e2e-infra report of the `{}` stack, run {}\nwritten at {}\n\nwhat failed:\n  {}\n\ncomponents: {components}\n\nfiles:\n",
         evidence.consumer,
         evidence.run_id,
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         evidence.failure.trim_end().replace('\n', "\n  "),
-        evidence.components.join(", "),
     );
-    summary.push_str(
-        "\nfiles:\n  plan.json, timings.txt, build/<component>.log\n  components/<component>/: logs and state of each container or pod\n",
-    );
+    for file in listing(&folder.path, true) {
+        let _ = writeln!(summary, "  {file}");
+    }
     folder.finish(summary)
+}
+
+/// The names in `dir`, sorted; with `deep`, every file below it, as paths
+/// relative to it.
+fn listing(dir: &Path, deep: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if deep && entry.path().is_dir() {
+            names.extend(listing(&entry.path(), true).into_iter().map(|inner| format!("{name}/{inner}")));
+        } else {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
 }
 
 /// Writes the report of a stack placed at `placement`, choosing the
