@@ -126,6 +126,33 @@ async fn a_readiness_timeout_leaves_every_components_logs_and_state() {
 }
 
 #[tokio::test]
+async fn a_report_that_cannot_be_written_leaves_the_failure_as_it_was() {
+    let docker = engine(None).await;
+    let (project, plan) =
+        project(r#"command = ["sh", "-c", "echo broken last words; exit 3"], ready = { tcp = 8080, timeout = "120s" }"#);
+    // A folder under a file cannot be made.
+    let blocker = project.write("reports", "a file where the folder would go");
+    let recorder = Recorder::new(blocker.join("setup"), &plan, &Backend::Docker);
+    let body = async {
+        let result = stack::up_reporting(&plan, &StackOptions::default(), Some(&recorder)).await;
+        let error = e2e_infra::suite::error_chain(&result.expect_err("the stack should fail"));
+        assert!(error.contains("`broken`") && error.contains("broken last words"), "the original failure: {error}");
+        let line = match recorder.outcome() {
+            Some(Err(line)) => line,
+            other => panic!("expected the report's own error, got {other:?}"),
+        };
+        assert!(line.starts_with("e2e-infra report: none, creating the report folder"), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
+        remove_built_images(&docker, &plan).await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_engine_that_never_answers_gives_a_short_report_in_bounded_time() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("silent.sock");

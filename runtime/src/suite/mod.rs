@@ -337,7 +337,7 @@ impl TestGuard {
         let written = self.suite.in_runtime(|| async { Ok(report::write_for(case, &evidence, infra.placement()).await) });
         match written {
             Ok(outcome) => report::line(&outcome),
-            Err(error) => format!("e2e-infra report: none, {}", error_chain(&error)),
+            Err(error) => format!("e2e-infra report: none, {}", error_chain(&error).replace('\n', " ")),
         }
     }
 }
