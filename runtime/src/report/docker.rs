@@ -46,19 +46,29 @@ impl Collect for Collector {
             Err(problem) => return folder.problem(format!("every container's logs and state: {problem}")),
         };
         let filter = HashMap::from([("label", labels::filter(&evidence.run_id, &evidence.consumer))]);
-        let listing = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()));
+        let listing =
+            docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()));
         let containers = match bounded_call("listing the stack's containers", listing).await {
             Ok(containers) => containers,
             Err(problem) => return folder.problem(problem),
         };
         for container in containers {
             let Some(id) = container.id else { continue };
-            let name = container.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned())).unwrap_or_else(|| id.clone());
-            let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_else(|| "unlabelled".to_owned());
+            let name = container
+                .names
+                .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
+                .unwrap_or_else(|| id.clone());
+            let component = container
+                .labels
+                .and_then(|l| l.get(labels::COMPONENT).cloned())
+                .unwrap_or_else(|| "unlabelled".to_owned());
             let base = format!("components/{}/{}", path_name(&component), path_name(&name));
             match bounded_call(&format!("inspecting container `{name}`"), docker.inspect_container(&id, None)).await {
                 Ok(inspected) => {
-                    folder.write(&format!("{base}.inspect.json"), serde_json::to_string_pretty(&inspected).unwrap_or_default().as_bytes());
+                    folder.write(
+                        &format!("{base}.inspect.json"),
+                        serde_json::to_string_pretty(&inspected).unwrap_or_default().as_bytes(),
+                    );
                     folder.write(&format!("{base}.state.txt"), state_text(&name, &inspected).as_bytes());
                 }
                 Err(problem) => folder.problem(problem),
@@ -100,7 +110,8 @@ pub async fn logs(docker: &Docker, id: &str) -> (Vec<u8>, Option<String>) {
 fn state_text(name: &str, inspected: &ContainerInspectResponse) -> String {
     let mut out = format!("container {name}\n");
     if let Some(state) = &inspected.state {
-        let _ = writeln!(out, "status: {}", state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".to_owned()));
+        let _ =
+            writeln!(out, "status: {}", state.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".to_owned()));
         let _ = writeln!(out, "exit code: {}", state.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string()));
         let _ = writeln!(out, "oom killed: {}", state.oom_killed.unwrap_or(false));
         if let Some(error) = state.error.as_deref().filter(|e| !e.is_empty()) {
@@ -110,9 +121,18 @@ fn state_text(name: &str, inspected: &ContainerInspectResponse) -> String {
         let _ = writeln!(out, "finished at: {}", state.finished_at.as_deref().unwrap_or("-"));
         match &state.health {
             Some(health) => {
-                let _ = writeln!(out, "health: {}", health.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".to_owned()));
+                let _ = writeln!(
+                    out,
+                    "health: {}",
+                    health.status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".to_owned())
+                );
                 for check in health.log.iter().flatten() {
-                    let _ = writeln!(out, "  check exit {}: {}", check.exit_code.unwrap_or_default(), check.output.as_deref().unwrap_or("").trim());
+                    let _ = writeln!(
+                        out,
+                        "  check exit {}: {}",
+                        check.exit_code.unwrap_or_default(),
+                        check.output.as_deref().unwrap_or("").trim()
+                    );
                 }
             }
             None => out.push_str("health: no health check\n"),

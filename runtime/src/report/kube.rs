@@ -45,7 +45,9 @@ impl Collect for Collector {
                 let events = namespace_events(client, namespace.as_str(), folder).await;
                 pods(client, namespace.as_str(), &events, folder).await;
             }
-            Err(problem) => folder.problem(format!("every pod's logs and state, and the namespace's events: {problem}")),
+            Err(problem) => {
+                folder.problem(format!("every pod's logs and state, and the namespace's events: {problem}"))
+            }
         }
         node_images(&self.target, evidence, &namespace, folder).await;
     }
@@ -122,7 +124,8 @@ pub(super) async fn component_owners(client: &Client, namespace: &str) -> (Owner
     match bounded_call("listing the namespace's ReplicaSets", replica_sets.list(&ListParams::default())).await {
         Ok(list) => {
             for set in list.items {
-                let owner = set.owner_references().iter().find_map(|o| map.get(&(o.kind.clone(), o.name.clone())).cloned());
+                let owner =
+                    set.owner_references().iter().find_map(|o| map.get(&(o.kind.clone(), o.name.clone())).cloned());
                 if let Some(component) = owner {
                     map.insert(("ReplicaSet".to_owned(), set.name_any()), component);
                 }
@@ -159,9 +162,13 @@ async fn pods(client: &Client, namespace: &str, events: &[KubeEvent], folder: &F
         let component = component_of(&pod, &owners);
         let base = format!("components/{}/pod-{}", path_name(&component), path_name(&name));
         if let Some(status) = &pod.status {
-            folder.write(&format!("{base}.status.json"), serde_json::to_string_pretty(status).unwrap_or_default().as_bytes());
+            folder.write(
+                &format!("{base}.status.json"),
+                serde_json::to_string_pretty(status).unwrap_or_default().as_bytes(),
+            );
         }
-        let mine: Vec<&KubeEvent> = events.iter().filter(|e| e.involved_object.name.as_deref() == Some(name.as_str())).collect();
+        let mine: Vec<&KubeEvent> =
+            events.iter().filter(|e| e.involved_object.name.as_deref() == Some(name.as_str())).collect();
         folder.write(&format!("{base}.describe.txt"), describe(&pod, &mine).as_bytes());
         let containers: Vec<(String, i32)> = pod
             .status
@@ -255,7 +262,11 @@ fn describe(pod: &Pod, events: &[&KubeEvent]) -> String {
 fn state_text(state: Option<&ContainerState>) -> String {
     let Some(state) = state else { return "unknown".to_owned() };
     if let Some(waiting) = &state.waiting {
-        return format!("waiting: {} {}", waiting.reason.as_deref().unwrap_or("-"), waiting.message.as_deref().unwrap_or(""));
+        return format!(
+            "waiting: {} {}",
+            waiting.reason.as_deref().unwrap_or("-"),
+            waiting.message.as_deref().unwrap_or("")
+        );
     }
     if let Some(running) = &state.running {
         return format!("running since {}", running.started_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default());
@@ -283,26 +294,35 @@ async fn node_images(target: &KubeTarget, evidence: &Evidence, namespace: &Names
     let tag = crate::plan::Tag::of(namespace);
     let docker = match &target.images {
         ImageTarget::Registry { .. } => {
-            let text = format!("images reach the cluster through a registry ({}); no node was asked\n", serde_json::to_string(&target.images).unwrap_or_default());
+            let text = format!(
+                "images reach the cluster through a registry ({}); no node was asked\n",
+                serde_json::to_string(&target.images).unwrap_or_default()
+            );
             return folder.write("node-images.txt", text.as_bytes());
         }
-        _ => match bounded_call("connecting to the container engine for the nodes' images", crate::engine::connect()).await {
+        _ => match bounded_call("connecting to the container engine for the nodes' images", crate::engine::connect())
+            .await
+        {
             Ok(docker) => docker,
             Err(problem) => return folder.problem(format!("node-images.txt: {problem}")),
         },
     };
     let nodes = match &target.images {
-        ImageTarget::KindNodes { cluster } => match bounded_call("finding the Kind nodes", kind::nodes(&docker, cluster)).await {
-            Ok(nodes) => nodes,
-            Err(problem) => return folder.problem(format!("node-images.txt: {problem}")),
-        },
+        ImageTarget::KindNodes { cluster } => {
+            match bounded_call("finding the Kind nodes", kind::nodes(&docker, cluster)).await {
+                Ok(nodes) => nodes,
+                Err(problem) => return folder.problem(format!("node-images.txt: {problem}")),
+            }
+        }
         ImageTarget::Containerd { socket } => vec![Node::Socket { path: socket.clone() }],
         ImageTarget::Registry { .. } => Vec::new(),
     };
     let mut out = String::new();
     for node in &nodes {
         let _ = writeln!(out, "{node}:");
-        let held = match bounded_call(&format!("listing the images of {node}"), containerd::node_images(&docker, node)).await {
+        let held = match bounded_call(&format!("listing the images of {node}"), containerd::node_images(&docker, node))
+            .await
+        {
             Ok(held) => held,
             Err(problem) => {
                 let _ = writeln!(out, "  cannot list: {problem}");
@@ -314,8 +334,16 @@ async fn node_images(target: &KubeTarget, evidence: &Evidence, namespace: &Names
             if held.iter().any(|h| h == reference) {
                 let _ = writeln!(out, "  {reference}: present");
             } else {
-                let same: Vec<&str> = held.iter().filter(|h| h.rsplit_once(':').is_some_and(|(r, _)| r == repository)).map(String::as_str).collect();
-                let _ = writeln!(out, "  {reference}: absent; of its repository the node holds: {}", if same.is_empty() { "nothing".to_owned() } else { same.join(", ") });
+                let same: Vec<&str> = held
+                    .iter()
+                    .filter(|h| h.rsplit_once(':').is_some_and(|(r, _)| r == repository))
+                    .map(String::as_str)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {reference}: absent; of its repository the node holds: {}",
+                    if same.is_empty() { "nothing".to_owned() } else { same.join(", ") }
+                );
             }
         }
         for extra in held.iter().filter(|h| h.ends_with(&format!(":{tag}")) && !references.contains(h)) {

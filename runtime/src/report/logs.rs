@@ -105,7 +105,8 @@ pub async fn print(placement: &Placement, selection: &Selection, out: &mut impl 
             match tokio::time::timeout(CALL_LIMIT, lines.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    writeln!(out, "[e2e-infra: no more lines came within {CALL_LIMIT:?}; stopped]").map_err(LogsError::Output)?;
+                    writeln!(out, "[e2e-infra: no more lines came within {CALL_LIMIT:?}; stopped]")
+                        .map_err(LogsError::Output)?;
                     None
                 }
             }
@@ -130,7 +131,10 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
     let mut sources = Vec::new();
     for container in listed {
         let Some(id) = container.id else { continue };
-        let name = container.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned())).unwrap_or_else(|| id.clone());
+        let name = container
+            .names
+            .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
+            .unwrap_or_else(|| id.clone());
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
         let options = bollard::query_parameters::LogsOptionsBuilder::new()
             .stdout(true)
@@ -171,20 +175,28 @@ async fn kube_lines(context: Option<&str>, selection: &Selection) -> Result<Vec<
     for pod in pods.items {
         let component = super::kube::component_of(&pod, &owners);
         let name = pod.name_any();
-        let containers = pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).map(|c| c.name.clone());
+        let containers = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .map(|c| c.name.clone());
         for container in containers.collect::<Vec<_>>() {
-            let params = LogParams { container: Some(container.clone()), follow: selection.follow, ..LogParams::default() };
+            let params =
+                LogParams { container: Some(container.clone()), follow: selection.follow, ..LogParams::default() };
             let prefix = format!("{component}/{name}/{container} | ");
-            let lines: Lines = match bounded_call(&format!("opening the log of `{name}/{container}`"), api.log_stream(&name, &params)).await {
-                Ok(reader) => reader
-                    .lines()
-                    .map(move |line| match line {
-                        Ok(line) => format!("{prefix}{line}"),
-                        Err(error) => format!("{prefix}[e2e-infra: reading the log failed: {error}]"),
-                    })
-                    .boxed(),
-                Err(problem) => stream::iter([format!("{prefix}[e2e-infra: {problem}]")]).boxed(),
-            };
+            let lines: Lines =
+                match bounded_call(&format!("opening the log of `{name}/{container}`"), api.log_stream(&name, &params))
+                    .await
+                {
+                    Ok(reader) => reader
+                        .lines()
+                        .map(move |line| match line {
+                            Ok(line) => format!("{prefix}{line}"),
+                            Err(error) => format!("{prefix}[e2e-infra: reading the log failed: {error}]"),
+                        })
+                        .boxed(),
+                    Err(problem) => stream::iter([format!("{prefix}[e2e-infra: {problem}]")]).boxed(),
+                };
             sources.push((component.clone(), lines));
         }
     }

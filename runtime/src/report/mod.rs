@@ -247,7 +247,8 @@ pub fn bounded(log: &[u8], limit: usize) -> Vec<u8> {
     if let Some(newline) = log[start..].iter().position(|b| *b == b'\n') {
         start += newline + 1;
     }
-    let mut out = format!("[e2e-infra: earlier output was cut; its last {} bytes follow]\n", log.len() - start).into_bytes();
+    let mut out =
+        format!("[e2e-infra: earlier output was cut; its last {} bytes follow]\n", log.len() - start).into_bytes();
     out.extend_from_slice(&log[start..]);
     out
 }
@@ -375,18 +376,15 @@ pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
     let mut failure = "nothing failed: written on demand by `e2e-infra report`".to_owned();
     if let Some((_, failed)) = &record {
         if !failed.is_empty() {
-            failure = format!("written on demand by `e2e-infra report`; failed tests of the run: {}", failed.join(", "));
+            failure =
+                format!("written on demand by `e2e-infra report`; failed tests of the run: {}", failed.join(", "));
         }
     }
     if let Some((Ok(Found::Ready(record)), _)) = record {
         return (Evidence::of_record(&record, &failure), record.placement);
     }
-    let evidence = Evidence {
-        run_id: stack.run_id.clone(),
-        consumer: stack.consumer.clone(),
-        failure,
-        ..Evidence::default()
-    };
+    let evidence =
+        Evidence { run_id: stack.run_id.clone(), consumer: stack.consumer.clone(), failure, ..Evidence::default() };
     let placement = match &stack.kube {
         Some((_, target)) => Placement::Kubernetes { target: target.clone() },
         None => on_this_engine(stack.networks.first().cloned().unwrap_or_default()),
@@ -396,7 +394,10 @@ pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
 
 /// A stack on the engine this process talks to (`DOCKER_HOST`).
 fn on_this_engine(network: String) -> Placement {
-    Placement::Docker { docker_host: std::env::var(crate::engine::DOCKER_HOST_ENV).ok().filter(|h| !h.is_empty()), network }
+    Placement::Docker {
+        docker_host: std::env::var(crate::engine::DOCKER_HOST_ENV).ok().filter(|h| !h.is_empty()),
+        network,
+    }
 }
 
 /// The report of a setup in progress: gathers what the stages learn, and

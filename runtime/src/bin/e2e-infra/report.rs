@@ -1,8 +1,8 @@
 //! `e2e-infra logs` and `e2e-infra report`: a stack's evidence, live or kept.
 
+use e2e_infra::engine;
 use e2e_infra::report::{self, logs};
 use e2e_infra::suite::error_chain;
-use e2e_infra::engine;
 use e2e_infra::teardown::RunStack;
 
 use crate::stacks::{not_found, runtime, stacks, ClusterArgs};
