@@ -142,7 +142,7 @@ fn assert_common(report: &ReportFolder) {
 async fn a_crash_during_setup_leaves_every_components_logs_and_state() {
     let docker = engine(None).await;
     let (project, plan) = project(
-        r#"command = ["sh", "-c", "echo broken starts; echo broken last words: no config >&2; exit 3"], ready = { tcp = 8080, timeout = "120s" }"#,
+        r#"command = ["sh", "-c", "echo broken starts >&2; echo broken last words: no config >&2; exit 3"], ready = { tcp = 8080, timeout = "120s" }"#,
     );
     let body = async {
         let report = failed_setup(&docker, &project, &plan).await;
