@@ -51,6 +51,12 @@ pub struct StackRecord {
     pub endpoints: BTreeMap<String, BTreeMap<u16, SocketAddr>>,
     /// The one-per-run summary table.
     pub summary: String,
+    /// The plan as JSON, for failure reports.
+    #[serde(default)]
+    pub plan: Option<serde_json::Value>,
+    /// Per built component, the last build output, for failure reports.
+    #[serde(default)]
+    pub builds: BTreeMap<String, String>,
 }
 
 /// Why a component cannot be reached.
@@ -133,6 +139,11 @@ impl Infra {
     /// The run's plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// What the setup process recorded of the stack.
+    pub fn record(&self) -> &StackRecord {
+        &self.record
     }
 
     /// The one tag of every image built for this run and consumer.

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod labels;
 pub mod load;
 pub mod plan;
+pub mod report;
 
 pub use e2e_infra_core::catalog;
 pub use catalog::{Catalog, CatalogError};

@@ -17,6 +17,7 @@ use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
 use crate::plan::{Namespace, Plan, Tag};
+use crate::report::Recorder;
 
 /// How long removing a stack's containers, networks and markers from the
 /// engine may take in all; a frozen engine fails the teardown with a
@@ -103,14 +104,56 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 /// manifests are rendered and checked ([`kube_backend::render`]) before the
 /// build: a manifest the preflight refuses costs no build and no load.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
-    up_on(&engine::connect().await?, plan, options).await
+    up_reporting(plan, options, None).await
 }
 
-/// [`up`] with an engine client already connected.
+/// As [`up`], and when a stage fails, `report` writes the failure report
+/// before anything of the stack is removed (on Docker, `up` removes a
+/// partly started stack). The report's outcome is then in
+/// [`Recorder::outcome`].
 ///
 /// # Errors
 /// As [`up`].
-pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
+pub async fn up_reporting(plan: &Plan, options: &StackOptions, report: Option<&Recorder>) -> Result<StackRecord, StackError> {
+    let docker = match engine::connect().await {
+        Ok(docker) => docker,
+        Err(error) => {
+            let error = StackError::from(error);
+            if let Some(report) = report {
+                report.capture(&crate::suite::error_chain(&error)).await;
+            }
+            return Err(error);
+        }
+    };
+    up_on(&docker, plan, options, report).await
+}
+
+/// [`up_reporting`] with an engine client already connected.
+///
+/// # Errors
+/// As [`up`].
+pub async fn up_on(
+    docker: &bollard::Docker,
+    plan: &Plan,
+    options: &StackOptions,
+    report: Option<&Recorder>,
+) -> Result<StackRecord, StackError> {
+    let result = stages(docker, plan, options, report).await;
+    if let (Err(error), Some(report)) = (&result, report) {
+        if let StackError::Build(build::BuildError::Failed { component, output, .. }) = error {
+            report.build(component, output);
+        }
+        report.capture(&crate::suite::error_chain(error)).await;
+    }
+    result
+}
+
+async fn stages(
+    docker: &bollard::Docker,
+    plan: &Plan,
+    options: &StackOptions,
+    report: Option<&Recorder>,
+) -> Result<StackRecord, StackError> {
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {
         Backend::Kubernetes(target) => Some((target, kube_backend::connect(target.context.as_deref()).await?)),
@@ -135,18 +178,29 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
     for outcome in &built {
         timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
     }
+    let note = |timings: &BTreeMap<String, Timings>| {
+        if let Some(report) = report {
+            report.timings(table(plan, timings));
+        }
+    };
+    if let Some(report) = report {
+        for outcome in &built {
+            report.build(&outcome.component, &outcome.output);
+        }
+    }
+    note(&timings);
     let mut endpoints = BTreeMap::new();
     let placement = match kube {
         None => {
             let stack = if options.reuse {
                 let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
-                let (stack, kept) = docker_backend::up_reusing(docker, plan, &ids).await?;
+                let (stack, kept) = docker_backend::up_reusing(docker, plan, &ids, report).await?;
                 for component in kept {
                     timings.entry(component).or_default().reused = true;
                 }
                 stack
             } else {
-                docker_backend::up(docker, plan).await?
+                docker_backend::up(docker, plan, report).await?
             };
             for running in &stack.containers {
                 let timing = timings.entry(running.component.clone()).or_default();
@@ -161,7 +215,7 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
             let started = Instant::now();
             let images: Vec<LoadImage> =
                 built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
-            let report = match &target.images {
+            let loaded = match &target.images {
                 ImageTarget::Registry { .. } => {
                     registry::push_all(docker, plan, None).await?;
                     None
@@ -171,7 +225,8 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
                     Some(containerd::load(docker, &[Node::Socket { path: socket.clone() }], &images).await?)
                 }
             };
-            record_loads(plan, report.as_ref(), started.elapsed(), &built, &mut timings);
+            record_loads(plan, loaded.as_ref(), started.elapsed(), &built, &mut timings);
+            note(&timings);
             let started = Instant::now();
             let kube_options = kube_backend::KubeOptions {
                 timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
@@ -180,7 +235,7 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
                 reuse: options.reuse,
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
-            if let (Err(error), Some(report)) = (&mut deployed, &report) {
+            if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
                 explain_pull_failure(docker, &report.nodes, error).await;
             }
             deployed?;
@@ -197,7 +252,9 @@ pub async fn up_on(docker: &bollard::Docker, plan: &Plan, options: &StackOptions
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
         placement,
         endpoints,
-        summary: summary(plan, &timings),
+        summary: format!("e2e-infra: `{}` ready, tag {}\n{}", plan.consumer(), plan.tag(), table(plan, &timings)),
+        plan: serde_json::to_value(plan).ok(),
+        builds: built.into_iter().map(|b| (b.component, b.output)).collect(),
     })
 }
 
@@ -285,13 +342,12 @@ fn seconds(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
 }
 
-/// The per-run table: component, image, build / load / ready times, cache hits.
-fn summary(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
+/// The per-run table: component, image, build / load / ready times, cache
+/// hits; `-` for a stage not (yet) done.
+fn table(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
     let width = plan.components().iter().map(|c| c.image.to_string().len()).max().unwrap_or(5);
     let mut out = format!(
-        "e2e-infra: `{}` ready, tag {}\n  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n",
-        plan.consumer(),
-        plan.tag(),
+        "  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n",
         "component",
         "image",
         "build",

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod guide;
 pub mod kind_node;
+pub mod report;
 
 use std::fs;
 use std::net::SocketAddr;

@@ -480,7 +480,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
             .map_err(|e| e.to_string())?;
         frozen.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
             .await
             .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
         let elapsed = started.elapsed();
@@ -578,7 +578,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
             .await
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan))
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
             .await
             .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
         let elapsed = started.elapsed();

@@ -65,7 +65,7 @@ ready = {{ http = "/upstream", timeout = "30s" }}
     ));
     let plan = plan(&catalog, "stack", &["app"], AREA, &Delivery::Local);
     let body = async {
-        let stack = up(&docker, &plan).await.map_err(|e| e.to_string())?;
+        let stack = up(&docker, &plan, None).await.map_err(|e| e.to_string())?;
         assert_eq!(stack.network, plan.namespace().as_str());
         let order: Vec<&str> = stack
             .containers
@@ -160,7 +160,7 @@ async fn failing_stack(docker_section: &str) -> (DockerError, Duration, Vec<Stri
     ));
     let plan = plan(&catalog, "failing", &["broken"], AREA, &Delivery::Local);
     let started = Instant::now();
-    let result = up(&docker, &plan).await;
+    let result = up(&docker, &plan, None).await;
     let elapsed = started.elapsed();
     let left = leftovers(&docker, &plan).await;
     remove_labelled(&docker, &labels::run_filter(&plan))

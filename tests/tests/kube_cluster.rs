@@ -6,7 +6,7 @@
 //! own namespace, and a [`StackGuard`] removes it however the test ends.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,9 @@ use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::suite::error_chain;
 use e2e_infra::{Catalog, Delivery, Plan};
+use e2e_infra::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
+use e2e_infra_tests::report::ReportFolder;
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -93,6 +95,15 @@ impl AppRun {
     /// `stack::up` on the cluster, waiting `timeout` for readiness.
     async fn up(&self, timeout: Duration) -> Result<StackRecord, StackError> {
         self.up_on(self.cluster.backend(), timeout).await
+    }
+
+    /// As [`AppRun::up`], writing the failure report into the project's
+    /// `reports/setup`: the result, and the report's path if one was written.
+    async fn up_reported(&self, timeout: Duration) -> (Result<StackRecord, StackError>, Option<Result<PathBuf, String>>) {
+        let recorder = Recorder::new(self.project.path().join("reports/setup"), &self.plan, &self.cluster.backend());
+        let options = StackOptions { backend: self.cluster.backend(), ready_timeout: Some(timeout), ..StackOptions::default() };
+        let result = stack::up_reporting(&self.plan, &options, Some(&recorder)).await;
+        (result, recorder.outcome())
     }
 
     async fn up_on(&self, backend: Backend, timeout: Duration) -> Result<StackRecord, StackError> {
@@ -197,6 +208,33 @@ fn deployment(container: Value) -> Value {
             },
         },
     })
+}
+
+/// A Deployment of [`DEPENDENT`] running `script`.
+fn dependent_deployment(script: &str) -> Value {
+    let mut service = container(script);
+    service["name"] = json!(DEPENDENT);
+    service["image"] = json!(format!("${{image:{DEPENDENT}}}"));
+    let mut dependent = deployment(service);
+    dependent["metadata"]["name"] = json!(DEPENDENT);
+    dependent["spec"]["selector"]["matchLabels"]["app"] = json!(DEPENDENT);
+    dependent["spec"]["template"]["metadata"]["labels"]["app"] = json!(DEPENDENT);
+    dependent
+}
+
+/// What every report of an [`AppRun`] with a dependent holds: the plan,
+/// the timings, both builds, both components, the app's log and the node's
+/// copy of the app's image.
+fn assert_common_report(report: &ReportFolder, run: &AppRun) {
+    assert_eq!(report.components(), [APP, DEPENDENT], "{:?}", report.files());
+    assert!(report.text("plan.json").contains(&run.image()), "{}", report.text("plan.json"));
+    assert!(report.text("timings.txt").contains(DEPENDENT), "{}", report.text("timings.txt"));
+    for component in [APP, DEPENDENT] {
+        assert!(!report.text(&format!("build/{component}.log")).trim().is_empty(), "{:?}", report.files());
+    }
+    assert!(report.logs(APP).lines().any(|l| l == "app is up"), "{}", report.logs(APP));
+    let images = report.text("node-images.txt");
+    assert!(images.contains(&format!("{}: present", run.image())), "{images}");
 }
 
 /// A Job `name` whose one pod runs `container`, never retried.
@@ -691,6 +729,32 @@ async fn pod_uids(run: &AppRun, selector: &str) -> Vec<String> {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_crash_during_setup_leaves_a_report_of_every_pod() {
+    let last_words = unique("dependent-gives-up");
+    let app = deployment(container("echo app is up; exec /bin/sleep 3600"));
+    let mut crashing = dependent_deployment(&format!("echo dependent starting; echo {last_words}; exit 3"));
+    crashing["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] =
+        json!({ "exec": { "command": ["/bin/true"] }, "initialDelaySeconds": 5 });
+    let run = AppRun::with_dependent("kube-report-crash", &[app], &[crashing]);
+
+    let (result, outcome) = run.up_reported(READY_WITHIN).await;
+    let failure = pod_failure(kube_error(result));
+    assert_eq!(failure.reason, "CrashLoopBackOff", "{failure}");
+    let path = outcome.expect("a report was written").unwrap_or_else(|e| panic!("{e}"));
+    let report = ReportFolder::at(&path);
+    assert_common_report(&report, &run);
+    let logs = report.logs(DEPENDENT);
+    assert!(logs.lines().any(|l| l == last_words), "the crashing pod's last line is missing:\n{logs}");
+    let state = report.state(DEPENDENT);
+    assert!(state.contains("exit code 3"), "{state}");
+    assert!(report.text("summary.txt").contains("CrashLoopBackOff"), "{}", report.text("summary.txt"));
+    // Written before anything was removed: the namespace is still there
+    // until the guard takes it down.
+    assert!(run.cluster.has_namespace(run.namespace()).await);
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_reused_stack_rolls_only_when_an_image_changes() {
     let run = AppRun::new("kube-reuse", &[job("migrate", container("echo migrated")), deployment(sleeper())]);
     let options = StackOptions {
@@ -724,4 +788,60 @@ async fn a_reused_stack_rolls_only_when_an_image_changes() {
     assert!(run.cluster.has_namespace(run.namespace()).await, "plain clean removed a reusable stack");
     run.clean(&["--reused"]).await;
     assert!(!run.cluster.has_namespace(run.namespace()).await, "clean --reused left the namespace");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_readiness_timeout_leaves_a_report_of_every_pod() {
+    let mut never_ready = container("echo app is up; echo app waits for a probe that never passes; exec /bin/sleep 3600");
+    never_ready["readinessProbe"] = json!({ "exec": { "command": ["/bin/false"] }, "periodSeconds": 1 });
+    let run = AppRun::with_dependent("kube-report-ready", &[deployment(never_ready)], &[dependent_deployment("exec /bin/sleep 3600")]);
+
+    let (result, outcome) = run.up_reported(Duration::from_secs(15)).await;
+    let error = kube_error(result);
+    assert!(matches!(error, KubeError::NotReady { .. }), "{error}");
+    let report = ReportFolder::at(&outcome.expect("a report was written").unwrap_or_else(|e| panic!("{e}")));
+    assert_common_report(&report, &run);
+    let logs = report.logs(APP);
+    assert!(logs.trim_end().ends_with("app waits for a probe that never passes"), "{logs}");
+    assert!(report.state(APP).contains("ready: false"), "{}", report.state(APP));
+    assert!(report.text("events.txt").contains("Unhealthy"), "{}", report.text("events.txt"));
+    // Never applied: it waits for the app.
+    assert!(report.state(DEPENDENT).contains("not started"), "{}", report.state(DEPENDENT));
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_failing_test_on_a_live_stack_gets_a_report_and_its_logs() {
+    let app = deployment(container("echo app is up; exec /bin/sleep 3600"));
+    let run = AppRun::with_dependent("kube-report-live", &[app], &[dependent_deployment("echo dependent is up; exec /bin/sleep 3600")]);
+    let record = run.up(READY_WITHIN).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+
+    // What a failing test's guard writes.
+    let dir = run.project.path().join("reports/a-test");
+    let evidence = Evidence::of_record(&record, "test `a_test` failed");
+    let path = failure_report::write_for(dir, &evidence, &record.placement).await.unwrap_or_else(|e| panic!("{e}"));
+    let report = ReportFolder::at(&path);
+    assert_common_report(&report, &run);
+    assert!(report.logs(DEPENDENT).trim_end().ends_with("dependent is up"), "{}", report.logs(DEPENDENT));
+    assert!(report.state(DEPENDENT).contains("ready: true"), "{}", report.state(DEPENDENT));
+
+    // The same stack from the command line: one component's logs, and a report.
+    let flags = run.cluster.context_flags();
+    let consumer = run.plan.consumer().as_str();
+    let mut args = vec!["logs", "--consumer", consumer, "--run", run.plan.run().as_str(), DEPENDENT];
+    args.extend(flags.iter().map(String::as_str));
+    let reports = run.project.path().join("cli-reports");
+    let env = [("E2E_INFRA_REPORT_DIR", reports.as_os_str())];
+    let (logs, _) = cli(run.project.path(), &args, &env).await;
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    assert!(stdout(&logs).contains("dependent is up") && !stdout(&logs).contains("app is up"), "{}", stdout(&logs));
+    let mut args = vec!["report", "--consumer", consumer, "--run", run.plan.run().as_str()];
+    args.extend(flags.iter().map(String::as_str));
+    let (written, _) = cli(run.project.path(), &args, &env).await;
+    assert!(written.status.success(), "{}", stderr(&written));
+    let on_demand = ReportFolder::at(Path::new(stdout(&written).trim()));
+    assert!(on_demand.path.starts_with(&reports), "{}", on_demand.path.display());
+    assert!(on_demand.logs(APP).contains("app is up"), "{:?}", on_demand.files());
+    assert!(on_demand.logs(DEPENDENT).contains("dependent is up"), "{:?}", on_demand.files());
 }

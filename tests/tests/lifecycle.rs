@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::StreamExt;
+use e2e_infra_tests::cluster::cli;
+use e2e_infra_tests::report::ReportFolder;
 use tempfile::TempDir;
 
 fn root() -> PathBuf {
@@ -70,6 +72,12 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         self.dir.path().join("state")
     }
 
+    /// Where the suite's failure reports go: the report root of the
+    /// fixture's target directory (`CARGO_TARGET_DIR`), then the consumer.
+    fn reports(&self) -> PathBuf {
+        root().join("target/fixture/e2e-infra").join(&self.consumer)
+    }
+
     /// Runs the suite under `runner` ("nextest", "test", or "test-serial":
     /// cargo test with one test thread) with extra env.
     fn run(&self, runner: &str, env: &[(&str, &str)]) -> Output {
@@ -100,6 +108,41 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         );
         output
     }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.reports());
+    }
+}
+
+/// The report folders a run printed (`e2e-infra report: <path>`), each once.
+fn printed_reports(all: &str) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> =
+        all.lines().filter_map(|l| l.split_once("e2e-infra report: ")).map(|(_, p)| PathBuf::from(p.trim())).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The report of the failed `scenario_switch` test, with both components'
+/// logs and state as the stack ran.
+fn assert_failed_test_report(fixture: &Fixture, all: &str) -> PathBuf {
+    let printed = printed_reports(all);
+    assert_eq!(printed.len(), 1, "one report, for the one failed test:\n{all}");
+    let path = printed[0].clone();
+    assert!(path.starts_with(fixture.reports()), "{} is not under {}", path.display(), fixture.reports().display());
+    assert!(path.ends_with("fixture_e2e__scenario_switch"), "{}", path.display());
+    let report = ReportFolder::at(&path);
+    assert_eq!(report.components(), ["api", "store"], "{:?}", report.files());
+    assert!(report.logs("api").trim_end().ends_with("api serving on 8080"), "{}", report.logs("api"));
+    assert!(report.logs("store").trim_end().ends_with("store serving on 7000"), "{}", report.logs("store"));
+    assert!(report.state("api").contains("status: running"), "{}", report.state("api"));
+    assert!(report.text("summary.txt").contains("scenario_switch"), "{}", report.text("summary.txt"));
+    assert!(report.text("timings.txt").contains("api"), "{}", report.text("timings.txt"));
+    assert!(report.text("plan.json").contains("\"store\""), "{}", report.text("plan.json"));
+    assert!(!report.text("build/api.log").trim().is_empty(), "{:?}", report.files());
+    path
 }
 
 fn text(output: &Output) -> String {
@@ -320,7 +363,24 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     };
     assert!(std::fs::read_to_string(&kept).expect("kept").contains("scenario_switch"));
     assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "kept stack: two containers, one network");
+    assert_failed_test_report(&fixture, &all);
     let run_id = kept.parent().and_then(Path::parent).and_then(Path::file_name).expect("run dir");
+    // The kept stack on demand: its logs, and a report of it as it is now.
+    let cli_reports = fixture.dir.path().join("cli-reports");
+    let env = [("E2E_INFRA_REPORT_DIR", cli_reports.as_os_str())];
+    let run = run_id.to_string_lossy();
+    let (logs, _) = cli(fixture.dir.path(), &["logs", "--consumer", &fixture.consumer, "--run", &run, "api"], &env).await;
+    let printed = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success() && printed.contains("api serving on 8080"), "{printed}");
+    assert!(!printed.contains("store serving"), "only the api's lines: {printed}");
+    let (written, _) = cli(fixture.dir.path(), &["report", "--consumer", &fixture.consumer], &env).await;
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let expected = cli_reports.join(&fixture.consumer).join(run_id).join("on-demand");
+    assert_eq!(String::from_utf8_lossy(&written.stdout).trim(), expected.display().to_string());
+    let on_demand = ReportFolder::at(&expected);
+    assert!(on_demand.logs("store").contains("store serving on 7000"), "{:?}", on_demand.files());
+    assert!(on_demand.text("summary.txt").contains("failed tests of the run: fixture_e2e::scenario_switch"), "{}", on_demand.text("summary.txt"));
+    assert!(on_demand.text("plan.json").contains("\"api\""), "{:?}", on_demand.files());
     let removed = e2e_infra::stack::down(&docker(), &run_id.to_string_lossy(), &fixture.consumer, None)
         .await
         .expect("down");
@@ -335,6 +395,8 @@ async fn a_failed_test_with_keep_off_still_tears_down() {
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")]);
     assert!(text(&output).contains("8 passed, 1 failed"), "{}", text(&output));
     assert_torn_down(&fixture).await;
+    // Written before the teardown, though the stack was not kept.
+    assert_failed_test_report(&fixture, &text(&output));
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -362,6 +424,14 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
         all.matches("crasher cannot find its config").count() >= 9,
         "every test carries the container's log line:\n{all}"
     );
+    let reported = printed_reports(&all);
+    assert_eq!(reported.len(), 1, "one setup report:\n{all}");
+    assert!(reported[0].starts_with(fixture.reports()) && reported[0].ends_with("setup"), "{}", reported[0].display());
+    assert!(all.matches("e2e-infra report: ").count() >= 9, "every test names the report:\n{all}");
+    let report = ReportFolder::at(&reported[0]);
+    assert_eq!(report.components(), ["crasher"], "{:?}", report.files());
+    assert!(report.logs("crasher").trim_end().ends_with("crasher cannot find its config"), "{}", report.logs("crasher"));
+    assert!(report.state("crasher").contains("exit code: 3"), "{}", report.state("crasher"));
     // One setup attempt for the whole run: no retry storm.
     events.settle().await;
     let created = events.containers_created(&fixture.consumer);

@@ -102,7 +102,7 @@ ready = { http = "/upstream", timeout = "30s" }
         build_all(&podman, &plan, &BuildOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        let stack = up(&podman, &plan).await.map_err(|e| e.to_string())?;
+        let stack = up(&podman, &plan, None).await.map_err(|e| e.to_string())?;
         let app = stack.component("app").ok_or("no app")?;
         let (status, body) = http_get(app.ports[&9090], "/upstream")
             .await
@@ -203,7 +203,7 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
             "an intermediate image was taken for the cache"
         );
         assert!(left.iter().all(|i| i.id != rebuilt[0].image_id));
-        let stack = up(&podman, &second).await.map_err(|e| e.to_string())?;
+        let stack = up(&podman, &second, None).await.map_err(|e| e.to_string())?;
         let web = stack.component("web").ok_or("no web")?;
         let (status, body) = http_get(web.ports[&8080], "/index.html")
             .await

@@ -9,6 +9,8 @@ use e2e_infra::backend::BackendError;
 use e2e_infra::build::housekeeping::HousekeepingError;
 use e2e_infra::engine::EngineError;
 use e2e_infra::plan::IdentityError;
+use e2e_infra::report::logs::LogsError;
+use e2e_infra::report::ReportError;
 use e2e_infra::stack::StackError;
 use e2e_infra::{CatalogError, PlanError};
 
@@ -105,6 +107,18 @@ pub enum CliError {
     /// Removing the image tags of older runs failed.
     #[error("removing the image tags of older runs failed")]
     Images(#[source] HousekeepingError),
+    /// `logs` or `report` was not told which of the consumer's stacks.
+    #[error("consumer `{consumer}` has {} stacks (runs {}); pick one with --run", runs.len(), runs.join(", "))]
+    Ambiguous {
+        consumer: String,
+        runs: Vec<String>,
+    },
+    /// Reading a stack's logs failed.
+    #[error("printing the logs failed")]
+    Logs(#[source] LogsError),
+    /// Writing a report folder failed.
+    #[error("writing the report failed")]
+    Report(#[source] ReportError),
 }
 
 impl CliError {
@@ -119,6 +133,8 @@ impl CliError {
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
             Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) => code::STACK,
             Self::NoStack { .. } => code::NO_STACK,
+            Self::Ambiguous { .. } => code::CONFIG,
+            Self::Logs(_) | Self::Report(_) => code::STACK,
             Self::AlreadyUp { .. } => code::ALREADY_UP,
         }
     }

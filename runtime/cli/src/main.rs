@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod error;
 mod images;
 mod plan;
+mod report;
 mod stacks;
 
 #[derive(Parser)]
@@ -34,6 +35,10 @@ enum Command {
     Status(stacks::StatusArgs),
     /// Remove what finished or killed runs left behind; with --images, the image tags of older runs too.
     Clean(CleanAll),
+    /// Print a stack's logs, every container or one component's; --follow keeps printing.
+    Logs(report::LogsArgs),
+    /// Write the report folder of a live or kept stack: plan, timings, build output, each component's logs and state.
+    Report(report::ReportArgs),
 }
 
 /// `clean`: stacks first, so that tags only a dead run's containers used
@@ -73,6 +78,8 @@ fn main() -> ExitCode {
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
         Command::Clean(args) => stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images)),
+        Command::Logs(args) => report::logs(&args),
+        Command::Report(args) => report::report(&args),
     };
     match result {
         Ok(()) => ExitCode::from(error::code::OK),

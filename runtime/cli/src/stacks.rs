@@ -23,7 +23,7 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     /// `Some(context)` when a cluster was asked for.
-    fn wanted(&self) -> Option<Option<&str>> {
+    pub fn wanted(&self) -> Option<Option<&str>> {
         (self.kubernetes || self.context.is_some()).then_some(self.context.as_deref())
     }
 
@@ -105,7 +105,7 @@ pub struct CleanArgs {
 }
 
 /// The stacks on the engine, and on the cluster when one was asked for.
-async fn stacks(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Result<Vec<RunStack>, CliError> {
+pub async fn stacks(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Result<Vec<RunStack>, CliError> {
     let mut runs = teardown::list(docker).await.map_err(CliError::List)?;
     if let Some(context) = cluster {
         runs.extend(teardown::list_kube(context).await.map_err(CliError::List)?);
@@ -113,7 +113,7 @@ async fn stacks(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Resu
     Ok(runs)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(CliError::AsyncRuntime)
 }
 
@@ -208,19 +208,20 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);
         }
         if !found {
-            return Err(CliError::NoStack {
-                consumer: args.consumer.clone(),
-                run: args.run.as_ref().map(|r| format!(" and run `{r}`")).unwrap_or_default(),
-                place: if args.cluster.wanted().is_some() {
-                    " or cluster"
-                } else {
-                    " (add --context or --kubernetes for a cluster)"
-                },
-                flags: args.cluster.flags(),
-            });
+            return Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster));
         }
         Ok(())
     })
+}
+
+/// The error for a consumer (and run) with no stack where it was looked for.
+pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> CliError {
+    CliError::NoStack {
+        consumer: consumer.to_owned(),
+        run: run.map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+        place: if cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
+        flags: cluster.flags(),
+    }
 }
 
 /// Runs `status`.

@@ -31,6 +31,8 @@ use crate::plan::{ImageRef, Plan, PlannedComponent};
 
 /// How many lines of build output an error carries.
 const OUTPUT_TAIL: usize = 20;
+/// How many lines of build output a build keeps for the failure report.
+const REPORT_TAIL: usize = 400;
 /// How long one engine call around a build (inspect, tag) may take.
 pub const ENGINE_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a build may go without a word from the engine before it is
@@ -102,6 +104,8 @@ pub struct BuildOutcome {
     pub cached: bool,
     /// Time taken, including reading the context.
     pub elapsed: Duration,
+    /// The build's last output lines, or why no build ran.
+    pub output: String,
 }
 
 /// A build error.
@@ -285,7 +289,8 @@ async fn build_one(
                     .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
             }
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
-            return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed() });
+            let output = format!("no build ran: image `{id}`, built earlier from the same inputs, was tagged `{image}`\n");
+            return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed(), output });
         }
     }
 
@@ -306,7 +311,7 @@ async fn build_one(
 
     let (body, writer) = tar_stream(ctx);
     let mut progress = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
-    let mut tail = VecDeque::with_capacity(OUTPUT_TAIL);
+    let mut tail = VecDeque::with_capacity(REPORT_TAIL);
     let mut step = None;
     let mut failure = None;
     let mut quiet = false;
@@ -327,7 +332,7 @@ async fn build_one(
                     if is_step(line) {
                         step = Some(line.trim().to_owned());
                     }
-                    if tail.len() == OUTPUT_TAIL {
+                    if tail.len() == REPORT_TAIL {
                         tail.pop_front();
                     }
                     tail.push_back(line.to_owned());
@@ -345,7 +350,7 @@ async fn build_one(
             component: name.to_owned(),
             image: image.clone(),
             step,
-            output: Vec::from(tail).join("\n"),
+            output: Vec::from(tail.split_off(tail.len().saturating_sub(OUTPUT_TAIL))).join("\n"),
             waited: opts.silence,
         });
     }
@@ -360,7 +365,7 @@ async fn build_one(
             component: name.to_owned(),
             image: image.clone(),
             step,
-            output: Vec::from(tail).join("\n"),
+            output: Vec::from(tail.split_off(tail.len().saturating_sub(OUTPUT_TAIL))).join("\n"),
             source,
         });
     }
@@ -378,7 +383,8 @@ async fn build_one(
         .map_err(silent)?
         .map_err(|e| engine_error("tagging the cache reference", e))?;
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
-    Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed() })
+    let output = Vec::from(tail).join("\n");
+    Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed(), output })
 }
 
 /// The id of the image behind the cache reference `cache`, if it exists and

@@ -26,6 +26,7 @@ use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
+use crate::report::Recorder;
 
 mod reuse;
 pub use reuse::up_reusing;
@@ -217,8 +218,9 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 
 /// Creates the run's network and starts every component of `plan`, each once
 /// its dependencies are ready, components whose dependencies are ready
-/// starting together. If a component fails, what `up` created is removed
-/// (the error carries the failed component's logs).
+/// starting together. If a component fails, `report` (if any) writes the
+/// failure report, then what `up` created is removed (the error carries
+/// the failed component's logs).
 ///
 /// # Errors
 /// [`DockerError`] naming the component: no `docker` section, an env
@@ -229,14 +231,14 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 /// ```no_run
 /// # async fn demo(plan: e2e_infra::Plan) -> Result<(), Box<dyn std::error::Error>> {
 /// let docker = e2e_infra::engine::connect().await?;
-/// let stack = e2e_infra::deploy::docker::up(&docker, &plan).await?;
+/// let stack = e2e_infra::deploy::docker::up(&docker, &plan, None).await?;
 /// let db = stack.component("postgres").and_then(|c| c.ports.get(&5432));
 /// # Ok(()) }
 /// ```
-pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError> {
+pub async fn up(docker: &Docker, plan: &Plan, report: Option<&Recorder>) -> Result<DockerStack, DockerError> {
     let envs = resolve_envs(plan)?;
     let network_id = create_network(docker, plan, false).await?;
-    start_on(docker, plan, &network_id, envs, Started::default()).await
+    start_on(docker, plan, &network_id, envs, Started::default(), report).await
 }
 
 /// Every component's resolved environment.
@@ -312,11 +314,17 @@ async fn start_on(
     network_id: &str,
     envs: HashMap<&str, Vec<String>>,
     started: Started,
+    report: Option<&Recorder>,
 ) -> Result<DockerStack, DockerError> {
     let network = plan.namespace().to_string();
     let whole = started.running.is_empty();
     let created = std::sync::Mutex::new(Vec::new());
-    match start_all(docker, plan, network_id, envs, started, &created).await {
+    let outcome = start_all(docker, plan, network_id, envs, started, &created).await;
+    if let (Err(error), Some(report)) = (&outcome, report) {
+        // Before the removal below: the report is the stack's last trace.
+        report.capture(&crate::suite::error_chain(error)).await;
+    }
+    match outcome {
         Ok(containers) => Ok(DockerStack { network, containers }),
         Err(e @ DockerError::Silent { .. }) => {
             // Asking a frozen engine to remove the stack would only add its

@@ -25,6 +25,7 @@ use crate::backend::{Backend, BackendError, Declared};
 use crate::catalog::Catalog;
 use crate::handle::Infra;
 use crate::plan::{Launcher, Plan, RunId};
+use crate::report::{self, Evidence, Recorder};
 use crate::stack::{self, StackError, StackOptions};
 
 pub use reaper::REAPER_TEST;
@@ -106,6 +107,15 @@ pub enum SuiteError {
         /// Why recording failed.
         #[source]
         source: state::StateError,
+    },
+    /// Setup failed in this process; `report` says where its failure
+    /// report is, or why there is none.
+    #[error("{failure}\n{report}")]
+    Reported {
+        /// The setup error and its causes.
+        failure: String,
+        /// One line: the report's path, or why it could not be written.
+        report: String,
     },
     /// The setup thread could not be started or died.
     #[error("the setup thread of `{0}` failed to run")]
@@ -201,7 +211,7 @@ impl Suite {
         let claim = dir.claim(launcher, plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
         let record = match found {
-            Found::Ready(record) => record,
+            Found::Ready(record) => *record,
             Found::Failed(message) => {
                 return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
             }
@@ -214,7 +224,9 @@ impl Suite {
                     reaper::spawn(self, &plan, &dir);
                 }
                 dir.begin_attempt()?;
-                match self.run_setup(&plan, abandoned) {
+                let case = report::case_dir(plan.consumer().as_str(), plan.run().as_str(), report::SETUP);
+                let recorder = Recorder::new(case, &plan, &self.backend()?);
+                match self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder)) {
                     Ok(record) => {
                         if let Err(source) = dir.record_ready(&record) {
                             return Err(self.unrecorded(&plan, &dir, source));
@@ -249,43 +261,46 @@ impl Suite {
     /// Runs setup on a thread of its own with its own async runtime: the
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
-    fn run_setup(&self, plan: &Plan, abandoned: bool) -> Result<crate::handle::StackRecord, SuiteError> {
+    fn run_setup(&self, plan: &Plan, abandoned: bool, recorder: &Recorder) -> Result<crate::handle::StackRecord, SuiteError> {
         let options = self.options()?;
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name(format!("e2e-infra-setup-{}", self.spec.consumer))
-                .spawn_scoped(scope, || -> Result<_, SuiteError> {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
-                    runtime.block_on(async {
-                        let docker = stack::engine_of(None).await?;
-                        let kube = match &options.backend {
-                            Backend::Kubernetes(target) => Some(target),
-                            Backend::Docker => None,
-                        };
-                        if abandoned {
-                            tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
-                            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube).await?;
-                        }
-                        // Leftovers of this consumer's runs that ended without
-                        // their teardown; other suites' stacks are theirs.
-                        let consumer = Some(plan.consumer().as_str());
-                        let mut runs = crate::teardown::list(&docker).await?;
-                        if let Some(target) = kube {
-                            runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
-                        }
-                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
-                            tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
-                        }
-                        Ok(stack::up_on(&docker, plan, &options).await?)
-                    })
-                })
-                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
-            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
+        self.in_runtime(|| async {
+            let result = self.setup_stages(plan, &options, abandoned, recorder).await;
+            if let Err(error) = &result {
+                // Failures before the stages (cleaning leftovers) get a
+                // report too; one already written stays.
+                recorder.capture(&error_chain(error)).await;
+            }
+            result
         })
+    }
+
+    async fn setup_stages(
+        &self,
+        plan: &Plan,
+        options: &StackOptions,
+        abandoned: bool,
+        recorder: &Recorder,
+    ) -> Result<crate::handle::StackRecord, SuiteError> {
+        let docker = stack::engine_of(None).await?;
+        let kube = match &options.backend {
+            Backend::Kubernetes(target) => Some(target),
+            Backend::Docker => None,
+        };
+        if abandoned {
+            tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
+            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube).await?;
+        }
+        // Leftovers of this consumer's runs that ended without
+        // their teardown; other suites' stacks are theirs.
+        let consumer = Some(plan.consumer().as_str());
+        let mut runs = crate::teardown::list(&docker).await?;
+        if let Some(target) = kube {
+            runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
+        }
+        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
+            tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
+        }
+        Ok(stack::up_on(&docker, plan, options, Some(recorder)).await?)
     }
 
     /// The stack is up but the other processes cannot learn of it (a full
@@ -344,28 +359,54 @@ pub struct TestGuard {
     test: String,
 }
 
+impl TestGuard {
+    /// Writes the report of this failed test; one line saying where.
+    fn report(&self, infra: &Infra) -> String {
+        let record = infra.record();
+        let case = report::case_dir(&record.consumer, &record.run_id, &self.test);
+        let evidence = Evidence::of_record(record, &format!("test `{}` failed; its panic message is in the test's output", self.test));
+        let written = self.suite.in_runtime(|| async { Ok(report::write_for(case, &evidence, infra.placement()).await) });
+        match written {
+            Ok(outcome) => report::line(&outcome),
+            Err(error) => format!("e2e-infra report: none, {}", error_chain(&error).replace('\n', " ")),
+        }
+    }
+}
+
 impl Drop for TestGuard {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
         // Only a stack this process attached to can be kept: a failed setup
-        // keeps nothing, its error already carries the logs.
-        if !matches!(self.suite.infra.get(), Some(Ok(_))) {
-            return;
-        }
+        // keeps nothing, and wrote its own report.
+        let Some(Ok(infra)) = self.suite.infra.get() else { return };
+        // Before anything else: the run's teardown may follow this process.
+        let report = self.report(infra);
         let Some(dir) = self.suite.run_dir() else { return };
         if dir.record_failed_test(&self.test).is_ok() {
             eprintln!(
                 "e2e-infra: `{}` failed; the `{}` stack will be kept after the run (state: {}). \
-                 Remove it with `e2e-infra clean --kept` or `e2e-infra down --consumer {}`.",
+                 Remove it with `e2e-infra clean --kept` or `e2e-infra down --consumer {}`.\n{report}",
                 self.test,
                 self.suite.spec.consumer,
                 dir.path().display(),
                 self.suite.spec.consumer
             );
+        } else {
+            eprintln!("{report}");
         }
     }
+}
+
+/// A setup error with the line that says where its report is.
+fn reported(error: &SuiteError, recorder: &Recorder) -> SuiteError {
+    let report = match recorder.outcome() {
+        Some(Ok(path)) => report::line(&Ok(path)),
+        Some(Err(line)) => line,
+        None => "e2e-infra report: none, the error came before anything was set up".to_owned(),
+    };
+    SuiteError::Reported { failure: error_chain(error), report }
 }
 
 /// An error and its sources, one per line, each source only when its text

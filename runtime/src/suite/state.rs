@@ -179,7 +179,7 @@ pub enum Found {
     /// A setup process died half-way: clean its leftovers, then set up.
     Abandoned,
     /// The stack is up.
-    Ready(StackRecord),
+    Ready(Box<StackRecord>),
     /// Setup failed with this message.
     Failed(String),
 }
@@ -357,7 +357,7 @@ impl RunDir {
             let record = serde_json::from_str(&text).map_err(|e| {
                 io_err("parsing", &self.file("stack.json"))(io::Error::new(io::ErrorKind::InvalidData, e))
             })?;
-            return Ok(Found::Ready(record));
+            return Ok(Found::Ready(Box::new(record)));
         }
         if let Some(error) = self.read("error.txt")? {
             return Ok(Found::Failed(error));

@@ -23,6 +23,7 @@ use super::{
 use crate::engine;
 use crate::labels;
 use crate::plan::Plan;
+use crate::report::Recorder;
 
 /// Brings `plan`'s stack up as a reusable one, keeping the containers of an
 /// earlier run whose fingerprint still matches. `image_ids` maps each
@@ -36,6 +37,7 @@ pub async fn up_reusing(
     docker: &Docker,
     plan: &Plan,
     image_ids: &HashMap<String, String>,
+    report: Option<&Recorder>,
 ) -> Result<(DockerStack, Vec<String>), DockerError> {
     let envs = resolve_envs(plan)?;
     let mut fingerprints = HashMap::new();
@@ -64,7 +66,7 @@ pub async fn up_reusing(
             Some(id) => id,
             None => {
                 let network_id = create_network(docker, plan, true).await?;
-                let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }).await?;
+                let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }, report).await?;
                 return Ok((stack, Vec::new()));
             }
         },
@@ -121,7 +123,7 @@ pub async fn up_reusing(
     }
     let kept: Vec<String> = running.iter().map(|r| r.component.clone()).collect();
     tracing::info!(consumer = %plan.consumer(), ?kept, ?replaced, "reusing the stack");
-    let stack = start_on(docker, plan, &network_id, envs, Started { running, fingerprints }).await?;
+    let stack = start_on(docker, plan, &network_id, envs, Started { running, fingerprints }, report).await?;
     Ok((stack, kept))
 }
 
@@ -191,7 +193,8 @@ mod tests {
         assert_eq!(base, fingerprint("sha256:a", &["K=v".to_owned()], &spec));
         assert_ne!(base, fingerprint("sha256:b", &["K=v".to_owned()], &spec));
         assert_ne!(base, fingerprint("sha256:a", &["K=w".to_owned()], &spec));
-        let command = DockerSpec { command: Some(vec!["serve".to_owned()]), ..DockerSpec::default() };
+        let mut command = DockerSpec::default();
+        command.command = Some(vec!["serve".to_owned()]);
         assert_ne!(base, fingerprint("sha256:a", &["K=v".to_owned()], &command));
     }
 }

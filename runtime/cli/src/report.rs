@@ -1,0 +1,85 @@
+//! `e2e-infra logs` and `e2e-infra report`: a stack's evidence, live or kept.
+
+use e2e_infra::engine;
+use e2e_infra::report::{self, logs};
+use e2e_infra::teardown::RunStack;
+
+use crate::error::CliError;
+use crate::stacks::{not_found, runtime, stacks, ClusterArgs};
+
+/// Which stack.
+#[derive(clap::Args)]
+pub struct StackArgs {
+    /// The consumer whose stack it is.
+    #[arg(long)]
+    consumer: String,
+    /// The run (default: the consumer's only stack).
+    #[arg(long)]
+    run: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Arguments of `logs`.
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Only this component's containers.
+    component: Option<String>,
+    #[command(flatten)]
+    stack: StackArgs,
+    /// Keep printing new lines until the containers end (Ctrl-C stops).
+    #[arg(long)]
+    follow: bool,
+}
+
+/// Arguments of `report`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    stack: StackArgs,
+}
+
+/// The one stack `args` names.
+async fn find(args: &StackArgs) -> Result<RunStack, CliError> {
+    let docker = engine::connect().await?;
+    let mut found: Vec<RunStack> = stacks(&docker, args.cluster.wanted())
+        .await?
+        .into_iter()
+        .filter(|s| s.consumer == args.consumer && args.run.as_ref().is_none_or(|r| *r == s.run_id))
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster)),
+        _ => Err(CliError::Ambiguous {
+            consumer: args.consumer.clone(),
+            runs: found.into_iter().map(|s| s.run_id).collect(),
+        }),
+    }
+}
+
+/// Runs `logs`.
+pub fn logs(args: &LogsArgs) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let stack = find(&args.stack).await?;
+        let (_, placement) = report::on_demand(&stack);
+        let selection = logs::Selection {
+            run_id: stack.run_id,
+            consumer: stack.consumer,
+            component: args.component.clone(),
+            follow: args.follow,
+        };
+        logs::print(&placement, &selection, &mut std::io::stdout().lock()).await.map_err(CliError::Logs)
+    })
+}
+
+/// Runs `report`.
+pub fn report(args: &ReportArgs) -> Result<(), CliError> {
+    runtime()?.block_on(async {
+        let stack = find(&args.stack).await?;
+        let (evidence, placement) = report::on_demand(&stack);
+        let dir = report::case_dir(&stack.consumer, &stack.run_id, report::ON_DEMAND);
+        let path = report::write_for(dir, &evidence, &placement).await.map_err(CliError::Report)?;
+        println!("{}", path.display());
+        Ok(())
+    })
+}
