@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, RemoveContainerOptions, RemoveImageOptions,
@@ -15,6 +16,8 @@ use bollard::Docker;
 use e2e_infra::load::kind::{node_images, CLUSTER_LABEL, ROLE_LABEL};
 use e2e_infra::ImageRef;
 use futures::StreamExt;
+
+use crate::unique;
 
 /// The stand-in node image, built once and kept across test runs.
 pub const STAND_IN_IMAGE: &str = "localhost/e2e-infra-kind-node:stand-in";
@@ -51,14 +54,20 @@ pub async fn build(
         header.set_size(bytes.len() as u64);
         header.set_mode(mode);
         header.set_cksum();
-        context.append_data(&mut header, path, bytes).expect("adding to the build context");
+        context
+            .append_data(&mut header, path, bytes)
+            .expect("adding to the build context");
     };
     add("Dockerfile", dockerfile.as_bytes(), 0o644);
     for (path, bytes, mode) in files {
         add(&path, &bytes, mode);
     }
     let context = context.into_inner().expect("build context");
-    let options = BuildImageOptions { t: Some(tag.to_owned()), labels: Some(labels), ..Default::default() };
+    let options = BuildImageOptions {
+        t: Some(tag.to_owned()),
+        labels: Some(labels),
+        ..Default::default()
+    };
     let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     while let Some(step) = progress.next().await {
         let step = step.unwrap_or_else(|e| panic!("building {tag} failed: {e}"));
@@ -82,7 +91,8 @@ pub async fn stand_in_image(docker: &Docker) {
     let files: Vec<(String, Vec<u8>, u32)> = NODE_FILES
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
+            let bytes = std::fs::read(path)
+                .unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
             (format!("rootfs{path}"), bytes, 0o755)
         })
         .collect();
@@ -93,7 +103,8 @@ pub async fn stand_in_image(docker: &Docker) {
 /// Builds a busybox image under `image` whose content differs by `marker`;
 /// returns the image id.
 pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> String {
-    let busybox = std::fs::read("/bin/busybox").expect("reading /bin/busybox (package busybox-static)");
+    let busybox =
+        std::fs::read("/bin/busybox").expect("reading /bin/busybox (package busybox-static)");
     let dockerfile =
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n";
     let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-load".to_owned())]);
@@ -101,10 +112,85 @@ pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> S
         docker,
         &image.to_string(),
         dockerfile,
-        vec![("busybox".to_owned(), busybox, 0o755), ("marker".to_owned(), marker.as_bytes().to_vec(), 0o644)],
+        vec![
+            ("busybox".to_owned(), busybox, 0o755),
+            ("marker".to_owned(), marker.as_bytes().to_vec(), 0o644),
+        ],
         labels,
     )
     .await
+}
+
+/// Runs `args` in the node container `node` through the engine; returns its
+/// standard output, or what went wrong.
+pub async fn node_exec(docker: &Docker, node: &str, args: &[&str]) -> Result<String, String> {
+    let failed = |e: bollard::errors::Error| format!("`{}` in {node}: {e}", args.join(" "));
+    let options = CreateExecOptions {
+        cmd: Some(args.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(node, options).await.map_err(failed)?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let StartExecResults::Attached { mut output, .. } =
+        docker.start_exec(&created.id, None).await.map_err(failed)?
+    {
+        while let Some(frame) = output.next().await.transpose().map_err(failed)? {
+            match frame {
+                bollard::container::LogOutput::StdOut { message } => {
+                    stdout.push_str(&String::from_utf8_lossy(&message))
+                }
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.push_str(&String::from_utf8_lossy(&message))
+                }
+                _ => {}
+            }
+        }
+    }
+    match docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(failed)?
+        .exit_code
+    {
+        Some(0) => Ok(stdout),
+        code => Err(format!(
+            "`{}` in {node} exited with {code:?}: {stderr}",
+            args.join(" ")
+        )),
+    }
+}
+
+/// The content of `path` in image `reference` as unpacked in the
+/// containerd of stand-in node `node`: the image mounted read-only, read
+/// with the node's busybox, unmounted.
+pub async fn read_in_image(docker: &Docker, node: &str, reference: &str, path: &str) -> String {
+    let mount = format!("/mnt/{}", unique("image"));
+    let file = format!("{mount}{path}");
+    let mounting: [&[&str]; 2] = [
+        &["/bin/busybox", "mkdir", "-p", &mount, "/tmp"],
+        &[
+            "ctr",
+            "--namespace=k8s.io",
+            "images",
+            "mount",
+            "--rw=false",
+            reference,
+            &mount,
+        ],
+    ];
+    for args in mounting {
+        node_exec(docker, node, args)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let read = node_exec(docker, node, &["/bin/busybox", "cat", &file]).await;
+    let unmount = ["ctr", "--namespace=k8s.io", "images", "unmount", &mount];
+    node_exec(docker, node, &unmount)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    read.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Removes the tagged images when dropped, even when a test fails.
@@ -117,7 +203,11 @@ impl Drop for ImageGuard {
         on_fresh_runtime(move |docker| async move {
             for tag in tags {
                 // Parents stay: another test's build may be using them.
-                let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
+                let options = RemoveImageOptions {
+                    force: true,
+                    noprune: true,
+                    ..Default::default()
+                };
                 let _ = docker.remove_image(&tag, Some(options), None).await;
             }
         });
@@ -138,9 +228,22 @@ impl StandInCluster {
     /// Starts the nodes and waits until containerd answers in each.
     pub async fn start(docker: &Docker, name: &str, workers: usize) -> Self {
         stand_in_image(docker).await;
-        let mut cluster = Self { name: name.to_owned(), nodes: Vec::new() };
-        let roles = std::iter::once(("control-plane", "control-plane".to_owned()))
-            .chain((1..=workers).map(|i| ("worker", if i == 1 { "worker".to_owned() } else { format!("worker{i}") })));
+        let mut cluster = Self {
+            name: name.to_owned(),
+            nodes: Vec::new(),
+        };
+        let roles = std::iter::once(("control-plane", "control-plane".to_owned())).chain(
+            (1..=workers).map(|i| {
+                (
+                    "worker",
+                    if i == 1 {
+                        "worker".to_owned()
+                    } else {
+                        format!("worker{i}")
+                    },
+                )
+            }),
+        );
         for (role, suffix) in roles {
             let node = format!("{name}-{suffix}");
             let config = ContainerCreateBody {
@@ -152,7 +255,10 @@ impl StandInCluster {
                 ])),
                 host_config: Some(HostConfig {
                     cap_add: Some(vec!["SYS_ADMIN".to_owned()]),
-                    security_opt: Some(vec!["seccomp=unconfined".to_owned(), "apparmor=unconfined".to_owned()]),
+                    security_opt: Some(vec![
+                        "seccomp=unconfined".to_owned(),
+                        "apparmor=unconfined".to_owned(),
+                    ]),
                     tmpfs: Some(HashMap::from([
                         ("/var/lib/containerd".to_owned(), String::new()),
                         ("/run".to_owned(), String::new()),
@@ -161,20 +267,28 @@ impl StandInCluster {
                 }),
                 ..Default::default()
             };
-            let options = CreateContainerOptions { name: Some(node.clone()), ..Default::default() };
+            let options = CreateContainerOptions {
+                name: Some(node.clone()),
+                ..Default::default()
+            };
             docker
                 .create_container(Some(options), config)
                 .await
                 .unwrap_or_else(|e| panic!("creating stand-in node {node}: {e}"));
             cluster.nodes.push(node.clone());
-            docker.start_container(&node, None).await.unwrap_or_else(|e| panic!("starting stand-in node {node}: {e}"));
+            docker
+                .start_container(&node, None)
+                .await
+                .unwrap_or_else(|e| panic!("starting stand-in node {node}: {e}"));
         }
         for node in &cluster.nodes {
             let deadline = Instant::now() + READY_WITHIN;
             loop {
                 match node_images(docker, node).await {
                     Ok(_) => break,
-                    Err(e) if Instant::now() > deadline => panic!("containerd in {node} never answered: {e}"),
+                    Err(e) if Instant::now() > deadline => {
+                        panic!("containerd in {node} never answered: {e}")
+                    }
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
@@ -188,7 +302,11 @@ impl Drop for StandInCluster {
         let nodes = std::mem::take(&mut self.nodes);
         on_fresh_runtime(move |docker| async move {
             for node in nodes {
-                let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                let options = RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                };
                 let _ = docker.remove_container(&node, Some(options)).await;
             }
         });
@@ -203,7 +321,10 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let done = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         runtime.block_on(async move { cleanup(crate::engine(None).await).await });

@@ -77,7 +77,11 @@ enum Child {
 async fn main() {
     let cli = Cli::parse();
     let outcome = match &cli.command {
-        Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
+        Some(Child::LoadOne {
+            cluster,
+            image,
+            image_id,
+        }) => kind_load::load_one(cluster, image, image_id).await,
         // Dropping the run on Ctrl-C drops its guards, which remove what it made.
         None => tokio::select! {
             outcome = run(&cli) => outcome,
@@ -102,7 +106,9 @@ async fn run(cli: &Cli) -> Res<()> {
             3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             5 => amortize::amortization(&docker, cli.tests).await?,
-            6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+            6 => {
+                fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?
+            }
             other => return Err(format!("no benchmark {other}; they are 1 to 6").into()),
         };
         sections.push(section);

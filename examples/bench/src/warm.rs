@@ -22,8 +22,13 @@ fn catalog(project: &Project, count: usize, mb: u64) -> Res<(Catalog, Vec<String
     for name in &names {
         project.busybox_context(name);
         random_file(&project.path().join(name).join("blob"), mb)?;
-        project.write(&format!("{name}/Dockerfile"), busybox_dockerfile("COPY blob /blob\n"));
-        toml.push_str(&format!("[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"));
+        project.write(
+            &format!("{name}/Dockerfile"),
+            busybox_dockerfile("COPY blob /blob\n"),
+        );
+        toml.push_str(&format!(
+            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
+        ));
     }
     Ok((project.catalog(&toml), names))
 }
@@ -37,19 +42,34 @@ async fn build_run(
     guard: &mut ImageGuard,
 ) -> Res<(Plan, Vec<BuildOutcome>, Duration)> {
     let plan = plan(catalog, "bench-warm", names, "bench-warm", &Delivery::Local);
-    guard.0.extend(plan.components().iter().map(|c| c.image.to_string()));
-    let options = BuildOptions { force, ..BuildOptions::default() };
+    guard
+        .0
+        .extend(plan.components().iter().map(|c| c.image.to_string()));
+    let options = BuildOptions {
+        force,
+        ..BuildOptions::default()
+    };
     let started = Instant::now();
     let built = build_all(docker, &plan, &options).await?;
     let took = started.elapsed();
     if built.iter().any(|b| b.cached == force) {
-        return Err(format!("expected every build {}: {built:?}", if force { "made" } else { "reused" }).into());
+        return Err(format!(
+            "expected every build {}: {built:?}",
+            if force { "made" } else { "reused" }
+        )
+        .into());
     }
     Ok((plan, built, took))
 }
 
 fn loads(built: &[BuildOutcome]) -> Vec<LoadImage> {
-    built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect()
+    built
+        .iter()
+        .map(|b| LoadImage {
+            image: b.image.clone(),
+            image_id: b.image_id.clone(),
+        })
+        .collect()
 }
 
 /// Benchmark 4.
@@ -77,7 +97,11 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         cold.push(took);
         let (plan, built, took) = build_run(docker, &catalog, &names, false, &mut guard).await?;
         warm.push(took);
-        println!("   rep {rep}: build cold {:.2} s, warm {:.2} s", cold[rep].as_secs_f64(), took.as_secs_f64());
+        println!(
+            "   rep {rep}: build cold {:.2} s, warm {:.2} s",
+            cold[rep].as_secs_f64(),
+            took.as_secs_f64()
+        );
         last = Some((plan, built));
     }
     section.row(vec![
@@ -110,7 +134,8 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         next_run.push(our_load(docker, &cluster, &loads(&built), Action::Tagged).await?);
     }
     section.row(vec![
-        "`kind::load` in a later run (new tag, same images; the node holds them under the old tag)".to_owned(),
+        "`kind::load` in a later run (new tag, same images; the node holds them under the old tag)"
+            .to_owned(),
         median_of(&first),
         median_of(&next_run),
         ratio(median(&first), median(&next_run)),
