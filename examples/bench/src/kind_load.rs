@@ -143,7 +143,7 @@ fn cli_pipeline(image: &str, node: &str) -> Res<()> {
 }
 
 /// The pipelines for every node, one after the other or all at once.
-async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration> {
+pub async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration> {
     let started = Instant::now();
     if parallel {
         let runs = nodes.iter().map(|node| {

@@ -6,6 +6,7 @@
 //! repetitions that can be changed.
 
 mod amortize;
+mod delta;
 mod fail_fast;
 mod kind_load;
 mod report;
@@ -24,8 +25,8 @@ use report::{Machine, Res, Section};
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 6; 6 needs a cluster: KUBECONFIG).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6])]
+    /// Which benchmarks to run (1 to 7; 6 needs a cluster: KUBECONFIG).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -48,6 +49,12 @@ struct Cli {
     /// Size in MiB of each of those components' random payload.
     #[arg(long, default_value_t = 20)]
     warm_mb: u64,
+    /// Size in MiB of the base layer of the image reloaded in benchmark 7.
+    #[arg(long, default_value_t = 300)]
+    delta_base_mb: u64,
+    /// Size in MiB of its top layer, the one each rebuild changes.
+    #[arg(long, default_value_t = 1)]
+    delta_top_mb: u64,
     /// Tests in each generated suite of benchmark 5.
     #[arg(long, default_value_t = 16)]
     tests: usize,
@@ -109,7 +116,11 @@ async fn run(cli: &Cli) -> Res<()> {
             6 => {
                 fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?
             }
-            other => return Err(format!("no benchmark {other}; they are 1 to 6").into()),
+            7 => {
+                delta::delta_reload(&docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps)
+                    .await?
+            }
+            other => return Err(format!("no benchmark {other}; they are 1 to 7").into()),
         };
         sections.push(section);
     }
