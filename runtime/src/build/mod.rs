@@ -11,6 +11,7 @@
 
 mod context;
 mod dockerignore;
+mod fingerprint;
 pub mod housekeeping;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use context::Context;
 pub use context::ContextError;
 pub use dockerignore::InvalidPattern;
+pub use fingerprint::HashCounts;
 
 use crate::catalog::{BuildSpec, Source};
 use crate::engine::{self, Silent};
@@ -86,6 +88,9 @@ pub struct BuildOutcome {
     pub cached: bool,
     /// Time taken, including reading the context.
     pub elapsed: Duration,
+    /// Context files read to compute the input digest, and files whose
+    /// digest was known from an earlier run.
+    pub hashing: HashCounts,
 }
 
 /// A build error.
@@ -281,6 +286,7 @@ async fn build_one(
             source,
         })?;
 
+    let hashing = ctx.counts;
     let silent = |source| BuildError::Silent {
         component: name.to_owned(),
         source,
@@ -324,6 +330,7 @@ async fn build_one(
                 image_id: id,
                 cached: true,
                 elapsed: started.elapsed(),
+                hashing,
             });
         }
     }
@@ -438,6 +445,7 @@ async fn build_one(
         image_id,
         cached: false,
         elapsed: started.elapsed(),
+        hashing,
     })
 }
 
