@@ -119,6 +119,11 @@ async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
     // The nodes have that very image from the first run: tagged, not streamed again.
     assert_eq!(report.with_action(Action::Tagged).count(), 2, "{report:#?}");
     assert_eq!(report.with_action(Action::Loaded).count(), 0, "{report:#?}");
+    // The tag carried the labels over: the same run's next load finds the image.
+    let again = kind::load(&docker, &cluster.name, &second_images)
+        .await
+        .expect("same run again");
+    assert_eq!(again.with_action(Action::Skipped).count(), 2, "{again:#?}");
     for node in &cluster.nodes {
         let listed = kind::node_images(&docker, node).await.expect("node images");
         assert!(

@@ -314,40 +314,57 @@ pub async fn load(
     }
     // The short digests of each node's blobs, listed when it first needs a stream.
     let mut held: HashMap<usize, BTreeSet<String>> = HashMap::new();
-    // The labels each (node, image) gets once every image is on every node.
+    // The labels each (node, image) loaded gets once every image is on every node.
     let mut labels: HashMap<(usize, usize), Vec<String>> = HashMap::new();
 
+    // What each (image, node) needs: nothing, a tag, or a stream.
     let mut outcomes = Vec::new();
-    for (i, (wanted, engine_image)) in images.iter().zip(&engine_images).enumerate() {
-        let mut targets = Vec::new();
-        for (n, (node, (rows, checked_in))) in nodes.iter().zip(&listings).enumerate() {
-            let outcome = |action, elapsed| NodeOutcome {
-                node: node.name(),
-                image: wanted.image.clone(),
-                action,
-                elapsed,
-                sent: 0,
-            };
+    let mut tags = Vec::new();
+    let mut streams: Vec<Vec<usize>> = vec![Vec::new(); images.len()];
+    for (i, wanted) in images.iter().enumerate() {
+        for (n, (rows, checked_in)) in listings.iter().enumerate() {
             if holds(rows, wanted) {
-                outcomes.push(outcome(Action::Skipped, *checked_in));
+                outcomes.push(NodeOutcome {
+                    node: nodes[n].name(),
+                    image: wanted.image.clone(),
+                    action: Action::Skipped,
+                    elapsed: *checked_in,
+                    sent: 0,
+                });
             } else if let Some(source) = same_image(rows, wanted) {
-                let started = Instant::now();
-                let reference = wanted.image.to_string();
-                ctr(
-                    docker,
-                    node,
-                    &["images", "tag", "--force", &source.name, &reference],
-                )
-                .await?;
-                labels.insert(
-                    (n, i),
-                    image_labels(wanted, source.labels.get(LAYERS_LABEL).cloned()),
-                );
-                outcomes.push(outcome(Action::Tagged, *checked_in + started.elapsed()));
+                tags.push((n, wanted, source.name.as_str(), *checked_in));
             } else {
-                targets.push(n);
+                streams[i].push(n);
             }
         }
+    }
+    // `ctr images tag` copies the source's labels: the image id and layer
+    // map come along, so a tagged image needs no labelling.
+    let tagged = futures::future::try_join_all(tags.into_iter().map(
+        |(n, wanted, source, checked_in)| async move {
+            let started = Instant::now();
+            let reference = wanted.image.to_string();
+            ctr(
+                docker,
+                &nodes[n],
+                &["images", "tag", "--force", source, &reference],
+            )
+            .await?;
+            Ok::<_, ContainerdError>(NodeOutcome {
+                node: nodes[n].name(),
+                image: wanted.image.clone(),
+                action: Action::Tagged,
+                elapsed: checked_in + started.elapsed(),
+                sent: 0,
+            })
+        },
+    ))
+    .await?;
+    outcomes.extend(tagged);
+
+    for (i, ((wanted, engine_image), targets)) in
+        images.iter().zip(&engine_images).zip(streams).enumerate()
+    {
         if targets.is_empty() {
             continue;
         }
@@ -380,7 +397,7 @@ pub async fn load(
             held.entry(n)
                 .or_default()
                 .extend(split.diff_ids.iter().map(|d| archive::short_digest(d)));
-            labels.insert((n, i), image_labels(wanted, label.clone()));
+            labels.insert((n, i), loaded_labels(wanted, label.clone()));
             outcomes.push(NodeOutcome {
                 node: nodes[n].name(),
                 image: wanted.image.clone(),
@@ -406,9 +423,9 @@ pub async fn load(
     })
 }
 
-/// The labels an image loaded or tagged on a node gets: its engine id and,
-/// when known, its layer map.
-fn image_labels(wanted: &LoadImage, layers: Option<String>) -> Vec<String> {
+/// The labels an image loaded on a node gets: its engine id and, when
+/// known, its layer map.
+fn loaded_labels(wanted: &LoadImage, layers: Option<String>) -> Vec<String> {
     std::iter::once(format!("{IMAGE_ID_LABEL}={}", wanted.image_id))
         .chain(layers.map(|value| format!("{LAYERS_LABEL}={value}")))
         .collect()
