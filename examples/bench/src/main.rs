@@ -65,6 +65,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Child {
+    /// Computes the input digest of every component of a catalog and prints
+    /// the time and counts (what benchmark 4 runs in a child process).
+    HashInputs {
+        /// The catalog.
+        #[arg(long)]
+        catalog: PathBuf,
+    },
     /// Loads one image into a Kind cluster and prints the peak resident set
     /// (what benchmark 2 runs in a child process).
     LoadOne {
@@ -89,6 +96,7 @@ async fn main() {
             image,
             image_id,
         }) => kind_load::load_one(cluster, image, image_id).await,
+        Some(Child::HashInputs { catalog }) => warm::hash_inputs(catalog),
         // Dropping the run on Ctrl-C drops its guards, which remove what it made.
         None => tokio::select! {
             outcome = run(&cli) => outcome,

@@ -50,6 +50,30 @@ pub fn cache_ref(image: &ImageRef, digest: &str) -> String {
     format!("{}:{CACHE_TAG_PREFIX}{short}", image.name())
 }
 
+/// The digest of `component`'s build inputs: its Dockerfile, the context's
+/// files after `.dockerignore` (paths, kinds, modes, contents), the build
+/// arguments and the target. This is what a cache reference is keyed by.
+/// The digests of files unchanged since an earlier call are reused; the
+/// counts say how many files were read.
+///
+/// # Errors
+/// [`ContextError`] for a context or Dockerfile that cannot be read.
+///
+/// # Example
+/// ```no_run
+/// # fn demo(spec: &e2e_infra::catalog::BuildSpec) -> Result<(), Box<dyn std::error::Error>> {
+/// let (digest, counts) = e2e_infra::build::input_digest("datastorage", spec)?;
+/// println!("{digest}: {} file(s) read, {} known", counts.hashed, counts.reused);
+/// # Ok(()) }
+/// ```
+pub fn input_digest(
+    component: &str,
+    spec: &BuildSpec,
+) -> Result<(String, HashCounts), ContextError> {
+    let ctx = Context::scan(component, spec)?;
+    Ok((ctx.digest, ctx.counts))
+}
+
 /// How [`build_all`] builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildOptions {
