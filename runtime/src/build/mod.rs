@@ -205,15 +205,20 @@ pub async fn build_all(
     plan: &Plan,
     opts: &BuildOptions,
 ) -> Result<Vec<BuildOutcome>, BuildError> {
+    // Every component looks for its cache at once; only builds wait for one
+    // of the `concurrency` places.
+    let builds = tokio::sync::Semaphore::new(opts.concurrency.max(1));
     let mut jobs = Vec::new();
     for component in plan.components() {
         match &component.spec.source {
-            Source::Build(spec) => jobs.push(build_one(docker, plan, component, spec, opts)),
+            Source::Build(spec) => {
+                jobs.push(build_one(docker, plan, component, spec, opts, &builds))
+            }
             Source::Borrowed(image) => ensure_present(docker, &component.name, image).await?,
         }
     }
     let mut outcomes: Vec<BuildOutcome> = futures::stream::iter(jobs)
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(plan.components().len().max(1))
         .try_collect()
         .await?;
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
@@ -286,6 +291,7 @@ async fn build_one(
     component: &PlannedComponent,
     spec: &BuildSpec,
     opts: &BuildOptions,
+    builds: &tokio::sync::Semaphore,
 ) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
     let name = component.name.as_str();
@@ -359,6 +365,8 @@ async fn build_one(
         }
     }
 
+    // The semaphore is never closed: acquiring fails only if it were.
+    let _place = builds.acquire().await.ok();
     let mut image_labels = labels::for_image(plan, name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
     let build_args: HashMap<&str, &str> = spec

@@ -916,7 +916,9 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, bollar
         if inspect.running != Some(true) || Instant::now() >= deadline {
             return Ok(inspect.exit_code);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Usually done at the first look; a short step keeps a call's cost
+        // near the command's own.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
