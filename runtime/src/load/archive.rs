@@ -241,7 +241,8 @@ fn parse_header(
     pax: &HashMap<String, String>,
 ) -> Option<Header> {
     let mut path = field(&block[..100]);
-    if &block[257..262] == b"ustar" {
+    // POSIX ustar (and PAX) only: GNU headers keep other fields there.
+    if &block[257..263] == b"ustar\0" {
         let prefix = field(&block[345..500]);
         if !prefix.is_empty() {
             path = format!("{prefix}/{path}");

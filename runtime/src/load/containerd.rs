@@ -262,7 +262,8 @@ pub enum ContainerdError {
 /// Nodes that already hold an image under its plan reference (same image id)
 /// are skipped; nodes that hold it under another reference get the plan's
 /// reference as a tag; the others get it streamed from the engine, all
-/// nodes at once. Afterwards every node must list every reference.
+/// nodes at once, each node only the layers its content store lacks.
+/// Afterwards every node must list every reference.
 ///
 /// # Errors
 /// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
@@ -270,7 +271,8 @@ pub enum ContainerdError {
 /// when the engine's image under a reference is not the one built;
 /// [`ContainerdError::Export`], [`ContainerdError::Exec`],
 /// [`ContainerdError::CommandFailed`] (with the command's standard error)
-/// when streaming or importing fails; [`ContainerdError::Missing`] when a
+/// when streaming or importing fails; [`ContainerdError::Timeout`] when a
+/// command does not finish in time; [`ContainerdError::Missing`] when a
 /// node does not list a reference afterwards.
 ///
 /// # Example
