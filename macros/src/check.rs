@@ -272,12 +272,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
             }
         },
     };
-    let cluster_keys = [
-        &args.cluster,
-        &args.context,
-        &args.containerd,
-        &args.registry,
-    ];
+    let cluster_keys = [&args.cluster, &args.context, &args.containerd, &args.registry];
     if !kubernetes {
         for given in cluster_keys.into_iter().flatten() {
             cluster_only(args, given, errors);
@@ -312,10 +307,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         } else if !path.starts_with('/') {
             errors.at(
                 given.value.span(),
-                format!(
-                    "`containerd` takes an absolute socket path, e.g. `{}`; got {path:?}",
-                    Key::Containerd.example()
-                ),
+                format!("`containerd` takes an absolute socket path, e.g. `{}`; got {path:?}", Key::Containerd.example()),
             );
             ok = false;
         }
@@ -324,10 +316,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         if !host_port(host) {
             errors.at(
                 given.value.span(),
-                format!(
-                    "`registry` takes `host:port`, e.g. `{}`; got {host:?}",
-                    Key::Registry.example()
-                ),
+                format!("`registry` takes `host:port`, e.g. `{}`; got {host:?}", Key::Registry.example()),
             );
             ok = false;
         }
@@ -340,10 +329,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         }
     }
     if ok && cluster.is_none() && containerd.is_none() && registry.is_none() {
-        let span = args
-            .backend
-            .as_ref()
-            .map_or_else(Span::call_site, |b| b.value.span());
+        let span = args.backend.as_ref().map_or_else(Span::call_site, |b| b.value.span());
         errors.at(
             span,
             format!(
@@ -355,12 +341,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         );
         ok = false;
     }
-    ok.then_some(Backend::Kubernetes {
-        context,
-        cluster,
-        containerd,
-        registry,
-    })
+    ok.then_some(Backend::Kubernetes { context, cluster, containerd, registry })
 }
 
 fn example_of(key: &syn::Ident) -> &'static str {

@@ -65,18 +65,9 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
             containerd: ::core::option::Option::None,
             registry: ::core::option::Option::None,
         }),
-        Backend::Kubernetes {
-            context,
-            cluster,
-            containerd,
-            registry,
-        } => {
-            let (context, cluster, containerd, registry) = (
-                text(context),
-                text(cluster),
-                text(containerd),
-                text(registry),
-            );
+        Backend::Kubernetes { context, cluster, containerd, registry } => {
+            let (context, cluster, containerd, registry) =
+                (text(context), text(cluster), text(containerd), text(registry));
             quote!(#private::Declared {
                 kubernetes: true,
                 context: #context,

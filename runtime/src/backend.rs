@@ -111,19 +111,14 @@ impl Backend {
     /// # Errors
     /// [`BackendError`] naming what to set.
     pub fn resolve(declared: &Declared) -> Result<Self, BackendError> {
-        Self::resolve_with(declared, |name| {
-            std::env::var(name).ok().filter(|v| !v.is_empty())
-        })
+        Self::resolve_with(declared, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
     }
 
     /// [`Backend::resolve`] with the environment as a function.
     ///
     /// # Errors
     /// As [`Backend::resolve`].
-    pub fn resolve_with(
-        declared: &Declared,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, BackendError> {
+    pub fn resolve_with(declared: &Declared, env: impl Fn(&str) -> Option<String>) -> Result<Self, BackendError> {
         let (kubernetes, kind_default) = match env(BACKEND_ENV).as_deref() {
             None => (declared.kubernetes, false),
             Some("docker") => (false, false),
@@ -144,9 +139,7 @@ impl Backend {
             .or_else(|| owned(declared.context))
             .or_else(|| cluster.as_ref().map(|c| format!("kind-{c}")));
         let images = match (socket, registry, cluster) {
-            (Some(socket), Some(registry), _) => {
-                return Err(BackendError::TwoDeliveries { socket, registry })
-            }
+            (Some(socket), Some(registry), _) => return Err(BackendError::TwoDeliveries { socket, registry }),
             (Some(socket), None, _) => {
                 let socket = PathBuf::from(socket);
                 if !socket.is_absolute() {
@@ -164,10 +157,9 @@ impl Backend {
     /// How the plan names built images for this backend.
     pub fn delivery(&self) -> Delivery {
         match self {
-            Self::Kubernetes(KubeTarget {
-                images: ImageTarget::Registry { host },
-                ..
-            }) => Delivery::Registry(host.clone()),
+            Self::Kubernetes(KubeTarget { images: ImageTarget::Registry { host }, .. }) => {
+                Delivery::Registry(host.clone())
+            }
             _ => Delivery::Local,
         }
     }
@@ -180,12 +172,8 @@ impl fmt::Display for KubeTarget {
             None => f.write_str("the kubeconfig's current context")?,
         }
         match &self.images {
-            ImageTarget::KindNodes { cluster } => {
-                write!(f, ", images into the nodes of Kind cluster `{cluster}`")
-            }
-            ImageTarget::Containerd { socket } => {
-                write!(f, ", images into containerd at {}", socket.display())
-            }
+            ImageTarget::KindNodes { cluster } => write!(f, ", images into the nodes of Kind cluster `{cluster}`"),
+            ImageTarget::Containerd { socket } => write!(f, ", images into containerd at {}", socket.display()),
             ImageTarget::Registry { host } => write!(f, ", images through registry {host}"),
         }
     }
@@ -198,124 +186,53 @@ mod tests {
     use super::*;
 
     fn resolve(declared: Declared, vars: &[(&str, &str)]) -> Result<Backend, BackendError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Backend::resolve_with(&declared, |name| vars.get(name).cloned())
     }
 
     fn kube(context: Option<&str>, images: ImageTarget) -> Backend {
-        Backend::Kubernetes(KubeTarget {
-            context: context.map(str::to_owned),
-            images,
-        })
+        Backend::Kubernetes(KubeTarget { context: context.map(str::to_owned), images })
     }
 
     #[test]
     fn docker_unless_told_otherwise() {
         assert_eq!(resolve(Declared::default(), &[]), Ok(Backend::Docker));
-        let declared = Declared {
-            kubernetes: true,
-            cluster: Some("e2e"),
-            ..Declared::default()
-        };
-        assert_eq!(
-            resolve(declared, &[(BACKEND_ENV, "docker")]),
-            Ok(Backend::Docker)
-        );
+        let declared = Declared { kubernetes: true, cluster: Some("e2e"), ..Declared::default() };
+        assert_eq!(resolve(declared, &[(BACKEND_ENV, "docker")]), Ok(Backend::Docker));
     }
 
     #[test]
     fn kind_is_the_short_form_with_its_context() {
-        let want = kube(
-            Some("kind-kind"),
-            ImageTarget::KindNodes {
-                cluster: "kind".to_owned(),
-            },
-        );
-        assert_eq!(
-            resolve(Declared::default(), &[(BACKEND_ENV, "kind")]),
-            Ok(want)
-        );
-        let declared = Declared {
-            kubernetes: true,
-            cluster: Some("e2e"),
-            ..Declared::default()
-        };
-        let want = kube(
-            Some("kind-e2e"),
-            ImageTarget::KindNodes {
-                cluster: "e2e".to_owned(),
-            },
-        );
+        let want = kube(Some("kind-kind"), ImageTarget::KindNodes { cluster: "kind".to_owned() });
+        assert_eq!(resolve(Declared::default(), &[(BACKEND_ENV, "kind")]), Ok(want));
+        let declared = Declared { kubernetes: true, cluster: Some("e2e"), ..Declared::default() };
+        let want = kube(Some("kind-e2e"), ImageTarget::KindNodes { cluster: "e2e".to_owned() });
         assert_eq!(resolve(declared, &[]), Ok(want));
     }
 
     #[test]
     fn the_environment_gives_a_containerd_socket_and_a_context() {
-        let vars = [
-            (BACKEND_ENV, "kubernetes"),
-            (CONTAINERD_SOCKET_ENV, "/run/node/containerd.sock"),
-            (KUBE_CONTEXT_ENV, "local"),
-        ];
-        let want = kube(
-            Some("local"),
-            ImageTarget::Containerd {
-                socket: "/run/node/containerd.sock".into(),
-            },
-        );
+        let vars = [(BACKEND_ENV, "kubernetes"), (CONTAINERD_SOCKET_ENV, "/run/node/containerd.sock"), (KUBE_CONTEXT_ENV, "local")];
+        let want = kube(Some("local"), ImageTarget::Containerd { socket: "/run/node/containerd.sock".into() });
         assert_eq!(resolve(Declared::default(), &vars), Ok(want));
     }
 
     #[test]
     fn a_registry_delivery_names_images_after_the_registry() {
-        let declared = Declared {
-            kubernetes: true,
-            registry: Some("registry.ci.example:5000"),
-            ..Declared::default()
-        };
+        let declared = Declared { kubernetes: true, registry: Some("registry.ci.example:5000"), ..Declared::default() };
         let backend = resolve(declared, &[]).expect("backend");
-        assert_eq!(
-            backend,
-            kube(
-                None,
-                ImageTarget::Registry {
-                    host: "registry.ci.example:5000".to_owned()
-                }
-            )
-        );
-        assert_eq!(
-            backend.delivery(),
-            Delivery::Registry("registry.ci.example:5000".to_owned())
-        );
+        assert_eq!(backend, kube(None, ImageTarget::Registry { host: "registry.ci.example:5000".to_owned() }));
+        assert_eq!(backend.delivery(), Delivery::Registry("registry.ci.example:5000".to_owned()));
     }
 
     #[test]
     fn mistakes_say_what_to_set() {
-        assert_eq!(
-            resolve(Declared::default(), &[(BACKEND_ENV, "k8s")]),
-            Err(BackendError::Unknown("k8s".to_owned()))
-        );
-        let error =
-            resolve(Declared::default(), &[(BACKEND_ENV, "kubernetes")]).expect_err("no delivery");
+        assert_eq!(resolve(Declared::default(), &[(BACKEND_ENV, "k8s")]), Err(BackendError::Unknown("k8s".to_owned())));
+        let error = resolve(Declared::default(), &[(BACKEND_ENV, "kubernetes")]).expect_err("no delivery");
         assert!(error.to_string().contains(CONTAINERD_SOCKET_ENV), "{error}");
-        let vars = [
-            (BACKEND_ENV, "kubernetes"),
-            (CONTAINERD_SOCKET_ENV, "/s.sock"),
-            (REGISTRY_ENV, "r:5000"),
-        ];
-        assert!(matches!(
-            resolve(Declared::default(), &vars),
-            Err(BackendError::TwoDeliveries { .. })
-        ));
-        let vars = [
-            (BACKEND_ENV, "kubernetes"),
-            (CONTAINERD_SOCKET_ENV, "node/containerd.sock"),
-        ];
-        assert!(matches!(
-            resolve(Declared::default(), &vars),
-            Err(BackendError::RelativeSocket(_))
-        ));
+        let vars = [(BACKEND_ENV, "kubernetes"), (CONTAINERD_SOCKET_ENV, "/s.sock"), (REGISTRY_ENV, "r:5000")];
+        assert!(matches!(resolve(Declared::default(), &vars), Err(BackendError::TwoDeliveries { .. })));
+        let vars = [(BACKEND_ENV, "kubernetes"), (CONTAINERD_SOCKET_ENV, "node/containerd.sock")];
+        assert!(matches!(resolve(Declared::default(), &vars), Err(BackendError::RelativeSocket(_))));
     }
 }

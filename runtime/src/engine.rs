@@ -106,14 +106,7 @@ pub async fn connect() -> Result<Docker, EngineError> {
     let budget = budget_from_env()?;
     match std::env::var(DOCKER_HOST_ENV) {
         Ok(host) if !host.is_empty() => open(&host, "from DOCKER_HOST", budget).await,
-        _ => {
-            open(
-                DEFAULT_HOST,
-                "the default socket; DOCKER_HOST is not set",
-                budget,
-            )
-            .await
-        }
+        _ => open(DEFAULT_HOST, "the default socket; DOCKER_HOST is not set", budget).await,
     }
 }
 
@@ -167,9 +160,7 @@ fn budget_from_env() -> Result<Duration, EngineError> {
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().ok()?;
     match unit.trim() {
@@ -190,10 +181,7 @@ fn nothing_listens(error: &bollard::errors::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) {
+            if matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) {
                 return true;
             }
         }
@@ -203,22 +191,13 @@ fn nothing_listens(error: &bollard::errors::Error) -> bool {
 }
 
 async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Docker, EngineError> {
-    let unreachable = |source| EngineError::Unreachable {
-        host: host.to_owned(),
-        origin,
-        source,
-    };
+    let unreachable = |source| EngineError::Unreachable { host: host.to_owned(), origin, source };
     let docker = if host.starts_with("unix://") {
-        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-            .map_err(unreachable)?
+        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION).map_err(unreachable)?
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
-        Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-            .map_err(unreachable)?
+        Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION).map_err(unreachable)?
     } else {
-        return Err(EngineError::UnsupportedAddress {
-            host: host.to_owned(),
-            origin,
-        });
+        return Err(EngineError::UnsupportedAddress { host: host.to_owned(), origin });
     };
     // The client speaks the newest API by default; older engines (Docker
     // 20.10, Podman 4) refuse it, so settle on the engine's version first.
@@ -228,12 +207,7 @@ async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Dock
     loop {
         let remaining = budget.saturating_sub(started.elapsed());
         if remaining.is_zero() {
-            return Err(EngineError::NoAnswer {
-                host: host.to_owned(),
-                origin,
-                waited: started.elapsed(),
-                attempts,
-            });
+            return Err(EngineError::NoAnswer { host: host.to_owned(), origin, waited: started.elapsed(), attempts });
         }
         attempts += 1;
         let attempt = docker.clone();
@@ -252,12 +226,7 @@ async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Dock
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            Err(_) => tracing::debug!(
-                host,
-                attempts,
-                ?wait,
-                "the engine did not answer a ping in time; trying again"
-            ),
+            Err(_) => tracing::debug!(host, attempts, ?wait, "the engine did not answer a ping in time; trying again"),
         }
         wait = wait.saturating_mul(2);
     }
@@ -288,11 +257,9 @@ pub async fn within<T>(
     operation: &str,
     call: impl std::future::Future<Output = T>,
 ) -> Result<T, Silent> {
-    tokio::time::timeout(limit, call).await.map_err(|_| Silent {
-        address: address(docker),
-        operation: operation.to_owned(),
-        waited: limit,
-    })
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| Silent { address: address(docker), operation: operation.to_owned(), waited: limit })
 }
 
 /// Tells Docker from Podman by the engine's version report.
@@ -306,11 +273,7 @@ pub async fn kind(docker: &Docker) -> Result<EngineKind, EngineError> {
         .unwrap_or_default()
         .iter()
         .any(|c| c.name.to_ascii_lowercase().contains("podman"));
-    Ok(if podman {
-        EngineKind::Podman
-    } else {
-        EngineKind::Docker
-    })
+    Ok(if podman { EngineKind::Podman } else { EngineKind::Docker })
 }
 
 #[cfg(test)]
@@ -329,8 +292,7 @@ mod tests {
 
     #[test]
     fn the_address_comes_from_the_client() {
-        let docker =
-            Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
+        let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
         assert_eq!(address(&docker), "127.0.0.1:1");
     }
 }

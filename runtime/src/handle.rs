@@ -2,9 +2,9 @@
 //! namespace or network, endpoints, and clients for the engine and cluster.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -126,11 +126,7 @@ pub struct Infra {
 
 impl Infra {
     pub(crate) fn new(plan: Plan, record: StackRecord) -> Self {
-        Self {
-            plan,
-            record,
-            forwards: Mutex::default(),
-        }
+        Self { plan, record, forwards: Mutex::default() }
     }
 
     /// The run's plan.
@@ -182,26 +178,15 @@ impl Infra {
     /// [`EndpointError`] for a component or port the stack does not publish,
     /// or a port-forward that cannot be opened.
     pub fn try_endpoint(&self, component: &str, port: u16) -> Result<Endpoint, EndpointError> {
-        let unknown = || EndpointError::NotPublished {
-            component: component.to_owned(),
-            port,
-        };
+        let unknown = || EndpointError::NotPublished { component: component.to_owned(), port };
         match &self.record.placement {
             Placement::Docker { .. } => {
-                let addr = self
-                    .record
-                    .endpoints
-                    .get(component)
-                    .and_then(|p| p.get(&port))
-                    .ok_or_else(unknown)?;
+                let addr = self.record.endpoints.get(component).and_then(|p| p.get(&port)).ok_or_else(unknown)?;
                 Ok(Endpoint { addr: *addr })
             }
             Placement::Kubernetes { target } => {
                 self.plan.component(component).ok_or_else(unknown)?;
-                let mut forwards = self
-                    .forwards
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut forwards = self.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(addr) = forwards.get(&(component.to_owned(), port)) {
                     return Ok(Endpoint { addr: *addr });
                 }
@@ -229,10 +214,7 @@ impl Infra {
     /// [`EngineError`] when the engine does not answer.
     pub async fn docker(&self) -> Result<bollard::Docker, EngineError> {
         match &self.record.placement {
-            Placement::Docker {
-                docker_host: Some(host),
-                ..
-            } => engine::connect_to(host).await,
+            Placement::Docker { docker_host: Some(host), .. } => engine::connect_to(host).await,
             _ => engine::connect().await,
         }
     }

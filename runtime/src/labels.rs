@@ -35,10 +35,7 @@ pub const BUILT_FOR_COMPONENT: &str = "io.e2e-infra.built-for.component";
 /// would otherwise inherit one from its image.
 pub fn for_run(plan: &Plan) -> HashMap<String, String> {
     let mut labels = identity(plan);
-    labels.insert(
-        LAUNCHER.to_owned(),
-        plan.run().launcher().map(|l| l.label()).unwrap_or_default(),
-    );
+    labels.insert(LAUNCHER.to_owned(), plan.run().launcher().map(|l| l.label()).unwrap_or_default());
     labels
 }
 
@@ -57,10 +54,7 @@ pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
 pub fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
     HashMap::from([
         (BUILT_BY_RUN.to_owned(), plan.run().as_str().to_owned()),
-        (
-            BUILT_BY_CONSUMER.to_owned(),
-            plan.consumer().as_str().to_owned(),
-        ),
+        (BUILT_BY_CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
         (BUILT_FOR_COMPONENT.to_owned(), component.to_owned()),
     ])
 }

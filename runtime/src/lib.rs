@@ -28,9 +28,7 @@ pub mod plan;
 
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_macros::e2e_infra;
-pub use plan::{
-    Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag,
-};
+pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};
 pub mod handle;
 pub mod stack;
 pub mod suite;
@@ -41,7 +39,7 @@ pub use handle::{Endpoint, EndpointError, Infra};
 #[doc(hidden)]
 pub mod __private {
     //! What the attribute's expansion names; not a public API.
-    pub use crate::backend::Declared;
     pub use crate::handle::Infra;
+    pub use crate::backend::Declared;
     pub use crate::suite::{Suite, SuiteSpec, TestGuard};
 }

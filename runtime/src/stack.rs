@@ -61,11 +61,7 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self {
-            backend: Backend::Docker,
-            ready_timeout: None,
-            build: BuildOptions::default(),
-        }
+        Self { backend: Backend::Docker, ready_timeout: None, build: BuildOptions::default() }
     }
 }
 
@@ -83,10 +79,7 @@ struct Timings {
 /// [`StackError::Engine`] when it does not answer.
 pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker, StackError> {
     Ok(match placement {
-        Some(Placement::Docker {
-            docker_host: Some(host),
-            ..
-        }) => engine::connect_to(host).await?,
+        Some(Placement::Docker { docker_host: Some(host), .. }) => engine::connect_to(host).await?,
         _ => engine::connect().await?,
     })
 }
@@ -100,10 +93,7 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {
-        Backend::Kubernetes(target) => Some((
-            target,
-            kube_backend::connect(target.context.as_deref()).await?,
-        )),
+        Backend::Kubernetes(target) => Some((target, kube_backend::connect(target.context.as_deref()).await?)),
         Backend::Docker => None,
     };
     let docker = engine::connect().await?;
@@ -124,63 +114,36 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
     let built: Vec<BuildOutcome> = build::build_all(&docker, plan, &options.build).await?;
     for outcome in &built {
-        timings.entry(outcome.component.clone()).or_default().build =
-            Some((outcome.elapsed, outcome.cached));
+        timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
     }
     let mut endpoints = BTreeMap::new();
     let placement = match kube {
         None => {
             let stack = docker_backend::up(&docker, plan).await?;
             for running in &stack.containers {
-                timings.entry(running.component.clone()).or_default().ready =
-                    Some(running.ready_after);
+                timings.entry(running.component.clone()).or_default().ready = Some(running.ready_after);
                 endpoints.insert(running.component.clone(), running.ports.clone());
             }
-            Placement::Docker {
-                docker_host: std::env::var("DOCKER_HOST").ok(),
-                network: stack.network,
-            }
+            Placement::Docker { docker_host: std::env::var("DOCKER_HOST").ok(), network: stack.network }
         }
         Some((target, client)) => {
             let started = Instant::now();
-            let images: Vec<LoadImage> = built
-                .iter()
-                .map(|b| LoadImage {
-                    image: b.image.clone(),
-                    image_id: b.image_id.clone(),
-                })
-                .collect();
+            let images: Vec<LoadImage> =
+                built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
             let report = match &target.images {
                 ImageTarget::Registry { .. } => {
                     registry::push_all(&docker, plan, None).await?;
                     None
                 }
-                ImageTarget::KindNodes { cluster } => {
-                    Some(kind::load(&docker, cluster, &images).await?)
+                ImageTarget::KindNodes { cluster } => Some(kind::load(&docker, cluster, &images).await?),
+                ImageTarget::Containerd { socket } => {
+                    Some(containerd::load(&docker, &[Node::Socket { path: socket.clone() }], &images).await?)
                 }
-                ImageTarget::Containerd { socket } => Some(
-                    containerd::load(
-                        &docker,
-                        &[Node::Socket {
-                            path: socket.clone(),
-                        }],
-                        &images,
-                    )
-                    .await?,
-                ),
             };
-            record_loads(
-                plan,
-                report.as_ref(),
-                started.elapsed(),
-                &built,
-                &mut timings,
-            );
+            record_loads(plan, report.as_ref(), started.elapsed(), &built, &mut timings);
             let started = Instant::now();
             let kube_options = kube_backend::KubeOptions {
-                timeout: options
-                    .ready_timeout
-                    .unwrap_or(kube_backend::DEFAULT_TIMEOUT),
+                timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
                 images: serde_json::to_string(&target.images).ok(),
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
@@ -191,9 +154,7 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
             for component in plan.components() {
                 timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
             }
-            Placement::Kubernetes {
-                target: target.clone(),
-            }
+            Placement::Kubernetes { target: target.clone() }
         }
     };
     Ok(StackRecord {
@@ -213,31 +174,15 @@ const IMAGE_REASONS: &[&str] = &["ErrImageNeverPull", "ErrImagePull", "ImagePull
 /// Adds to a container that cannot get its image what the first of
 /// `nodes` holds of the image's repository: an earlier tag, the cache, or
 /// nothing. That is the fact that settles a build/deploy tag mismatch.
-pub async fn explain_pull_failure(
-    docker: &bollard::Docker,
-    nodes: &[Node],
-    error: &mut kube_backend::KubeError,
-) {
-    let kube_backend::KubeError::PodFailed(failure) = error else {
-        return;
-    };
+pub async fn explain_pull_failure(docker: &bollard::Docker, nodes: &[Node], error: &mut kube_backend::KubeError) {
+    let kube_backend::KubeError::PodFailed(failure) = error else { return };
     let Some(node) = nodes.first() else { return };
     if !IMAGE_REASONS.contains(&failure.reason.as_str()) {
         return;
     }
-    let repository = failure
-        .image
-        .rsplit_once(':')
-        .map_or(failure.image.as_str(), |(r, _)| r)
-        .to_owned();
+    let repository = failure.image.rsplit_once(':').map_or(failure.image.as_str(), |(r, _)| r).to_owned();
     let held = match containerd::node_images(docker, node).await {
-        Ok(held) => held
-            .into_iter()
-            .filter(|r| {
-                r.rsplit_once(':')
-                    .is_some_and(|(repo, _)| repo == repository)
-            })
-            .collect(),
+        Ok(held) => held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect(),
         Err(error) => vec![format!("(cannot list: {error})")],
     };
     failure.node_images = Some((node.to_string(), held));
@@ -254,13 +199,7 @@ fn record_loads(
 ) {
     for outcome in built {
         let slowest = report.map_or(total, |report| {
-            report
-                .outcomes
-                .iter()
-                .filter(|o| o.image == outcome.image)
-                .map(|o| o.elapsed)
-                .max()
-                .unwrap_or_default()
+            report.outcomes.iter().filter(|o| o.image == outcome.image).map(|o| o.elapsed).max().unwrap_or_default()
         });
         if plan.component(&outcome.component).is_some() {
             timings.entry(outcome.component.clone()).or_default().load = Some(slowest);
@@ -285,11 +224,7 @@ pub async fn down(
 ) -> Result<String, StackError> {
     let filters = labels::filter(run_id, consumer);
     let removed = docker_backend::remove_labelled(docker, &filters).await?;
-    let mut summary = format!(
-        "{} container(s), {} network(s)",
-        removed.containers.len(),
-        removed.networks.len()
-    );
+    let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
         let namespace = Namespace::of(run_id, consumer);
@@ -297,27 +232,16 @@ pub async fn down(
         kube_backend::delete_namespace(client, &namespace).await?;
         let nodes = match &target.images {
             ImageTarget::KindNodes { cluster } => kind::nodes(docker, cluster).await?,
-            ImageTarget::Containerd { socket } => vec![Node::Socket {
-                path: socket.clone(),
-            }],
+            ImageTarget::Containerd { socket } => vec![Node::Socket { path: socket.clone() }],
             ImageTarget::Registry { .. } => Vec::new(),
         };
         let mut references = 0;
         for node in &nodes {
-            references += containerd::remove_tagged(docker, node, &Tag::of(&namespace))
-                .await?
-                .len();
+            references += containerd::remove_tagged(docker, node, &Tag::of(&namespace)).await?.len();
         }
-        let _ = write!(
-            summary,
-            ", namespace {namespace}, {references} image reference(s) on the nodes"
-        );
+        let _ = write!(summary, ", namespace {namespace}, {references} image reference(s) on the nodes");
         if !released.is_empty() {
-            let _ = write!(
-                summary,
-                ", cluster-scoped objects no other run uses: {}",
-                released.join(", ")
-            );
+            let _ = write!(summary, ", cluster-scoped objects no other run uses: {}", released.join(", "));
         }
     }
     Ok(summary)
@@ -329,12 +253,7 @@ fn seconds(d: Option<Duration>) -> String {
 
 /// The per-run table: component, image, build / load / ready times, cache hits.
 fn summary(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
-    let width = plan
-        .components()
-        .iter()
-        .map(|c| c.image.to_string().len())
-        .max()
-        .unwrap_or(5);
+    let width = plan.components().iter().map(|c| c.image.to_string().len()).max().unwrap_or(5);
     let mut out = format!(
         "e2e-infra: `{}` ready, tag {}\n  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n",
         plan.consumer(),

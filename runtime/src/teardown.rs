@@ -96,8 +96,7 @@ impl RunStack {
     /// since the Unix epoch). A run of unknown age never has.
     pub fn expired(&self, now: i64) -> bool {
         let ttl = i64::try_from(FOREIGN_TTL.as_secs()).unwrap_or(i64::MAX);
-        self.created
-            .is_some_and(|created| now.saturating_sub(created) > ttl)
+        self.created.is_some_and(|created| now.saturating_sub(created) > ttl)
     }
 
     /// Whether `clean` with `scope` removes this run, judged as `liveness`
@@ -116,15 +115,12 @@ impl RunStack {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Parses an engine timestamp (RFC 3339) to seconds since the Unix epoch.
 fn epoch_seconds(rfc3339: &str) -> Option<i64> {
-    let time =
-        humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z').split('.').next()?).ok()?;
+    let time = humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z').split('.').next()?).ok()?;
     i64::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
 }
 
@@ -157,16 +153,10 @@ pub async fn mark_kept(
     let request = VolumeCreateRequest {
         name: Some(name.clone()),
         labels: Some(HashMap::from([
-            (
-                labels::MANAGED_BY.to_owned(),
-                labels::MANAGED_BY_VALUE.to_owned(),
-            ),
+            (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
             (labels::RUN.to_owned(), run_id.to_owned()),
             (labels::CONSUMER.to_owned(), consumer.to_owned()),
-            (
-                labels::LAUNCHER.to_owned(),
-                launcher.map(|l| l.label()).unwrap_or_default(),
-            ),
+            (labels::LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
             (labels::KEPT.to_owned(), why.to_owned()),
         ])),
         ..Default::default()
@@ -175,32 +165,18 @@ pub async fn mark_kept(
         .create_volume(request)
         .await
         .map(|_| ())
-        .map_err(|source| {
-            StackError::Docker(DockerError::Marker {
-                volume: name,
-                operation: "creating",
-                source,
-            })
-        })
+        .map_err(|source| StackError::Docker(DockerError::Marker { volume: name, operation: "creating", source }))
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([(
         "label".to_owned(),
-        vec![format!(
-            "{}={}",
-            labels::MANAGED_BY,
-            labels::MANAGED_BY_VALUE
-        )],
+        vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)],
     )])
 }
 
 fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
-    StackError::Docker(DockerError::List {
-        what,
-        filters: managed_filter()["label"].clone(),
-        source,
-    })
+    StackError::Docker(DockerError::List { what, filters: managed_filter()["label"].clone(), source })
 }
 
 /// Every run and consumer that owns containers, networks or a kept marker
@@ -211,23 +187,15 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 /// [`StackError::Docker`] when the engine cannot list them.
 pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(managed_filter()),
-            ..Default::default()
-        }))
+        .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
         .await
         .map_err(|source| listing("containers", source))?;
     let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(managed_filter()),
-        }))
+        .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
         .await
         .map_err(|source| listing("networks", source))?;
     let volumes = docker
-        .list_volumes(Some(ListVolumesOptions {
-            filters: Some(managed_filter()),
-        }))
+        .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
         .await
         .map_err(|source| listing("volumes", source))?;
     enum Kind {
@@ -238,14 +206,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     let mut runs: BTreeMap<(String, String), RunStack> = BTreeMap::new();
     let owned = containers
         .into_iter()
-        .map(|c| {
-            (
-                c.labels,
-                c.names.and_then(|n| n.into_iter().next()),
-                c.created,
-                Kind::Container,
-            )
-        })
+        .map(|c| (c.labels, c.names.and_then(|n| n.into_iter().next()), c.created, Kind::Container))
         .chain(networks.into_iter().map(|n| {
             let created = n.created.as_deref().and_then(epoch_seconds);
             (n.labels, n.name, created, Kind::Network)
@@ -256,27 +217,21 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
         }));
     for (labels, name, created, kind) in owned {
         let Some(labels) = labels else { continue };
-        let (Some(run_id), Some(consumer)) =
-            (labels.get(labels::RUN), labels.get(labels::CONSUMER))
-        else {
+        let (Some(run_id), Some(consumer)) = (labels.get(labels::RUN), labels.get(labels::CONSUMER)) else {
             continue;
         };
-        let run = runs
-            .entry((run_id.clone(), consumer.clone()))
-            .or_insert_with(|| RunStack {
-                kept: RunDir::existing(run_id, consumer).is_some_and(|d| d.is_kept()),
-                run_id: run_id.clone(),
-                consumer: consumer.clone(),
-                launcher: None,
-                containers: Vec::new(),
-                networks: Vec::new(),
-                kube: None,
-                created: None,
-            });
+        let run = runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
+            kept: RunDir::existing(run_id, consumer).is_some_and(|d| d.is_kept()),
+            run_id: run_id.clone(),
+            consumer: consumer.clone(),
+            launcher: None,
+            containers: Vec::new(),
+            networks: Vec::new(),
+            kube: None,
+            created: None,
+        });
         if run.launcher.is_none() {
-            run.launcher = labels
-                .get(labels::LAUNCHER)
-                .and_then(|l| Launcher::from_label(l));
+            run.launcher = labels.get(labels::LAUNCHER).and_then(|l| Launcher::from_label(l));
         }
         run.created = match (run.created, created) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -302,11 +257,7 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
     let client = kube_backend::connect(context).await?;
     let mut runs = Vec::new();
     for found in kube_backend::run_namespaces(client).await? {
-        let Some(images) = found
-            .images
-            .as_deref()
-            .and_then(|i| serde_json::from_str::<ImageTarget>(i).ok())
-        else {
+        let Some(images) = found.images.as_deref().and_then(|i| serde_json::from_str::<ImageTarget>(i).ok()) else {
             tracing::warn!(
                 "namespace `{}` of run {} does not record where its images went; remove it with `kubectl delete namespace {}`",
                 found.name,
@@ -316,17 +267,10 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             continue;
         };
         runs.push(RunStack {
-            kept: found.kept.is_some()
-                || RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
+            kept: found.kept.is_some() || RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
             created: found.created,
             launcher: Launcher::from_label(&found.launcher),
-            kube: Some((
-                found.name,
-                KubeTarget {
-                    context: context.map(str::to_owned),
-                    images,
-                },
-            )),
+            kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),
             run_id: found.run_id,
             consumer: found.consumer,
             containers: Vec::new(),
@@ -391,70 +335,29 @@ mod tests {
         assert!(fresh.removable(Liveness::Dead, auto, now));
         assert!(!fresh.removable(Liveness::Alive, auto, now));
         assert!(!fresh.removable(Liveness::Manual, auto, now));
-        assert!(!fresh.removable(
-            Liveness::Manual,
-            Scope {
-                kept: true,
-                foreign: true
-            },
-            now
-        ));
+        assert!(!fresh.removable(Liveness::Manual, Scope { kept: true, foreign: true }, now));
         // Foreign: alive as far as anyone here knows.
         assert!(!fresh.removable(Liveness::Foreign, auto, now));
-        assert!(!fresh.removable(
-            Liveness::Foreign,
-            Scope {
-                kept: true,
-                foreign: false
-            },
-            now
-        ));
-        assert!(fresh.removable(
-            Liveness::Foreign,
-            Scope {
-                kept: false,
-                foreign: true
-            },
-            now
-        ));
+        assert!(!fresh.removable(Liveness::Foreign, Scope { kept: true, foreign: false }, now));
+        assert!(fresh.removable(Liveness::Foreign, Scope { kept: false, foreign: true }, now));
         // ... until its time to live is over.
         let old = run(false, Some(now - day - 1));
         assert!(old.removable(Liveness::Foreign, auto, now));
         assert!(!run(false, Some(now - day + 60)).removable(Liveness::Foreign, auto, now));
-        assert!(
-            !run(false, None).removable(Liveness::Foreign, auto, now),
-            "unknown age never expires"
-        );
+        assert!(!run(false, None).removable(Liveness::Foreign, auto, now), "unknown age never expires");
         // Kept wins over everything but an explicit --kept.
         let kept = run(true, Some(now - 10 * day));
         for liveness in [Liveness::Dead, Liveness::Foreign] {
             assert!(!kept.removable(liveness, auto, now));
-            assert!(!kept.removable(
-                liveness,
-                Scope {
-                    kept: false,
-                    foreign: true
-                },
-                now
-            ));
-            assert!(kept.removable(
-                liveness,
-                Scope {
-                    kept: true,
-                    foreign: true
-                },
-                now
-            ));
+            assert!(!kept.removable(liveness, Scope { kept: false, foreign: true }, now));
+            assert!(kept.removable(liveness, Scope { kept: true, foreign: true }, now));
         }
     }
 
     #[test]
     fn engine_timestamps_are_read() {
         assert_eq!(epoch_seconds("1970-01-01T00:01:40Z"), Some(100));
-        assert_eq!(
-            epoch_seconds("2026-11-27T22:19:58.123456789Z"),
-            Some(1_795_817_998)
-        );
+        assert_eq!(epoch_seconds("2026-11-27T22:19:58.123456789Z"), Some(1_795_817_998));
         assert_eq!(epoch_seconds("not a time"), None);
     }
 }

@@ -38,11 +38,7 @@ impl Project {
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::create_dir_all(dir.path().join("docker")).expect("mkdir");
         for name in ["migrate", "data-storage"] {
-            std::fs::write(
-                dir.path().join(format!("docker/{name}.Dockerfile")),
-                "FROM scratch\n",
-            )
-            .expect("write");
+            std::fs::write(dir.path().join(format!("docker/{name}.Dockerfile")), "FROM scratch\n").expect("write");
         }
         std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("write catalog");
         Self { dir }
@@ -66,31 +62,16 @@ impl Project {
             .env_remove("E2E_INFRA_RUN_ID")
             .env_remove("E2E_INFRA_CONFIG")
             .arg("plan")
-            .args([
-                "--consumer",
-                "notification",
-                "--needs",
-                "datastorage",
-                "--format",
-                "json",
-            ])
+            .args(["--consumer", "notification", "--needs", "datastorage", "--format", "json"])
             .args(args);
         command
     }
 }
 
 fn json(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "exit {:?}; stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "exit {:?}; stderr:\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
+        panic!("stdout is not one JSON document ({e}):\n{}", String::from_utf8_lossy(&output.stdout))
     })
 }
 
@@ -109,53 +90,19 @@ fn json_plan_lists_components_in_dependency_order() {
     assert_eq!(plan["run_id"], "cli-json-1");
     assert_eq!(plan["consumer"], "notification");
     let tag = tag(&plan);
-    let hex = tag
-        .strip_prefix("notification-")
-        .expect("tag starts with the consumer");
-    assert!(
-        hex.len() == 8
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
-        "{tag}"
-    );
+    let hex = tag.strip_prefix("notification-").expect("tag starts with the consumer");
+    assert!(hex.len() == 8 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)), "{tag}");
     assert_eq!(plan["namespace"], tag);
 
     let components = plan["components"].as_array().expect("components array");
     let expected = [
-        (
-            "postgres",
-            "docker.io/library/postgres:16".to_owned(),
-            "borrowed",
-            "IfNotPresent",
-            vec![],
-        ),
-        (
-            "migrate",
-            format!("localhost/migrate:{tag}"),
-            "built",
-            "Never",
-            vec!["postgres"],
-        ),
-        (
-            "redis",
-            "docker.io/library/redis:7".to_owned(),
-            "borrowed",
-            "IfNotPresent",
-            vec![],
-        ),
-        (
-            "datastorage",
-            format!("localhost/datastorage:{tag}"),
-            "built",
-            "Never",
-            vec!["postgres", "redis", "migrate"],
-        ),
+        ("postgres", "docker.io/library/postgres:16".to_owned(), "borrowed", "IfNotPresent", vec![]),
+        ("migrate", format!("localhost/migrate:{tag}"), "built", "Never", vec!["postgres"]),
+        ("redis", "docker.io/library/redis:7".to_owned(), "borrowed", "IfNotPresent", vec![]),
+        ("datastorage", format!("localhost/datastorage:{tag}"), "built", "Never", vec!["postgres", "redis", "migrate"]),
     ];
     assert_eq!(components.len(), expected.len(), "{plan:#}");
-    for (component, (name, image, origin, pull_policy, depends_on)) in
-        components.iter().zip(expected)
-    {
+    for (component, (name, image, origin, pull_policy, depends_on)) in components.iter().zip(expected) {
         assert_eq!(component["name"], name);
         assert_eq!(component["image"], image.as_str());
         assert_eq!(component["origin"], origin);
@@ -167,19 +114,11 @@ fn json_plan_lists_components_in_dependency_order() {
 #[test]
 fn registry_delivery_rewrites_built_images() {
     let project = Project::new();
-    let plan = run(project
-        .plan(&["--registry", "127.0.0.1:5000"])
-        .env("E2E_INFRA_RUN_ID", "cli-registry"));
+    let plan = run(project.plan(&["--registry", "127.0.0.1:5000"]).env("E2E_INFRA_RUN_ID", "cli-registry"));
     let datastorage = &plan["components"][3];
-    assert_eq!(
-        datastorage["image"],
-        format!("127.0.0.1:5000/datastorage:{}", tag(&plan))
-    );
+    assert_eq!(datastorage["image"], format!("127.0.0.1:5000/datastorage:{}", tag(&plan)));
     assert_eq!(datastorage["pull_policy"], "IfNotPresent");
-    assert_eq!(
-        plan["components"][0]["image"],
-        "docker.io/library/postgres:16"
-    );
+    assert_eq!(plan["components"][0]["image"], "docker.io/library/postgres:16");
 }
 
 #[test]
@@ -193,17 +132,9 @@ fn text_format_shows_the_tag_and_every_image() {
         .args(["plan", "--consumer", "notification", "--needs", "migrate"])
         .output()
         .expect("run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout).expect("utf-8");
-    let tag = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tag"))
-        .map(str::trim)
-        .expect("tag line");
+    let tag = text.lines().find_map(|l| l.strip_prefix("tag")).map(str::trim).expect("tag line");
     assert!(text.contains(&format!("localhost/migrate:{tag}")), "{text}");
     assert!(text.contains("docker.io/library/postgres:16"), "{text}");
     assert!(!text.contains("datastorage"), "{text}");
@@ -232,14 +163,8 @@ fn different_nextest_runs_get_different_tags() {
 #[test]
 fn explicit_run_id_overrides_nextest() {
     let project = Project::new();
-    let a = run(project
-        .plan(&[])
-        .env("NEXTEST_RUN_ID", "nextest-a")
-        .env("E2E_INFRA_RUN_ID", "pinned"));
-    let b = run(project
-        .plan(&[])
-        .env("NEXTEST_RUN_ID", "nextest-b")
-        .env("E2E_INFRA_RUN_ID", "pinned"));
+    let a = run(project.plan(&[]).env("NEXTEST_RUN_ID", "nextest-a").env("E2E_INFRA_RUN_ID", "pinned"));
+    let b = run(project.plan(&[]).env("NEXTEST_RUN_ID", "nextest-b").env("E2E_INFRA_RUN_ID", "pinned"));
     assert_eq!(a["run_id"], "pinned");
     assert_eq!(tag(&a), tag(&b));
     let nextest = run(project.plan(&[]).env("NEXTEST_RUN_ID", "nextest-a"));
@@ -249,18 +174,11 @@ fn explicit_run_id_overrides_nextest() {
 #[test]
 fn invalid_explicit_run_id_is_reported() {
     let project = Project::new();
-    let output = project
-        .plan(&[])
-        .env("E2E_INFRA_RUN_ID", "not valid/")
-        .output()
-        .expect("run");
+    let output = project.plan(&[]).env("E2E_INFRA_RUN_ID", "not valid/").output().expect("run");
     assert!(!output.status.success());
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("E2E_INFRA_RUN_ID=`not valid/` is invalid"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("E2E_INFRA_RUN_ID=`not valid/` is invalid"), "{stderr}");
 }
 
 /// Runs the plan twice from one shell: the shell is the launcher of both.
@@ -274,17 +192,7 @@ fn launched_by_a_shell(project: &Project, times: usize) -> std::process::Child {
         .env_remove("NEXTEST_RUN_ID")
         .env_remove("E2E_INFRA_RUN_ID")
         .env_remove("E2E_INFRA_CONFIG")
-        .args([
-            "-c",
-            &script,
-            "sh",
-            BIN,
-            "plan",
-            "--consumer",
-            "notification",
-            "--needs",
-            "datastorage",
-        ])
+        .args(["-c", &script, "sh", BIN, "plan", "--consumer", "notification", "--needs", "datastorage"])
         .args(["--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -292,11 +200,7 @@ fn launched_by_a_shell(project: &Project, times: usize) -> std::process::Child {
 }
 
 fn documents(output: &Output) -> Vec<Value> {
-    assert!(
-        output.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "stderr:\n{}", String::from_utf8_lossy(&output.stderr));
     serde_json::Deserializer::from_slice(&output.stdout)
         .into_iter::<Value>()
         .collect::<Result<_, _>>()
@@ -314,23 +218,11 @@ fn runs_started_together_without_overrides_get_different_tags() {
     assert_eq!(first.len(), 2);
     assert_eq!(second.len(), 1);
     for plan in first.iter().chain(&second) {
-        assert!(
-            plan["run_id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("proc-")),
-            "{plan:#}"
-        );
+        assert!(plan["run_id"].as_str().is_some_and(|id| id.starts_with("proc-")), "{plan:#}");
     }
-    assert_eq!(
-        tag(&first[0]),
-        tag(&first[1]),
-        "one launcher, one run, one tag"
-    );
+    assert_eq!(tag(&first[0]), tag(&first[1]), "one launcher, one run, one tag");
     assert_ne!(tag(&first[0]), tag(&second[0]), "two launchers, two runs");
-    assert_ne!(
-        first[0]["components"][3]["image"],
-        second[0]["components"][3]["image"]
-    );
+    assert_ne!(first[0]["components"][3]["image"], second[0]["components"][3]["image"]);
 }
 
 #[test]
@@ -370,77 +262,44 @@ fn catalog_is_found_by_walking_up() {
     let deep = project.root().join("tests/e2e/notification");
     std::fs::create_dir_all(&deep).expect("mkdir");
     let from_root = run(project.plan(&[]).env("E2E_INFRA_RUN_ID", "cli-walk"));
-    let from_deep = run(project
-        .plan(&[])
-        .current_dir(&deep)
-        .env("E2E_INFRA_RUN_ID", "cli-walk"));
+    let from_deep = run(project.plan(&[]).current_dir(&deep).env("E2E_INFRA_RUN_ID", "cli-walk"));
     assert_eq!(from_deep, from_root);
 }
 
 fn failure(command: &mut Command) -> String {
-    let output = command
-        .env("E2E_INFRA_RUN_ID", "cli-broken")
-        .output()
-        .expect("run");
-    assert!(
-        !output.status.success(),
-        "succeeded:\n{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "stdout not empty:\n{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let output = command.env("E2E_INFRA_RUN_ID", "cli-broken").output().expect("run");
+    assert!(!output.status.success(), "succeeded:\n{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.stdout.is_empty(), "stdout not empty:\n{}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8(output.stderr).expect("utf-8 stderr")
 }
 
 #[test]
 fn broken_catalog_fails_with_the_message_on_stderr_only() {
     let project = Project::new();
-    let text = CATALOG.replace(
-        "depends_on = [\"postgres\"]",
-        "depends_on = [\"postgress\"]",
-    );
+    let text = CATALOG.replace("depends_on = [\"postgres\"]", "depends_on = [\"postgress\"]");
     std::fs::write(project.catalog(), &text).expect("write");
-    let line = text
-        .lines()
-        .position(|l| l.contains("postgress"))
-        .expect("line")
-        + 1;
+    let line = text.lines().position(|l| l.contains("postgress")).expect("line") + 1;
     let stderr = failure(&mut project.plan(&[]));
     assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{}:{line}:", project.catalog().display())),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("unknown component `postgress` (did you mean `postgres`?)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{}:{line}:", project.catalog().display())), "{stderr}");
+    assert!(stderr.contains("unknown component `postgress` (did you mean `postgres`?)"), "{stderr}");
 }
 
 #[test]
 fn unknown_need_fails_with_a_suggestion() {
     let project = Project::new();
     let mut command = Command::new(BIN);
-    command
-        .current_dir(project.root())
-        .env_remove("E2E_INFRA_CONFIG")
-        .args([
-            "plan",
-            "--consumer",
-            "notification",
-            "--needs",
-            "datastorge",
-            "--format",
-            "json",
-        ]);
+    command.current_dir(project.root()).env_remove("E2E_INFRA_CONFIG").args([
+        "plan",
+        "--consumer",
+        "notification",
+        "--needs",
+        "datastorge",
+        "--format",
+        "json",
+    ]);
     let stderr = failure(&mut command);
-    assert!(
-        stderr.contains("unknown component `datastorge` (did you mean `datastorage`?)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown component `datastorge` (did you mean `datastorage`?)"), "{stderr}");
 }
 
 #[test]
@@ -458,17 +317,12 @@ fn missing_catalog_says_where_it_looked() {
 fn example_catalog_plans_the_notification_stack() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
     let copy = tempfile::tempdir().expect("temporary directory");
-    std::fs::copy(
-        example.join("e2e-infra.toml"),
-        copy.path().join("e2e-infra.toml"),
-    )
-    .expect("copy catalog");
+    std::fs::copy(example.join("e2e-infra.toml"), copy.path().join("e2e-infra.toml")).expect("copy catalog");
     for dir in ["docker", "deploy"] {
         std::fs::create_dir(copy.path().join(dir)).expect("mkdir");
         for entry in std::fs::read_dir(example.join(dir)).expect("read example") {
             let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), copy.path().join(dir).join(entry.file_name()))
-                .expect("copy");
+            std::fs::copy(entry.path(), copy.path().join(dir).join(entry.file_name())).expect("copy");
         }
     }
     std::fs::create_dir(copy.path().join("images")).expect("mkdir");
@@ -476,30 +330,14 @@ fn example_catalog_plans_the_notification_stack() {
         .current_dir(copy.path())
         .env_remove("E2E_INFRA_CONFIG")
         .env("E2E_INFRA_RUN_ID", "cli-example")
-        .args([
-            "plan",
-            "--consumer",
-            "notification",
-            "--needs",
-            "datastorage",
-            "--format",
-            "json",
-        ]));
-    let names: Vec<&str> = plan["components"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+        .args(["plan", "--consumer", "notification", "--needs", "datastorage", "--format", "json"]));
+    let names: Vec<&str> =
+        plan["components"].as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["postgres", "migrate", "redis", "datastorage"]);
     for component in plan["components"].as_array().expect("array") {
         assert_eq!(
             component["image"],
-            format!(
-                "localhost/{}:{}",
-                component["name"].as_str().expect("name"),
-                tag(&plan)
-            )
+            format!("localhost/{}:{}", component["name"].as_str().expect("name"), tag(&plan))
         );
     }
 }

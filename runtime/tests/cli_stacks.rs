@@ -21,19 +21,11 @@ ready = { tcp = 8080, timeout = "30s" }
 fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("ctx")).expect("ctx");
-    std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox"))
-        .expect("busybox: install busybox-static");
-    std::fs::write(
-        dir.path().join("web.Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n",
-    )
-    .expect("dockerfile");
+    std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox")).expect("busybox: install busybox-static");
+    std::fs::write(dir.path().join("web.Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("dockerfile");
     std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("catalog");
     // The state root must be private to its user.
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir.path().join("state"))
-        .expect("state");
+    std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state");
     dir
 }
 
@@ -45,11 +37,7 @@ fn cli(dir: &Path, args: &[&str]) -> Output {
         .env_remove("E2E_INFRA_RUN_ID")
         .output()
         .expect("run e2e-infra");
-    eprintln!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    eprintln!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     output
 }
 
@@ -71,36 +59,21 @@ fn up_status_down_and_clean() {
 fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     let dir = project();
     let consumer = consumer("up");
-    let up = cli(
-        dir.path(),
-        &["up", "--consumer", &consumer, "--needs", "web"],
-    );
+    let up = cli(dir.path(), &["up", "--consumer", &consumer, "--needs", "web"]);
     assert!(up.status.success());
     let text = stdout(&up);
-    assert!(
-        text.contains(&format!("localhost/web:{consumer}-")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("localhost/web:{consumer}-")), "{text}");
     let endpoint = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("web:8080 -> "))
         .expect("endpoint line")
         .to_owned();
     std::net::TcpStream::connect(&endpoint).expect("the published port answers");
-    assert!(
-        text.contains(&format!("e2e-infra down --consumer {consumer} --run up-")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("e2e-infra down --consumer {consumer} --run up-")), "{text}");
 
     let status = stdout(&cli(dir.path(), &["status"]));
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&consumer))
-        .expect("listed");
-    assert!(
-        line.contains("manual") && line.contains(&format!("{consumer}-")),
-        "{line}"
-    );
+    let line = status.lines().find(|l| l.starts_with(&consumer)).expect("listed");
+    assert!(line.contains("manual") && line.contains(&format!("{consumer}-")), "{line}");
 
     // `clean` leaves stacks brought up by hand alone.
     assert!(cli(dir.path(), &["clean"]).status.success());
@@ -108,11 +81,7 @@ fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
 
     let down = cli(dir.path(), &["down", "--consumer", &consumer]);
     assert!(down.status.success());
-    assert!(
-        stdout(&down).contains("1 container(s), 1 network(s)"),
-        "{}",
-        stdout(&down)
-    );
+    assert!(stdout(&down).contains("1 container(s), 1 network(s)"), "{}", stdout(&down));
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&consumer));
     let again = cli(dir.path(), &["down", "--consumer", &consumer]);
     assert!(!again.status.success());
@@ -132,15 +101,9 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     for name in [&dead, &kept] {
         let run = RunId::explicit(&format!("dead-{name}"), Some(launcher)).expect("run id");
         let plan = Plan::new(&catalog, name, &["web"], run, &Delivery::Local).expect("plan");
-        runtime
-            .block_on(stack::up(&plan, &StackOptions::default()))
-            .expect("up");
+        runtime.block_on(stack::up(&plan, &StackOptions::default())).expect("up");
     }
-    let kept_dir = dir
-        .path()
-        .join("state")
-        .join(format!("dead-{kept}"))
-        .join(&kept);
+    let kept_dir = dir.path().join("state").join(format!("dead-{kept}")).join(&kept);
     std::fs::create_dir_all(&kept_dir).expect("state dir");
     std::fs::write(kept_dir.join("kept"), "failed: some_test").expect("kept marker");
     child.kill().expect("kill");
@@ -148,35 +111,16 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     assert!(!launcher.is_alive());
 
     let status = stdout(&cli(dir.path(), &["status"]));
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with(&dead) && l.contains(" dead ")),
-        "{status}"
-    );
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with(&kept) && l.contains(" kept ")),
-        "{status}"
-    );
+    assert!(status.lines().any(|l| l.starts_with(&dead) && l.contains(" dead ")), "{status}");
+    assert!(status.lines().any(|l| l.starts_with(&kept) && l.contains(" kept ")), "{status}");
 
     let clean = stdout(&cli(dir.path(), &["clean"]));
-    assert!(
-        clean.contains(&format!("removed {dead} run dead-{dead}")),
-        "{clean}"
-    );
+    assert!(clean.contains(&format!("removed {dead} run dead-{dead}")), "{clean}");
     assert!(!clean.contains(&kept), "{clean}");
     let status = stdout(&cli(dir.path(), &["status"]));
-    assert!(
-        !status.contains(&dead) && status.contains(&kept),
-        "{status}"
-    );
+    assert!(!status.contains(&dead) && status.contains(&kept), "{status}");
 
     let clean_kept = stdout(&cli(dir.path(), &["clean", "--kept", "--consumer", &kept]));
-    assert!(
-        clean_kept.contains(&format!("removed {kept} run dead-{kept}")),
-        "{clean_kept}"
-    );
+    assert!(clean_kept.contains(&format!("removed {kept} run dead-{kept}")), "{clean_kept}");
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&kept));
 }

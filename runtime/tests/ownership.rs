@@ -15,9 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptions, ListVolumesOptions,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptions, ListVolumesOptions};
 use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
 use e2e_infra::plan::{Host, Launcher, RunId};
@@ -43,18 +41,10 @@ impl Project {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("ctx")).expect("ctx");
-        std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox"))
-            .expect("busybox: install busybox-static");
-        std::fs::write(
-            dir.path().join("web.Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\n",
-        )
-        .expect("dockerfile");
+        std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox")).expect("busybox: install busybox-static");
+        std::fs::write(dir.path().join("web.Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("dockerfile");
         std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("catalog");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir.path().join("state"))
-            .expect("state");
+        std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state");
         Self { dir }
     }
 
@@ -75,16 +65,8 @@ impl Project {
     }
 
     fn cli_with(&self, args: &[&str], state: &Path, env: &[(&str, &str)]) -> Output {
-        let output = self
-            .command(args, state, env)
-            .output()
-            .expect("run e2e-infra");
-        eprintln!(
-            "$ e2e-infra {}\n{}{}",
-            args.join(" "),
-            text(&output.stdout),
-            text(&output.stderr)
-        );
+        let output = self.command(args, state, env).output().expect("run e2e-infra");
+        eprintln!("$ e2e-infra {}\n{}{}", args.join(" "), text(&output.stdout), text(&output.stderr));
         output
     }
 
@@ -102,11 +84,8 @@ impl Project {
     /// Brings `consumer`'s stack up for run `run_id` as if launched by `launcher`.
     fn up(&self, consumer: &str, run_id: &str, launcher: Option<Launcher>) -> Plan {
         let run = RunId::explicit(run_id, launcher).expect("run id");
-        let plan =
-            Plan::new(&self.catalog(), consumer, &["web"], run, &Delivery::Local).expect("plan");
-        runtime()
-            .block_on(stack::up(&plan, &StackOptions::default()))
-            .expect("up");
+        let plan = Plan::new(&self.catalog(), consumer, &["web"], run, &Delivery::Local).expect("plan");
+        runtime().block_on(stack::up(&plan, &StackOptions::default())).expect("up");
         plan
     }
 }
@@ -121,23 +100,13 @@ struct Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         for consumer in &self.consumers {
-            let _ = self
-                .project
-                .command(
-                    &["down", "--consumer", consumer],
-                    &self.project.state(),
-                    &[],
-                )
-                .output();
+            let _ = self.project.command(&["down", "--consumer", consumer], &self.project.state(), &[]).output();
         }
     }
 }
 
 fn cleanup<'a>(project: &'a Project, consumers: &[&str]) -> Cleanup<'a> {
-    Cleanup {
-        project,
-        consumers: consumers.iter().map(|c| (*c).to_owned()).collect(),
-    }
+    Cleanup { project, consumers: consumers.iter().map(|c| (*c).to_owned()).collect() }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -158,10 +127,7 @@ fn consumer(area: &str) -> String {
 
 /// Containers (all states) labelled with `consumer`.
 fn containers_of(consumer: &str) -> Vec<String> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={consumer}", labels::CONSUMER)],
-    )]);
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={consumer}", labels::CONSUMER)])]);
     runtime()
         .block_on(docker().list_containers(Some(ListContainersOptions {
             all: true,
@@ -175,14 +141,9 @@ fn containers_of(consumer: &str) -> Vec<String> {
 }
 
 fn volumes_of(consumer: &str) -> Vec<String> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={consumer}", labels::CONSUMER)],
-    )]);
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={consumer}", labels::CONSUMER)])]);
     runtime()
-        .block_on(docker().list_volumes(Some(ListVolumesOptions {
-            filters: Some(filters),
-        })))
+        .block_on(docker().list_volumes(Some(ListVolumesOptions { filters: Some(filters) })))
         .expect("list volumes")
         .volumes
         .unwrap_or_default()
@@ -202,10 +163,7 @@ fn finished_launcher() -> Launcher {
 }
 
 fn status_line(project: &Project, consumer: &str) -> Option<String> {
-    text(&project.cli(&["status"]).stdout)
-        .lines()
-        .find(|l| l.starts_with(consumer))
-        .map(str::to_owned)
+    text(&project.cli(&["status"]).stdout).lines().find(|l| l.starts_with(consumer)).map(str::to_owned)
 }
 
 // ---- 1. Liveness across PID namespaces.
@@ -219,14 +177,7 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     // What a run inside `unshare -p` or a CI container records: pid 1 of a
     // PID namespace that is not this one. Pid 1 here is another process.
     let here = Host::current().expect("boot id and PID namespace");
-    let foreign = Launcher {
-        pid: 1,
-        start_ticks: 7,
-        host: Some(Host {
-            pid_ns: here.pid_ns + 1,
-            ..here
-        }),
-    };
+    let foreign = Launcher { pid: 1, start_ticks: 7, host: Some(Host { pid_ns: here.pid_ns + 1, ..here }) };
     project.up(&consumer, &format!("ns-{consumer}"), Some(foreign));
 
     let line = status_line(&project, &consumer).expect("listed");
@@ -237,51 +188,25 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     let removed = runtime().block_on(async {
         let docker = docker();
         let runs = teardown::list(&docker).await.expect("list");
-        let run = runs
-            .iter()
-            .find(|r| r.consumer == consumer)
-            .expect("listed");
+        let run = runs.iter().find(|r| r.consumer == consumer).expect("listed");
         assert_eq!(run.liveness(), Liveness::Foreign);
-        teardown::clean_dead(&docker, runs, Some(&consumer), Scope::default())
-            .await
-            .expect("clean")
+        teardown::clean_dead(&docker, runs, Some(&consumer), Scope::default()).await.expect("clean")
     });
-    assert!(
-        removed.is_empty(),
-        "setup removed a foreign run: {removed:?}"
-    );
+    assert!(removed.is_empty(), "setup removed a foreign run: {removed:?}");
     let clean = project.cli(&["clean"]);
     assert!(clean.status.success());
-    assert!(
-        text(&clean.stdout).contains("left foreign stacks"),
-        "{}",
-        text(&clean.stdout)
-    );
-    assert_eq!(
-        containers_of(&consumer).len(),
-        1,
-        "clean removed a foreign run"
-    );
+    assert!(text(&clean.stdout).contains("left foreign stacks"), "{}", text(&clean.stdout));
+    assert_eq!(containers_of(&consumer).len(), 1, "clean removed a foreign run");
     eprintln!("foreign run judged and left in {:?}", started.elapsed());
 
     // A label written before hosts were recorded cannot be judged either.
-    project.up(
-        &hostless,
-        &format!("old-{hostless}"),
-        Some(Launcher {
-            host: None,
-            ..foreign
-        }),
-    );
+    project.up(&hostless, &format!("old-{hostless}"), Some(Launcher { host: None, ..foreign }));
     assert!(project.cli(&["clean"]).status.success());
     assert_eq!(containers_of(&hostless).len(), 1);
 
     // Scoped: a global `--foreign` would also take the live runs of other tests.
     for owner in [&consumer, &hostless] {
-        assert!(project
-            .cli(&["clean", "--foreign", "--consumer", owner])
-            .status
-            .success());
+        assert!(project.cli(&["clean", "--foreign", "--consumer", owner]).status.success());
     }
     assert!(containers_of(&consumer).is_empty() && containers_of(&hostless).is_empty());
 }
@@ -292,19 +217,11 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
 #[test]
 #[ignore = "run by a_real_run_under_unshare_survives_clean_outside inside `unshare -p`"]
 fn inner_run_in_a_new_pid_namespace() {
-    let Ok(dir) = std::env::var("OWNERSHIP_PROJECT") else {
-        return;
-    };
+    let Ok(dir) = std::env::var("OWNERSHIP_PROJECT") else { return };
     let consumer = std::env::var("OWNERSHIP_CONSUMER").expect("consumer");
-    let project = Project {
-        dir: tempfile::TempDir::new_in(&dir).expect("scratch"),
-    };
+    let project = Project { dir: tempfile::TempDir::new_in(&dir).expect("scratch") };
     std::fs::create_dir(project.path().join("ctx")).expect("ctx");
-    std::fs::copy(
-        Path::new(&dir).join("ctx/busybox"),
-        project.path().join("ctx/busybox"),
-    )
-    .expect("busybox");
+    std::fs::copy(Path::new(&dir).join("ctx/busybox"), project.path().join("ctx/busybox")).expect("busybox");
     for file in ["web.Dockerfile", "e2e-infra.toml"] {
         std::fs::copy(Path::new(&dir).join(file), project.path().join(file)).expect("project file");
     }
@@ -326,12 +243,7 @@ fn a_real_run_under_unshare_survives_clean_outside() {
     let mut inner = Command::new("unshare")
         .args(["-p", "-f", "--mount-proc"])
         .arg(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "inner_run_in_a_new_pid_namespace",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", "inner_run_in_a_new_pid_namespace", "--ignored", "--nocapture"])
         .env("OWNERSHIP_PROJECT", project.path())
         .env("OWNERSHIP_CONSUMER", &consumer)
         .stdout(Stdio::piped())
@@ -341,43 +253,28 @@ fn a_real_run_under_unshare_survives_clean_outside() {
     let (sender, labels) = std::sync::mpsc::channel();
     // Read to the end: the inner run must not die writing to a closed pipe.
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             eprintln!("inner: {line}");
             if let Some(label) = line.strip_prefix("UP ") {
                 let _ = sender.send(label.to_owned());
             }
         }
     });
-    let label = labels
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the inner run brought its stack up");
+    let label = labels.recv_timeout(Duration::from_secs(120)).expect("the inner run brought its stack up");
     let recorded = Launcher::from_label(&label).expect("label");
     assert_eq!(recorded.pid, 1, "the inner run is pid 1 of its namespace");
-    assert_ne!(
-        recorded.host.map(|h| h.pid_ns),
-        Host::current().map(|h| h.pid_ns)
-    );
+    assert_ne!(recorded.host.map(|h| h.pid_ns), Host::current().map(|h| h.pid_ns));
 
     // Outside: pid 1 is init here, so by pid alone the run looked dead.
     let clean = project.cli(&["clean"]);
     assert!(clean.status.success());
-    assert_eq!(
-        containers_of(&consumer).len(),
-        1,
-        "clean outside removed a live run of another PID namespace"
-    );
+    assert_eq!(containers_of(&consumer).len(), 1, "clean outside removed a live run of another PID namespace");
     let line = status_line(&project, &consumer).expect("listed");
     assert!(line.contains(" foreign "), "{line}");
 
     std::fs::write(project.path().join("stop"), "").expect("stop");
     assert!(inner.wait().expect("inner run").success());
-    assert!(project
-        .cli(&["down", "--consumer", &consumer])
-        .status
-        .success());
+    assert!(project.cli(&["down", "--consumer", &consumer]).status.success());
     assert!(containers_of(&consumer).is_empty());
 }
 
@@ -388,11 +285,7 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     let project = Project::new();
     let consumer = consumer("paths");
     let _cleanup = cleanup(&project, &[&consumer]);
-    let plan = project.up(
-        &consumer,
-        &format!("ok-{consumer}"),
-        Some(finished_launcher()),
-    );
+    let plan = project.up(&consumer, &format!("ok-{consumer}"), Some(finished_launcher()));
     let image = plan.image("web").expect("planned").to_string();
     // Directories a `remove_dir_all(state_root/run/consumer)` would reach.
     let victim = project.path().join("victim");
@@ -406,10 +299,7 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
                 image: Some(image.clone()),
                 cmd: Some(vec!["/bin/busybox".to_owned(), "true".to_owned()]),
                 labels: Some(HashMap::from([
-                    (
-                        labels::MANAGED_BY.to_owned(),
-                        labels::MANAGED_BY_VALUE.to_owned(),
-                    ),
+                    (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
                     (labels::RUN.to_owned(), (*run).to_owned()),
                     (labels::CONSUMER.to_owned(), (*owner).to_owned()),
                     (labels::LAUNCHER.to_owned(), finished_launcher().label()),
@@ -419,10 +309,7 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
             };
             let name = format!("{consumer}-evil-{i}");
             docker
-                .create_container(
-                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                    body,
-                )
+                .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
                 .await
                 .expect("create");
         }
@@ -431,22 +318,12 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     let clean = project.cli(&["clean"]);
     eprintln!("clean with path-like labels took {:?}", started.elapsed());
     assert!(clean.status.success());
-    assert_eq!(
-        std::fs::read_to_string(victim.join("c/precious")).expect("still there"),
-        "keep me"
-    );
+    assert_eq!(std::fs::read_to_string(victim.join("c/precious")).expect("still there"), "keep me");
     // The dead stacks themselves did go, found by their labels.
     assert!(containers_of(&consumer).is_empty());
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("io.e2e-infra.test={consumer}")],
-    )]);
+    let filters = HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.test={consumer}")])]);
     let left = runtime()
-        .block_on(docker().list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        })))
+        .block_on(docker().list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() })))
         .expect("list");
     assert!(left.is_empty(), "{left:?}");
 }
@@ -457,29 +334,14 @@ fn a_run_id_of_dot_dot_is_refused() {
     let consumer = consumer("dotdot");
     for bad in ["..", ".", "../x"] {
         let started = Instant::now();
-        let up = project.cli_with(
-            &["up", "--consumer", &consumer, "--needs", "web"],
-            &project.state(),
-            &[("E2E_INFRA_RUN_ID", bad)],
-        );
-        eprintln!(
-            "E2E_INFRA_RUN_ID={bad} refused after {:?}",
-            started.elapsed()
-        );
+        let up = project.cli_with(&["up", "--consumer", &consumer, "--needs", "web"], &project.state(), &[("E2E_INFRA_RUN_ID", bad)]);
+        eprintln!("E2E_INFRA_RUN_ID={bad} refused after {:?}", started.elapsed());
         assert!(!up.status.success());
         let stderr = text(&up.stderr);
-        assert!(
-            stderr.contains(&format!("E2E_INFRA_RUN_ID=`{bad}` is invalid"))
-                && stderr.contains("not starting with '.'"),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("E2E_INFRA_RUN_ID=`{bad}` is invalid")) && stderr.contains("not starting with '.'"), "{stderr}");
     }
     assert!(containers_of(&consumer).is_empty());
-    assert_eq!(
-        std::fs::read_dir(project.state()).expect("state").count(),
-        0,
-        "nothing written in the state root"
-    );
+    assert_eq!(std::fs::read_dir(project.state()).expect("state").count(), 0, "nothing written in the state root");
 }
 
 // ---- 3. `up`: unique run ids, one stack per run id, removal by id.
@@ -490,32 +352,19 @@ fn four_simultaneous_ups_of_one_consumer_get_four_stacks() {
     let consumer = consumer("four");
     let _cleanup = cleanup(&project, &[&consumer]);
     // Build once first, so that the four race on ids, not on a build.
-    assert!(project
-        .cli(&["up", "--consumer", &consumer, "--needs", "web"])
-        .status
-        .success());
-    assert!(project
-        .cli(&["down", "--consumer", &consumer])
-        .status
-        .success());
+    assert!(project.cli(&["up", "--consumer", &consumer, "--needs", "web"]).status.success());
+    assert!(project.cli(&["down", "--consumer", &consumer]).status.success());
     let children: Vec<_> = (0..4)
         .map(|_| {
             project
-                .command(
-                    &["up", "--consumer", &consumer, "--needs", "web"],
-                    &project.state(),
-                    &[],
-                )
+                .command(&["up", "--consumer", &consumer, "--needs", "web"], &project.state(), &[])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("up")
         })
         .collect();
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
     let mut runs = Vec::new();
     for output in &outputs {
         eprintln!("{}{}", text(&output.stdout), text(&output.stderr));
@@ -538,11 +387,7 @@ fn four_simultaneous_ups_of_one_consumer_get_four_stacks() {
 }
 
 fn endpoint(output: &Output) -> String {
-    text(&output.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("web:8080 -> "))
-        .expect("endpoint line")
-        .to_owned()
+    text(&output.stdout).lines().find_map(|l| l.trim().strip_prefix("web:8080 -> ")).expect("endpoint line").to_owned()
 }
 
 #[test]
@@ -558,16 +403,9 @@ fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     let address = endpoint(&first);
     let started = Instant::now();
     let second = project.cli_with(&args, &project.state(), &env);
-    eprintln!(
-        "second up with one run id refused after {:?}",
-        started.elapsed()
-    );
+    eprintln!("second up with one run id refused after {:?}", started.elapsed());
     assert!(!second.status.success());
-    assert!(
-        text(&second.stderr).contains("is already up; nothing was created"),
-        "{}",
-        text(&second.stderr)
-    );
+    assert!(text(&second.stderr).contains("is already up; nothing was created"), "{}", text(&second.stderr));
     std::net::TcpStream::connect(&address).expect("the first stack still answers");
 
     // Two at once with another run id: the engine's unique container names
@@ -576,25 +414,16 @@ fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     let env = [("E2E_INFRA_RUN_ID", raced.as_str())];
     let children: Vec<_> = (0..2)
         .map(|_| {
-            project
-                .command(&args, &project.state(), &env)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("up")
+            project.command(&args, &project.state(), &env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("up")
         })
         .collect();
-    let outputs: Vec<Output> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
     for output in &outputs {
         eprintln!("{}{}", text(&output.stdout), text(&output.stderr));
     }
     let winners: Vec<&Output> = outputs.iter().filter(|o| o.status.success()).collect();
     assert_eq!(winners.len(), 1, "exactly one up of a run id may win");
-    std::net::TcpStream::connect(endpoint(winners[0]))
-        .expect("the winner's stack answers after the loser cleaned up");
+    std::net::TcpStream::connect(endpoint(winners[0])).expect("the winner's stack answers after the loser cleaned up");
     std::net::TcpStream::connect(&address).expect("the first stack still answers");
 
     let down = project.cli(&["down", "--consumer", &consumer]);
@@ -616,34 +445,21 @@ fn two_networks_of_one_name_do_not_make_down_fail() {
                 name: name.clone(),
                 driver: Some("bridge".to_owned()),
                 labels: Some(HashMap::from([
-                    (
-                        labels::MANAGED_BY.to_owned(),
-                        labels::MANAGED_BY_VALUE.to_owned(),
-                    ),
+                    (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
                     (labels::RUN.to_owned(), run.clone()),
                     (labels::CONSUMER.to_owned(), consumer.clone()),
                     (labels::LAUNCHER.to_owned(), String::new()),
                 ])),
                 ..Default::default()
             };
-            docker
-                .create_network(request)
-                .await
-                .expect("the engine allows a second network of one name");
+            docker.create_network(request).await.expect("the engine allows a second network of one name");
         }
     });
     let started = Instant::now();
     let down = project.cli(&["down", "--consumer", &consumer]);
-    eprintln!(
-        "down of two same-named networks took {:?}",
-        started.elapsed()
-    );
+    eprintln!("down of two same-named networks took {:?}", started.elapsed());
     assert!(down.status.success());
-    assert!(
-        text(&down.stdout).contains("0 container(s), 2 network(s)"),
-        "{}",
-        text(&down.stdout)
-    );
+    assert!(text(&down.stdout).contains("0 container(s), 2 network(s)"), "{}", text(&down.stdout));
 }
 
 // ---- 5. Kept stacks are known to the engine, not only to one folder.
@@ -659,16 +475,7 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let launcher = Launcher::of(child.id()).expect("seen while it runs");
     project.up(&consumer, &run, Some(launcher));
     runtime().block_on(async {
-        teardown::mark_kept(
-            &docker(),
-            &run,
-            &consumer,
-            Some(launcher),
-            None,
-            "failed: some_test",
-        )
-        .await
-        .expect("marked")
+        teardown::mark_kept(&docker(), &run, &consumer, Some(launcher), None, "failed: some_test").await.expect("marked")
     });
     child.kill().expect("kill");
     child.wait().expect("wait");
@@ -676,30 +483,14 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let elsewhere = project.path().join("elsewhere");
     let clean = project.cli_with(&["clean"], &elsewhere, &[]);
     assert!(clean.status.success());
-    assert_eq!(
-        containers_of(&consumer).len(),
-        1,
-        "clean from another shell removed a kept stack"
-    );
+    assert_eq!(containers_of(&consumer).len(), 1, "clean from another shell removed a kept stack");
     let status = text(&project.cli_with(&["status"], &elsewhere, &[]).stdout);
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with(&consumer) && l.contains(" kept ")),
-        "{status}"
-    );
+    assert!(status.lines().any(|l| l.starts_with(&consumer) && l.contains(" kept ")), "{status}");
 
-    let clean = project.cli_with(
-        &["clean", "--kept", "--consumer", &consumer],
-        &elsewhere,
-        &[],
-    );
+    let clean = project.cli_with(&["clean", "--kept", "--consumer", &consumer], &elsewhere, &[]);
     assert!(clean.status.success());
     assert!(containers_of(&consumer).is_empty());
-    assert!(
-        volumes_of(&consumer).is_empty(),
-        "the kept marker goes with the stack"
-    );
+    assert!(volumes_of(&consumer).is_empty(), "the kept marker goes with the stack");
 }
 
 // ---- 6. Stale state and a stack that cannot be recorded.
@@ -712,13 +503,7 @@ fn suite(project: &Project, consumer: &str) -> &'static Suite {
     Box::leak(Box::new(Suite::new(SuiteSpec {
         consumer: leak(consumer.to_owned()),
         needs: &["web"],
-        backend: Declared {
-            kubernetes: false,
-            context: None,
-            cluster: None,
-            containerd: None,
-            registry: None,
-        },
+        backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
         ready_timeout_secs: None,
         catalog: leak(project.path().join("e2e-infra.toml").display().to_string()),
         module_path: "ownership::suite",
@@ -728,11 +513,7 @@ fn suite(project: &Project, consumer: &str) -> &'static Suite {
 /// The state directory of `run` and `consumer`, made as the runtime would.
 fn run_dir(project: &Project, run: &str, consumer: &str) -> PathBuf {
     let dir = project.state().join(run).join(consumer);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .expect("run dir");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).expect("run dir");
     dir
 }
 
@@ -745,25 +526,13 @@ fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
     let run = format!("retry-{consumer}");
     let dir = run_dir(&project, &run, &consumer);
     std::fs::write(dir.join("launcher"), finished_launcher().label()).expect("earlier launcher");
-    std::fs::write(
-        dir.join("error.txt"),
-        "building `web` failed: the earlier attempt's error",
-    )
-    .expect("stale error");
+    std::fs::write(dir.join("error.txt"), "building `web` failed: the earlier attempt's error").expect("stale error");
     std::env::set_var("E2E_INFRA_STATE_DIR", project.state());
     std::env::set_var("E2E_INFRA_RUN_ID", &run);
 
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        suite(&project, &consumer)
-            .infra()
-            .endpoint("web", 8080)
-            .is_some()
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| suite(&project, &consumer).infra().endpoint("web", 8080).is_some()));
     let torn_down = project.cli(&["down", "--consumer", &consumer]);
-    assert!(
-        matches!(outcome, Ok(true)),
-        "the retry failed with the earlier error"
-    );
+    assert!(matches!(outcome, Ok(true)), "the retry failed with the earlier error");
     assert!(torn_down.status.success());
 }
 
@@ -786,17 +555,7 @@ fn a_stack_that_cannot_be_recorded_is_removed_and_the_error_says_why() {
     }))
     .expect_err("setup must fail");
     eprintln!("unrecordable stack reported after {:?}", started.elapsed());
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        message.contains("came up but recording it in")
-            && message.contains("it was removed (1 container(s), 1 network(s)"),
-        "{message}"
-    );
-    assert!(
-        containers_of(&consumer).is_empty(),
-        "the unrecorded stack leaked"
-    );
+    let message = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("came up but recording it in") && message.contains("it was removed (1 container(s), 1 network(s)"), "{message}");
+    assert!(containers_of(&consumer).is_empty(), "the unrecorded stack leaked");
 }

@@ -55,20 +55,12 @@ impl Cluster {
             )
         });
         let context = std::env::var(CONTEXT_ENV).ok().filter(|c| !c.is_empty());
-        Self {
-            context,
-            socket: socket.into(),
-        }
+        Self { context, socket: socket.into() }
     }
 
     /// The cluster with images loaded into its node's containerd.
     pub fn target(&self) -> KubeTarget {
-        KubeTarget {
-            context: self.context.clone(),
-            images: ImageTarget::Containerd {
-                socket: self.socket.clone(),
-            },
-        }
+        KubeTarget { context: self.context.clone(), images: ImageTarget::Containerd { socket: self.socket.clone() } }
     }
 
     /// The Kubernetes backend on this cluster.
@@ -78,38 +70,25 @@ impl Cluster {
 
     /// The node's containerd.
     pub fn node(&self) -> Node {
-        Node::Socket {
-            path: self.socket.clone(),
-        }
+        Node::Socket { path: self.socket.clone() }
     }
 
     /// A client, through the project's own [`connect`].
     pub async fn client(&self) -> Client {
-        connect(self.context.as_deref())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        connect(self.context.as_deref()).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Whether namespace `name` exists (terminating included).
     pub async fn has_namespace(&self, name: &str) -> bool {
         let namespaces: Api<Namespace> = Api::all(self.client().await);
-        namespaces
-            .get_opt(name)
-            .await
-            .unwrap_or_else(|e| panic!("reading namespace {name}: {e}"))
-            .is_some()
+        namespaces.get_opt(name).await.unwrap_or_else(|e| panic!("reading namespace {name}: {e}")).is_some()
     }
 
     /// The node's image references whose tag is `tag`.
     pub async fn node_references(&self, docker: &Docker, tag: &str) -> Vec<String> {
         let suffix = format!(":{tag}");
-        let listed = node_images(docker, &self.node())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        listed
-            .into_iter()
-            .filter(|r| r.ends_with(&suffix))
-            .collect()
+        let listed = node_images(docker, &self.node()).await.unwrap_or_else(|e| panic!("{e}"));
+        listed.into_iter().filter(|r| r.ends_with(&suffix)).collect()
     }
 
     /// Removes `reference` from the node's containerd, as an operator would
@@ -121,11 +100,7 @@ impl Cluster {
             .args(["-n", "k8s.io", "images", "rm", reference])
             .output()
             .expect("running ctr (install containerd)");
-        assert!(
-            output.status.success(),
-            "ctr images rm {reference}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "ctr images rm {reference}: {}", String::from_utf8_lossy(&output.stderr));
     }
 
     /// The `e2e-infra` flags that name this cluster: `--context <name>`, or
@@ -152,36 +127,19 @@ impl Cluster {
     /// Sets `field` to `value` in the entry of `section` (`clusters`,
     /// `users`) that this context names under `entry` (`cluster`, `user`).
     /// Paths in the kubeconfig must be absolute to stay valid in the copy.
-    fn kubeconfig_copy(
-        &self,
-        section: &str,
-        entry: &str,
-        field: &str,
-        value: &str,
-    ) -> KubeconfigCopy {
+    fn kubeconfig_copy(&self, section: &str, entry: &str, field: &str, value: &str) -> KubeconfigCopy {
         let source = kubeconfig_path();
-        let text = std::fs::read_to_string(&source)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
-        let mut config: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let text = std::fs::read_to_string(&source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
+        let mut config: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
         let context = self.context.clone().unwrap_or_else(|| {
-            config["current-context"]
-                .as_str()
-                .expect("the kubeconfig names a current context")
-                .to_owned()
+            config["current-context"].as_str().expect("the kubeconfig names a current context").to_owned()
         });
         let named = |list: &Value, name: &str| {
-            list.as_sequence()
-                .into_iter()
-                .flatten()
-                .position(|item| item["name"].as_str() == Some(name))
+            list.as_sequence().into_iter().flatten().position(|item| item["name"].as_str() == Some(name))
         };
         let at = named(&config["contexts"], &context)
             .unwrap_or_else(|| panic!("no context `{context}` in {}", source.display()));
-        let name = config["contexts"][at]["context"][entry]
-            .as_str()
-            .expect("the context names its entry")
-            .to_owned();
+        let name = config["contexts"][at]["context"][entry].as_str().expect("the context names its entry").to_owned();
         let at = named(&config[section], &name)
             .unwrap_or_else(|| panic!("no {section} entry `{name}` in {}", source.display()));
         let Some(body) = config[section][at][entry].as_mapping_mut() else {
@@ -190,22 +148,15 @@ impl Cluster {
         body.insert(field.into(), value.into());
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("kubeconfig");
-        std::fs::write(&path, serde_yaml::to_string(&config).expect("kubeconfig"))
-            .expect("write kubeconfig");
-        KubeconfigCopy {
-            _dir: dir,
-            path,
-            context,
-        }
+        std::fs::write(&path, serde_yaml::to_string(&config).expect("kubeconfig")).expect("write kubeconfig");
+        KubeconfigCopy { _dir: dir, path, context }
     }
 }
 
 /// The kubeconfig kube reads: the first file of `KUBECONFIG`, else `~/.kube/config`.
 fn kubeconfig_path() -> PathBuf {
     match std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
-        Some(list) => std::env::split_paths(&list)
-            .next()
-            .expect("a kubeconfig path"),
+        Some(list) => std::env::split_paths(&list).next().expect("a kubeconfig path"),
         None => Path::new(&std::env::var_os("HOME").expect("HOME")).join(".kube/config"),
     }
 }
@@ -224,13 +175,8 @@ impl KubeconfigCopy {
     /// A client of [`context`](Self::context) from this file; no request is made.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.path).unwrap_or_else(|e| panic!("{e}"));
-        let options = KubeConfigOptions {
-            context: Some(self.context.clone()),
-            ..KubeConfigOptions::default()
-        };
-        let config = Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let options = KubeConfigOptions { context: Some(self.context.clone()), ..KubeConfigOptions::default() };
+        let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.unwrap_or_else(|e| panic!("{e}"));
         Client::try_from(config).unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -250,10 +196,7 @@ impl StackGuard {
     /// For `plan`'s stack on `target`, however it was stood up (`stack::up`,
     /// `deploy`, the CLI with the plan's run id), with the images the plan builds.
     pub fn of(plan: &Plan, target: KubeTarget) -> Self {
-        let built = plan
-            .components()
-            .iter()
-            .filter(|c| c.origin == Origin::Built);
+        let built = plan.components().iter().filter(|c| c.origin == Origin::Built);
         Self {
             run_id: plan.run().as_str().to_owned(),
             consumer: plan.consumer().as_str().to_owned(),
@@ -265,11 +208,7 @@ impl StackGuard {
 
 impl Drop for StackGuard {
     fn drop(&mut self) {
-        let (run_id, consumer, target) = (
-            self.run_id.clone(),
-            self.consumer.clone(),
-            self.target.clone(),
-        );
+        let (run_id, consumer, target) = (self.run_id.clone(), self.consumer.clone(), self.target.clone());
         on_fresh_runtime(move |docker| async move {
             if let Err(error) = stack::down(&docker, &run_id, &consumer, Some(&target)).await {
                 eprintln!("taking down run {run_id} of {consumer} failed: {error}");
@@ -286,10 +225,7 @@ impl Drop for StackGuard {
 pub fn cli_binary() -> PathBuf {
     let test = std::env::current_exe().expect("the test binary's path");
     // <target>/<profile>/deps/<test binary>: the command is in <profile>.
-    let profile = test
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary is in <target>/<profile>/deps");
+    let profile = test.parent().and_then(Path::parent).expect("the test binary is in <target>/<profile>/deps");
     let binary = profile.join("e2e-infra");
     assert!(
         binary.is_file(),

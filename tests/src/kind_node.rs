@@ -54,20 +54,14 @@ pub async fn build(
         header.set_size(bytes.len() as u64);
         header.set_mode(mode);
         header.set_cksum();
-        context
-            .append_data(&mut header, path, bytes)
-            .expect("adding to the build context");
+        context.append_data(&mut header, path, bytes).expect("adding to the build context");
     };
     add("Dockerfile", dockerfile.as_bytes(), 0o644);
     for (path, bytes, mode) in files {
         add(&path, &bytes, mode);
     }
     let context = context.into_inner().expect("build context");
-    let options = BuildImageOptions {
-        t: Some(tag.to_owned()),
-        labels: Some(labels),
-        ..Default::default()
-    };
+    let options = BuildImageOptions { t: Some(tag.to_owned()), labels: Some(labels), ..Default::default() };
     let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     while let Some(step) = progress.next().await {
         let step = step.unwrap_or_else(|e| panic!("building {tag} failed: {e}"));
@@ -91,8 +85,7 @@ pub async fn stand_in_image(docker: &Docker) {
     let files: Vec<(String, Vec<u8>, u32)> = NODE_FILES
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path)
-                .unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
             (format!("rootfs{path}"), bytes, 0o755)
         })
         .collect();
@@ -103,8 +96,7 @@ pub async fn stand_in_image(docker: &Docker) {
 /// Builds a busybox image under `image` whose content differs by `marker`;
 /// returns the image id.
 pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> String {
-    let busybox =
-        std::fs::read("/bin/busybox").expect("reading /bin/busybox (package busybox-static)");
+    let busybox = std::fs::read("/bin/busybox").expect("reading /bin/busybox (package busybox-static)");
     let dockerfile =
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n";
     let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-load".to_owned())]);
@@ -112,10 +104,7 @@ pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> S
         docker,
         &image.to_string(),
         dockerfile,
-        vec![
-            ("busybox".to_owned(), busybox, 0o755),
-            ("marker".to_owned(), marker.as_bytes().to_vec(), 0o644),
-        ],
+        vec![("busybox".to_owned(), busybox, 0o755), ("marker".to_owned(), marker.as_bytes().to_vec(), 0o644)],
         labels,
     )
     .await
@@ -133,9 +122,7 @@ pub async fn node_exec(docker: &Docker, node: &str, args: &[&str]) -> Result<Str
     };
     let created = docker.create_exec(node, options).await.map_err(failed)?;
     let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&created.id, None).await.map_err(failed)?
-    {
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.map_err(failed)? {
         while let Some(frame) = output.next().await.transpose().map_err(failed)? {
             match frame {
                 bollard::container::LogOutput::StdOut { message } => {
@@ -148,17 +135,9 @@ pub async fn node_exec(docker: &Docker, node: &str, args: &[&str]) -> Result<Str
             }
         }
     }
-    match docker
-        .inspect_exec(&created.id)
-        .await
-        .map_err(failed)?
-        .exit_code
-    {
+    match docker.inspect_exec(&created.id).await.map_err(failed)?.exit_code {
         Some(0) => Ok(stdout),
-        code => Err(format!(
-            "`{}` in {node} exited with {code:?}: {stderr}",
-            args.join(" ")
-        )),
+        code => Err(format!("`{}` in {node} exited with {code:?}: {stderr}", args.join(" "))),
     }
 }
 
@@ -170,26 +149,14 @@ pub async fn read_in_image(docker: &Docker, node: &str, reference: &str, path: &
     let file = format!("{mount}{path}");
     let mounting: [&[&str]; 2] = [
         &["/bin/busybox", "mkdir", "-p", &mount, "/tmp"],
-        &[
-            "ctr",
-            "--namespace=k8s.io",
-            "images",
-            "mount",
-            "--rw=false",
-            reference,
-            &mount,
-        ],
+        &["ctr", "--namespace=k8s.io", "images", "mount", "--rw=false", reference, &mount],
     ];
     for args in mounting {
-        node_exec(docker, node, args)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        node_exec(docker, node, args).await.unwrap_or_else(|e| panic!("{e}"));
     }
     let read = node_exec(docker, node, &["/bin/busybox", "cat", &file]).await;
     let unmount = ["ctr", "--namespace=k8s.io", "images", "unmount", &mount];
-    node_exec(docker, node, &unmount)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    node_exec(docker, node, &unmount).await.unwrap_or_else(|e| panic!("{e}"));
     read.unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -203,11 +170,7 @@ impl Drop for ImageGuard {
         on_fresh_runtime(move |docker| async move {
             for tag in tags {
                 // Parents stay: another test's build may be using them.
-                let options = RemoveImageOptions {
-                    force: true,
-                    noprune: true,
-                    ..Default::default()
-                };
+                let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
                 let _ = docker.remove_image(&tag, Some(options), None).await;
             }
         });
@@ -228,22 +191,9 @@ impl StandInCluster {
     /// Starts the nodes and waits until containerd answers in each.
     pub async fn start(docker: &Docker, name: &str, workers: usize) -> Self {
         stand_in_image(docker).await;
-        let mut cluster = Self {
-            name: name.to_owned(),
-            nodes: Vec::new(),
-        };
-        let roles = std::iter::once(("control-plane", "control-plane".to_owned())).chain(
-            (1..=workers).map(|i| {
-                (
-                    "worker",
-                    if i == 1 {
-                        "worker".to_owned()
-                    } else {
-                        format!("worker{i}")
-                    },
-                )
-            }),
-        );
+        let mut cluster = Self { name: name.to_owned(), nodes: Vec::new() };
+        let roles = std::iter::once(("control-plane", "control-plane".to_owned()))
+            .chain((1..=workers).map(|i| ("worker", if i == 1 { "worker".to_owned() } else { format!("worker{i}") })));
         for (role, suffix) in roles {
             let node = format!("{name}-{suffix}");
             let config = ContainerCreateBody {
@@ -255,10 +205,7 @@ impl StandInCluster {
                 ])),
                 host_config: Some(HostConfig {
                     cap_add: Some(vec!["SYS_ADMIN".to_owned()]),
-                    security_opt: Some(vec![
-                        "seccomp=unconfined".to_owned(),
-                        "apparmor=unconfined".to_owned(),
-                    ]),
+                    security_opt: Some(vec!["seccomp=unconfined".to_owned(), "apparmor=unconfined".to_owned()]),
                     tmpfs: Some(HashMap::from([
                         ("/var/lib/containerd".to_owned(), String::new()),
                         ("/run".to_owned(), String::new()),
@@ -267,19 +214,13 @@ impl StandInCluster {
                 }),
                 ..Default::default()
             };
-            let options = CreateContainerOptions {
-                name: Some(node.clone()),
-                ..Default::default()
-            };
+            let options = CreateContainerOptions { name: Some(node.clone()), ..Default::default() };
             docker
                 .create_container(Some(options), config)
                 .await
                 .unwrap_or_else(|e| panic!("creating stand-in node {node}: {e}"));
             cluster.nodes.push(node.clone());
-            docker
-                .start_container(&node, None)
-                .await
-                .unwrap_or_else(|e| panic!("starting stand-in node {node}: {e}"));
+            docker.start_container(&node, None).await.unwrap_or_else(|e| panic!("starting stand-in node {node}: {e}"));
         }
         for node in &cluster.nodes {
             let deadline = Instant::now() + READY_WITHIN;
@@ -302,11 +243,7 @@ impl Drop for StandInCluster {
         let nodes = std::mem::take(&mut self.nodes);
         on_fresh_runtime(move |docker| async move {
             for node in nodes {
-                let options = RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                };
+                let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
                 let _ = docker.remove_container(&node, Some(options)).await;
             }
         });
@@ -321,10 +258,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let done = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
         runtime.block_on(async move { cleanup(crate::engine(None).await).await });

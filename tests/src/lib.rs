@@ -207,10 +207,7 @@ pub async fn remove_image(docker: &Docker, image: &ImageRef) {
 pub async fn remove_reference(docker: &Docker, reference: &str) {
     // `noprune`: the untagged parents are build cache that a build of
     // another test running at the same time may be using this moment.
-    let options = RemoveImageOptionsBuilder::new()
-        .force(true)
-        .noprune(true)
-        .build();
+    let options = RemoveImageOptionsBuilder::new().force(true).noprune(true).build();
     match docker.remove_image(reference, Some(options), None).await {
         Ok(_)
         | Err(bollard::errors::Error::DockerResponseServerError {

@@ -12,10 +12,8 @@ use e2e_infra_tests::{engine, unique};
 /// A plan of `components` (each a busybox build) for a unique run.
 fn plan(dir: &std::path::Path, components: &[&str], run: &str) -> Plan {
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\n").expect("Dockerfile");
-    let catalog: String = components
-        .iter()
-        .map(|c| format!("[components.{c}]\nbuild = {{ context = \".\" }}\n"))
-        .collect();
+    let catalog: String =
+        components.iter().map(|c| format!("[components.{c}]\nbuild = {{ context = \".\" }}\n")).collect();
     let path = dir.join("e2e-infra.toml");
     std::fs::write(&path, catalog).expect("catalog");
     let catalog = Catalog::load(&path).expect("catalog loads");
@@ -24,19 +22,12 @@ fn plan(dir: &std::path::Path, components: &[&str], run: &str) -> Plan {
 }
 
 /// Builds every component of `plan` with distinct contents.
-async fn build_all(
-    docker: &bollard::Docker,
-    plan: &Plan,
-    guard: &mut ImageGuard,
-) -> Vec<LoadImage> {
+async fn build_all(docker: &bollard::Docker, plan: &Plan, guard: &mut ImageGuard) -> Vec<LoadImage> {
     let mut images = Vec::new();
     for component in plan.components() {
         guard.0.push(component.image.to_string());
         let image_id = busybox_image(docker, &component.image, &component.name).await;
-        images.push(LoadImage {
-            image: component.image.clone(),
-            image_id,
-        });
+        images.push(LoadImage { image: component.image.clone(), image_id });
     }
     images
 }
@@ -52,19 +43,13 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
     let cluster = StandInCluster::start(&docker, &unique("e2e-kind-load"), 2).await;
     assert_eq!(cluster.nodes.len(), 3);
 
-    let report = kind::load(&docker, &cluster.name, &images)
-        .await
-        .expect("load");
+    let report = kind::load(&docker, &cluster.name, &images).await.expect("load");
     assert_eq!(report.nodes.len(), 3);
     assert_eq!(report.with_action(Action::Loaded).count(), 9, "{report:#?}");
     for node in &cluster.nodes {
         let listed = kind::node_images(&docker, node).await.expect("node images");
         for wanted in &images {
-            assert!(
-                listed.iter().any(|r| wanted.image.matches(r)),
-                "{node} lacks {}: {listed:?}",
-                wanted.image
-            );
+            assert!(listed.iter().any(|r| wanted.image.matches(r)), "{node} lacks {}: {listed:?}", wanted.image);
         }
     }
     let roles: Vec<&str> = report
@@ -77,9 +62,7 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
         .collect();
     assert_eq!(roles, ["control-plane", "worker", "worker"]);
 
-    let again = kind::load(&docker, &cluster.name, &images)
-        .await
-        .expect("reload");
+    let again = kind::load(&docker, &cluster.name, &images).await.expect("reload");
     assert_eq!(again.with_action(Action::Skipped).count(), 9, "{again:#?}");
     assert_eq!(again.with_action(Action::Loaded).count(), 0);
 }
@@ -96,44 +79,23 @@ async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
     // The very image of the first run, under the second run's reference.
     let second_ref = second.image("alpha").expect("planned").clone();
     guard.0.push(second_ref.to_string());
-    let options = TagImageOptions {
-        repo: Some(second_ref.name()),
-        tag: second_ref.tag().map(str::to_owned),
-    };
-    docker
-        .tag_image(&first_images[0].image.to_string(), Some(options))
-        .await
-        .expect("tag");
-    let second_images = [LoadImage {
-        image: second_ref,
-        image_id: first_images[0].image_id.clone(),
-    }];
+    let options = TagImageOptions { repo: Some(second_ref.name()), tag: second_ref.tag().map(str::to_owned) };
+    docker.tag_image(&first_images[0].image.to_string(), Some(options)).await.expect("tag");
+    let second_images = [LoadImage { image: second_ref, image_id: first_images[0].image_id.clone() }];
     let cluster = StandInCluster::start(&docker, &unique("e2e-kind-retag"), 1).await;
 
-    kind::load(&docker, &cluster.name, &first_images)
-        .await
-        .expect("first load");
-    let report = kind::load(&docker, &cluster.name, &second_images)
-        .await
-        .expect("second load");
+    kind::load(&docker, &cluster.name, &first_images).await.expect("first load");
+    let report = kind::load(&docker, &cluster.name, &second_images).await.expect("second load");
     // The nodes have that very image from the first run: tagged, not streamed again.
     assert_eq!(report.with_action(Action::Tagged).count(), 2, "{report:#?}");
     assert_eq!(report.with_action(Action::Loaded).count(), 0, "{report:#?}");
     // The tag carried the labels over: the same run's next load finds the image.
-    let again = kind::load(&docker, &cluster.name, &second_images)
-        .await
-        .expect("same run again");
+    let again = kind::load(&docker, &cluster.name, &second_images).await.expect("same run again");
     assert_eq!(again.with_action(Action::Skipped).count(), 2, "{again:#?}");
     for node in &cluster.nodes {
         let listed = kind::node_images(&docker, node).await.expect("node images");
-        assert!(
-            listed.iter().any(|r| second_images[0].image.matches(r)),
-            "{node}: {listed:?}"
-        );
-        assert!(
-            listed.iter().any(|r| first_images[0].image.matches(r)),
-            "{node}: {listed:?}"
-        );
+        assert!(listed.iter().any(|r| second_images[0].image.matches(r)), "{node}: {listed:?}");
+        assert!(listed.iter().any(|r| first_images[0].image.matches(r)), "{node}: {listed:?}");
     }
 }
 
@@ -145,14 +107,9 @@ async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched()
     let mut guard = ImageGuard::default();
     let mut images = build_all(&docker, &plan, &mut guard).await;
     let cluster = StandInCluster::start(&docker, &unique("e2e-kind-changed"), 0).await;
-    let built = std::mem::replace(
-        &mut images[0].image_id,
-        "sha256:not-what-the-engine-has".to_owned(),
-    );
+    let built = std::mem::replace(&mut images[0].image_id, "sha256:not-what-the-engine-has".to_owned());
 
-    let error = kind::load(&docker, &cluster.name, &images)
-        .await
-        .expect_err("must refuse");
+    let error = kind::load(&docker, &cluster.name, &images).await.expect_err("must refuse");
     match &error {
         KindError::Load(ContainerdError::ImageChanged { image, found, .. }) => {
             assert_eq!(image, &images[0].image);
@@ -160,13 +117,8 @@ async fn an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched()
         }
         other => panic!("unexpected error: {other}"),
     }
-    let listed = kind::node_images(&docker, &cluster.nodes[0])
-        .await
-        .expect("node images");
-    assert!(
-        !listed.iter().any(|r| images[0].image.matches(r)),
-        "{listed:?}"
-    );
+    let listed = kind::node_images(&docker, &cluster.nodes[0]).await.expect("node images");
+    assert!(!listed.iter().any(|r| images[0].image.matches(r)), "{listed:?}");
 }
 
 #[tokio::test]
@@ -175,24 +127,16 @@ async fn no_cluster_names_the_clusters_present() {
     let present = StandInCluster::start(&docker, &unique("e2e-kind-present"), 0).await;
     let absent = unique("e2e-kind-absent");
 
-    let error = kind::load(&docker, &absent, &[])
-        .await
-        .expect_err("no such cluster");
+    let error = kind::load(&docker, &absent, &[]).await.expect_err("no such cluster");
     match &error {
-        KindError::NoNodes {
-            cluster,
-            present: clusters,
-        } => {
+        KindError::NoNodes { cluster, present: clusters } => {
             assert_eq!(cluster, &absent);
             assert!(clusters.contains(&present.name), "{clusters:?}");
         }
         other => panic!("unexpected error: {other}"),
     }
     let message = error.to_string();
-    assert!(
-        message.contains(&absent) && message.contains(&present.name),
-        "{message}"
-    );
+    assert!(message.contains(&absent) && message.contains(&present.name), "{message}");
 }
 
 #[tokio::test]
@@ -206,51 +150,27 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_each_node_only_that_lay
     // Same busybox layer below, another marker on top: a rebuild after an edit.
     let image = second.image("alpha").expect("planned").clone();
     guard.0.push(image.to_string());
-    let after = [LoadImage {
-        image: image.clone(),
-        image_id: busybox_image(&docker, &image, "edited").await,
-    }];
+    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
     assert_ne!(before[0].image_id, after[0].image_id);
     let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
     let cluster = StandInCluster::start(&docker, &unique("e2e-kind-delta"), 1).await;
 
-    let cold = kind::load(&docker, &cluster.name, &before)
-        .await
-        .expect("first load");
+    let cold = kind::load(&docker, &cluster.name, &before).await.expect("first load");
     for outcome in &cold.outcomes {
-        assert!(
-            outcome.sent > busybox,
-            "a cold load sends the busybox layer: {outcome:?}"
-        );
+        assert!(outcome.sent > busybox, "a cold load sends the busybox layer: {outcome:?}");
     }
-    let reload = kind::load(&docker, &cluster.name, &after)
-        .await
-        .expect("reload");
+    let reload = kind::load(&docker, &cluster.name, &after).await.expect("reload");
     assert_eq!(reload.with_action(Action::Loaded).count(), 2, "{reload:#?}");
     for outcome in &reload.outcomes {
         // The marker layer, the config and the manifest: a few KiB.
-        assert!(
-            outcome.sent < 64 * 1024,
-            "{} was sent {} bytes: {outcome:?}",
-            outcome.node,
-            outcome.sent
-        );
+        assert!(outcome.sent < 64 * 1024, "{} was sent {} bytes: {outcome:?}", outcome.node, outcome.sent);
     }
     for node in &cluster.nodes {
-        assert_eq!(
-            read_in_image(&docker, node, &image.to_string(), "/marker").await,
-            "edited"
-        );
+        assert_eq!(read_in_image(&docker, node, &image.to_string(), "/marker").await, "edited");
         // The layer below, never sent again, is there too.
-        assert!(
-            read_in_image(&docker, node, &image.to_string(), "/bin/busybox")
-                .await
-                .starts_with("\u{7f}ELF")
-        );
+        assert!(read_in_image(&docker, node, &image.to_string(), "/bin/busybox").await.starts_with("\u{7f}ELF"));
     }
-    let again = kind::load(&docker, &cluster.name, &after)
-        .await
-        .expect("same run again");
+    let again = kind::load(&docker, &cluster.name, &after).await.expect("same run again");
     assert_eq!(again.with_action(Action::Skipped).count(), 2, "{again:#?}");
 }
 
@@ -264,41 +184,21 @@ async fn a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top(
     let before = build_all(&docker, &first, &mut guard).await;
     let image = second.image("alpha").expect("planned").clone();
     guard.0.push(image.to_string());
-    let after = [LoadImage {
-        image: image.clone(),
-        image_id: busybox_image(&docker, &image, "edited").await,
-    }];
+    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
     let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
     let warm = StandInCluster::start(&docker, &unique("e2e-kind-warm"), 0).await;
-    kind::load(&docker, &warm.name, &before)
-        .await
-        .expect("first load");
+    kind::load(&docker, &warm.name, &before).await.expect("first load");
     let fresh = StandInCluster::start(&docker, &unique("e2e-kind-fresh"), 0).await;
     let nodes: Vec<Node> = [&warm, &fresh]
         .iter()
-        .map(|c| Node::Container {
-            name: c.nodes[0].clone(),
-            role: "control-plane".to_owned(),
-        })
+        .map(|c| Node::Container { name: c.nodes[0].clone(), role: "control-plane".to_owned() })
         .collect();
 
-    let report = e2e_infra::load::containerd::load(&docker, &nodes, &after)
-        .await
-        .expect("load");
-    let sent = |node: &str| {
-        report
-            .outcomes
-            .iter()
-            .find(|o| o.node == node)
-            .map(|o| o.sent)
-            .expect("an outcome")
-    };
+    let report = e2e_infra::load::containerd::load(&docker, &nodes, &after).await.expect("load");
+    let sent = |node: &str| report.outcomes.iter().find(|o| o.node == node).map(|o| o.sent).expect("an outcome");
     assert!(sent(&warm.nodes[0]) < 64 * 1024, "{report:#?}");
     assert!(sent(&fresh.nodes[0]) > busybox, "{report:#?}");
     for node in [&warm.nodes[0], &fresh.nodes[0]] {
-        assert_eq!(
-            read_in_image(&docker, node, &image.to_string(), "/marker").await,
-            "edited"
-        );
+        assert_eq!(read_in_image(&docker, node, &image.to_string(), "/marker").await, "edited");
     }
 }

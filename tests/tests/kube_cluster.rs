@@ -22,9 +22,7 @@ use e2e_infra::suite::error_chain;
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
 use e2e_infra_tests::kind_node::{self, ImageGuard};
-use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project,
-};
+use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -64,13 +62,7 @@ impl AppRun {
         project.busybox_context(APP);
         project.write(&format!("{APP}/Dockerfile"), busybox_dockerfile(""));
         // JSON is YAML: one document per object.
-        let yaml = |objects: &[Value]| {
-            objects
-                .iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        };
+        let yaml = |objects: &[Value]| objects.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n");
         project.write("deploy/app.yaml", yaml(objects));
         let mut catalog = format!(
             "[components.{APP}]\nbuild = {{ context = \"{APP}\" }}\n\
@@ -88,12 +80,7 @@ impl AppRun {
         let catalog = project.catalog(&catalog);
         let plan = plan(&catalog, consumer, &[needs], consumer, &Delivery::Local);
         let stack = StackGuard::of(&plan, cluster.target());
-        Self {
-            cluster,
-            project,
-            plan,
-            _stack: stack,
-        }
+        Self { cluster, project, plan, _stack: stack }
     }
 
     fn namespace(&self) -> &str {
@@ -111,11 +98,7 @@ impl AppRun {
     }
 
     async fn up_on(&self, backend: Backend, timeout: Duration) -> Result<StackRecord, StackError> {
-        let options = StackOptions {
-            backend,
-            ready_timeout: Some(timeout),
-            ..StackOptions::default()
-        };
+        let options = StackOptions { backend, ready_timeout: Some(timeout), ..StackOptions::default() };
         stack::up(&self.plan, &options).await
     }
 
@@ -124,13 +107,7 @@ impl AppRun {
     async fn cli_up(&self, cluster: &Cluster, env: &[(&str, &OsStr)]) -> (Output, Duration) {
         let catalog = self.project.path().join("e2e-infra.toml");
         let socket = cluster.socket.display().to_string();
-        let mut args = vec![
-            "--config",
-            path_str(&catalog),
-            "up",
-            "--consumer",
-            self.plan.consumer().as_str(),
-        ];
+        let mut args = vec!["--config", path_str(&catalog), "up", "--consumer", self.plan.consumer().as_str()];
         args.extend(["--needs", APP, "--containerd", &socket]);
         let flags = cluster.context_flags();
         args.extend(flags.iter().map(String::as_str));
@@ -142,36 +119,20 @@ impl AppRun {
     /// The same stack as this run's, stood up by `stack::up` for a run
     /// whose launcher has exited: a stack its teardown never removed.
     async fn dead_launchers_stack(&self) -> (Plan, StackGuard) {
-        let mut exited = std::process::Command::new("true")
-            .spawn()
-            .expect("spawning `true`");
+        let mut exited = std::process::Command::new("true").spawn().expect("spawning `true`");
         let pid = exited.id();
         exited.wait().expect("waiting for `true`");
-        let dead = Launcher {
-            pid,
-            start_ticks: 0,
-            host: Host::current(),
-        };
+        let dead = Launcher { pid, start_ticks: 0, host: Host::current() };
         let catalog = Catalog::load(&self.project.path().join("e2e-infra.toml")).expect("catalog");
-        let owned =
-            RunId::explicit(&unique(self.plan.consumer().as_str()), Some(dead)).expect("run id");
-        let plan = Plan::new(
-            &catalog,
-            self.plan.consumer().as_str(),
-            &[APP],
-            owned,
-            &Delivery::Local,
-        )
-        .expect("plan");
+        let owned = RunId::explicit(&unique(self.plan.consumer().as_str()), Some(dead)).expect("run id");
+        let plan = Plan::new(&catalog, self.plan.consumer().as_str(), &[APP], owned, &Delivery::Local).expect("plan");
         let guard = StackGuard::of(&plan, self.cluster.target());
         let options = StackOptions {
             backend: self.cluster.backend(),
             ready_timeout: Some(READY_WITHIN),
             ..StackOptions::default()
         };
-        stack::up(&plan, &options)
-            .await
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         (plan, guard)
     }
 
@@ -188,8 +149,7 @@ impl AppRun {
     async fn status_line(&self, plan: &Plan) -> String {
         let listed = stdout(&self.cli_on_cluster("status", &[]).await);
         let line = listed.lines().find(|l| l.contains(plan.run().as_str()));
-        line.unwrap_or_else(|| panic!("{} is not listed:\n{listed}", plan.run()))
-            .to_owned()
+        line.unwrap_or_else(|| panic!("{} is not listed:\n{listed}", plan.run())).to_owned()
     }
 
     /// `e2e-infra clean --consumer C <extra>` on this run's cluster; what it printed.
@@ -206,16 +166,9 @@ impl AppRun {
     /// Asserts that nothing of the run reached the cluster: no namespace, no
     /// image reference of its tag on the node.
     async fn assert_nothing_deployed(&self) {
-        assert!(
-            !self.cluster.has_namespace(self.namespace()).await,
-            "namespace {} was created",
-            self.namespace()
-        );
+        assert!(!self.cluster.has_namespace(self.namespace()).await, "namespace {} was created", self.namespace());
         let docker = engine(None).await;
-        let loaded = self
-            .cluster
-            .node_references(&docker, self.plan.tag().as_str())
-            .await;
+        let loaded = self.cluster.node_references(&docker, self.plan.tag().as_str()).await;
         assert!(loaded.is_empty(), "loaded into the node: {loaded:?}");
     }
 }
@@ -313,9 +266,7 @@ fn is_forbidden(error: &kube::Error) -> bool {
 
 /// The API server's words for a `patch` that RBAC refuses.
 fn refused(user: &str, resource: &str, group: &str, namespace: &str) -> String {
-    format!(
-        r#"User "{user}" cannot patch resource "{resource}" in API group "{group}" in the namespace "{namespace}""#
-    )
+    format!(r#"User "{user}" cannot patch resource "{resource}" in API group "{group}" in the namespace "{namespace}""#)
 }
 
 fn stdout(output: &Output) -> String {
@@ -331,44 +282,19 @@ fn stderr(output: &Output) -> String {
 async fn the_notification_example_runs_on_the_real_node() {
     let cluster = Cluster::from_env();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
-    assert!(
-        example.join("images/stand-ins").is_file(),
-        "run scripts/stand-ins.sh first: the example's images need it"
-    );
+    assert!(example.join("images/stand-ins").is_file(), "run scripts/stand-ins.sh first: the example's images need it");
     let catalog = Catalog::load(&example.join("e2e-infra.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let plan = plan(
-        &catalog,
-        "kube-example",
-        &["datastorage"],
-        "kube-example",
-        &Delivery::Local,
-    );
+    let plan = plan(&catalog, "kube-example", &["datastorage"], "kube-example", &Delivery::Local);
     let _stack = StackGuard::of(&plan, cluster.target());
 
-    let options = StackOptions {
-        backend: cluster.backend(),
-        ready_timeout: Some(READY_WITHIN),
-        ..StackOptions::default()
-    };
-    let record = stack::up(&plan, &options)
-        .await
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let options =
+        StackOptions { backend: cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
+    let record = stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     for component in plan.components() {
         // component, image, build, load, ready, cache
-        let mut rows = record
-            .summary
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>());
-        let load = rows
-            .find(|r| r[0] == component.name)
-            .and_then(|r| r.get(3).copied())
-            .unwrap_or("-");
-        assert!(
-            load.ends_with('s'),
-            "no load time for {}:\n{}",
-            component.name,
-            record.summary
-        );
+        let mut rows = record.summary.lines().map(|l| l.split_whitespace().collect::<Vec<_>>());
+        let load = rows.find(|r| r[0] == component.name).and_then(|r| r.get(3).copied()).unwrap_or("-");
+        assert!(load.ends_with('s'), "no load time for {}:\n{}", component.name, record.summary);
     }
     let target = forward::Target {
         context: cluster.context.clone(),
@@ -377,65 +303,34 @@ async fn the_notification_example_runs_on_the_real_node() {
         port: 8080,
     };
     let datastorage = forward::start(target).unwrap_or_else(|e| panic!("{e}"));
-    let (status, body) = http_get(datastorage, "/readyz")
-        .await
-        .expect("GET /readyz through the port-forward");
+    let (status, body) = http_get(datastorage, "/readyz").await.expect("GET /readyz through the port-forward");
     assert_eq!(status, 200, "{body}");
 
     let docker = engine(None).await;
-    let removed = stack::down(
-        &docker,
-        &record.run_id,
-        &record.consumer,
-        Some(&cluster.target()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    assert!(
-        removed.contains(&format!("{} image reference(s)", plan.components().len())),
-        "{removed}"
-    );
-    assert!(
-        !cluster.has_namespace(plan.namespace().as_str()).await,
-        "namespace {} is still there",
-        plan.namespace()
-    );
-    assert_eq!(
-        cluster.node_references(&docker, plan.tag().as_str()).await,
-        Vec::<String>::new()
-    );
+    let removed = stack::down(&docker, &record.run_id, &record.consumer, Some(&cluster.target()))
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert!(removed.contains(&format!("{} image reference(s)", plan.components().len())), "{removed}");
+    assert!(!cluster.has_namespace(plan.namespace().as_str()).await, "namespace {} is still there", plan.namespace());
+    assert_eq!(cluster.node_references(&docker, plan.tag().as_str()).await, Vec::<String>::new());
 }
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_hard_coded_image_is_refused_before_any_request() {
     let hard_coded = "localhost/kubernaut-datastorage:e2e-test-datastorage";
-    let run = AppRun::new(
-        "kube-preflight",
-        &[deployment(
-            json!({ "name": "datastorage", "image": hard_coded }),
-        )],
-    );
+    let run = AppRun::new("kube-preflight", &[deployment(json!({ "name": "datastorage", "image": hard_coded }))]);
 
     let error = kube_error(run.up(READY_WITHIN).await);
-    let KubeError::Preflight { problems, planned } = &error else {
-        panic!("expected the preflight, got: {error}")
-    };
+    let KubeError::Preflight { problems, planned } = &error else { panic!("expected the preflight, got: {error}") };
     assert_eq!(problems.len(), 1, "{error}");
-    assert_eq!(
-        (problems[0].object.as_str(), problems[0].container.as_str()),
-        ("Deployment/app", "datastorage")
-    );
+    assert_eq!((problems[0].object.as_str(), problems[0].container.as_str()), ("Deployment/app", "datastorage"));
     assert_eq!(problems[0].image, hard_coded);
     assert_eq!(planned, &[format!("{} (${{image:{APP}}})", run.image())]);
     run.assert_nothing_deployed().await;
     // Nothing was built either: a manifest that cannot deploy costs no build.
     let docker = engine(None).await;
-    assert!(
-        docker.inspect_image(&run.image()).await.is_err(),
-        "{} was built",
-        run.image()
-    );
+    assert!(docker.inspect_image(&run.image()).await.is_err(), "{} was built", run.image());
 }
 
 #[tokio::test]
@@ -443,29 +338,15 @@ async fn a_hard_coded_image_is_refused_before_any_request() {
 async fn a_planned_image_missing_from_the_node_is_err_image_never_pull() {
     let run = AppRun::new("kube-never-pull", &[deployment(sleeper())]);
     let docker = engine(None).await;
-    let built = build_all(&docker, &run.plan, &BuildOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let images: Vec<LoadImage> = built
-        .into_iter()
-        .map(|b| LoadImage {
-            image: b.image,
-            image_id: b.image_id,
-        })
-        .collect();
-    containerd::load(&docker, &[run.cluster.node()], &images)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let built = build_all(&docker, &run.plan, &BuildOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let images: Vec<LoadImage> =
+        built.into_iter().map(|b| LoadImage { image: b.image, image_id: b.image_id }).collect();
+    containerd::load(&docker, &[run.cluster.node()], &images).await.unwrap_or_else(|e| panic!("{e}"));
     // Gone between the load and the deploy (a cleanup, a node's image GC).
     run.cluster.remove_from_node(&run.image());
 
     let client = run.cluster.client().await;
-    let result = deploy(
-        client.clone(),
-        &run.plan,
-        &KubeOptions::with_timeout(READY_WITHIN),
-    )
-    .await;
+    let result = deploy(client.clone(), &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await;
     let failed_at = SystemTime::now();
     let mut error = result.expect_err("the image is not on the node");
     // What `stack::up` adds: what the node holds of the repository instead.
@@ -473,63 +354,31 @@ async fn a_planned_image_missing_from_the_node_is_err_image_never_pull() {
     let failure = pod_failure(error);
     let (node, held) = failure.node_images.clone().expect("what the node holds");
     assert_eq!(node, run.cluster.node().to_string());
-    let repository = run
-        .image()
-        .rsplit_once(':')
-        .map(|(r, _)| r.to_owned())
-        .expect("a tag");
-    assert!(
-        !held.contains(&run.image()) && held.iter().all(|r| r.starts_with(&repository)),
-        "{held:?}"
-    );
-    assert!(
-        failure
-            .to_string()
-            .contains(&format!("holds of `{repository}`")),
-        "{failure}"
-    );
+    let repository = run.image().rsplit_once(':').map(|(r, _)| r.to_owned()).expect("a tag");
+    assert!(!held.contains(&run.image()) && held.iter().all(|r| r.starts_with(&repository)), "{held:?}");
+    assert!(failure.to_string().contains(&format!("holds of `{repository}`")), "{failure}");
     eprintln!("{failure}");
     assert_eq!(failure.reason, "ErrImageNeverPull", "{failure}");
     assert_names_the_app(&failure, &run);
     let kubelet_says = "is not present with pull policy of Never";
-    assert!(
-        failure.events.iter().any(|e| e.contains(kubelet_says)),
-        "{failure}"
-    );
+    assert!(failure.events.iter().any(|e| e.contains(kubelet_says)), "{failure}");
 
     // The failure is reported as the kubelet reports it, not at a later poll.
     let events: Api<Event> = Api::namespaced(client, run.namespace());
     let selector = format!("involvedObject.name={}", failure.pod);
-    let listed = events
-        .list(&ListParams::default().fields(&selector))
-        .await
-        .expect("listing the pod's events");
+    let listed = events.list(&ListParams::default().fields(&selector)).await.expect("listing the pod's events");
     let event = listed
         .items
         .iter()
-        .find(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.contains(kubelet_says))
-        })
+        .find(|e| e.message.as_deref().is_some_and(|m| m.contains(kubelet_says)))
         .expect("the kubelet's event");
-    let seen = event
-        .first_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .or(event.event_time.as_ref().map(|t| t.0));
+    let seen = event.first_timestamp.as_ref().map(|t| t.0).or(event.event_time.as_ref().map(|t| t.0));
     let seen = seen.expect("the event's time").as_millisecond() as f64 / 1000.0;
-    let failed_at = failed_at
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
+    let failed_at = failed_at.duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64();
     let after = failed_at - seen;
     eprintln!("reported {after:.1} s after the event's second");
     // 2 s, plus 1 s for the event's time being rounded down to the second.
-    assert!(
-        (0.0..3.0).contains(&after),
-        "reported {after:.1} s after the event's second"
-    );
+    assert!((0.0..3.0).contains(&after), "reported {after:.1} s after the event's second");
 }
 
 #[tokio::test]
@@ -539,28 +388,20 @@ async fn a_crashing_container_is_crash_loop_back_off_with_its_logs() {
     let mut crashing = container(&format!("echo starting; echo {last_words}; exit 3"));
     // Without a probe a container is ready as soon as it starts, which can be
     // before it exits: the Deployment would count as available.
-    crashing["readinessProbe"] =
-        json!({ "exec": { "command": ["/bin/true"] }, "initialDelaySeconds": 5 });
+    crashing["readinessProbe"] = json!({ "exec": { "command": ["/bin/true"] }, "initialDelaySeconds": 5 });
     let run = AppRun::new("kube-crash", &[deployment(crashing)]);
 
     let failure = pod_failure(kube_error(run.up(READY_WITHIN).await));
     assert_eq!(failure.reason, "CrashLoopBackOff", "{failure}");
     assert_names_the_app(&failure, &run);
-    assert_eq!(
-        failure.logs.lines().last(),
-        Some(last_words.as_str()),
-        "{failure}"
-    );
+    assert_eq!(failure.logs.lines().last(), Some(last_words.as_str()), "{failure}");
 }
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_failing_migration_job_reports_and_stops() {
     let last_words = unique("the-schema-is-broken");
-    let migration = job(
-        "migrate",
-        container(&format!("echo migrating; echo {last_words}; exit 1")),
-    );
+    let migration = job("migrate", container(&format!("echo migrating; echo {last_words}; exit 1")));
     let mut service = container("exec /bin/sleep 3600");
     service["name"] = json!(DEPENDENT);
     service["image"] = json!(format!("${{image:{DEPENDENT}}}"));
@@ -570,72 +411,41 @@ async fn a_failing_migration_job_reports_and_stops() {
 
     let started = Instant::now();
     let error = kube_error(run.up(READY_WITHIN).await);
-    let KubeError::JobFailed {
-        namespace,
-        job,
-        message,
-        logs,
-    } = &error
-    else {
+    let KubeError::JobFailed { namespace, job, message, logs } = &error else {
         panic!("expected a failed job, got: {error}")
     };
-    assert_eq!(
-        (namespace.as_str(), job.as_str()),
-        (run.namespace(), "migrate")
-    );
+    assert_eq!((namespace.as_str(), job.as_str()), (run.namespace(), "migrate"));
     assert!(message.contains("BackoffLimitExceeded"), "{message}");
     assert_eq!(logs.lines().last(), Some(last_words.as_str()), "{error}");
-    assert!(
-        started.elapsed() < READY_WITHIN,
-        "the failure waited for the timeout"
-    );
+    assert!(started.elapsed() < READY_WITHIN, "the failure waited for the timeout");
     let client = run.cluster.client().await;
     // backoffLimit 0: the one failed pod is all there is.
     let pods: Api<Pod> = Api::namespaced(client.clone(), run.namespace());
-    let listed = pods
-        .list(&ListParams::default().labels("job-name=migrate"))
-        .await
-        .expect("listing the job's pods");
+    let listed = pods.list(&ListParams::default().labels("job-name=migrate")).await.expect("listing the job's pods");
     assert_eq!(listed.items.len(), 1);
     // What depends on the migration was never applied.
     let deployments: Api<Deployment> = Api::namespaced(client, run.namespace());
-    assert!(
-        deployments.get_opt(DEPENDENT).await.expect("get").is_none(),
-        "the dependent was applied"
-    );
+    assert!(deployments.get_opt(DEPENDENT).await.expect("get").is_none(), "the dependent was applied");
 }
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_readiness_probe_that_never_passes_names_the_timeout() {
     let mut never_ready = sleeper();
-    never_ready["readinessProbe"] =
-        json!({ "exec": { "command": ["/bin/false"] }, "periodSeconds": 1 });
+    never_ready["readinessProbe"] = json!({ "exec": { "command": ["/bin/false"] }, "periodSeconds": 1 });
     let run = AppRun::new("kube-not-ready", &[deployment(never_ready)]);
     let timeout = Duration::from_secs(15);
 
     let error = kube_error(run.up(timeout).await);
-    let KubeError::NotReady {
-        namespace,
-        timeout: waited,
-        pending,
-        ..
-    } = &error
-    else {
+    let KubeError::NotReady { namespace, timeout: waited, pending, .. } = &error else {
         panic!("expected not ready, got: {error}")
     };
     assert_eq!((namespace.as_str(), *waited), (run.namespace(), timeout));
     assert_eq!(pending, &["Deployment/app (0/1 available)"]);
     let message = error.to_string();
-    assert!(
-        message.contains("not ready after 15s") && message.contains("Deployment/app"),
-        "{message}"
-    );
+    assert!(message.contains("not ready after 15s") && message.contains("Deployment/app"), "{message}");
     // The probe, and the kubelet's word on why it fails.
-    assert!(
-        message.contains("readiness probe exec [\"/bin/false\"]"),
-        "{message}"
-    );
+    assert!(message.contains("readiness probe exec [\"/bin/false\"]"), "{message}");
     assert!(message.contains("Readiness probe failed"), "{message}");
 }
 
@@ -645,15 +455,10 @@ async fn a_missing_kubeconfig_is_named() {
     let run = AppRun::new("kube-no-kubeconfig", &[deployment(sleeper())]);
     let missing = run.project.path().join("no-such-kubeconfig");
 
-    let (output, _) = run
-        .cli_up(&run.cluster, &[("KUBECONFIG", missing.as_os_str())])
-        .await;
+    let (output, _) = run.cli_up(&run.cluster, &[("KUBECONFIG", missing.as_os_str())]).await;
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(
-        message.contains(&format!("KUBECONFIG={}", missing.display())),
-        "{message}"
-    );
+    assert!(message.contains(&format!("KUBECONFIG={}", missing.display())), "{message}");
     run.assert_nothing_deployed().await;
 }
 
@@ -662,17 +467,11 @@ async fn a_missing_kubeconfig_is_named() {
 async fn an_unknown_context_is_named() {
     let run = AppRun::new("kube-no-context", &[deployment(sleeper())]);
     let unknown = unique("no-such-context");
-    let elsewhere = Cluster {
-        context: Some(unknown.clone()),
-        ..run.cluster.clone()
-    };
+    let elsewhere = Cluster { context: Some(unknown.clone()), ..run.cluster.clone() };
 
     let error = kube_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
     assert!(matches!(error, KubeError::Kubeconfig { .. }), "{error}");
-    assert!(
-        error.to_string().contains(&format!("context `{unknown}`")),
-        "{error}"
-    );
+    assert!(error.to_string().contains(&format!("context `{unknown}`")), "{error}");
     run.assert_nothing_deployed().await;
 }
 
@@ -681,13 +480,9 @@ async fn an_unknown_context_is_named() {
 async fn a_dead_api_server_fails_within_5_s() {
     let run = AppRun::new("kube-dead-server", &[deployment(sleeper())]);
     // Nothing listens on a port just released.
-    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     // A listener that accepts connections and never says a word.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listener");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
     let silent_addr = silent.local_addr().expect("address");
     let holder = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -698,28 +493,17 @@ async fn a_dead_api_server_fails_within_5_s() {
 
     let run = &run;
     let attempts = [refusing, silent_addr].map(|server| async move {
-        let kubeconfig = run
-            .cluster
-            .kubeconfig_with_server(&format!("https://{server}"));
-        let cluster = Cluster {
-            context: Some(kubeconfig.context.clone()),
-            ..run.cluster.clone()
-        };
-        let (output, took) = run
-            .cli_up(&cluster, &[("KUBECONFIG", kubeconfig.path.as_os_str())])
-            .await;
+        let kubeconfig = run.cluster.kubeconfig_with_server(&format!("https://{server}"));
+        let cluster = Cluster { context: Some(kubeconfig.context.clone()), ..run.cluster.clone() };
+        let (output, took) = run.cli_up(&cluster, &[("KUBECONFIG", kubeconfig.path.as_os_str())]).await;
         (server, kubeconfig.context, output, took)
     });
     for (server, context, output, took) in futures::future::join_all(attempts).await {
         assert!(!output.status.success());
         let message = stderr(&output);
-        let named = message.contains(&format!("context `{context}`"))
-            && message.contains(&server.to_string());
+        let named = message.contains(&format!("context `{context}`")) && message.contains(&server.to_string());
         assert!(named, "{message}");
-        assert!(
-            took < Duration::from_secs(6),
-            "{server}: failed after {took:.1?}"
-        );
+        assert!(took < Duration::from_secs(6), "{server}: failed after {took:.1?}");
     }
     holder.abort();
     run.assert_nothing_deployed().await;
@@ -729,28 +513,14 @@ async fn a_dead_api_server_fails_within_5_s() {
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_forbidden_verb_names_verb_resource_and_namespace() {
     let run = AppRun::new("kube-forbidden", &[deployment(sleeper())]);
-    let restricted = run
-        .cluster
-        .kubeconfig_impersonating(RESTRICTED)
-        .client()
-        .await;
+    let restricted = run.cluster.kubeconfig_impersonating(RESTRICTED).client().await;
     let options = KubeOptions::with_timeout(READY_WITHIN);
 
     // No rights at all: the run's namespace is refused (a namespace is
     // authorized as an object in itself).
-    let error = deploy(restricted.clone(), &run.plan, &options)
-        .await
-        .expect_err("the user may do nothing");
-    assert!(
-        matches!(&error, KubeError::Namespace { source, .. } if is_forbidden(source)),
-        "{error}"
-    );
-    assert!(
-        error
-            .to_string()
-            .contains(&refused(RESTRICTED, "namespaces", "", run.namespace())),
-        "{error}"
-    );
+    let error = deploy(restricted.clone(), &run.plan, &options).await.expect_err("the user may do nothing");
+    assert!(matches!(&error, KubeError::Namespace { source, .. } if is_forbidden(source)), "{error}");
+    assert!(error.to_string().contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
 
     // The right to its namespace only: the Deployment is refused in there.
     let admin = run.cluster.client().await;
@@ -774,31 +544,15 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
     let granted = async {
         let post = PostParams::default();
         roles.create(&post, &serde_json::from_value(role)?).await?;
-        bindings
-            .create(&post, &serde_json::from_value(binding)?)
-            .await?;
-        let error = deploy(restricted, &run.plan, &options)
-            .await
-            .expect_err("deployments are not granted");
-        let KubeError::Apply {
-            object,
-            namespace,
-            source,
-            ..
-        } = &error
-        else {
+        bindings.create(&post, &serde_json::from_value(binding)?).await?;
+        let error = deploy(restricted, &run.plan, &options).await.expect_err("deployments are not granted");
+        let KubeError::Apply { object, namespace, source, .. } = &error else {
             panic!("expected a refused apply, got: {error}")
         };
         assert!(is_forbidden(source), "{error}");
-        assert_eq!(
-            (object.as_str(), namespace.as_str()),
-            ("Deployment/app", run.namespace())
-        );
+        assert_eq!((object.as_str(), namespace.as_str()), ("Deployment/app", run.namespace()));
         let message = error.to_string();
-        assert!(
-            message.contains(&refused(RESTRICTED, "deployments", "apps", run.namespace())),
-            "{message}"
-        );
+        assert!(message.contains(&refused(RESTRICTED, "deployments", "apps", run.namespace())), "{message}");
         Ok::<(), Box<dyn std::error::Error>>(())
     };
     let revoke = async {
@@ -813,21 +567,12 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
 async fn a_missing_containerd_socket_is_named() {
     let run = AppRun::new("kube-no-socket", &[deployment(sleeper())]);
     let missing = run.project.path().join("containerd.sock");
-    let elsewhere = Cluster {
-        socket: missing.clone(),
-        ..run.cluster.clone()
-    };
+    let elsewhere = Cluster { socket: missing.clone(), ..run.cluster.clone() };
 
     let error = containerd_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
-    assert!(
-        matches!(&error, ContainerdError::NoSocket { path } if *path == missing),
-        "{error}"
-    );
+    assert!(matches!(&error, ContainerdError::NoSocket { path } if *path == missing), "{error}");
     let message = error.to_string();
-    assert!(
-        message.contains(path_str(&missing)) && message.contains(CONTAINERD_SOCKET_ENV),
-        "{message}"
-    );
+    assert!(message.contains(path_str(&missing)) && message.contains(CONTAINERD_SOCKET_ENV), "{message}");
     run.assert_nothing_deployed().await;
 }
 
@@ -846,24 +591,12 @@ async fn an_unwritable_containerd_socket_is_named() {
         eprintln!("this user connects to a socket of mode 000 (root does): a regular file stands in for it");
         socket = run.project.write("not-a-socket", "");
     }
-    let elsewhere = Cluster {
-        socket: socket.clone(),
-        ..run.cluster.clone()
-    };
+    let elsewhere = Cluster { socket: socket.clone(), ..run.cluster.clone() };
 
     let error = containerd_error(run.up_on(elsewhere.backend(), READY_WITHIN).await);
-    assert!(
-        matches!(&error, ContainerdError::Socket { path, .. } if *path == socket),
-        "{error}"
-    );
+    assert!(matches!(&error, ContainerdError::Socket { path, .. } if *path == socket), "{error}");
     let message = error.to_string();
-    assert!(
-        message.contains(&format!(
-            "cannot connect to containerd socket `{}`",
-            socket.display()
-        )),
-        "{message}"
-    );
+    assert!(message.contains(&format!("cannot connect to containerd socket `{}`", socket.display())), "{message}");
     run.assert_nothing_deployed().await;
 }
 
@@ -871,20 +604,13 @@ async fn an_unwritable_containerd_socket_is_named() {
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
     let run = AppRun::new("kube-cli", &[deployment(sleeper())]);
-    let (consumer, run_id, tag) = (
-        run.plan.consumer().as_str(),
-        run.plan.run().as_str(),
-        run.plan.tag().as_str(),
-    );
+    let (consumer, run_id, tag) = (run.plan.consumer().as_str(), run.plan.run().as_str(), run.plan.tag().as_str());
     let docker = engine(None).await;
 
     let (up, _) = run.cli_up(&run.cluster, &[]).await;
     assert!(up.status.success(), "{}", stderr(&up));
     let printed = stdout(&up);
-    assert!(
-        printed.contains(&format!("`{consumer}` ready, tag {tag}")),
-        "{printed}"
-    );
+    assert!(printed.contains(&format!("`{consumer}` ready, tag {tag}")), "{printed}");
     let take_down = printed
         .lines()
         .find_map(|l| l.strip_prefix("take it down with: e2e-infra "))
@@ -892,10 +618,7 @@ async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
         .to_owned();
     let take_down: Vec<&str> = take_down.split_whitespace().collect();
     assert!(run.cluster.has_namespace(run.namespace()).await);
-    assert_eq!(
-        run.cluster.node_references(&docker, tag).await,
-        [run.image()]
-    );
+    assert_eq!(run.cluster.node_references(&docker, tag).await, [run.image()]);
 
     let mut status = vec!["status"];
     let flags = run.cluster.context_flags();
@@ -907,40 +630,19 @@ async fn the_cli_stands_a_stack_up_lists_it_and_takes_it_down_as_printed() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(consumer) && l.contains(run_id))
         .unwrap_or_else(|| panic!("{consumer} is not listed:\n{listed}"));
-    assert!(
-        line.contains(" manual ") && line.contains(&format!("namespace: {}", run.namespace())),
-        "{line}"
-    );
+    assert!(line.contains(" manual ") && line.contains(&format!("namespace: {}", run.namespace())), "{line}");
 
     let (down, _) = cli(run.project.path(), &take_down, &[]).await;
     assert!(down.status.success(), "{}", stderr(&down));
     let removed = stdout(&down);
-    assert!(
-        removed.contains(&format!(
-            "namespace {}, 1 image reference(s)",
-            run.namespace()
-        )),
-        "{removed}"
-    );
-    assert!(
-        !run.cluster.has_namespace(run.namespace()).await,
-        "namespace {} is still there",
-        run.namespace()
-    );
-    assert_eq!(
-        run.cluster.node_references(&docker, tag).await,
-        Vec::<String>::new()
-    );
+    assert!(removed.contains(&format!("namespace {}, 1 image reference(s)", run.namespace())), "{removed}");
+    assert!(!run.cluster.has_namespace(run.namespace()).await, "namespace {} is still there", run.namespace());
+    assert_eq!(run.cluster.node_references(&docker, tag).await, Vec::<String>::new());
 
     let (again, _) = cli(run.project.path(), &take_down, &[]).await;
     assert!(!again.status.success());
     let message = stderr(&again);
-    assert!(
-        message.contains(&format!(
-            "no stack of consumer `{consumer}` and run `{run_id}`"
-        )),
-        "{message}"
-    );
+    assert!(message.contains(&format!("no stack of consumer `{consumer}` and run `{run_id}`")), "{message}");
 }
 
 #[tokio::test]
@@ -952,24 +654,12 @@ async fn clean_removes_the_stack_of_a_run_whose_launcher_is_gone() {
     let docker = engine(None).await;
 
     let line = run.status_line(&plan).await;
-    assert!(
-        line.contains(" dead ") && line.contains(namespace),
-        "{line}"
-    );
+    assert!(line.contains(" dead ") && line.contains(namespace), "{line}");
 
     let removed = run.clean(&[]).await;
-    assert!(
-        removed.contains(&format!("removed kube-clean run {}", plan.run())),
-        "{removed}"
-    );
-    assert!(
-        !run.cluster.has_namespace(namespace).await,
-        "namespace {namespace} is still there"
-    );
-    assert_eq!(
-        run.cluster.node_references(&docker, tag).await,
-        Vec::<String>::new()
-    );
+    assert!(removed.contains(&format!("removed kube-clean run {}", plan.run())), "{removed}");
+    assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
+    assert_eq!(run.cluster.node_references(&docker, tag).await, Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -980,25 +670,14 @@ async fn a_kept_stack_is_kept_on_the_cluster_until_clean_kept() {
     let namespace = plan.namespace().as_str();
     // What the teardown of a run with a failed test does; recorded on the
     // cluster, so no local state is needed to honour it.
-    mark_kept(run.cluster.client().await, namespace, "failed: a_test")
-        .await
-        .expect("mark kept");
+    mark_kept(run.cluster.client().await, namespace, "failed: a_test").await.expect("mark kept");
 
     assert!(run.status_line(&plan).await.contains(" kept "));
     run.clean(&[]).await;
-    assert!(
-        run.cluster.has_namespace(namespace).await,
-        "clean removed a kept stack"
-    );
+    assert!(run.cluster.has_namespace(namespace).await, "clean removed a kept stack");
     let removed = run.clean(&["--kept"]).await;
-    assert!(
-        removed.contains(&format!("removed kube-kept run {}", plan.run())),
-        "{removed}"
-    );
-    assert!(
-        !run.cluster.has_namespace(namespace).await,
-        "namespace {namespace} is still there"
-    );
+    assert!(removed.contains(&format!("removed kube-kept run {}", plan.run())), "{removed}");
+    assert!(!run.cluster.has_namespace(namespace).await, "namespace {namespace} is still there");
 }
 
 #[tokio::test]
@@ -1011,37 +690,22 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_laye
     for version in ["first", "second"] {
         // A marker of this run's own: the top layer is new to the node.
         let marker = unique(version);
-        let script = format!(
-            "test \"$(/bin/busybox cat /marker)\" = {marker} && exec /bin/busybox sleep 3600"
-        );
+        let script = format!("test \"$(/bin/busybox cat /marker)\" = {marker} && exec /bin/busybox sleep 3600");
         let checks_marker = json!({ "name": APP, "image": format!("${{image:{APP}}}"), "command": ["/bin/busybox", "sh", "-c", script] });
-        let run = AppRun::new(
-            &format!("kube-delta-{version}"),
-            &[deployment(checks_marker)],
-        );
+        let run = AppRun::new(&format!("kube-delta-{version}"), &[deployment(checks_marker)]);
         let image = run.plan.image(APP).expect("planned").clone();
         guard.0.push(image.to_string());
         // The busybox layer below is the same in every build.
         let image_id = kind_node::busybox_image(&docker, &image, &marker).await;
-        let report = containerd::load(
-            &docker,
-            &[run.cluster.node()],
-            &[LoadImage { image, image_id }],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let report = containerd::load(&docker, &[run.cluster.node()], &[LoadImage { image, image_id }])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.with_action(Action::Loaded).count(), 1, "{report:#?}");
         sent.push(report.outcomes[0].sent);
         // The pod becomes ready only if its container found this version's marker.
         let client = run.cluster.client().await;
-        deploy(client, &run.plan, &KubeOptions::with_timeout(READY_WITHIN))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        deploy(client, &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await.unwrap_or_else(|e| panic!("{e}"));
     }
     eprintln!("bytes sent: first load {}, reload {}", sent[0], sent[1]);
-    assert!(
-        sent[1] < 64 * 1024,
-        "the reload sent {} bytes; the busybox layer is {busybox}",
-        sent[1]
-    );
+    assert!(sent[1] < 64 * 1024, "the reload sent {} bytes; the busybox layer is {busybox}", sent[1]);
 }

@@ -4,14 +4,10 @@
 
 use std::time::Duration;
 
-use e2e_infra::deploy::kube::{
-    connect, delete_namespace, deploy, release_shared, user_label, KubeOptions,
-};
+use e2e_infra::deploy::kube::{connect, delete_namespace, deploy, release_shared, user_label, KubeOptions};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::unique;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -60,6 +56,7 @@ subjects:
   - { kind: ServiceAccount, name: gadget-reader, namespace: \"${namespace}\" }
 ";
 
+
 fn plan(dir: &std::path::Path, consumer: &str) -> Plan {
     let catalog = Catalog::load(&dir.join("e2e-infra.toml")).expect("catalog");
     let run = RunId::explicit(&unique("kube-shared"), None).expect("run id");
@@ -69,10 +66,7 @@ fn plan(dir: &std::path::Path, consumer: &str) -> Plan {
 async fn allowed(client: &Client, plan: &Plan) -> bool {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(format!(
-                "system:serviceaccount:{}:gadget-reader",
-                plan.namespace()
-            )),
+            user: Some(format!("system:serviceaccount:{}:gadget-reader", plan.namespace())),
             resource_attributes: Some(ResourceAttributes {
                 group: Some("e2e-infra.test".to_owned()),
                 resource: Some("gadgets".to_owned()),
@@ -85,10 +79,7 @@ async fn allowed(client: &Client, plan: &Plan) -> bool {
         ..SubjectAccessReview::default()
     };
     let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
-    let answer = reviews
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("access review");
+    let answer = reviews.create(&PostParams::default(), &review).await.expect("access review");
     answer.status.is_some_and(|s| s.allowed)
 }
 
@@ -101,89 +92,37 @@ async fn two_runs_share_a_crd_and_the_last_one_out_removes_it() {
     std::fs::write(dir.path().join("e2e-infra.toml"), catalog).expect("catalog");
     let (a, b) = (plan(dir.path(), "shared-a"), plan(dir.path(), "shared-b"));
     let context = std::env::var("E2E_KUBE_CONTEXT").ok();
-    let client = connect(context.as_deref())
-        .await
-        .expect("a cluster: set KUBECONFIG");
+    let client = connect(context.as_deref()).await.expect("a cluster: set KUBECONFIG");
     let options = KubeOptions::with_timeout(Duration::from_secs(60));
 
-    let (deployed_a, deployed_b) = tokio::join!(
-        deploy(client.clone(), &a, &options),
-        deploy(client.clone(), &b, &options)
-    );
+    let (deployed_a, deployed_b) =
+        tokio::join!(deploy(client.clone(), &a, &options), deploy(client.clone(), &b, &options));
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let outcome = async {
         deployed_a.expect("first run deploys");
         deployed_b.expect("second run deploys at the same time");
-        let crd = crds
-            .get("gadgets.e2e-infra.test")
-            .await
-            .expect("the definition");
+        let crd = crds.get("gadgets.e2e-infra.test").await.expect("the definition");
         for plan in [&a, &b] {
-            assert!(
-                crd.labels().contains_key(&user_label(plan.namespace())),
-                "{:?}",
-                crd.labels()
-            );
-            assert!(
-                allowed(&client, plan).await,
-                "{} cannot list gadgets",
-                plan.namespace()
-            );
+            assert!(crd.labels().contains_key(&user_label(plan.namespace())), "{:?}", crd.labels());
+            assert!(allowed(&client, plan).await, "{} cannot list gadgets", plan.namespace());
         }
 
-        let released = release_shared(&client, a.namespace())
-            .await
-            .expect("release the first run");
-        delete_namespace(client.clone(), a.namespace())
-            .await
-            .expect("delete the first namespace");
-        assert_eq!(
-            released,
-            [format!(
-                "ClusterRoleBinding/gadget-reader-{}",
-                a.namespace()
-            )]
-        );
-        let crd = crds
-            .get("gadgets.e2e-infra.test")
-            .await
-            .expect("still used by the second run");
-        assert!(
-            !crd.labels().contains_key(&user_label(a.namespace())),
-            "{:?}",
-            crd.labels()
-        );
-        assert!(roles
-            .get_opt("e2e-infra-test-gadget-reader")
-            .await
-            .expect("get")
-            .is_some());
+        let released = release_shared(&client, a.namespace()).await.expect("release the first run");
+        delete_namespace(client.clone(), a.namespace()).await.expect("delete the first namespace");
+        assert_eq!(released, [format!("ClusterRoleBinding/gadget-reader-{}", a.namespace())]);
+        let crd = crds.get("gadgets.e2e-infra.test").await.expect("still used by the second run");
+        assert!(!crd.labels().contains_key(&user_label(a.namespace())), "{:?}", crd.labels());
+        assert!(roles.get_opt("e2e-infra-test-gadget-reader").await.expect("get").is_some());
         assert!(allowed(&client, &b).await, "the second run lost its access");
     };
     outcome.await;
 
-    let released = release_shared(&client, b.namespace())
-        .await
-        .expect("release the second run");
-    delete_namespace(client.clone(), b.namespace())
-        .await
-        .expect("delete the second namespace");
+    let released = release_shared(&client, b.namespace()).await.expect("release the second run");
+    delete_namespace(client.clone(), b.namespace()).await.expect("delete the second namespace");
     assert_eq!(released.len(), 3, "{released:?}");
-    assert!(crds
-        .get_opt("gadgets.e2e-infra.test")
-        .await
-        .expect("get")
-        .is_none());
-    assert!(roles
-        .get_opt("e2e-infra-test-gadget-reader")
-        .await
-        .expect("get")
-        .is_none());
-    assert!(bindings
-        .get_opt(&format!("gadget-reader-{}", b.namespace()))
-        .await
-        .expect("get")
-        .is_none());
+    assert!(crds.get_opt("gadgets.e2e-infra.test").await.expect("get").is_none());
+    assert!(roles.get_opt("e2e-infra-test-gadget-reader").await.expect("get").is_none());
+    assert!(bindings.get_opt(&format!("gadget-reader-{}", b.namespace())).await.expect("get").is_none());
 }

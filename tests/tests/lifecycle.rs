@@ -15,10 +15,7 @@ use futures::StreamExt;
 use tempfile::TempDir;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
 /// A fresh suite crate in a temporary directory.
@@ -34,24 +31,11 @@ impl Fixture {
         let src = root().join("tests/fixture");
         std::fs::create_dir_all(dir.path().join("image")).expect("image dir");
         std::fs::create_dir_all(dir.path().join("tests")).expect("tests dir");
-        std::fs::copy(
-            src.join("e2e-infra.toml"),
-            dir.path().join("e2e-infra.toml"),
-        )
-        .expect("catalog");
-        std::fs::copy(
-            src.join("busybox.Dockerfile"),
-            dir.path().join("busybox.Dockerfile"),
-        )
-        .expect("dockerfile");
-        std::fs::copy("/bin/busybox", dir.path().join("image/busybox"))
-            .expect("busybox: install busybox-static");
+        std::fs::copy(src.join("e2e-infra.toml"), dir.path().join("e2e-infra.toml")).expect("catalog");
+        std::fs::copy(src.join("busybox.Dockerfile"), dir.path().join("busybox.Dockerfile")).expect("dockerfile");
+        std::fs::copy("/bin/busybox", dir.path().join("image/busybox")).expect("busybox: install busybox-static");
         std::fs::copy(root().join("Cargo.lock"), dir.path().join("Cargo.lock")).expect("lock");
-        let needs = needs
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let needs = needs.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
         let suite = std::fs::read_to_string(src.join("tests/suite.rs"))
             .expect("suite")
             .replace("@CONSUMER@", &consumer)
@@ -79,10 +63,7 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
         // test binaries of equally named packages would overwrite each other.
         std::fs::write(dir.path().join("Cargo.toml"), manifest).expect("manifest");
         // The state root must be private to its user.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir.path().join("state"))
-            .expect("state dir");
+        std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state dir");
         Self { dir, consumer }
     }
 
@@ -94,34 +75,14 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
     /// cargo test with one test thread) with extra env.
     fn run(&self, runner: &str, env: &[(&str, &str)]) -> Output {
         let args: &[&str] = match runner {
-            "nextest" => &[
-                "nextest",
-                "run",
-                "--features",
-                "e2e",
-                "--no-fail-fast",
-                "--color",
-                "never",
-            ],
-            "test-serial" => &[
-                "test",
-                "--features",
-                "e2e",
-                "--color",
-                "never",
-                "--",
-                "--test-threads",
-                "1",
-            ],
+            "nextest" => &["nextest", "run", "--features", "e2e", "--no-fail-fast", "--color", "never"],
+            "test-serial" => &["test", "--features", "e2e", "--color", "never", "--", "--test-threads", "1"],
             _ => &["test", "--features", "e2e", "--color", "never"],
         };
         let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         command.args(args).current_dir(self.dir.path());
         for (key, _) in std::env::vars() {
-            if key.starts_with("NEXTEST")
-                || key.starts_with("E2E_INFRA")
-                || key == "RUST_TEST_THREADS"
-            {
+            if key.starts_with("NEXTEST") || key.starts_with("E2E_INFRA") || key == "RUST_TEST_THREADS" {
                 command.env_remove(key);
             }
         }
@@ -143,11 +104,7 @@ tokio = {{ version = "1", features = ["rt", "rt-multi-thread", "macros"] }}
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 fn docker() -> Docker {
@@ -155,10 +112,7 @@ fn docker() -> Docker {
 }
 
 fn consumer_filter(consumer: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![format!("io.e2e-infra.consumer={consumer}")],
-    )])
+    HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.consumer={consumer}")])])
 }
 
 /// Container and image events, followed live: the engine keeps only its last
@@ -170,21 +124,11 @@ struct EventLog {
 
 impl EventLog {
     fn start() -> Self {
-        let filters = HashMap::from([(
-            "type".to_owned(),
-            vec!["container".to_owned(), "image".to_owned()],
-        )]);
+        let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned(), "image".to_owned()])]);
         // From this second on, whenever the subscription reaches the engine:
         // what happened meanwhile is still in its recent-events buffer.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let options = EventsOptions {
-            since: Some(since.to_string()),
-            until: None,
-            filters: Some(filters),
-        };
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let options = EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
         let mut stream = Box::pin(docker().events(Some(options)));
         let seen: std::sync::Arc<std::sync::Mutex<Vec<_>>> = std::sync::Arc::default();
         let sink = std::sync::Arc::clone(&seen);
@@ -253,9 +197,7 @@ async fn leftovers(consumer: &str) -> (usize, usize) {
         .await
         .expect("list containers");
     let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(consumer_filter(consumer)),
-        }))
+        .list_networks(Some(ListNetworksOptions { filters: Some(consumer_filter(consumer)) }))
         .await
         .expect("list networks");
     (containers.len(), networks.len())
@@ -298,25 +240,13 @@ async fn once_per_run(runner: &str, scenario: &str) {
     let output = fixture.run(runner, &[]);
     let all = text(&output);
     assert!(output.status.success(), "suite failed:\n{all}");
-    let passed = if runner == "nextest" {
-        "9 tests run: 9 passed"
-    } else {
-        "test result: ok. 9 passed"
-    };
+    let passed = if runner == "nextest" { "9 tests run: 9 passed" } else { "test result: ok. 9 passed" };
     assert!(all.contains(passed), "expected all 8 to pass:\n{all}");
     events.settle().await;
     let created = events.containers_created(&fixture.consumer);
-    assert_eq!(
-        created.len(),
-        2,
-        "one container per component for the whole run: {created:?}"
-    );
+    assert_eq!(created.len(), 2, "one container per component for the whole run: {created:?}");
     let tagged = events.images_tagged(&fixture.consumer);
-    assert_eq!(
-        tagged.len(),
-        2,
-        "one build (or cache tag) per image for the whole run: {tagged:?}"
-    );
+    assert_eq!(tagged.len(), 2, "one build (or cache tag) per image for the whole run: {tagged:?}");
     assert_torn_down(&fixture).await;
 }
 
@@ -350,10 +280,7 @@ async fn a_setup_process_killed_half_way_is_taken_over() {
                 .and_then(|p| std::fs::read_to_string(p).ok())
                 .filter(|pid| !pid.is_empty());
             if let Some(pid) = pid {
-                let killed = Command::new("kill")
-                    .args(["-9", &pid])
-                    .status()
-                    .is_ok_and(|s| s.success());
+                let killed = Command::new("kill").args(["-9", &pid]).status().is_ok_and(|s| s.success());
                 return killed.then_some(pid);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -365,10 +292,7 @@ async fn a_setup_process_killed_half_way_is_taken_over() {
     let all = text(&output);
     assert!(killed.is_some(), "the setup process was never seen:\n{all}");
     assert!(all.contains("SIGKILL"), "{all}");
-    assert!(
-        all.contains("8 passed, 1 failed"),
-        "another process took over the setup:\n{all}"
-    );
+    assert!(all.contains("8 passed, 1 failed"), "another process took over the setup:\n{all}");
     assert_torn_down(&fixture).await;
 }
 
@@ -380,43 +304,22 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     assert!(!output.status.success());
     assert!(all.contains("8 passed, 1 failed"), "{all}");
     assert!(all.contains("will be kept after the run"), "{all}");
-    assert!(
-        all.contains(&format!("e2e-infra down --consumer {}", fixture.consumer)),
-        "{all}"
-    );
+    assert!(all.contains(&format!("e2e-infra down --consumer {}", fixture.consumer)), "{all}");
     // The teardown process marks it kept once the run is over.
     let deadline = Instant::now() + Duration::from_secs(30);
     let kept = loop {
-        if let Some(kept) = walk(&fixture.state())
-            .into_iter()
-            .find(|p| p.ends_with("kept"))
-        {
+        if let Some(kept) = walk(&fixture.state()).into_iter().find(|p| p.ends_with("kept")) {
             break kept;
         }
         assert!(Instant::now() < deadline, "no kept marker");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(std::fs::read_to_string(&kept)
-        .expect("kept")
-        .contains("scenario_switch"));
-    assert_eq!(
-        leftovers(&fixture.consumer).await,
-        (2, 1),
-        "kept stack: two containers, one network"
-    );
-    let run_id = kept
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .expect("run dir");
-    let removed = e2e_infra::stack::down(
-        &docker(),
-        &run_id.to_string_lossy(),
-        &fixture.consumer,
-        None,
-    )
-    .await
-    .expect("down");
+    assert!(std::fs::read_to_string(&kept).expect("kept").contains("scenario_switch"));
+    assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "kept stack: two containers, one network");
+    let run_id = kept.parent().and_then(Path::parent).and_then(Path::file_name).expect("run dir");
+    let removed = e2e_infra::stack::down(&docker(), &run_id.to_string_lossy(), &fixture.consumer, None)
+        .await
+        .expect("down");
     assert!(removed.contains("2 container"), "{removed}");
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }
@@ -424,15 +327,8 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_test_with_keep_off_still_tears_down() {
     let fixture = Fixture::new("nokeep", &["api"]);
-    let output = fixture.run(
-        "nextest",
-        &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")],
-    );
-    assert!(
-        text(&output).contains("8 passed, 1 failed"),
-        "{}",
-        text(&output)
-    );
+    let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "panic"), ("E2E_INFRA_KEEP", "0")]);
+    assert!(text(&output).contains("8 passed, 1 failed"), "{}", text(&output));
     assert_torn_down(&fixture).await;
 }
 
@@ -441,10 +337,7 @@ async fn a_test_process_killed_with_sigkill_does_not_stop_teardown() {
     let fixture = Fixture::new("kill", &["api"]);
     let output = fixture.run("nextest", &[("FIXTURE_SCENARIO", "sigkill")]);
     let all = text(&output);
-    assert!(
-        all.contains("SIGKILL"),
-        "the test process was killed:\n{all}"
-    );
+    assert!(all.contains("SIGKILL"), "the test process was killed:\n{all}");
     assert!(all.contains("8 passed, 1 failed"), "{all}");
     assert_torn_down(&fixture).await;
 }
@@ -488,10 +381,7 @@ async fn two_consumers_at_once_do_not_share_or_disturb() {
     let created_a = events.containers_created(&a.consumer);
     let created_b = events.containers_created(&b.consumer);
     assert_eq!((created_a.len(), created_b.len()), (2, 2));
-    assert!(
-        created_a.iter().all(|n| !created_b.contains(n)),
-        "{created_a:?} / {created_b:?}"
-    );
+    assert!(created_a.iter().all(|n| !created_b.contains(n)), "{created_a:?} / {created_b:?}");
     assert_torn_down(&a).await;
     assert_torn_down(&b).await;
 }

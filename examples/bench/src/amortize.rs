@@ -33,14 +33,8 @@ fn lay_out(dir: &Path, ours: &str, naive: &str, tests: usize) -> Res<()> {
     std::fs::create_dir_all(dir.join("image"))?;
     for (from, to) in [
         (fixture.join("e2e-infra.toml"), dir.join("e2e-infra.toml")),
-        (
-            fixture.join("busybox.Dockerfile"),
-            dir.join("busybox.Dockerfile"),
-        ),
-        (
-            PathBuf::from(e2e_infra_tests::BUSYBOX),
-            dir.join("image/busybox"),
-        ),
+        (fixture.join("busybox.Dockerfile"), dir.join("busybox.Dockerfile")),
+        (PathBuf::from(e2e_infra_tests::BUSYBOX), dir.join("image/busybox")),
         (workspace().join("Cargo.lock"), dir.join("Cargo.lock")),
     ] {
         std::fs::copy(&from, &to).map_err(|e| format!("copying {}: {e}", from.display()))?;
@@ -56,9 +50,7 @@ fn lay_out(dir: &Path, ours: &str, naive: &str, tests: usize) -> Res<()> {
     )?;
     // `test` is one test's source with `NAME` for its name.
     let suite = |file: &str, head: String, test: &str, tail: &str| {
-        let tests: String = (1..=tests)
-            .map(|i| test.replace("NAME", &format!("t{i:02}")))
-            .collect();
+        let tests: String = (1..=tests).map(|i| test.replace("NAME", &format!("t{i:02}"))).collect();
         std::fs::write(dir.join("tests").join(file), format!("{head}{tests}{tail}"))
     };
     suite(
@@ -103,26 +95,17 @@ fn stack() -> &'static StackRecord {{
 /// `cargo nextest run` in `dir` with these arguments.
 fn nextest(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    command
-        .args(["nextest", "run", "--color", "never"])
-        .args(args)
-        .current_dir(dir);
-    for (key, _) in
-        std::env::vars().filter(|(k, _)| k.starts_with("NEXTEST") || k.starts_with("E2E_INFRA"))
-    {
+    command.args(["nextest", "run", "--color", "never"]).args(args).current_dir(dir);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("NEXTEST") || k.starts_with("E2E_INFRA")) {
         command.env_remove(key);
     }
-    command
-        .env("CARGO_TARGET_DIR", workspace().join("target"))
-        .env("E2E_INFRA_STATE_DIR", dir.join("state"));
+    command.env("CARGO_TARGET_DIR", workspace().join("target")).env("E2E_INFRA_STATE_DIR", dir.join("state"));
     command.envs(env.iter().copied());
     command
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or_default())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or_default())
 }
 
 /// What one suite's run did.
@@ -134,38 +117,20 @@ struct Measured {
 }
 
 /// Runs test binary `suite` and counts what the engine saw for `consumer`.
-async fn measure(
-    docker: &Docker,
-    dir: &Path,
-    suite: &str,
-    consumer: &str,
-    env: &[(&str, &str)],
-) -> Res<Measured> {
+async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: &[(&str, &str)]) -> Res<Measured> {
     // The engine keeps only its last 256 events for later queries, fewer
     // than a naive run makes: follow them live instead.
     let filters = HashMap::from([
-        (
-            "type".to_owned(),
-            vec!["image".to_owned(), "container".to_owned()],
-        ),
-        (
-            "event".to_owned(),
-            vec!["tag".to_owned(), "create".to_owned()],
-        ),
+        ("type".to_owned(), vec!["image".to_owned(), "container".to_owned()]),
+        ("event".to_owned(), vec!["tag".to_owned(), "create".to_owned()]),
     ]);
-    let options = EventsOptions {
-        since: Some(unix_now().to_string()),
-        until: None,
-        filters: Some(filters),
-    };
+    let options = EventsOptions { since: Some(unix_now().to_string()), until: None, filters: Some(filters) };
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let follow = {
         let (mut events, seen) = (docker.events(Some(options)), std::sync::Arc::clone(&seen));
         tokio::spawn(async move {
             while let Some(Ok(event)) = events.next().await {
-                if let (Ok(mut seen), Some(attributes)) =
-                    (seen.lock(), event.actor.and_then(|a| a.attributes))
-                {
+                if let (Ok(mut seen), Some(attributes)) = (seen.lock(), event.actor.and_then(|a| a.attributes)) {
                     seen.push((event.action.unwrap_or_default(), attributes));
                 }
             }
@@ -177,11 +142,7 @@ async fn measure(
     let wall = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     follow.abort();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
         return Err(format!("the {suite} suite failed:\n{text}").into());
     }
@@ -189,35 +150,18 @@ async fn measure(
     let per_test: Vec<Duration> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("PASS [") && !l.contains(REAPER_TEST))
-        .filter_map(|l| {
-            l.split_once('[')?
-                .1
-                .split_once("s]")?
-                .0
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
+        .filter_map(|l| l.split_once('[')?.1.split_once("s]")?.0.trim().parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .collect();
     let seen = seen.lock().map_err(|_| "the event log was poisoned")?;
     let named = |action: &str, name: &dyn Fn(&str) -> bool| {
-        seen.iter()
-            .filter(|(a, attributes)| {
-                a == action && attributes.get("name").is_some_and(|n| name(n))
-            })
-            .count()
+        seen.iter().filter(|(a, attributes)| a == action && attributes.get("name").is_some_and(|n| name(n))).count()
     };
     let tagged = named("tag", &|n| n.contains(&format!(":{consumer}-")));
     // Build steps run in containers that carry the labels too; a stack's
     // containers are the ones named after its namespace.
     let containers = named("create", &|n| n.starts_with(&format!("{consumer}-")));
-    Ok(Measured {
-        wall,
-        per_test,
-        tagged,
-        containers,
-    })
+    Ok(Measured { wall, per_test, tagged, containers })
 }
 
 /// Removes the containers, networks and images of the given consumers,
@@ -231,19 +175,9 @@ impl Cleanup {
             remove_labelled(docker, std::slice::from_ref(&label)).await?;
             let built = format!("{BUILT_BY_CONSUMER}={consumer}");
             let filters = HashMap::from([("label".to_owned(), vec![built])]);
-            let images = docker
-                .list_images(Some(ListImagesOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-                .await?;
+            let images = docker.list_images(Some(ListImagesOptions { all: true, filters: Some(filters), ..Default::default() })).await?;
             for image in images {
-                let options = RemoveImageOptions {
-                    force: true,
-                    noprune: true,
-                    ..Default::default()
-                };
+                let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
                 let _ = docker.remove_image(&image.id, Some(options), None).await;
             }
         }
@@ -281,48 +215,24 @@ pub async fn amortization(docker: &Docker, tests: usize) -> Res<Section> {
     );
     let dir = tempfile::tempdir()?;
     let tag = std::process::id() % 0xffff;
-    let (ours, naive) = (
-        format!("bench-ours-{tag:04x}"),
-        format!("bench-naive-{tag:04x}"),
-    );
+    let (ours, naive) = (format!("bench-ours-{tag:04x}"), format!("bench-naive-{tag:04x}"));
     let cleanup = Cleanup(vec![ours.clone(), naive.clone()]);
     lay_out(dir.path(), &ours, &naive, tests)?;
     let compiled = nextest(dir.path(), &["--no-run"], &[]).output()?;
     if !compiled.status.success() {
-        return Err(format!(
-            "compiling the generated suites failed:\n{}",
-            String::from_utf8_lossy(&compiled.stderr)
-        )
-        .into());
+        return Err(format!("compiling the generated suites failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into());
     }
-    let a = measure(
-        docker,
-        dir.path(),
-        "ours",
-        &ours,
-        &[("E2E_INFRA_FORCE_BUILD", "1")],
-    )
-    .await?;
+    let a = measure(docker, dir.path(), "ours", &ours, &[("E2E_INFRA_FORCE_BUILD", "1")]).await?;
     let b = measure(docker, dir.path(), "naive", &naive, &[]).await?;
     let count = |n: usize| n as f64;
-    section.row(vec![
-        "images tagged (builds)".to_owned(),
-        a.tagged.to_string(),
-        b.tagged.to_string(),
-        ratio_of(count(b.tagged), count(a.tagged)),
-    ]);
+    section.row(vec!["images tagged (builds)".to_owned(), a.tagged.to_string(), b.tagged.to_string(), ratio_of(count(b.tagged), count(a.tagged))]);
     section.row(vec![
         "containers created (stacks × 2)".to_owned(),
         a.containers.to_string(),
         b.containers.to_string(),
         ratio_of(count(b.containers), count(a.containers)),
     ]);
-    section.row(vec![
-        "wall time of the nextest run".to_owned(),
-        secs(a.wall),
-        secs(b.wall),
-        ratio(b.wall, a.wall),
-    ]);
+    section.row(vec!["wall time of the nextest run".to_owned(), secs(a.wall), secs(b.wall), ratio(b.wall, a.wall)]);
     let slowest = |m: &Measured| m.per_test.iter().max().copied().unwrap_or_default();
     section.row(vec![
         "per-test process, median (attach for e2e-infra, own setup for naive)".to_owned(),
@@ -330,12 +240,7 @@ pub async fn amortization(docker: &Docker, tests: usize) -> Res<Section> {
         secs(median(&b.per_test)),
         ratio(median(&b.per_test), median(&a.per_test)),
     ]);
-    section.row(vec![
-        "per-test process, slowest (e2e-infra: the one that set up)".to_owned(),
-        secs(slowest(&a)),
-        secs(slowest(&b)),
-        ratio(slowest(&b), slowest(&a)),
-    ]);
+    section.row(vec!["per-test process, slowest (e2e-infra: the one that set up)".to_owned(), secs(slowest(&a)), secs(slowest(&b)), ratio(slowest(&b), slowest(&a))]);
     section.note(&format!(
         "tests counted from nextest's PASS lines: {} e2e-infra, {} naive (e2e-infra's run also has its reaper \
          test, which removes the stack when the run ends; the naive processes leave theirs, removed by this \

@@ -42,48 +42,26 @@ impl Edits {
         };
         project.write("app/Dockerfile", dockerfile);
         let catalog = project.catalog("[components.app]\nbuild = { context = \"app\" }\n");
-        Ok(Self {
-            project,
-            catalog,
-            top_mb,
-            guard: ImageGuard::default(),
-        })
+        Ok(Self { project, catalog, top_mb, guard: ImageGuard::default() })
     }
 
     /// Draws a new top layer and builds it in a new run.
     async fn build(&mut self, docker: &Docker) -> Res<LoadImage> {
         random_file(&self.project.path().join("app/top"), self.top_mb)?;
-        let plan = plan(
-            &self.catalog,
-            "bench-delta",
-            &["app"],
-            "bench-delta",
-            &Delivery::Local,
-        );
-        self.guard
-            .0
-            .extend(plan.components().iter().map(|c| c.image.to_string()));
+        let plan = plan(&self.catalog, "bench-delta", &["app"], "bench-delta", &Delivery::Local);
+        self.guard.0.extend(plan.components().iter().map(|c| c.image.to_string()));
         let mut built = build_all(docker, &plan, &BuildOptions::default()).await?;
         let built = built.remove(0);
-        self.guard.0.push(e2e_infra::build::cache_ref(
-            &built.image,
-            &input_digest(docker, &built.image.to_string()).await?,
-        ));
-        Ok(LoadImage {
-            image: built.image,
-            image_id: built.image_id,
-        })
+        self.guard
+            .0
+            .push(e2e_infra::build::cache_ref(&built.image, &input_digest(docker, &built.image.to_string()).await?));
+        Ok(LoadImage { image: built.image, image_id: built.image_id })
     }
 }
 
 /// The input digest label of a built image, to remove its cache reference.
 async fn input_digest(docker: &Docker, reference: &str) -> Res<String> {
-    let labels = docker
-        .inspect_image(reference)
-        .await?
-        .config
-        .and_then(|c| c.labels)
-        .unwrap_or_default();
+    let labels = docker.inspect_image(reference).await?.config.and_then(|c| c.labels).unwrap_or_default();
     labels
         .get(e2e_infra::labels::INPUT_DIGEST)
         .cloned()
@@ -99,14 +77,9 @@ enum Nodes {
 impl Nodes {
     fn list(&self) -> Vec<Node> {
         match self {
-            Self::StandIns(cluster) => cluster
-                .nodes
-                .iter()
-                .map(|name| Node::Container {
-                    name: name.clone(),
-                    role: String::new(),
-                })
-                .collect(),
+            Self::StandIns(cluster) => {
+                cluster.nodes.iter().map(|name| Node::Container { name: name.clone(), role: String::new() }).collect()
+            }
             Self::Socket(path) => vec![Node::Socket { path: path.clone() }],
         }
     }
@@ -125,9 +98,7 @@ impl Nodes {
         match self {
             Self::StandIns(cluster) => clear(docker, cluster).await,
             Self::Socket(path) => {
-                let mut args: Vec<String> = ["-n", "k8s.io", "images", "rm", "--sync"]
-                    .map(str::to_owned)
-                    .to_vec();
+                let mut args: Vec<String> = ["-n", "k8s.io", "images", "rm", "--sync"].map(str::to_owned).to_vec();
                 for image in images {
                     args.push(image.image.to_string());
                     args.push(image.image_id.clone());
@@ -160,44 +131,25 @@ impl Nodes {
 
 /// `docker save IMAGE | ctr -a SOCKET -n k8s.io images import -`.
 fn socket_pipeline(image: &str, socket: &Path) -> Res<()> {
-    let mut save = Command::new("docker")
-        .args(["save", image])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut save = Command::new("docker").args(["save", image]).stdout(Stdio::piped()).spawn()?;
     let tar = save.stdout.take().ok_or("docker save has no stdout")?;
     let import = Command::new("ctr")
         .arg("-a")
         .arg(socket)
-        .args([
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            "--snapshotter=overlayfs",
-            "-",
-        ])
+        .args(["-n", "k8s.io", "images", "import", "--snapshotter=overlayfs", "-"])
         .stdin(tar)
         .stdout(Stdio::null())
         .status()?;
     let saved = save.wait()?;
     if !saved.success() || !import.success() {
-        return Err(format!(
-            "pipeline into {}: docker save {saved}, import {import}",
-            socket.display()
-        )
-        .into());
+        return Err(format!("pipeline into {}: docker save {saved}, import {import}", socket.display()).into());
     }
     Ok(())
 }
 
 /// Loads `image`, checks every node ended with `expected`, and returns the
 /// time and the bytes sent to each node.
-async fn timed_load(
-    docker: &Docker,
-    nodes: &[Node],
-    image: &LoadImage,
-    expected: Action,
-) -> Res<(Duration, Vec<u64>)> {
+async fn timed_load(docker: &Docker, nodes: &[Node], image: &LoadImage, expected: Action) -> Res<(Duration, Vec<u64>)> {
     let started = Instant::now();
     let report: LoadReport = containerd::load(docker, nodes, std::slice::from_ref(image)).await?;
     let took = started.elapsed();
@@ -208,10 +160,7 @@ async fn timed_load(
 }
 
 fn mib(bytes: &[u64]) -> String {
-    let each: Vec<String> = bytes
-        .iter()
-        .map(|b| format!("{:.2}", *b as f64 / MIB as f64))
-        .collect();
+    let each: Vec<String> = bytes.iter().map(|b| format!("{:.2}", *b as f64 / MIB as f64)).collect();
     format!("{} MiB", each.join(" / "))
 }
 
@@ -239,23 +188,17 @@ pub async fn delta_reload(docker: &Docker, base_mb: u64, top_mb: u64, reps: usiz
 
     let mut targets = Vec::new();
     for workers in [0usize, 2] {
-        targets.push(Nodes::StandIns(
-            StandInCluster::start(docker, &unique("bench-delta"), workers).await,
-        ));
+        targets.push(Nodes::StandIns(StandInCluster::start(docker, &unique("bench-delta"), workers).await));
     }
     match std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()) {
         Some(socket) => targets.push(Nodes::Socket(socket.into())),
-        None => section.note(&format!(
-            "no real node: {SOCKET_ENV} is not set, so only stand-ins were measured"
-        )),
+        None => section.note(&format!("no real node: {SOCKET_ENV} is not set, so only stand-ins were measured")),
     }
     for nodes in &targets {
         let list = nodes.list();
         let all = [&first, &second, &small];
-        let (mut cold, mut reload, mut alone, mut cli) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut cold_bytes, mut reload_bytes, mut alone_bytes) =
-            (Vec::new(), Vec::new(), Vec::new());
+        let (mut cold, mut reload, mut alone, mut cli) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cold_bytes, mut reload_bytes, mut alone_bytes) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             nodes.clear(docker, &all).await?;
             let (took, bytes) = timed_load(docker, &list, &small, Action::Loaded).await?;

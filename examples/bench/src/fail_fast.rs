@@ -32,20 +32,11 @@ const MANIFEST: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name:
 fn fixture(image: &str) -> (Project, Plan) {
     let project = Project::new();
     project.write("Dockerfile", "FROM scratch\n");
-    project.write(
-        "datastorage.yaml",
-        MANIFEST.replace("${image:datastorage}", image),
-    );
+    project.write("datastorage.yaml", MANIFEST.replace("${image:datastorage}", image));
     let catalog = project.catalog(
         "[components.datastorage]\nbuild = { context = \".\" }\nkubernetes = { manifests = [\"datastorage.yaml\"] }\n",
     );
-    let plan = plan(
-        &catalog,
-        "notification",
-        &["datastorage"],
-        "bench-fail",
-        &Delivery::Local,
-    );
+    let plan = plan(&catalog, "notification", &["datastorage"], "bench-fail", &Delivery::Local);
     (project, plan)
 }
 
@@ -53,20 +44,11 @@ fn fixture(image: &str) -> (Project, Plan) {
 /// unable to pull `image`.
 fn stuck(namespace: &str, image: &str) -> Script {
     let mut script = Script::default()
-        .watch(
-            "deployments",
-            Duration::ZERO,
-            vec![added(deployment(namespace, "datastorage", 0))],
-        )
+        .watch("deployments", Duration::ZERO, vec![added(deployment(namespace, "datastorage", 0))])
         .watch(
             "pods",
             POD_FAILS_AFTER,
-            vec![added(waiting_pod(
-                namespace,
-                image,
-                "ImagePullBackOff",
-                &format!("Back-off pulling image \"{image}\""),
-            ))],
+            vec![added(waiting_pod(namespace, image, "ImagePullBackOff", &format!("Back-off pulling image \"{image}\"")))],
         );
     script.events = vec![json!({
         "metadata": { "name": "api-7d9f-x2x.1", "namespace": namespace },
@@ -80,24 +62,13 @@ fn stuck(namespace: &str, image: &str) -> Script {
 /// The naive way: apply every object of the manifest as written, then wait
 /// until each Deployment is available or `timeout` passes.
 async fn naive(client: Client, namespace: &str, manifest: &str, timeout: Duration) -> Res<()> {
-    let objects: Vec<DynamicObject> = manifest
-        .split("\n---\n")
-        .map(serde_yaml::from_str)
-        .collect::<Result<_, _>>()?;
+    let objects: Vec<DynamicObject> = manifest.split("\n---\n").map(serde_yaml::from_str).collect::<Result<_, _>>()?;
     let params = PatchParams::apply("naive-suite").force();
     for object in &objects {
-        let types = object
-            .types
-            .clone()
-            .ok_or("an object without apiVersion/kind")?;
+        let types = object.types.clone().ok_or("an object without apiVersion/kind")?;
         let resource = ApiResource::from_gvk(&GroupVersionKind::try_from(&types)?);
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        api.patch(
-            object.metadata.name.as_deref().unwrap_or_default(),
-            &params,
-            &Patch::Apply(object),
-        )
-        .await?;
+        api.patch(object.metadata.name.as_deref().unwrap_or_default(), &params, &Patch::Apply(object)).await?;
     }
     let deployments: Api<Deployment> = Api::namespaced(client, namespace);
     let waits = objects
@@ -114,12 +85,7 @@ async fn naive(client: Client, namespace: &str, manifest: &str, timeout: Duratio
 
 /// Runs the naive way against `script`; it must fail. Returns how long it
 /// took: it never looks at pods, so its error is the timeout.
-async fn naive_run(
-    plan: &Plan,
-    manifest: &str,
-    script: Script,
-    timeout: Duration,
-) -> Res<Duration> {
+async fn naive_run(plan: &Plan, manifest: &str, script: Script, timeout: Duration) -> Res<Duration> {
     let (client, _log) = client_and_server(script);
     let started = Instant::now();
     match naive(client, plan.namespace().as_str(), manifest, timeout).await {
@@ -130,15 +96,9 @@ async fn naive_run(
 }
 
 /// How long before `end` the mock sent the failing pod.
-fn since_pod_event(
-    log: &std::sync::Mutex<e2e_infra::deploy::kube::mock::Log>,
-    end: Instant,
-) -> Option<Duration> {
+fn since_pod_event(log: &std::sync::Mutex<e2e_infra::deploy::kube::mock::Log>, end: Instant) -> Option<Duration> {
     let log = log.lock().ok()?;
-    log.watch_answers
-        .iter()
-        .find(|(resource, _)| resource == "pods")
-        .map(|(_, at)| end - *at)
+    log.watch_answers.iter().find(|(resource, _)| resource == "pods").map(|(_, at)| end - *at)
 }
 
 /// A section whose rows time e2e-infra against the naive way's measured
@@ -185,9 +145,7 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
         let error = deploy(client, &plan, &KubeOptions::with_timeout(naive_timeout)).await;
         ours.push(started.elapsed());
         if !matches!(error, Err(KubeError::Preflight { .. })) {
-            return Err(
-                format!("expected the preflight to refuse {WRONG_IMAGE}: {error:?}").into(),
-            );
+            return Err(format!("expected the preflight to refuse {WRONG_IMAGE}: {error:?}").into());
         }
         tokio::task::yield_now().await;
         let requests = log.lock().map(|l| l.requests.len()).unwrap_or_default();
@@ -196,13 +154,7 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
         }
     }
     let manifest = MANIFEST.replace("${image:datastorage}", WRONG_IMAGE);
-    let naive_took = naive_run(
-        &plan,
-        &manifest,
-        stuck(&namespace, WRONG_IMAGE),
-        naive_timeout,
-    )
-    .await?;
+    let naive_took = naive_run(&plan, &manifest, stuck(&namespace, WRONG_IMAGE), naive_timeout).await?;
     section.row(vec![
         format!("(a) manifest hard-codes `{WRONG_IMAGE}`: time to the error (requests sent by e2e-infra: 0)"),
         median_of(&ours),
@@ -216,25 +168,15 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
     // the moment the mock sends the pod's status.
     let (_project, plan) = fixture("${image:datastorage}");
     let namespace = plan.namespace().as_str().to_owned();
-    let image = plan
-        .image("datastorage")
-        .ok_or("datastorage not planned")?
-        .to_string();
+    let image = plan.image("datastorage").ok_or("datastorage not planned")?.to_string();
     let mut ours = Vec::new();
     for _ in 0..reps {
         let (client, log) = client_and_server(stuck(&namespace, &image));
         let error = deploy(client, &plan, &KubeOptions::with_timeout(naive_timeout)).await;
-        let after_event =
-            since_pod_event(&log, Instant::now()).ok_or("the pod status was never sent")?;
+        let after_event = since_pod_event(&log, Instant::now()).ok_or("the pod status was never sent")?;
         match error {
-            Err(KubeError::PodFailed(failure)) if failure.reason == "ImagePullBackOff" => {
-                ours.push(after_event)
-            }
-            other => {
-                return Err(
-                    format!("expected ImagePullBackOff to end the deploy: {other:?}").into(),
-                )
-            }
+            Err(KubeError::PodFailed(failure)) if failure.reason == "ImagePullBackOff" => ours.push(after_event),
+            other => return Err(format!("expected ImagePullBackOff to end the deploy: {other:?}").into()),
         }
     }
     let manifest = MANIFEST.replace("${image:datastorage}", &image);
@@ -260,14 +202,8 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
 /// existing namespace as `kubectl apply -n` does.
 async fn make_namespace(client: &Client, namespace: &str) -> Res<()> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let body =
-        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } });
-    api.patch(
-        namespace,
-        &PatchParams::apply("naive-suite").force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    let body = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } });
+    api.patch(namespace, &PatchParams::apply("naive-suite").force(), &Patch::Apply(&body)).await?;
     Ok(())
 }
 
@@ -314,25 +250,16 @@ pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section
             }
         }
         // The naive way gets the manifest with the reference it would have deployed.
-        let written = if image == WRONG_IMAGE {
-            WRONG_IMAGE.to_owned()
-        } else {
-            plan.image("datastorage")
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        };
+        let written = if image == WRONG_IMAGE { WRONG_IMAGE.to_owned() } else { plan.image("datastorage").map(ToString::to_string).unwrap_or_default() };
         let manifest = MANIFEST.replace("${image:datastorage}", &written);
         make_namespace(&client, namespace.as_str()).await?;
         let started = Instant::now();
-        let naive_outcome =
-            naive(client.clone(), namespace.as_str(), &manifest, naive_timeout).await;
+        let naive_outcome = naive(client.clone(), namespace.as_str(), &manifest, naive_timeout).await;
         let naive_took = started.elapsed();
         delete_namespace(client.clone(), &namespace).await?;
         match naive_outcome {
             Err(e) if e.is::<tokio::time::error::Elapsed>() => {}
-            other => {
-                return Err(format!("{case}: the naive way did not time out: {other:?}").into())
-            }
+            other => return Err(format!("{case}: the naive way did not time out: {other:?}").into()),
         }
         section.row(vec![
             case.to_owned(),

@@ -34,29 +34,12 @@ impl BigImage {
         let project = Project::new();
         random_file(&project.path().join("busybox/blob"), mb)?;
         let started = Instant::now();
-        let (_plan, built) =
-            busybox_image(docker, &project, "bench-load", "COPY blob /blob\n").await;
+        let (_plan, built) = busybox_image(docker, &project, "bench-load", "COPY blob /blob\n").await;
         let guard = ImageGuard(vec![built.image.to_string()]);
-        let size = docker
-            .inspect_image(&built.image.to_string())
-            .await?
-            .size
-            .unwrap_or_default();
+        let size = docker.inspect_image(&built.image.to_string()).await?.size.unwrap_or_default();
         let bytes = u64::try_from(size).unwrap_or_default();
-        println!(
-            "   built {} ({} MiB) in {:.1} s",
-            built.image,
-            bytes / MIB,
-            started.elapsed().as_secs_f64()
-        );
-        Ok(Self {
-            load: LoadImage {
-                image: built.image,
-                image_id: built.image_id,
-            },
-            bytes,
-            _guard: guard,
-        })
+        println!("   built {} ({} MiB) in {:.1} s", built.image, bytes / MIB, started.elapsed().as_secs_f64());
+        Ok(Self { load: LoadImage { image: built.image, image_id: built.image_id }, bytes, _guard: guard })
     }
 
     fn reference(&self) -> String {
@@ -83,9 +66,7 @@ async fn exec(docker: &Docker, node: &str, args: &[&str]) -> Res<()> {
         ..Default::default()
     };
     let created = docker.create_exec(node, options).await?;
-    if let StartExecResults::Attached { mut output, .. } =
-        docker.start_exec(&created.id, None).await?
-    {
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await? {
         while output.next().await.transpose()?.is_some() {}
     }
     match docker.inspect_exec(&created.id).await?.exit_code {
@@ -115,22 +96,10 @@ pub async fn clear(docker: &Docker, cluster: &StandInCluster) -> Res<()> {
 
 /// The CLI baseline for one node: `docker save IMAGE | docker exec -i NODE ctr ... import -`.
 fn cli_pipeline(image: &str, node: &str) -> Res<()> {
-    let mut save = Command::new("docker")
-        .args(["save", image])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut save = Command::new("docker").args(["save", image]).stdout(Stdio::piped()).spawn()?;
     let tar = save.stdout.take().ok_or("docker save has no stdout")?;
     let import = Command::new("docker")
-        .args([
-            "exec",
-            "-i",
-            node,
-            "ctr",
-            "--namespace=k8s.io",
-            "images",
-            "import",
-            "--digests",
-        ])
+        .args(["exec", "-i", node, "ctr", "--namespace=k8s.io", "images", "import", "--digests"])
         .args(["--snapshotter=overlayfs", "-"])
         .stdin(tar)
         .stdout(Stdio::null())
@@ -155,10 +124,7 @@ pub async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Dura
         }
     } else {
         let (image, nodes) = (image.to_owned(), nodes.to_vec());
-        tokio::task::spawn_blocking(move || {
-            nodes.iter().try_for_each(|node| cli_pipeline(&image, node))
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || nodes.iter().try_for_each(|node| cli_pipeline(&image, node))).await??;
     }
     Ok(started.elapsed())
 }
@@ -217,30 +183,15 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
             for i in (0..ways.len()).map(|i| (i + rep) % ways.len()) {
                 clear(docker, &cluster).await?;
                 let took = match ways[i] {
-                    Way::Ours => {
-                        our_load(
-                            docker,
-                            &cluster,
-                            std::slice::from_ref(&image.load),
-                            Action::Loaded,
-                        )
-                        .await?
-                    }
+                    Way::Ours => our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?,
                     Way::CliSequential => cli_load(&reference, &cluster.nodes, false).await?,
                     Way::CliParallel => cli_load(&reference, &cluster.nodes, true).await?,
                 };
-                println!(
-                    "   {nodes} node(s), rep {rep}, {:?}: {:.2} s",
-                    ways[i],
-                    took.as_secs_f64()
-                );
+                println!("   {nodes} node(s), rep {rep}, {:?}: {:.2} s", ways[i], took.as_secs_f64());
                 samples[i].push(took);
             }
         }
-        let cases = [
-            "cold load, pipelines one node after another",
-            "cold load, pipelines all at once",
-        ];
+        let cases = ["cold load, pipelines one node after another", "cold load, pipelines all at once"];
         for (case, baseline) in cases.iter().zip(&samples[1..]) {
             section.row(vec![
                 (*case).to_owned(),
@@ -252,24 +203,10 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
         }
 
         clear(docker, &cluster).await?;
-        our_load(
-            docker,
-            &cluster,
-            std::slice::from_ref(&image.load),
-            Action::Loaded,
-        )
-        .await?;
+        our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?;
         let mut ours = Vec::new();
         for _ in 0..reps {
-            ours.push(
-                our_load(
-                    docker,
-                    &cluster,
-                    std::slice::from_ref(&image.load),
-                    Action::Skipped,
-                )
-                .await?,
-            );
+            ours.push(our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Skipped).await?);
         }
         let mut cli = Vec::new();
         for _ in 0..reps {
@@ -283,10 +220,7 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
             ratio(median(&cli), median(&ours)),
         ]);
     }
-    section.note(&format!(
-        "image size as the engine reports it: {} MiB",
-        image.bytes / MIB
-    ));
+    section.note(&format!("image size as the engine reports it: {} MiB", image.bytes / MIB));
     Ok(section)
 }
 
@@ -313,10 +247,7 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
             kib.push(load_in_child(&cluster.name, &image.load)?);
             times.push(started.elapsed());
         }
-        let all: Vec<String> = kib
-            .iter()
-            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
-            .collect();
+        let all: Vec<String> = kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
         let peak = middle(&kib).map_or(0, |(low, high)| (low + high) / 2);
         section.row(vec![
             format!("busybox + {mb} MiB random"),
@@ -340,15 +271,7 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
 /// Runs `load-one` in a child process; returns its peak resident set in KiB.
 fn load_in_child(cluster: &str, image: &LoadImage) -> Res<u64> {
     let output = Command::new(std::env::current_exe()?)
-        .args([
-            "load-one",
-            "--cluster",
-            cluster,
-            "--image",
-            &image.image.to_string(),
-            "--image-id",
-            &image.image_id,
-        ])
+        .args(["load-one", "--cluster", cluster, "--image", &image.image.to_string(), "--image-id", &image.image_id])
         .stderr(Stdio::inherit())
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -365,10 +288,7 @@ fn load_in_child(cluster: &str, image: &LoadImage) -> Res<u64> {
 /// The child side: loads one image and prints its own peak resident set.
 pub async fn load_one(cluster: &str, image: &str, image_id: &str) -> Res<()> {
     let docker = e2e_infra::engine::connect().await?;
-    let image = LoadImage {
-        image: ImageRef::borrowed(image)?,
-        image_id: image_id.to_owned(),
-    };
+    let image = LoadImage { image: ImageRef::borrowed(image)?, image_id: image_id.to_owned() };
     let report = kind::load(&docker, cluster, &[image]).await?;
     let loaded = report.with_action(Action::Loaded).count();
     if loaded != report.nodes.len() {

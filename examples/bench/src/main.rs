@@ -91,11 +91,7 @@ enum Child {
 async fn main() {
     let cli = Cli::parse();
     let outcome = match &cli.command {
-        Some(Child::LoadOne {
-            cluster,
-            image,
-            image_id,
-        }) => kind_load::load_one(cluster, image, image_id).await,
+        Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
         Some(Child::HashInputs { catalog }) => warm::hash_inputs(catalog),
         // Dropping the run on Ctrl-C drops its guards, which remove what it made.
         None => tokio::select! {
@@ -121,21 +117,14 @@ async fn run(cli: &Cli) -> Res<()> {
             3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             5 => amortize::amortization(&docker, cli.tests).await?,
-            6 => {
-                fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?
-            }
-            7 => {
-                delta::delta_reload(&docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps)
-                    .await?
-            }
+            6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+            7 => delta::delta_reload(&docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
             other => return Err(format!("no benchmark {other}; they are 1 to 7").into()),
         };
         sections.push(section);
     }
-    let command = std::iter::once("scripts/bench.sh".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command =
+        std::iter::once("scripts/bench.sh".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     let page = report::page(&sections, &machine, &command, started.elapsed());
     std::fs::write(&cli.out, page)?;
     println!("\nwrote {}", cli.out.display());

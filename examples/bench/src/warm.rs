@@ -26,13 +26,8 @@ fn catalog(project: &Project, count: usize, mb: u64) -> Res<(Catalog, Vec<String
     for name in &names {
         project.busybox_context(name);
         random_file(&project.path().join(name).join("blob"), mb)?;
-        project.write(
-            &format!("{name}/Dockerfile"),
-            busybox_dockerfile("COPY blob /blob\n"),
-        );
-        toml.push_str(&format!(
-            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
-        ));
+        project.write(&format!("{name}/Dockerfile"), busybox_dockerfile("COPY blob /blob\n"));
+        toml.push_str(&format!("[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"));
     }
     Ok((project.catalog(&toml), names))
 }
@@ -60,10 +55,7 @@ fn context_files(catalog: &Catalog) -> Vec<std::path::PathBuf> {
 /// `sha256sum` of `files`: its time.
 fn sha256sum(files: &[std::path::PathBuf]) -> Res<Duration> {
     let started = Instant::now();
-    let status = Command::new("sha256sum")
-        .args(files)
-        .stdout(Stdio::null())
-        .status()?;
+    let status = Command::new("sha256sum").args(files).stdout(Stdio::null()).status()?;
     if !status.success() {
         return Err(format!("sha256sum exited with {status}").into());
     }
@@ -73,10 +65,7 @@ fn sha256sum(files: &[std::path::PathBuf]) -> Res<Duration> {
 /// The input digests of every component of the catalog at `path`, computed
 /// in a child process whose record of file digests lives in `state`: what
 /// the child measured (time, files read, bytes read, files known).
-fn digests_in_child(
-    path: &std::path::Path,
-    state: &std::path::Path,
-) -> Res<(Duration, HashCounts)> {
+fn digests_in_child(path: &std::path::Path, state: &std::path::Path) -> Res<(Duration, HashCounts)> {
     let output = Command::new(std::env::current_exe()?)
         .args(["hash-inputs", "--catalog"])
         .arg(path)
@@ -135,34 +124,19 @@ async fn build_run(
     guard: &mut ImageGuard,
 ) -> Res<(Plan, Vec<BuildOutcome>, Duration)> {
     let plan = plan(catalog, "bench-warm", names, "bench-warm", &Delivery::Local);
-    guard
-        .0
-        .extend(plan.components().iter().map(|c| c.image.to_string()));
-    let options = BuildOptions {
-        force,
-        ..BuildOptions::default()
-    };
+    guard.0.extend(plan.components().iter().map(|c| c.image.to_string()));
+    let options = BuildOptions { force, ..BuildOptions::default() };
     let started = Instant::now();
     let built = build_all(docker, &plan, &options).await?;
     let took = started.elapsed();
     if built.iter().any(|b| b.cached == force) {
-        return Err(format!(
-            "expected every build {}: {built:?}",
-            if force { "made" } else { "reused" }
-        )
-        .into());
+        return Err(format!("expected every build {}: {built:?}", if force { "made" } else { "reused" }).into());
     }
     Ok((plan, built, took))
 }
 
 fn loads(built: &[BuildOutcome]) -> Vec<LoadImage> {
-    built
-        .iter()
-        .map(|b| LoadImage {
-            image: b.image.clone(),
-            image_id: b.image_id.clone(),
-        })
-        .collect()
+    built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect()
 }
 
 /// Benchmark 4.
@@ -190,11 +164,7 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         cold.push(took);
         let (plan, built, took) = build_run(docker, &catalog, &names, false, &mut guard).await?;
         warm.push(took);
-        println!(
-            "   rep {rep}: build cold {:.2} s, warm {:.2} s",
-            cold[rep].as_secs_f64(),
-            took.as_secs_f64()
-        );
+        println!("   rep {rep}: build cold {:.2} s, warm {:.2} s", cold[rep].as_secs_f64(), took.as_secs_f64());
         last = Some((plan, built));
     }
     section.row(vec![
@@ -227,8 +197,7 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         next_run.push(our_load(docker, &cluster, &loads(&built), Action::Tagged).await?);
     }
     section.row(vec![
-        "`kind::load` in a later run (new tag, same images; the node holds them under the old tag)"
-            .to_owned(),
+        "`kind::load` in a later run (new tag, same images; the node holds them under the old tag)".to_owned(),
         median_of(&first),
         median_of(&next_run),
         ratio(median(&first), median(&next_run)),
@@ -274,12 +243,7 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         }
         known.push(took);
     }
-    let rate = |d: Duration| {
-        format!(
-            "{:.0} MiB/s",
-            bytes as f64 / 1024.0 / 1024.0 / d.as_secs_f64().max(1e-9)
-        )
-    };
+    let rate = |d: Duration| format!("{:.0} MiB/s", bytes as f64 / 1024.0 / 1024.0 / d.as_secs_f64().max(1e-9));
     section.row(vec![
         format!(
             "input digests of the {count} contexts ({} files, {:.1} MiB): `sha256sum` / e2e-infra, first time",
@@ -291,8 +255,7 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         ratio(median(&cli), median(&fresh)),
     ]);
     section.row(vec![
-        "input digests again, files unchanged: e2e-infra first time / e2e-infra with its record"
-            .to_owned(),
+        "input digests again, files unchanged: e2e-infra first time / e2e-infra with its record".to_owned(),
         median_of(&fresh),
         median_of(&known),
         ratio_of(median(&fresh).as_secs_f64(), median(&known).as_secs_f64()),

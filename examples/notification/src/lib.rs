@@ -29,20 +29,8 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> io::Re
     )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
-    let invalid = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("not an HTTP answer: {raw:?}"),
-        )
-    };
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(invalid)?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .ok_or_else(invalid)?;
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP answer: {raw:?}"));
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(invalid)?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).ok_or_else(invalid)?;
     Ok(Answer { status, body })
 }

@@ -13,10 +13,7 @@ mod notification_e2e {
     use notification_client::request;
 
     fn datastorage(infra: &Infra) -> std::net::SocketAddr {
-        infra
-            .endpoint("datastorage", 8080)
-            .expect("datastorage publishes 8080")
-            .addr()
+        infra.endpoint("datastorage", 8080).expect("datastorage publishes 8080").addr()
     }
 
     #[test]
@@ -27,36 +24,18 @@ mod notification_e2e {
 
     #[test]
     fn a_notification_is_stored_and_read_back(infra: &Infra) {
-        let created = request(
-            datastorage(infra),
-            "POST",
-            "/notifications",
-            "{\"to\":\"oncall\"}",
-        )
-        .expect("post");
+        let created = request(datastorage(infra), "POST", "/notifications", "{\"to\":\"oncall\"}").expect("post");
         assert_eq!(created.status, 201, "{}", created.body);
         let id: String = created.body.chars().filter(char::is_ascii_digit).collect();
-        let read = request(
-            datastorage(infra),
-            "GET",
-            &format!("/notifications/{id}"),
-            "",
-        )
-        .expect("get");
-        assert_eq!(
-            (read.status, read.body.as_str()),
-            (200, "{\"to\":\"oncall\"}")
-        );
+        let read = request(datastorage(infra), "GET", &format!("/notifications/{id}"), "").expect("get");
+        assert_eq!((read.status, read.body.as_str()), (200, "{\"to\":\"oncall\"}"));
     }
 
     #[test]
     fn every_image_carries_the_run_tag(infra: &Infra) {
         for component in ["postgres", "redis", "migrate", "datastorage"] {
             let image = infra.image(component).expect("planned");
-            assert_eq!(
-                image.to_string(),
-                format!("localhost/{component}:{}", infra.tag())
-            );
+            assert_eq!(image.to_string(), format!("localhost/{component}:{}", infra.tag()));
         }
     }
 
@@ -67,21 +46,12 @@ mod notification_e2e {
             Placement::Docker { .. } => {
                 let docker = infra.docker().await.expect("docker client");
                 let name = format!("{}-datastorage", infra.namespace());
-                let container = docker
-                    .inspect_container(&name, None)
-                    .await
-                    .expect("inspect datastorage");
+                let container = docker.inspect_container(&name, None).await.expect("inspect datastorage");
                 container.config.and_then(|c| c.image).into_iter().collect()
             }
             _ => {
-                let pods: Api<Pod> = Api::namespaced(
-                    infra.kube().await.expect("kube client"),
-                    infra.namespace().as_str(),
-                );
-                let listed = pods
-                    .list(&ListParams::default().labels("app=datastorage"))
-                    .await
-                    .expect("list pods");
+                let pods: Api<Pod> = Api::namespaced(infra.kube().await.expect("kube client"), infra.namespace().as_str());
+                let listed = pods.list(&ListParams::default().labels("app=datastorage")).await.expect("list pods");
                 listed
                     .items
                     .into_iter()
@@ -90,9 +60,6 @@ mod notification_e2e {
                     .collect()
             }
         };
-        assert!(
-            !running.is_empty() && running.iter().all(|image| planned.matches(image)),
-            "{running:?}"
-        );
+        assert!(!running.is_empty() && running.iter().all(|image| planned.matches(image)), "{running:?}");
     }
 }

@@ -34,16 +34,11 @@ pub fn check_schema(postgres: &str) -> Result<(), String> {
 
 /// Serves the API on `listener`, one thread per connection, forever.
 pub fn serve(listener: &TcpListener, postgres: &str, redis: &str) {
-    let backends = [
-        ("postgres", postgres.to_owned()),
-        ("redis", redis.to_owned()),
-    ];
+    let backends = [("postgres", postgres.to_owned()), ("redis", redis.to_owned())];
     let app = Arc::new(App::new(move || {
         backends
             .iter()
-            .filter(|(_, addr)| {
-                store::query(addr, "PING", PING_TIMEOUT).map_or(true, |reply| reply != "PONG")
-            })
+            .filter(|(_, addr)| store::query(addr, "PING", PING_TIMEOUT).map_or(true, |reply| reply != "PONG"))
             .map(|(name, _)| *name)
             .collect()
     }));
@@ -86,10 +81,7 @@ pub struct App<P> {
 
 impl<P: Fn() -> Vec<&'static str>> App<P> {
     pub fn new(unreachable: P) -> Self {
-        Self {
-            unreachable,
-            notifications: Mutex::new(Vec::new()),
-        }
+        Self { unreachable, notifications: Mutex::new(Vec::new()) }
     }
 
     /// Answers one request.
@@ -99,10 +91,7 @@ impl<P: Fn() -> Vec<&'static str>> App<P> {
     /// - `GET /notifications/<id>`: the stored body, or 404
     /// - `GET /notifications`: `{"count":N}`
     pub fn handle(&self, request: &Request) -> Response {
-        let mut notifications = self
-            .notifications
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut notifications = self.notifications.lock().unwrap_or_else(PoisonError::into_inner);
         let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
         match (request.method.as_str(), segments.as_slice()) {
             ("GET", ["readyz"]) => {
@@ -114,36 +103,25 @@ impl<P: Fn() -> Vec<&'static str>> App<P> {
                 }
             }
             ("POST", ["notifications"]) => {
-                let content_type = request
-                    .header("content-type")
-                    .unwrap_or("application/octet-stream");
-                notifications.push(Notification {
-                    content_type: content_type.to_owned(),
-                    body: request.body.clone(),
-                });
+                let content_type = request.header("content-type").unwrap_or("application/octet-stream");
+                notifications.push(Notification { content_type: content_type.to_owned(), body: request.body.clone() });
                 let id = notifications.len();
                 let mut response = Response::json(201, format!("{{\"id\":{id}}}"));
                 response.location = Some(format!("/notifications/{id}"));
                 response
             }
-            ("GET", ["notifications"]) => {
-                Response::json(200, format!("{{\"count\":{}}}", notifications.len()))
-            }
+            ("GET", ["notifications"]) => Response::json(200, format!("{{\"count\":{}}}", notifications.len())),
             ("GET", ["notifications", id]) => {
-                let stored = id
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|id| id.checked_sub(1))
-                    .and_then(|i| notifications.get(i));
+                let stored =
+                    id.parse::<usize>().ok().and_then(|id| id.checked_sub(1)).and_then(|i| notifications.get(i));
                 match stored {
                     Some(n) => Response::with_type(200, &n.content_type, n.body.clone()),
                     None => Response::text(404, format!("no notification `{id}`\n")),
                 }
             }
-            (_, ["readyz" | "notifications"] | ["notifications", _]) => Response::text(
-                405,
-                format!("{} is not allowed on {}\n", request.method, request.path),
-            ),
+            (_, ["readyz" | "notifications"] | ["notifications", _]) => {
+                Response::text(405, format!("{} is not allowed on {}\n", request.method, request.path))
+            }
             _ => Response::text(404, format!("no route for {}\n", request.path)),
         }
     }
@@ -193,10 +171,7 @@ mod tests {
         assert_eq!(fetched.status, 200);
         assert_eq!(fetched.content_type, "application/json");
         assert_eq!(text(&fetched), "{\"to\":\"ops\"}");
-        assert_eq!(
-            text(&app.handle(&request("GET", "/notifications/2", ""))),
-            "{\"to\":\"dev\"}"
-        );
+        assert_eq!(text(&app.handle(&request("GET", "/notifications/2", ""))), "{\"to\":\"dev\"}");
 
         let count = app.handle(&request("GET", "/notifications", ""));
         assert_eq!((count.status, text(&count)), (200, "{\"count\":2}"));
@@ -206,12 +181,7 @@ mod tests {
     fn unknown_ids_and_routes_are_not_found() {
         let app = all_up();
         app.handle(&request("POST", "/notifications", "x"));
-        for path in [
-            "/notifications/0",
-            "/notifications/2",
-            "/notifications/abc",
-            "/notifications/-1",
-        ] {
+        for path in ["/notifications/0", "/notifications/2", "/notifications/abc", "/notifications/-1"] {
             assert_eq!(app.handle(&request("GET", path, "")).status, 404, "{path}");
         }
         for path in ["/", "/healthz", "/notifications/1/extra"] {
@@ -222,16 +192,9 @@ mod tests {
     #[test]
     fn wrong_methods_are_not_allowed() {
         let app = all_up();
-        assert_eq!(
-            app.handle(&request("DELETE", "/notifications/1", ""))
-                .status,
-            405
-        );
+        assert_eq!(app.handle(&request("DELETE", "/notifications/1", "")).status, 405);
         assert_eq!(app.handle(&request("POST", "/readyz", "")).status, 405);
-        assert_eq!(
-            app.handle(&request("PUT", "/notifications", "")).status,
-            405
-        );
+        assert_eq!(app.handle(&request("PUT", "/notifications", "")).status, 405);
     }
 
     #[test]
@@ -239,15 +202,9 @@ mod tests {
         let (addr, _server) = store::tests::spawn_store();
         let err = check_schema(&addr).expect_err("no schema yet");
         assert!(err.contains("the schema is missing"), "{err}");
-        assert!(
-            err.contains(&format!("stand-ins migrate --postgres {addr}")),
-            "{err}"
-        );
+        assert!(err.contains(&format!("stand-ins migrate --postgres {addr}")), "{err}");
         let timeout = Duration::from_secs(5);
-        assert_eq!(
-            store::query(&addr, "SET schema v1", timeout).expect("set"),
-            "OK"
-        );
+        assert_eq!(store::query(&addr, "SET schema v1", timeout).expect("set"), "OK");
         check_schema(&addr).expect("schema present");
     }
 
@@ -260,9 +217,7 @@ mod tests {
         let dead = store::tests::closed_port();
         thread::spawn(move || serve(&listener, &store_addr, &dead));
         let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n")
-            .expect("send");
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
         let mut reply = String::new();
         stream.read_to_string(&mut reply).expect("read");
         assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");

@@ -51,14 +51,10 @@ impl Request {
         let (Some(method), Some(target), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(RequestError::Malformed(
-                "the request line must be `METHOD /path HTTP/1.1`",
-            ));
+            return Err(RequestError::Malformed("the request line must be `METHOD /path HTTP/1.1`"));
         };
         if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
-            return Err(RequestError::Malformed(
-                "the request line must be `METHOD /path HTTP/1.1`",
-            ));
+            return Err(RequestError::Malformed("the request line must be `METHOD /path HTTP/1.1`"));
         }
         let path = target.split('?').next().unwrap_or(target).to_owned();
         let mut headers = Vec::new();
@@ -70,27 +66,16 @@ impl Request {
             if headers.len() == MAX_HEADERS {
                 return Err(RequestError::Malformed("too many headers"));
             }
-            let (name, value) = line
-                .split_once(':')
-                .ok_or(RequestError::Malformed("a header line lacks `:`"))?;
+            let (name, value) = line.split_once(':').ok_or(RequestError::Malformed("a header line lacks `:`"))?;
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
-        let mut request = Self {
-            method: method.to_owned(),
-            path,
-            headers,
-            body: Vec::new(),
-        };
+        let mut request = Self { method: method.to_owned(), path, headers, body: Vec::new() };
         if request.header("transfer-encoding").is_some() {
-            return Err(RequestError::Malformed(
-                "chunked bodies are not supported; send Content-Length",
-            ));
+            return Err(RequestError::Malformed("chunked bodies are not supported; send Content-Length"));
         }
         let length = match request.header("content-length") {
             None => 0,
-            Some(n) => n
-                .parse::<usize>()
-                .map_err(|_| RequestError::Malformed("Content-Length is not a number"))?,
+            Some(n) => n.parse::<usize>().map_err(|_| RequestError::Malformed("Content-Length is not a number"))?,
         };
         if length > MAX_BODY {
             return Err(RequestError::Malformed("the body is larger than 1 MiB"));
@@ -102,10 +87,7 @@ impl Request {
 
     /// A header's value; names compare case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -114,9 +96,7 @@ fn read_line(reader: &mut impl BufRead) -> Result<String, RequestError> {
     let mut line = String::new();
     let n = reader.by_ref().take(MAX_LINE).read_line(&mut line)?;
     if n == 0 {
-        return Err(RequestError::Malformed(
-            "the connection closed before the request ended",
-        ));
+        return Err(RequestError::Malformed("the connection closed before the request ended"));
     }
     if !line.ends_with('\n') {
         return Err(RequestError::Malformed("a line is longer than 8 KiB"));
@@ -136,11 +116,7 @@ pub struct Response {
 impl Response {
     /// A `text/plain` response.
     pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self::with_type(
-            status,
-            "text/plain; charset=utf-8",
-            body.into().into_bytes(),
-        )
+        Self::with_type(status, "text/plain; charset=utf-8", body.into().into_bytes())
     }
 
     /// An `application/json` response.
@@ -150,28 +126,13 @@ impl Response {
 
     /// A response with any content type.
     pub fn with_type(status: u16, content_type: &str, body: Vec<u8>) -> Self {
-        Self {
-            status,
-            content_type: content_type.to_owned(),
-            location: None,
-            body,
-        }
+        Self { status, content_type: content_type.to_owned(), location: None, body }
     }
 
     /// Writes the response; the connection closes after it.
     pub fn write_to(&self, writer: &mut impl Write) -> io::Result<()> {
-        write!(
-            writer,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason(self.status)
-        )?;
-        write!(
-            writer,
-            "Content-Type: {}\r\nContent-Length: {}\r\n",
-            self.content_type,
-            self.body.len()
-        )?;
+        write!(writer, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status))?;
+        write!(writer, "Content-Type: {}\r\nContent-Length: {}\r\n", self.content_type, self.body.len())?;
         if let Some(location) = &self.location {
             write!(writer, "Location: {location}\r\n")?;
         }
@@ -211,8 +172,7 @@ mod tests {
     #[test]
     fn reads_a_get_with_headers() {
         let request =
-            parse("GET /readyz?verbose=1 HTTP/1.1\r\nHost: localhost:8080\r\nAccept: */*\r\n\r\n")
-                .expect("valid");
+            parse("GET /readyz?verbose=1 HTTP/1.1\r\nHost: localhost:8080\r\nAccept: */*\r\n\r\n").expect("valid");
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, "/readyz");
         assert_eq!(request.header("host"), Some("localhost:8080"));
@@ -244,13 +204,9 @@ mod tests {
         assert!(malformed("GET / SPDY/3\r\n\r\n").contains("request line"));
         assert!(malformed("GET / HTTP/1.1\r\nHost\r\n\r\n").contains("`:`"));
         assert!(malformed("GET / HTTP/1.1\r\nHost: x\r\n").contains("closed"));
-        assert!(
-            malformed("POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n").contains("Content-Length")
-        );
+        assert!(malformed("POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n").contains("Content-Length"));
         assert!(malformed("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n").contains("1 MiB"));
-        assert!(
-            malformed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").contains("chunked")
-        );
+        assert!(malformed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").contains("chunked"));
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
         assert!(malformed(&long).contains("8 KiB"));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(65));
@@ -260,9 +216,7 @@ mod tests {
     #[test]
     fn truncated_body_is_an_io_error() {
         let raw = "POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nshort";
-        assert!(
-            matches!(parse(raw), Err(RequestError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof)
-        );
+        assert!(matches!(parse(raw), Err(RequestError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[test]

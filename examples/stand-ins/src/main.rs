@@ -46,11 +46,7 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<(), String> {
     let (role, rest) = args.split_first().ok_or_else(usage)?;
-    let allowed = ROLES
-        .iter()
-        .find(|(name, _)| name == role)
-        .map(|(_, flags)| *flags)
-        .ok_or_else(usage)?;
+    let allowed = ROLES.iter().find(|(name, _)| name == role).map(|(_, flags)| *flags).ok_or_else(usage)?;
     let mut flags = Flags::parse(role, rest, allowed)?;
     flags.fill_from(allowed, |name| std::env::var(name.to_uppercase()).ok());
     match role.as_str() {
@@ -79,10 +75,7 @@ fn usage() -> String {
     let roles: Vec<String> = ROLES
         .iter()
         .map(|(name, flags)| {
-            let flags: Vec<String> = flags
-                .iter()
-                .map(|f| format!("--{f} <{}>", f.to_uppercase()))
-                .collect();
+            let flags: Vec<String> = flags.iter().map(|f| format!("--{f} <{}>", f.to_uppercase())).collect();
             format!("  stand-ins {name} {}", flags.join(" "))
         })
         .collect();
@@ -90,25 +83,18 @@ fn usage() -> String {
 }
 
 fn bind(role: &str, port: u16) -> Result<TcpListener, String> {
-    TcpListener::bind(("0.0.0.0", port))
-        .map_err(|e| format!("{role}: cannot listen on port {port}: {e}"))
+    TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("{role}: cannot listen on port {port}: {e}"))
 }
 
 /// Writes the schema marker, as a migration job would create the tables.
 fn migrate(postgres: &str, patience: Duration) -> Result<(), String> {
     let command = format!("SET {} {}", store::SCHEMA_KEY, store::SCHEMA_VERSION);
-    let reply = store::query_until(postgres, &command, patience).map_err(|e| {
-        format!("migrate: cannot reach postgres at {postgres} within {patience:?}: {e}")
-    })?;
+    let reply = store::query_until(postgres, &command, patience)
+        .map_err(|e| format!("migrate: cannot reach postgres at {postgres} within {patience:?}: {e}"))?;
     if reply != "OK" {
-        return Err(format!(
-            "migrate: postgres at {postgres} answered `{reply}` to `{command}`"
-        ));
+        return Err(format!("migrate: postgres at {postgres} answered `{reply}` to `{command}`"));
     }
-    println!(
-        "migrate: schema {} applied on {postgres}",
-        store::SCHEMA_VERSION
-    );
+    println!("migrate: schema {} applied on {postgres}", store::SCHEMA_VERSION);
     Ok(())
 }
 
@@ -125,9 +111,7 @@ impl Flags {
                 .strip_prefix("--")
                 .filter(|name| allowed.contains(name))
                 .ok_or_else(|| format!("{role}: unexpected argument `{arg}`\n{}", usage()))?;
-            let value = args
-                .next()
-                .ok_or_else(|| format!("{role}: `--{name}` needs a value"))?;
+            let value = args.next().ok_or_else(|| format!("{role}: `--{name}` needs a value"))?;
             flags.insert(name.to_owned(), value.clone());
         }
         Ok(Self(flags))
@@ -146,19 +130,14 @@ impl Flags {
 
     fn required(&self, name: &str) -> Result<&str, String> {
         self.0.get(name).map(String::as_str).ok_or_else(|| {
-            format!(
-                "`--{name} HOST:PORT` (or the environment variable {}) is required",
-                name.to_uppercase()
-            )
+            format!("`--{name} HOST:PORT` (or the environment variable {}) is required", name.to_uppercase())
         })
     }
 
     fn port(&self, default: u16) -> Result<u16, String> {
         match self.0.get("port") {
             None => Ok(default),
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("`--port {p}` is not a port number")),
+            Some(p) => p.parse().map_err(|_| format!("`--port {p}` is not a port number")),
         }
     }
 }
@@ -173,65 +152,35 @@ mod tests {
 
     #[test]
     fn flags_are_checked_per_role() {
-        let flags = Flags::parse(
-            "datastorage",
-            &strings(&["--port", "9", "--redis", "r:1"]),
-            &["port", "redis"],
-        )
-        .expect("valid flags");
+        let flags = Flags::parse("datastorage", &strings(&["--port", "9", "--redis", "r:1"]), &["port", "redis"])
+            .expect("valid flags");
         assert_eq!(flags.port(8080), Ok(9));
         assert_eq!(flags.required("redis"), Ok("r:1"));
         let missing = flags.required("postgres").expect_err("not given");
-        assert_eq!(
-            missing,
-            "`--postgres HOST:PORT` (or the environment variable POSTGRES) is required"
-        );
+        assert_eq!(missing, "`--postgres HOST:PORT` (or the environment variable POSTGRES) is required");
 
-        let err =
-            Flags::parse("redis", &strings(&["--postgres", "x"]), &["port"]).expect_err("rejected");
-        assert!(
-            err.starts_with("redis: unexpected argument `--postgres`"),
-            "{err}"
-        );
+        let err = Flags::parse("redis", &strings(&["--postgres", "x"]), &["port"]).expect_err("rejected");
+        assert!(err.starts_with("redis: unexpected argument `--postgres`"), "{err}");
         let err = Flags::parse("redis", &strings(&["--port"]), &["port"]).expect_err("rejected");
         assert_eq!(err, "redis: `--port` needs a value");
-        let flags =
-            Flags::parse("redis", &strings(&["--port", "high"]), &["port"]).expect("parsed");
+        let flags = Flags::parse("redis", &strings(&["--port", "high"]), &["port"]).expect("parsed");
         assert!(flags.port(6379).is_err());
-        assert_eq!(
-            Flags::parse("redis", &[], &["port"])
-                .expect("parsed")
-                .port(6379),
-            Ok(6379)
-        );
+        assert_eq!(Flags::parse("redis", &[], &["port"]).expect("parsed").port(6379), Ok(6379));
     }
 
     #[test]
     fn missing_flags_come_from_the_environment() {
-        let mut flags = Flags::parse(
-            "migrate",
-            &strings(&["--postgres", "given:1"]),
-            &["postgres", "port"],
-        )
-        .expect("valid flags");
+        let mut flags =
+            Flags::parse("migrate", &strings(&["--postgres", "given:1"]), &["postgres", "port"]).expect("valid flags");
         flags.fill_from(&["postgres", "port"], |name| Some(format!("env-{name}")));
-        assert_eq!(
-            flags.required("postgres"),
-            Ok("given:1"),
-            "the command line wins"
-        );
+        assert_eq!(flags.required("postgres"), Ok("given:1"), "the command line wins");
         assert_eq!(flags.0.get("port").map(String::as_str), Some("env-port"));
     }
 
     #[test]
     fn unknown_role_prints_usage() {
         let err = run(&strings(&["mysql"])).expect_err("rejected");
-        assert!(
-            err.contains(
-                "stand-ins datastorage --port <PORT> --postgres <POSTGRES> --redis <REDIS>"
-            ),
-            "{err}"
-        );
+        assert!(err.contains("stand-ins datastorage --port <PORT> --postgres <POSTGRES> --redis <REDIS>"), "{err}");
         assert!(run(&[]).is_err());
     }
 
@@ -247,9 +196,6 @@ mod tests {
     fn migrate_gives_up_when_postgres_is_unreachable() {
         let addr = store::tests::closed_port();
         let err = migrate(&addr, Duration::from_millis(300)).expect_err("no postgres");
-        assert!(
-            err.starts_with(&format!("migrate: cannot reach postgres at {addr}")),
-            "{err}"
-        );
+        assert!(err.starts_with(&format!("migrate: cannot reach postgres at {addr}")), "{err}");
     }
 }

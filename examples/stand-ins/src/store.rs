@@ -64,22 +64,17 @@ fn answer(line: &str, data: &Data) -> String {
 
 /// Sends one command to the stand-in at `addr` (`host:port`) and returns its reply.
 pub fn query(addr: &str, command: &str, timeout: Duration) -> io::Result<String> {
-    let target = addr.to_socket_addrs()?.next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("`{addr}` resolves to no address"),
-        )
-    })?;
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("`{addr}` resolves to no address")))?;
     let stream = TcpStream::connect_timeout(&target, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     writeln!(&stream, "{command}")?;
     let mut reply = String::new();
     if BufReader::new(&stream).read_line(&mut reply)? == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without a reply",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a reply"));
     }
     Ok(reply.trim_end().to_owned())
 }
@@ -135,11 +130,7 @@ pub(crate) mod tests {
         let timeout = Duration::from_secs(5);
         assert_eq!(query(&addr, "PING", timeout).expect("ping"), "PONG");
         assert_eq!(query(&addr, "SET k value", timeout).expect("set"), "OK");
-        assert_eq!(
-            query(&addr, "GET k", timeout).expect("get"),
-            "value",
-            "state survives connections"
-        );
+        assert_eq!(query(&addr, "GET k", timeout).expect("get"), "value", "state survives connections");
     }
 
     #[test]

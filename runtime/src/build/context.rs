@@ -50,10 +50,7 @@ pub enum ContextError {
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
-    move |source| ContextError::Read {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| ContextError::Read { path: path.to_owned(), source }
 }
 
 /// What kind of special file `file_type` is, if it is one.
@@ -77,17 +74,10 @@ fn special(file_type: fs::FileType) -> Option<&'static str> {
 /// the flag does nothing to regular files.
 pub(crate) fn open_regular(path: &Path) -> Result<File, ContextError> {
     const O_NONBLOCK: i32 = 0o4000;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NONBLOCK)
-        .open(path)
-        .map_err(read_error(path))?;
+    let file = fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(read_error(path))?;
     let file_type = file.metadata().map_err(read_error(path))?.file_type();
     match special(file_type) {
-        Some(kind) => Err(ContextError::SpecialFile {
-            path: path.to_owned(),
-            kind,
-        }),
+        Some(kind) => Err(ContextError::SpecialFile { path: path.to_owned(), kind }),
         None if file_type.is_dir() => Err(read_error(path)(io::Error::other("is a directory"))),
         None => Ok(file),
     }
@@ -97,9 +87,7 @@ pub(crate) fn open_regular(path: &Path) -> Result<File, ContextError> {
 /// `.dockerignore`).
 fn read_regular(path: &Path) -> Result<Vec<u8>, ContextError> {
     let mut bytes = Vec::new();
-    open_regular(path)?
-        .read_to_end(&mut bytes)
-        .map_err(read_error(path))?;
+    open_regular(path)?.read_to_end(&mut bytes).map_err(read_error(path))?;
     Ok(bytes)
 }
 
@@ -143,21 +131,15 @@ impl Context {
         let root = &spec.context;
         let ignore_path = root.join(DOCKERIGNORE);
         let ignore_text = match read_regular(&ignore_path) {
-            Ok(bytes) => Some(String::from_utf8(bytes).map_err(|e| {
-                read_error(&ignore_path)(io::Error::new(io::ErrorKind::InvalidData, e))
-            })?),
-            Err(ContextError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                None
-            }
+            Ok(bytes) => Some(
+                String::from_utf8(bytes)
+                    .map_err(|e| read_error(&ignore_path)(io::Error::new(io::ErrorKind::InvalidData, e)))?,
+            ),
+            Err(ContextError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let ignore =
-            DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default()).map_err(|source| {
-                ContextError::Ignore {
-                    path: ignore_path.clone(),
-                    source,
-                }
-            })?;
+        let ignore = DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default())
+            .map_err(|source| ContextError::Ignore { path: ignore_path.clone(), source })?;
         let mut entries = Vec::new();
         walk(root, "", &ignore, &mut entries)?;
         entries.sort_by(|a, b| a.relative.cmp(&b.relative));
@@ -175,19 +157,9 @@ impl Context {
                 (GENERATED_DOCKERFILE.to_owned(), Some(text))
             }
         };
-        let key = format!(
-            "{component}\0{}",
-            root.canonicalize().map_err(read_error(root))?.display()
-        );
+        let key = format!("{component}\0{}", root.canonicalize().map_err(read_error(root))?.display());
         let (digest, counts) = input_digest(&key, component, &dockerfile, &entries, spec)?;
-        Ok(Self {
-            entries,
-            dockerfile,
-            dockerfile_name,
-            generated_ignore,
-            digest,
-            counts,
-        })
+        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest, counts })
     }
 
     /// Writes the context as an uncompressed tar to `out`.
@@ -217,64 +189,41 @@ impl Context {
             append_bytes(&mut tar, DOCKERIGNORE, ignore.as_bytes())?;
             append_bytes(&mut tar, GENERATED_DOCKERFILE, &self.dockerfile)?;
         }
-        tar.into_inner()
-            .and_then(|mut out| out.flush())
-            .map_err(read_error(Path::new("<tar stream>")))?;
+        tar.into_inner().and_then(|mut out| out.flush()).map_err(read_error(Path::new("<tar stream>")))?;
         Ok(())
     }
 }
 
-fn append_bytes<W: Write>(
-    tar: &mut tar::Builder<W>,
-    name: &str,
-    bytes: &[u8],
-) -> Result<(), ContextError> {
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> Result<(), ContextError> {
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);
     header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, name, bytes)
-        .map_err(read_error(Path::new(name)))
+    tar.append_data(&mut header, name, bytes).map_err(read_error(Path::new(name)))
 }
 
 /// The Dockerfile's `/`-separated path inside the context, if it is inside.
 fn inside_context(root: &Path, dockerfile: &Path) -> Result<Option<String>, ContextError> {
     let root = root.canonicalize().map_err(read_error(root))?;
     let file = dockerfile.canonicalize().map_err(read_error(dockerfile))?;
-    Ok(file.strip_prefix(&root).ok().map(|rel| {
-        rel.components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/")
-    }))
+    Ok(file
+        .strip_prefix(&root)
+        .ok()
+        .map(|rel| rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")))
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    ignore: &DockerIgnore,
-    out: &mut Vec<Entry>,
-) -> Result<(), ContextError> {
+fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -> Result<(), ContextError> {
     for item in fs::read_dir(dir).map_err(read_error(dir))? {
         let item = item.map_err(read_error(dir))?;
         let path = item.path();
         let name = item.file_name().to_string_lossy().into_owned();
-        let relative = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         let meta = fs::symlink_metadata(&path).map_err(read_error(&path))?;
         let excluded = ignore.excludes(&relative);
         let mode = meta.permissions().mode() & 0o7777;
         if meta.is_dir() {
             if !excluded {
-                out.push(Entry {
-                    relative: relative.clone(),
-                    path: path.clone(),
-                    kind: Kind::Dir,
-                    mode,
-                });
+                out.push(Entry { relative: relative.clone(), path: path.clone(), kind: Kind::Dir, mode });
             }
             // A `!` line may bring back files below an excluded directory.
             walk(&path, &relative, ignore, out)?;
@@ -287,12 +236,7 @@ fn walk(
             } else {
                 Kind::File(Stamp::of(&meta))
             };
-            out.push(Entry {
-                relative,
-                path,
-                kind,
-                mode,
-            });
+            out.push(Entry { relative, path, kind, mode });
         }
     }
     Ok(())
@@ -310,11 +254,7 @@ fn input_digest(
     let files: Vec<fingerprint::File<'_>> = entries
         .iter()
         .filter_map(|entry| match entry.kind {
-            Kind::File(stamp) => Some(fingerprint::File {
-                relative: &entry.relative,
-                path: &entry.path,
-                stamp,
-            }),
+            Kind::File(stamp) => Some(fingerprint::File { relative: &entry.relative, path: &entry.path, stamp }),
             _ => None,
         })
         .collect();
@@ -373,11 +313,7 @@ mod tests {
         let mut tar = Vec::new();
         ctx.write_tar(&mut tar).unwrap();
         let mut archive = tar::Archive::new(tar.as_slice());
-        archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect()
+        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
     }
 
     #[test]
@@ -410,10 +346,7 @@ mod tests {
         assert_eq!(Context::scan("c", &s).unwrap().counts.hashed, 2);
         let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for name in ["Dockerfile", "app"] {
-            let file = fs::File::options()
-                .write(true)
-                .open(dir.path().join(name))
-                .unwrap();
+            let file = fs::File::options().write(true).open(dir.path().join(name)).unwrap();
             file.set_modified(an_hour_ago).unwrap();
         }
         assert_eq!(Context::scan("c", &s).unwrap().counts.hashed, 2);
@@ -445,14 +378,7 @@ mod tests {
         fs::create_dir(dir.path().join("ctx")).unwrap();
         fs::write(dir.path().join("ctx/app"), "x").unwrap();
         fs::write(dir.path().join("outside.Dockerfile"), "FROM scratch\n").unwrap();
-        let ctx = Context::scan(
-            "c",
-            &spec(
-                &dir.path().join("ctx"),
-                &dir.path().join("outside.Dockerfile"),
-            ),
-        )
-        .unwrap();
+        let ctx = Context::scan("c", &spec(&dir.path().join("ctx"), &dir.path().join("outside.Dockerfile"))).unwrap();
         assert_eq!(ctx.dockerfile_name, GENERATED_DOCKERFILE);
         let sent = names(&ctx);
         assert!(sent.contains(&GENERATED_DOCKERFILE.to_owned()), "{sent:?}");
@@ -470,14 +396,8 @@ mod tests {
         let started = std::time::Instant::now();
         let error = Context::scan("c", &s).unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        assert!(
-            matches!(&error, ContextError::SpecialFile { path, kind: "socket" } if path == &socket),
-            "{error}"
-        );
-        assert!(
-            error.to_string().contains(&socket.display().to_string()),
-            "{error}"
-        );
+        assert!(matches!(&error, ContextError::SpecialFile { path, kind: "socket" } if path == &socket), "{error}");
+        assert!(error.to_string().contains(&socket.display().to_string()), "{error}");
 
         fs::write(dir.path().join(".dockerignore"), "run\n").unwrap();
         assert!(Context::scan("c", &s).is_ok());
@@ -487,8 +407,7 @@ mod tests {
     fn a_directory_as_dockerfile_is_a_read_error() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("Dockerfile")).unwrap();
-        let error =
-            Context::scan("c", &spec(dir.path(), &dir.path().join("Dockerfile"))).unwrap_err();
+        let error = Context::scan("c", &spec(dir.path(), &dir.path().join("Dockerfile"))).unwrap_err();
         assert!(matches!(error, ContextError::Read { .. }), "{error}");
     }
 
@@ -497,11 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("docker")).unwrap();
         fs::write(dir.path().join("docker/x.Dockerfile"), "FROM scratch\n").unwrap();
-        let ctx = Context::scan(
-            "c",
-            &spec(dir.path(), &dir.path().join("docker/x.Dockerfile")),
-        )
-        .unwrap();
+        let ctx = Context::scan("c", &spec(dir.path(), &dir.path().join("docker/x.Dockerfile"))).unwrap();
         assert_eq!(ctx.dockerfile_name, "docker/x.Dockerfile");
         assert!(names(&ctx).contains(&"docker/x.Dockerfile".to_owned()));
     }

@@ -82,9 +82,7 @@ pub struct HashCounts {
 }
 
 fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// Where the record of the context keyed `key` lives, if the state root is usable.
@@ -92,16 +90,11 @@ fn record_path(key: &str) -> Option<PathBuf> {
     let root = crate::suite::state::root().ok()?;
     let dir = root.join(DIR);
     fs::create_dir_all(&dir).ok()?;
-    Some(dir.join(format!(
-        "{}.json",
-        hex::encode(&Sha256::digest(key.as_bytes())[..16])
-    )))
+    Some(dir.join(format!("{}.json", hex::encode(&Sha256::digest(key.as_bytes())[..16]))))
 }
 
 fn load(path: Option<&Path>) -> Record {
-    path.and_then(|p| fs::read(p).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+    path.and_then(|p| fs::read(p).ok()).and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
 }
 
 /// Writes beside, then renames: a reader sees the old record or the new one.
@@ -110,10 +103,7 @@ fn save(path: &Path, record: &Record) {
         return;
     };
     let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
-    if fs::write(&temporary, bytes)
-        .and_then(|()| fs::rename(&temporary, path))
-        .is_err()
-    {
+    if fs::write(&temporary, bytes).and_then(|()| fs::rename(&temporary, path)).is_err() {
         let _ = fs::remove_file(&temporary);
     }
 }
@@ -140,10 +130,7 @@ pub(crate) fn digests(
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         })
         .collect();
-    let mut counts = HashCounts {
-        reused: out.iter().flatten().count(),
-        ..HashCounts::default()
-    };
+    let mut counts = HashCounts { reused: out.iter().flatten().count(), ..HashCounts::default() };
     let todo: Vec<usize> = (0..files.len()).filter(|i| out[*i].is_none()).collect();
     counts.hashed = todo.len();
     counts.hashed_bytes = todo.iter().map(|i| files[*i].stamp.size).sum();
@@ -155,23 +142,9 @@ pub(crate) fn digests(
         let known = files
             .iter()
             .zip(&digests)
-            .map(|(file, digest)| {
-                (
-                    file.relative.to_owned(),
-                    Known {
-                        stamp: file.stamp,
-                        sha256: hex::encode(digest),
-                    },
-                )
-            })
+            .map(|(file, digest)| (file.relative.to_owned(), Known { stamp: file.stamp, sha256: hex::encode(digest) }))
             .collect();
-        save(
-            &path,
-            &Record {
-                taken_ns,
-                files: known,
-            },
-        );
+        save(&path, &Record { taken_ns, files: known });
     }
     Ok((digests, counts))
 }
@@ -216,10 +189,7 @@ fn hash_in_parallel(
 }
 
 fn file_sha256(path: &Path, buffer: &mut [u8]) -> Result<[u8; 32], ContextError> {
-    let read_error = |source| ContextError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_error = |source| ContextError::Read { path: path.to_owned(), source };
     let mut file = open_regular(path)?;
     let mut hash = Sha256::new();
     loop {

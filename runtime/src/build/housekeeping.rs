@@ -27,8 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 
@@ -98,11 +97,7 @@ pub fn is_run_tag(tag: &str) -> bool {
         return false;
     }
     tag.rsplit_once('-').is_some_and(|(consumer, hex)| {
-        !consumer.is_empty()
-            && hex.len() == 8
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        !consumer.is_empty() && hex.len() == 8 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     })
 }
 
@@ -146,11 +141,7 @@ pub async fn prune_run_tags(
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {
     let mut by_repository: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     for candidate in run_tags(docker, components).await? {
-        let repository = candidate
-            .reference
-            .rsplit_once(':')
-            .map(|(r, _)| r.to_owned())
-            .unwrap_or_default();
+        let repository = candidate.reference.rsplit_once(':').map(|(r, _)| r.to_owned()).unwrap_or_default();
         by_repository.entry(repository).or_default().push(candidate);
     }
     if by_repository.values().all(|c| c.len() <= keep) {
@@ -163,10 +154,7 @@ pub async fn prune_run_tags(
     for candidates in by_repository.values_mut() {
         candidates.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.tag.cmp(&b.tag)));
         for old in candidates.iter().skip(keep) {
-            if protected.contains(&old.reference)
-                || in_use.references.contains(&old.reference)
-                || in_use.runs.contains(&old.tag)
-            {
+            if protected.contains(&old.reference) || in_use.references.contains(&old.reference) || in_use.runs.contains(&old.tag) {
                 continue;
             }
             let recent = match fresh.get(&old.image_id) {
@@ -180,19 +168,9 @@ pub async fn prune_run_tags(
             if recent {
                 continue;
             }
-            let options = RemoveImageOptionsBuilder::new()
-                .force(false)
-                .noprune(false)
-                .build();
+            let options = RemoveImageOptionsBuilder::new().force(false).noprune(false).build();
             let removal = docker.remove_image(&old.reference, Some(options), None);
-            match engine::within(
-                docker,
-                ENGINE_CALL_TIMEOUT,
-                "removing an old run tag",
-                removal,
-            )
-            .await?
-            {
+            match engine::within(docker, ENGINE_CALL_TIMEOUT, "removing an old run tag", removal).await? {
                 Ok(_) => {
                     tracing::debug!(reference = %old.reference, "removed the tag of an older run");
                     removed.push(RemovedTag {
@@ -202,16 +180,8 @@ pub async fn prune_run_tags(
                     });
                 }
                 // Gone meanwhile, or a container uses the image: both fine.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404 | 409,
-                    ..
-                }) => {}
-                Err(source) => {
-                    return Err(HousekeepingError::Remove {
-                        reference: old.reference.clone(),
-                        source,
-                    })
-                }
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}
+                Err(source) => return Err(HousekeepingError::Remove { reference: old.reference.clone(), source }),
             }
         }
     }
@@ -219,15 +189,10 @@ pub async fn prune_run_tags(
 }
 
 /// Whether `candidate`'s image was created or last tagged within `grace`.
-async fn recently_touched(
-    docker: &Docker,
-    candidate: &Candidate,
-    grace: Duration,
-) -> Result<bool, HousekeepingError> {
+async fn recently_touched(docker: &Docker, candidate: &Candidate, grace: Duration) -> Result<bool, HousekeepingError> {
     let now = SystemTime::now();
     let within = |at: SystemTime| now.duration_since(at).map_or(true, |age| age < grace);
-    let created =
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(candidate.created).unwrap_or_default());
+    let created = UNIX_EPOCH + Duration::from_secs(u64::try_from(candidate.created).unwrap_or_default());
     if grace.is_zero() {
         return Ok(false);
     }
@@ -235,24 +200,10 @@ async fn recently_touched(
         return Ok(true);
     }
     let inspecting = docker.inspect_image(&candidate.image_id);
-    let inspected = match engine::within(
-        docker,
-        ENGINE_CALL_TIMEOUT,
-        "inspecting an image",
-        inspecting,
-    )
-    .await?
-    {
+    let inspected = match engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting an image", inspecting).await? {
         Ok(inspected) => inspected,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => return Ok(true),
-        Err(source) => {
-            return Err(HousekeepingError::List {
-                what: "image details",
-                source,
-            })
-        }
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(true),
+        Err(source) => return Err(HousekeepingError::List { what: "image details", source }),
     };
     let tagged = inspected
         .metadata
@@ -262,37 +213,23 @@ async fn recently_touched(
 }
 
 /// Every run tag on an image this project built, of `components` if given.
-async fn run_tags(
-    docker: &Docker,
-    components: Option<&[&str]>,
-) -> Result<Vec<Candidate>, HousekeepingError> {
+async fn run_tags(docker: &Docker, components: Option<&[&str]>) -> Result<Vec<Candidate>, HousekeepingError> {
     let filter = HashMap::from([("label", vec![labels::BUILT_FOR_COMPONENT])]);
-    let listing = docker.list_images(Some(
-        ListImagesOptionsBuilder::new().filters(&filter).build(),
-    ));
+    let listing = docker.list_images(Some(ListImagesOptionsBuilder::new().filters(&filter).build()));
     let images = engine::within(docker, ENGINE_CALL_TIMEOUT, "listing images", listing)
         .await?
-        .map_err(|source| HousekeepingError::List {
-            what: "images",
-            source,
-        })?;
+        .map_err(|source| HousekeepingError::List { what: "images", source })?;
     let mut found = Vec::new();
     for image in images {
-        let Some(component) = image.labels.get(labels::BUILT_FOR_COMPONENT) else {
-            continue;
-        };
+        let Some(component) = image.labels.get(labels::BUILT_FOR_COMPONENT) else { continue };
         if components.is_some_and(|wanted| !wanted.contains(&component.as_str())) {
             continue;
         }
         for reference in &image.repo_tags {
-            let Some((repository, tag)) = reference.rsplit_once(':') else {
-                continue;
-            };
+            let Some((repository, tag)) = reference.rsplit_once(':') else { continue };
             // Only `<registry>/<component>`: the same image may also be
             // known under a name a user gave it.
-            let ours = repository
-                .rsplit_once('/')
-                .is_some_and(|(_, name)| name == component);
+            let ours = repository.rsplit_once('/').is_some_and(|(_, name)| name == component);
             if ours && is_run_tag(tag) {
                 found.push(Candidate {
                     component: component.clone(),
@@ -316,35 +253,23 @@ struct InUse {
 }
 
 async fn in_use(docker: &Docker) -> Result<InUse, HousekeepingError> {
-    let listing =
-        docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()));
+    let listing = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()));
     let containers = engine::within(docker, ENGINE_CALL_TIMEOUT, "listing containers", listing)
         .await?
-        .map_err(|source| HousekeepingError::List {
-            what: "containers",
-            source,
-        })?;
+        .map_err(|source| HousekeepingError::List { what: "containers", source })?;
     let managed = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     let filter = HashMap::from([("label", vec![managed.as_str()])]);
-    let listing = docker.list_networks(Some(
-        ListNetworksOptionsBuilder::new().filters(&filter).build(),
-    ));
+    let listing = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filter).build()));
     let networks = engine::within(docker, ENGINE_CALL_TIMEOUT, "listing networks", listing)
         .await?
-        .map_err(|source| HousekeepingError::List {
-            what: "networks",
-            source,
-        })?;
+        .map_err(|source| HousekeepingError::List { what: "networks", source })?;
     let mut references = HashSet::new();
     for image in containers.into_iter().filter_map(|c| c.image) {
         // Docker shows `localhost/app:t`; a reference without a registry
         // part would be `docker.io/library/...` and is never ours.
         references.insert(image);
     }
-    Ok(InUse {
-        references,
-        runs: networks.into_iter().filter_map(|n| n.name).collect(),
-    })
+    Ok(InUse { references, runs: networks.into_iter().filter_map(|n| n.name).collect() })
 }
 
 #[cfg(test)]

@@ -66,10 +66,7 @@ pub fn cache_ref(image: &ImageRef, digest: &str) -> String {
 /// println!("{digest}: {} file(s) read, {} known", counts.hashed, counts.reused);
 /// # Ok(()) }
 /// ```
-pub fn input_digest(
-    component: &str,
-    spec: &BuildSpec,
-) -> Result<(String, HashCounts), ContextError> {
+pub fn input_digest(component: &str, spec: &BuildSpec) -> Result<(String, HashCounts), ContextError> {
     let ctx = Context::scan(component, spec)?;
     Ok((ctx.digest, ctx.counts))
 }
@@ -91,11 +88,7 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self {
-            force: false,
-            concurrency: 2,
-            keep_runs: housekeeping::keep_runs_from_env(),
-        }
+        Self { force: false, concurrency: 2, keep_runs: housekeeping::keep_runs_from_env() }
     }
 }
 
@@ -200,48 +193,30 @@ pub enum BuildError {
 /// }
 /// # Ok(()) }
 /// ```
-pub async fn build_all(
-    docker: &Docker,
-    plan: &Plan,
-    opts: &BuildOptions,
-) -> Result<Vec<BuildOutcome>, BuildError> {
+pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Result<Vec<BuildOutcome>, BuildError> {
     // Every component looks for its cache at once; only builds wait for one
     // of the `concurrency` places.
     let builds = tokio::sync::Semaphore::new(opts.concurrency.max(1));
     let mut jobs = Vec::new();
     for component in plan.components() {
         match &component.spec.source {
-            Source::Build(spec) => {
-                jobs.push(build_one(docker, plan, component, spec, opts, &builds))
-            }
+            Source::Build(spec) => jobs.push(build_one(docker, plan, component, spec, opts, &builds)),
             Source::Borrowed(image) => ensure_present(docker, &component.name, image).await?,
         }
     }
-    let mut outcomes: Vec<BuildOutcome> = futures::stream::iter(jobs)
-        .buffer_unordered(plan.components().len().max(1))
-        .try_collect()
-        .await?;
+    let mut outcomes: Vec<BuildOutcome> =
+        futures::stream::iter(jobs).buffer_unordered(plan.components().len().max(1)).try_collect().await?;
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
     outcomes.sort_by_key(|o| position(&o.component));
     if opts.keep_runs > 0 && !outcomes.is_empty() {
         let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
         let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
         // Housekeeping is a courtesy: its failure must not fail the run.
-        match housekeeping::prune_run_tags(
-            docker,
-            Some(&components),
-            opts.keep_runs,
-            housekeeping::GRACE,
-            &protect,
-        )
-        .await
+        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect)
+            .await
         {
             Ok(removed) if !removed.is_empty() => {
-                tracing::info!(
-                    removed = removed.len(),
-                    keep = opts.keep_runs,
-                    "removed the image tags of older runs"
-                );
+                tracing::info!(removed = removed.len(), keep = opts.keep_runs, "removed the image tags of older runs");
             }
             Ok(_) => {}
             Err(e) => {
@@ -252,11 +227,7 @@ pub async fn build_all(
     Ok(outcomes)
 }
 
-async fn ensure_present(
-    docker: &Docker,
-    component: &str,
-    image: &ImageRef,
-) -> Result<(), BuildError> {
+async fn ensure_present(docker: &Docker, component: &str, image: &ImageRef) -> Result<(), BuildError> {
     let inspected = engine::within(
         docker,
         ENGINE_CALL_TIMEOUT,
@@ -264,18 +235,12 @@ async fn ensure_present(
         docker.inspect_image(&image.to_string()),
     )
     .await
-    .map_err(|source| BuildError::Silent {
-        component: component.to_owned(),
-        source,
-    })?;
+    .map_err(|source| BuildError::Silent { component: component.to_owned(), source })?;
     match inspected {
         Ok(_) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Err(BuildError::BorrowedMissing {
-            component: component.to_owned(),
-            image: image.clone(),
-        }),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            Err(BuildError::BorrowedMissing { component: component.to_owned(), image: image.clone() })
+        }
         Err(source) => Err(BuildError::Engine {
             component: component.to_owned(),
             image: image.to_string(),
@@ -302,25 +267,16 @@ async fn build_one(
         operation,
         source,
     };
-    let worker_error = |source| BuildError::Worker {
-        component: name.to_owned(),
-        source,
-    };
+    let worker_error = |source| BuildError::Worker { component: name.to_owned(), source };
     let scan_spec = spec.clone();
     let scan_name = name.to_owned();
     let ctx = tokio::task::spawn_blocking(move || Context::scan(&scan_name, &scan_spec))
         .await
         .map_err(worker_error)?
-        .map_err(|source| BuildError::Context {
-            component: name.to_owned(),
-            source,
-        })?;
+        .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
 
     let hashing = ctx.counts;
-    let silent = |source| BuildError::Silent {
-        component: name.to_owned(),
-        source,
-    };
+    let silent = |source| BuildError::Silent { component: name.to_owned(), source };
     let cache = cache_ref(image, &ctx.digest);
     let repo = image.name();
     let run_tag = image.tag().unwrap_or("latest");
@@ -335,24 +291,11 @@ async fn build_one(
         .map_err(silent)?
         .map_err(|e| engine_error("looking up the cache reference", e))?;
         if let Some(id) = found {
-            let tagging = docker.tag_image(
-                &id,
-                Some(
-                    TagImageOptionsBuilder::new()
-                        .repo(&repo)
-                        .tag(run_tag)
-                        .build(),
-                ),
-            );
-            engine::within(
-                docker,
-                ENGINE_CALL_TIMEOUT,
-                "tagging the cached image",
-                tagging,
-            )
-            .await
-            .map_err(silent)?
-            .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
+            let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
+            engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
+                .await
+                .map_err(silent)?
+                .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
             return Ok(BuildOutcome {
                 component: name.to_owned(),
@@ -369,11 +312,7 @@ async fn build_one(
     let _place = builds.acquire().await.ok();
     let mut image_labels = labels::for_image(plan, name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
-    let build_args: HashMap<&str, &str> = spec
-        .args
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let build_args: HashMap<&str, &str> = spec.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tag = image.to_string();
     let options = BuildImageOptionsBuilder::new()
         .dockerfile(&ctx.dockerfile_name)
@@ -394,12 +333,7 @@ async fn build_one(
     while let Some(item) = progress.next().await {
         match item {
             Ok(info) => {
-                for line in info
-                    .stream
-                    .iter()
-                    .chain(info.status.iter())
-                    .flat_map(|s| s.lines())
-                {
+                for line in info.stream.iter().chain(info.status.iter()).flat_map(|s| s.lines()) {
                     let line = line.trim_end();
                     if line.is_empty() {
                         continue;
@@ -423,13 +357,7 @@ async fn build_one(
     drop(progress);
     // An unreadable context file is the cause to report, not the broken
     // stream the engine saw because of it.
-    writer
-        .await
-        .map_err(worker_error)?
-        .map_err(|source| BuildError::Context {
-            component: name.to_owned(),
-            source,
-        })?;
+    writer.await.map_err(worker_error)?.map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
     if let Some(source) = failure {
         return Err(BuildError::Failed {
             component: name.to_owned(),
@@ -439,37 +367,20 @@ async fn build_one(
             source,
         });
     }
-    let inspected = engine::within(
-        docker,
-        ENGINE_CALL_TIMEOUT,
-        "inspecting the built image",
-        docker.inspect_image(&tag),
-    )
-    .await
-    .map_err(silent)?
-    .map_err(|e| engine_error("inspecting the built image", e))?;
+    let inspected =
+        engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", docker.inspect_image(&tag))
+            .await
+            .map_err(silent)?
+            .map_err(|e| engine_error("inspecting the built image", e))?;
     let image_id = inspected.id.unwrap_or_default();
     // Tagged after the build, by id: only this image, never one of the
     // build's intermediates, can then be found as the cache.
     let cache_tag = cache.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
-    let tagging = docker.tag_image(
-        &image_id,
-        Some(
-            TagImageOptionsBuilder::new()
-                .repo(&repo)
-                .tag(cache_tag)
-                .build(),
-        ),
-    );
-    engine::within(
-        docker,
-        ENGINE_CALL_TIMEOUT,
-        "tagging the cache reference",
-        tagging,
-    )
-    .await
-    .map_err(silent)?
-    .map_err(|e| engine_error("tagging the cache reference", e))?;
+    let tagging = docker.tag_image(&image_id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(cache_tag).build()));
+    engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cache reference", tagging)
+        .await
+        .map_err(silent)?
+        .map_err(|e| engine_error("tagging the cache reference", e))?;
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     Ok(BuildOutcome {
         component: name.to_owned(),
@@ -493,24 +404,15 @@ async fn find_cached(
 ) -> Result<Option<String>, bollard::errors::Error> {
     let image = match docker.inspect_image(cache).await {
         Ok(image) => image,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => return Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
     let image_labels = image.config.and_then(|c| c.labels).unwrap_or_default();
-    let matches = image_labels
-        .get(labels::BUILT_FOR_COMPONENT)
-        .map(String::as_str)
-        == Some(component)
+    let matches = image_labels.get(labels::BUILT_FOR_COMPONENT).map(String::as_str) == Some(component)
         && image_labels.get(labels::INPUT_DIGEST).map(String::as_str) == Some(digest);
     if !matches {
         // Someone re-tagged the reference: build, which moves it back.
-        tracing::warn!(
-            component,
-            cache,
-            "the cache reference names an image with other labels; building instead"
-        );
+        tracing::warn!(component, cache, "the cache reference names an image with other labels; building instead");
         return Ok(None);
     }
     Ok(image.id)
@@ -519,21 +421,12 @@ async fn find_cached(
 /// Docker prints `Step 2/3 : RUN ...`, Podman `STEP 2/3: RUN ...`.
 fn is_step(line: &str) -> bool {
     let line = line.trim_start();
-    let Some(rest) = line
-        .get(..5)
-        .filter(|p| p.eq_ignore_ascii_case("step "))
-        .map(|_| &line[5..])
-    else {
+    let Some(rest) = line.get(..5).filter(|p| p.eq_ignore_ascii_case("step ")).map(|_| &line[5..]) else {
         return false;
     };
     let counts = rest.split([' ', ':']).next().unwrap_or_default();
     counts.split_once('/').is_some_and(|(done, total)| {
-        !done.is_empty()
-            && !total.is_empty()
-            && done
-                .chars()
-                .chain(total.chars())
-                .all(|c| c.is_ascii_digit())
+        !done.is_empty() && !total.is_empty() && done.chars().chain(total.chars()).all(|c| c.is_ascii_digit())
     })
 }
 
@@ -547,10 +440,7 @@ fn tar_stream(
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let writer = tokio::task::spawn_blocking(move || {
-        let written = ctx.write_tar(ChunkWriter {
-            tx: tx.clone(),
-            buf: Vec::new(),
-        });
+        let written = ctx.write_tar(ChunkWriter { tx: tx.clone(), buf: Vec::new() });
         if let Err(e) = &written {
             // Ending the body with an error, not quietly, keeps the engine
             // from building a truncated context.
@@ -558,9 +448,7 @@ fn tar_stream(
         }
         written
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
     (body, writer)
 }
 
@@ -588,10 +476,7 @@ impl std::io::Write for ChunkWriter {
         }
         let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
         self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the engine stopped reading the build context",
-            )
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading the build context")
         })
     }
 }

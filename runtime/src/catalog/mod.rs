@@ -178,9 +178,7 @@ impl Catalog {
             .ancestors()
             .map(|dir| dir.join(CATALOG_FILE))
             .find(|candidate| candidate.is_file())
-            .ok_or_else(|| CatalogError::NotFound {
-                start: start.to_owned(),
-            })
+            .ok_or_else(|| CatalogError::NotFound { start: start.to_owned() })
     }
 
     /// Reads and checks the catalog at `path`.
@@ -188,10 +186,8 @@ impl Catalog {
     /// # Errors
     /// Any [`CatalogError`], naming the file, line and key at fault.
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -211,19 +207,14 @@ impl Catalog {
         })?;
         let at = |offset: usize| locate(path, text, offset);
         if raw.components.is_empty() {
-            return Err(CatalogError::Empty {
-                path: path.to_owned(),
-            });
+            return Err(CatalogError::Empty { path: path.to_owned() });
         }
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
             let component = raw_component.check(name.get_ref(), name.span().start, &base, &at)?;
             components.insert(name.into_inner(), component);
         }
-        let catalog = Self {
-            path: path.to_owned(),
-            components,
-        };
+        let catalog = Self { path: path.to_owned(), components };
         catalog.check_dependencies(&at)?;
         Ok(catalog)
     }
@@ -245,11 +236,7 @@ impl Catalog {
 
     /// Component names, comma separated, for messages.
     pub fn known_names(&self) -> String {
-        self.components
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.components.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     }
 
     fn check_dependencies(&self, at: &dyn Fn(usize) -> Location) -> Result<(), CatalogError> {
@@ -275,10 +262,7 @@ impl Catalog {
         for name in self.components.keys() {
             if let Some(cycle) = self.find_cycle(name, &mut state, &mut stack) {
                 let first = &self.components[&cycle[0]];
-                return Err(CatalogError::Cycle {
-                    location: at(first.span),
-                    cycle,
-                });
+                return Err(CatalogError::Cycle { location: at(first.span), cycle });
             }
         }
         Ok(())
@@ -294,8 +278,7 @@ impl Catalog {
             Some(2) => return None,
             Some(1) => {
                 let start = stack.iter().position(|n| *n == name).unwrap_or(0);
-                let mut cycle: Vec<String> =
-                    stack[start..].iter().map(|s| (*s).to_owned()).collect();
+                let mut cycle: Vec<String> = stack[start..].iter().map(|s| (*s).to_owned()).collect();
                 cycle.push(name.to_owned());
                 return Some(cycle);
             }
@@ -317,10 +300,7 @@ impl Catalog {
 /// The `${...}` references in an env value, without the braces:
 /// `"postgres://${postgres.addr}/db"` gives `["postgres.addr"]`.
 pub fn env_references(value: &str) -> impl Iterator<Item = &str> {
-    value
-        .split("${")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
+    value.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
 }
 
 /// The parser's message with the offending line quoted: messages such as
@@ -332,19 +312,9 @@ fn syntax_message(text: &str, span: std::ops::Range<usize>, message: &str) -> St
         }
         _ => message.to_owned(),
     };
-    let start = text
-        .get(..span.start)
-        .and_then(|t| t.rfind('\n'))
-        .map_or(0, |i| i + 1);
-    let end = text
-        .get(span.start..)
-        .and_then(|t| t.find('\n'))
-        .map_or(text.len(), |i| span.start + i);
-    if let Some(line) = text
-        .get(start..end)
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
+    let start = text.get(..span.start).and_then(|t| t.rfind('\n')).map_or(0, |i| i + 1);
+    let end = text.get(span.start..).and_then(|t| t.find('\n')).map_or(text.len(), |i| span.start + i);
+    if let Some(line) = text.get(start..end).map(str::trim).filter(|l| !l.is_empty()) {
         message = format!("{message} (in `{line}`)");
     }
     message
@@ -355,11 +325,7 @@ fn locate(path: &Path, text: &str, offset: usize) -> Location {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location {
-        file: path.to_owned(),
-        line,
-        column,
-    }
+    Location { file: path.to_owned(), line, column }
 }
 
 #[cfg(test)]

@@ -184,10 +184,7 @@ impl RawComponent {
         at: &dyn Fn(usize) -> Location,
     ) -> Result<Component, CatalogError> {
         if !crate::plan::valid_name(name, 40) {
-            return Err(CatalogError::InvalidName {
-                location: at(span),
-                name: name.to_owned(),
-            });
+            return Err(CatalogError::InvalidName { location: at(span), name: name.to_owned() });
         }
         let problem = |problem: &str| CatalogError::Source {
             location: at(span),
@@ -211,10 +208,7 @@ impl RawComponent {
                 })?)
             }
         };
-        let docker = self
-            .docker
-            .map(|d| check_docker(name, d, &self.depends_on, at))
-            .transpose()?;
+        let docker = self.docker.map(|d| check_docker(name, d, &self.depends_on, at)).transpose()?;
         let kubernetes = match self.kubernetes {
             None => None,
             Some(k) => {
@@ -234,13 +228,7 @@ impl RawComponent {
                 Some(KubernetesSpec { manifests })
             }
         };
-        Ok(Component {
-            source,
-            depends_on: self.depends_on,
-            docker,
-            kubernetes,
-            span,
-        })
+        Ok(Component { source, depends_on: self.depends_on, docker, kubernetes, span })
     }
 }
 
@@ -253,11 +241,7 @@ fn check_build(
     let build_span = build.span().start;
     let raw = build.into_inner();
     let context = base.join(raw.context.get_ref());
-    let context_span = if raw.context.span().is_empty() {
-        build_span
-    } else {
-        raw.context.span().start
-    };
+    let context_span = if raw.context.span().is_empty() { build_span } else { raw.context.span().start };
     if !context.is_dir() {
         return Err(CatalogError::MissingPath {
             location: at(context_span),
@@ -278,12 +262,7 @@ fn check_build(
             tried: dockerfile,
         });
     }
-    Ok(BuildSpec {
-        context,
-        dockerfile,
-        args: raw.args,
-        target: raw.target,
-    })
+    Ok(BuildSpec { context, dockerfile, args: raw.args, target: raw.target })
 }
 
 fn check_docker(
@@ -324,10 +303,7 @@ fn check_docker(
             let timeout = match &r.timeout {
                 None => DEFAULT_READY_TIMEOUT,
                 Some(t) => humantime::parse_duration(t).map_err(|e| {
-                    invalid(
-                        offset,
-                        format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""),
-                    )
+                    invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""))
                 })?,
             };
             let mut probes = Vec::new();
@@ -335,30 +311,17 @@ fn check_docker(
                 probes.push(Probe::Tcp(port));
             }
             if let Some(path) = r.http {
-                let port = r
-                    .port
-                    .or_else(|| raw.ports.first().copied())
-                    .ok_or_else(|| {
-                        invalid(
-                            offset,
-                            "ready.http needs `port` (or a port in `ports`)".to_owned(),
-                        )
-                    })?;
+                let port = r.port.or_else(|| raw.ports.first().copied()).ok_or_else(|| {
+                    invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned())
+                })?;
                 if !path.starts_with('/') {
-                    return Err(invalid(
-                        offset,
-                        format!("ready.http path `{path}` must start with `/`"),
-                    ));
+                    return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
                 }
                 probes.push(Probe::Http(HttpProbe { port, path }));
             }
             if let Some(pattern) = r.log {
-                regex::Regex::new(&pattern).map_err(|e| {
-                    invalid(
-                        offset,
-                        format!("ready.log is not a valid regular expression: {e}"),
-                    )
-                })?;
+                regex::Regex::new(&pattern)
+                    .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
                 probes.push(Probe::Log(pattern));
             }
             if r.completes == Some(true) {
@@ -370,16 +333,8 @@ fn check_docker(
                     "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"` or `completes = true`".to_owned(),
                 ));
             }
-            Some(ReadySpec {
-                probe: probes.remove(0),
-                timeout,
-            })
+            Some(ReadySpec { probe: probes.remove(0), timeout })
         }
     };
-    Ok(DockerSpec {
-        ports: raw.ports,
-        env,
-        command: raw.command,
-        ready,
-    })
+    Ok(DockerSpec { ports: raw.ports, env, command: raw.command, ready })
 }

@@ -10,13 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding,
-};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::FuturesUnordered;
@@ -243,33 +240,14 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
     // The engine lets two networks share a name; a second stack of one run
     // and consumer would then make both impossible to remove by name.
     let same_name = HashMap::from([("name", vec![network.clone()])]);
-    let limit = plan
-        .components()
-        .iter()
-        .map(call_limit)
-        .max()
-        .unwrap_or(ENGINE_CALL_TIMEOUT);
-    let silent = |source| DockerError::Silent {
-        component: format!("the network {network}"),
-        source,
-    };
-    let looking = docker.list_networks(Some(
-        ListNetworksOptionsBuilder::new()
-            .filters(&same_name)
-            .build(),
-    ));
+    let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
+    let silent = |source| DockerError::Silent { component: format!("the network {network}"), source };
+    let looking = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()));
     let existing = engine::within(docker, limit, "looking for the run's network", looking)
         .await
         .map_err(silent)?
-        .map_err(|source| DockerError::Network {
-            network: network.clone(),
-            operation: "looking for",
-            source,
-        })?;
-    if existing
-        .iter()
-        .any(|n| n.name.as_deref() == Some(network.as_str()))
-    {
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "looking for", source })?;
+    if existing.iter().any(|n| n.name.as_deref() == Some(network.as_str())) {
         return Err(DockerError::StackExists {
             run_id: plan.run().as_str().to_owned(),
             consumer: plan.consumer().as_str().to_owned(),
@@ -282,35 +260,18 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         labels: Some(labels::for_run(plan)),
         ..Default::default()
     };
-    let network_id = engine::within(
-        docker,
-        limit,
-        "creating the run's network",
-        docker.create_network(request),
-    )
-    .await
-    .map_err(silent)?
-    .map_err(|source| DockerError::Network {
-        network: network.clone(),
-        operation: "creating",
-        source,
-    })?
-    .id;
+    let network_id = engine::within(docker, limit, "creating the run's network", docker.create_network(request))
+        .await
+        .map_err(silent)?
+        .map_err(|source| DockerError::Network { network: network.clone(), operation: "creating", source })?
+        .id;
     let settling = settle_same_name(docker, plan, &network, &network_id);
-    engine::within(
-        docker,
-        limit,
-        "checking the run's network is the only one of its name",
-        settling,
-    )
-    .await
-    .map_err(silent)??;
+    engine::within(docker, limit, "checking the run's network is the only one of its name", settling)
+        .await
+        .map_err(silent)??;
     let created = std::sync::Mutex::new(Vec::new());
     match start_all(docker, plan, &network_id, envs, &created).await {
-        Ok(containers) => Ok(DockerStack {
-            network,
-            containers,
-        }),
+        Ok(containers) => Ok(DockerStack { network, containers }),
         Err(e @ DockerError::Silent { .. }) => {
             // Asking a frozen engine to remove the stack would only add its
             // own wait to the error; the next setup or `clean` removes it.
@@ -320,18 +281,9 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
         Err(e) => {
             // Only what this call created, by id: a stack of the same run
             // and consumer started by someone else carries the same labels.
-            let containers = created
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let containers = created.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
             let removing = remove_created(docker, &containers, &network_id);
-            match engine::within(
-                docker,
-                CLEANUP_TIMEOUT,
-                "removing the partly started stack",
-                removing,
-            )
-            .await
-            {
+            match engine::within(docker, CLEANUP_TIMEOUT, "removing the partly started stack", removing).await {
                 Ok(Ok(())) => {}
                 Ok(Err(cleanup)) => {
                     tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it with `e2e-infra down`");
@@ -350,12 +302,7 @@ pub async fn up(docker: &Docker, plan: &Plan) -> Result<DockerStack, DockerError
 /// to start containers on either ("ambiguous"). Both settle it the same
 /// way: the oldest network (then the smallest id) wins; the other `up`
 /// removes its own network and fails, and the winner waits until it has.
-async fn settle_same_name(
-    docker: &Docker,
-    plan: &Plan,
-    network: &str,
-    ours: &str,
-) -> Result<(), DockerError> {
+async fn settle_same_name(docker: &Docker, plan: &Plan, network: &str, ours: &str) -> Result<(), DockerError> {
     let same_name = HashMap::from([("name", vec![network.to_owned()])]);
     let exists = || DockerError::StackExists {
         run_id: plan.run().as_str().to_owned(),
@@ -364,17 +311,9 @@ async fn settle_same_name(
     };
     for _ in 0..SETTLE_ATTEMPTS {
         let listed = docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::new()
-                    .filters(&same_name)
-                    .build(),
-            ))
+            .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&same_name).build()))
             .await
-            .map_err(|source| DockerError::Network {
-                network: network.to_owned(),
-                operation: "looking for",
-                source,
-            })?;
+            .map_err(|source| DockerError::Network { network: network.to_owned(), operation: "looking for", source })?;
         let mut rivals: Vec<(String, String)> = listed
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(network))
@@ -399,39 +338,17 @@ async fn settle_same_name(
 const SETTLE_ATTEMPTS: u32 = 50;
 
 /// Removes containers and a network by id, as created by one [`up`].
-async fn remove_created(
-    docker: &Docker,
-    containers: &[String],
-    network_id: &str,
-) -> Result<(), DockerError> {
+async fn remove_created(docker: &Docker, containers: &[String], network_id: &str) -> Result<(), DockerError> {
     for id in containers {
-        match docker
-            .remove_container(
-                id,
-                Some(
-                    RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            )
-            .await
-        {
+        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
             Ok(()) => {}
             Err(e) if gone(&e) => {}
             Err(source) => {
-                return Err(DockerError::Container {
-                    component: String::new(),
-                    container: id.clone(),
-                    operation: "removing",
-                    source,
-                })
+                return Err(DockerError::Container { component: String::new(), container: id.clone(), operation: "removing", source })
             }
         }
     }
-    remove_network(docker, network_id, network_id)
-        .await
-        .map(|_| ())
+    remove_network(docker, network_id, network_id).await.map(|_| ())
 }
 
 /// Removes the network with id `id` (`name` for messages), waiting out the
@@ -448,13 +365,7 @@ async fn remove_network(docker: &Docker, id: &str, name: &str) -> Result<bool, D
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(source) => {
-                return Err(DockerError::Network {
-                    network: name.to_owned(),
-                    operation: "removing",
-                    source,
-                })
-            }
+            Err(source) => return Err(DockerError::Network { network: name.to_owned(), operation: "removing", source }),
         }
     }
 }
@@ -480,11 +391,9 @@ async fn start_all(
     let mut ready: Vec<RunningComponent> = Vec::new();
     let mut starting = FuturesUnordered::new();
     loop {
-        let (free, blocked): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|c| {
-            c.depends_on
-                .iter()
-                .all(|d| ready.iter().any(|r| &r.component == d))
-        });
+        let (free, blocked): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|c| c.depends_on.iter().all(|d| ready.iter().any(|r| &r.component == d)));
         waiting = blocked;
         for component in free {
             let env = envs.remove(component.name.as_str()).unwrap_or_default();
@@ -498,13 +407,7 @@ async fn start_all(
 }
 
 fn docker_spec(component: &PlannedComponent) -> Result<&DockerSpec, DockerError> {
-    component
-        .spec
-        .docker
-        .as_ref()
-        .ok_or_else(|| DockerError::NotForDocker {
-            component: component.name.clone(),
-        })
+    component.spec.docker.as_ref().ok_or_else(|| DockerError::NotForDocker { component: component.name.clone() })
 }
 
 /// The component's env with `${dep.host}`, `${dep.port}` and `${dep.addr}`
@@ -528,9 +431,11 @@ fn resolve_env(plan: &Plan, component: &PlannedComponent) -> Result<Vec<String>,
                 .ok_or_else(|| problem(format!("`{dep}` is not among its dependencies")))?;
             let host = container_name(plan, dep);
             let port = || {
-                docker_spec(target)?.ports.first().copied().ok_or_else(|| {
-                    problem(format!("`{dep}` declares no ports in its `docker` section"))
-                })
+                docker_spec(target)?
+                    .ports
+                    .first()
+                    .copied()
+                    .ok_or_else(|| problem(format!("`{dep}` declares no ports in its `docker` section")))
             };
             let text = match field {
                 "host" => host,
@@ -565,17 +470,11 @@ async fn start_one(
     let bindings = port_keys
         .iter()
         .map(|key| {
-            let binding = PortBinding {
-                host_ip: Some("127.0.0.1".to_owned()),
-                host_port: Some(String::new()),
-            };
+            let binding = PortBinding { host_ip: Some("127.0.0.1".to_owned()), host_port: Some(String::new()) };
             (key.clone(), Some(vec![binding]))
         })
         .collect();
-    let endpoint = EndpointSettings {
-        aliases: Some(vec![component.name.clone()]),
-        ..Default::default()
-    };
+    let endpoint = EndpointSettings { aliases: Some(vec![component.name.clone()]), ..Default::default() };
     let body = ContainerCreateBody {
         image: Some(component.image.to_string()),
         env: Some(env),
@@ -593,32 +492,20 @@ async fn start_one(
         ..Default::default()
     };
     let limit = call_limit(component);
-    let silent = |source| DockerError::Silent {
-        component: component.name.clone(),
-        source,
-    };
-    let creating = docker.create_container(
-        Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-        body,
-    );
+    let silent = |source| DockerError::Silent { component: component.name.clone(), source };
+    let creating = docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body);
     let created = engine::within(docker, limit, "creating the container", creating)
         .await
         .map_err(silent)?
         .map_err(|e| failed("creating", e))?;
-    created_ids
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(created.id.clone());
+    created_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(created.id.clone());
     // A racing `up` of the same run may hold a network of the same name for
     // the moment it takes to see it lost (see `settle_same_name`); the
     // engine resolves the network by name at start and calls it ambiguous.
     let mut attempts = 0;
     loop {
         let starting = docker.start_container(&created.id, None);
-        match engine::within(docker, limit, "starting the container", starting)
-            .await
-            .map_err(silent)?
-        {
+        match engine::within(docker, limit, "starting the container", starting).await.map_err(silent)? {
             Ok(()) => break,
             Err(e) if attempts < SETTLE_ATTEMPTS && is_ambiguous(&e) => {
                 attempts += 1;
@@ -637,10 +524,7 @@ async fn start_one(
         component: component.name.clone(),
         container_id: created.id,
         container_name: name,
-        ports: ports
-            .into_iter()
-            .filter(|(port, _)| spec.ports.contains(port))
-            .collect(),
+        ports: ports.into_iter().filter(|(port, _)| spec.ports.contains(port)).collect(),
         ready_after,
     })
 }
@@ -660,27 +544,15 @@ enum Seen {
 }
 
 impl<'a> Prober<'a> {
-    fn new(
-        component: &'a PlannedComponent,
-        container: &'a str,
-        ready: Option<&'a ReadySpec>,
-    ) -> Result<Self, DockerError> {
-        let pattern =
-            match ready.map(|r| &r.probe) {
-                Some(Probe::Log(pattern)) => Some(regex::Regex::new(pattern).map_err(
-                    |source| DockerError::Pattern {
-                        component: component.name.clone(),
-                        source,
-                    },
-                )?),
-                _ => None,
-            };
-        Ok(Self {
-            component: &component.name,
-            container,
-            ready,
-            pattern,
-        })
+    fn new(component: &'a PlannedComponent, container: &'a str, ready: Option<&'a ReadySpec>) -> Result<Self, DockerError> {
+        let pattern = match ready.map(|r| &r.probe) {
+            Some(Probe::Log(pattern)) => Some(
+                regex::Regex::new(pattern)
+                    .map_err(|source| DockerError::Pattern { component: component.name.clone(), source })?,
+            ),
+            _ => None,
+        };
+        Ok(Self { component: &component.name, container, ready, pattern })
     }
 
     /// Polls the container's state and the probe until ready; returns the
@@ -695,27 +567,17 @@ impl<'a> Prober<'a> {
         loop {
             // The readiness timeout bounds the wait as a whole, engine calls
             // included: a frozen engine must not stretch it.
-            let left = self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| {
-                r.timeout.saturating_sub(started.elapsed())
-            });
+            let left = self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout.saturating_sub(started.elapsed()));
             let inspecting = docker.inspect_container(id, None);
-            let inspected = engine::within(
-                docker,
-                left.max(MIN_POLL_CALL),
-                "inspecting the container",
-                inspecting,
-            )
-            .await
-            .map_err(|source| DockerError::Silent {
-                component: self.component.to_owned(),
-                source,
-            })?
-            .map_err(|source| DockerError::Container {
-                component: self.component.to_owned(),
-                container: self.container.to_owned(),
-                operation: "inspecting",
-                source,
-            })?;
+            let inspected = engine::within(docker, left.max(MIN_POLL_CALL), "inspecting the container", inspecting)
+                .await
+                .map_err(|source| DockerError::Silent { component: self.component.to_owned(), source })?
+                .map_err(|source| DockerError::Container {
+                    component: self.component.to_owned(),
+                    container: self.container.to_owned(),
+                    operation: "inspecting",
+                    source,
+                })?;
             let ports = published_ports(&inspected);
             let seen = seen(&inspected, network);
             let completes = matches!(self.ready.map(|r| &r.probe), Some(Probe::Completes));
@@ -731,9 +593,7 @@ impl<'a> Prober<'a> {
                     })
                 }
                 Seen::Running(ip) => {
-                    let Some(ready) = self.ready else {
-                        return Ok(ports);
-                    };
+                    let Some(ready) = self.ready else { return Ok(ports) };
                     if self.attempt(docker, id, ip, &ready.probe).await {
                         return Ok(ports);
                     }
@@ -767,9 +627,7 @@ impl<'a> Prober<'a> {
                 if logs.contains(LOGS_SILENT) {
                     return false;
                 }
-                self.pattern
-                    .as_ref()
-                    .is_some_and(|p| logs.lines().any(|line| p.is_match(line)))
+                self.pattern.as_ref().is_some_and(|p| logs.lines().any(|line| p.is_match(line)))
             }
             Probe::Completes => false,
         }
@@ -791,35 +649,19 @@ fn seen(inspected: &bollard::models::ContainerInspectResponse, network: &str) ->
         // network id too. The container is attached to that network only.
         .and_then(|n| {
             n.get(network)
-                .or_else(|| {
-                    n.values()
-                        .find(|e| e.network_id.as_deref() == Some(network))
-                })
-                .or_else(|| {
-                    if n.len() == 1 {
-                        n.values().next()
-                    } else {
-                        None
-                    }
-                })
+                .or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network)))
+                .or_else(|| if n.len() == 1 { n.values().next() } else { None })
         })
         .and_then(|e| e.ip_address.as_deref())
         .and_then(|ip| ip.parse().ok());
     Seen::Running(ip)
 }
 
-fn published_ports(
-    inspected: &bollard::models::ContainerInspectResponse,
-) -> BTreeMap<u16, SocketAddr> {
+fn published_ports(inspected: &bollard::models::ContainerInspectResponse) -> BTreeMap<u16, SocketAddr> {
     let mut ports = BTreeMap::new();
-    let map = inspected
-        .network_settings
-        .as_ref()
-        .and_then(|s| s.ports.as_ref());
+    let map = inspected.network_settings.as_ref().and_then(|s| s.ports.as_ref());
     for (key, bindings) in map.into_iter().flatten() {
-        let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse().ok()) else {
-            continue;
-        };
+        let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse().ok()) else { continue };
         let found = bindings.iter().flatten().find_map(|b| {
             let ip: IpAddr = match b.host_ip.as_deref() {
                 None | Some("") | Some("0.0.0.0") => IpAddr::from([127, 0, 0, 1]),
@@ -838,20 +680,14 @@ fn published_ports(
 fn describe(probe: &Probe) -> String {
     match probe {
         Probe::Tcp(port) => format!("a TCP connect to port {port}"),
-        Probe::Http(http) => format!(
-            "an HTTP GET of {} on port {} answering 2xx",
-            http.path, http.port
-        ),
+        Probe::Http(http) => format!("an HTTP GET of {} on port {} answering 2xx", http.path, http.port),
         Probe::Log(pattern) => format!("a log line matching `{pattern}`"),
         Probe::Completes => "running to completion with exit code 0".to_owned(),
     }
 }
 
 async fn tcp_open(addr: SocketAddr) -> bool {
-    matches!(
-        tokio::time::timeout(ATTEMPT, TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+    matches!(tokio::time::timeout(ATTEMPT, TcpStream::connect(addr)).await, Ok(Ok(_)))
 }
 
 async fn http_ok(addr: SocketAddr, path: &str) -> bool {
@@ -880,18 +716,11 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 /// Whether an HTTP status line says 2xx.
 fn status_is_success(head: &str) -> bool {
     let mut parts = head.split_whitespace();
-    parts.next().is_some_and(|v| v.starts_with("HTTP/"))
-        && parts
-            .next()
-            .is_some_and(|code| code.len() == 3 && code.starts_with('2'))
+    parts.next().is_some_and(|v| v.starts_with("HTTP/")) && parts.next().is_some_and(|code| code.len() == 3 && code.starts_with('2'))
 }
 
 async fn fetch_logs(docker: &Docker, id: &str, tail: &str) -> String {
-    let options = LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .tail(tail)
-        .build();
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(tail).build();
     let mut text = String::new();
     let mut logs = docker.logs(id, Some(options));
     let reading = async {
@@ -947,35 +776,16 @@ fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
 /// [`DockerError::Network`] when a removal fails; something removed
 /// meanwhile by someone else is not an error.
 pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Removed, DockerError> {
-    let mut labels = vec![format!(
-        "{}={}",
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_VALUE
-    )];
-    labels.extend(
-        filters
-            .iter()
-            .filter(|f| !labels.contains(f))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    let mut labels = vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)];
+    labels.extend(filters.iter().filter(|f| !labels.contains(f)).cloned().collect::<Vec<_>>());
     let filter = HashMap::from([("label", labels.clone())]);
     let list_error = |what| {
         let filters = labels.clone();
-        move |source| DockerError::List {
-            what,
-            filters,
-            source,
-        }
+        move |source| DockerError::List { what, filters, source }
     };
     let mut removed = Removed::default();
     let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filter)
-                .build(),
-        ))
+        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
         .await
         .map_err(list_error("containers"))?;
     for container in containers {
@@ -984,38 +794,15 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
             .names
             .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
             .unwrap_or_else(|| id.clone());
-        let component = container
-            .labels
-            .and_then(|l| l.get(labels::COMPONENT).cloned())
-            .unwrap_or_default();
-        match docker
-            .remove_container(
-                &id,
-                Some(
-                    RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            )
-            .await
-        {
+        let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
+        match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
             Ok(()) => removed.containers.push(name),
             Err(e) if gone(&e) => {}
-            Err(source) => {
-                return Err(DockerError::Container {
-                    component,
-                    container: name,
-                    operation: "removing",
-                    source,
-                })
-            }
+            Err(source) => return Err(DockerError::Container { component, container: name, operation: "removing", source }),
         }
     }
     let networks = docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::new().filters(&filter).build(),
-        ))
+        .list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filter).build()))
         .await
         .map_err(list_error("networks"))?;
     for network in networks {
@@ -1027,28 +814,14 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         }
     }
     let volumes = docker
-        .list_volumes(Some(
-            ListVolumesOptionsBuilder::new().filters(&filter).build(),
-        ))
+        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filter).build()))
         .await
         .map_err(list_error("volumes"))?;
     for volume in volumes.volumes.unwrap_or_default() {
-        match docker
-            .remove_volume(
-                &volume.name,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
+        match docker.remove_volume(&volume.name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
             Ok(()) => removed.markers.push(volume.name),
             Err(e) if gone(&e) => {}
-            Err(source) => {
-                return Err(DockerError::Marker {
-                    volume: volume.name,
-                    operation: "removing",
-                    source,
-                })
-            }
+            Err(source) => return Err(DockerError::Marker { volume: volume.name, operation: "removing", source }),
         }
     }
     Ok(removed)
@@ -1058,13 +831,10 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
 /// removed by someone else).
 fn gone(error: &bollard::errors::Error) -> bool {
     match error {
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        } => true,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 409,
-            message,
-        } => message.contains("already in progress"),
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => true,
+        bollard::errors::Error::DockerResponseServerError { status_code: 409, message } => {
+            message.contains("already in progress")
+        }
         _ => false,
     }
 }
@@ -1078,18 +848,10 @@ mod tests {
 
     fn plan(catalog: &str) -> Plan {
         let catalog = Catalog::parse(Path::new("/project/e2e-infra.toml"), catalog).unwrap();
-        Plan::new(
-            &catalog,
-            "unit",
-            &["app"],
-            RunId::explicit("unit-run", None).unwrap(),
-            &Delivery::Local,
-        )
-        .unwrap()
+        Plan::new(&catalog, "unit", &["app"], RunId::explicit("unit-run", None).unwrap(), &Delivery::Local).unwrap()
     }
 
-    const DB: &str =
-        "[components.db]\nimage = \"postgres:16\"\ndocker = { ports = [5432, 9187] }\n";
+    const DB: &str = "[components.db]\nimage = \"postgres:16\"\ndocker = { ports = [5432, 9187] }\n";
 
     #[test]
     fn env_references_become_container_names_and_first_ports() {
@@ -1100,12 +862,7 @@ mod tests {
         let env = resolve_env(&plan, plan.component("app").unwrap()).unwrap();
         assert_eq!(
             env,
-            [
-                format!("DSN=postgres://u@{db}:5432/x"),
-                format!("H={db}"),
-                "P=5432".to_owned(),
-                "PLAIN=$HOME".to_owned()
-            ]
+            [format!("DSN=postgres://u@{db}:5432/x"), format!("H={db}"), "P=5432".to_owned(), "PLAIN=$HOME".to_owned()]
         );
     }
 
@@ -1120,9 +877,7 @@ mod tests {
 
     #[test]
     fn a_component_without_a_docker_section_cannot_run_here() {
-        let plan = plan(&format!(
-            "{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\n"
-        ));
+        let plan = plan(&format!("{DB}[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\n"));
         let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
         assert!(matches!(error, DockerError::NotForDocker { .. }), "{error}");
     }

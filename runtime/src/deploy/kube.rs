@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, KubeconfigError};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config, ResourceExt};
@@ -32,9 +30,7 @@ use serde_json::{json, Value};
 use crate::labels;
 use crate::plan::{Namespace, Plan};
 
-pub use render::{
-    label_value, render, user_label, ImageProblem, RenderedManifest, USER_LABEL_PREFIX,
-};
+pub use render::{label_value, render, user_label, ImageProblem, RenderedManifest, USER_LABEL_PREFIX};
 pub use wait::PodFailure;
 
 /// The field manager of every server-side apply.
@@ -66,10 +62,7 @@ pub struct KubeOptions {
 impl KubeOptions {
     /// Options with this readiness timeout.
     pub fn with_timeout(timeout: Duration) -> Self {
-        Self {
-            timeout,
-            images: None,
-        }
+        Self { timeout, images: None }
     }
 }
 
@@ -287,54 +280,27 @@ pub enum KubeError {
 /// [`KubeError::Unreachable`], naming the context and the server, when the
 /// API server does not answer in time.
 pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
-    let described = context.map_or_else(
-        || "the current context".to_owned(),
-        |c| format!("context `{c}`"),
-    );
-    let options = KubeConfigOptions {
-        context: context.map(str::to_owned),
-        ..KubeConfigOptions::default()
-    };
-    let mut config =
-        Config::from_kubeconfig(&options)
-            .await
-            .map_err(|source| KubeError::Kubeconfig {
-                context: described.clone(),
-                kubeconfig: std::env::var("KUBECONFIG").map_or_else(
-                    |_| "~/.kube/config".to_owned(),
-                    |k| format!("KUBECONFIG={k}"),
-                ),
-                source,
-            })?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|source| KubeError::Client {
+    let described = context.map_or_else(|| "the current context".to_owned(), |c| format!("context `{c}`"));
+    let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
+    let mut config = Config::from_kubeconfig(&options).await.map_err(|source| KubeError::Kubeconfig {
         context: described.clone(),
+        kubeconfig: std::env::var("KUBECONFIG").map_or_else(|_| "~/.kube/config".to_owned(), |k| format!("KUBECONFIG={k}")),
         source,
     })?;
-    let unreachable = |problem: String| KubeError::Unreachable {
-        context: described.clone(),
-        server: server.clone(),
-        problem,
-    };
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|source| KubeError::Client { context: described.clone(), source })?;
+    let unreachable = |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
     let started = std::time::Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
         // The client's own connect timeout ends a server that accepts but
         // never answers: say so rather than only "client error (Connect)".
-        Ok(Err(error))
-            if started.elapsed() >= CONNECT_TIMEOUT.saturating_sub(Duration::from_millis(200)) =>
-        {
-            Err(unreachable(format!(
-                "no answer within {} ({error})",
-                humantime::format_duration(CONNECT_TIMEOUT)
-            )))
-        }
+        Ok(Err(error)) if started.elapsed() >= CONNECT_TIMEOUT.saturating_sub(Duration::from_millis(200)) => Err(
+            unreachable(format!("no answer within {} ({error})", humantime::format_duration(CONNECT_TIMEOUT))),
+        ),
         Ok(Err(error)) => Err(unreachable(error.to_string())),
-        Err(_) => Err(unreachable(format!(
-            "no answer within {}",
-            humantime::format_duration(CONNECT_TIMEOUT)
-        ))),
+        Err(_) => Err(unreachable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT)))),
     }
 }
 
@@ -361,11 +327,7 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn deploy(
-    client: Client,
-    plan: &Plan,
-    options: &KubeOptions,
-) -> Result<KubeStack, KubeError> {
+pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Result<KubeStack, KubeError> {
     let rendered = render(plan)?;
     let deadline = tokio::time::Instant::now() + options.timeout;
     let namespace = plan.namespace().as_str();
@@ -385,28 +347,18 @@ pub async fn deploy(
     // schema starts, and a failed one stops its dependents from being applied.
     let with_manifests: BTreeSet<&str> = rendered.iter().map(|m| m.component.as_str()).collect();
     let mut ready: BTreeSet<&str> = BTreeSet::new();
-    let mut pending: Vec<&str> = plan
-        .components()
-        .iter()
-        .map(|c| c.name.as_str())
-        .filter(|c| with_manifests.contains(c))
-        .collect();
+    let mut pending: Vec<&str> = plan.components().iter().map(|c| c.name.as_str()).filter(|c| with_manifests.contains(c)).collect();
     while !pending.is_empty() {
         let wave: Vec<&str> = pending
             .iter()
             .copied()
             .filter(|name| {
                 plan.component(name).is_some_and(|c| {
-                    c.depends_on
-                        .iter()
-                        .all(|d| ready.contains(d.as_str()) || !with_manifests.contains(d.as_str()))
+                    c.depends_on.iter().all(|d| ready.contains(d.as_str()) || !with_manifests.contains(d.as_str()))
                 })
             })
             .collect();
-        let manifests: Vec<&RenderedManifest> = rendered
-            .iter()
-            .filter(|m| wave.contains(&m.component.as_str()))
-            .collect();
+        let manifests: Vec<&RenderedManifest> = rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
         for manifest in &manifests {
             // Definitions and cluster-wide RBAC first: the namespaced
             // objects of the same component may be custom resources of them.
@@ -425,10 +377,7 @@ pub async fn deploy(
         ready.extend(wave.iter().copied());
         pending.retain(|name| !wave.contains(name));
     }
-    Ok(KubeStack {
-        namespace: plan.namespace().clone(),
-        objects,
-    })
+    Ok(KubeStack { namespace: plan.namespace().clone(), objects })
 }
 
 /// Applies one rendered object by server-side apply; waits until a
@@ -446,36 +395,21 @@ async fn apply(
     deadline: tokio::time::Instant,
 ) -> Result<AppliedObject, KubeError> {
     let applied = applied_object(&manifest.component, object);
-    let (group, version) = applied
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", &applied.api_version));
+    let (group, version) = applied.api_version.split_once('/').unwrap_or(("", &applied.api_version));
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &applied.kind));
     let shared = is_cluster_scoped(object);
     let (api, manager): (Api<DynamicObject>, String) = if shared {
-        (
-            Api::all_with(client.clone(), &resource),
-            format!("{FIELD_MANAGER}-{namespace}"),
-        )
+        (Api::all_with(client.clone(), &resource), format!("{FIELD_MANAGER}-{namespace}"))
     } else {
-        (
-            Api::namespaced_with(client.clone(), namespace, &resource),
-            FIELD_MANAGER.to_owned(),
-        )
+        (Api::namespaced_with(client.clone(), namespace, &resource), FIELD_MANAGER.to_owned())
     };
     let params = PatchParams::apply(&manager).force();
-    api.patch(&applied.name, &params, &Patch::Apply(object))
-        .await
-        .map_err(|source| KubeError::Apply {
-            object: format!("{}/{}", applied.kind, applied.name),
-            file: manifest.file.clone(),
-            namespace: if shared {
-                "(cluster-scoped)".to_owned()
-            } else {
-                namespace.to_owned()
-            },
-            source,
-        })?;
+    api.patch(&applied.name, &params, &Patch::Apply(object)).await.map_err(|source| KubeError::Apply {
+        object: format!("{}/{}", applied.kind, applied.name),
+        file: manifest.file.clone(),
+        namespace: if shared { "(cluster-scoped)".to_owned() } else { namespace.to_owned() },
+        source,
+    })?;
     if applied.kind == "CustomResourceDefinition" && group == "apiextensions.k8s.io" {
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         let established = await_condition(crds, &applied.name, conditions::is_crd_established());
@@ -485,10 +419,7 @@ async fn apply(
             Err(_) => Some("the readiness timeout passed first".to_owned()),
         };
         if let Some(problem) = problem {
-            return Err(KubeError::NotEstablished {
-                name: applied.name,
-                problem,
-            });
+            return Err(KubeError::NotEstablished { name: applied.name, problem });
         }
     }
     Ok(applied)
@@ -496,10 +427,7 @@ async fn apply(
 
 /// Render leaves `metadata.namespace` off exactly the cluster-scoped objects.
 fn is_cluster_scoped(object: &Value) -> bool {
-    object
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .is_none()
+    object.get("metadata").and_then(|m| m.get("namespace")).is_none()
 }
 
 /// Gives up the run's share of the cluster-scoped objects its namespace
@@ -509,69 +437,39 @@ fn is_cluster_scoped(object: &Value) -> bool {
 ///
 /// # Errors
 /// [`KubeError::Release`] when the cluster refuses.
-pub async fn release_shared(
-    client: &Client,
-    namespace: &Namespace,
-) -> Result<Vec<String>, KubeError> {
+pub async fn release_shared(client: &Client, namespace: &Namespace) -> Result<Vec<String>, KubeError> {
     let namespaces: Api<KubeNamespace> = Api::all(client.clone());
     let listed = match namespaces.get_opt(namespace.as_str()).await {
-        Ok(Some(found)) => found
-            .annotations()
-            .get(CLUSTER_OBJECTS_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
+        Ok(Some(found)) => found.annotations().get(CLUSTER_OBJECTS_ANNOTATION).cloned().unwrap_or_default(),
         Ok(None) => String::new(),
         Err(source) => {
-            return Err(KubeError::Release {
-                object: "the run's list".to_owned(),
-                namespace: namespace.to_string(),
-                source,
-            })
+            return Err(KubeError::Release { object: "the run's list".to_owned(), namespace: namespace.to_string(), source })
         }
     };
     let label = user_label(namespace);
     let mut deleted = Vec::new();
     for line in listed.lines() {
         let Some((api_version, rest)) = line.rsplit_once('/').and_then(|(head, name)| {
-            head.rsplit_once('/').map(|(api_version, kind)| {
-                (api_version.to_owned(), (kind.to_owned(), name.to_owned()))
-            })
+            head.rsplit_once('/').map(|(api_version, kind)| (api_version.to_owned(), (kind.to_owned(), name.to_owned())))
         }) else {
             continue;
         };
         let (kind, name) = rest;
-        let failed = |source| KubeError::Release {
-            object: format!("{kind}/{name}"),
-            namespace: namespace.to_string(),
-            source,
-        };
+        let failed = |source| KubeError::Release { object: format!("{kind}/{name}"), namespace: namespace.to_string(), source };
         let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let patch = json!({ "metadata": { "labels": { label.clone(): null } } });
-        let object = match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let object = match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(object) => object,
             Err(kube::Error::Api(status)) if status.is_not_found() => continue,
             Err(source) => return Err(failed(source)),
         };
-        if object
-            .labels()
-            .keys()
-            .any(|k| k.starts_with(USER_LABEL_PREFIX))
-        {
+        if object.labels().keys().any(|k| k.starts_with(USER_LABEL_PREFIX)) {
             continue;
         }
-        let precondition = kube::api::Preconditions {
-            resource_version: object.resource_version(),
-            uid: None,
-        };
-        let params = DeleteParams {
-            preconditions: Some(precondition),
-            ..DeleteParams::background()
-        };
+        let precondition = kube::api::Preconditions { resource_version: object.resource_version(), uid: None };
+        let params = DeleteParams { preconditions: Some(precondition), ..DeleteParams::background() };
         match api.delete(&name, &params).await {
             Ok(_) => deleted.push(format!("{kind}/{name}")),
             // Not found: released by another run; conflict: another run took it meanwhile.
@@ -592,15 +490,9 @@ pub async fn release_shared(
 /// [`KubeError::StillTerminating`] after [`DELETE_TIMEOUT`].
 pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(), KubeError> {
     let name = namespace.as_str();
-    let refused = |source| KubeError::DeleteNamespace {
-        namespace: name.to_owned(),
-        source,
-    };
+    let refused = |source| KubeError::DeleteNamespace { namespace: name.to_owned(), source };
     let pods: Api<Pod> = Api::namespaced(client.clone(), name);
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::background()
-    };
+    let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::background() };
     match pods.delete_collection(&now, &ListParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.is_not_found() => {}
@@ -613,20 +505,10 @@ pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(
         Err(source) => return Err(refused(source)),
     };
     let Some(uid) = uid else { return Ok(()) };
-    match tokio::time::timeout(
-        DELETE_TIMEOUT,
-        await_condition(api, name, conditions::is_deleted(&uid)),
-    )
-    .await
-    {
+    match tokio::time::timeout(DELETE_TIMEOUT, await_condition(api, name, conditions::is_deleted(&uid))).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(source)) => Err(KubeError::WatchDeletion {
-            namespace: name.to_owned(),
-            source,
-        }),
-        Err(_) => Err(KubeError::StillTerminating {
-            namespace: name.to_owned(),
-        }),
+        Ok(Err(source)) => Err(KubeError::WatchDeletion { namespace: name.to_owned(), source }),
+        Err(_) => Err(KubeError::StillTerminating { namespace: name.to_owned() }),
     }
 }
 
@@ -657,10 +539,7 @@ pub struct RunNamespace {
 pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeError> {
     let api: Api<KubeNamespace> = Api::all(client);
     let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
-    let listed = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| KubeError::ListNamespaces { source })?;
+    let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|source| KubeError::ListNamespaces { source })?;
     Ok(listed
         .items
         .into_iter()
@@ -692,18 +571,10 @@ pub async fn mark_kept(client: Client, namespace: &str, why: &str) -> Result<(),
     api.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
-        .map_err(|source| KubeError::MarkKept {
-            namespace: namespace.to_owned(),
-            source,
-        })
+        .map_err(|source| KubeError::MarkKept { namespace: namespace.to_owned(), source })
 }
 
-async fn apply_namespace(
-    client: &Client,
-    plan: &Plan,
-    images: Option<&str>,
-    shared: &[String],
-) -> Result<(), KubeError> {
+async fn apply_namespace(client: &Client, plan: &Plan, images: Option<&str>, shared: &[String]) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
     let labels = render::kube_labels(labels::for_run(plan));
     let mut annotations = labels.annotations;
@@ -719,16 +590,9 @@ async fn apply_namespace(
         "metadata": { "name": name, "labels": labels.labels, "annotations": annotations },
     });
     let api: Api<KubeNamespace> = Api::all(client.clone());
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| KubeError::Namespace {
-        namespace: name.to_owned(),
-        source,
-    })?;
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| KubeError::Namespace { namespace: name.to_owned(), source })?;
     Ok(())
 }
 

@@ -81,11 +81,7 @@ fn short_name(path: &str) -> String {
 
 /// The start of a digest's hex, as [`LAYERS_LABEL`] keeps it.
 pub fn short_digest(digest: &str) -> String {
-    digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(SHORT)
-        .collect()
+    digest.trim_start_matches("sha256:").chars().take(SHORT).collect()
 }
 
 /// What labels on a node's images say: entry names to short diff ids.
@@ -105,29 +101,19 @@ impl LayerMap {
     /// The label value for these pairs, or `None` when containerd would
     /// refuse it as too long.
     pub fn label(&self) -> Option<String> {
-        let value = self
-            .0
-            .iter()
-            .map(|(name, digest)| format!("{name}:{digest}"))
-            .collect::<Vec<_>>()
-            .join("+");
+        let value = self.0.iter().map(|(name, digest)| format!("{name}:{digest}")).collect::<Vec<_>>().join("+");
         (LAYERS_LABEL.len() + value.len() <= LABEL_LIMIT).then_some(value)
     }
 
     /// Adds every pair of `other`.
     pub fn extend(&mut self, other: &Self) {
-        self.0
-            .extend(other.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.0.extend(other.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// The entries a node can be spared: named here, with a diff id that is
     /// one of `layers` (the image's, full digests) and whose start is in
     /// `held` (the node's blobs, shortened).
-    pub fn held_entries(
-        &self,
-        layers: &[String],
-        held: &BTreeSet<String>,
-    ) -> BTreeMap<String, String> {
+    pub fn held_entries(&self, layers: &[String], held: &BTreeSet<String>) -> BTreeMap<String, String> {
         let wanted: BTreeSet<String> = layers.iter().map(|d| short_digest(d)).collect();
         self.0
             .iter()
@@ -152,12 +138,7 @@ pub struct Target {
 impl Target {
     /// A node that holds the entries `held`.
     pub fn new(tx: mpsc::Sender<Bytes>, held: BTreeMap<String, String>) -> Self {
-        Self {
-            tx,
-            held,
-            sent: 0,
-            open: true,
-        }
+        Self { tx, held, sent: 0, open: true }
     }
 }
 
@@ -174,10 +155,8 @@ pub struct Split {
 /// `layer`; a target whose import went away is closed (its own error reports
 /// why).
 async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
-    let mut takers: Vec<&mut Target> = targets
-        .iter_mut()
-        .filter(|t| t.open && layer.is_none_or(|name| !t.held.contains_key(name)))
-        .collect();
+    let mut takers: Vec<&mut Target> =
+        targets.iter_mut().filter(|t| t.open && layer.is_none_or(|name| !t.held.contains_key(name))).collect();
     let sent = futures::future::join_all(takers.iter().map(|t| t.tx.send(chunk.clone()))).await;
     for (target, result) in takers.iter_mut().zip(sent) {
         match result {
@@ -191,11 +170,7 @@ async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
 #[derive(Debug)]
 enum Entry {
     /// A layer, sent to the targets that lack it; padded to a block.
-    Layer {
-        name: String,
-        blob: String,
-        size: u64,
-    },
+    Layer { name: String, blob: String, size: u64 },
     /// Kept whole: the config or `manifest.json`.
     Json { path: String, bytes: Vec<u8> },
     /// A PAX or GNU header whose data names the next entry.
@@ -221,11 +196,7 @@ fn field(bytes: &[u8]) -> String {
 fn parse_size(bytes: &[u8]) -> Option<u64> {
     if bytes[0] & 0x80 != 0 {
         // Base-256, for sizes beyond the octal field.
-        return Some(
-            bytes[1..]
-                .iter()
-                .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
-        );
+        return Some(bytes[1..].iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)));
     }
     let text = field(bytes);
     let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
@@ -235,11 +206,7 @@ fn parse_size(bytes: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 8).ok()
 }
 
-fn parse_header(
-    block: &[u8],
-    long_name: Option<String>,
-    pax: &HashMap<String, String>,
-) -> Option<Header> {
+fn parse_header(block: &[u8], long_name: Option<String>, pax: &HashMap<String, String>) -> Option<Header> {
     let mut path = field(&block[..100]);
     // POSIX ustar (and PAX) only: GNU headers keep other fields there.
     if &block[257..263] == b"ustar\0" {
@@ -253,16 +220,8 @@ fn parse_header(
         Some(size) => size.parse().ok()?,
         None => parse_size(&block[124..136])?,
     };
-    let link = pax
-        .get("linkpath")
-        .cloned()
-        .unwrap_or_else(|| field(&block[157..257]));
-    Some(Header {
-        path: path.trim_start_matches("./").to_owned(),
-        size,
-        kind: block[156],
-        link,
-    })
+    let link = pax.get("linkpath").cloned().unwrap_or_else(|| field(&block[157..257]));
+    Some(Header { path: path.trim_start_matches("./").to_owned(), size, kind: block[156], link })
 }
 
 /// PAX records: `<length> <key>=<value>\n`.
@@ -329,19 +288,11 @@ struct ImageConfig {
 /// [`ArchiveError`] for a failing export, an archive that is not a
 /// docker-format archive of `image_id`, or a node whose layer label
 /// disagrees with the export.
-pub async fn split<S>(
-    source: S,
-    reference: &str,
-    image_id: &str,
-    targets: &mut [Target],
-) -> Result<Split, ArchiveError>
+pub async fn split<S>(source: S, reference: &str, image_id: &str, targets: &mut [Target]) -> Result<Split, ArchiveError>
 where
     S: Stream<Item = Result<Bytes, bollard::errors::Error>>,
 {
-    let format = |problem: String| ArchiveError::Format {
-        image_id: image_id.to_owned(),
-        problem,
-    };
+    let format = |problem: String| ArchiveError::Format { image_id: image_id.to_owned(), problem };
     futures::pin_mut!(source);
     let mut header_bytes: Vec<u8> = Vec::with_capacity(BLOCK);
     // What remains of the current entry's data, then of its padding.
@@ -358,18 +309,14 @@ where
         let mut chunk = chunk?;
         while !chunk.is_empty() && !ended {
             if data_left > 0 {
-                let take = chunk
-                    .len()
-                    .min(usize::try_from(data_left).unwrap_or(usize::MAX));
+                let take = chunk.len().min(usize::try_from(data_left).unwrap_or(usize::MAX));
                 let piece = chunk.split_to(take);
                 data_left -= take as u64;
                 match &mut entry {
                     Entry::Layer { name, .. } => send_to(targets, Some(name), &piece).await,
                     Entry::Json { bytes, .. } | Entry::Meta { bytes, .. } => {
                         if bytes.len() + take > JSON_LIMIT {
-                            return Err(format(format!(
-                                "an entry read whole is larger than {JSON_LIMIT} bytes"
-                            )));
+                            return Err(format(format!("an entry read whole is larger than {JSON_LIMIT} bytes")));
                         }
                         bytes.extend_from_slice(&piece);
                     }
@@ -402,12 +349,7 @@ where
             data_left = header.size;
             entry = classify(&header, &mut sizes, &mut links);
             if let Entry::Layer { name, blob, size } = &entry {
-                send_to(
-                    targets,
-                    Some(name),
-                    &tar_header(&format!("blobs/sha256/{blob}"), *size),
-                )
-                .await;
+                send_to(targets, Some(name), &tar_header(&format!("blobs/sha256/{blob}"), *size)).await;
             }
             if data_left == 0 {
                 finish_entry(&mut entry, targets, &mut jsons, &mut long_name, &mut pax).await;
@@ -415,9 +357,7 @@ where
         }
     }
     if !ended {
-        return Err(format(
-            "the archive ends before its end-of-archive blocks".to_owned(),
-        ));
+        return Err(format("the archive ends before its end-of-archive blocks".to_owned()));
     }
     let image = read_image(image_id, &jsons, &sizes, &links).map_err(format)?;
     let mut layers = LayerMap::default();
@@ -437,26 +377,14 @@ where
     }
     let tail = oci_tail(reference, &image.config, &image.manifest);
     send_to(targets, None, &tail).await;
-    Ok(Split {
-        layers,
-        diff_ids: image.diff_ids,
-    })
+    Ok(Split { layers, diff_ids: image.diff_ids })
 }
 
 /// Classifies the entry that `header` starts, noting layer sizes and links.
-fn classify(
-    header: &Header,
-    sizes: &mut HashMap<String, u64>,
-    links: &mut HashMap<String, String>,
-) -> Entry {
+fn classify(header: &Header, sizes: &mut HashMap<String, u64>, links: &mut HashMap<String, String>) -> Entry {
     let path = header.path.as_str();
     match header.kind {
-        b'x' | b'L' => {
-            return Entry::Meta {
-                kind: header.kind,
-                bytes: Vec::new(),
-            }
-        }
+        b'x' | b'L' => return Entry::Meta { kind: header.kind, bytes: Vec::new() },
         // An identical layer saved twice is a link to the first copy.
         b'1' | b'2' if path.ends_with(".tar") => {
             let target = if header.kind == b'2' {
@@ -472,24 +400,12 @@ fn classify(
         _ => return Entry::Skip,
     }
     if path == "manifest.json" || (!path.contains('/') && path.ends_with(".json")) {
-        return Entry::Json {
-            path: path.to_owned(),
-            bytes: Vec::new(),
-        };
+        return Entry::Json { path: path.to_owned(), bytes: Vec::new() };
     }
     if path.ends_with(".tar") {
         sizes.insert(path.to_owned(), header.size);
-        let blob = path
-            .split('/')
-            .next()
-            .unwrap_or(path)
-            .trim_end_matches(".tar")
-            .to_owned();
-        return Entry::Layer {
-            name: short_name(path),
-            blob,
-            size: header.size,
-        };
+        let blob = path.split('/').next().unwrap_or(path).trim_end_matches(".tar").to_owned();
+        return Entry::Layer { name: short_name(path), blob, size: header.size };
     }
     Entry::Skip
 }
@@ -553,36 +469,25 @@ fn read_image(
     sizes: &HashMap<String, u64>,
     links: &HashMap<String, String>,
 ) -> Result<SavedImage, String> {
-    let saved = jsons
-        .get("manifest.json")
-        .ok_or("it has no manifest.json")?;
-    let saved: Vec<SavedManifest> = serde_json::from_slice(saved)
-        .map_err(|e| format!("its manifest.json is unreadable: {e}"))?;
-    let [saved] = <[SavedManifest; 1]>::try_from(saved)
-        .map_err(|all| format!("it holds {} images, not one", all.len()))?;
-    let config = jsons
-        .get(&saved.config)
-        .ok_or_else(|| format!("it lacks the config `{}`", saved.config))?;
+    let saved = jsons.get("manifest.json").ok_or("it has no manifest.json")?;
+    let saved: Vec<SavedManifest> =
+        serde_json::from_slice(saved).map_err(|e| format!("its manifest.json is unreadable: {e}"))?;
+    let [saved] =
+        <[SavedManifest; 1]>::try_from(saved).map_err(|all| format!("it holds {} images, not one", all.len()))?;
+    let config = jsons.get(&saved.config).ok_or_else(|| format!("it lacks the config `{}`", saved.config))?;
     let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(config)));
     if config_digest != image_id {
         return Err(format!("its config has digest {config_digest}"));
     }
-    let parsed: ImageConfig =
-        serde_json::from_slice(config).map_err(|e| format!("its config is unreadable: {e}"))?;
+    let parsed: ImageConfig = serde_json::from_slice(config).map_err(|e| format!("its config is unreadable: {e}"))?;
     let diff_ids = parsed.rootfs.diff_ids;
     if diff_ids.len() != saved.layers.len() {
-        return Err(format!(
-            "its manifest lists {} layers, its config {}",
-            saved.layers.len(),
-            diff_ids.len()
-        ));
+        return Err(format!("its manifest lists {} layers, its config {}", saved.layers.len(), diff_ids.len()));
     }
     let mut layers = Vec::new();
     for (path, digest) in saved.layers.iter().zip(&diff_ids) {
         let stored = links.get(path).unwrap_or(path);
-        let size = sizes
-            .get(stored)
-            .ok_or_else(|| format!("it lacks the layer `{path}`"))?;
+        let size = sizes.get(stored).ok_or_else(|| format!("it lacks the layer `{path}`"))?;
         layers.push(serde_json::json!({ "mediaType": LAYER_TYPE, "digest": digest, "size": size }));
     }
     let manifest = serde_json::json!({
@@ -592,12 +497,7 @@ fn read_image(
         "layers": layers,
     });
     let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    Ok(SavedImage {
-        manifest,
-        paths: saved.layers,
-        config: config.clone(),
-        diff_ids,
-    })
+    Ok(SavedImage { manifest, paths: saved.layers, config: config.clone(), diff_ids })
 }
 
 /// The end of every node's archive: config, manifest, layout marker,
@@ -616,10 +516,7 @@ fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes {
     let mut out = Vec::new();
     out.extend_from_slice(&tar_file(&blob(config), config));
     out.extend_from_slice(&tar_file(&blob(manifest), manifest));
-    out.extend_from_slice(&tar_file(
-        "oci-layout",
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    ));
+    out.extend_from_slice(&tar_file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#));
     out.extend_from_slice(&tar_file("index.json", index.to_string().as_bytes()));
     out.resize(out.len() + 2 * BLOCK, 0);
     Bytes::from(out)
@@ -632,10 +529,8 @@ mod tests {
     /// A docker-format archive as Docker 20.10 writes it: layers in
     /// directories named by v1 id, the config, `manifest.json`.
     fn saved(layers: &[(&str, Vec<u8>)]) -> (Vec<u8>, String, Vec<String>) {
-        let diff_ids: Vec<String> = layers
-            .iter()
-            .map(|(_, bytes)| format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
-            .collect();
+        let diff_ids: Vec<String> =
+            layers.iter().map(|(_, bytes)| format!("sha256:{}", hex::encode(Sha256::digest(bytes)))).collect();
         let config = serde_json::json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": diff_ids } });
         let config = config.to_string().into_bytes();
         let image_hex = hex::encode(Sha256::digest(&config));
@@ -650,15 +545,10 @@ mod tests {
             })
             .collect();
         entries.push((format!("{image_hex}.json"), config));
-        let paths: Vec<String> = layers
-            .iter()
-            .map(|(dir, _)| format!("{dir}/layer.tar"))
-            .collect();
-        let manifest = serde_json::json!([{ "Config": format!("{image_hex}.json"), "RepoTags": ["x:1"], "Layers": paths }]);
-        entries.push((
-            "manifest.json".to_owned(),
-            manifest.to_string().into_bytes(),
-        ));
+        let paths: Vec<String> = layers.iter().map(|(dir, _)| format!("{dir}/layer.tar")).collect();
+        let manifest =
+            serde_json::json!([{ "Config": format!("{image_hex}.json"), "RepoTags": ["x:1"], "Layers": paths }]);
+        entries.push(("manifest.json".to_owned(), manifest.to_string().into_bytes()));
         entries.sort();
         let mut archive = tar::Builder::new(Vec::new());
         for (path, bytes) in entries {
@@ -666,15 +556,9 @@ mod tests {
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            archive
-                .append_data(&mut header, path, bytes.as_slice())
-                .expect("append");
+            archive.append_data(&mut header, path, bytes.as_slice()).expect("append");
         }
-        (
-            archive.into_inner().expect("archive"),
-            format!("sha256:{image_hex}"),
-            diff_ids,
-        )
+        (archive.into_inner().expect("archive"), format!("sha256:{image_hex}"), diff_ids)
     }
 
     /// Feeds `archive` in chunks of `chunk` bytes to targets holding `held`;
@@ -732,19 +616,11 @@ mod tests {
     async fn a_node_gets_only_the_layers_it_does_not_hold_and_a_manifest_naming_all() {
         let base = vec![7u8; 5000];
         let top = b"changed top".to_vec();
-        let (archive, image_id, diff_ids) = saved(&[
-            ("aaaa1111aaaa1111aaaa", base.clone()),
-            ("bbbb2222bbbb2222bbbb", top.clone()),
-        ]);
+        let (archive, image_id, diff_ids) =
+            saved(&[("aaaa1111aaaa1111aaaa", base.clone()), ("bbbb2222bbbb2222bbbb", top.clone())]);
         let held = BTreeMap::from([("aaaa1111aaaa1111".to_owned(), short_digest(&diff_ids[0]))]);
         for chunk in [1, 7, 512, 100_000] {
-            let (got, sent, result) = run(
-                &archive,
-                &image_id,
-                chunk,
-                vec![held.clone(), BTreeMap::new()],
-            )
-            .await;
+            let (got, sent, result) = run(&archive, &image_id, chunk, vec![held.clone(), BTreeMap::new()]).await;
             let split = result.expect("split");
             assert_eq!(split.diff_ids, diff_ids);
             assert_eq!(
@@ -757,36 +633,18 @@ mod tests {
             );
             let warm = names(&got[0]);
             let cold = names(&got[1]);
-            assert!(
-                warm.iter().all(|(_, bytes)| bytes != &base),
-                "chunk {chunk}: the held layer was sent"
-            );
+            assert!(warm.iter().all(|(_, bytes)| bytes != &base), "chunk {chunk}: the held layer was sent");
             assert!(warm.iter().any(|(_, bytes)| bytes == &top));
-            assert!(
-                cold.iter().any(|(_, bytes)| bytes == &base)
-                    && cold.iter().any(|(_, bytes)| bytes == &top)
-            );
+            assert!(cold.iter().any(|(_, bytes)| bytes == &base) && cold.iter().any(|(_, bytes)| bytes == &top));
             assert_eq!(sent[0], got[0].len() as u64);
             // The warm node is spared exactly the base layer's entry: header, data, padding.
             assert_eq!(sent[1] - sent[0], 512 + 5120, "{sent:?}");
-            let index = warm
-                .iter()
-                .find(|(p, _)| p == "index.json")
-                .expect("index.json");
+            let index = warm.iter().find(|(p, _)| p == "index.json").expect("index.json");
             let index: serde_json::Value = serde_json::from_slice(&index.1).expect("json");
-            assert_eq!(
-                index["manifests"][0]["annotations"]["io.containerd.image.name"],
-                "localhost/x:1"
-            );
-            let manifest_digest = index["manifests"][0]["digest"]
-                .as_str()
-                .expect("digest")
-                .trim_start_matches("sha256:")
-                .to_owned();
-            let manifest = warm
-                .iter()
-                .find(|(p, _)| p.ends_with(&manifest_digest))
-                .expect("manifest blob");
+            assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "localhost/x:1");
+            let manifest_digest =
+                index["manifests"][0]["digest"].as_str().expect("digest").trim_start_matches("sha256:").to_owned();
+            let manifest = warm.iter().find(|(p, _)| p.ends_with(&manifest_digest)).expect("manifest blob");
             let manifest: serde_json::Value = serde_json::from_slice(&manifest.1).expect("json");
             assert_eq!(manifest["config"]["digest"], image_id.as_str());
             assert_eq!(manifest["layers"][0]["digest"], diff_ids[0].as_str());
@@ -800,10 +658,7 @@ mod tests {
         let (archive, image_id, _) = saved(&[("aaaa1111aaaa1111aaaa", vec![1u8; 600])]);
         let held = BTreeMap::from([("aaaa1111aaaa1111".to_owned(), "0123456789abcdef".to_owned())]);
         let (_, _, result) = run(&archive, &image_id, 4096, vec![held]).await;
-        assert!(
-            matches!(result, Err(ArchiveError::Mislabelled { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(ArchiveError::Mislabelled { .. })), "{result:?}");
     }
 
     #[tokio::test]
@@ -815,10 +670,7 @@ mod tests {
             "{result:?}"
         );
         let (_, _, result) = run(&archive[..1536], &image_id, 4096, vec![BTreeMap::new()]).await;
-        assert!(
-            matches!(&result, Err(ArchiveError::Format { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(&result, Err(ArchiveError::Format { .. })), "{result:?}");
     }
 
     #[test]
@@ -829,17 +681,9 @@ mod tests {
         let image = ["sha256:1111ffff".to_owned(), "sha256:2222ffff".to_owned()];
         // Short digests are SHORT hex digits; these test the matching only.
         let spared = map.held_entries(&image.map(|d| d.replace("ffff", "")), &held);
-        assert_eq!(
-            spared,
-            BTreeMap::from([("aaaa".to_owned(), "1111".to_owned())])
-        );
+        assert_eq!(spared, BTreeMap::from([("aaaa".to_owned(), "1111".to_owned())]));
         let mut long = LayerMap::default();
-        long.add_label(
-            &(0..200)
-                .map(|i| format!("{i:016}:{i:016}"))
-                .collect::<Vec<_>>()
-                .join("+"),
-        );
+        long.add_label(&(0..200).map(|i| format!("{i:016}:{i:016}")).collect::<Vec<_>>().join("+"));
         assert_eq!(long.label(), None);
     }
 }

@@ -288,11 +288,7 @@ pub enum ContainerdError {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn load(
-    docker: &Docker,
-    nodes: &[Node],
-    images: &[LoadImage],
-) -> Result<LoadReport, ContainerdError> {
+pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Result<LoadReport, ContainerdError> {
     for node in nodes {
         check_reachable(node).await?;
     }
@@ -302,9 +298,7 @@ pub async fn load(
     }
     let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
         let started = Instant::now();
-        list_images(docker, node)
-            .await
-            .map(|rows| (rows, started.elapsed()))
+        list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
     }))
     .await?;
     // Which layer entries of an export are which layers, from every node's labels.
@@ -342,63 +336,37 @@ pub async fn load(
     }
     // `ctr images tag` copies the source's labels: the image id and layer
     // map come along, so a tagged image needs no labelling.
-    let tagged = futures::future::try_join_all(tags.into_iter().map(
-        |(n, wanted, source, checked_in)| async move {
-            let started = Instant::now();
-            let reference = wanted.image.to_string();
-            ctr(
-                docker,
-                &nodes[n],
-                &["images", "tag", "--force", source, &reference],
-            )
-            .await?;
-            Ok::<_, ContainerdError>(NodeOutcome {
-                node: nodes[n].name(),
-                image: wanted.image.clone(),
-                action: Action::Tagged,
-                elapsed: checked_in + started.elapsed(),
-                sent: 0,
-            })
-        },
-    ))
+    let tagged = futures::future::try_join_all(tags.into_iter().map(|(n, wanted, source, checked_in)| async move {
+        let started = Instant::now();
+        let reference = wanted.image.to_string();
+        ctr(docker, &nodes[n], &["images", "tag", "--force", source, &reference]).await?;
+        Ok::<_, ContainerdError>(NodeOutcome {
+            node: nodes[n].name(),
+            image: wanted.image.clone(),
+            action: Action::Tagged,
+            elapsed: checked_in + started.elapsed(),
+            sent: 0,
+        })
+    }))
     .await?;
     outcomes.extend(tagged);
 
-    for (i, ((wanted, engine_image), targets)) in
-        images.iter().zip(&engine_images).zip(streams).enumerate()
-    {
+    for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
         if targets.is_empty() {
             continue;
         }
-        let unlisted: Vec<usize> = targets
-            .iter()
-            .copied()
-            .filter(|n| !held.contains_key(n))
-            .collect();
-        let listed = futures::future::try_join_all(
-            unlisted.iter().map(|&n| list_content(docker, &nodes[n])),
-        )
-        .await?;
+        let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
+        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(docker, &nodes[n]))).await?;
         held.extend(unlisted.into_iter().zip(listed));
         let shares: Vec<(&Node, BTreeMap<String, String>)> = targets
             .iter()
-            .map(|n| {
-                (
-                    &nodes[*n],
-                    known.held_entries(
-                        &engine_image.layers,
-                        held.get(n).unwrap_or(&BTreeSet::new()),
-                    ),
-                )
-            })
+            .map(|n| (&nodes[*n], known.held_entries(&engine_image.layers, held.get(n).unwrap_or(&BTreeSet::new()))))
             .collect();
         let (split, streamed) = stream_into(docker, wanted, engine_image.size, shares).await?;
         let label = split.layers.label();
         known.extend(&split.layers);
         for (n, (elapsed, sent)) in targets.into_iter().zip(streamed) {
-            held.entry(n)
-                .or_default()
-                .extend(split.diff_ids.iter().map(|d| archive::short_digest(d)));
+            held.entry(n).or_default().extend(split.diff_ids.iter().map(|d| archive::short_digest(d)));
             labels.insert((n, i), loaded_labels(wanted, label.clone()));
             outcomes.push(NodeOutcome {
                 node: nodes[n].name(),
@@ -419,10 +387,7 @@ pub async fn load(
         label_and_verify(docker, node, images, to_label)
     }))
     .await?;
-    Ok(LoadReport {
-        nodes: nodes.to_vec(),
-        outcomes,
-    })
+    Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
 }
 
 /// The labels an image loaded on a node gets: its engine id and, when
@@ -439,11 +404,7 @@ fn loaded_labels(wanted: &LoadImage, layers: Option<String>) -> Vec<String> {
 /// [`ContainerdError::Exec`] or [`ContainerdError::CommandFailed`] when
 /// `ctr` cannot list them (containerd not answering yet, for instance).
 pub async fn node_images(docker: &Docker, node: &Node) -> Result<Vec<String>, ContainerdError> {
-    Ok(list_images(docker, node)
-        .await?
-        .into_iter()
-        .map(|row| row.name)
-        .collect())
+    Ok(list_images(docker, node).await?.into_iter().map(|row| row.name).collect())
 }
 
 /// Removes every reference of the run whose tag is `tag` from `node`, and
@@ -453,11 +414,7 @@ pub async fn node_images(docker: &Docker, node: &Node) -> Result<Vec<String>, Co
 ///
 /// # Errors
 /// [`ContainerdError`] when `ctr` fails.
-pub async fn remove_tagged(
-    docker: &Docker,
-    node: &Node,
-    tag: &Tag,
-) -> Result<Vec<String>, ContainerdError> {
+pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Vec<String>, ContainerdError> {
     check_reachable(node).await?;
     let suffix = format!(":{tag}");
     let mut removed = Vec::new();
@@ -467,29 +424,10 @@ pub async fn remove_tagged(
         };
         if let Some(image_id) = row.labels.get(IMAGE_ID_LABEL) {
             let cache = format!("{repository}:{CACHE_TAG}");
-            ctr(
-                docker,
-                node,
-                &["images", "tag", "--force", &row.name, &cache],
-            )
-            .await?;
-            let mut args = vec![
-                "images".to_owned(),
-                "label".to_owned(),
-                cache,
-                format!("{IMAGE_ID_LABEL}={image_id}"),
-            ];
-            args.extend(
-                row.labels
-                    .get(LAYERS_LABEL)
-                    .map(|value| format!("{LAYERS_LABEL}={value}")),
-            );
-            ctr(
-                docker,
-                node,
-                &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await?;
+            ctr(docker, node, &["images", "tag", "--force", &row.name, &cache]).await?;
+            let mut args = vec!["images".to_owned(), "label".to_owned(), cache, format!("{IMAGE_ID_LABEL}={image_id}")];
+            args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
+            ctr(docker, node, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         }
         ctr(docker, node, &["images", "rm", &row.name]).await?;
         removed.push(row.name);
@@ -508,10 +446,7 @@ async fn check_reachable(node: &Node) -> Result<(), ContainerdError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             Err(ContainerdError::NoSocket { path: path.clone() })
         }
-        Err(source) => Err(ContainerdError::Socket {
-            path: path.clone(),
-            source,
-        }),
+        Err(source) => Err(ContainerdError::Socket { path: path.clone(), source }),
     }
 }
 
@@ -523,17 +458,11 @@ struct EngineImage {
     size: u64,
 }
 
-async fn check_engine_image(
-    docker: &Docker,
-    wanted: &LoadImage,
-) -> Result<EngineImage, ContainerdError> {
+async fn check_engine_image(docker: &Docker, wanted: &LoadImage) -> Result<EngineImage, ContainerdError> {
     let inspect = docker
         .inspect_image(&wanted.image.to_string())
         .await
-        .map_err(|source| ContainerdError::InspectImage {
-            image: wanted.image.clone(),
-            source,
-        })?;
+        .map_err(|source| ContainerdError::InspectImage { image: wanted.image.clone(), source })?;
     let found = inspect.id.unwrap_or_default();
     if found != wanted.image_id {
         return Err(ContainerdError::ImageChanged {
@@ -544,10 +473,7 @@ async fn check_engine_image(
     }
     Ok(EngineImage {
         layers: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
-        size: inspect
-            .size
-            .and_then(|s| u64::try_from(s).ok())
-            .unwrap_or_default(),
+        size: inspect.size.and_then(|s| u64::try_from(s).ok()).unwrap_or_default(),
     })
 }
 
@@ -585,15 +511,11 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
 /// Another reference on the node to the very image wanted (same engine id),
 /// e.g. an earlier run's tag of an unchanged build.
 fn same_image<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Option<&'r Listed> {
-    rows.iter().find(|row| {
-        !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id)
-    })
+    rows.iter().find(|row| !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
 }
 
 fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
-    rows.iter().any(|row| {
-        wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id)
-    })
+    rows.iter().any(|row| wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
 }
 
 async fn list_images(docker: &Docker, node: &Node) -> Result<Vec<Listed>, ContainerdError> {
@@ -603,12 +525,7 @@ async fn list_images(docker: &Docker, node: &Node) -> Result<Vec<Listed>, Contai
 /// The blobs in `node`'s content store, as short digests.
 async fn list_content(docker: &Docker, node: &Node) -> Result<BTreeSet<String>, ContainerdError> {
     let stdout = ctr(docker, node, &["content", "ls", "--quiet"]).await?;
-    Ok(stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(archive::short_digest)
-        .collect())
+    Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(archive::short_digest).collect())
 }
 
 /// Exports `wanted` once and streams into an import on every node of
@@ -631,29 +548,14 @@ async fn stream_into(
         targets.push(Target::new(tx, held));
         let reference = reference.as_str();
         imports.push(async move {
-            let input = Input {
-                chunks: rx,
-                image: reference,
-            };
-            let imported = run(
-                docker,
-                node,
-                &["images", "import", "--snapshotter=overlayfs", "-"],
-                Some(input),
-                limit,
-            )
-            .await;
+            let input = Input { chunks: rx, image: reference };
+            let imported =
+                run(docker, node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
             (imported, started.elapsed())
         });
     }
     let splitting = async {
-        let split = archive::split(
-            docker.export_image(&reference),
-            &reference,
-            &wanted.image_id,
-            &mut targets,
-        )
-        .await;
+        let split = archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await;
         let sent: Vec<u64> = targets.iter().map(|t| t.sent).collect();
         // Closing the channels is the end of every import's input.
         drop(targets);
@@ -661,10 +563,7 @@ async fn stream_into(
     };
     let ((split, sent), imported) = tokio::join!(splitting, futures::future::join_all(imports));
     // A failed export truncates every import: its error is the cause to report.
-    let split = split.map_err(|source| ContainerdError::Export {
-        image: wanted.image.clone(),
-        source,
-    })?;
+    let split = split.map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source })?;
     let mut streamed = Vec::new();
     for ((result, elapsed), sent) in imported.into_iter().zip(sent) {
         result?;
@@ -691,10 +590,8 @@ async fn label_and_verify(
             });
         };
         if let Some((_, labels)) = to_label.iter().find(|(w, _)| *w == wanted) {
-            let args: Vec<&str> = ["images", "label", row.name.as_str()]
-                .into_iter()
-                .chain(labels.iter().map(String::as_str))
-                .collect();
+            let args: Vec<&str> =
+                ["images", "label", row.name.as_str()].into_iter().chain(labels.iter().map(String::as_str)).collect();
             ctr(docker, node, &args).await?;
         }
     }
@@ -732,22 +629,17 @@ async fn run(
     let running = async {
         match node {
             Node::Container { name, .. } => {
-                let argv: Vec<&str> = ["ctr", NAMESPACE_ARG]
-                    .into_iter()
-                    .chain(args.iter().copied())
-                    .collect();
+                let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
                 exec(docker, node, name, &argv, &command, stdin).await
             }
             Node::Socket { path } => local_ctr(node, path, args, &command, stdin).await,
         }
     };
-    tokio::time::timeout(limit, running)
-        .await
-        .map_err(|_| ContainerdError::Timeout {
-            node: node.to_string(),
-            command: command.clone(),
-            limit,
-        })?
+    tokio::time::timeout(limit, running).await.map_err(|_| ContainerdError::Timeout {
+        node: node.to_string(),
+        command: command.clone(),
+        limit,
+    })?
 }
 
 /// `ctr -a <socket>` as a child process of this one.
@@ -764,19 +656,12 @@ async fn local_ctr(
         .arg(socket)
         .arg(NAMESPACE_ARG)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| ContainerdError::Ctr {
-            path: socket.to_owned(),
-            source,
-        })?;
+        .map_err(|source| ContainerdError::Ctr { path: socket.to_owned(), source })?;
     let input = child.stdin.take();
     let feed = async move {
         if let (Some(mut rx), Some(mut input)) = (stdin, input) {
@@ -788,15 +673,8 @@ async fn local_ctr(
         Ok::<_, std::io::Error>(())
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (fed, stdout, stderr) = tokio::join!(
-        feed,
-        read_tail(stdout, STDOUT_KEPT),
-        read_tail(stderr, STDERR_KEPT)
-    );
-    let status = child.wait().await.map_err(|source| ContainerdError::Ctr {
-        path: socket.to_owned(),
-        source,
-    })?;
+    let (fed, stdout, stderr) = tokio::join!(feed, read_tail(stdout, STDOUT_KEPT), read_tail(stderr, STDERR_KEPT));
+    let status = child.wait().await.map_err(|source| ContainerdError::Ctr { path: socket.to_owned(), source })?;
     if !status.success() {
         return Err(ContainerdError::CommandFailed {
             node: node.to_string(),
@@ -805,11 +683,7 @@ async fn local_ctr(
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         });
     }
-    fed.map_err(|source| ContainerdError::Stdin {
-        node: node.to_string(),
-        command,
-        source,
-    })?;
+    fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
@@ -840,11 +714,7 @@ async fn exec(
     stdin: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<String, ContainerdError> {
     let command = command.to_owned();
-    let exec_error = |source| ContainerdError::Exec {
-        node: node.to_string(),
-        command: command.clone(),
-        source,
-    };
+    let exec_error = |source| ContainerdError::Exec { node: node.to_string(), command: command.clone(), source };
     let options = CreateExecOptions {
         cmd: Some(args.to_vec()),
         attach_stdin: Some(stdin.is_some()),
@@ -852,15 +722,8 @@ async fn exec(
         attach_stderr: Some(true),
         ..Default::default()
     };
-    let exec = docker
-        .create_exec(container, options)
-        .await
-        .map_err(exec_error)?;
-    let (mut output, mut input) = match docker
-        .start_exec(&exec.id, None)
-        .await
-        .map_err(exec_error)?
-    {
+    let exec = docker.create_exec(container, options).await.map_err(exec_error)?;
+    let (mut output, mut input) = match docker.start_exec(&exec.id, None).await.map_err(exec_error)? {
         StartExecResults::Attached { output, input } => (output, input),
         StartExecResults::Detached => {
             return Err(ContainerdError::CommandFailed {
@@ -902,11 +765,7 @@ async fn exec(
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         });
     }
-    fed.map_err(|source| ContainerdError::Stdin {
-        node: node.to_string(),
-        command,
-        source,
-    })?;
+    fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
@@ -956,17 +815,8 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
         let rows = parse_listing(LISTING);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].name, "localhost/api:notification-1a2b3c4d");
-        assert_eq!(
-            rows[0].labels.get(IMAGE_ID_LABEL).map(String::as_str),
-            Some("sha256:bb22")
-        );
-        assert_eq!(
-            rows[0]
-                .labels
-                .get("io.cri-containerd.image")
-                .map(String::as_str),
-            Some("managed")
-        );
+        assert_eq!(rows[0].labels.get(IMAGE_ID_LABEL).map(String::as_str), Some("sha256:bb22"));
+        assert_eq!(rows[0].labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
         assert_eq!(rows[1].name, "docker.io/library/postgres:16");
         assert!(rows[1].labels.is_empty());
     }
@@ -975,27 +825,12 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
     fn a_node_holds_an_image_only_under_the_reference_with_the_same_id() {
         let rows = parse_listing(LISTING);
         let postgres = ImageRef::borrowed("postgres:16").expect("ref");
-        let labelled = LoadImage {
-            image: postgres.clone(),
-            image_id: "sha256:cc33".to_owned(),
-        };
+        let labelled = LoadImage { image: postgres.clone(), image_id: "sha256:cc33".to_owned() };
         // Listed, but never labelled by a load: its content is unknown.
         assert!(!holds(&rows, &labelled));
         let api = ImageRef::borrowed("localhost/api:notification-1a2b3c4d").expect("ref");
-        assert!(holds(
-            &rows,
-            &LoadImage {
-                image: api.clone(),
-                image_id: "sha256:bb22".to_owned()
-            }
-        ));
-        assert!(!holds(
-            &rows,
-            &LoadImage {
-                image: api,
-                image_id: "sha256:other".to_owned()
-            }
-        ));
+        assert!(holds(&rows, &LoadImage { image: api.clone(), image_id: "sha256:bb22".to_owned() }));
+        assert!(!holds(&rows, &LoadImage { image: api, image_id: "sha256:other".to_owned() }));
     }
 
     #[test]

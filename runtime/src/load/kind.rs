@@ -57,11 +57,7 @@ pub enum KindError {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn load(
-    docker: &Docker,
-    cluster: &str,
-    images: &[LoadImage],
-) -> Result<LoadReport, KindError> {
+pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Result<LoadReport, KindError> {
     let nodes = nodes(docker, cluster).await?;
     Ok(containerd::load(docker, &nodes, images).await?)
 }
@@ -80,38 +76,21 @@ pub async fn nodes(docker: &Docker, cluster: &str) -> Result<Vec<Node>, KindErro
         docker
             .list_containers(Some(options))
             .await
-            .map_err(|source| KindError::ListNodes {
-                cluster: cluster.to_owned(),
-                source,
-            })
+            .map_err(|source| KindError::ListNodes { cluster: cluster.to_owned(), source })
     };
     let mut nodes: Vec<Node> = list(format!("{CLUSTER_LABEL}={cluster}"))
         .await?
         .into_iter()
         .filter_map(|c| {
-            let name = c
-                .names?
-                .into_iter()
-                .next()?
-                .trim_start_matches('/')
-                .to_owned();
-            let role = c
-                .labels
-                .and_then(|mut l| l.remove(ROLE_LABEL))
-                .unwrap_or_default();
+            let name = c.names?.into_iter().next()?.trim_start_matches('/').to_owned();
+            let role = c.labels.and_then(|mut l| l.remove(ROLE_LABEL)).unwrap_or_default();
             Some(Node::Container { name, role })
         })
         .collect();
     if nodes.is_empty() {
-        let present: BTreeSet<String> = list(CLUSTER_LABEL.to_owned())
-            .await?
-            .into_iter()
-            .filter_map(|c| c.labels?.remove(CLUSTER_LABEL))
-            .collect();
-        return Err(KindError::NoNodes {
-            cluster: cluster.to_owned(),
-            present: present.into_iter().collect(),
-        });
+        let present: BTreeSet<String> =
+            list(CLUSTER_LABEL.to_owned()).await?.into_iter().filter_map(|c| c.labels?.remove(CLUSTER_LABEL)).collect();
+        return Err(KindError::NoNodes { cluster: cluster.to_owned(), present: present.into_iter().collect() });
     }
     nodes.sort();
     Ok(nodes)
@@ -122,9 +101,6 @@ pub async fn nodes(docker: &Docker, cluster: &str) -> Result<Vec<Node>, KindErro
 /// # Errors
 /// As [`containerd::node_images`].
 pub async fn node_images(docker: &Docker, node: &str) -> Result<Vec<String>, ContainerdError> {
-    let node = Node::Container {
-        name: node.to_owned(),
-        role: String::new(),
-    };
+    let node = Node::Container { name: node.to_owned(), role: String::new() };
     containerd::node_images(docker, &node).await
 }

@@ -67,34 +67,18 @@ pub async fn push_all(
     registry_auth: Option<DockerCredentials>,
 ) -> Result<Vec<Pushed>, LoadError> {
     let mut pushed = Vec::new();
-    for component in plan
-        .components()
-        .iter()
-        .filter(|c| c.origin == Origin::Built)
-    {
+    for component in plan.components().iter().filter(|c| c.origin == Origin::Built) {
         pushed.push(push_one(docker, &component.image, registry_auth.clone()).await?);
     }
     Ok(pushed)
 }
 
-async fn push_one(
-    docker: &Docker,
-    image: &ImageRef,
-    auth: Option<DockerCredentials>,
-) -> Result<Pushed, LoadError> {
+async fn push_one(docker: &Docker, image: &ImageRef, auth: Option<DockerCredentials>) -> Result<Pushed, LoadError> {
     if image.registry() == "localhost" {
-        return Err(LoadError::NoRegistry {
-            image: image.clone(),
-        });
+        return Err(LoadError::NoRegistry { image: image.clone() });
     }
-    let push_error = |source| LoadError::Push {
-        image: image.clone(),
-        registry: image.registry().to_owned(),
-        source,
-    };
-    let options = PushImageOptionsBuilder::new()
-        .tag(image.tag().unwrap_or("latest"))
-        .build();
+    let push_error = |source| LoadError::Push { image: image.clone(), registry: image.registry().to_owned(), source };
+    let options = PushImageOptionsBuilder::new().tag(image.tag().unwrap_or("latest")).build();
     let mut progress = docker.push_image(&image.name(), Some(options), auth);
     let mut digest = None;
     while let Some(item) = progress.next().await {
@@ -102,21 +86,12 @@ async fn push_one(
         if let Some(status) = info.status {
             tracing::debug!(target: "e2e_infra::load", %image, "{status}");
             // The engine's last status line: `<tag>: digest: sha256:... size: N`.
-            if let Some(found) = status
-                .split_whitespace()
-                .skip_while(|w| *w != "digest:")
-                .nth(1)
-            {
+            if let Some(found) = status.split_whitespace().skip_while(|w| *w != "digest:").nth(1) {
                 digest = Some(found.to_owned());
             }
         }
     }
-    let digest = digest.ok_or_else(|| LoadError::NoDigest {
-        image: image.clone(),
-    })?;
+    let digest = digest.ok_or_else(|| LoadError::NoDigest { image: image.clone() })?;
     tracing::info!(target: "e2e_infra::load", %image, %digest, "pushed");
-    Ok(Pushed {
-        image: image.clone(),
-        digest,
-    })
+    Ok(Pushed { image: image.clone(), digest })
 }

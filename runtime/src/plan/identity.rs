@@ -24,20 +24,12 @@ impl Host {
     /// This process's host and PID namespace, if `/proc` tells both.
     pub fn current() -> Option<Self> {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let boot: String = boot
-            .trim()
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .collect();
+        let boot: String = boot.trim().chars().filter(char::is_ascii_hexdigit).collect();
         let boot = u128::from_str_radix(&boot, 16).ok()?;
         // `pid:[4026531836]`
         let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
         let link = link.to_str()?;
-        let pid_ns = link
-            .strip_prefix("pid:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
+        let pid_ns = link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()?;
         Some(Self { boot, pid_ns })
     }
 }
@@ -77,11 +69,7 @@ impl Launcher {
 
     /// The process `pid` of this PID namespace, if it is running.
     pub fn of(pid: u32) -> Option<Self> {
-        Some(Self {
-            pid,
-            start_ticks: start_ticks(pid)?,
-            host: Host::current(),
-        })
+        Some(Self { pid, start_ticks: start_ticks(pid)?, host: Host::current() })
     }
 
     /// Whether this very process still runs, as seen from here. A launcher
@@ -121,10 +109,7 @@ impl Launcher {
     /// `pid:start_ticks:boot:pid_ns` (boot in hex), as stored in labels.
     pub fn label(&self) -> String {
         match self.host {
-            Some(host) => format!(
-                "{}:{}:{:032x}:{}",
-                self.pid, self.start_ticks, host.boot, host.pid_ns
-            ),
+            Some(host) => format!("{}:{}:{:032x}:{}", self.pid, self.start_ticks, host.boot, host.pid_ns),
             None => format!("{}:{}", self.pid, self.start_ticks),
         }
     }
@@ -137,20 +122,15 @@ impl Launcher {
         let start_ticks = parts.next()?.parse().ok()?;
         let host = match (parts.next(), parts.next()) {
             (None, None) => None,
-            (Some(boot), Some(pid_ns)) => Some(Host {
-                boot: u128::from_str_radix(boot, 16).ok()?,
-                pid_ns: pid_ns.parse().ok()?,
-            }),
+            (Some(boot), Some(pid_ns)) => {
+                Some(Host { boot: u128::from_str_radix(boot, 16).ok()?, pid_ns: pid_ns.parse().ok()? })
+            }
             _ => return None,
         };
         if parts.next().is_some() {
             return None;
         }
-        Some(Self {
-            pid,
-            start_ticks,
-            host,
-        })
+        Some(Self { pid, start_ticks, host })
     }
 }
 
@@ -170,9 +150,7 @@ pub fn is_safe_name(part: &str) -> bool {
     !part.is_empty()
         && part.len() <= 128
         && !part.starts_with('.')
-        && part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `bytes` random bytes in hex, from the kernel.
@@ -229,21 +207,12 @@ impl RunId {
             return Self::explicit(&id, launcher);
         }
         if let Ok(id) = std::env::var(NEXTEST_RUN_ID_ENV) {
-            return Ok(Self {
-                id: format!("nextest-{id}"),
-                source: RunSource::Nextest,
-                launcher,
-            });
+            return Ok(Self { id: format!("nextest-{id}"), source: RunSource::Nextest, launcher });
         }
         let launcher = launcher.ok_or(IdentityError::NoLauncher)?;
         // Boot id: pids and tick counts restart with every boot.
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        let boot: String = boot
-            .trim()
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .take(8)
-            .collect();
+        let boot: String = boot.trim().chars().filter(char::is_ascii_hexdigit).take(8).collect();
         Ok(Self {
             id: format!("proc-{boot}-{}-{}", launcher.pid, launcher.start_ticks),
             source: RunSource::Launcher,
@@ -261,11 +230,7 @@ impl RunId {
         if !is_safe_name(id) {
             return Err(IdentityError::Invalid(id.to_owned()));
         }
-        Ok(Self {
-            id: id.to_owned(),
-            source: RunSource::Explicit,
-            launcher,
-        })
+        Ok(Self { id: id.to_owned(), source: RunSource::Explicit, launcher })
     }
 
     /// The identity string.

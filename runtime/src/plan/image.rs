@@ -51,13 +51,7 @@ impl ImageRef {
     /// [`InvalidImageRef`] for an empty or malformed reference.
     pub fn borrowed(input: &str) -> Result<Self, InvalidImageRef> {
         let (registry, repository, tag, digest) = parse(input)?;
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-            origin: OriginKey::Borrowed,
-        })
+        Ok(Self { registry, repository, tag, digest, origin: OriginKey::Borrowed })
     }
 
     /// Only the plan builds these.
@@ -132,10 +126,7 @@ type Parts = (String, String, Option<String>, Option<String>);
 /// Splits a reference the way the Docker engine does: the first path part is a
 /// registry when it has a `.` or `:` or is `localhost`.
 fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
-    let bad = |reason| InvalidImageRef {
-        input: input.to_owned(),
-        reason,
-    };
+    let bad = |reason| InvalidImageRef { input: input.to_owned(), reason };
     if input.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -158,13 +149,10 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     if let Some(t) = &tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
             && !t.starts_with(['.', '-']);
         if !ok {
-            return Err(bad(
-                "the tag may hold letters, digits, '_', '.' and '-', at most 128",
-            ));
+            return Err(bad("the tag may hold letters, digits, '_', '.' and '-', at most 128"));
         }
     }
     let (registry, repository) = match name.split_once('/') {
@@ -177,19 +165,11 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     let path_ok = !repository.is_empty()
         && repository.split('/').all(|part| {
             !part.is_empty()
-                && part.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                })
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
         });
     if !path_ok {
-        return Err(bad(
-            "the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'",
-        ));
+        return Err(bad("the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'"));
     }
-    let tag = if tag.is_none() && digest.is_none() {
-        Some("latest".to_owned())
-    } else {
-        tag
-    };
+    let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
     Ok((registry, repository, tag, digest))
 }

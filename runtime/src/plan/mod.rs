@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::{Catalog, Component, Source, Suggestion};
 
 pub use identity::{
-    is_safe_name, random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict,
-    NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
+    is_safe_name, random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
 };
 pub use image::{ImageRef, InvalidImageRef, Origin};
 
@@ -29,9 +28,7 @@ pub fn valid_name(name: &str, max: usize) -> bool {
         && name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A planning error.
@@ -224,9 +221,7 @@ impl Plan {
     ) -> Result<Self, PlanError> {
         let consumer = Consumer::new(consumer)?;
         if needs.is_empty() {
-            return Err(PlanError::EmptyNeeds {
-                known: catalog.known_names(),
-            });
+            return Err(PlanError::EmptyNeeds { known: catalog.known_names() });
         }
         let mut seen = BTreeSet::new();
         for need in needs {
@@ -236,10 +231,7 @@ impl Plan {
             if catalog.get(need).is_none() {
                 return Err(PlanError::UnknownComponent {
                     name: (*need).to_owned(),
-                    suggestion: Suggestion::nearest(
-                        need,
-                        catalog.components().keys().map(String::as_str),
-                    ),
+                    suggestion: Suggestion::nearest(need, catalog.components().keys().map(String::as_str)),
                     known: catalog.known_names(),
                     catalog: catalog.path().display().to_string(),
                 });
@@ -249,9 +241,7 @@ impl Plan {
             Delivery::Local => "localhost".to_owned(),
             Delivery::Registry(host) => {
                 let ok = !host.is_empty()
-                    && host
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
                 if !ok {
                     return Err(PlanError::InvalidRegistry(host.clone()));
                 }
@@ -284,14 +274,7 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Self {
-            run_id: run.as_str().to_owned(),
-            run,
-            consumer,
-            tag,
-            namespace,
-            components,
-        })
+        Ok(Self { run_id: run.as_str().to_owned(), run, consumer, tag, namespace, components })
     }
 
     /// The run.
@@ -327,12 +310,7 @@ impl Plan {
     /// Replaces every component's readiness timeout.
     pub fn set_ready_timeout(&mut self, timeout: std::time::Duration) {
         for component in &mut self.components {
-            if let Some(ready) = component
-                .spec
-                .docker
-                .as_mut()
-                .and_then(|d| d.ready.as_mut())
-            {
+            if let Some(ready) = component.spec.docker.as_mut().and_then(|d| d.ready.as_mut()) {
                 ready.timeout = timeout;
             }
         }
@@ -360,11 +338,7 @@ fn dependency_order(catalog: &Catalog, needs: &[&str]) -> Vec<String> {
         .collect();
     let mut order = Vec::with_capacity(remaining.len());
     // The catalog is checked for cycles, so some component is always free.
-    while let Some(next) = remaining
-        .iter()
-        .find(|(_, deps)| deps.is_empty())
-        .map(|(n, _)| *n)
-    {
+    while let Some(next) = remaining.iter().find(|(_, deps)| deps.is_empty()).map(|(n, _)| *n) {
         remaining.remove(next);
         for deps in remaining.values_mut() {
             deps.remove(next);

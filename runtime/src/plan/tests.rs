@@ -42,14 +42,9 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temporary directory");
     std::fs::create_dir_all(dir.path().join("docker")).expect("mkdir");
     for name in ["migrate", "data-storage", "gateway", "audit"] {
-        std::fs::write(
-            dir.path().join(format!("docker/{name}.Dockerfile")),
-            "FROM scratch\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join(format!("docker/{name}.Dockerfile")), "FROM scratch\n").expect("write");
     }
-    let catalog =
-        Catalog::parse(&dir.path().join("e2e-infra.toml"), CATALOG).expect("valid catalog");
+    let catalog = Catalog::parse(&dir.path().join("e2e-infra.toml"), CATALOG).expect("valid catalog");
     Fixture { _dir: dir, catalog }
 }
 
@@ -58,14 +53,7 @@ fn run(id: &str) -> RunId {
 }
 
 fn plan(needs: &[&str]) -> Plan {
-    Plan::new(
-        &fixture().catalog,
-        "notification",
-        needs,
-        run("run-1"),
-        &Delivery::Local,
-    )
-    .expect("plan")
+    Plan::new(&fixture().catalog, "notification", needs, run("run-1"), &Delivery::Local).expect("plan")
 }
 
 fn names(plan: &Plan) -> Vec<&str> {
@@ -73,35 +61,17 @@ fn names(plan: &Plan) -> Vec<&str> {
 }
 
 fn plan_error(consumer: &str, needs: &[&str]) -> PlanError {
-    Plan::new(
-        &fixture().catalog,
-        consumer,
-        needs,
-        run("run-1"),
-        &Delivery::Local,
-    )
-    .expect_err("plan must fail")
+    Plan::new(&fixture().catalog, consumer, needs, run("run-1"), &Delivery::Local).expect_err("plan must fail")
 }
 
 #[test]
 fn components_come_after_their_dependencies_ties_alphabetical() {
     let plan = plan(&["datastorage"]);
-    assert_eq!(
-        names(&plan),
-        ["postgres", "migrate", "redis", "datastorage"]
-    );
+    assert_eq!(names(&plan), ["postgres", "migrate", "redis", "datastorage"]);
     for (i, component) in plan.components().iter().enumerate() {
         for dep in &component.depends_on {
-            let at = plan
-                .components()
-                .iter()
-                .position(|c| &c.name == dep)
-                .expect("dependency planned");
-            assert!(
-                at < i,
-                "{} comes before its dependency {dep}",
-                component.name
-            );
+            let at = plan.components().iter().position(|c| &c.name == dep).expect("dependency planned");
+            assert!(at < i, "{} comes before its dependency {dep}", component.name);
         }
     }
 }
@@ -111,19 +81,7 @@ fn order_does_not_depend_on_the_order_of_needs() {
     let a = plan(&["gateway", "audit", "alpha", "zeta"]);
     let b = plan(&["zeta", "alpha", "audit", "gateway"]);
     assert_eq!(names(&a), names(&b));
-    assert_eq!(
-        names(&a),
-        [
-            "alpha",
-            "postgres",
-            "audit",
-            "migrate",
-            "redis",
-            "datastorage",
-            "gateway",
-            "zeta"
-        ]
-    );
+    assert_eq!(names(&a), ["alpha", "postgres", "audit", "migrate", "redis", "datastorage", "gateway", "zeta"]);
 }
 
 #[test]
@@ -134,10 +92,7 @@ fn only_the_transitive_closure_is_planned() {
     assert!(plan.image("redis").is_none());
 
     let plan = self::plan(&["gateway"]);
-    assert_eq!(
-        names(&plan),
-        ["postgres", "migrate", "redis", "datastorage", "gateway"]
-    );
+    assert_eq!(names(&plan), ["postgres", "migrate", "redis", "datastorage", "gateway"]);
     assert!(plan.component("audit").is_none());
 }
 
@@ -146,36 +101,19 @@ fn direct_dependencies_are_kept_as_declared() {
     let plan = plan(&["gateway"]);
     let datastorage = plan.component("datastorage").expect("planned");
     assert_eq!(datastorage.depends_on, ["redis", "postgres", "migrate"]);
-    assert_eq!(
-        plan.component("gateway").expect("planned").depends_on,
-        ["datastorage"]
-    );
-    assert!(plan
-        .component("postgres")
-        .expect("planned")
-        .depends_on
-        .is_empty());
+    assert_eq!(plan.component("gateway").expect("planned").depends_on, ["datastorage"]);
+    assert!(plan.component("postgres").expect("planned").depends_on.is_empty());
 }
 
 #[test]
 fn one_tag_for_every_built_component() {
     let plan = plan(&["gateway", "audit"]);
     let tag = plan.tag().as_str();
-    let hex = tag
-        .strip_prefix("notification-")
-        .expect("tag starts with the consumer");
+    let hex = tag.strip_prefix("notification-").expect("tag starts with the consumer");
     assert_eq!(hex.len(), 8, "{tag}");
-    assert!(
-        hex.chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
-        "{tag}"
-    );
+    assert!(hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)), "{tag}");
     assert_eq!(plan.namespace().as_str(), tag);
-    let built: Vec<_> = plan
-        .components()
-        .iter()
-        .filter(|c| c.origin == Origin::Built)
-        .collect();
+    let built: Vec<_> = plan.components().iter().filter(|c| c.origin == Origin::Built).collect();
     assert_eq!(built.len(), 4);
     for c in built {
         assert_eq!(c.image.tag(), Some(tag), "{}", c.name);
@@ -213,32 +151,11 @@ fn local_delivery_never_pulls_built_images() {
 fn registry_delivery_rewrites_built_refs_and_pulls_them() {
     let f = fixture();
     let delivery = Delivery::Registry("127.0.0.1:5000".into());
-    let plan = Plan::new(
-        &f.catalog,
-        "notification",
-        &["datastorage"],
-        run("run-1"),
-        &delivery,
-    )
-    .expect("plan");
-    let local = Plan::new(
-        &f.catalog,
-        "notification",
-        &["datastorage"],
-        run("run-1"),
-        &Delivery::Local,
-    )
-    .expect("plan");
-    assert_eq!(
-        plan.tag(),
-        local.tag(),
-        "the delivery does not change the tag"
-    );
+    let plan = Plan::new(&f.catalog, "notification", &["datastorage"], run("run-1"), &delivery).expect("plan");
+    let local = Plan::new(&f.catalog, "notification", &["datastorage"], run("run-1"), &Delivery::Local).expect("plan");
+    assert_eq!(plan.tag(), local.tag(), "the delivery does not change the tag");
     let ds = plan.component("datastorage").expect("planned");
-    assert_eq!(
-        ds.image.to_string(),
-        format!("127.0.0.1:5000/datastorage:{}", plan.tag())
-    );
+    assert_eq!(ds.image.to_string(), format!("127.0.0.1:5000/datastorage:{}", plan.tag()));
     assert_eq!(ds.image.registry(), "127.0.0.1:5000");
     assert_eq!(ds.pull_policy, PullPolicy::IfNotPresent);
     assert_eq!(ds.origin, Origin::Built);
@@ -251,58 +168,25 @@ fn registry_delivery_rewrites_built_refs_and_pulls_them() {
 fn invalid_registry_is_rejected() {
     let f = fixture();
     for host in ["", "my registry", "host/path", "host:5000/"] {
-        let err = Plan::new(
-            &f.catalog,
-            "notification",
-            &["migrate"],
-            run("r"),
-            &Delivery::Registry(host.into()),
-        )
-        .expect_err(host);
-        assert!(
-            matches!(err, PlanError::InvalidRegistry(_)),
-            "{host}: {err:?}"
-        );
-        assert!(
-            err.to_string().contains(&format!("registry `{host}`")),
-            "{err}"
-        );
+        let err = Plan::new(&f.catalog, "notification", &["migrate"], run("r"), &Delivery::Registry(host.into()))
+            .expect_err(host);
+        assert!(matches!(err, PlanError::InvalidRegistry(_)), "{host}: {err:?}");
+        assert!(err.to_string().contains(&format!("registry `{host}`")), "{err}");
     }
 }
 
 #[test]
 fn invalid_consumers_are_rejected() {
     let long = "n".repeat(MAX_CONSUMER_LEN + 1);
-    for consumer in [
-        "Notification",
-        "notification_e2e",
-        "1notification",
-        "notification-",
-        "",
-        "no tification",
-        &long,
-    ] {
+    for consumer in ["Notification", "notification_e2e", "1notification", "notification-", "", "no tification", &long] {
         let err = plan_error(consumer, &["migrate"]);
-        assert!(
-            matches!(err, PlanError::InvalidConsumer(_)),
-            "{consumer:?}: {err:?}"
-        );
+        assert!(matches!(err, PlanError::InvalidConsumer(_)), "{consumer:?}: {err:?}");
         let message = err.to_string();
-        assert!(
-            message.contains(&format!("consumer `{consumer}`")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("consumer `{consumer}`")), "{message}");
         assert!(message.contains("lowercase letters"), "{message}");
     }
     let longest = "n".repeat(MAX_CONSUMER_LEN);
-    let plan = Plan::new(
-        &fixture().catalog,
-        &longest,
-        &["migrate"],
-        run("r"),
-        &Delivery::Local,
-    )
-    .expect("40 is fine");
+    let plan = Plan::new(&fixture().catalog, &longest, &["migrate"], run("r"), &Delivery::Local).expect("40 is fine");
     assert_eq!(plan.tag().as_str().len(), MAX_CONSUMER_LEN + 9);
     assert_eq!(plan.consumer().as_str(), longest);
 }
@@ -313,47 +197,25 @@ fn empty_needs_list_the_known_components() {
     assert!(matches!(err, PlanError::EmptyNeeds { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("`needs` is empty"), "{message}");
-    assert!(
-        message.contains("alpha, audit, datastorage, gateway, migrate, postgres, redis, zeta"),
-        "{message}"
-    );
+    assert!(message.contains("alpha, audit, datastorage, gateway, migrate, postgres, redis, zeta"), "{message}");
 }
 
 #[test]
 fn duplicate_needs_are_rejected() {
     let err = plan_error("notification", &["datastorage", "redis", "datastorage"]);
-    assert!(
-        matches!(&err, PlanError::DuplicateNeed(n) if n == "datastorage"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, PlanError::DuplicateNeed(n) if n == "datastorage"), "{err:?}");
     assert!(err.to_string().contains("`datastorage` twice"), "{err}");
 }
 
 #[test]
 fn unknown_need_suggests_the_nearest_component() {
     let f = fixture();
-    let err = Plan::new(
-        &f.catalog,
-        "notification",
-        &["datastorge"],
-        run("r"),
-        &Delivery::Local,
-    )
-    .expect_err("unknown");
+    let err = Plan::new(&f.catalog, "notification", &["datastorge"], run("r"), &Delivery::Local).expect_err("unknown");
     assert!(matches!(err, PlanError::UnknownComponent { .. }), "{err:?}");
     let message = err.to_string();
-    assert!(
-        message.contains("unknown component `datastorge` (did you mean `datastorage`?)"),
-        "{message}"
-    );
-    assert!(
-        message.contains("known: alpha, audit, datastorage"),
-        "{message}"
-    );
-    assert!(
-        message.contains(&f.catalog.path().display().to_string()),
-        "{message}"
-    );
+    assert!(message.contains("unknown component `datastorge` (did you mean `datastorage`?)"), "{message}");
+    assert!(message.contains("known: alpha, audit, datastorage"), "{message}");
+    assert!(message.contains(&f.catalog.path().display().to_string()), "{message}");
 
     let message = plan_error("notification", &["kafka"]).to_string();
     assert!(!message.contains("did you mean"), "{message}");
@@ -362,22 +224,8 @@ fn unknown_need_suggests_the_nearest_component() {
 #[test]
 fn same_run_same_tag() {
     let f = fixture();
-    let a = Plan::new(
-        &f.catalog,
-        "notification",
-        &["datastorage"],
-        run("run-a"),
-        &Delivery::Local,
-    )
-    .expect("plan");
-    let b = Plan::new(
-        &f.catalog,
-        "notification",
-        &["gateway"],
-        run("run-a"),
-        &Delivery::Local,
-    )
-    .expect("plan");
+    let a = Plan::new(&f.catalog, "notification", &["datastorage"], run("run-a"), &Delivery::Local).expect("plan");
+    let b = Plan::new(&f.catalog, "notification", &["gateway"], run("run-a"), &Delivery::Local).expect("plan");
     assert_eq!(a.tag(), b.tag(), "needs do not change the tag");
     assert_eq!(a.image("datastorage"), b.image("datastorage"));
 }
@@ -387,14 +235,8 @@ fn different_runs_different_tags() {
     let f = fixture();
     let tags: std::collections::HashSet<_> = (0..50)
         .map(|i| {
-            let plan = Plan::new(
-                &f.catalog,
-                "notification",
-                &["migrate"],
-                run(&format!("run-{i}")),
-                &Delivery::Local,
-            )
-            .expect("plan");
+            let plan = Plan::new(&f.catalog, "notification", &["migrate"], run(&format!("run-{i}")), &Delivery::Local)
+                .expect("plan");
             plan.tag().clone()
         })
         .collect();
@@ -404,30 +246,12 @@ fn different_runs_different_tags() {
 #[test]
 fn different_consumers_different_tags_and_namespaces() {
     let f = fixture();
-    let a = Plan::new(
-        &f.catalog,
-        "notification",
-        &["migrate"],
-        run("shared"),
-        &Delivery::Local,
-    )
-    .expect("plan");
-    let b = Plan::new(
-        &f.catalog,
-        "gateway",
-        &["migrate"],
-        run("shared"),
-        &Delivery::Local,
-    )
-    .expect("plan");
+    let a = Plan::new(&f.catalog, "notification", &["migrate"], run("shared"), &Delivery::Local).expect("plan");
+    let b = Plan::new(&f.catalog, "gateway", &["migrate"], run("shared"), &Delivery::Local).expect("plan");
     assert_ne!(a.tag(), b.tag());
     assert_ne!(a.namespace(), b.namespace());
     let hex = |p: &Plan| p.tag().as_str().rsplit('-').next().map(str::to_owned);
-    assert_ne!(
-        hex(&a),
-        hex(&b),
-        "the hash covers the consumer, not only the prefix"
-    );
+    assert_ne!(hex(&a), hex(&b), "the hash covers the consumer, not only the prefix");
     assert_ne!(a.image("migrate"), b.image("migrate"));
 }
 
@@ -441,10 +265,7 @@ fn plan_serializes_for_the_cli() {
     assert_eq!(json["namespace"], plan.namespace().as_str());
     let migrate = &json["components"][1];
     assert_eq!(migrate["name"], "migrate");
-    assert_eq!(
-        migrate["image"],
-        format!("localhost/migrate:{}", plan.tag())
-    );
+    assert_eq!(migrate["image"], format!("localhost/migrate:{}", plan.tag()));
     assert_eq!(migrate["origin"], "built");
     assert_eq!(migrate["pull_policy"], "Never");
     assert_eq!(migrate["depends_on"], serde_json::json!(["postgres"]));
@@ -456,62 +277,14 @@ fn plan_serializes_for_the_cli() {
 #[test]
 fn borrowed_refs_are_canonicalized() {
     let cases = [
-        (
-            "postgres:16",
-            "docker.io",
-            "library/postgres",
-            Some("16"),
-            "docker.io/library/postgres:16",
-        ),
-        (
-            "postgres",
-            "docker.io",
-            "library/postgres",
-            Some("latest"),
-            "docker.io/library/postgres:latest",
-        ),
-        (
-            "bitnami/redis:7.2",
-            "docker.io",
-            "bitnami/redis",
-            Some("7.2"),
-            "docker.io/bitnami/redis:7.2",
-        ),
-        (
-            "docker.io/library/postgres:16",
-            "docker.io",
-            "library/postgres",
-            Some("16"),
-            "docker.io/library/postgres:16",
-        ),
-        (
-            "localhost/x:y",
-            "localhost",
-            "x",
-            Some("y"),
-            "localhost/x:y",
-        ),
-        (
-            "quay.io/a/b:1",
-            "quay.io",
-            "a/b",
-            Some("1"),
-            "quay.io/a/b:1",
-        ),
-        (
-            "registry:5000/x",
-            "registry:5000",
-            "x",
-            Some("latest"),
-            "registry:5000/x:latest",
-        ),
-        (
-            "127.0.0.1:5000/team/app:v2",
-            "127.0.0.1:5000",
-            "team/app",
-            Some("v2"),
-            "127.0.0.1:5000/team/app:v2",
-        ),
+        ("postgres:16", "docker.io", "library/postgres", Some("16"), "docker.io/library/postgres:16"),
+        ("postgres", "docker.io", "library/postgres", Some("latest"), "docker.io/library/postgres:latest"),
+        ("bitnami/redis:7.2", "docker.io", "bitnami/redis", Some("7.2"), "docker.io/bitnami/redis:7.2"),
+        ("docker.io/library/postgres:16", "docker.io", "library/postgres", Some("16"), "docker.io/library/postgres:16"),
+        ("localhost/x:y", "localhost", "x", Some("y"), "localhost/x:y"),
+        ("quay.io/a/b:1", "quay.io", "a/b", Some("1"), "quay.io/a/b:1"),
+        ("registry:5000/x", "registry:5000", "x", Some("latest"), "registry:5000/x:latest"),
+        ("127.0.0.1:5000/team/app:v2", "127.0.0.1:5000", "team/app", Some("v2"), "127.0.0.1:5000/team/app:v2"),
     ];
     for (input, registry, repository, tag, display) in cases {
         let image = ImageRef::borrowed(input).expect(input);
@@ -529,12 +302,8 @@ fn digests_are_kept_and_imply_no_default_tag() {
     let digest = format!("sha256:{}", "ab".repeat(32));
     let image = ImageRef::borrowed(&format!("postgres@{digest}")).expect("digest ref");
     assert_eq!(image.tag(), None);
-    assert_eq!(
-        image.to_string(),
-        format!("docker.io/library/postgres@{digest}")
-    );
-    let pinned =
-        ImageRef::borrowed(&format!("registry:5000/x:1@{digest}")).expect("tag and digest");
+    assert_eq!(image.to_string(), format!("docker.io/library/postgres@{digest}"));
+    let pinned = ImageRef::borrowed(&format!("registry:5000/x:1@{digest}")).expect("tag and digest");
     assert_eq!(pinned.tag(), Some("1"));
     assert_eq!(pinned.to_string(), format!("registry:5000/x:1@{digest}"));
     assert!(pinned.matches(&format!("registry:5000/x:1@{digest}")));
@@ -555,10 +324,7 @@ fn malformed_refs_are_rejected_with_the_reason() {
     ];
     for (input, reason) in cases {
         let message = ImageRef::borrowed(input).expect_err(input).to_string();
-        assert!(
-            message.contains(&format!("`{input}` is not a valid image reference")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("`{input}` is not a valid image reference")), "{message}");
         assert!(message.contains(reason), "{input}: {message}");
     }
 }
@@ -566,21 +332,10 @@ fn malformed_refs_are_rejected_with_the_reason() {
 #[test]
 fn matches_compares_any_spelling() {
     let postgres = ImageRef::borrowed("postgres:16").expect("valid");
-    for same in [
-        "postgres:16",
-        "library/postgres:16",
-        "docker.io/library/postgres:16",
-    ] {
+    for same in ["postgres:16", "library/postgres:16", "docker.io/library/postgres:16"] {
         assert!(postgres.matches(same), "{same}");
     }
-    for other in [
-        "postgres:15",
-        "postgres",
-        "localhost/postgres:16",
-        "bitnami/postgres:16",
-        "",
-        "Postgres:16",
-    ] {
+    for other in ["postgres:15", "postgres", "localhost/postgres:16", "bitnami/postgres:16", "", "Postgres:16"] {
         assert!(!postgres.matches(other), "{other}");
     }
     let redis = ImageRef::borrowed("redis").expect("valid");
@@ -597,14 +352,8 @@ fn built_refs_match_only_their_own_spelling() {
     // The mismatch the plan exists to rule out: another name, tag or registry.
     assert!(!image.matches("localhost/kubernaut-datastorage:e2e-test-datastorage"));
     assert!(!image.matches(&format!("datastorage:{tag}")));
-    let other_run = Plan::new(
-        &fixture().catalog,
-        "notification",
-        &["datastorage"],
-        run("run-2"),
-        &Delivery::Local,
-    )
-    .expect("plan");
+    let other_run =
+        Plan::new(&fixture().catalog, "notification", &["datastorage"], run("run-2"), &Delivery::Local).expect("plan");
     assert!(!image.matches(&other_run.image("datastorage").expect("planned").to_string()));
     assert!(!image.matches("localhost/datastorage"));
     // The same text parsed as a borrowed ref names the same image but is not
@@ -619,16 +368,7 @@ fn built_refs_match_only_their_own_spelling() {
 
 #[test]
 fn explicit_run_ids_are_checked() {
-    for bad in [
-        "",
-        "has space",
-        "a/b",
-        "x:y",
-        &"r".repeat(129),
-        "..",
-        ".",
-        ".hidden",
-    ] {
+    for bad in ["", "has space", "a/b", "x:y", &"r".repeat(129), "..", ".", ".hidden"] {
         let err = RunId::explicit(bad, None).expect_err(bad);
         assert!(matches!(err, IdentityError::Invalid(_)), "{err:?}");
         assert!(err.to_string().contains(RUN_ID_ENV), "{err}");
@@ -646,18 +386,9 @@ fn launcher_labels_round_trip() {
     let me = Launcher::of(std::process::id()).expect("this process is in /proc");
     assert!(me.is_alive());
     assert_eq!(Launcher::from_label(&me.label()), Some(me));
-    let reused = Launcher {
-        start_ticks: me.start_ticks + 1,
-        ..me
-    };
-    assert!(
-        !reused.is_alive(),
-        "a pid with another start time is another process"
-    );
-    assert!(
-        me.host.is_some(),
-        "this process's boot id and PID namespace are in /proc"
-    );
+    let reused = Launcher { start_ticks: me.start_ticks + 1, ..me };
+    assert!(!reused.is_alive(), "a pid with another start time is another process");
+    assert!(me.host.is_some(), "this process's boot id and PID namespace are in /proc");
     assert_eq!(Launcher::from_label("12:x"), None);
     assert_eq!(Launcher::from_label("12:3:ab"), None);
     assert_eq!(Launcher::from_label("12:3:ab:4:5"), None);
@@ -669,61 +400,31 @@ fn launcher_labels_round_trip() {
 
 #[test]
 fn a_launcher_is_judged_only_from_its_own_host_and_pid_namespace() {
-    let here = Host {
-        boot: 0xb007,
-        pid_ns: 4026531836,
-    };
-    let launcher = Launcher {
-        pid: 42,
-        start_ticks: 1000,
-        host: Some(here),
-    };
+    let here = Host { boot: 0xb007, pid_ns: 4026531836 };
+    let launcher = Launcher { pid: 42, start_ticks: 1000, host: Some(here) };
     let running = |pid: u32| (pid == 42).then_some(1000);
     let reused = |pid: u32| (pid == 42).then_some(2000);
     let gone = |_: u32| None;
     assert_eq!(launcher.judge(Some(here), running), Verdict::Alive);
-    assert_eq!(
-        launcher.judge(Some(here), reused),
-        Verdict::Dead,
-        "a reused pid is another process"
-    );
+    assert_eq!(launcher.judge(Some(here), reused), Verdict::Dead, "a reused pid is another process");
     assert_eq!(launcher.judge(Some(here), gone), Verdict::Dead);
     // Another PID namespace on the same host (a CI job in a container, a
     // devcontainer, `unshare -p`): pid 42 here is not pid 42 there.
-    let other_ns = Host {
-        pid_ns: 4026532000,
-        ..here
-    };
+    let other_ns = Host { pid_ns: 4026532000, ..here };
     assert_eq!(launcher.judge(Some(other_ns), gone), Verdict::Foreign);
     assert_eq!(launcher.judge(Some(other_ns), running), Verdict::Foreign);
     // Another host on the same engine.
-    let other_host = Host {
-        boot: 0xf00d,
-        ..here
-    };
+    let other_host = Host { boot: 0xf00d, ..here };
     assert_eq!(launcher.judge(Some(other_host), gone), Verdict::Foreign);
     // A label without a host, or a judge without /proc: cannot tell.
-    assert_eq!(
-        Launcher {
-            host: None,
-            ..launcher
-        }
-        .judge(Some(here), gone),
-        Verdict::Foreign
-    );
+    assert_eq!(Launcher { host: None, ..launcher }.judge(Some(here), gone), Verdict::Foreign);
     assert_eq!(launcher.judge(None, gone), Verdict::Foreign);
     // The label carries the host and reads back.
     let label = launcher.label();
     assert_eq!(label, format!("42:1000:{:032x}:4026531836", 0xb007));
     assert_eq!(Launcher::from_label(&label), Some(launcher));
     // Labels written before hosts were recorded read as hostless.
-    assert_eq!(
-        Launcher::from_label("42:1000"),
-        Some(Launcher {
-            host: None,
-            ..launcher
-        })
-    );
+    assert_eq!(Launcher::from_label("42:1000"), Some(Launcher { host: None, ..launcher }));
 }
 
 #[test]

@@ -120,11 +120,7 @@ pub struct Suite {
 impl Suite {
     /// A suite that sets nothing up until a test asks.
     pub const fn new(spec: SuiteSpec) -> Self {
-        Self {
-            spec,
-            backend: OnceLock::new(),
-            infra: OnceLock::new(),
-        }
+        Self { spec, backend: OnceLock::new(), infra: OnceLock::new() }
     }
 
     /// The shared handle; sets the stack up on first use, once per run.
@@ -132,10 +128,7 @@ impl Suite {
     /// # Panics
     /// With the setup error, in every test that asks, when setup failed.
     pub fn infra(&'static self) -> &'static Infra {
-        match self
-            .infra
-            .get_or_init(|| self.setup().map_err(|e| error_chain(&e)))
-        {
+        match self.infra.get_or_init(|| self.setup().map_err(|e| error_chain(&e))) {
             Ok(infra) => infra,
             Err(message) => panic!("e2e-infra: {message}"),
         }
@@ -144,10 +137,7 @@ impl Suite {
     /// A guard for one test: if the test panics, the failure is recorded and
     /// the stack is kept after the run.
     pub fn guard(&'static self) -> TestGuard {
-        TestGuard {
-            suite: self,
-            test: std::thread::current().name().unwrap_or("test").to_owned(),
-        }
+        TestGuard { suite: self, test: std::thread::current().name().unwrap_or("test").to_owned() }
     }
 
     /// The teardown entry point, run in a process of its own.
@@ -156,21 +146,12 @@ impl Suite {
     }
 
     fn backend(&self) -> Result<Backend, SuiteError> {
-        Ok(self
-            .backend
-            .get_or_init(|| Backend::resolve(&self.spec.backend))
-            .clone()?)
+        Ok(self.backend.get_or_init(|| Backend::resolve(&self.spec.backend)).clone()?)
     }
 
     fn plan(&self, run: RunId) -> Result<Plan, SuiteError> {
         let catalog = Catalog::load(std::path::Path::new(self.spec.catalog))?;
-        Ok(Plan::new(
-            &catalog,
-            self.spec.consumer,
-            self.spec.needs,
-            run,
-            &self.backend()?.delivery(),
-        )?)
+        Ok(Plan::new(&catalog, self.spec.consumer, self.spec.needs, run, &self.backend()?.delivery())?)
     }
 
     fn options(&self) -> Result<StackOptions, SuiteError> {
@@ -190,24 +171,17 @@ impl Suite {
         let _lock = dir.lock_setup()?;
         // An earlier use of this run id (a retry with the same
         // E2E_INFRA_RUN_ID) must not hand its error or stack to this run.
-        let claim = dir.claim(
-            plan.run().launcher(),
-            plan.run().as_str(),
-            plan.consumer().as_str(),
-        )?;
+        let claim = dir.claim(plan.run().launcher(), plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
         let record = match found {
             Found::Ready(record) => record,
             Found::Failed(message) => {
-                return Err(SuiteError::FailedElsewhere {
-                    consumer: self.spec.consumer.to_owned(),
-                    message,
-                })
+                return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
             }
             Found::Nothing | Found::Abandoned => {
                 reaper::spawn(self, &plan, &dir);
-                let abandoned = matches!(found, Found::Abandoned)
-                    || matches!(claim, Claim::Reset { leftovers: true });
+                let abandoned =
+                    matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true });
                 dir.begin_attempt()?;
                 match self.run_setup(&plan, abandoned) {
                     Ok(record) => {
@@ -244,11 +218,7 @@ impl Suite {
     /// Runs setup on a thread of its own with its own async runtime: the
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
-    fn run_setup(
-        &self,
-        plan: &Plan,
-        abandoned: bool,
-    ) -> Result<crate::handle::StackRecord, SuiteError> {
+    fn run_setup(&self, plan: &Plan, abandoned: bool) -> Result<crate::handle::StackRecord, SuiteError> {
         let options = self.options()?;
         std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
@@ -266,48 +236,24 @@ impl Suite {
                             Backend::Docker => None,
                         };
                         if abandoned {
-                            tracing::info!(
-                                "{}: a setup process died half-way; removing what it left",
-                                plan.consumer()
-                            );
-                            stack::down(
-                                &docker,
-                                plan.run().as_str(),
-                                plan.consumer().as_str(),
-                                kube,
-                            )
-                            .await?;
+                            tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
+                            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube).await?;
                         }
                         // Leftovers of this consumer's runs that ended without
                         // their teardown; other suites' stacks are theirs.
                         let consumer = Some(plan.consumer().as_str());
                         let mut runs = crate::teardown::list(&docker).await?;
                         if let Some(target) = kube {
-                            runs.extend(
-                                crate::teardown::list_kube(target.context.as_deref()).await?,
-                            );
+                            runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
                         }
-                        for (dead, removed) in crate::teardown::clean_dead(
-                            &docker,
-                            runs,
-                            consumer,
-                            crate::teardown::Scope::default(),
-                        )
-                        .await?
-                        {
-                            tracing::info!(
-                                "removed the `{}` stack of finished run {}: {removed}",
-                                dead.consumer,
-                                dead.run_id
-                            );
+                        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
+                            tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
                         }
                         Ok(stack::up(plan, &options).await?)
                     })
                 })
                 .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
-            worker
-                .join()
-                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
+            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
         })
     }
 
@@ -320,19 +266,12 @@ impl Suite {
                 Backend::Kubernetes(target) => Some(target),
                 Backend::Docker => None,
             };
-            Ok(stack::down(
-                &docker,
-                plan.run().as_str(),
-                plan.consumer().as_str(),
-                kube.as_ref(),
-            )
-            .await?)
+            Ok(stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube.as_ref()).await?)
         });
         SuiteError::Unrecorded {
             consumer: plan.consumer().as_str().to_owned(),
             dir: dir.path().to_owned(),
-            removed: removal
-                .unwrap_or_else(|e| format!("removing it failed too: {}", error_chain(&e))),
+            removed: removal.unwrap_or_else(|e| format!("removing it failed too: {}", error_chain(&e))),
             source,
         }
     }
@@ -356,9 +295,7 @@ impl Suite {
                     runtime.block_on(work())
                 })
                 .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
-            worker
-                .join()
-                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
+            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
         })
     }
 
@@ -386,9 +323,7 @@ impl Drop for TestGuard {
         if !matches!(self.suite.infra.get(), Some(Ok(_))) {
             return;
         }
-        let Some(dir) = self.suite.run_dir() else {
-            return;
-        };
+        let Some(dir) = self.suite.run_dir() else { return };
         if dir.record_failed_test(&self.test).is_ok() {
             eprintln!(
                 "e2e-infra: `{}` failed; the `{}` stack will be kept after the run (state: {}). \

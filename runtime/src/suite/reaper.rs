@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::state::RunDir;
-use super::{Suite, KEEP_ENV};
 use crate::backend::Backend;
+use super::{Suite, KEEP_ENV};
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
 
 /// The name of the hidden teardown test the attribute generates.
@@ -40,12 +40,7 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
     let started = (|| -> std::io::Result<()> {
         let log = dir.open_reaper_log()?;
         Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                &test_name(suite.spec.module_path),
-                "--ignored",
-                "--nocapture",
-            ])
+            .args(["--exact", &test_name(suite.spec.module_path), "--ignored", "--nocapture"])
             .args(["--test-threads", "1"])
             .env(RUN_ID_ENV, plan.run().as_str())
             .env(REAPER_ENV, launcher.label())
@@ -65,18 +60,13 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
 
 /// The teardown process's body.
 pub(super) fn run(suite: &Suite) {
-    let Some(launcher) = std::env::var(REAPER_ENV)
-        .ok()
-        .and_then(|l| Launcher::from_label(&l))
-    else {
+    let Some(launcher) = std::env::var(REAPER_ENV).ok().and_then(|l| Launcher::from_label(&l)) else {
         println!("e2e-infra: this is the suite's teardown entry point; it runs by itself after a test run");
         return;
     };
     let consumer = suite.spec.consumer;
     let Ok(run) = RunId::detect() else { return };
-    let Some(dir) = RunDir::existing(run.as_str(), consumer) else {
-        return;
-    };
+    let Some(dir) = RunDir::existing(run.as_str(), consumer) else { return };
     let _reaper = match dir.try_lock_reaper() {
         Ok(Some(lock)) => lock,
         // Another teardown process already watches this run.
@@ -115,43 +105,27 @@ pub(super) fn run(suite: &Suite) {
         Ok(Backend::Kubernetes(target)) => Some(target),
         _ => None,
     };
-    let in_runtime =
-        |work: &dyn Fn(&tokio::runtime::Runtime) -> Result<String, crate::stack::StackError>| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(crate::stack::StackError::Runtime)
-                .and_then(|rt| work(&rt))
-        };
+    let in_runtime = |work: &dyn Fn(&tokio::runtime::Runtime) -> Result<String, crate::stack::StackError>| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(crate::stack::StackError::Runtime)
+            .and_then(|rt| work(&rt))
+    };
     if keep {
-        let why = if failed.is_empty() {
-            format!("{KEEP_ENV}=1")
-        } else {
-            format!("failed: {}", failed.join(", "))
-        };
+        let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
         let _ = dir.mark_kept(&why);
         // The local folder is seen only by shells with this state root;
         // the engine or cluster is seen by every `clean`.
         let marked = in_runtime(&|rt| {
             rt.block_on(async {
                 let docker = crate::stack::engine_of(placement.as_ref()).await?;
-                crate::teardown::mark_kept(
-                    &docker,
-                    run.as_str(),
-                    consumer,
-                    Some(launcher),
-                    kube.as_ref(),
-                    &why,
-                )
-                .await?;
+                crate::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await?;
                 Ok(String::new())
             })
         });
         if let Err(error) = marked {
-            eprintln!(
-                "e2e-infra teardown: recording on the engine that the stack is kept failed: {}",
-                super::error_chain(&error)
-            );
+            eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", super::error_chain(&error));
         }
         println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
         return;
@@ -170,10 +144,7 @@ pub(super) fn run(suite: &Suite) {
                 eprintln!("e2e-infra teardown: {error}");
             }
         }
-        Err(error) => eprintln!(
-            "e2e-infra teardown of `{consumer}` failed: {}",
-            super::error_chain(&error)
-        ),
+        Err(error) => eprintln!("e2e-infra teardown of `{consumer}` failed: {}", super::error_chain(&error)),
     }
 }
 
@@ -183,10 +154,7 @@ mod tests {
 
     #[test]
     fn teardown_test_name_drops_the_crate() {
-        assert_eq!(
-            test_name("notification::notification_e2e"),
-            "notification_e2e::__e2e_infra_reaper"
-        );
+        assert_eq!(test_name("notification::notification_e2e"), "notification_e2e::__e2e_infra_reaper");
         assert_eq!(test_name("a::b::c"), "b::c::__e2e_infra_reaper");
     }
 }

@@ -79,23 +79,14 @@ pub enum StateError {
     },
 }
 
-fn io_err<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io {
-        operation,
-        path: path.to_owned(),
-        source,
-    }
+fn io_err<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io { operation, path: path.to_owned(), source }
 }
 
 /// This process's effective user: `/proc/self` belongs to it.
 fn current_uid() -> Result<u32, StateError> {
     let proc_self = Path::new("/proc/self");
-    Ok(fs::metadata(proc_self)
-        .map_err(io_err("reading the owner of", proc_self))?
-        .uid())
+    Ok(fs::metadata(proc_self).map_err(io_err("reading the owner of", proc_self))?.uid())
 }
 
 /// The root holding every run's directory, created if missing, refused if
@@ -130,11 +121,7 @@ fn private_dir(path: &Path, uid: u32) -> Result<(), StateError> {
         Err(e) => return Err(io_err("creating", path)(e)),
     }
     let meta = fs::symlink_metadata(path).map_err(io_err("inspecting", path))?;
-    let untrusted = |problem: String| StateError::Untrusted {
-        path: path.to_owned(),
-        problem,
-        uid,
-    };
+    let untrusted = |problem: String| StateError::Untrusted { path: path.to_owned(), problem, uid };
     if meta.file_type().is_symlink() {
         return Err(untrusted("is a symlink".to_owned()));
     }
@@ -145,10 +132,7 @@ fn private_dir(path: &Path, uid: u32) -> Result<(), StateError> {
         return Err(untrusted(format!("is owned by uid {}", meta.uid())));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(untrusted(format!(
-            "has mode {:04o}, open to group or others",
-            meta.mode() & 0o7777
-        )));
+        return Err(untrusted(format!("has mode {:04o}, open to group or others", meta.mode() & 0o7777)));
     }
     Ok(())
 }
@@ -171,11 +155,7 @@ fn inner_dir(path: &Path, uid: u32) -> Result<(), StateError> {
     } else {
         return Ok(());
     };
-    Err(StateError::Untrusted {
-        path: path.to_owned(),
-        problem,
-        uid,
-    })
+    Err(StateError::Untrusted { path: path.to_owned(), problem, uid })
 }
 
 /// Opens never follow a symlink planted in place of a state file.
@@ -222,10 +202,7 @@ fn checked<'a>(what: &'static str, name: &'a str) -> Result<&'a str, StateError>
     if is_safe_name(name) {
         Ok(name)
     } else {
-        Err(StateError::BadName {
-            what,
-            name: name.to_owned(),
-        })
+        Err(StateError::BadName { what, name: name.to_owned() })
     }
 }
 
@@ -279,8 +256,7 @@ impl RunDir {
             Err(e) => return Err(io_err("opening", &path)(e)),
         };
         let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(io_err("reading", &path))?;
+        file.read_to_string(&mut text).map_err(io_err("reading", &path))?;
         Ok(Some(text))
     }
 
@@ -334,16 +310,9 @@ impl RunDir {
     /// [`StateError::KeptByEarlierRun`] when the earlier use kept its stack:
     /// clearing the record would orphan it. [`StateError::Io`] when files
     /// cannot be read, removed or written.
-    pub fn claim(
-        &self,
-        launcher: Option<Launcher>,
-        run_id: &str,
-        consumer: &str,
-    ) -> Result<Claim, StateError> {
+    pub fn claim(&self, launcher: Option<Launcher>, run_id: &str, consumer: &str) -> Result<Claim, StateError> {
         // Without a launcher (no /proc) nothing tells two uses apart.
-        let Some(launcher) = launcher else {
-            return Ok(Claim::Ours);
-        };
+        let Some(launcher) = launcher else { return Ok(Claim::Ours) };
         let mine = launcher.label();
         let recorded = self.read("launcher")?;
         let earlier = match recorded.as_deref().map(str::trim) {
@@ -386,21 +355,14 @@ impl RunDir {
     pub fn found(&self) -> Result<Found, StateError> {
         if let Some(text) = self.read("stack.json")? {
             let record = serde_json::from_str(&text).map_err(|e| {
-                io_err("parsing", &self.file("stack.json"))(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    e,
-                ))
+                io_err("parsing", &self.file("stack.json"))(io::Error::new(io::ErrorKind::InvalidData, e))
             })?;
             return Ok(Found::Ready(record));
         }
         if let Some(error) = self.read("error.txt")? {
             return Ok(Found::Failed(error));
         }
-        Ok(if self.exists("attempt") {
-            Found::Abandoned
-        } else {
-            Found::Nothing
-        })
+        Ok(if self.exists("attempt") { Found::Abandoned } else { Found::Nothing })
     }
 
     /// Marks that this process starts setting up.
@@ -435,21 +397,13 @@ impl RunDir {
     /// [`StateError`] when it cannot be written.
     pub fn record_failed_test(&self, test: &str) -> Result<(), StateError> {
         let path = self.file("failed");
-        let mut file = no_follow()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+        let mut file = no_follow().create(true).append(true).open(&path).map_err(io_err("opening", &path))?;
         writeln!(file, "{test}").map_err(io_err("writing", &path))
     }
 
     /// Names of the tests that failed, if any.
     pub fn failed_tests(&self) -> Vec<String> {
-        self.read("failed")
-            .ok()
-            .flatten()
-            .map(|t| t.lines().map(str::to_owned).collect())
-            .unwrap_or_default()
+        self.read("failed").ok().flatten().map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
     }
 
     /// Marks the stack as kept on purpose, so that no automatic clean removes it.
@@ -470,10 +424,7 @@ impl RunDir {
     /// # Errors
     /// When it cannot be opened.
     pub fn open_reaper_log(&self) -> io::Result<File> {
-        no_follow()
-            .create(true)
-            .append(true)
-            .open(self.file("reaper.log"))
+        no_follow().create(true).append(true).open(self.file("reaper.log"))
     }
 
     /// Removes the directory once the stack is gone.
@@ -500,10 +451,7 @@ impl RunDir {
             .create_new(true)
             .write(true)
             .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(content.as_bytes())
-                    .and_then(|()| file.sync_all())
-            });
+            .and_then(|mut file| file.write_all(content.as_bytes()).and_then(|()| file.sync_all()));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(io_err("writing", &tmp)(e));

@@ -26,12 +26,10 @@ pub fn clean(args: &ImagesArgs) -> Result<(), String> {
     }
     // 0 turns housekeeping after builds off; here it would remove every
     // tag, which only an explicit --keep 0 should do.
-    let keep = args
-        .keep
-        .unwrap_or_else(|| match housekeeping::keep_runs_from_env() {
-            0 => housekeeping::KEEP_RUNS,
-            n => n,
-        });
+    let keep = args.keep.unwrap_or_else(|| match housekeeping::keep_runs_from_env() {
+        0 => housekeeping::KEEP_RUNS,
+        n => n,
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

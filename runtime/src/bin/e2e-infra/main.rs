@@ -9,11 +9,7 @@ mod plan;
 mod stacks;
 
 #[derive(Parser)]
-#[command(
-    name = "e2e-infra",
-    version,
-    about = "One tag, one build, one deploy per end-to-end test run"
-)]
+#[command(name = "e2e-infra", version, about = "One tag, one build, one deploy per end-to-end test run")]
 struct Cli {
     /// The catalog file (default: E2E_INFRA_CONFIG, else the nearest e2e-infra.toml).
     #[arg(long, global = true)]
@@ -63,9 +59,7 @@ fn main() -> ExitCode {
         Command::Up(args) => stacks::up(cli.config.as_deref(), args),
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
-        Command::Clean(args) => {
-            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images))
-        }
+        Command::Clean(args) => stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

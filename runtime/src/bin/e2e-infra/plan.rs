@@ -33,8 +33,7 @@ pub fn catalog(config: Option<&Path>) -> Result<Catalog, String> {
     let path = match config {
         Some(path) => path.to_owned(),
         None => {
-            let here = std::env::current_dir()
-                .map_err(|e| format!("reading the current directory: {e}"))?;
+            let here = std::env::current_dir().map_err(|e| format!("reading the current directory: {e}"))?;
             Catalog::locate(&here).map_err(|e| e.to_string())?
         }
     };
@@ -45,13 +44,9 @@ pub fn catalog(config: Option<&Path>) -> Result<Catalog, String> {
 pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
     let catalog = catalog(config)?;
     let run = RunId::detect().map_err(|e| e.to_string())?;
-    let delivery = args
-        .registry
-        .clone()
-        .map_or(Delivery::Local, Delivery::Registry);
+    let delivery = args.registry.clone().map_or(Delivery::Local, Delivery::Registry);
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
-    let plan =
-        Plan::new(&catalog, &args.consumer, &needs, run, &delivery).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &delivery).map_err(|e| e.to_string())?;
     let mut text = String::new();
     match args.format {
         Format::Json => {
@@ -67,11 +62,7 @@ pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
                 plan.namespace()
             ));
             for c in plan.components() {
-                let deps = if c.depends_on.is_empty() {
-                    "-".to_owned()
-                } else {
-                    c.depends_on.join(",")
-                };
+                let deps = if c.depends_on.is_empty() { "-".to_owned() } else { c.depends_on.join(",") };
                 text.push_str(&format!(
                     "  {:<16} {:<48} {:<8} {:<12} after {deps}\n",
                     c.name,
@@ -84,9 +75,7 @@ pub fn run(config: Option<&Path>, args: &Args) -> Result<(), String> {
     }
     // A reader that stops early (`| head`) is not an error.
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(format!("writing the plan: {e}"))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing the plan: {e}")),
         _ => Ok(()),
     }
 }

@@ -104,11 +104,7 @@ pub struct CleanArgs {
 async fn stacks(docker: &bollard::Docker, cluster: &ClusterArgs) -> Result<Vec<RunStack>, String> {
     let mut runs = teardown::list(docker).await.map_err(|e| error_chain(&e))?;
     if let Some(context) = cluster.wanted() {
-        runs.extend(
-            teardown::list_kube(context)
-                .await
-                .map_err(|e| error_chain(&e))?,
-        );
+        runs.extend(teardown::list_kube(context).await.map_err(|e| error_chain(&e))?);
     }
     Ok(runs)
 }
@@ -127,14 +123,11 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     let id = match std::env::var(e2e_infra::plan::RUN_ID_ENV) {
         Ok(id) => id,
         Err(_) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             // The time orders ids for people; the random part keeps `up`s
             // started in the same millisecond, or on other hosts, apart.
-            let random = e2e_infra::plan::random_hex(6).map_err(|e| {
-                format!("reading /dev/urandom for a run id failed: {e}; set E2E_INFRA_RUN_ID")
-            })?;
+            let random = e2e_infra::plan::random_hex(6)
+                .map_err(|e| format!("reading /dev/urandom for a run id failed: {e}; set E2E_INFRA_RUN_ID"))?;
             format!("up-{:x}-{random}", now.as_millis())
         }
     };
@@ -155,8 +148,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let needs: Vec<&str> = args.needs.iter().map(String::as_str).collect();
-    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &backend.delivery())
-        .map_err(|e| e.to_string())?;
+    let plan = Plan::new(&catalog, &args.consumer, &needs, run, &backend.delivery()).map_err(|e| e.to_string())?;
     let take_down = format!(
         "e2e-infra down --consumer {} --run {}{}",
         args.consumer,
@@ -173,10 +165,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), String> {
         Backend::Kubernetes(target) => Some(target.context.clone()),
         _ => None,
     };
-    let mut options = StackOptions {
-        backend,
-        ..StackOptions::default()
-    };
+    let mut options = StackOptions { backend, ..StackOptions::default() };
     options.build.force = args.force_build;
     let runtime = runtime()?;
     // A second `up` with the same run id would take the first stack's
@@ -243,22 +232,9 @@ pub fn status(args: &StatusArgs) -> Result<(), String> {
         let docker = engine::connect().await.map_err(|e| error_chain(&e))?;
         let runs = stacks(&docker, &args.cluster).await?;
         if runs.is_empty() {
-            println!(
-                "no e2e-infra stacks on this engine{}",
-                if args.cluster.wanted().is_some() {
-                    " or cluster"
-                } else {
-                    ""
-                }
-            );
+            println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
         }
-        let list = |names: &[String]| {
-            if names.is_empty() {
-                "-".to_owned()
-            } else {
-                names.join(", ")
-            }
-        };
+        let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
         let now = teardown::now();
         for run in runs {
             let state = match (run.liveness(), run.kept) {

@@ -77,30 +77,16 @@ pub struct Target {
 /// each forwarded connection are logged, and close that connection.
 pub fn start(target: Target) -> Result<SocketAddr, ForwardError> {
     let service = target.service.clone();
-    let listen = |source| ForwardError::Listen {
-        service: service.clone(),
-        source,
-    };
+    let listen = |source| ForwardError::Listen { service: service.clone(), source };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(listen)?;
     listener.set_nonblocking(true).map_err(listen)?;
     let addr = listener.local_addr().map_err(listen)?;
     std::thread::Builder::new()
-        .name(format!(
-            "e2e-infra-forward-{}-{}",
-            target.service, target.port
-        ))
+        .name(format!("e2e-infra-forward-{}-{}", target.service, target.port))
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    return tracing::warn!(
-                        "port-forward to {}: no runtime: {error}",
-                        target.service
-                    )
-                }
+                Err(error) => return tracing::warn!("port-forward to {}: no runtime: {error}", target.service),
             };
             runtime.block_on(serve(listener, target));
         })
@@ -121,11 +107,7 @@ async fn serve(listener: std::net::TcpListener, target: Target) {
         let (client, target) = (client.clone(), target.clone());
         tokio::spawn(async move {
             if let Err(error) = pipe(client, &target, socket).await {
-                tracing::warn!(
-                    "port-forward to {}:{}: {error}",
-                    target.service,
-                    target.port
-                );
+                tracing::warn!("port-forward to {}:{}: {error}", target.service, target.port);
             }
         });
     }
@@ -135,14 +117,11 @@ async fn serve(listener: std::net::TcpListener, target: Target) {
 /// picked up by the next connection.
 async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<(), ForwardError> {
     let services: Api<Service> = Api::namespaced(client.clone(), &target.namespace);
-    let service = services
-        .get(&target.service)
-        .await
-        .map_err(|source| ForwardError::Service {
-            service: target.service.clone(),
-            namespace: target.namespace.clone(),
-            source,
-        })?;
+    let service = services.get(&target.service).await.map_err(|source| ForwardError::Service {
+        service: target.service.clone(),
+        namespace: target.namespace.clone(),
+        source,
+    })?;
     let selector = service
         .spec
         .and_then(|s| s.selector)
@@ -156,10 +135,7 @@ async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<
         let (pod, port) = (pod.to_owned(), target.port);
         move |source| ForwardError::Pod { pod, port, source }
     };
-    let listed = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(pod_error("(list)"))?;
+    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(pod_error("(list)"))?;
     let name = listed
         .items
         .into_iter()
@@ -170,10 +146,7 @@ async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<
             namespace: target.namespace.clone(),
             selector: selector.clone(),
         })?;
-    let mut forwarder = pods
-        .portforward(&name, &[target.port])
-        .await
-        .map_err(pod_error(&name))?;
+    let mut forwarder = pods.portforward(&name, &[target.port]).await.map_err(pod_error(&name))?;
     if let Some(mut upstream) = forwarder.take_stream(target.port) {
         // Either side closing ends the connection; that is not an error.
         let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;

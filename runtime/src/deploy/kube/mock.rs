@@ -43,10 +43,7 @@ pub struct Script {
 impl Script {
     /// Adds the answer to the next watch of `resource`: `events` after `delay`.
     pub fn watch(mut self, resource: &'static str, delay: Duration, events: Vec<Value>) -> Self {
-        self.watches
-            .entry(resource)
-            .or_default()
-            .push_back((delay, events));
+        self.watches.entry(resource).or_default().push_back((delay, events));
         self
     }
 }
@@ -69,11 +66,7 @@ pub fn client_and_server(script: Script) -> (Client, Arc<Mutex<Log>>) {
     (Client::new(service, "default"), log)
 }
 
-async fn serve(
-    mut handle: Handle<Request<Body>, Response<Body>>,
-    mut script: Script,
-    log: Arc<Mutex<Log>>,
-) {
+async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, mut script: Script, log: Arc<Mutex<Log>>) {
     let mut parked: Vec<SendResponse<Response<Body>>> = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
         let (parts, body) = request.into_parts();
@@ -82,18 +75,10 @@ async fn serve(
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
         if let Ok(mut log) = log.lock() {
-            log.requests.push(Seen {
-                method: parts.method.clone(),
-                path: path.clone(),
-                query: query.clone(),
-                body: body.clone(),
-            });
+            log.requests.push(Seen { method: parts.method.clone(), path: path.clone(), query: query.clone(), body: body.clone() });
         }
         let resource = path.rsplit('/').next().unwrap_or_default();
-        let collection = path
-            .split('/')
-            .nth_back(if parts.method == Method::GET { 0 } else { 1 })
-            .unwrap_or_default();
+        let collection = path.split('/').nth_back(if parts.method == Method::GET { 0 } else { 1 }).unwrap_or_default();
         match parts.method {
             Method::PATCH => {
                 let mut object = body;
@@ -103,15 +88,9 @@ async fn serve(
             Method::DELETE => send.send_response(json_response(&json!({
                 "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": resource }
             }))),
-            Method::GET if resource == "log" => {
-                send.send_response(Response::new(Body::from(script.logs.clone().into_bytes())))
-            }
+            Method::GET if resource == "log" => send.send_response(Response::new(Body::from(script.logs.clone().into_bytes()))),
             Method::GET if query.contains("watch=true") => {
-                match script
-                    .watches
-                    .get_mut(collection)
-                    .and_then(VecDeque::pop_front)
-                {
+                match script.watches.get_mut(collection).and_then(VecDeque::pop_front) {
                     Some((delay, events)) => {
                         let (log, collection) = (Arc::clone(&log), collection.to_owned());
                         tokio::spawn(async move {
@@ -127,14 +106,8 @@ async fn serve(
                 }
             }
             Method::GET => {
-                let items = if collection == "events" {
-                    script.events.clone()
-                } else {
-                    Vec::new()
-                };
-                send.send_response(json_response(
-                    &json!({ "metadata": { "resourceVersion": "1" }, "items": items }),
-                ));
+                let items = if collection == "events" { script.events.clone() } else { Vec::new() };
+                send.send_response(json_response(&json!({ "metadata": { "resourceVersion": "1" }, "items": items })));
             }
             _ => {
                 let mut refused = Response::new(Body::from(Vec::new()));

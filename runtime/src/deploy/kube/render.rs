@@ -29,23 +29,11 @@ pub const USER_LABEL_PREFIX: &str = "users.e2e-infra.io/";
 const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("", "PersistentVolume"),
     ("admissionregistration.k8s.io", "MutatingAdmissionPolicy"),
-    (
-        "admissionregistration.k8s.io",
-        "MutatingAdmissionPolicyBinding",
-    ),
-    (
-        "admissionregistration.k8s.io",
-        "MutatingWebhookConfiguration",
-    ),
+    ("admissionregistration.k8s.io", "MutatingAdmissionPolicyBinding"),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingAdmissionPolicyBinding",
-    ),
-    (
-        "admissionregistration.k8s.io",
-        "ValidatingWebhookConfiguration",
-    ),
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
     ("apiextensions.k8s.io", "CustomResourceDefinition"),
     ("apiregistration.k8s.io", "APIService"),
     ("certificates.k8s.io", "CertificateSigningRequest"),
@@ -148,11 +136,8 @@ pub fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
     let parsed = parse_manifests(plan)?;
     // A custom resource's scope is known only from its definition, which may
     // come from any component's manifests, including a later one.
-    let custom_cluster_kinds: HashSet<(String, String)> = parsed
-        .iter()
-        .flat_map(|(_, _, objects)| objects)
-        .filter_map(cluster_scoped_definition)
-        .collect();
+    let custom_cluster_kinds: HashSet<(String, String)> =
+        parsed.iter().flat_map(|(_, _, objects)| objects).filter_map(cluster_scoped_definition).collect();
     let mut rendered = Vec::new();
     let mut problems = Vec::new();
     for (component, file, objects) in parsed {
@@ -168,11 +153,7 @@ pub fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
             problems.extend(bind_pull_policies(plan, file, &mut object));
             bound.push(Value::Object(object));
         }
-        rendered.push(RenderedManifest {
-            component: component.name.clone(),
-            file: file.clone(),
-            objects: bound,
-        });
+        rendered.push(RenderedManifest { component: component.name.clone(), file: file.clone(), objects: bound });
     }
     if !problems.is_empty() {
         let planned = plan
@@ -195,23 +176,15 @@ type Parsed<'a> = (&'a PlannedComponent, &'a PathBuf, Vec<Map<String, Value>>);
 fn parse_manifests(plan: &Plan) -> Result<Vec<Parsed<'_>>, KubeError> {
     let mut parsed = Vec::new();
     for component in plan.components() {
-        let Some(kubernetes) = &component.spec.kubernetes else {
-            continue;
-        };
+        let Some(kubernetes) = &component.spec.kubernetes else { continue };
         for file in &kubernetes.manifests {
-            let text = std::fs::read_to_string(file).map_err(|source| KubeError::ReadManifest {
-                file: file.clone(),
-                source,
-            })?;
-            let text =
-                bind_images(plan, &text).replace(NAMESPACE_PLACEHOLDER, plan.namespace().as_str());
+            let text = std::fs::read_to_string(file)
+                .map_err(|source| KubeError::ReadManifest { file: file.clone(), source })?;
+            let text = bind_images(plan, &text).replace(NAMESPACE_PLACEHOLDER, plan.namespace().as_str());
             let mut objects = Vec::new();
             for document in serde_yaml::Deserializer::from_str(&text) {
-                let value =
-                    Value::deserialize(document).map_err(|source| KubeError::ParseManifest {
-                        file: file.clone(),
-                        source,
-                    })?;
+                let value = Value::deserialize(document)
+                    .map_err(|source| KubeError::ParseManifest { file: file.clone(), source })?;
                 if !value.is_null() {
                     objects.push(checked_object(file, value)?);
                 }
@@ -242,31 +215,18 @@ fn bind_images(plan: &Plan, text: &str) -> String {
 }
 
 fn checked_object(file: &Path, value: Value) -> Result<Map<String, Value>, KubeError> {
-    let invalid = |problem: String| KubeError::InvalidObject {
-        file: file.to_owned(),
-        problem,
-    };
+    let invalid = |problem: String| KubeError::InvalidObject { file: file.to_owned(), problem };
     let Value::Object(object) = value else {
         return Err(invalid("a document is not a mapping".to_owned()));
     };
-    let text = |key: &str| {
-        object
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let text = |key: &str| object.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
     let kind = text("kind").ok_or_else(|| invalid("an object has no `kind`".to_owned()))?;
     let Some(api_version) = text("apiVersion") else {
         return Err(invalid(format!("a {kind} has no `apiVersion`")));
     };
-    let name = object
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str);
+    let name = object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
     let Some(name) = name else {
-        return Err(invalid(format!(
-            "a {kind} has no `metadata.name` (generateName cannot be applied)"
-        )));
+        return Err(invalid(format!("a {kind} has no `metadata.name` (generateName cannot be applied)")));
     };
     match (group_of(api_version), kind) {
         ("", "Namespace") => Err(invalid(format!(
@@ -298,10 +258,7 @@ fn cluster_scoped_definition(object: &Map<String, Value>) -> Option<(String, Str
         return None;
     }
     let group = spec.get("group").and_then(Value::as_str)?;
-    let kind = spec
-        .get("names")
-        .and_then(|n| n.get("kind"))
-        .and_then(Value::as_str)?;
+    let kind = spec.get("names").and_then(|n| n.get("kind")).and_then(Value::as_str)?;
     Some((group.to_owned(), kind.to_owned()))
 }
 
@@ -316,44 +273,27 @@ fn is_cluster_scoped(object: &Map<String, Value>, custom: &HashSet<(String, Stri
 /// managed-by label and one [`user_label`] per run that uses it.
 fn shared_labels(plan: &Plan, component: &str) -> KubeLabels {
     let labels = BTreeMap::from([
-        (
-            labels::MANAGED_BY.to_owned(),
-            labels::MANAGED_BY_VALUE.to_owned(),
-        ),
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
         (user_label(plan.namespace()), label_value(component)),
     ]);
-    KubeLabels {
-        labels,
-        annotations: BTreeMap::new(),
-    }
+    KubeLabels { labels, annotations: BTreeMap::new() }
 }
 
 /// Puts the object into `namespace`, or out of any namespace when `None`
 /// (deploy tells cluster-scoped objects by the absence of
 /// `metadata.namespace`), and adds `labels`.
 fn set_metadata(object: &mut Map<String, Value>, namespace: Option<&str>, labels: &KubeLabels) {
-    let metadata = object
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(metadata) = metadata else {
-        return;
-    };
+    let metadata = object.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(metadata) = metadata else { return };
     match namespace {
-        Some(namespace) => {
-            metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()))
-        }
+        Some(namespace) => metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned())),
         None => metadata.remove("namespace"),
     };
-    for (key, values) in [
-        ("labels", &labels.labels),
-        ("annotations", &labels.annotations),
-    ] {
+    for (key, values) in [("labels", &labels.labels), ("annotations", &labels.annotations)] {
         if values.is_empty() {
             continue;
         }
-        let entry = metadata
-            .entry(key)
-            .or_insert_with(|| Value::Object(Map::new()));
+        let entry = metadata.entry(key).or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(map) = entry {
             for (k, v) in values {
                 map.insert(k.clone(), Value::String(v.clone()));
@@ -380,36 +320,22 @@ fn for_each_pod_spec(value: &mut Value, visit: &mut impl FnMut(&mut Map<String, 
 const IMAGE_VOLUME: &str = "image volume";
 
 /// The container lists of a pod spec, and what their entries are called.
-const CONTAINER_LISTS: [(&str, &str); 3] = [
-    ("initContainers", "init container"),
-    ("containers", "container"),
-    ("ephemeralContainers", "ephemeral container"),
-];
+const CONTAINER_LISTS: [(&str, &str); 3] =
+    [("initContainers", "init container"), ("containers", "container"), ("ephemeralContainers", "ephemeral container")];
 
 /// Sets the pull policy of every planned image in every pod spec of the
 /// object (containers and image volumes), and returns the images that are
 /// not planned.
-fn bind_pull_policies(
-    plan: &Plan,
-    file: &Path,
-    object: &mut Map<String, Value>,
-) -> Vec<ImageProblem> {
+fn bind_pull_policies(plan: &Plan, file: &Path, object: &mut Map<String, Value>) -> Vec<ImageProblem> {
     let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
-    let described = format!(
-        "{}/{}",
-        text(object.get("kind")),
-        text(object.get("metadata").and_then(|m| m.get("name")))
-    );
+    let described =
+        format!("{}/{}", text(object.get("kind")), text(object.get("metadata").and_then(|m| m.get("name"))));
     let mut problems = Vec::new();
     let mut refuse = |place: &'static str, holder: &Map<String, Value>, image: String| {
         problems.push(ImageProblem {
             file: file.to_owned(),
             object: described.clone(),
-            container: holder
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_owned(),
+            container: holder.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(),
             place,
             reason: refusal(plan, place, &image),
             image,
@@ -417,22 +343,16 @@ fn bind_pull_policies(
     };
     let mut visit = |pod_spec: &mut Map<String, Value>| {
         for (list, place) in CONTAINER_LISTS {
-            let Some(Value::Array(containers)) = pod_spec.get_mut(list) else {
-                continue;
-            };
+            let Some(Value::Array(containers)) = pod_spec.get_mut(list) else { continue };
             for container in containers.iter_mut().filter_map(Value::as_object_mut) {
                 if let Err(image) = bind_pull_policy(plan, container, "image", "imagePullPolicy") {
                     refuse(place, container, image);
                 }
             }
         }
-        let Some(Value::Array(volumes)) = pod_spec.get_mut("volumes") else {
-            return;
-        };
+        let Some(Value::Array(volumes)) = pod_spec.get_mut("volumes") else { return };
         for volume in volumes.iter_mut().filter_map(Value::as_object_mut) {
-            let Some(Value::Object(source)) = volume.get_mut("image") else {
-                continue;
-            };
+            let Some(Value::Object(source)) = volume.get_mut("image") else { continue };
             if let Err(image) = bind_pull_policy(plan, source, "reference", "pullPolicy") {
                 refuse(IMAGE_VOLUME, volume, image);
             }
@@ -452,16 +372,10 @@ fn bind_pull_policy(
     image_key: &str,
     policy_key: &str,
 ) -> Result<(), String> {
-    let image = holder
-        .get(image_key)
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let image = holder.get(image_key).and_then(Value::as_str).unwrap_or_default();
     match plan.components().iter().find(|c| c.image.matches(image)) {
         Some(component) => {
-            holder.insert(
-                policy_key.to_owned(),
-                Value::String(component.pull_policy.as_str().to_owned()),
-            );
+            holder.insert(policy_key.to_owned(), Value::String(component.pull_policy.as_str().to_owned()));
             Ok(())
         }
         None => Err(image.to_owned()),
@@ -470,11 +384,7 @@ fn bind_pull_policy(
 
 fn refusal(plan: &Plan, place: &str, image: &str) -> String {
     if image.is_empty() {
-        let key = if place == IMAGE_VOLUME {
-            "reference"
-        } else {
-            "image"
-        };
+        let key = if place == IMAGE_VOLUME { "reference" } else { "image" };
         return format!("the {place} has no image; write `{key}: ${{image:<component>}}`");
     }
     if let Some(rest) = image.strip_prefix(PLACEHOLDER_START) {
@@ -511,9 +421,7 @@ pub(super) fn kube_labels(raw: HashMap<String, String>) -> KubeLabels {
 /// `value` if it is a legal label value, else a stable legal stand-in.
 pub fn label_value(value: &str) -> String {
     let legal = value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && (value.is_empty()
             || (value.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && value.ends_with(|c: char| c.is_ascii_alphanumeric())));

@@ -11,8 +11,7 @@ use kube::client::Body;
 use serde_json::json;
 
 use super::mock::{
-    added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script,
-    Seen,
+    added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script, Seen,
 };
 use super::render::{user_label, USER_LABEL_PREFIX};
 use super::*;
@@ -71,9 +70,7 @@ spec:
 /// A catalog (borrowed postgres, built api) and the plan of `api` for `run`.
 fn fixture(api_manifest: &str, run: &str) -> (tempfile::TempDir, Plan) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        std::fs::write(dir.path().join(name), text).expect("write fixture")
-    };
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write fixture");
     write("Dockerfile", "FROM scratch\n");
     write("api.yaml", api_manifest);
     write("postgres.yaml", POSTGRES_MANIFEST);
@@ -99,32 +96,14 @@ kubernetes = { manifests = ["api.yaml"] }
 /// The watches of a healthy stack: everything ready, the Deployment last.
 fn healthy(ns: &str) -> Script {
     Script::default()
-        .watch(
-            "statefulsets",
-            Duration::ZERO,
-            vec![added(statefulset(ns, "postgres", 1))],
-        )
+        .watch("statefulsets", Duration::ZERO, vec![added(statefulset(ns, "postgres", 1))])
         .watch("jobs", Duration::ZERO, vec![added(job(ns, "api-seed", 1))])
-        .watch(
-            "deployments",
-            Duration::ZERO,
-            vec![added(deployment(ns, "api", 0))],
-        )
-        .watch(
-            "deployments",
-            Duration::from_millis(200),
-            vec![modified(deployment(ns, "api", 1))],
-        )
+        .watch("deployments", Duration::ZERO, vec![added(deployment(ns, "api", 0))])
+        .watch("deployments", Duration::from_millis(200), vec![modified(deployment(ns, "api", 1))])
 }
 
 fn patches(seen: &Mutex<Log>) -> Vec<Seen> {
-    seen.lock()
-        .expect("log")
-        .requests
-        .iter()
-        .filter(|s| s.method == Method::PATCH)
-        .cloned()
-        .collect()
+    seen.lock().expect("log").requests.iter().filter(|s| s.method == Method::PATCH).cloned().collect()
 }
 
 #[tokio::test]
@@ -133,29 +112,11 @@ async fn applies_in_dependency_order_with_planned_images_then_waits_until_ready(
     let ns = plan.namespace().as_str().to_owned();
     let (client, seen) = client_and_server(healthy(&ns));
 
-    let stack = deploy(
-        client,
-        &plan,
-        &KubeOptions::with_timeout(Duration::from_secs(60)),
-    )
-    .await
-    .expect("deploy");
+    let stack = deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(60))).await.expect("deploy");
 
     assert_eq!(&stack.namespace, plan.namespace());
-    let applied: Vec<String> = stack
-        .objects
-        .iter()
-        .map(|o| format!("{}/{}", o.kind, o.name))
-        .collect();
-    assert_eq!(
-        applied,
-        [
-            "StatefulSet/postgres",
-            "Deployment/api",
-            "Service/api",
-            "Job/api-seed"
-        ]
-    );
+    let applied: Vec<String> = stack.objects.iter().map(|o| format!("{}/{}", o.kind, o.name)).collect();
+    assert_eq!(applied, ["StatefulSet/postgres", "Deployment/api", "Service/api", "Job/api-seed"]);
     let patches = patches(&seen);
     let paths: Vec<&str> = patches.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(
@@ -186,10 +147,7 @@ async fn applies_in_dependency_order_with_planned_images_then_waits_until_ready(
     let postgres = &patches[1].body["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(postgres["image"], json!("docker.io/library/postgres:16"));
     assert_eq!(postgres["imagePullPolicy"], json!("IfNotPresent"));
-    assert_eq!(
-        deployment["metadata"]["labels"][labels::COMPONENT],
-        json!("api")
-    );
+    assert_eq!(deployment["metadata"]["labels"][labels::COMPONENT], json!("api"));
 }
 
 #[tokio::test]
@@ -215,42 +173,24 @@ async fn image_pull_back_off_ends_the_wait_at_once_naming_the_image() {
     let (client, seen) = client_and_server(script);
 
     let started = Instant::now();
-    let error = deploy(
-        client,
-        &plan,
-        &KubeOptions::with_timeout(Duration::from_secs(120)),
-    )
-    .await
-    .expect_err("must fail");
+    let error =
+        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(120))).await.expect_err("must fail");
 
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
-    let KubeError::PodFailed(failure) = &error else {
-        panic!("unexpected error: {error}")
-    };
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let KubeError::PodFailed(failure) = &error else { panic!("unexpected error: {error}") };
     assert_eq!(failure.reason, "ImagePullBackOff");
     assert_eq!(failure.image, api);
     assert_eq!(failure.pod, "api-7d9f-x2x");
     assert_eq!(failure.container, "api");
-    assert!(
-        failure
-            .events
-            .iter()
-            .any(|e| e.contains("Failed to pull image")),
-        "{:?}",
-        failure.events
-    );
+    assert!(failure.events.iter().any(|e| e.contains("Failed to pull image")), "{:?}", failure.events);
     let text = error.to_string();
-    assert!(
-        text.contains(&api) && text.contains("ImagePullBackOff"),
-        "{text}"
-    );
-    let asked_events = seen.lock().expect("log").requests.iter().any(|s| {
-        s.path.ends_with("/events") && s.query.contains("involvedObject.name%3Dapi-7d9f-x2x")
-    });
+    assert!(text.contains(&api) && text.contains("ImagePullBackOff"), "{text}");
+    let asked_events = seen
+        .lock()
+        .expect("log")
+        .requests
+        .iter()
+        .any(|s| s.path.ends_with("/events") && s.query.contains("involvedObject.name%3Dapi-7d9f-x2x"));
     assert!(asked_events, "the pod's events were not asked for");
 }
 
@@ -262,47 +202,21 @@ async fn crash_loop_back_off_carries_the_last_log_lines() {
     let mut script = healthy(&ns).watch(
         "pods",
         Duration::ZERO,
-        vec![added(waiting_pod(
-            &ns,
-            &api,
-            "CrashLoopBackOff",
-            "back-off 40s restarting failed container",
-        ))],
+        vec![added(waiting_pod(&ns, &api, "CrashLoopBackOff", "back-off 40s restarting failed container"))],
     );
     script.watches.remove("deployments");
     script.logs = "starting api\nconnecting to postgres:5432: connection refused\n".to_owned();
     let (client, seen) = client_and_server(script);
 
-    let error = deploy(
-        client,
-        &plan,
-        &KubeOptions::with_timeout(Duration::from_secs(120)),
-    )
-    .await
-    .expect_err("must fail");
+    let error =
+        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(120))).await.expect_err("must fail");
 
-    let KubeError::PodFailed(failure) = &error else {
-        panic!("unexpected error: {error}")
-    };
+    let KubeError::PodFailed(failure) = &error else { panic!("unexpected error: {error}") };
     assert_eq!(failure.reason, "CrashLoopBackOff");
-    assert!(
-        failure.logs.contains("connection refused"),
-        "{}",
-        failure.logs
-    );
+    assert!(failure.logs.contains("connection refused"), "{}", failure.logs);
     assert!(error.to_string().contains("connection refused"), "{error}");
-    let log_request = seen
-        .lock()
-        .expect("log")
-        .requests
-        .iter()
-        .find(|s| s.path.ends_with("/log"))
-        .cloned()
-        .expect("logs asked");
-    assert_eq!(
-        log_request.path,
-        format!("/api/v1/namespaces/{ns}/pods/api-7d9f-x2x/log")
-    );
+    let log_request = seen.lock().expect("log").requests.iter().find(|s| s.path.ends_with("/log")).cloned().expect("logs asked");
+    assert_eq!(log_request.path, format!("/api/v1/namespaces/{ns}/pods/api-7d9f-x2x/log"));
     assert!(
         log_request.query.contains("previous=true") && log_request.query.contains("tailLines=20"),
         "{}",
@@ -315,53 +229,29 @@ async fn a_timeout_names_what_is_still_not_ready() {
     let (_dir, plan) = fixture(API_MANIFEST, "kube-timeout");
     let ns = plan.namespace().as_str().to_owned();
     let mut script = healthy(&ns);
-    script.watches.insert(
-        "deployments",
-        VecDeque::from([(Duration::ZERO, vec![added(deployment(&ns, "api", 0))])]),
-    );
+    script.watches.insert("deployments", VecDeque::from([(Duration::ZERO, vec![added(deployment(&ns, "api", 0))])]));
     let (client, _seen) = client_and_server(script);
 
-    let error = deploy(
-        client,
-        &plan,
-        &KubeOptions::with_timeout(Duration::from_secs(2)),
-    )
-    .await
-    .expect_err("must time out");
+    let error =
+        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(2))).await.expect_err("must time out");
 
-    let KubeError::NotReady {
-        pending, namespace, ..
-    } = &error
-    else {
-        panic!("unexpected error: {error}")
-    };
+    let KubeError::NotReady { pending, namespace, .. } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(namespace, &ns);
     assert_eq!(pending, &["Deployment/api (0/1 available)"]);
 }
 
 #[tokio::test]
 async fn preflight_refuses_a_hard_coded_image_before_any_request() {
-    let hard_coded = API_MANIFEST.replacen(
-        "${image:api}",
-        "localhost/kubernaut-datastorage:e2e-test-datastorage",
-        1,
-    );
+    let hard_coded = API_MANIFEST.replacen("${image:api}", "localhost/kubernaut-datastorage:e2e-test-datastorage", 1);
     let (dir, plan) = fixture(&hard_coded, "kube-preflight");
     let (client, seen) = client_and_server(healthy(plan.namespace().as_str()));
 
-    let error = deploy(client, &plan, &KubeOptions::default())
-        .await
-        .expect_err("must refuse");
+    let error = deploy(client, &plan, &KubeOptions::default()).await.expect_err("must refuse");
 
-    let KubeError::Preflight { problems, planned } = &error else {
-        panic!("unexpected error: {error}")
-    };
+    let KubeError::Preflight { problems, planned } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].file, dir.path().join("api.yaml"));
-    assert_eq!(
-        problems[0].image,
-        "localhost/kubernaut-datastorage:e2e-test-datastorage"
-    );
+    assert_eq!(problems[0].image, "localhost/kubernaut-datastorage:e2e-test-datastorage");
     assert_eq!(problems[0].object, "Deployment/api");
     assert_eq!(problems[0].container, "migrate");
     assert_eq!(problems[0].place, "init container");
@@ -370,36 +260,21 @@ async fn preflight_refuses_a_hard_coded_image_before_any_request() {
     let text = error.to_string();
     assert!(text.contains("api.yaml") && text.contains(&api), "{text}");
     tokio::task::yield_now().await;
-    assert!(
-        seen.lock().expect("log").requests.is_empty(),
-        "requests reached the API server"
-    );
+    assert!(seen.lock().expect("log").requests.is_empty(), "requests reached the API server");
 }
 
 #[test]
 fn preflight_refuses_a_stale_tag_and_an_unknown_component() {
-    let stale = API_MANIFEST
-        .replacen("${image:api}", "localhost/api:notification-deadbeef", 1)
-        .replacen("${image:api}", "${image:datastorage}", 1);
+    let stale = API_MANIFEST.replacen("${image:api}", "localhost/api:notification-deadbeef", 1).replacen(
+        "${image:api}",
+        "${image:datastorage}",
+        1,
+    );
     let (_dir, plan) = fixture(&stale, "kube-stale");
-    let Err(KubeError::Preflight { problems, .. }) = render(&plan) else {
-        panic!("must refuse")
-    };
+    let Err(KubeError::Preflight { problems, .. }) = render(&plan) else { panic!("must refuse") };
     let images: Vec<&str> = problems.iter().map(|p| p.image.as_str()).collect();
-    assert_eq!(
-        images,
-        [
-            "localhost/api:notification-deadbeef",
-            "${image:datastorage}"
-        ]
-    );
-    assert!(
-        problems[1]
-            .reason
-            .contains("`datastorage` is not a component of this plan"),
-        "{}",
-        problems[1].reason
-    );
+    assert_eq!(images, ["localhost/api:notification-deadbeef", "${image:datastorage}"]);
+    assert!(problems[1].reason.contains("`datastorage` is not a component of this plan"), "{}", problems[1].reason);
 }
 
 #[test]
@@ -431,52 +306,27 @@ struct Shape<'a> {
 /// The shape's foreign image is refused naming the object and the holder;
 /// `${image:api}` in its place is accepted with the plan's pull policy.
 fn check_shape(run: &str, shape: &Shape<'_>) {
-    let (image_key, policy_key) = if shape.place == "image volume" {
-        ("reference", "pullPolicy")
-    } else {
-        ("image", "imagePullPolicy")
-    };
+    let (image_key, policy_key) =
+        if shape.place == "image volume" { ("reference", "pullPolicy") } else { ("image", "imagePullPolicy") };
 
     let (dir, plan) = fixture(&shape.manifest.replace("IMAGE", FOREIGN), run);
     let error = render(&plan).expect_err("a foreign image must be refused");
-    let KubeError::Preflight { problems, .. } = &error else {
-        panic!("unexpected error: {error}")
-    };
-    let refused: Vec<(&str, &str, &str, &str)> = problems
-        .iter()
-        .map(|p| {
-            (
-                p.object.as_str(),
-                p.place,
-                p.container.as_str(),
-                p.image.as_str(),
-            )
-        })
-        .collect();
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    let refused: Vec<(&str, &str, &str, &str)> =
+        problems.iter().map(|p| (p.object.as_str(), p.place, p.container.as_str(), p.image.as_str())).collect();
     assert_eq!(refused, [(shape.object, shape.place, shape.name, FOREIGN)]);
     assert_eq!(problems[0].file, dir.path().join("api.yaml"));
     let line = problems[0].to_string();
     assert!(
-        line.contains(&format!(
-            "{} {} `{}` uses image `{FOREIGN}`",
-            shape.object, shape.place, shape.name
-        )),
+        line.contains(&format!("{} {} `{}` uses image `{FOREIGN}`", shape.object, shape.place, shape.name)),
         "{line}"
     );
 
     let (_dir, plan) = fixture(&shape.manifest.replace("IMAGE", "${image:api}"), run);
     let rendered = render(&plan).expect("a planned image must be accepted");
-    let api = rendered
-        .iter()
-        .find(|m| m.component == "api")
-        .expect("api rendered");
-    let holder = api.objects[0]
-        .pointer(shape.at)
-        .unwrap_or_else(|| panic!("nothing at {}", shape.at));
-    assert_eq!(
-        holder[image_key],
-        json!(plan.image("api").expect("api planned").to_string())
-    );
+    let api = rendered.iter().find(|m| m.component == "api").expect("api rendered");
+    let holder = api.objects[0].pointer(shape.at).unwrap_or_else(|| panic!("nothing at {}", shape.at));
+    assert_eq!(holder[image_key], json!(plan.image("api").expect("api planned").to_string()));
     assert_eq!(holder[policy_key], json!("Never"), "{holder}");
 }
 
@@ -693,26 +543,12 @@ spec: {{ template: {{ spec: {{ containers: [{{ name: api, image: {FOREIGN} }}] }
     );
     let (_dir, plan) = fixture(&manifest, "kube-every-problem");
     let error = render(&plan).expect_err("must refuse");
-    let KubeError::Preflight { problems, .. } = &error else {
-        panic!("unexpected error: {error}")
-    };
-    let refused: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{} {} {}", p.object, p.place, p.container))
-        .collect();
-    assert_eq!(
-        refused,
-        ["Pod/api image volume models", "Rollout/api container api"]
-    );
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    let refused: Vec<String> = problems.iter().map(|p| format!("{} {} {}", p.object, p.place, p.container)).collect();
+    assert_eq!(refused, ["Pod/api image volume models", "Rollout/api container api"]);
     let text = error.to_string();
-    assert!(
-        text.contains("preflight refused 2 container image(s)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("Pod/api image volume `models` uses image"),
-        "{text}"
-    );
+    assert!(text.contains("preflight refused 2 container image(s)"), "{text}");
+    assert!(text.contains("Pod/api image volume `models` uses image"), "{text}");
 }
 
 #[test]
@@ -732,19 +568,9 @@ subjects: [{ kind: ServiceAccount, name: api, namespace: '${namespace}' }]
     let (_dir, plan) = fixture(manifest, "kube-namespace-placeholder");
     let ns = plan.namespace().as_str();
     let rendered = render(&plan).expect("render");
-    let objects = &rendered
-        .iter()
-        .find(|m| m.component == "api")
-        .expect("api rendered")
-        .objects;
-    assert_eq!(
-        objects[0]["data"]["peers"],
-        json!(format!("postgres.{ns}.svc"))
-    );
-    assert_eq!(
-        objects[1]["metadata"]["name"],
-        json!(format!("notification-reader-{ns}"))
-    );
+    let objects = &rendered.iter().find(|m| m.component == "api").expect("api rendered").objects;
+    assert_eq!(objects[0]["data"]["peers"], json!(format!("postgres.{ns}.svc")));
+    assert_eq!(objects[1]["metadata"]["name"], json!(format!("notification-reader-{ns}")));
     assert_eq!(objects[1]["subjects"][0]["namespace"], json!(ns));
 }
 
@@ -795,26 +621,17 @@ metadata: { name: api }
 fn cluster_scoped_objects_get_no_namespace_and_only_shared_labels() {
     let (dir, plan) = fixture(SCOPES_API_MANIFEST, "kube-scopes");
     let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: { name: shared, namespace: default }\n";
-    std::fs::write(
-        dir.path().join("postgres.yaml"),
-        format!("{POSTGRES_MANIFEST}---\n{widget}"),
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("postgres.yaml"), format!("{POSTGRES_MANIFEST}---\n{widget}")).expect("write");
     let ns = plan.namespace().as_str();
 
     let rendered = render(&plan).expect("render");
 
-    let objects: Vec<(&str, &Value)> = rendered
-        .iter()
-        .flat_map(|m| m.objects.iter().map(move |o| (m.component.as_str(), o)))
-        .collect();
+    let objects: Vec<(&str, &Value)> =
+        rendered.iter().flat_map(|m| m.objects.iter().map(move |o| (m.component.as_str(), o))).collect();
     let placed: Vec<String> = objects
         .iter()
         .map(|(_, o)| {
-            let namespace = o["metadata"]
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("-");
+            let namespace = o["metadata"].get("namespace").and_then(Value::as_str).unwrap_or("-");
             format!(
                 "{}/{} {namespace}",
                 o["kind"].as_str().expect("kind"),
@@ -845,11 +662,7 @@ fn cluster_scoped_objects_get_no_namespace_and_only_shared_labels() {
             // Namespaced objects carry exactly the run's labels, full values as annotations.
             let expected = render::kube_labels(labels::for_component(&plan, component));
             assert_eq!(metadata["labels"], json!(expected.labels), "{object}");
-            assert_eq!(
-                metadata["annotations"],
-                json!(expected.annotations),
-                "{object}"
-            );
+            assert_eq!(metadata["annotations"], json!(expected.annotations), "{object}");
         } else {
             let mut expected = json!({ labels::MANAGED_BY: "e2e-infra", user.as_str(): component });
             if object["kind"] == "ClusterRoleBinding" {
@@ -873,44 +686,26 @@ fn namespace_and_node_objects_are_refused() {
             "Node/worker cannot be applied: nodes belong to the cluster",
         ),
     ] {
-        let (_dir, plan) = fixture(
-            &format!("{API_MANIFEST}---\n{object}"),
-            "kube-refused-kinds",
-        );
+        let (_dir, plan) = fixture(&format!("{API_MANIFEST}---\n{object}"), "kube-refused-kinds");
         let error = render(&plan).expect_err("must refuse");
-        assert!(
-            matches!(&error, KubeError::InvalidObject { problem, .. } if problem.contains(expected)),
-            "{error}"
-        );
+        assert!(matches!(&error, KubeError::InvalidObject { problem, .. } if problem.contains(expected)), "{error}");
     }
 }
 
 #[tokio::test]
 async fn the_namespace_carries_legal_labels_and_the_full_values_as_annotations() {
     let long_run = format!("explicit-{}", "r".repeat(90));
-    let config_only =
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: api }\ndata: { mode: test }\n";
+    let config_only = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: api }\ndata: { mode: test }\n";
     let (_dir, plan) = fixture(config_only, &long_run);
-    std::fs::write(
-        _dir.path().join("postgres.yaml"),
-        config_only.replace("name: api", "name: postgres"),
-    )
-    .expect("write");
+    std::fs::write(_dir.path().join("postgres.yaml"), config_only.replace("name: api", "name: postgres"))
+        .expect("write");
     let (client, seen) = client_and_server(Script::default());
 
-    let stack = deploy(client, &plan, &KubeOptions::default())
-        .await
-        .expect("deploy");
+    let stack = deploy(client, &plan, &KubeOptions::default()).await.expect("deploy");
 
     assert_eq!(stack.objects.len(), 2);
-    let namespace = patches(&seen)
-        .into_iter()
-        .next()
-        .expect("namespace applied");
-    assert_eq!(
-        namespace.path,
-        format!("/api/v1/namespaces/{}", plan.namespace())
-    );
+    let namespace = patches(&seen).into_iter().next().expect("namespace applied");
+    assert_eq!(namespace.path, format!("/api/v1/namespaces/{}", plan.namespace()));
     let metadata = &namespace.body["metadata"];
     let labels = metadata["labels"].as_object().expect("labels");
     for value in labels.values() {
@@ -952,16 +747,9 @@ async fn deleting_an_absent_namespace_is_not_an_error() {
                 "message": "namespace not found"
             });
             let body = Body::from(serde_json::to_vec(&status).expect("json"));
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(body)
-                    .expect("response"),
-            );
+            send.send_response(Response::builder().status(404).body(body).expect("response"));
         }
     });
-    delete_namespace(Client::new(service, "default"), plan.namespace())
-        .await
-        .expect("absent is fine");
+    delete_namespace(Client::new(service, "default"), plan.namespace()).await.expect("absent is fine");
     server.await.expect("server");
 }

@@ -20,13 +20,8 @@ use super::render::RenderedManifest;
 use super::KubeError;
 
 /// Waiting reasons that never resolve by themselves.
-const FATAL_REASONS: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrImageNeverPull",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-];
+const FATAL_REASONS: &[&str] =
+    &["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CrashLoopBackOff", "CreateContainerConfigError"];
 /// Log lines kept for a failure.
 const LOG_LINES: i64 = 20;
 /// Events kept for a failure.
@@ -90,15 +85,8 @@ impl fmt::Display for PodFailure {
             write!(f, "\nlast log lines:\n{}", self.logs.trim_end())?;
         }
         if let Some((node, held)) = &self.node_images {
-            let repository = self
-                .image
-                .rsplit_once(':')
-                .map_or(self.image.as_str(), |(r, _)| r);
-            let held = if held.is_empty() {
-                "nothing".to_owned()
-            } else {
-                held.join(", ")
-            };
+            let repository = self.image.rsplit_once(':').map_or(self.image.as_str(), |(r, _)| r);
+            let held = if held.is_empty() { "nothing".to_owned() } else { held.join(", ") };
             write!(f, "\n{node} holds of `{repository}`: {held}")?;
         }
         Ok(())
@@ -106,9 +94,7 @@ impl fmt::Display for PodFailure {
 }
 
 /// The Deployments, StatefulSets and Jobs among the rendered objects.
-pub(super) fn workloads<'m>(
-    rendered: impl IntoIterator<Item = &'m RenderedManifest>,
-) -> Vec<(WorkloadKind, String)> {
+pub(super) fn workloads<'m>(rendered: impl IntoIterator<Item = &'m RenderedManifest>) -> Vec<(WorkloadKind, String)> {
     rendered
         .into_iter()
         .flat_map(|m| &m.objects)
@@ -171,10 +157,7 @@ pub(super) async fn until_ready(
 ) -> Result<(), KubeError> {
     let mut progress = Progress {
         namespace: namespace.to_owned(),
-        workloads: workloads
-            .iter()
-            .map(|w| (w.clone(), (false, "not seen yet".to_owned())))
-            .collect(),
+        workloads: workloads.iter().map(|w| (w.clone(), (false, "not seen yet".to_owned()))).collect(),
         last_watch_error: None,
     };
     if progress.all_ready() {
@@ -182,29 +165,15 @@ pub(super) async fn until_ready(
     }
     let has = |kind| workloads.iter().any(|(k, _)| *k == kind);
     let mut streams: Vec<BoxStream<'static, Result<Seen, watcher::Error>>> =
-        vec![watch(client, namespace)
-            .map_ok(|e| Seen::Pod(Box::new(e)))
-            .boxed()];
+        vec![watch(client, namespace).map_ok(|e| Seen::Pod(Box::new(e))).boxed()];
     if has(WorkloadKind::Deployment) {
-        streams.push(
-            watch(client, namespace)
-                .map_ok(|e| Seen::Deployment(Box::new(e)))
-                .boxed(),
-        );
+        streams.push(watch(client, namespace).map_ok(|e| Seen::Deployment(Box::new(e))).boxed());
     }
     if has(WorkloadKind::StatefulSet) {
-        streams.push(
-            watch(client, namespace)
-                .map_ok(|e| Seen::StatefulSet(Box::new(e)))
-                .boxed(),
-        );
+        streams.push(watch(client, namespace).map_ok(|e| Seen::StatefulSet(Box::new(e))).boxed());
     }
     if has(WorkloadKind::Job) {
-        streams.push(
-            watch(client, namespace)
-                .map_ok(|e| Seen::Job(Box::new(e)))
-                .boxed(),
-        );
+        streams.push(watch(client, namespace).map_ok(|e| Seen::Job(Box::new(e))).boxed());
     }
     let seen = futures::stream::select_all(streams);
     match tokio::time::timeout_at(deadline, follow(client, seen, &mut progress)).await {
@@ -219,10 +188,7 @@ pub(super) async fn until_ready(
     }
 }
 
-fn watch<K>(
-    client: &Client,
-    namespace: &str,
-) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
+fn watch<K>(client: &Client, namespace: &str) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -232,11 +198,7 @@ where
         + 'static,
     K::DynamicType: Default,
 {
-    watcher(
-        Api::<K>::namespaced(client.clone(), namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
+    watcher(Api::<K>::namespaced(client.clone(), namespace), watcher::Config::default()).default_backoff()
 }
 
 async fn follow(
@@ -249,18 +211,8 @@ async fn follow(
             // The watcher retries with a backoff; the error matters only if
             // nothing becomes ready before the timeout.
             Err(error) => progress.last_watch_error = Some(error.to_string()),
-            Ok(Seen::Deployment(event)) => on_event(
-                *event,
-                progress,
-                WorkloadKind::Deployment,
-                deployment_progress,
-            ),
-            Ok(Seen::StatefulSet(event)) => on_event(
-                *event,
-                progress,
-                WorkloadKind::StatefulSet,
-                statefulset_progress,
-            ),
+            Ok(Seen::Deployment(event)) => on_event(*event, progress, WorkloadKind::Deployment, deployment_progress),
+            Ok(Seen::StatefulSet(event)) => on_event(*event, progress, WorkloadKind::StatefulSet, statefulset_progress),
             Ok(Seen::Job(event)) => {
                 if let Event::Apply(job) | Event::InitApply(job) = event.as_ref() {
                     if let Some(message) = job_failure(job) {
@@ -277,9 +229,7 @@ async fn follow(
             Ok(Seen::Pod(event)) => {
                 if let Event::Apply(pod) | Event::InitApply(pod) = event.as_ref() {
                     if let Some(failure) = fatal_container(pod) {
-                        return Err(KubeError::PodFailed(Box::new(
-                            explain(client, pod, failure).await,
-                        )));
+                        return Err(KubeError::PodFailed(Box::new(explain(client, pod, failure).await)));
                     }
                 }
             }
@@ -288,9 +238,7 @@ async fn follow(
             return Ok(());
         }
     }
-    Err(KubeError::WatchEnded {
-        namespace: progress.namespace.clone(),
-    })
+    Err(KubeError::WatchEnded { namespace: progress.namespace.clone() })
 }
 
 fn on_event<K: ResourceExt>(
@@ -304,9 +252,7 @@ fn on_event<K: ResourceExt>(
             let (ready, detail) = judge(&object);
             progress.update(kind, &object.name_any(), ready, detail);
         }
-        Event::Delete(object) => {
-            progress.update(kind, &object.name_any(), false, "deleted".to_owned())
-        }
+        Event::Delete(object) => progress.update(kind, &object.name_any(), false, "deleted".to_owned()),
         Event::Init | Event::InitDone => {}
     }
 }
@@ -316,43 +262,28 @@ fn deployment_progress(deployment: &Deployment) -> (bool, String) {
     let status = deployment.status.as_ref();
     let available = status.and_then(|s| s.available_replicas).unwrap_or(0);
     // A status about an older generation says nothing about this one.
-    let current = match (
-        status.and_then(|s| s.observed_generation),
-        deployment.metadata.generation,
-    ) {
+    let current = match (status.and_then(|s| s.observed_generation), deployment.metadata.generation) {
         (Some(observed), Some(generation)) => observed >= generation,
         _ => true,
     };
-    (
-        current && available >= wanted,
-        format!("{available}/{wanted} available"),
-    )
+    (current && available >= wanted, format!("{available}/{wanted} available"))
 }
 
 fn statefulset_progress(set: &StatefulSet) -> (bool, String) {
     let wanted = set.spec.replicas.unwrap_or(1);
-    let ready = set
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready = set.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
     (ready >= wanted, format!("{ready}/{wanted} ready"))
 }
 
 fn job_progress(job: &Job) -> (bool, String) {
     let wanted = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(1);
     let succeeded = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0);
-    (
-        succeeded >= wanted,
-        format!("{succeeded}/{wanted} succeeded"),
-    )
+    (succeeded >= wanted, format!("{succeeded}/{wanted} succeeded"))
 }
 
 fn job_failure(job: &Job) -> Option<String> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let failed = conditions
-        .iter()
-        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
     Some(format!(
         "{}: {}",
         failed.reason.as_deref().unwrap_or("Failed"),
@@ -363,18 +294,11 @@ fn job_failure(job: &Job) -> Option<String> {
 /// The first container of `pod` waiting for a reason that never resolves.
 fn fatal_container(pod: &Pod) -> Option<PodFailure> {
     let status = pod.status.as_ref()?;
-    let statuses: Vec<&ContainerStatus> = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .collect();
+    let statuses: Vec<&ContainerStatus> =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten()).collect();
     statuses.into_iter().find_map(|container| {
         let waiting = container.state.as_ref()?.waiting.as_ref()?;
-        let reason = waiting
-            .reason
-            .as_deref()
-            .filter(|r| FATAL_REASONS.contains(r))?;
+        let reason = waiting.reason.as_deref().filter(|r| FATAL_REASONS.contains(r))?;
         let spec = pod.spec.as_ref();
         let image = spec
             .into_iter()
@@ -400,10 +324,7 @@ fn fatal_container(pod: &Pod) -> Option<PodFailure> {
 async fn explain(client: &Client, pod: &Pod, mut failure: PodFailure) -> PodFailure {
     let namespace = failure.namespace.clone();
     let events: Api<KubeEvent> = Api::namespaced(client.clone(), &namespace);
-    let selector = format!(
-        "involvedObject.kind=Pod,involvedObject.name={}",
-        failure.pod
-    );
+    let selector = format!("involvedObject.kind=Pod,involvedObject.name={}", failure.pod);
     failure.events = match events.list(&ListParams::default().fields(&selector)).await {
         Ok(list) => {
             let mut lines: Vec<String> = list
@@ -443,49 +364,28 @@ async fn explain(client: &Client, pod: &Pod, mut failure: PodFailure) -> PodFail
 /// The last log lines of the newest pod of `job`.
 async fn job_logs(client: &Client, namespace: &str, job: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let listed = match pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await
-    {
+    let listed = match pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await {
         Ok(listed) => listed,
         Err(error) => return format!("(pods of the job unavailable: {error})"),
     };
-    let Some(newest) = listed
-        .items
-        .iter()
-        .max_by_key(|p| p.metadata.creation_timestamp.clone())
-    else {
+    let Some(newest) = listed.items.iter().max_by_key(|p| p.metadata.creation_timestamp.clone()) else {
         return String::new();
     };
-    let params = LogParams {
-        tail_lines: Some(LOG_LINES),
-        ..LogParams::default()
-    };
-    pods.logs(&newest.name_any(), &params)
-        .await
-        .unwrap_or_else(|error| format!("(logs unavailable: {error})"))
+    let params = LogParams { tail_lines: Some(LOG_LINES), ..LogParams::default() };
+    pods.logs(&newest.name_any(), &params).await.unwrap_or_else(|error| format!("(logs unavailable: {error})"))
 }
 
 /// For a timeout: every container that is not ready, with its readiness
 /// probe and the last time the kubelet said why it failed.
 async fn unready_containers(client: &Client, namespace: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let Ok(listed) = pods.list(&ListParams::default()).await else {
-        return Vec::new();
-    };
+    let Ok(listed) = pods.list(&ListParams::default()).await else { return Vec::new() };
     let events: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
-    let unhealthy = events
-        .list(&ListParams::default().fields("reason=Unhealthy"))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
+    let unhealthy = events.list(&ListParams::default().fields("reason=Unhealthy")).await.map(|l| l.items).unwrap_or_default();
     let mut lines = Vec::new();
     for pod in &listed.items {
         let name = pod.name_any();
-        let statuses = pod
-            .status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten());
+        let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten());
         for status in statuses.filter(|s| !s.ready) {
             let probe = pod
                 .spec
@@ -501,10 +401,7 @@ async fn unready_containers(client: &Client, namespace: &str) -> Vec<String> {
                 .next_back()
                 .map(|m| format!(": {}", m.trim()))
                 .unwrap_or_default();
-            lines.push(format!(
-                "pod `{name}` container `{}`: {probe}{last}",
-                status.name
-            ));
+            lines.push(format!("pod `{name}` container `{}`: {probe}{last}", status.name));
         }
     }
     lines
@@ -516,11 +413,7 @@ fn describe_probe(probe: &k8s_openapi::api::core::v1::Probe) -> String {
         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
     };
     let what = if let Some(http) = &probe.http_get {
-        format!(
-            "HTTP GET {}:{}",
-            http.path.as_deref().unwrap_or("/"),
-            port(&http.port)
-        )
+        format!("HTTP GET {}:{}", http.path.as_deref().unwrap_or("/"), port(&http.port))
     } else if let Some(tcp) = &probe.tcp_socket {
         format!("TCP {}", port(&tcp.port))
     } else if let Some(exec) = &probe.exec {
@@ -530,8 +423,5 @@ fn describe_probe(probe: &k8s_openapi::api::core::v1::Probe) -> String {
     } else {
         "a probe".to_owned()
     };
-    format!(
-        "readiness probe {what} every {}s never passed",
-        probe.period_seconds.unwrap_or(10)
-    )
+    format!("readiness probe {what} every {}s never passed", probe.period_seconds.unwrap_or(10))
 }

@@ -26,14 +26,8 @@ fn a_root_open_to_others_or_a_symlink_is_refused_with_its_path() {
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
     let err = private_dir(&root, uid).expect_err("0755 is open to others");
     let text = err.to_string();
-    assert!(
-        text.contains(&root.display().to_string()) && text.contains("mode 0755"),
-        "{text}"
-    );
-    assert!(
-        text.contains("chmod 700") && text.contains(STATE_DIR_ENV),
-        "{text}"
-    );
+    assert!(text.contains(&root.display().to_string()) && text.contains("mode 0755"), "{text}");
+    assert!(text.contains("chmod 700") && text.contains(STATE_DIR_ENV), "{text}");
 
     let link = dir.path().join("link");
     let target = dir.path().join("target");
@@ -52,10 +46,7 @@ fn a_root_owned_by_another_user_is_refused_naming_the_owner() {
         // exercised against another uid instead.
         eprintln!("not root: cannot make a directory owned by another user; checked it against uid {} instead", uid + 1);
         let err = private_dir(&root, uid + 1).expect_err("owned by another uid");
-        assert!(
-            err.to_string().contains(&format!("owned by uid {uid}")),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&format!("owned by uid {uid}")), "{err}");
         return;
     }
     std::os::unix::fs::chown(&root, Some(65534), None).expect("chown");
@@ -70,21 +61,9 @@ fn names_from_labels_or_the_environment_never_become_paths_outside_the_root() {
     fs::create_dir(&victim).expect("victim");
     for bad in ["..", "../x", "../../../tmp/x", ".", ""] {
         let err = RunDir::open_under(&root, bad, "svc").expect_err(bad);
-        assert!(
-            matches!(err, StateError::BadName { what: "run id", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StateError::BadName { what: "run id", .. }), "{err}");
         let err = RunDir::open_under(&root, "run", bad).expect_err(bad);
-        assert!(
-            matches!(
-                err,
-                StateError::BadName {
-                    what: "consumer",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, StateError::BadName { what: "consumer", .. }), "{err}");
         assert!(RunDir::existing(bad, "x").is_none());
     }
     assert!(victim.is_dir());
@@ -98,18 +77,9 @@ fn state_files_are_never_opened_through_a_symlink() {
     fs::write(&outside, "{\"planted\": true}").expect("outside file");
     std::os::unix::fs::symlink(&outside, run.file("stack.json")).expect("symlink");
     std::os::unix::fs::symlink(&outside, run.file("failed")).expect("symlink");
-    assert!(
-        run.found().is_err(),
-        "a planted stack.json symlink is not read"
-    );
-    assert!(
-        run.record_failed_test("t").is_err(),
-        "appending through a symlink is refused"
-    );
-    assert_eq!(
-        fs::read_to_string(&outside).expect("still there"),
-        "{\"planted\": true}"
-    );
+    assert!(run.found().is_err(), "a planted stack.json symlink is not read");
+    assert!(run.record_failed_test("t").is_err(), "appending through a symlink is refused");
+    assert_eq!(fs::read_to_string(&outside).expect("still there"), "{\"planted\": true}");
 }
 
 fn launcher(pid: u32, alive: bool) -> Launcher {
@@ -118,11 +88,7 @@ fn launcher(pid: u32, alive: bool) -> Launcher {
         me
     } else {
         // Same host and namespace, a start time no process has: finished.
-        Launcher {
-            pid,
-            start_ticks: u64::MAX,
-            ..me
-        }
+        Launcher { pid, start_ticks: u64::MAX, ..me }
     }
 }
 
@@ -131,23 +97,16 @@ fn state_of_an_earlier_finished_use_of_the_run_id_is_cleared() {
     let (_dir, root) = private_root();
     let run = RunDir::open_under(&root, "ci-42", "svc").expect("opens");
     let earlier = launcher(1, false);
-    run.write("launcher", &earlier.label())
-        .expect("earlier launcher");
+    run.write("launcher", &earlier.label()).expect("earlier launcher");
     run.record_failure("build failed last time").expect("error");
     run.record_failed_test("old_test").expect("failed");
     let me = launcher(0, true);
-    assert_eq!(
-        run.claim(Some(me), "ci-42", "svc").expect("claims"),
-        Claim::Reset { leftovers: false }
-    );
+    assert_eq!(run.claim(Some(me), "ci-42", "svc").expect("claims"), Claim::Reset { leftovers: false });
     assert!(matches!(run.found().expect("reads"), Found::Nothing));
     assert!(run.failed_tests().is_empty());
     // Now it is this run's: a second process of the run keeps what it finds.
     run.record_failure("this run's error").expect("error");
-    assert_eq!(
-        run.claim(Some(me), "ci-42", "svc").expect("claims"),
-        Claim::Ours
-    );
+    assert_eq!(run.claim(Some(me), "ci-42", "svc").expect("claims"), Claim::Ours);
     assert!(matches!(run.found().expect("reads"), Found::Failed(m) if m == "this run's error"));
 }
 
@@ -155,12 +114,9 @@ fn state_of_an_earlier_finished_use_of_the_run_id_is_cleared() {
 fn an_earlier_use_that_got_as_far_as_setup_leaves_leftovers_to_remove() {
     let (_dir, root) = private_root();
     let run = RunDir::open_under(&root, "ci-43", "svc").expect("opens");
-    run.write("launcher", &launcher(1, false).label())
-        .expect("earlier launcher");
+    run.write("launcher", &launcher(1, false).label()).expect("earlier launcher");
     run.begin_attempt().expect("attempt");
-    let claim = run
-        .claim(Some(launcher(0, true)), "ci-43", "svc")
-        .expect("claims");
+    let claim = run.claim(Some(launcher(0, true)), "ci-43", "svc").expect("claims");
     assert_eq!(claim, Claim::Reset { leftovers: true });
 }
 
@@ -169,21 +125,11 @@ fn a_live_or_foreign_launcher_shares_the_directory() {
     let (_dir, root) = private_root();
     let run = RunDir::open_under(&root, "ci-44", "svc").expect("opens");
     let mut foreign = launcher(0, true);
-    foreign.host = foreign.host.map(|h| crate::plan::Host {
-        pid_ns: h.pid_ns + 1,
-        ..h
-    });
-    run.write("launcher", &foreign.label())
-        .expect("foreign launcher");
+    foreign.host = foreign.host.map(|h| crate::plan::Host { pid_ns: h.pid_ns + 1, ..h });
+    run.write("launcher", &foreign.label()).expect("foreign launcher");
     run.record_failure("theirs").expect("error");
-    let me = Launcher {
-        start_ticks: 1,
-        ..launcher(0, true)
-    };
-    assert_eq!(
-        run.claim(Some(me), "ci-44", "svc").expect("claims"),
-        Claim::Ours
-    );
+    let me = Launcher { start_ticks: 1, ..launcher(0, true) };
+    assert_eq!(run.claim(Some(me), "ci-44", "svc").expect("claims"), Claim::Ours);
     assert!(matches!(run.found().expect("reads"), Found::Failed(_)));
 }
 
@@ -191,15 +137,9 @@ fn a_live_or_foreign_launcher_shares_the_directory() {
 fn a_kept_stack_of_an_earlier_use_is_not_silently_orphaned() {
     let (_dir, root) = private_root();
     let run = RunDir::open_under(&root, "ci-45", "svc").expect("opens");
-    run.write("launcher", &launcher(1, false).label())
-        .expect("earlier launcher");
+    run.write("launcher", &launcher(1, false).label()).expect("earlier launcher");
     run.mark_kept("failed: t").expect("kept");
-    let err = run
-        .claim(Some(launcher(0, true)), "ci-45", "svc")
-        .expect_err("kept");
+    let err = run.claim(Some(launcher(0, true)), "ci-45", "svc").expect_err("kept");
     let text = err.to_string();
-    assert!(
-        text.contains("e2e-infra down --consumer svc --run ci-45") && text.contains("failed: t"),
-        "{text}"
-    );
+    assert!(text.contains("e2e-infra down --consumer svc --run ci-45") && text.contains("failed: t"), "{text}");
 }
