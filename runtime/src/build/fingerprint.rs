@@ -23,8 +23,8 @@ use super::context::{open_regular, ContextError};
 
 /// Files changed this close to the record's time are always read again.
 const RACY: Duration = Duration::from_secs(2);
-/// The directory, under the state root, holding one record per context.
-const DIR: &str = ".file-digests";
+/// The name of the directory, beside the state root, holding one record per context.
+const DIR: &str = "file-digests";
 /// Read buffer per hashing thread.
 const BUFFER: usize = 256 * 1024;
 
@@ -85,11 +85,10 @@ fn now_ns() -> i128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
 }
 
-/// Where the record of the context keyed `key` lives, if the state root is usable.
+/// Where the record of the context keyed `key` lives, if the directory
+/// beside the state root is usable.
 fn record_path(key: &str) -> Option<PathBuf> {
-    let root = crate::suite::state::root().ok()?;
-    let dir = root.join(DIR);
-    fs::create_dir_all(&dir).ok()?;
+    let dir = crate::suite::state::cache_dir(DIR).ok()?;
     Some(dir.join(format!("{}.json", hex::encode(&Sha256::digest(key.as_bytes())[..16]))))
 }
 
