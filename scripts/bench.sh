@@ -7,12 +7,16 @@
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
 # makes sure of both), cargo-nextest for benchmark 5, and a cluster for
 # benchmark 6: KUBECONFIG (and E2E_KUBE_CONTEXT) if set, else kube-local,
-# started here and stopped at the end.
+# started here and stopped at the end. A cluster already running is used
+# when KUBECONFIG names it; benchmark 7 also loads into its node when
+# E2E_CONTAINERD_SOCKET is set (cluster.sh prints all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/engine.sh --all >/dev/null
-if [[ -z "${KUBECONFIG:-}" ]] && bash scripts/cluster.sh available x; then
+if [[ -n "${KUBECONFIG:-}" ]]; then
+  echo "bench.sh: using the cluster of KUBECONFIG=$KUBECONFIG${E2E_CONTAINERD_SOCKET:+, node containerd $E2E_CONTAINERD_SOCKET}" >&2
+elif bash scripts/cluster.sh available x; then
   dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
   trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
   eval "$(bash scripts/cluster.sh start "$dir")"
@@ -20,4 +24,4 @@ fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in
 # the same target directory.
-target/debug/e2e-infra-bench "$@"
+"${CARGO_TARGET_DIR:-target}/debug/e2e-infra-bench" "$@"

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, RemoveContainerOptions, RemoveImageOptions,
@@ -15,6 +16,8 @@ use bollard::Docker;
 use e2e_infra::load::kind::{node_images, CLUSTER_LABEL, ROLE_LABEL};
 use e2e_infra::ImageRef;
 use futures::StreamExt;
+
+use crate::unique;
 
 /// The stand-in node image, built once and kept across test runs.
 pub const STAND_IN_IMAGE: &str = "localhost/e2e-infra-kind-node:stand-in";
@@ -107,6 +110,56 @@ pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> S
     .await
 }
 
+/// Runs `args` in the node container `node` through the engine; returns its
+/// standard output, or what went wrong.
+pub async fn node_exec(docker: &Docker, node: &str, args: &[&str]) -> Result<String, String> {
+    let failed = |e: bollard::errors::Error| format!("`{}` in {node}: {e}", args.join(" "));
+    let options = CreateExecOptions {
+        cmd: Some(args.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(node, options).await.map_err(failed)?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&created.id, None).await.map_err(failed)? {
+        while let Some(frame) = output.next().await.transpose().map_err(failed)? {
+            match frame {
+                bollard::container::LogOutput::StdOut { message } => {
+                    stdout.push_str(&String::from_utf8_lossy(&message))
+                }
+                bollard::container::LogOutput::StdErr { message } => {
+                    stderr.push_str(&String::from_utf8_lossy(&message))
+                }
+                _ => {}
+            }
+        }
+    }
+    match docker.inspect_exec(&created.id).await.map_err(failed)?.exit_code {
+        Some(0) => Ok(stdout),
+        code => Err(format!("`{}` in {node} exited with {code:?}: {stderr}", args.join(" "))),
+    }
+}
+
+/// The content of `path` in image `reference` as unpacked in the
+/// containerd of stand-in node `node`: the image mounted read-only, read
+/// with the node's busybox, unmounted.
+pub async fn read_in_image(docker: &Docker, node: &str, reference: &str, path: &str) -> String {
+    let mount = format!("/mnt/{}", unique("image"));
+    let file = format!("{mount}{path}");
+    let mounting: [&[&str]; 2] = [
+        &["/bin/busybox", "mkdir", "-p", &mount, "/tmp"],
+        &["ctr", "--namespace=k8s.io", "images", "mount", "--rw=false", reference, &mount],
+    ];
+    for args in mounting {
+        node_exec(docker, node, args).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let read = node_exec(docker, node, &["/bin/busybox", "cat", &file]).await;
+    let unmount = ["ctr", "--namespace=k8s.io", "images", "unmount", &mount];
+    node_exec(docker, node, &unmount).await.unwrap_or_else(|e| panic!("{e}"));
+    read.unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Removes the tagged images when dropped, even when a test fails.
 #[derive(Debug, Default)]
 pub struct ImageGuard(pub Vec<String>);
@@ -174,7 +227,9 @@ impl StandInCluster {
             loop {
                 match node_images(docker, node).await {
                     Ok(_) => break,
-                    Err(e) if Instant::now() > deadline => panic!("containerd in {node} never answered: {e}"),
+                    Err(e) if Instant::now() > deadline => {
+                        panic!("containerd in {node} never answered: {e}")
+                    }
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }

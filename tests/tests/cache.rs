@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
@@ -602,6 +602,86 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
             .await
             .unwrap();
         remove_built_images(&direct, &plan).await;
+    })
+    .await;
+}
+
+/// Sets the modification time of `path`.
+fn set_mtime(path: &std::path::Path, time: SystemTime) {
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open for set_modified");
+    file.set_modified(time).expect("set_modified");
+}
+
+/// The digests of a context's files are kept between runs: an unchanged
+/// file is not read again, a touched one is read again and the build still
+/// hits the cache, and one rewritten to the same size under a new time
+/// misses it.
+#[tokio::test]
+async fn context_file_digests_are_reused_until_a_file_changes() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("app", "COPY data /data\n");
+    let data = project.write("app/data", "version 1");
+    // Older than the window in which a change could hide in the clock's tick.
+    let ago = |minutes: u64| SystemTime::now() - Duration::from_secs(60 * minutes);
+    for entry in std::fs::read_dir(project.path().join("app")).expect("context") {
+        set_mtime(&entry.expect("entry").path(), ago(60));
+    }
+    let plans: Vec<Plan> = (0..4)
+        .map(|_| plan(&catalog, "fingerprint", &["app"], AREA, &Delivery::Local))
+        .collect();
+    let body = async {
+        let build = |p: &Plan| {
+            let p = p.clone();
+            let docker = docker.clone();
+            async move {
+                build_all(&docker, &p, &BuildOptions::default())
+                    .await
+                    .map(|mut b| b.remove(0))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let first = build(&plans[0]).await?;
+        assert!(!first.cached);
+        let files = first.hashing.hashed + first.hashing.reused;
+        assert!(files >= 4, "{:?}", first.hashing);
+
+        let unchanged = build(&plans[1]).await?;
+        assert!(unchanged.cached);
+        assert_eq!(
+            (unchanged.hashing.hashed, unchanged.hashing.reused),
+            (0, files),
+            "{:?}",
+            unchanged.hashing
+        );
+
+        set_mtime(&data, ago(30));
+        let touched = build(&plans[2]).await?;
+        assert!(
+            touched.cached,
+            "a touched file with the same content missed the cache"
+        );
+        assert_eq!(touched.hashing.hashed, 1, "{:?}", touched.hashing);
+        assert_eq!(touched.image_id, first.image_id);
+
+        std::fs::write(&data, "version 2").expect("rewrite");
+        set_mtime(&data, ago(20));
+        let changed = build(&plans[3]).await?;
+        assert!(
+            !changed.cached,
+            "a file changed to the same size hit the cache"
+        );
+        assert_eq!(changed.hashing.hashed, 1, "{:?}", changed.hashing);
+        assert_ne!(changed.image_id, first.image_id);
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        for p in &plans {
+            remove_built_images(&docker, p).await;
+        }
     })
     .await;
 }

@@ -5,7 +5,7 @@ use bollard::query_parameters::TagImageOptions;
 use e2e_infra::load::containerd::{Action, ContainerdError, LoadImage, Node};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, ImageGuard, StandInCluster};
+use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ImageGuard, StandInCluster};
 use e2e_infra_tests::{engine, unique};
 
 /// A plan of `components` (each a busybox build) for a unique run.
@@ -90,6 +90,9 @@ async fn a_node_holding_the_image_under_another_tag_gets_the_plans_reference() {
     // The nodes have that very image from the first run: tagged, not streamed again.
     assert_eq!(report.with_action(Action::Tagged).count(), 2, "{report:#?}");
     assert_eq!(report.with_action(Action::Loaded).count(), 0, "{report:#?}");
+    // The tag carried the labels over: the same run's next load finds the image.
+    let again = kind::load(&docker, &cluster.name, &second_images).await.expect("same run again");
+    assert_eq!(again.with_action(Action::Skipped).count(), 2, "{again:#?}");
     for node in &cluster.nodes {
         let listed = kind::node_images(&docker, node).await.expect("node images");
         assert!(listed.iter().any(|r| second_images[0].image.matches(r)), "{node}: {listed:?}");
@@ -137,4 +140,68 @@ async fn no_cluster_names_the_clusters_present() {
     }
     let message = error.to_string();
     assert!(message.contains(&absent) && message.contains(&present.name), "{message}");
+}
+
+#[tokio::test]
+async fn a_rebuild_that_changed_only_the_top_layer_sends_each_node_only_that_layer() {
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = plan(dir.path(), &["alpha"], &unique("kind-delta-first"));
+    let second = plan(dir.path(), &["alpha"], &unique("kind-delta-second"));
+    let mut guard = ImageGuard::default();
+    let before = build_all(&docker, &first, &mut guard).await;
+    // Same busybox layer below, another marker on top: a rebuild after an edit.
+    let image = second.image("alpha").expect("planned").clone();
+    guard.0.push(image.to_string());
+    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
+    assert_ne!(before[0].image_id, after[0].image_id);
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
+    let cluster = StandInCluster::start(&docker, &unique("e2e-kind-delta"), 1).await;
+
+    let cold = kind::load(&docker, &cluster.name, &before).await.expect("first load");
+    for outcome in &cold.outcomes {
+        assert!(outcome.sent > busybox, "a cold load sends the busybox layer: {outcome:?}");
+    }
+    let reload = kind::load(&docker, &cluster.name, &after).await.expect("reload");
+    assert_eq!(reload.with_action(Action::Loaded).count(), 2, "{reload:#?}");
+    for outcome in &reload.outcomes {
+        // The marker layer, the config and the manifest: a few KiB.
+        assert!(outcome.sent < 64 * 1024, "{} was sent {} bytes: {outcome:?}", outcome.node, outcome.sent);
+    }
+    for node in &cluster.nodes {
+        assert_eq!(read_in_image(&docker, node, &image.to_string(), "/marker").await, "edited");
+        // The layer below, never sent again, is there too.
+        assert!(read_in_image(&docker, node, &image.to_string(), "/bin/busybox").await.starts_with("\u{7f}ELF"));
+    }
+    let again = kind::load(&docker, &cluster.name, &after).await.expect("same run again");
+    assert_eq!(again.with_action(Action::Skipped).count(), 2, "{again:#?}");
+}
+
+#[tokio::test]
+async fn a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top() {
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = plan(dir.path(), &["alpha"], &unique("kind-mixed-first"));
+    let second = plan(dir.path(), &["alpha"], &unique("kind-mixed-second"));
+    let mut guard = ImageGuard::default();
+    let before = build_all(&docker, &first, &mut guard).await;
+    let image = second.image("alpha").expect("planned").clone();
+    guard.0.push(image.to_string());
+    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
+    let warm = StandInCluster::start(&docker, &unique("e2e-kind-warm"), 0).await;
+    kind::load(&docker, &warm.name, &before).await.expect("first load");
+    let fresh = StandInCluster::start(&docker, &unique("e2e-kind-fresh"), 0).await;
+    let nodes: Vec<Node> = [&warm, &fresh]
+        .iter()
+        .map(|c| Node::Container { name: c.nodes[0].clone(), role: "control-plane".to_owned() })
+        .collect();
+
+    let report = e2e_infra::load::containerd::load(&docker, &nodes, &after).await.expect("load");
+    let sent = |node: &str| report.outcomes.iter().find(|o| o.node == node).map(|o| o.sent).expect("an outcome");
+    assert!(sent(&warm.nodes[0]) < 64 * 1024, "{report:#?}");
+    assert!(sent(&fresh.nodes[0]) > busybox, "{report:#?}");
+    for node in [&warm.nodes[0], &fresh.nodes[0]] {
+        assert_eq!(read_in_image(&docker, node, &image.to_string(), "/marker").await, "edited");
+    }
 }

@@ -14,14 +14,15 @@ use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::deploy::kube::{deploy, forward, mark_kept, KubeError, KubeOptions, PodFailure};
 use e2e_infra::handle::StackRecord;
+use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage};
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
-use e2e_infra::load::containerd::{self, ContainerdError, LoadImage};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::suite::error_chain;
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
 use e2e_infra_tests::report::ReportFolder;
+use e2e_infra_tests::kind_node::{self, ImageGuard};
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -136,8 +137,11 @@ impl AppRun {
         let owned = RunId::explicit(&unique(self.plan.consumer().as_str()), Some(dead)).expect("run id");
         let plan = Plan::new(&catalog, self.plan.consumer().as_str(), &[APP], owned, &Delivery::Local).expect("plan");
         let guard = StackGuard::of(&plan, self.cluster.target());
-        let options =
-            StackOptions { backend: self.cluster.backend(), ready_timeout: Some(READY_WITHIN), ..StackOptions::default() };
+        let options = StackOptions {
+            backend: self.cluster.backend(),
+            ready_timeout: Some(READY_WITHIN),
+            ..StackOptions::default()
+        };
         stack::up(&plan, &options).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         (plan, guard)
     }
@@ -844,4 +848,34 @@ async fn a_failing_test_on_a_live_stack_gets_a_report_and_its_logs() {
     assert!(on_demand.path.starts_with(&reports), "{}", on_demand.path.display());
     assert!(on_demand.logs(APP).contains("app is up"), "{:?}", on_demand.files());
     assert!(on_demand.logs(DEPENDENT).contains("dependent is up"), "{:?}", on_demand.files());
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_layer_and_runs() {
+    let docker = engine(None).await;
+    let mut guard = ImageGuard::default();
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
+    let mut sent = Vec::new();
+    for version in ["first", "second"] {
+        // A marker of this run's own: the top layer is new to the node.
+        let marker = unique(version);
+        let script = format!("test \"$(/bin/busybox cat /marker)\" = {marker} && exec /bin/busybox sleep 3600");
+        let checks_marker = json!({ "name": APP, "image": format!("${{image:{APP}}}"), "command": ["/bin/busybox", "sh", "-c", script] });
+        let run = AppRun::new(&format!("kube-delta-{version}"), &[deployment(checks_marker)]);
+        let image = run.plan.image(APP).expect("planned").clone();
+        guard.0.push(image.to_string());
+        // The busybox layer below is the same in every build.
+        let image_id = kind_node::busybox_image(&docker, &image, &marker).await;
+        let report = containerd::load(&docker, &[run.cluster.node()], &[LoadImage { image, image_id }])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.with_action(Action::Loaded).count(), 1, "{report:#?}");
+        sent.push(report.outcomes[0].sent);
+        // The pod becomes ready only if its container found this version's marker.
+        let client = run.cluster.client().await;
+        deploy(client, &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    eprintln!("bytes sent: first load {}, reload {}", sent[0], sent[1]);
+    assert!(sent[1] < 64 * 1024, "the reload sent {} bytes; the busybox layer is {busybox}", sent[1]);
 }

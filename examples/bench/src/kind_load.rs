@@ -39,11 +39,7 @@ impl BigImage {
         let size = docker.inspect_image(&built.image.to_string()).await?.size.unwrap_or_default();
         let bytes = u64::try_from(size).unwrap_or_default();
         println!("   built {} ({} MiB) in {:.1} s", built.image, bytes / MIB, started.elapsed().as_secs_f64());
-        Ok(Self {
-            load: LoadImage { image: built.image, image_id: built.image_id },
-            bytes,
-            _guard: guard,
-        })
+        Ok(Self { load: LoadImage { image: built.image, image_id: built.image_id }, bytes, _guard: guard })
     }
 
     fn reference(&self) -> String {
@@ -116,7 +112,7 @@ fn cli_pipeline(image: &str, node: &str) -> Res<()> {
 }
 
 /// The pipelines for every node, one after the other or all at once.
-async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration> {
+pub async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration> {
     let started = Instant::now();
     if parallel {
         let runs = nodes.iter().map(|node| {
@@ -135,7 +131,12 @@ async fn cli_load(image: &str, nodes: &[String], parallel: bool) -> Res<Duration
 
 /// e2e-infra's load, checked to have done `expected` with every image on
 /// every node.
-pub async fn our_load(docker: &Docker, cluster: &StandInCluster, images: &[LoadImage], expected: Action) -> Res<Duration> {
+pub async fn our_load(
+    docker: &Docker,
+    cluster: &StandInCluster,
+    images: &[LoadImage],
+    expected: Action,
+) -> Res<Duration> {
     let started = Instant::now();
     let report = kind::load(docker, &cluster.name, images).await?;
     let took = started.elapsed();
@@ -172,8 +173,11 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
     let reference = image.reference();
     for nodes in [1usize, 3] {
         let cluster = StandInCluster::start(docker, &unique("bench-kind"), nodes - 1).await;
-        let ways: &[Way] =
-            if nodes > 1 { &[Way::Ours, Way::CliSequential, Way::CliParallel] } else { &[Way::Ours, Way::CliSequential] };
+        let ways: &[Way] = if nodes > 1 {
+            &[Way::Ours, Way::CliSequential, Way::CliParallel]
+        } else {
+            &[Way::Ours, Way::CliSequential]
+        };
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
         for rep in 0..reps {
             for i in (0..ways.len()).map(|i| (i + rep) % ways.len()) {

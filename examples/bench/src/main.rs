@@ -6,6 +6,7 @@
 //! repetitions that can be changed.
 
 mod amortize;
+mod delta;
 mod fail_fast;
 mod kind_load;
 mod report;
@@ -25,8 +26,8 @@ use report::{Machine, Res, Section};
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 7; 6 needs a cluster: KUBECONFIG; 7 fetches testcontainers from crates.io).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7])]
+    /// Which benchmarks to run (1 to 8; 6 needs a cluster: KUBECONFIG; 8 fetches testcontainers from crates.io).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -49,6 +50,12 @@ struct Cli {
     /// Size in MiB of each of those components' random payload.
     #[arg(long, default_value_t = 20)]
     warm_mb: u64,
+    /// Size in MiB of the base layer of the image reloaded in benchmark 7.
+    #[arg(long, default_value_t = 300)]
+    delta_base_mb: u64,
+    /// Size in MiB of its top layer, the one each rebuild changes.
+    #[arg(long, default_value_t = 1)]
+    delta_top_mb: u64,
     /// Tests in each generated suite of benchmark 5.
     #[arg(long, default_value_t = 16)]
     tests: usize,
@@ -59,6 +66,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Child {
+    /// Computes the input digest of every component of a catalog and prints
+    /// the time and counts (what benchmark 4 runs in a child process).
+    HashInputs {
+        /// The catalog.
+        #[arg(long)]
+        catalog: PathBuf,
+    },
     /// Loads one image into a Kind cluster and prints the peak resident set
     /// (what benchmark 2 runs in a child process).
     LoadOne {
@@ -79,6 +93,7 @@ async fn main() {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
+        Some(Child::HashInputs { catalog }) => warm::hash_inputs(catalog),
         // Dropping the run on Ctrl-C drops its guards, which remove what it made.
         None => tokio::select! {
             outcome = run(&cli) => outcome,
@@ -104,15 +119,14 @@ async fn run(cli: &Cli) -> Res<()> {
             4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
             5 => amortize::amortization(&docker, cli.tests).await?,
             6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
-            7 => reuse::reuse(&docker, cli.tests, cli.reps).await?,
-            other => return Err(format!("no benchmark {other}; they are 1 to 7").into()),
+            7 => delta::delta_reload(&docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
+            8 => reuse::reuse(&docker, cli.tests, cli.reps).await?,
+            other => return Err(format!("no benchmark {other}; they are 1 to 8").into()),
         };
         sections.push(section);
     }
-    let command = std::iter::once("scripts/bench.sh".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command =
+        std::iter::once("scripts/bench.sh".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     let page = report::page(&sections, &machine, &command, started.elapsed());
     std::fs::write(&cli.out, page)?;
     println!("\nwrote {}", cli.out.display());

@@ -176,10 +176,10 @@ async fn remove_peer(docker: &Docker, peer: &str) -> Res<()> {
     Ok(())
 }
 
-/// Benchmark 7.
+/// Benchmark 8.
 pub async fn reuse(docker: &Docker, tests: usize, reps: usize) -> Res<Section> {
     let mut section = Section::new(
-        "7. Warm runs with a reused stack, against testcontainers-rs",
+        "8. Warm runs with a reused stack, against testcontainers-rs",
         &format!(
             "The edit-run loop. One generated crate (laid out from `tests/fixture`: a busybox `api` server that \
              depends on a `store` server, two images), two suites of {tests} tests each under `cargo nextest \

@@ -4,15 +4,19 @@
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use e2e_infra::build::{build_all, BuildOptions, BuildOutcome};
+use std::process::{Command, Stdio};
+
+use e2e_infra::build::{build_all, input_digest, BuildOptions, BuildOutcome, HashCounts};
+use e2e_infra::catalog::Source;
 use e2e_infra::load::containerd::{Action, LoadImage};
+use e2e_infra::suite::state::STATE_DIR_ENV;
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::unique;
 use e2e_infra_tests::{busybox_dockerfile, plan, Project};
 
 use crate::kind_load::{clear, our_load, random_file};
-use crate::report::{median, median_of, ratio, Res, Section};
+use crate::report::{median, median_of, ratio, ratio_of, secs, Res, Section};
 
 /// A catalog of `count` busybox components, each with `mb` MiB of its own
 /// random bytes.
@@ -26,6 +30,89 @@ fn catalog(project: &Project, count: usize, mb: u64) -> Res<(Catalog, Vec<String
         toml.push_str(&format!("[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"));
     }
     Ok((project.catalog(&toml), names))
+}
+
+/// The context files of the catalog's components, as `sha256sum` is given them.
+fn context_files(catalog: &Catalog) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for component in catalog.components().values() {
+        if let Source::Build(spec) = &component.source {
+            let mut dirs = vec![spec.context.clone()];
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    match entry.file_type() {
+                        Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                        Ok(t) if t.is_file() => files.push(entry.path()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    files
+}
+
+/// `sha256sum` of `files`: its time.
+fn sha256sum(files: &[std::path::PathBuf]) -> Res<Duration> {
+    let started = Instant::now();
+    let status = Command::new("sha256sum").args(files).stdout(Stdio::null()).status()?;
+    if !status.success() {
+        return Err(format!("sha256sum exited with {status}").into());
+    }
+    Ok(started.elapsed())
+}
+
+/// The input digests of every component of the catalog at `path`, computed
+/// in a child process whose record of file digests lives in `state`: what
+/// the child measured (time, files read, bytes read, files known).
+fn digests_in_child(path: &std::path::Path, state: &std::path::Path) -> Res<(Duration, HashCounts)> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(["hash-inputs", "--catalog"])
+        .arg(path)
+        .env(STATE_DIR_ENV, state)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!("hash-inputs failed ({}): {stdout}", output.status).into());
+    }
+    let field = |key: &str| -> Res<u64> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("hash-inputs printed no {key}: {stdout}").into())
+    };
+    let counts = HashCounts {
+        hashed: usize::try_from(field("hashed")?)?,
+        hashed_bytes: field("hashed_bytes")?,
+        reused: usize::try_from(field("reused")?)?,
+    };
+    Ok((Duration::from_nanos(field("elapsed_ns")?), counts))
+}
+
+/// The child side: the input digest of every component of the catalog.
+pub fn hash_inputs(path: &std::path::Path) -> Res<()> {
+    let catalog = Catalog::load(path)?;
+    let started = Instant::now();
+    let mut total = HashCounts::default();
+    for (name, component) in catalog.components() {
+        if let Source::Build(spec) = &component.source {
+            let (_, counts) = input_digest(name, spec)?;
+            total.hashed += counts.hashed;
+            total.hashed_bytes += counts.hashed_bytes;
+            total.reused += counts.reused;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "elapsed_ns={}\nhashed={}\nhashed_bytes={}\nreused={}",
+        elapsed.as_nanos(),
+        total.hashed,
+        total.hashed_bytes,
+        total.reused
+    );
+    Ok(())
 }
 
 /// Builds a fresh run's plan; every reference it tags goes into `guard`.
@@ -119,5 +206,66 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         "the tag is per run, so a later run's references are new to the node; it holds the same images (same \
          engine id) under the earlier run's references, so they are tagged on the node instead of streamed",
     );
+
+    // The whole warm path of a new run: plan, input digests, cache lookups
+    // and tags on the engine, then the node's check and tags.
+    let mut overhead = Vec::new();
+    for _ in 0..reps {
+        let started = Instant::now();
+        let (_, built, _) = build_run(docker, &catalog, &names, false, &mut guard).await?;
+        our_load(docker, &cluster, &loads(&built), Action::Tagged).await?;
+        overhead.push(started.elapsed());
+    }
+    section.row(vec![
+        format!("**warm-run overhead**: plan + `build_all` + `kind::load` (tagged) of the {count} images, in all (target ≤ 100 ms)"),
+        median_of(&first),
+        median_of(&overhead),
+        ratio(median(&first), median(&overhead)),
+    ]);
+
+    // Hashing the contexts: sha256sum against a first hashing (no record of
+    // earlier digests) and a warm one, each in a child process of its own.
+    let files = context_files(&catalog);
+    let state = tempfile::Builder::new().prefix("bench-digests").tempdir()?;
+    let (mut cli, mut fresh, mut known) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for rep in 0..reps {
+        cli.push(sha256sum(&files)?);
+        let empty = state.path().join(format!("fresh-{rep}"));
+        std::fs::create_dir(&empty)?;
+        std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let (took, counts) = digests_in_child(&project.path().join("e2e-infra.toml"), &empty)?;
+        bytes = counts.hashed_bytes;
+        fresh.push(took);
+        let (took, counts) = digests_in_child(&project.path().join("e2e-infra.toml"), &empty)?;
+        if counts.hashed != 0 {
+            return Err(format!("the warm hashing read {} file(s) again", counts.hashed).into());
+        }
+        known.push(took);
+    }
+    let rate = |d: Duration| format!("{:.0} MiB/s", bytes as f64 / 1024.0 / 1024.0 / d.as_secs_f64().max(1e-9));
+    section.row(vec![
+        format!(
+            "input digests of the {count} contexts ({} files, {:.1} MiB): `sha256sum` / e2e-infra, first time",
+            files.len(),
+            bytes as f64 / 1024.0 / 1024.0
+        ),
+        format!("{} ({})", median_of(&cli), rate(median(&cli))),
+        format!("{} ({})", median_of(&fresh), rate(median(&fresh))),
+        ratio(median(&cli), median(&fresh)),
+    ]);
+    section.row(vec![
+        "input digests again, files unchanged: e2e-infra first time / e2e-infra with its record".to_owned(),
+        median_of(&fresh),
+        median_of(&known),
+        ratio_of(median(&fresh).as_secs_f64(), median(&known).as_secs_f64()),
+    ]);
+    section.note(&format!(
+        "hashing runs on {} thread(s); the record keeps each file's size, modification and change times and \
+         inode with its digest, and a file changed less than 2 s before the record was made is read again; \
+         warm hashing took {} at the median",
+        std::thread::available_parallelism().map_or(1, usize::from),
+        secs(median(&known))
+    ));
     Ok(section)
 }

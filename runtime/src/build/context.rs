@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::dockerignore::{DockerIgnore, InvalidPattern};
+use super::fingerprint::{self, HashCounts, Stamp};
 use crate::catalog::BuildSpec;
 
 /// The name given inside the tar to a Dockerfile that lies outside the
@@ -71,7 +72,7 @@ fn special(file_type: fs::FileType) -> Option<&'static str> {
 /// Non-blocking, so that a FIFO put in place after the scan cannot hold
 /// the open (and with it every process waiting for the build) forever;
 /// the flag does nothing to regular files.
-fn open_regular(path: &Path) -> Result<File, ContextError> {
+pub(crate) fn open_regular(path: &Path) -> Result<File, ContextError> {
     const O_NONBLOCK: i32 = 0o4000;
     let file = fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(read_error(path))?;
     let file_type = file.metadata().map_err(read_error(path))?.file_type();
@@ -92,7 +93,8 @@ fn read_regular(path: &Path) -> Result<Vec<u8>, ContextError> {
 
 #[derive(Debug)]
 enum Kind {
-    File,
+    /// A regular file, and what identifies its content when walked.
+    File(Stamp),
     Dir,
     Symlink(PathBuf),
 }
@@ -119,6 +121,8 @@ pub(crate) struct Context {
     /// sha256 of the Dockerfile, the context files after `.dockerignore`
     /// (paths, kinds, modes, contents), the build args and the target.
     pub(crate) digest: String,
+    /// How many files were read for the digest, and how many were known.
+    pub(crate) counts: HashCounts,
 }
 
 impl Context {
@@ -127,9 +131,10 @@ impl Context {
         let root = &spec.context;
         let ignore_path = root.join(DOCKERIGNORE);
         let ignore_text = match read_regular(&ignore_path) {
-            Ok(bytes) => Some(String::from_utf8(bytes).map_err(|e| {
-                read_error(&ignore_path)(io::Error::new(io::ErrorKind::InvalidData, e))
-            })?),
+            Ok(bytes) => Some(
+                String::from_utf8(bytes)
+                    .map_err(|e| read_error(&ignore_path)(io::Error::new(io::ErrorKind::InvalidData, e)))?,
+            ),
             Err(ContextError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -152,8 +157,9 @@ impl Context {
                 (GENERATED_DOCKERFILE.to_owned(), Some(text))
             }
         };
-        let digest = input_digest(component, &dockerfile, &entries, spec)?;
-        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest })
+        let key = format!("{component}\0{}", root.canonicalize().map_err(read_error(root))?.display());
+        let (digest, counts) = input_digest(&key, component, &dockerfile, &entries, spec)?;
+        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest, counts })
     }
 
     /// Writes the context as an uncompressed tar to `out`.
@@ -170,7 +176,7 @@ impl Context {
             header.set_uid(0);
             header.set_gid(0);
             let written = match &entry.kind {
-                Kind::File => {
+                Kind::File(_) => {
                     let file = open_regular(&entry.path)?;
                     tar.append_data(&mut header, &entry.relative, file)
                 }
@@ -200,9 +206,10 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -
 fn inside_context(root: &Path, dockerfile: &Path) -> Result<Option<String>, ContextError> {
     let root = root.canonicalize().map_err(read_error(root))?;
     let file = dockerfile.canonicalize().map_err(read_error(dockerfile))?;
-    Ok(file.strip_prefix(&root).ok().map(|rel| {
-        rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
-    }))
+    Ok(file
+        .strip_prefix(&root)
+        .ok()
+        .map(|rel| rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")))
 }
 
 fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -> Result<(), ContextError> {
@@ -227,7 +234,7 @@ fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -
             let kind = if meta.file_type().is_symlink() {
                 Kind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
             } else {
-                Kind::File
+                Kind::File(Stamp::of(&meta))
             };
             out.push(Entry { relative, path, kind, mode });
         }
@@ -235,7 +242,25 @@ fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -
     Ok(())
 }
 
-fn input_digest(component: &str, dockerfile: &[u8], entries: &[Entry], spec: &BuildSpec) -> Result<String, ContextError> {
+/// The digest of every input, with the counts of files read and reused;
+/// `key` names the context's record of file digests.
+fn input_digest(
+    key: &str,
+    component: &str,
+    dockerfile: &[u8],
+    entries: &[Entry],
+    spec: &BuildSpec,
+) -> Result<(String, HashCounts), ContextError> {
+    let files: Vec<fingerprint::File<'_>> = entries
+        .iter()
+        .filter_map(|entry| match entry.kind {
+            Kind::File(stamp) => Some(fingerprint::File { relative: &entry.relative, path: &entry.path, stamp }),
+            _ => None,
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let (digests, counts) = fingerprint::digests(key, &files, threads)?;
+    let mut file_digests = digests.iter();
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         // Length-prefixed so that no two different input sets hash alike.
@@ -254,9 +279,9 @@ fn input_digest(component: &str, dockerfile: &[u8], entries: &[Entry], spec: &Bu
                 field(b"symlink");
                 field(target.to_string_lossy().as_bytes());
             }
-            Kind::File => {
+            Kind::File(_) => {
                 field(b"file");
-                field(&file_sha256(&entry.path)?);
+                field(file_digests.next().map_or(&[][..], |d| &d[..]));
             }
         }
     }
@@ -265,20 +290,7 @@ fn input_digest(component: &str, dockerfile: &[u8], entries: &[Entry], spec: &Bu
         field(value.as_bytes());
     }
     field(spec.target.as_deref().unwrap_or_default().as_bytes());
-    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
-}
-
-fn file_sha256(path: &Path) -> Result<Vec<u8>, ContextError> {
-    let mut file = open_regular(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(read_error(path))?;
-        if n == 0 {
-            return Ok(hash.finalize().to_vec());
-        }
-        hash.update(&buf[..n]);
-    }
+    Ok((format!("sha256:{}", hex::encode(hash.finalize())), counts))
 }
 
 #[cfg(test)]
@@ -320,6 +332,27 @@ mod tests {
         assert_eq!(Context::scan("c", &s).unwrap().digest, first.digest);
         fs::write(dir.path().join("app"), "v2").unwrap();
         assert_ne!(Context::scan("c", &s).unwrap().digest, first.digest);
+    }
+
+    #[test]
+    fn file_digests_are_reused_only_for_files_unchanged_since_well_before_the_last_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(dir.path().join("app"), "v1").unwrap();
+        let s = spec(dir.path(), &dir.path().join("Dockerfile"));
+        let first = Context::scan("c", &s).unwrap();
+        assert_eq!(first.counts.hashed, 2);
+        // Written just now: a change in the same clock tick could hide, so read again.
+        assert_eq!(Context::scan("c", &s).unwrap().counts.hashed, 2);
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for name in ["Dockerfile", "app"] {
+            let file = fs::File::options().write(true).open(dir.path().join(name)).unwrap();
+            file.set_modified(an_hour_ago).unwrap();
+        }
+        assert_eq!(Context::scan("c", &s).unwrap().counts.hashed, 2);
+        let warm = Context::scan("c", &s).unwrap();
+        assert_eq!((warm.counts.hashed, warm.counts.reused), (0, 2));
+        assert_eq!(warm.digest, first.digest);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod context;
 mod dockerignore;
+mod fingerprint;
 pub mod housekeeping;
 
 use std::collections::{HashMap, VecDeque};
@@ -20,9 +21,10 @@ use bollard::query_parameters::{BuildImageOptionsBuilder, TagImageOptionsBuilder
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 
+use context::Context;
 pub use context::ContextError;
 pub use dockerignore::InvalidPattern;
-use context::Context;
+pub use fingerprint::HashCounts;
 
 use crate::catalog::{BuildSpec, Source};
 use crate::engine::{self, Silent};
@@ -53,6 +55,27 @@ pub fn cache_ref(image: &ImageRef, digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     let short: String = hex.chars().take(CACHE_DIGEST_HEX).collect();
     format!("{}:{CACHE_TAG_PREFIX}{short}", image.name())
+}
+
+/// The digest of `component`'s build inputs: its Dockerfile, the context's
+/// files after `.dockerignore` (paths, kinds, modes, contents), the build
+/// arguments and the target. This is what a cache reference is keyed by.
+/// The digests of files unchanged since an earlier call are reused; the
+/// counts say how many files were read.
+///
+/// # Errors
+/// [`ContextError`] for a context or Dockerfile that cannot be read.
+///
+/// # Example
+/// ```no_run
+/// # fn demo(spec: &e2e_infra::catalog::BuildSpec) -> Result<(), Box<dyn std::error::Error>> {
+/// let (digest, counts) = e2e_infra::build::input_digest("datastorage", spec)?;
+/// println!("{digest}: {} file(s) read, {} known", counts.hashed, counts.reused);
+/// # Ok(()) }
+/// ```
+pub fn input_digest(component: &str, spec: &BuildSpec) -> Result<(String, HashCounts), ContextError> {
+    let ctx = Context::scan(component, spec)?;
+    Ok((ctx.digest, ctx.counts))
 }
 
 /// How [`build_all`] builds.
@@ -106,6 +129,9 @@ pub struct BuildOutcome {
     pub elapsed: Duration,
     /// The build's last output lines, or why no build ran.
     pub output: String,
+    /// Context files read to compute the input digest, and files whose
+    /// digest was known from an earlier run.
+    pub hashing: HashCounts,
 }
 
 /// A build error.
@@ -200,38 +226,48 @@ pub enum BuildError {
 /// # Ok(()) }
 /// ```
 pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Result<Vec<BuildOutcome>, BuildError> {
+    // Every component looks for its cache at once; only builds wait for one
+    // of the `concurrency` places.
+    let builds = tokio::sync::Semaphore::new(opts.concurrency.max(1));
     let mut jobs = Vec::new();
     for component in plan.components() {
         match &component.spec.source {
-            Source::Build(spec) => jobs.push(build_one(docker, plan, component, spec, opts)),
+            Source::Build(spec) => jobs.push(build_one(docker, plan, component, spec, opts, &builds)),
             Source::Borrowed(image) => ensure_present(docker, &component.name, image).await?,
         }
     }
-    let mut outcomes: Vec<BuildOutcome> = futures::stream::iter(jobs)
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect()
-        .await?;
+    let mut outcomes: Vec<BuildOutcome> =
+        futures::stream::iter(jobs).buffer_unordered(plan.components().len().max(1)).try_collect().await?;
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
     outcomes.sort_by_key(|o| position(&o.component));
     if opts.keep_runs > 0 && !outcomes.is_empty() {
         let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
         let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
         // Housekeeping is a courtesy: its failure must not fail the run.
-        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect).await {
+        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect)
+            .await
+        {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(removed = removed.len(), keep = opts.keep_runs, "removed the image tags of older runs");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "removing the image tags of older runs failed; `e2e-infra clean --images` retries"),
+            Err(e) => {
+                tracing::warn!(error = %e, "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
+            }
         }
     }
     Ok(outcomes)
 }
 
 async fn ensure_present(docker: &Docker, component: &str, image: &ImageRef) -> Result<(), BuildError> {
-    let inspected = engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the borrowed image", docker.inspect_image(&image.to_string()))
-        .await
-        .map_err(|source| BuildError::Silent { component: component.to_owned(), source })?;
+    let inspected = engine::within(
+        docker,
+        ENGINE_CALL_TIMEOUT,
+        "inspecting the borrowed image",
+        docker.inspect_image(&image.to_string()),
+    )
+    .await
+    .map_err(|source| BuildError::Silent { component: component.to_owned(), source })?;
     match inspected {
         Ok(_) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
@@ -252,6 +288,7 @@ async fn build_one(
     component: &PlannedComponent,
     spec: &BuildSpec,
     opts: &BuildOptions,
+    builds: &tokio::sync::Semaphore,
 ) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
     let name = component.name.as_str();
@@ -270,6 +307,7 @@ async fn build_one(
         .map_err(worker_error)?
         .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
 
+    let hashing = ctx.counts;
     let silent = |source| BuildError::Silent { component: name.to_owned(), source };
     let cache = cache_ref(image, &ctx.digest);
     let repo = image.name();
@@ -290,10 +328,12 @@ async fn build_one(
             }
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
             let output = format!("no build ran: image `{id}`, built earlier from the same inputs, was tagged `{image}`\n");
-            return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed(), output });
+            return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed(), output, hashing });
         }
     }
 
+    // The semaphore is never closed: acquiring fails only if it were.
+    let _place = builds.acquire().await.ok();
     let mut image_labels = labels::for_image(plan, name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
     let build_args: HashMap<&str, &str> = spec.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -356,10 +396,7 @@ async fn build_one(
     }
     // An unreadable context file is the cause to report, not the broken
     // stream the engine saw because of it.
-    writer
-        .await
-        .map_err(worker_error)?
-        .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
+    writer.await.map_err(worker_error)?.map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
     if let Some(source) = failure {
         return Err(BuildError::Failed {
             component: name.to_owned(),
@@ -369,10 +406,11 @@ async fn build_one(
             source,
         });
     }
-    let inspected = engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", docker.inspect_image(&tag))
-        .await
-        .map_err(silent)?
-        .map_err(|e| engine_error("inspecting the built image", e))?;
+    let inspected =
+        engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", docker.inspect_image(&tag))
+            .await
+            .map_err(silent)?
+            .map_err(|e| engine_error("inspecting the built image", e))?;
     let image_id = inspected.id.unwrap_or_default();
     // Tagged after the build, by id: only this image, never one of the
     // build's intermediates, can then be found as the cache.
@@ -384,7 +422,7 @@ async fn build_one(
         .map_err(|e| engine_error("tagging the cache reference", e))?;
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     let output = Vec::from(tail).join("\n");
-    Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed(), output })
+    Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed(), output, hashing })
 }
 
 /// The id of the image behind the cache reference `cache`, if it exists and
@@ -477,9 +515,9 @@ impl std::io::Write for ChunkWriter {
             return Ok(());
         }
         let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading the build context"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading the build context")
+        })
     }
 }
 

@@ -8,14 +8,16 @@
 //! <socket>` with an argument vector. Either way an image is exported once
 //! from the engine and streamed, chunk by chunk, into `ctr images import` on
 //! every node that lacks it: no temporary tar file, and memory bounded by a
-//! few chunks per node whatever the image size. This is what `kind load
-//! docker-image` does, minus the temporary file and the CLI.
+//! few chunks per node whatever the image size.
 //!
-//! A node is skipped when its containerd already holds the plan's reference
+//! Each node gets only the layers its content store lacks (see
+//! [`archive`](super::archive)): a rebuild that changed the top layer sends
+//! that layer, the config and a manifest, not the layers below. A node is
+//! skipped altogether when its containerd already holds the plan's reference
 //! with the engine's image id recorded in the [`IMAGE_ID_LABEL`] label, which
 //! this module sets after every import.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,11 +26,13 @@ use std::time::{Duration, Instant};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
-use futures::{Stream, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::archive::{self, ArchiveError, LayerMap, Target, LAYERS_LABEL};
 use crate::plan::{ImageRef, Tag};
 
 /// The containerd image label recording the engine's image id of an import.
@@ -44,6 +48,13 @@ const STDERR_KEPT: usize = 16 * 1024;
 const STDOUT_KEPT: usize = 4 * 1024 * 1024;
 /// How long the engine may take to report an exit code after the output ends.
 const EXIT_CODE_WAIT: Duration = Duration::from_secs(10);
+/// How long one `ctr` call that streams nothing (a listing, a tag, a label) may take.
+const CTR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// An import may take this long, plus the time to stream the image at
+/// [`IMPORT_SLOWEST_RATE`].
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slowest import, in bytes per second, that is not taken for a hang.
+const IMPORT_SLOWEST_RATE: u64 = 4 * 1024 * 1024;
 
 /// An image to load: its plan reference and the engine's id of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +130,9 @@ pub struct NodeOutcome {
     pub action: Action,
     /// Time spent: the import for a loaded image, the check for a skipped one.
     pub elapsed: Duration,
+    /// Bytes streamed into the node's import: the layers it lacked, the
+    /// config and the manifest; 0 when skipped or tagged.
+    pub sent: u64,
 }
 
 /// What [`load`] did, per node and image.
@@ -163,7 +177,7 @@ pub enum ContainerdError {
         /// The spawn error.
         source: std::io::Error,
     },
-/// The engine could not inspect an image to load.
+    /// The engine could not inspect an image to load.
     #[error("inspecting `{image}` on the engine before loading it failed: {source}")]
     InspectImage {
         /// The image.
@@ -181,13 +195,23 @@ pub enum ContainerdError {
         /// The id the engine has.
         found: String,
     },
-    /// Exporting an image from the engine failed.
+    /// Exporting an image from the engine, or reading the export, failed.
     #[error("exporting `{image}` from the engine failed: {source}")]
     Export {
         /// The image.
         image: ImageRef,
-        /// The engine's error.
-        source: bollard::errors::Error,
+        /// What went wrong.
+        source: ArchiveError,
+    },
+    /// A command in a node did not finish in time.
+    #[error("`{command}` in {node} did not finish within {}; is the node's containerd answering?", humantime::format_duration(*limit))]
+    Timeout {
+        /// The node.
+        node: String,
+        /// The command line.
+        command: String,
+        /// The time it was given.
+        limit: Duration,
     },
     /// The engine could not run a command in a node.
     #[error("running `{command}` in {node} failed: {source}")]
@@ -238,7 +262,8 @@ pub enum ContainerdError {
 /// Nodes that already hold an image under its plan reference (same image id)
 /// are skipped; nodes that hold it under another reference get the plan's
 /// reference as a tag; the others get it streamed from the engine, all
-/// nodes at once. Afterwards every node must list every reference.
+/// nodes at once, each node only the layers its content store lacks.
+/// Afterwards every node must list every reference.
 ///
 /// # Errors
 /// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
@@ -246,7 +271,8 @@ pub enum ContainerdError {
 /// when the engine's image under a reference is not the one built;
 /// [`ContainerdError::Export`], [`ContainerdError::Exec`],
 /// [`ContainerdError::CommandFailed`] (with the command's standard error)
-/// when streaming or importing fails; [`ContainerdError::Missing`] when a
+/// when streaming or importing fails; [`ContainerdError::Timeout`] when a
+/// command does not finish in time; [`ContainerdError::Missing`] when a
 /// node does not list a reference afterwards.
 ///
 /// # Example
@@ -266,54 +292,110 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
     for node in nodes {
         check_reachable(node).await?;
     }
+    let mut engine_images = Vec::new();
     for wanted in images {
-        check_engine_image(docker, wanted).await?;
+        engine_images.push(check_engine_image(docker, wanted).await?);
     }
     let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
         let started = Instant::now();
         list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
     }))
     .await?;
+    // Which layer entries of an export are which layers, from every node's labels.
+    let mut known = LayerMap::default();
+    for row in listings.iter().flat_map(|(rows, _)| rows) {
+        if let Some(value) = row.labels.get(LAYERS_LABEL) {
+            known.add_label(value);
+        }
+    }
+    // The short digests of each node's blobs, listed when it first needs a stream.
+    let mut held: HashMap<usize, BTreeSet<String>> = HashMap::new();
+    // The labels each (node, image) loaded gets once every image is on every node.
+    let mut labels: HashMap<(usize, usize), Vec<String>> = HashMap::new();
 
+    // What each (image, node) needs: nothing, a tag, or a stream.
     let mut outcomes = Vec::new();
-    for wanted in images {
-        let mut targets = Vec::new();
-        for (node, (rows, checked_in)) in nodes.iter().zip(&listings) {
-            let outcome = |action, elapsed| NodeOutcome { node: node.name(), image: wanted.image.clone(), action, elapsed };
+    let mut tags = Vec::new();
+    let mut streams: Vec<Vec<usize>> = vec![Vec::new(); images.len()];
+    for (i, wanted) in images.iter().enumerate() {
+        for (n, (rows, checked_in)) in listings.iter().enumerate() {
             if holds(rows, wanted) {
-                outcomes.push(outcome(Action::Skipped, *checked_in));
+                outcomes.push(NodeOutcome {
+                    node: nodes[n].name(),
+                    image: wanted.image.clone(),
+                    action: Action::Skipped,
+                    elapsed: *checked_in,
+                    sent: 0,
+                });
             } else if let Some(source) = same_image(rows, wanted) {
-                let started = Instant::now();
-                let reference = wanted.image.to_string();
-                run(docker, node, &["images", "tag", "--force", source, &reference], None::<mpsc::Receiver<Vec<u8>>>)
-                    .await?;
-                outcomes.push(outcome(Action::Tagged, *checked_in + started.elapsed()));
+                tags.push((n, wanted, source.name.as_str(), *checked_in));
             } else {
-                targets.push(node);
+                streams[i].push(n);
             }
         }
+    }
+    // `ctr images tag` copies the source's labels: the image id and layer
+    // map come along, so a tagged image needs no labelling.
+    let tagged = futures::future::try_join_all(tags.into_iter().map(|(n, wanted, source, checked_in)| async move {
+        let started = Instant::now();
+        let reference = wanted.image.to_string();
+        ctr(docker, &nodes[n], &["images", "tag", "--force", source, &reference]).await?;
+        Ok::<_, ContainerdError>(NodeOutcome {
+            node: nodes[n].name(),
+            image: wanted.image.clone(),
+            action: Action::Tagged,
+            elapsed: checked_in + started.elapsed(),
+            sent: 0,
+        })
+    }))
+    .await?;
+    outcomes.extend(tagged);
+
+    for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
         if targets.is_empty() {
             continue;
         }
-        for (node, elapsed) in stream_into(docker, wanted, &targets).await? {
-            outcomes.push(NodeOutcome { node: node.name(), image: wanted.image.clone(), action: Action::Loaded, elapsed });
+        let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
+        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(docker, &nodes[n]))).await?;
+        held.extend(unlisted.into_iter().zip(listed));
+        let shares: Vec<(&Node, BTreeMap<String, String>)> = targets
+            .iter()
+            .map(|n| (&nodes[*n], known.held_entries(&engine_image.layers, held.get(n).unwrap_or(&BTreeSet::new()))))
+            .collect();
+        let (split, streamed) = stream_into(docker, wanted, engine_image.size, shares).await?;
+        let label = split.layers.label();
+        known.extend(&split.layers);
+        for (n, (elapsed, sent)) in targets.into_iter().zip(streamed) {
+            held.entry(n).or_default().extend(split.diff_ids.iter().map(|d| archive::short_digest(d)));
+            labels.insert((n, i), loaded_labels(wanted, label.clone()));
+            outcomes.push(NodeOutcome {
+                node: nodes[n].name(),
+                image: wanted.image.clone(),
+                action: Action::Loaded,
+                elapsed,
+                sent,
+            });
         }
     }
 
-    futures::future::try_join_all(nodes.iter().map(|node| {
-        let name = node.name();
-        let loaded: Vec<&LoadImage> = images
+    futures::future::try_join_all(nodes.iter().enumerate().map(|(n, node)| {
+        let to_label: Vec<(&LoadImage, &[String])> = images
             .iter()
-            .filter(|wanted| {
-                outcomes.iter().any(|o| {
-                    o.node == name && o.image == wanted.image && matches!(o.action, Action::Loaded | Action::Tagged)
-                })
-            })
+            .enumerate()
+            .filter_map(|(i, wanted)| labels.get(&(n, i)).map(|l| (wanted, l.as_slice())))
             .collect();
-        label_and_verify(docker, node, images, loaded)
+        label_and_verify(docker, node, images, to_label)
     }))
     .await?;
     Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
+}
+
+/// The labels an image loaded on a node gets: its engine id and, when
+/// known, its layer map.
+fn loaded_labels(wanted: &LoadImage, layers: Option<String>) -> Vec<String> {
+    std::iter::once(format!("{IMAGE_ID_LABEL}={}", wanted.image_id))
+        .chain(layers.map(|value| format!("{LAYERS_LABEL}={value}")))
+        .collect()
 }
 
 /// The references `node`'s containerd lists in the kubelet's namespace.
@@ -337,15 +419,17 @@ pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Ve
     let suffix = format!(":{tag}");
     let mut removed = Vec::new();
     for row in list_images(docker, node).await? {
-        let Some(repository) = row.name.strip_suffix(&suffix) else { continue };
+        let Some(repository) = row.name.strip_suffix(&suffix) else {
+            continue;
+        };
         if let Some(image_id) = row.labels.get(IMAGE_ID_LABEL) {
             let cache = format!("{repository}:{CACHE_TAG}");
-            let label = format!("{IMAGE_ID_LABEL}={image_id}");
-            let none = None::<mpsc::Receiver<Vec<u8>>>;
-            run(docker, node, &["images", "tag", "--force", &row.name, &cache], none).await?;
-            run(docker, node, &["images", "label", &cache, &label], None::<mpsc::Receiver<Vec<u8>>>).await?;
+            ctr(docker, node, &["images", "tag", "--force", &row.name, &cache]).await?;
+            let mut args = vec!["images".to_owned(), "label".to_owned(), cache, format!("{IMAGE_ID_LABEL}={image_id}")];
+            args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
+            ctr(docker, node, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         }
-        run(docker, node, &["images", "rm", &row.name], None::<mpsc::Receiver<Vec<u8>>>).await?;
+        ctr(docker, node, &["images", "rm", &row.name]).await?;
         removed.push(row.name);
     }
     Ok(removed)
@@ -354,7 +438,9 @@ pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Ve
 /// A socket that is missing, or that this user cannot write to, is named
 /// before any `ctr` runs and fails with a less clear message.
 async fn check_reachable(node: &Node) -> Result<(), ContainerdError> {
-    let Node::Socket { path } = node else { return Ok(()) };
+    let Node::Socket { path } = node else {
+        return Ok(());
+    };
     match tokio::net::UnixStream::connect(path).await {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -364,16 +450,31 @@ async fn check_reachable(node: &Node) -> Result<(), ContainerdError> {
     }
 }
 
-async fn check_engine_image(docker: &Docker, wanted: &LoadImage) -> Result<(), ContainerdError> {
+/// What the engine says of an image to load.
+struct EngineImage {
+    /// Its diff ids, bottom first.
+    layers: Vec<String>,
+    /// Its size in bytes.
+    size: u64,
+}
+
+async fn check_engine_image(docker: &Docker, wanted: &LoadImage) -> Result<EngineImage, ContainerdError> {
     let inspect = docker
         .inspect_image(&wanted.image.to_string())
         .await
         .map_err(|source| ContainerdError::InspectImage { image: wanted.image.clone(), source })?;
     let found = inspect.id.unwrap_or_default();
     if found != wanted.image_id {
-        return Err(ContainerdError::ImageChanged { image: wanted.image.clone(), expected: wanted.image_id.clone(), found });
+        return Err(ContainerdError::ImageChanged {
+            image: wanted.image.clone(),
+            expected: wanted.image_id.clone(),
+            found,
+        });
     }
-    Ok(())
+    Ok(EngineImage {
+        layers: inspect.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+        size: inspect.size.and_then(|s| u64::try_from(s).ok()).unwrap_or_default(),
+    })
 }
 
 /// One line of `ctr images ls`.
@@ -409,10 +510,8 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
 
 /// Another reference on the node to the very image wanted (same engine id),
 /// e.g. an earlier run's tag of an unchanged build.
-fn same_image<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Option<&'r str> {
-    rows.iter()
-        .find(|row| !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
-        .map(|row| row.name.as_str())
+fn same_image<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Option<&'r Listed> {
+    rows.iter().find(|row| !wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
 }
 
 fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
@@ -420,59 +519,66 @@ fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
 }
 
 async fn list_images(docker: &Docker, node: &Node) -> Result<Vec<Listed>, ContainerdError> {
-    let stdout = run(docker, node, &["images", "ls"], None::<mpsc::Receiver<Vec<u8>>>).await?;
-    Ok(parse_listing(&stdout))
+    Ok(parse_listing(&ctr(docker, node, &["images", "ls"]).await?))
 }
 
-/// Exports `wanted` once and streams it into an import on every node of
-/// `targets` at once; returns how long each node took.
-async fn stream_into<'n>(
+/// The blobs in `node`'s content store, as short digests.
+async fn list_content(docker: &Docker, node: &Node) -> Result<BTreeSet<String>, ContainerdError> {
+    let stdout = ctr(docker, node, &["content", "ls", "--quiet"]).await?;
+    Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(archive::short_digest).collect())
+}
+
+/// Exports `wanted` once and streams into an import on every node of
+/// `shares` at once the layers that node does not hold (the entries given
+/// with it); returns what the export said of the image, and for each node
+/// how long it took and how many bytes it was sent.
+async fn stream_into(
     docker: &Docker,
     wanted: &LoadImage,
-    targets: &[&'n Node],
-) -> Result<Vec<(&'n Node, Duration)>, ContainerdError> {
+    size: u64,
+    shares: Vec<(&Node, BTreeMap<String, String>)>,
+) -> Result<(archive::Split, Vec<(Duration, u64)>), ContainerdError> {
     let started = Instant::now();
-    let (senders, receivers): (Vec<_>, Vec<_>) = targets.iter().map(|_| mpsc::channel(CHUNKS_IN_FLIGHT)).unzip();
-    let export = docker.export_image(&wanted.image.to_string());
-    let imports = futures::future::join_all(targets.iter().zip(receivers).map(|(node, rx)| async move {
-        let imported =
-            run(docker, node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(rx)).await;
-        (*node, imported, started.elapsed())
-    }));
-    let (pumped, imported) = tokio::join!(fan_out(export, senders), imports);
-    // A failed export truncates every import: its error is the cause to report.
-    pumped.map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source })?;
-    imported.into_iter().map(|(node, result, elapsed)| result.map(|_| (node, elapsed))).collect()
-}
-
-/// Copies every chunk of `source` to every sender, waiting for the slowest
-/// (the channels are bounded, so memory stays flat). A receiver that went away
-/// (its import failed) is dropped from the fan-out; its own error reports it.
-async fn fan_out<S, B, E>(source: S, mut senders: Vec<mpsc::Sender<B>>) -> Result<(), E>
-where
-    S: Stream<Item = Result<B, E>>,
-    B: Clone,
-{
-    futures::pin_mut!(source);
-    while let Some(chunk) = source.next().await {
-        let chunk = chunk?;
-        let sent = futures::future::join_all(senders.iter().map(|tx| tx.send(chunk.clone()))).await;
-        let mut sent = sent.into_iter();
-        senders.retain(|_| sent.next().is_some_and(|r| r.is_ok()));
-        if senders.is_empty() {
-            break;
-        }
+    let reference = wanted.image.to_string();
+    let limit = IMPORT_TIMEOUT + Duration::from_secs(size / IMPORT_SLOWEST_RATE);
+    let mut targets = Vec::new();
+    let mut imports = Vec::new();
+    for (node, held) in shares {
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        targets.push(Target::new(tx, held));
+        let reference = reference.as_str();
+        imports.push(async move {
+            let input = Input { chunks: rx, image: reference };
+            let imported =
+                run(docker, node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
+            (imported, started.elapsed())
+        });
     }
-    Ok(())
+    let splitting = async {
+        let split = archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await;
+        let sent: Vec<u64> = targets.iter().map(|t| t.sent).collect();
+        // Closing the channels is the end of every import's input.
+        drop(targets);
+        (split, sent)
+    };
+    let ((split, sent), imported) = tokio::join!(splitting, futures::future::join_all(imports));
+    // A failed export truncates every import: its error is the cause to report.
+    let split = split.map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source })?;
+    let mut streamed = Vec::new();
+    for ((result, elapsed), sent) in imported.into_iter().zip(sent) {
+        result?;
+        streamed.push((elapsed, sent));
+    }
+    Ok((split, streamed))
 }
 
-/// Labels the references imported on `node` with their image id, then checks
+/// Gives the references loaded or tagged on `node` their labels, then checks
 /// that the node lists every reference.
 async fn label_and_verify(
     docker: &Docker,
     node: &Node,
     images: &[LoadImage],
-    loaded: Vec<&LoadImage>,
+    to_label: Vec<(&LoadImage, &[String])>,
 ) -> Result<(), ContainerdError> {
     let rows = list_images(docker, node).await?;
     for wanted in images {
@@ -483,39 +589,68 @@ async fn label_and_verify(
                 found: rows.iter().map(|r| r.name.clone()).collect(),
             });
         };
-        if loaded.contains(&wanted) {
-            let label = format!("{IMAGE_ID_LABEL}={}", wanted.image_id);
-            run(docker, node, &["images", "label", &row.name, &label], None::<mpsc::Receiver<Vec<u8>>>).await?;
+        if let Some((_, labels)) = to_label.iter().find(|(w, _)| *w == wanted) {
+            let args: Vec<&str> =
+                ["images", "label", row.name.as_str()].into_iter().chain(labels.iter().map(String::as_str)).collect();
+            ctr(docker, node, &args).await?;
         }
     }
     Ok(())
 }
 
-/// Runs `ctr --namespace=k8s.io <args>` against `node`, feeding it the
-/// chunks of `stdin` if given, and returns its standard output.
-async fn run<B: AsRef<[u8]>>(
+/// A command's standard input: the chunks of an image's archive.
+struct Input<'i> {
+    chunks: mpsc::Receiver<Bytes>,
+    /// The image, named in the command line of errors.
+    image: &'i str,
+}
+
+/// Runs `ctr --namespace=k8s.io <args>` against `node`, within
+/// [`CTR_CALL_TIMEOUT`], and returns its standard output.
+async fn ctr(docker: &Docker, node: &Node, args: &[&str]) -> Result<String, ContainerdError> {
+    run(docker, node, args, None, CTR_CALL_TIMEOUT).await
+}
+
+/// Runs `ctr --namespace=k8s.io <args>` against `node`, feeding it `input`
+/// if given, and returns its standard output; fails when it takes longer
+/// than `limit`.
+async fn run(
     docker: &Docker,
     node: &Node,
     args: &[&str],
-    stdin: Option<mpsc::Receiver<B>>,
+    input: Option<Input<'_>>,
+    limit: Duration,
 ) -> Result<String, ContainerdError> {
-    match node {
-        Node::Container { name, .. } => {
-            let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
-            exec(docker, node, name, &argv, stdin).await
-        }
-        Node::Socket { path } => local_ctr(node, path, args, stdin).await,
+    let mut command = format!("ctr {NAMESPACE_ARG} {}", args.join(" "));
+    if let Some(input) = &input {
+        command.push_str(&format!(" < {}", input.image));
     }
+    let stdin = input.map(|i| i.chunks);
+    let running = async {
+        match node {
+            Node::Container { name, .. } => {
+                let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
+                exec(docker, node, name, &argv, &command, stdin).await
+            }
+            Node::Socket { path } => local_ctr(node, path, args, &command, stdin).await,
+        }
+    };
+    tokio::time::timeout(limit, running).await.map_err(|_| ContainerdError::Timeout {
+        node: node.to_string(),
+        command: command.clone(),
+        limit,
+    })?
 }
 
 /// `ctr -a <socket>` as a child process of this one.
-async fn local_ctr<B: AsRef<[u8]>>(
+async fn local_ctr(
     node: &Node,
     socket: &Path,
     args: &[&str],
-    stdin: Option<mpsc::Receiver<B>>,
+    command: &str,
+    stdin: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<String, ContainerdError> {
-    let command = format!("ctr {NAMESPACE_ARG} {}", args.join(" "));
+    let command = command.to_owned();
     let mut child = tokio::process::Command::new("ctr")
         .arg("-a")
         .arg(socket)
@@ -531,7 +666,7 @@ async fn local_ctr<B: AsRef<[u8]>>(
     let feed = async move {
         if let (Some(mut rx), Some(mut input)) = (stdin, input) {
             while let Some(chunk) = rx.recv().await {
-                input.write_all(chunk.as_ref()).await?;
+                input.write_all(&chunk).await?;
             }
             input.shutdown().await?;
         }
@@ -570,14 +705,15 @@ async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8
 /// Runs `argv` in the node container `container` through the engine's exec
 /// API, feeding it the chunks of `stdin` if given, and returns its standard
 /// output.
-async fn exec<B: AsRef<[u8]>>(
+async fn exec(
     docker: &Docker,
     node: &Node,
     container: &str,
     args: &[&str],
-    stdin: Option<mpsc::Receiver<B>>,
+    command: &str,
+    stdin: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<String, ContainerdError> {
-    let command = args.join(" ");
+    let command = command.to_owned();
     let exec_error = |source| ContainerdError::Exec { node: node.to_string(), command: command.clone(), source };
     let options = CreateExecOptions {
         cmd: Some(args.to_vec()),
@@ -601,7 +737,7 @@ async fn exec<B: AsRef<[u8]>>(
     let feed = async move {
         if let Some(mut rx) = stdin {
             while let Some(chunk) = rx.recv().await {
-                input.write_all(chunk.as_ref()).await?;
+                input.write_all(&chunk).await?;
             }
         }
         // Closing our side is the end of file the command reads.
@@ -641,7 +777,9 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, bollar
         if inspect.running != Some(true) || Instant::now() >= deadline {
             return Ok(inspect.exit_code);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Usually done at the first look; a short step keeps a call's cost
+        // near the command's own.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -701,33 +839,5 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
         keep_tail(&mut buffer, b"0123456789", 4);
         keep_tail(&mut buffer, b"ab", 4);
         assert_eq!(buffer, b"89ab");
-    }
-
-    #[tokio::test]
-    async fn fan_out_copies_every_chunk_to_every_receiver_and_survives_a_dropped_one() {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..100u8).map(|i| Ok(vec![i; 3])).collect();
-        let (tx_a, mut rx_a) = mpsc::channel(2);
-        let (tx_b, rx_b) = mpsc::channel(2);
-        drop(rx_b);
-        let collect = async move {
-            let mut got = Vec::new();
-            while let Some(chunk) = rx_a.recv().await {
-                got.extend(chunk);
-            }
-            got
-        };
-        let (pumped, got) = tokio::join!(fan_out(futures::stream::iter(chunks), vec![tx_a, tx_b]), collect);
-        pumped.expect("fan-out");
-        let expected: Vec<u8> = (0..100u8).flat_map(|i| [i; 3]).collect();
-        assert_eq!(got, expected);
-    }
-
-    #[tokio::test]
-    async fn fan_out_reports_a_failing_source() {
-        let chunks = vec![Ok(vec![1u8]), Err(std::io::Error::other("export broke"))];
-        let (tx, mut rx) = mpsc::channel(4);
-        let drain = async move { while rx.recv().await.is_some() {} };
-        let (pumped, ()) = tokio::join!(fan_out(futures::stream::iter(chunks), vec![tx]), drain);
-        assert_eq!(pumped.expect_err("must fail").to_string(), "export broke");
     }
 }

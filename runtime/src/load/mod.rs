@@ -2,6 +2,7 @@
 //! containerd (Kind node containers, or a socket on this machine), or into a
 //! registry the cluster pulls from.
 
+pub mod archive;
 pub mod containerd;
 pub mod kind;
 pub mod registry;

@@ -112,6 +112,21 @@ pub fn root() -> Result<PathBuf, StateError> {
     Ok(path)
 }
 
+/// A private directory beside the state root, `<root>-<name>`, for caches
+/// that outlive runs; created if missing, refused like the root if it is
+/// not private to this user.
+///
+/// # Errors
+/// As [`root`].
+pub fn cache_dir(name: &str) -> Result<PathBuf, StateError> {
+    let uid = current_uid()?;
+    let mut dir = root()?.into_os_string();
+    dir.push(format!("-{name}"));
+    let dir = PathBuf::from(dir);
+    private_dir(&dir, uid)?;
+    Ok(dir)
+}
+
 /// Creates `path` with mode 0700 unless it exists; then checks that it is a
 /// directory (not a symlink) owned by `uid` and closed to everyone else.
 fn private_dir(path: &Path, uid: u32) -> Result<(), StateError> {
