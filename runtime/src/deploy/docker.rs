@@ -851,10 +851,7 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         .map_err(list_error("containers"))?;
     for container in containers {
         let Some(id) = container.id else { continue };
-        let name = container
-            .names
-            .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
-            .unwrap_or_else(|| id.clone());
+        let name = summary_name(&container.names, &id);
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
         match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
             Ok(()) => removed.containers.push(name),
@@ -886,6 +883,12 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         }
     }
     Ok(removed)
+}
+
+/// The name a container listing gives, without its leading `/`; its id
+/// when it has none.
+pub(crate) fn summary_name(names: &Option<Vec<String>>, id: &str) -> String {
+    names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
 }
 
 /// Whether the engine says the object no longer exists (or is already being

@@ -54,10 +54,7 @@ impl Collect for Collector {
         };
         for container in containers {
             let Some(id) = container.id else { continue };
-            let name = container
-                .names
-                .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
-                .unwrap_or_else(|| id.clone());
+            let name = crate::deploy::docker::summary_name(&container.names, &id);
             let component = container
                 .labels
                 .and_then(|l| l.get(labels::COMPONENT).cloned())

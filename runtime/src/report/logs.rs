@@ -131,10 +131,7 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
     let mut sources = Vec::new();
     for container in listed {
         let Some(id) = container.id else { continue };
-        let name = container
-            .names
-            .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
-            .unwrap_or_else(|| id.clone());
+        let name = crate::deploy::docker::summary_name(&container.names, &id);
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
         let options = bollard::query_parameters::LogsOptionsBuilder::new()
             .stdout(true)
