@@ -30,7 +30,8 @@ elif [[ -n "${CI:-}" ]]; then
 else
   echo "test.sh: no cluster (no kube-local, KUBECONFIG + E2E_CONTAINERD_SOCKET unset): the real-cluster tests are skipped"
 fi
-# With --run-ignored all, the suites' teardown entry points stay out: they
-# run by themselves after a run, never as tests.
+# With --run-ignored all, the suites' teardown entry points and the inside of
+# the unshare tests stay out: they run only when a run or the test that
+# drives them starts them, never as tests of their own.
 cargo nextest run --workspace --all-features --no-fail-fast "${cluster[@]}" \
-  -E 'not test(/__e2e_infra_reaper$/)' "$@"
+  -E 'not test(/__e2e_infra_reaper$/) and not test(=inner_run_in_a_new_pid_namespace)' "$@"
