@@ -25,6 +25,7 @@ use e2e_infra_tests::report::ReportFolder;
 use e2e_infra_tests::kind_node::{self, ImageGuard};
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -301,6 +302,29 @@ fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
+/// Waits until the API server's authorizer lets `user` patch `namespace`,
+/// asking it through a SubjectAccessReview (there is no event to watch).
+async fn await_granted(admin: &kube::Client, user: &str, namespace: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let reviews: Api<SubjectAccessReview> = Api::all(admin.clone());
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": user,
+            "resourceAttributes": { "verb": "patch", "resource": "namespaces", "name": namespace },
+        },
+    }))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reviews.create(&PostParams::default(), &review).await?;
+        if answer.status.is_some_and(|status| status.allowed) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the authorizer still refuses {user} to patch namespace {namespace} after 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The API server's words for a `patch` that RBAC refuses.
 fn refused(user: &str, resource: &str, group: &str, namespace: &str) -> String {
     format!(r#"User "{user}" cannot patch resource "{resource}" in API group "{group}" in the namespace "{namespace}""#)
@@ -560,10 +584,10 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
     assert!(error.to_string().contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
 
     // The right to its namespace only: the Deployment is refused in there.
-    let admin = run.cluster.client().await;
+    let admin_client = run.cluster.client().await;
     let grant = unique(RESTRICTED);
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(admin);
+    let roles: Api<ClusterRole> = Api::all(admin_client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin_client.clone());
     let role = json!({
         "metadata": { "name": grant },
         "rules": [{
@@ -582,6 +606,9 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
         let post = PostParams::default();
         roles.create(&post, &serde_json::from_value(role)?).await?;
         bindings.create(&post, &serde_json::from_value(binding)?).await?;
+        // The API server's authorizer learns of a new binding from its own
+        // watch, a moment after the create returns.
+        await_granted(&admin_client, RESTRICTED, run.namespace()).await?;
         let error = deploy(restricted, &run.plan, &options).await.expect_err("deployments are not granted");
         let KubeError::Apply { object, namespace, source, .. } = &error else {
             panic!("expected a refused apply, got: {error}")
