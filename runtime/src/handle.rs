@@ -1,63 +1,15 @@
 //! The handle every test of a suite shares: tag, image references,
 //! namespace or network, endpoints, and clients for the engine and cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-
-use crate::backend::KubeTarget;
 use crate::deploy::kube::forward;
 use crate::engine::{self, EngineError};
 use crate::plan::{ImageRef, Namespace, Plan, Tag};
-
-/// Where a stack runs, as recorded for the processes that attach to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Placement {
-    /// Containers on a Docker (or Podman) engine.
-    Docker {
-        /// The engine address the stack was created on (`DOCKER_HOST`), if not the default.
-        docker_host: Option<String>,
-        /// The network of the stack.
-        network: String,
-    },
-    /// Workloads in a Kubernetes namespace.
-    Kubernetes {
-        /// The cluster and where the images went.
-        target: KubeTarget,
-    },
-}
-
-/// What the setup process records for the others: everything the handle
-/// carries that the plan alone does not tell.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-// Fields named for what they hold carry no doc of their own.
-#[allow(missing_docs)]
-pub struct StackRecord {
-    /// The run identity.
-    pub run_id: String,
-    pub consumer: String,
-    pub tag: String,
-    /// The components, in dependency order, to check that attaching
-    /// processes planned the same stack.
-    pub components: Vec<String>,
-    /// Where it runs.
-    pub placement: Placement,
-    /// Published addresses: component -> container port -> host address.
-    pub endpoints: BTreeMap<String, BTreeMap<u16, SocketAddr>>,
-    /// The one-per-run summary table.
-    pub summary: String,
-    /// The plan as JSON, for failure reports.
-    #[serde(default)]
-    pub plan: Option<serde_json::Value>,
-    /// Per built component, the last build output, for failure reports.
-    #[serde(default)]
-    pub builds: BTreeMap<String, String>,
-}
+use crate::record::{Placement, StackRecord};
 
 /// Why a component cannot be reached.
 #[derive(Debug, thiserror::Error)]

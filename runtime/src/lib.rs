@@ -15,27 +15,32 @@
 //!
 //! A run flows one way: [`catalog`] + attribute -> [`plan`] (the one tag, typed
 //! image references) -> build -> load -> deploy -> ready -> the shared handle
-//! -> teardown after the run. Each stage is a module with its own errors.
+//! -> teardown after the run. Each stage is a module with its own errors;
+//! the modules form one-way layers (docs/architecture.md).
 
+// In layers: a module names only modules of layers below its own (the
+// test `layers` in runtime/tests keeps it so; docs/architecture.md says
+// what each layer is for).
+pub mod error;
+pub mod plan;
 pub mod backend;
-pub mod build;
-pub mod deploy;
+pub mod record;
 pub mod engine;
 pub mod labels;
+pub mod state;
+pub mod build;
+pub mod deploy;
 pub mod load;
-pub mod plan;
+pub mod stack;
+pub mod handle;
 pub mod report;
+pub mod suite;
 
 pub use e2e_infra_core::catalog;
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_macros::e2e_infra;
-pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};
-pub mod handle;
-pub mod stack;
-pub mod suite;
-pub mod teardown;
-
 pub use handle::{Endpoint, EndpointError, Infra};
+pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};
 
 #[doc(hidden)]
 pub mod __private {

@@ -16,7 +16,7 @@ use e2e_infra::backend::{Backend, ImageTarget, KubeTarget};
 use e2e_infra::deploy::kube::connect;
 use e2e_infra::load::containerd::{node_images, Node};
 use e2e_infra::plan::RUN_ID_ENV;
-use e2e_infra::suite::state::STATE_DIR_ENV;
+use e2e_infra::state::STATE_DIR_ENV;
 use e2e_infra::{stack, Origin, Plan};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -199,7 +199,7 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
                 "inherited `{membership}`"
             );
         }
-        let stacks = e2e_infra::teardown::list(&docker)
+        let stacks = e2e_infra::stack::teardown::list(&docker)
             .await
             .map_err(|e| e.to_string())?;
         assert!(

@@ -10,7 +10,7 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use e2e_infra::backend::Backend;
 use e2e_infra::deploy::docker::remove_labelled;
-use e2e_infra::handle::Placement;
+use e2e_infra::record::Placement;
 use e2e_infra::report::{self, Evidence, Recorder};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Delivery, Plan};
@@ -67,7 +67,7 @@ async fn failed_setup(docker: &Docker, project: &Project, plan: &Plan) -> Report
     let recorder = Recorder::new(dir.clone(), plan, &Backend::Docker);
     let result = stack::up_reporting(plan, &StackOptions::default(), Some(&recorder)).await;
     let error = result.expect_err("the stack should fail");
-    eprintln!("{}", e2e_infra::suite::error_chain(&error));
+    eprintln!("{}", e2e_infra::error::error_chain(&error));
     assert_eq!(
         recorder.outcome(),
         Some(Ok(dir.clone())),
@@ -216,7 +216,7 @@ async fn a_report_that_cannot_be_written_leaves_the_failure_as_it_was() {
     let recorder = Recorder::new(blocker.join("setup"), &plan, &Backend::Docker);
     let body = async {
         let result = stack::up_reporting(&plan, &StackOptions::default(), Some(&recorder)).await;
-        let error = e2e_infra::suite::error_chain(&result.expect_err("the stack should fail"));
+        let error = e2e_infra::error::error_chain(&result.expect_err("the stack should fail"));
         assert!(
             error.contains("`broken`") && error.contains("broken last words"),
             "the original failure: {error}"

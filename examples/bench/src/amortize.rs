@@ -70,7 +70,7 @@ fn lay_out(dir: &Path, ours: &str, naive: &str, tests: usize) -> Res<()> {
 use std::sync::OnceLock;
 
 use e2e_infra::build::BuildOptions;
-use e2e_infra::handle::StackRecord;
+use e2e_infra::record::StackRecord;
 use e2e_infra::stack::{{up, StackOptions}};
 
 fn stack() -> &'static StackRecord {{

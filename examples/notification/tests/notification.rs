@@ -5,7 +5,7 @@
 
 #[e2e_infra::e2e_infra(consumer = "notification", needs = ["datastorage"])]
 mod notification_e2e {
-    use e2e_infra::handle::Placement;
+    use e2e_infra::record::Placement;
     use e2e_infra::Infra;
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, ListParams};

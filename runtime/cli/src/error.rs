@@ -141,7 +141,7 @@ impl CliError {
 
     /// Prints the error and its causes on standard error; the exit code.
     pub fn report(&self) -> ExitCode {
-        eprintln!("error: {}", e2e_infra::suite::error_chain(self));
+        eprintln!("error: {}", e2e_infra::error::error_chain(self));
         ExitCode::from(self.exit_code())
     }
 }
@@ -187,7 +187,7 @@ mod tests {
     fn a_cause_is_printed_once_after_what_failed() {
         let error = CliError::Output(std::io::Error::other("broken pipe"));
         assert_eq!(
-            e2e_infra::suite::error_chain(&error),
+            e2e_infra::error::error_chain(&error),
             "writing the plan failed\n  caused by: broken pipe"
         );
     }

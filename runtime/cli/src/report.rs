@@ -2,7 +2,7 @@
 
 use e2e_infra::engine;
 use e2e_infra::report::{self, logs};
-use e2e_infra::teardown::RunStack;
+use e2e_infra::stack::teardown::RunStack;
 
 use crate::error::CliError;
 use crate::stacks::{not_found, runtime, stacks, ClusterArgs};

@@ -5,7 +5,7 @@ use std::path::Path;
 use e2e_infra::backend::{self, Backend, Declared};
 use e2e_infra::plan::RunId;
 use e2e_infra::stack::{self, StackOptions};
-use e2e_infra::teardown::{self, Liveness, RunStack};
+use e2e_infra::stack::teardown::{self, Liveness, RunStack};
 use e2e_infra::{engine, Plan};
 
 use crate::error::CliError;

@@ -19,7 +19,7 @@ use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
 use e2e_infra::plan::{Host, Launcher, RunId};
 use e2e_infra::stack::{self, StackOptions};
-use e2e_infra::teardown::{self, Liveness, Scope};
+use e2e_infra::stack::teardown::{self, Liveness, Scope};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
 
 const CATALOG: &str = r#"

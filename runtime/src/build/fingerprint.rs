@@ -88,7 +88,7 @@ fn now_ns() -> i128 {
 /// Where the record of the context keyed `key` lives, if the directory
 /// beside the state root is usable.
 fn record_path(key: &str) -> Option<PathBuf> {
-    let dir = crate::suite::state::cache_dir(DIR).ok()?;
+    let dir = crate::state::cache_dir(DIR).ok()?;
     Some(dir.join(format!("{}.json", hex::encode(&Sha256::digest(key.as_bytes())[..16]))))
 }
 

@@ -26,7 +26,7 @@ use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
-use crate::report::Recorder;
+use crate::record::Witness;
 
 mod reuse;
 pub use reuse::up_reusing;
@@ -235,7 +235,7 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 /// let db = stack.component("postgres").and_then(|c| c.ports.get(&5432));
 /// # Ok(()) }
 /// ```
-pub async fn up(docker: &Docker, plan: &Plan, report: Option<&Recorder>) -> Result<DockerStack, DockerError> {
+pub async fn up(docker: &Docker, plan: &Plan, report: Option<&dyn Witness>) -> Result<DockerStack, DockerError> {
     let envs = resolve_envs(plan)?;
     let network_id = create_network(docker, plan, false).await?;
     start_on(docker, plan, &network_id, envs, Started::default(), report).await
@@ -314,7 +314,7 @@ async fn start_on(
     network_id: &str,
     envs: HashMap<&str, Vec<String>>,
     started: Started,
-    report: Option<&Recorder>,
+    report: Option<&dyn Witness>,
 ) -> Result<DockerStack, DockerError> {
     let network = plan.namespace().to_string();
     let whole = started.running.is_empty();
@@ -322,7 +322,7 @@ async fn start_on(
     let outcome = start_all(docker, plan, network_id, envs, started, &created).await;
     if let (Err(error), Some(report)) = (&outcome, report) {
         // Before the removal below: the report is the stack's last trace.
-        report.capture(&crate::suite::error_chain(error)).await;
+        report.capture(&crate::error::error_chain(error)).await;
     }
     match outcome {
         Ok(containers) => Ok(DockerStack { network, containers }),

@@ -12,7 +12,7 @@ use kube::api::{ListParams, LogParams};
 use kube::{Api, ResourceExt};
 
 use super::{bounded_call, CALL_LIMIT};
-use crate::handle::Placement;
+use crate::record::Placement;
 use crate::labels;
 use crate::plan::Namespace;
 

@@ -36,11 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use crate::backend::Backend;
-use crate::handle::{Placement, StackRecord};
+use crate::record::{Placement, StackRecord, Witness};
 use crate::plan::{is_safe_name, Plan};
-use crate::suite::state::{Found, RunDir};
-use crate::teardown::RunStack;
+use crate::state::{Found, RunDir};
+use crate::stack::teardown::RunStack;
 
 /// Overrides the folder that holds every report (default: `<target>/e2e-infra`).
 pub const REPORT_DIR_ENV: &str = "E2E_INFRA_REPORT_DIR";
@@ -426,35 +428,37 @@ impl Recorder {
         self.evidence.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Notes the timings table as it stands.
-    pub fn timings(&self, table: String) {
-        self.evidence().timings = Some(table);
-    }
-
-    /// Notes a component's last build output.
-    pub fn build(&self, component: &str, output: &str) {
-        self.evidence().builds.insert(component.to_owned(), output.to_owned());
-    }
-
-    /// Writes the report for `failure`, unless one was written already.
-    pub async fn capture(&self, failure: &str) {
-        if self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
-            return;
-        }
-        let evidence = {
-            let mut evidence = self.evidence();
-            evidence.failure = failure.to_owned();
-            evidence.clone()
-        };
-        let written = write_for(self.dir.clone(), &evidence, &self.placement).await;
-        let line = line(&written);
-        *self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written.map_err(|_| line));
-    }
-
     /// The report's path, or the line saying why it could not be written;
     /// `None` when nothing failed.
     pub fn outcome(&self) -> Option<Result<PathBuf, String>> {
         self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl Witness for Recorder {
+    fn timings(&self, table: String) {
+        self.evidence().timings = Some(table);
+    }
+
+    fn build(&self, component: &str, output: &str) {
+        self.evidence().builds.insert(component.to_owned(), output.to_owned());
+    }
+
+    /// Writes the report for `failure`, unless one was written already.
+    fn capture<'a>(&'a self, failure: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some() {
+                return;
+            }
+            let evidence = {
+                let mut evidence = self.evidence();
+                evidence.failure = failure.to_owned();
+                evidence.clone()
+            };
+            let written = write_for(self.dir.clone(), &evidence, &self.placement).await;
+            let line = line(&written);
+            *self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(written.map_err(|_| line));
+        })
     }
 }
 

@@ -16,20 +16,21 @@
 //! `E2E_INFRA_KEEP=1`.
 
 mod reaper;
-pub mod state;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendError, Declared};
 use crate::catalog::Catalog;
+use crate::error::error_chain;
 use crate::handle::Infra;
 use crate::plan::{Launcher, Plan, RunId};
+use crate::record::Witness;
 use crate::report::{self, Evidence, Recorder};
-use crate::stack::{self, StackError, StackOptions};
+use crate::stack::{self, teardown, StackError, StackOptions};
 
 pub use reaper::REAPER_TEST;
-use state::{Claim, Found, RunDir};
+use crate::state::{self, Claim, Found, RunDir};
 
 /// `1`: keep the stack after the run whatever the results; `0`: remove it
 /// even when a test failed; unset: keep it when a test failed.
@@ -261,7 +262,7 @@ impl Suite {
     /// Runs setup on a thread of its own with its own async runtime: the
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
-    fn run_setup(&self, plan: &Plan, abandoned: bool, recorder: &Recorder) -> Result<crate::handle::StackRecord, SuiteError> {
+    fn run_setup(&self, plan: &Plan, abandoned: bool, recorder: &Recorder) -> Result<crate::record::StackRecord, SuiteError> {
         let options = self.options()?;
         self.in_runtime(|| async {
             let result = self.setup_stages(plan, &options, abandoned, recorder).await;
@@ -280,7 +281,7 @@ impl Suite {
         options: &StackOptions,
         abandoned: bool,
         recorder: &Recorder,
-    ) -> Result<crate::handle::StackRecord, SuiteError> {
+    ) -> Result<crate::record::StackRecord, SuiteError> {
         let docker = stack::engine_of(None).await?;
         let kube = match &options.backend {
             Backend::Kubernetes(target) => Some(target),
@@ -293,11 +294,11 @@ impl Suite {
         // Leftovers of this consumer's runs that ended without
         // their teardown; other suites' stacks are theirs.
         let consumer = Some(plan.consumer().as_str());
-        let mut runs = crate::teardown::list(&docker).await?;
+        let mut runs = teardown::list(&docker).await?;
         if let Some(target) = kube {
-            runs.extend(crate::teardown::list_kube(target.context.as_deref()).await?);
+            runs.extend(teardown::list_kube(target.context.as_deref()).await?);
         }
-        for (dead, removed) in crate::teardown::clean_dead(&docker, runs, consumer, crate::teardown::Scope::default()).await? {
+        for (dead, removed) in teardown::clean_dead(&docker, runs, consumer, teardown::Scope::default()).await? {
             tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
         }
         Ok(stack::up_on(&docker, plan, options, Some(recorder)).await?)
@@ -407,22 +408,6 @@ fn reported(error: &SuiteError, recorder: &Recorder) -> SuiteError {
         None => "e2e-infra report: none, the error came before anything was set up".to_owned(),
     };
     SuiteError::Reported { failure: error_chain(error), report }
-}
-
-/// An error and its sources, one per line, each source only when its text
-/// adds to what was said before.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str("\n  caused by: ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 /// Whether `E2E_INFRA_REUSE=1`.

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::state::RunDir;
+use crate::state::RunDir;
 use crate::backend::Backend;
 use super::{Suite, KEEP_ENV};
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
@@ -120,7 +120,7 @@ pub(super) fn run(suite: &Suite) {
         let marked = in_runtime(&|rt| {
             rt.block_on(async {
                 let docker = crate::stack::engine_of(placement.as_ref()).await?;
-                crate::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await?;
+                crate::stack::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await?;
                 Ok(String::new())
             })
         });

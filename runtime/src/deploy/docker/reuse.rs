@@ -23,7 +23,7 @@ use super::{
 use crate::engine;
 use crate::labels;
 use crate::plan::Plan;
-use crate::report::Recorder;
+use crate::record::Witness;
 
 /// Brings `plan`'s stack up as a reusable one, keeping the containers of an
 /// earlier run whose fingerprint still matches. `image_ids` maps each
@@ -37,7 +37,7 @@ pub async fn up_reusing(
     docker: &Docker,
     plan: &Plan,
     image_ids: &HashMap<String, String>,
-    report: Option<&Recorder>,
+    report: Option<&dyn Witness>,
 ) -> Result<(DockerStack, Vec<String>), DockerError> {
     let envs = resolve_envs(plan)?;
     let mut fingerprints = HashMap::new();

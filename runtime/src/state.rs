@@ -28,7 +28,7 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::handle::StackRecord;
+use crate::record::StackRecord;
 use crate::plan::{is_safe_name, Launcher, Verdict};
 
 /// Overrides where run state lives (default: `/tmp/e2e-infra-<uid>`).

@@ -1,7 +1,10 @@
 //! One stack, end to end: build, load, deploy, ready; and its removal.
 //!
 //! This is where the stages meet. Each takes the plan's references and
-//! returns what the next needs; none formats a tag.
+//! returns what the next needs; none formats a tag. [`teardown`] finds the
+//! stacks of every run on an engine or cluster, and removes or keeps them.
+
+pub mod teardown;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -12,12 +15,12 @@ use crate::backend::{Backend, ImageTarget, KubeTarget};
 use crate::build::{self, BuildOptions, BuildOutcome};
 use crate::deploy::{docker as docker_backend, kube as kube_backend};
 use crate::engine;
-use crate::handle::{Placement, StackRecord};
+use crate::record::{Placement, StackRecord};
 use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
 use crate::plan::{Namespace, Plan, Tag};
-use crate::report::Recorder;
+use crate::record::Witness;
 
 /// How long removing a stack's containers, networks and markers from the
 /// engine may take in all; a frozen engine fails the teardown with a
@@ -110,17 +113,17 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
 /// As [`up`], and when a stage fails, `report` writes the failure report
 /// before anything of the stack is removed (on Docker, `up` removes a
 /// partly started stack). The report's outcome is then in
-/// [`Recorder::outcome`].
+/// [`Recorder::outcome`](crate::report::Recorder::outcome).
 ///
 /// # Errors
 /// As [`up`].
-pub async fn up_reporting(plan: &Plan, options: &StackOptions, report: Option<&Recorder>) -> Result<StackRecord, StackError> {
+pub async fn up_reporting(plan: &Plan, options: &StackOptions, report: Option<&dyn Witness>) -> Result<StackRecord, StackError> {
     let docker = match engine::connect().await {
         Ok(docker) => docker,
         Err(error) => {
             let error = StackError::from(error);
             if let Some(report) = report {
-                report.capture(&crate::suite::error_chain(&error)).await;
+                report.capture(&crate::error::error_chain(&error)).await;
             }
             return Err(error);
         }
@@ -136,14 +139,14 @@ pub async fn up_on(
     docker: &bollard::Docker,
     plan: &Plan,
     options: &StackOptions,
-    report: Option<&Recorder>,
+    report: Option<&dyn Witness>,
 ) -> Result<StackRecord, StackError> {
     let result = stages(docker, plan, options, report).await;
     if let (Err(error), Some(report)) = (&result, report) {
         if let StackError::Build(build::BuildError::Failed { component, output, .. }) = error {
             report.build(component, output);
         }
-        report.capture(&crate::suite::error_chain(error)).await;
+        report.capture(&crate::error::error_chain(error)).await;
     }
     result
 }
@@ -152,7 +155,7 @@ async fn stages(
     docker: &bollard::Docker,
     plan: &Plan,
     options: &StackOptions,
-    report: Option<&Recorder>,
+    report: Option<&dyn Witness>,
 ) -> Result<StackRecord, StackError> {
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {

@@ -28,7 +28,7 @@ use crate::deploy::kube as kube_backend;
 use crate::labels;
 use crate::plan::{Launcher, Namespace, Verdict};
 use crate::stack::{self, StackError};
-use crate::suite::state::RunDir;
+use crate::state::RunDir;
 
 /// How long a foreign run (one whose launcher cannot be judged from here)
 /// is presumed alive, from its stack's creation: 24 hours, longer than any
