@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::catalog::{env_references, DockerSpec, Probe, ReadySpec};
+use crate::catalog::{DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
@@ -102,24 +102,6 @@ pub enum DockerError {
     #[error("component `{component}` has no `docker` section in the catalog, so the Docker backend cannot run it; add one (ports, env, ready)")]
     NotForDocker {
         component: String,
-    },
-    /// An env value refers to something that cannot be resolved.
-    #[error("component `{component}`: env `{key}` refers to `${{{reference}}}`, but {problem}")]
-    EnvReference {
-        component: String,
-        /// The variable.
-        key: String,
-        /// The reference, without `${}`.
-        reference: String,
-        /// Why it cannot be resolved.
-        problem: String,
-    },
-    /// A `log` probe's pattern does not compile.
-    #[error("component `{component}`: the ready.log pattern is invalid: {source}")]
-    Pattern {
-        component: String,
-        /// The regex error.
-        source: regex::Error,
     },
     /// A network operation failed.
     #[error("{operation} network `{network}` failed: {source}")]
@@ -471,43 +453,12 @@ fn docker_spec(component: &PlannedComponent) -> Result<&DockerSpec, DockerError>
 }
 
 /// The component's env with `${dep.host}`, `${dep.port}` and `${dep.addr}`
-/// replaced, as `KEY=value`.
+/// filled in, as `KEY=value`. The catalog checked every reference when it
+/// loaded: each names a dependency, and one with ports where it asks for one.
 fn resolve_env(plan: &Plan, component: &PlannedComponent) -> Result<Vec<String>, DockerError> {
     let spec = docker_spec(component)?;
-    let mut env = Vec::with_capacity(spec.env.len());
-    for (key, value) in &spec.env {
-        let mut resolved = value.clone();
-        for reference in env_references(value) {
-            let problem = |problem: String| DockerError::EnvReference {
-                component: component.name.clone(),
-                key: key.clone(),
-                reference: reference.to_owned(),
-                problem,
-            };
-            let (dep, field) = reference.split_once('.').unwrap_or((reference, ""));
-            let target = plan
-                .component(dep)
-                .filter(|_| component.depends_on.iter().any(|d| d == dep))
-                .ok_or_else(|| problem(format!("`{dep}` is not among its dependencies")))?;
-            let host = container_name(plan, dep);
-            let port = || {
-                docker_spec(target)?
-                    .ports
-                    .first()
-                    .copied()
-                    .ok_or_else(|| problem(format!("`{dep}` declares no ports in its `docker` section")))
-            };
-            let text = match field {
-                "host" => host,
-                "port" => port()?.to_string(),
-                "addr" => format!("{host}:{}", port()?),
-                _ => return Err(problem("only `host`, `port` and `addr` exist".to_owned())),
-            };
-            resolved = resolved.replace(&format!("${{{reference}}}"), &text);
-        }
-        env.push(format!("{key}={resolved}"));
-    }
-    Ok(env)
+    let host_of = |dep: &str| container_name(plan, dep);
+    Ok(spec.env.iter().map(|(key, template)| format!("{key}={}", template.fill(host_of))).collect())
 }
 
 async fn start_one(
@@ -577,7 +528,7 @@ async fn start_one(
     }
     let started = Instant::now();
     tracing::info!(component = %component.name, container = %name, "started; waiting until ready");
-    let probe = Prober::new(component, &name, spec.ready.as_ref())?;
+    let probe = Prober::new(component, &name, spec.ready.as_ref());
     let ports = probe.wait(docker, &created.id, network, started).await?;
     let ready_after = started.elapsed();
     tracing::info!(component = %component.name, container = %name, ?ready_after, "ready");
@@ -595,7 +546,6 @@ struct Prober<'a> {
     component: &'a str,
     container: &'a str,
     ready: Option<&'a ReadySpec>,
-    pattern: Option<regex::Regex>,
 }
 
 /// What one look at the container found.
@@ -605,15 +555,8 @@ enum Seen {
 }
 
 impl<'a> Prober<'a> {
-    fn new(component: &'a PlannedComponent, container: &'a str, ready: Option<&'a ReadySpec>) -> Result<Self, DockerError> {
-        let pattern = match ready.map(|r| &r.probe) {
-            Some(Probe::Log(pattern)) => Some(
-                regex::Regex::new(pattern)
-                    .map_err(|source| DockerError::Pattern { component: component.name.clone(), source })?,
-            ),
-            _ => None,
-        };
-        Ok(Self { component: &component.name, container, ready, pattern })
+    fn new(component: &'a PlannedComponent, container: &'a str, ready: Option<&'a ReadySpec>) -> Self {
+        Self { component: &component.name, container, ready }
     }
 
     /// Polls the container's state and the probe until ready; returns the
@@ -683,12 +626,12 @@ impl<'a> Prober<'a> {
                 Some(ip) => http_ok(SocketAddr::new(ip, http.port), &http.path).await,
                 None => false,
             },
-            Probe::Log(_) => {
+            Probe::Log(pattern) => {
                 let logs = all_logs(docker, id).await;
                 if logs.contains(LOGS_SILENT) {
                     return false;
                 }
-                self.pattern.as_ref().is_some_and(|p| logs.lines().any(|line| p.is_match(line)))
+                logs.lines().any(|line| pattern.is_match(line))
             }
             Probe::Completes => false,
         }
@@ -928,15 +871,6 @@ mod tests {
             env,
             [format!("DSN=postgres://u@{db}:5432/x"), format!("H={db}"), "P=5432".to_owned(), "PLAIN=$HOME".to_owned()]
         );
-    }
-
-    #[test]
-    fn a_port_reference_to_a_component_without_ports_is_an_error() {
-        let plan = plan(
-            "[components.db]\nimage = \"postgres:16\"\ndocker = {}\n[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = { env = { A = \"${db.addr}\" } }\n",
-        );
-        let error = resolve_env(&plan, plan.component("app").unwrap()).unwrap_err();
-        assert!(error.to_string().contains("declares no ports"), "{error}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the line and the key.
 
 mod schema;
+mod template;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -17,6 +18,7 @@ use crate::suggest::Unknown;
 pub use schema::{
     BuildSpec, Component, DockerSpec, HttpProbe, KubernetesSpec, Probe, ReadySpec, Source,
 };
+pub use template::{AddressField, EnvPart, EnvTemplate, LogPattern};
 
 /// The file name looked for when walking up from a directory.
 pub const CATALOG_FILE: &str = "e2e-infra.toml";
@@ -223,10 +225,16 @@ impl Catalog {
                 path: path.to_owned(),
             });
         }
+        let ports = raw.first_ports();
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
-            let component =
-                raw_component.check(name.get_ref(), name.span().start, (&base, paths), &at)?;
+            let component = raw_component.check(
+                name.get_ref(),
+                name.span().start,
+                (&base, paths),
+                &ports,
+                &at,
+            )?;
             components.insert(name.into_inner(), component);
         }
         let catalog = Self {
@@ -321,15 +329,6 @@ impl Catalog {
         state.insert(name, 2);
         None
     }
-}
-
-/// The `${...}` references in an env value, without the braces:
-/// `"postgres://${postgres.addr}/db"` gives `["postgres.addr"]`.
-pub fn env_references(value: &str) -> impl Iterator<Item = &str> {
-    value
-        .split("${")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}').map(|(r, _)| r))
 }
 
 /// The parser's message with the offending line quoted: messages such as

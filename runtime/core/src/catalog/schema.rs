@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::template::{AddressField, BadReference, EnvTemplate, LogPattern};
 use super::{CatalogError, Location, Paths};
 use crate::image::ImageRef;
 use crate::names::is_valid_name;
@@ -128,7 +129,7 @@ pub struct DockerSpec {
     /// Container ports, published on 127.0.0.1 with ephemeral host ports.
     pub ports: Vec<u16>,
     /// Environment; values may contain `${dep.host}`, `${dep.port}`, `${dep.addr}`.
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvTemplate>,
     /// Overrides the image's command.
     pub command: Option<Vec<String>>,
     /// When the component counts as ready.
@@ -154,7 +155,7 @@ pub enum Probe {
     /// An HTTP GET answers 2xx.
     Http(HttpProbe),
     /// A log line matches this regular expression.
-    Log(String),
+    Log(LogPattern),
     /// The container runs to completion and exits 0 (migrations, seeders).
     Completes,
 }
@@ -182,6 +183,7 @@ impl RawComponent {
         name: &str,
         span: usize,
         (base, paths): (&Path, Paths),
+        ports: &FirstPorts,
         at: &dyn Fn(usize) -> Location,
     ) -> Result<Component, CatalogError> {
         if !is_valid_name(name) {
@@ -214,7 +216,7 @@ impl RawComponent {
         };
         let docker = self
             .docker
-            .map(|d| check_docker(name, d, &self.depends_on, at))
+            .map(|d| check_docker(name, d, (&self.depends_on, ports), at))
             .transpose()?;
         let kubernetes = match self.kubernetes {
             None => None,
@@ -289,10 +291,28 @@ fn check_build(
     })
 }
 
+/// Each component's first port of `docker.ports`; `None` for a component
+/// without one.
+pub(super) type FirstPorts = BTreeMap<String, Option<u16>>;
+
+impl RawCatalog {
+    /// Each component's first Docker port, for the env references of the
+    /// others.
+    pub(super) fn first_ports(&self) -> FirstPorts {
+        self.components
+            .iter()
+            .map(|(name, c)| {
+                let port = c.docker.as_ref().and_then(|d| d.ports.first().copied());
+                (name.get_ref().clone(), port)
+            })
+            .collect()
+    }
+}
+
 fn check_docker(
     name: &str,
     raw: RawDocker,
-    depends_on: &[Spanned<String>],
+    (depends_on, ports): (&[Spanned<String>], &FirstPorts),
     at: &dyn Fn(usize) -> Location,
 ) -> Result<DockerSpec, CatalogError> {
     let invalid = |offset: usize, problem: String| CatalogError::Invalid {
@@ -302,22 +322,42 @@ fn check_docker(
     };
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
-        for reference in super::env_references(value.get_ref()) {
-            let (dep, field) = reference.split_once('.').unwrap_or((reference, ""));
+        let offset = value.span().start;
+        let unknown_field = |bad: BadReference| {
+            let dep = bad.dependency;
+            invalid(
+                offset,
+                format!("env `{key}`: unknown reference `${{{}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`", bad.reference),
+            )
+        };
+        let template = EnvTemplate::parse(value.get_ref()).map_err(unknown_field)?;
+        for (dep, field) in template.dependencies() {
             if !depends_on.iter().any(|d| d.get_ref() == dep) {
+                let reference = match field {
+                    AddressField::Host => "host",
+                    AddressField::Port(_) => "port",
+                    AddressField::Addr(_) => "addr",
+                };
                 return Err(invalid(
-                    value.span().start,
-                    format!("env `{key}` refers to `${{{reference}}}` but `{dep}` is not in depends_on; add it there so it starts first"),
-                ));
-            }
-            if !matches!(field, "host" | "port" | "addr") {
-                return Err(invalid(
-                    value.span().start,
-                    format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
+                    offset,
+                    format!("env `{key}` refers to `${{{dep}.{reference}}}` but `{dep}` is not in depends_on; add it there so it starts first"),
                 ));
             }
         }
-        env.insert(key, value.into_inner());
+        // A dependency the catalog lacks is reported by the dependency
+        // check, with its suggestion; here only a known one without ports.
+        let template = template
+            .with_ports(|dep| match ports.get(dep) {
+                Some(port) => *port,
+                None => Some(0),
+            })
+            .map_err(|dep| {
+                invalid(
+                    offset,
+                    format!("env `{key}` uses the port of `{dep}`, but `{dep}` lists no `ports` in its `docker` section; add the port it listens on there"),
+                )
+            })?;
+        env.insert(key, template);
     }
     let ready = match raw.ready {
         None => None,
@@ -356,7 +396,7 @@ fn check_docker(
                 probes.push(Probe::Http(HttpProbe { port, path }));
             }
             if let Some(pattern) = r.log {
-                regex::Regex::new(&pattern).map_err(|e| {
+                let pattern = LogPattern::new(&pattern).map_err(|e| {
                     invalid(
                         offset,
                         format!("ready.log is not a valid regular expression: {e}"),

@@ -209,7 +209,7 @@ fn every_probe_kind_is_read_with_its_timeout() {
     assert_eq!(
         ready("postgres"),
         ReadySpec {
-            probe: Probe::Log("ready to accept connections".into()),
+            probe: Probe::Log(LogPattern::new("ready to accept connections").expect("a pattern")),
             timeout: Duration::from_secs(90)
         }
     );
@@ -258,9 +258,9 @@ fn docker_spec_keeps_ports_env_and_command() {
         .clone()
         .expect("docker");
     assert_eq!(docker.ports, [8080, 9090]);
-    assert_eq!(docker.env["POSTGRES_HOST"], "${postgres.host}");
-    assert_eq!(docker.env["REDIS"], "${redis.addr}");
-    assert_eq!(docker.env["LOG"], "debug");
+    assert_eq!(docker.env["POSTGRES_HOST"].as_str(), "${postgres.host}");
+    assert_eq!(docker.env["REDIS"].as_str(), "${redis.addr}");
+    assert_eq!(docker.env["LOG"].as_str(), "debug");
     assert_eq!(docker.command, None);
     let migrate = catalog
         .get("migrate")
@@ -280,21 +280,6 @@ fn docker_spec_keeps_ports_env_and_command() {
         .expect("docker")
         .env
         .is_empty());
-}
-
-#[test]
-fn env_references_are_found_in_any_position() {
-    fn refs(v: &str) -> Vec<&str> {
-        env_references(v).collect()
-    }
-    assert_eq!(
-        refs("postgres://app@${postgres.addr}/app"),
-        ["postgres.addr"]
-    );
-    assert_eq!(refs("${a.host}:${b.port}"), ["a.host", "b.port"]);
-    assert!(refs("plain value").is_empty());
-    assert!(refs("unclosed ${a.host").is_empty());
-    assert!(refs("$HOME and {braces}").is_empty());
 }
 
 #[test]
@@ -698,6 +683,15 @@ fn ready_with_a_bad_regex_is_rejected() {
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(4)), "{message}");
     assert_contains(&message, &["`ds`", "ready.log", "regular expression"]);
+}
+
+#[test]
+fn a_port_reference_to_a_dependency_without_ports_is_rejected_where_it_is_written() {
+    let ws = Workspace::new();
+    let text = "[components.db]\nimage = \"postgres:16\"\ndocker = {}\n[components.app]\nimage = \"app:1\"\ndepends_on = [\"db\"]\ndocker = { env = { A = \"${db.addr}\" } }\n";
+    let (_, message) = ws.reject(text);
+    assert!(message.starts_with(&ws.at_line(7)), "{message}");
+    assert_contains(&message, &["`app`", "env `A`", "port of `db`", "`ports`"]);
 }
 
 #[test]
