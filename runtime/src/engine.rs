@@ -6,9 +6,16 @@
 //! the connection but answers slowly (a loaded machine) is pinged again,
 //! with growing waits, until a total budget runs out
 //! ([`CONNECT_BUDGET`], or `E2E_INFRA_CONNECT_TIMEOUT`).
+//!
+//! Finding what a run owns goes through here too: [`label_filter`] is the
+//! one shape of the engine's label filter, [`labelled_containers`] the one
+//! listing of a stack's containers.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::{Docker, API_DEFAULT_VERSION};
 
 /// The variable that points clients at an engine.
@@ -296,4 +303,29 @@ mod tests {
         let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
         assert_eq!(address(&docker), "127.0.0.1:1");
     }
+}
+
+/// The engine's filter for objects that carry every one of `labels`
+/// (`key=value`).
+pub fn label_filter(labels: &[String]) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), labels.to_vec())])
+}
+
+/// Every container, running or stopped, that carries every one of `labels`;
+/// the call borrows only the client.
+///
+/// # Errors
+/// The engine's error when it cannot list containers.
+pub fn labelled_containers<'a>(
+    docker: &'a Docker,
+    labels: &[String],
+) -> impl std::future::Future<Output = Result<Vec<ContainerSummary>, bollard::errors::Error>> + 'a {
+    let options = ListContainersOptionsBuilder::new().all(true).filters(&label_filter(labels)).build();
+    docker.list_containers(Some(options))
+}
+
+/// The name a container listing gives, without its leading `/`; its id
+/// when it has none.
+pub fn container_name(summary: &ContainerSummary, id: &str) -> String {
+    summary.names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
 }

@@ -782,7 +782,7 @@ fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
 pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Removed, DockerError> {
     let mut labels = vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)];
     labels.extend(filters.iter().filter(|f| !labels.contains(f)).cloned().collect::<Vec<_>>());
-    let filter = HashMap::from([("label", labels.clone())]);
+    let filter = engine::label_filter(&labels);
     let list_error = |what| {
         let filters = labels.clone();
         move |source| DockerError::List { what, filters, source }
@@ -793,8 +793,8 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         .await
         .map_err(list_error("containers"))?;
     for container in containers {
-        let Some(id) = container.id else { continue };
-        let name = summary_name(&container.names, &id);
+        let Some(id) = container.id.clone() else { continue };
+        let name = engine::container_name(&container, &id);
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
         match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
             Ok(()) => removed.containers.push(name),
@@ -826,12 +826,6 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         }
     }
     Ok(removed)
-}
-
-/// The name a container listing gives, without its leading `/`; its id
-/// when it has none.
-pub(crate) fn summary_name(names: &Option<Vec<String>>, id: &str) -> String {
-    names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
 }
 
 /// Whether the engine says the object no longer exists (or is already being

@@ -1,7 +1,7 @@
 //! The nodes of a Kind cluster: the engine's containers that Kind labels
 //! with the cluster's name. Loading into them is [`containerd::load`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
@@ -71,7 +71,7 @@ pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Resul
 pub async fn nodes(docker: &Docker, cluster: &str) -> Result<Vec<Node>, KindError> {
     let list = |filter: String| async move {
         let options = ListContainersOptions {
-            filters: Some(HashMap::from([("label".to_owned(), vec![filter])])),
+            filters: Some(crate::engine::label_filter(&[filter])),
             ..Default::default()
         };
         docker

@@ -3,16 +3,15 @@
 //! the engine keeps one log across restarts), `<container>.inspect.json`
 //! and `<container>.state.txt` (status, exit code, health, restarts).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
+use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
 use futures::StreamExt;
 
 use super::{append_bounded, bounded_call, path_name, Collect, Evidence, Folder, CALL_LIMIT};
-use crate::labels;
+use crate::{engine, labels};
 
 /// Collects from the engine a stack runs on.
 #[derive(Debug)]
@@ -45,16 +44,14 @@ impl Collect for Collector {
             Ok(docker) => docker,
             Err(problem) => return folder.problem(format!("every container's logs and state: {problem}")),
         };
-        let filter = HashMap::from([("label", labels::filter(&evidence.run_id, &evidence.consumer))]);
-        let listing =
-            docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()));
+        let listing = engine::labelled_containers(docker, &labels::filter(&evidence.run_id, &evidence.consumer));
         let containers = match bounded_call("listing the stack's containers", listing).await {
             Ok(containers) => containers,
             Err(problem) => return folder.problem(problem),
         };
         for container in containers {
-            let Some(id) = container.id else { continue };
-            let name = crate::deploy::docker::summary_name(&container.names, &id);
+            let Some(id) = container.id.clone() else { continue };
+            let name = engine::container_name(&container, &id);
             let component = container
                 .labels
                 .and_then(|l| l.get(labels::COMPONENT).cloned())

@@ -2,7 +2,6 @@
 //! its component and container, one container after the other, or all of
 //! them interleaved as they come when followed.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use futures::stream::{self, BoxStream};
@@ -125,13 +124,12 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
         }
     };
     let docker = bounded_call("connecting to the container engine", connecting).await?;
-    let filter = HashMap::from([("label", labels::filter(&selection.run_id, &selection.consumer))]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
-    let listed = bounded_call("listing the stack's containers", docker.list_containers(Some(options))).await?;
+    let listing = crate::engine::labelled_containers(&docker, &labels::filter(&selection.run_id, &selection.consumer));
+    let listed = bounded_call("listing the stack's containers", listing).await?;
     let mut sources = Vec::new();
     for container in listed {
-        let Some(id) = container.id else { continue };
-        let name = crate::deploy::docker::summary_name(&container.names, &id);
+        let Some(id) = container.id.clone() else { continue };
+        let name = crate::engine::container_name(&container, &id);
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
         let options = bollard::query_parameters::LogsOptionsBuilder::new()
             .stdout(true)

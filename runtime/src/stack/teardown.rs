@@ -25,7 +25,7 @@ use bollard::Docker;
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
-use crate::labels;
+use crate::{engine, labels};
 use crate::plan::{Launcher, Namespace, Verdict};
 use crate::stack::{self, StackError};
 use crate::state::RunDir;
@@ -177,10 +177,7 @@ pub async fn mark_kept(
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)],
-    )])
+    engine::label_filter(&[format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)])
 }
 
 fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
@@ -48,8 +48,7 @@ pub async fn up_reusing(
     }
     let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
     let silent = |source| DockerError::Silent { component: format!("the reusable stack {}", plan.namespace()), source };
-    let filters = HashMap::from([("label", labels::run_filter(plan))]);
-    let listing = docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()));
+    let listing = engine::labelled_containers(docker, &labels::run_filter(plan));
     let existing = engine::within(docker, limit, "listing the reusable stack's containers", listing)
         .await
         .map_err(silent)?
