@@ -284,27 +284,6 @@ pub async fn kind(docker: &Docker) -> Result<EngineKind, EngineError> {
     Ok(if podman { EngineKind::Podman } else { EngineKind::Docker })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budgets_parse_with_and_without_units() {
-        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_duration("5h"), None);
-    }
-
-    #[test]
-    fn the_address_comes_from_the_client() {
-        let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
-        assert_eq!(address(&docker), "127.0.0.1:1");
-    }
-}
-
 /// The engine's filter for objects that carry every one of `labels`
 /// (`key=value`).
 pub fn label_filter(labels: &[String]) -> HashMap<String, Vec<String>> {
@@ -328,4 +307,25 @@ pub fn labelled_containers<'a>(
 /// when it has none.
 pub fn container_name(summary: &ContainerSummary, id: &str) -> String {
     summary.names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse_with_and_without_units() {
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5h"), None);
+    }
+
+    #[test]
+    fn the_address_comes_from_the_client() {
+        let docker = Docker::connect_with_http("tcp://127.0.0.1:1", 5, API_DEFAULT_VERSION).unwrap();
+        assert_eq!(address(&docker), "127.0.0.1:1");
+    }
 }
