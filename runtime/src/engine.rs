@@ -61,7 +61,7 @@ pub enum EngineError {
         origin: &'static str,
     },
     /// The engine refused the connection, or its socket does not exist.
-    #[error("no container engine answers at {host} ({origin}): {source}; {HOW_TO_START}")]
+    #[error("no container engine answers at {host} ({origin}); {HOW_TO_START}")]
     Unreachable {
         /// The address tried.
         host: String,
@@ -89,7 +89,7 @@ pub enum EngineError {
         value: String,
     },
     /// Asking the engine for its version failed.
-    #[error("asking the container engine for its version failed: {0}")]
+    #[error("asking the container engine for its version failed")]
     Version(#[source] bollard::errors::Error),
 }
 

@@ -41,7 +41,7 @@ pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
 #[allow(missing_docs)]
 pub enum StateError {
     /// A file system operation failed.
-    #[error("{operation} `{}` failed: {source}", path.display())]
+    #[error("{operation} `{}` failed", path.display())]
     Io {
         /// What was being done.
         operation: &'static str,

@@ -18,6 +18,7 @@ use e2e_infra::build::housekeeping::prune_run_tags;
 use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
 use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_within, EngineError};
+use e2e_infra::error::error_chain;
 use e2e_infra::{labels, Delivery, ImageRef, Plan};
 use e2e_infra_tests::{
     clean_up_after, engine, plan, remove_built_images, remove_reference, unique,
@@ -384,7 +385,7 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
         "{error}"
     );
     assert!(
-        error.to_string().contains(&fifo.display().to_string()),
+        error_chain(&error).contains(&fifo.display().to_string()),
         "{error}"
     );
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
@@ -488,7 +489,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         eprintln!("after {elapsed:?}: {error}");
         assert!(matches!(error, DockerError::Silent { .. }), "{error}");
         let address = host.trim_start_matches("tcp://");
-        assert!(error.to_string().contains(address), "{error}");
+        assert!(error_chain(&error).contains(address), "{}", error_chain(&error));
         assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
         Ok::<_, String>(())
     };
@@ -584,7 +585,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
         let elapsed = started.elapsed();
         let error = result.expect_err("the engine is frozen");
         eprintln!("after {elapsed:?}: {error}");
-        let message = error.to_string();
+        let message = error_chain(&error);
         assert!(matches!(error, DockerError::Silent { .. }), "{message}");
         assert!(
             message.contains("`web`") && message.contains("creating the container"),

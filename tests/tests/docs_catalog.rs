@@ -15,7 +15,7 @@ fn complete(block: &str) -> String {
         Some(table) if table.matches('.').count() == 1 => {
             let component = table.split('.').next().unwrap_or_default();
             format!(
-                "[components.postgres]\nimage = \"postgres:16\"\n\n[components.{component}]\nimage = \"{component}:1\"\ndepends_on = [\"postgres\"]\n\n{block}"
+                "[components.postgres]\nimage = \"postgres:16\"\ndocker = {{ ports = [5432] }}\n\n[components.{component}]\nimage = \"{component}:1\"\ndepends_on = [\"postgres\"]\n\n{block}"
             )
         }
         Some(_) => block.to_owned(),

@@ -581,7 +581,7 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
     // authorized as an object in itself).
     let error = deploy(restricted.clone(), &run.plan, &options).await.expect_err("the user may do nothing");
     assert!(matches!(&error, KubeError::Namespace { source, .. } if is_forbidden(source)), "{error}");
-    assert!(error.to_string().contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
+    assert!(error_chain(&error).contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
 
     // The right to its namespace only: the Deployment is refused in there.
     let admin_client = run.cluster.client().await;
@@ -615,7 +615,7 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
         };
         assert!(is_forbidden(source), "{error}");
         assert_eq!((object.as_str(), namespace.as_str()), ("Deployment/app", run.namespace()));
-        let message = error.to_string();
+        let message = error_chain(&error);
         assert!(message.contains(&refused(RESTRICTED, "deployments", "apps", run.namespace())), "{message}");
         Ok::<(), Box<dyn std::error::Error>>(())
     };

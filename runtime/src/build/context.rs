@@ -22,7 +22,7 @@ const DOCKERIGNORE: &str = ".dockerignore";
 #[non_exhaustive]
 pub enum ContextError {
     /// A file or directory could not be read.
-    #[error("reading {path} failed: {source}")]
+    #[error("reading {path} failed")]
     Read {
         /// The path.
         path: PathBuf,
@@ -40,7 +40,7 @@ pub enum ContextError {
         kind: &'static str,
     },
     /// `.dockerignore` holds a pattern that cannot be compiled.
-    #[error("{path}: {source}")]
+    #[error("{path} holds a pattern that cannot be compiled")]
     Ignore {
         /// The `.dockerignore` file.
         path: PathBuf,

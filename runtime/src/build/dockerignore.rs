@@ -24,7 +24,7 @@ pub(crate) struct DockerIgnore {
 
 /// A `.dockerignore` line that is not a valid pattern.
 #[derive(Debug, thiserror::Error)]
-#[error("pattern `{line}`: {source}")]
+#[error("pattern `{line}` cannot be compiled")]
 pub struct InvalidPattern {
     line: String,
     source: regex::Error,

@@ -50,7 +50,7 @@ pub const GRACE: Duration = Duration::from_secs(10 * 60);
 #[allow(missing_docs)]
 pub enum HousekeepingError {
     /// Listing images, containers or networks failed.
-    #[error("listing the {what} on the engine to find old image tags failed: {source}")]
+    #[error("listing the {what} on the engine to find old image tags failed")]
     List {
         /// What was listed.
         what: &'static str,
@@ -58,7 +58,7 @@ pub enum HousekeepingError {
         source: bollard::errors::Error,
     },
     /// Removing a tag failed for another reason than being in use.
-    #[error("removing the image tag `{reference}` failed: {source}; remove it with `docker rmi {reference}` or leave it")]
+    #[error("removing the image tag `{reference}` failed; remove it with `docker rmi {reference}` or leave it")]
     Remove {
         reference: String,
         /// The engine's error.

@@ -30,6 +30,7 @@ use crate::catalog::{BuildSpec, Source};
 use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{ImageRef, Plan, PlannedComponent};
+use crate::error::error_chain;
 
 /// How many lines of build output an error carries.
 const OUTPUT_TAIL: usize = 20;
@@ -141,14 +142,14 @@ pub struct BuildOutcome {
 #[allow(missing_docs)]
 pub enum BuildError {
     /// The build context could not be read.
-    #[error("reading the build context of `{component}` failed: {source}")]
+    #[error("reading the build context of `{component}` failed")]
     Context {
         component: String,
         /// What went wrong.
         source: ContextError,
     },
     /// The engine rejected or failed the build.
-    #[error("building `{component}` as `{image}` failed{}: {source}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default())]
+    #[error("building `{component}` as `{image}` failed{}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default())]
     Failed {
         component: String,
         /// The reference it was to be tagged with.
@@ -161,7 +162,7 @@ pub enum BuildError {
         source: bollard::errors::Error,
     },
     /// An engine call around the build failed.
-    #[error("{operation} for `{component}` (`{image}`) failed: {source}")]
+    #[error("{operation} for `{component}` (`{image}`) failed")]
     Engine {
         component: String,
         image: String,
@@ -191,14 +192,14 @@ pub enum BuildError {
         waited: Duration,
     },
     /// The engine did not answer a call around the build in time.
-    #[error("building `{component}`: {source}")]
+    #[error("building `{component}` stopped")]
     Silent {
         component: String,
         /// The call and how long it was given.
         source: Silent,
     },
     /// A worker thread died.
-    #[error("reading the build context of `{component}` stopped: {source}")]
+    #[error("reading the build context of `{component}` stopped")]
     Worker {
         component: String,
         /// The join error.
@@ -252,7 +253,7 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
+                tracing::warn!(error = %error_chain(&e), "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
             }
         }
     }
@@ -484,7 +485,7 @@ fn tar_stream(
         if let Err(e) = &written {
             // Ending the body with an error, not quietly, keeps the engine
             // from building a truncated context.
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            let _ = tx.blocking_send(Err(std::io::Error::other(error_chain(e))));
         }
         written
     });

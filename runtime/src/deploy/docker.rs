@@ -27,6 +27,7 @@ use crate::engine::{self, Silent};
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
 use crate::record::Witness;
+use crate::error::error_chain;
 
 mod reuse;
 pub use reuse::up_reusing;
@@ -104,7 +105,7 @@ pub enum DockerError {
         component: String,
     },
     /// A network operation failed.
-    #[error("{operation} network `{network}` failed: {source}")]
+    #[error("{operation} network `{network}` failed")]
     Network {
         network: String,
         /// What was asked of the engine.
@@ -113,7 +114,7 @@ pub enum DockerError {
         source: bollard::errors::Error,
     },
     /// A container operation failed.
-    #[error("{operation} container `{container}` of `{component}` failed: {source}")]
+    #[error("{operation} container `{container}` of `{component}` failed")]
     Container {
         component: String,
         /// The container name.
@@ -156,7 +157,7 @@ pub enum DockerError {
         network: String,
     },
     /// A marker volume operation failed.
-    #[error("{operation} marker volume `{volume}` failed: {source}")]
+    #[error("{operation} marker volume `{volume}` failed")]
     Marker {
         volume: String,
         /// What was asked of the engine.
@@ -165,7 +166,7 @@ pub enum DockerError {
         source: bollard::errors::Error,
     },
     /// The engine did not answer a call in time (a frozen engine).
-    #[error("starting `{component}`: {source}")]
+    #[error("starting `{component}` stopped")]
     Silent {
         /// The component, or the network for the run's network.
         component: String,
@@ -173,7 +174,7 @@ pub enum DockerError {
         source: Silent,
     },
     /// Listing resources to remove failed.
-    #[error("listing {what} labelled {filters:?} failed: {source}")]
+    #[error("listing {what} labelled {filters:?} failed")]
     List {
         /// Containers or networks.
         what: &'static str,
@@ -322,10 +323,10 @@ async fn start_on(
             match engine::within(docker, CLEANUP_TIMEOUT, "removing the partly started stack", removing).await {
                 Ok(Ok(())) => {}
                 Ok(Err(cleanup)) => {
-                    tracing::warn!(%network, error = %cleanup, "removing the partly started stack failed; remove it with `e2e-infra down`");
+                    tracing::warn!(%network, error = %error_chain(&cleanup), "removing the partly started stack failed; remove it with `e2e-infra down`");
                 }
                 Err(silent) => {
-                    tracing::warn!(%network, error = %silent, "removing the partly started stack failed; remove it with `e2e-infra down`");
+                    tracing::warn!(%network, error = %error_chain(&silent), "removing the partly started stack failed; remove it with `e2e-infra down`");
                 }
             }
             Err(e)

@@ -111,7 +111,7 @@ pub struct KubeStack {
 #[allow(missing_docs)]
 pub enum KubeError {
     /// The kubeconfig could not be loaded.
-    #[error("loading {context} from the kubeconfig ({kubeconfig}) failed: {source}; point KUBECONFIG at the cluster's kubeconfig and name one of its contexts")]
+    #[error("loading {context} from the kubeconfig ({kubeconfig}) failed; point KUBECONFIG at the cluster's kubeconfig and name one of its contexts")]
     Kubeconfig {
         /// The context, in words.
         context: String,
@@ -121,7 +121,7 @@ pub enum KubeError {
         source: KubeconfigError,
     },
     /// A client could not be made from the kubeconfig.
-    #[error("making a Kubernetes client for {context} failed: {source}")]
+    #[error("making a Kubernetes client for {context} failed")]
     Client {
         /// The context, in words.
         context: String,
@@ -139,14 +139,14 @@ pub enum KubeError {
         problem: String,
     },
     /// A manifest could not be read.
-    #[error("reading manifest {} failed: {source}", file.display())]
+    #[error("reading manifest {} failed", file.display())]
     ReadManifest {
         file: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
     /// A manifest is not YAML.
-    #[error("parsing manifest {} failed: {source}", file.display())]
+    #[error("parsing manifest {} failed", file.display())]
     ParseManifest {
         file: PathBuf,
         /// The parser's error.
@@ -168,14 +168,14 @@ pub enum KubeError {
         planned: Vec<String>,
     },
     /// The namespace could not be created.
-    #[error("creating namespace `{namespace}` failed: {source}")]
+    #[error("creating namespace `{namespace}` failed")]
     Namespace {
         namespace: String,
         /// kube's error.
         source: kube::Error,
     },
     /// An object could not be applied.
-    #[error("applying {object} from {} in namespace `{namespace}` failed: {source}", file.display())]
+    #[error("applying {object} from {} in namespace `{namespace}` failed", file.display())]
     Apply {
         /// `Kind/name`.
         object: String,
@@ -216,14 +216,14 @@ pub enum KubeError {
         namespace: String,
     },
     /// The namespace could not be deleted.
-    #[error("deleting namespace `{namespace}` failed: {source}")]
+    #[error("deleting namespace `{namespace}` failed")]
     DeleteNamespace {
         namespace: String,
         /// kube's error.
         source: kube::Error,
     },
     /// Watching the namespace's deletion failed.
-    #[error("watching the deletion of namespace `{namespace}` failed: {source}")]
+    #[error("watching the deletion of namespace `{namespace}` failed")]
     WatchDeletion {
         namespace: String,
         /// The watch's error.
@@ -243,7 +243,7 @@ pub enum KubeError {
         problem: String,
     },
     /// A shared cluster-scoped object could not be released.
-    #[error("releasing {object} of namespace `{namespace}` failed: {source}")]
+    #[error("releasing {object} of namespace `{namespace}` failed")]
     Release {
         /// `Kind/name`.
         object: String,
@@ -253,14 +253,14 @@ pub enum KubeError {
         source: kube::Error,
     },
     /// The kept marker could not be put on a namespace.
-    #[error("marking namespace `{namespace}` as kept failed: {source}; `e2e-infra clean` may remove it unless the local state folder says it is kept")]
+    #[error("marking namespace `{namespace}` as kept failed; `e2e-infra clean` may remove it unless the local state folder says it is kept")]
     MarkKept {
         namespace: String,
         /// kube's error.
         source: kube::Error,
     },
     /// The run's namespaces could not be listed.
-    #[error("listing the namespaces of e2e-infra runs failed: {source}")]
+    #[error("listing the namespaces of e2e-infra runs failed")]
     ListNamespaces {
         /// kube's error.
         source: kube::Error,

@@ -50,7 +50,7 @@ const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 #[non_exhaustive]
 pub enum ArchiveError {
     /// Reading the export from the engine failed.
-    #[error("reading the export failed: {0}")]
+    #[error("reading the export failed")]
     Export(#[from] bollard::errors::Error),
     /// The export is not a docker-format archive of the expected image.
     #[error("the export is not a docker-format archive of image {image_id}: {problem}")]

@@ -162,7 +162,7 @@ pub enum ContainerdError {
         path: PathBuf,
     },
     /// The socket exists but cannot be connected to.
-    #[error("cannot connect to containerd socket `{}`: {source}; permission denied means this user may not write to it (run as its owner, or grant the socket's group)", path.display())]
+    #[error("cannot connect to containerd socket `{}`; permission denied means this user may not write to it (run as its owner, or grant the socket's group)", path.display())]
     Socket {
         /// The socket.
         path: PathBuf,
@@ -170,7 +170,7 @@ pub enum ContainerdError {
         source: std::io::Error,
     },
     /// `ctr` could not be started.
-    #[error("starting `ctr` for containerd at `{}` failed: {source}; install containerd's client (Debian: apt-get install containerd)", path.display())]
+    #[error("starting `ctr` for containerd at `{}` failed; install containerd's client (Debian: apt-get install containerd)", path.display())]
     Ctr {
         /// The socket.
         path: PathBuf,
@@ -178,7 +178,7 @@ pub enum ContainerdError {
         source: std::io::Error,
     },
     /// The engine could not inspect an image to load.
-    #[error("inspecting `{image}` on the engine before loading it failed: {source}")]
+    #[error("inspecting `{image}` on the engine before loading it failed")]
     InspectImage {
         /// The image.
         image: ImageRef,
@@ -196,7 +196,7 @@ pub enum ContainerdError {
         found: String,
     },
     /// Exporting an image from the engine, or reading the export, failed.
-    #[error("exporting `{image}` from the engine failed: {source}")]
+    #[error("exporting `{image}` from the engine failed")]
     Export {
         /// The image.
         image: ImageRef,
@@ -214,7 +214,7 @@ pub enum ContainerdError {
         limit: Duration,
     },
     /// The engine could not run a command in a node.
-    #[error("running `{command}` in {node} failed: {source}")]
+    #[error("running `{command}` in {node} failed")]
     Exec {
         /// The node.
         node: String,
@@ -224,7 +224,7 @@ pub enum ContainerdError {
         source: bollard::errors::Error,
     },
     /// Feeding a command's standard input failed though the command succeeded.
-    #[error("streaming into `{command}` in {node} failed: {source}")]
+    #[error("streaming into `{command}` in {node} failed")]
     Stdin {
         /// The node.
         node: String,

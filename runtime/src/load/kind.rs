@@ -20,7 +20,7 @@ pub const ROLE_LABEL: &str = "io.x-k8s.kind.role";
 #[allow(missing_docs)]
 pub enum KindError {
     /// The engine could not list containers.
-    #[error("listing the node containers of Kind cluster `{cluster}` failed: {source}")]
+    #[error("listing the node containers of Kind cluster `{cluster}` failed")]
     ListNodes {
         cluster: String,
         /// The engine's error.

@@ -29,7 +29,7 @@ pub enum LoadError {
         image: ImageRef,
     },
     /// The push failed.
-    #[error("pushing `{image}` to {registry} failed: {source}")]
+    #[error("pushing `{image}` to {registry} failed")]
     Push {
         image: ImageRef,
         registry: String,

@@ -42,7 +42,7 @@ pub enum LogsError {
         known: Vec<String>,
     },
     /// The output could not be written.
-    #[error("writing the logs failed: {0}")]
+    #[error("writing the logs failed")]
     Output(#[source] std::io::Error),
 }
 

@@ -43,6 +43,7 @@ use crate::record::{Placement, StackRecord, Witness};
 use crate::plan::{is_safe_name, Plan};
 use crate::state::{Found, RunDir};
 use crate::stack::teardown::RunStack;
+use crate::error::error_chain;
 
 /// Overrides the folder that holds every report (default: `<target>/e2e-infra`).
 pub const REPORT_DIR_ENV: &str = "E2E_INFRA_REPORT_DIR";
@@ -60,7 +61,7 @@ pub const SETUP: &str = "setup";
 #[non_exhaustive]
 pub enum ReportError {
     /// The report folder could not be made.
-    #[error("creating the report folder `{}` failed: {source}; free space there or point {REPORT_DIR_ENV} at a writable folder", path.display())]
+    #[error("creating the report folder `{}` failed; free space there or point {REPORT_DIR_ENV} at a writable folder", path.display())]
     Folder {
         /// The folder.
         path: PathBuf,
@@ -68,7 +69,7 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// A file of the report could not be written.
-    #[error("writing the report file `{}` failed: {source}; free space there or point {REPORT_DIR_ENV} at a writable folder", path.display())]
+    #[error("writing the report file `{}` failed; free space there or point {REPORT_DIR_ENV} at a writable folder", path.display())]
     File {
         /// The file.
         path: PathBuf,
@@ -365,7 +366,7 @@ pub fn placement_of(backend: &Backend, plan: &Plan) -> Placement {
 pub fn line(outcome: &Result<PathBuf, ReportError>) -> String {
     match outcome {
         Ok(path) => format!("e2e-infra report: {}", path.display()),
-        Err(error) => format!("e2e-infra report: none, {error}"),
+        Err(error) => format!("e2e-infra report: none, {}", error_chain(error).replace('\n', " ")),
     }
 }
 
@@ -463,13 +464,13 @@ impl Witness for Recorder {
 }
 
 /// Runs `call` within [`CALL_LIMIT`], saying what timed out.
-pub(crate) async fn bounded_call<T, E: std::fmt::Display>(
+pub(crate) async fn bounded_call<T, E: std::error::Error>(
     what: &str,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_LIMIT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(format!("{what}: {error}")),
+        Ok(Err(error)) => Err(format!("{what}: {}", error_chain(&error).replace('\n', " "))),
         Err(_) => Err(format!("{what}: no answer within {CALL_LIMIT:?}")),
     }
 }

@@ -21,6 +21,7 @@ use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
 use crate::plan::{Namespace, Plan, Tag};
 use crate::record::Witness;
+use crate::error::error_chain;
 
 /// How long removing a stack's containers, networks and markers from the
 /// engine may take in all; a frozen engine fails the teardown with a
@@ -56,7 +57,7 @@ pub enum StackError {
     #[error(transparent)]
     Silent(#[from] engine::Silent),
     /// No async runtime could be started.
-    #[error("starting an async runtime failed: {0}")]
+    #[error("starting an async runtime failed")]
     Runtime(#[source] std::io::Error),
 }
 
@@ -276,7 +277,7 @@ pub async fn explain_pull_failure(docker: &bollard::Docker, nodes: &[Node], erro
     let repository = failure.image.rsplit_once(':').map_or(failure.image.as_str(), |(r, _)| r).to_owned();
     let held = match containerd::node_images(docker, node).await {
         Ok(held) => held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect(),
-        Err(error) => vec![format!("(cannot list: {error})")],
+        Err(error) => vec![format!("(cannot list: {})", error_chain(&error).replace('\n', " "))],
     };
     failure.node_images = Some((node.to_string(), held));
 }

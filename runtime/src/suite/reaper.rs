@@ -16,6 +16,7 @@ use crate::state::RunDir;
 use crate::backend::Backend;
 use super::{Suite, KEEP_ENV};
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
+use crate::error::error_chain;
 
 /// The name of the hidden teardown test the attribute generates.
 pub const REAPER_TEST: &str = "__e2e_infra_reaper";
@@ -54,7 +55,7 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
         Ok(())
     })();
     if let Err(error) = started {
-        tracing::warn!("starting the teardown process failed ({error}); remove the stack with `e2e-infra clean`");
+        tracing::warn!("starting the teardown process failed ({}); remove the stack with `e2e-infra clean`", error_chain(&error));
     }
 }
 
@@ -72,7 +73,7 @@ pub(super) fn run(suite: &Suite) {
         // Another teardown process already watches this run.
         Ok(None) => return,
         Err(error) => {
-            eprintln!("e2e-infra teardown: {error}");
+            eprintln!("e2e-infra teardown: {}", error_chain(&error));
             return;
         }
     };
@@ -85,7 +86,7 @@ pub(super) fn run(suite: &Suite) {
     let setup_lock = match dir.lock_setup() {
         Ok(lock) => lock,
         Err(error) => {
-            eprintln!("e2e-infra teardown: {error}");
+            eprintln!("e2e-infra teardown: {}", error_chain(&error));
             return;
         }
     };
@@ -141,7 +142,7 @@ pub(super) fn run(suite: &Suite) {
             println!("e2e-infra: removed the `{consumer}` stack of run {run}: {summary}");
             drop(setup_lock);
             if let Err(error) = dir.remove() {
-                eprintln!("e2e-infra teardown: {error}");
+                eprintln!("e2e-infra teardown: {}", error_chain(&error));
             }
         }
         Err(error) => eprintln!("e2e-infra teardown of `{consumer}` failed: {}", super::error_chain(&error)),

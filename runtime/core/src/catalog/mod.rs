@@ -63,7 +63,7 @@ pub enum CatalogError {
         named_by: &'static str,
     },
     /// The catalog could not be read.
-    #[error("reading catalog {path} failed: {source}")]
+    #[error("reading catalog {path} failed")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -11,6 +11,7 @@ use kube::{Api, Client};
 use tokio::net::TcpStream;
 
 use super::connect;
+use crate::error::error_chain;
 
 /// A port-forward could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +20,14 @@ use super::connect;
 #[allow(missing_docs)]
 pub enum ForwardError {
     /// No local listener could be opened.
-    #[error("opening a local port for `{service}` failed: {source}")]
+    #[error("opening a local port for `{service}` failed")]
     Listen {
         service: String,
         /// The I/O error.
         source: std::io::Error,
     },
     /// The Service cannot be read.
-    #[error("reading Service `{service}` in namespace `{namespace}` failed: {source}; the component's manifest must define a Service named after it")]
+    #[error("reading Service `{service}` in namespace `{namespace}` failed; the component's manifest must define a Service named after it")]
     Service {
         service: String,
         namespace: String,
@@ -41,7 +42,7 @@ pub enum ForwardError {
         selector: String,
     },
     /// Listing pods or forwarding to one failed.
-    #[error("port-forwarding to pod `{pod}` port {port} failed: {source}")]
+    #[error("port-forwarding to pod `{pod}` port {port} failed")]
     Pod {
         pod: String,
         port: u16,
@@ -95,13 +96,13 @@ async fn serve(listener: std::net::TcpListener, target: Target) {
     };
     let client = match connect(target.context.as_deref()).await {
         Ok(client) => client,
-        Err(error) => return tracing::warn!("port-forward to {}: {error}", target.service),
+        Err(error) => return tracing::warn!("port-forward to {}: {}", target.service, error_chain(&error)),
     };
     while let Ok((socket, _)) = listener.accept().await {
         let (client, target) = (client.clone(), target.clone());
         tokio::spawn(async move {
             if let Err(error) = pipe(client, &target, socket).await {
-                tracing::warn!("port-forward to {}:{}: {error}", target.service, target.port);
+                tracing::warn!("port-forward to {}:{}: {}", target.service, target.port, error_chain(&error));
             }
         });
     }
