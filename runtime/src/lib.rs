@@ -21,6 +21,7 @@
 // In layers: a module names only modules of layers below its own (the
 // test `layers` in runtime/tests keeps it so; docs/architecture.md says
 // what each layer is for).
+pub mod background;
 pub mod error;
 pub mod plan;
 pub mod backend;

@@ -56,9 +56,9 @@ pub enum StackError {
     /// The engine did not finish removing a stack in time.
     #[error(transparent)]
     Silent(#[from] engine::Silent),
-    /// No async runtime could be started.
-    #[error("starting an async runtime failed")]
-    Runtime(#[source] std::io::Error),
+    /// The background runtime could not run the work.
+    #[error(transparent)]
+    Runtime(#[from] crate::background::RuntimeError),
 }
 
 /// How to stand a stack up.

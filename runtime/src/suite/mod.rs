@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, BackendError, Declared};
 use crate::catalog::Catalog;
+use crate::background;
 use crate::error::error_chain;
 use crate::handle::Infra;
 use crate::plan::{Launcher, Plan, RunId};
@@ -118,9 +119,9 @@ pub enum SuiteError {
         /// One line: the report's path, or why it could not be written.
         report: String,
     },
-    /// The setup thread could not be started or died.
-    #[error("the setup thread of `{0}` failed to run")]
-    Thread(String),
+    /// The background runtime could not run setup or teardown.
+    #[error(transparent)]
+    Runtime(#[from] background::RuntimeError),
 }
 
 /// One suite: the static the attribute generates.
@@ -323,27 +324,14 @@ impl Suite {
         }
     }
 
-    /// Runs `work` on a thread of its own with its own async runtime.
+    /// Runs `work` on the process's background runtime.
     fn in_runtime<T, F, Fut>(&self, work: F) -> Result<T, SuiteError>
     where
         T: Send,
         F: FnOnce() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T, SuiteError>>,
     {
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name(format!("e2e-infra-{}", self.spec.consumer))
-                .spawn_scoped(scope, || -> Result<T, SuiteError> {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .map_err(|e| SuiteError::Stack(StackError::Runtime(e)))?;
-                    runtime.block_on(work())
-                })
-                .map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?;
-            worker.join().map_err(|_| SuiteError::Thread(self.spec.consumer.to_owned()))?
-        })
+        background::block_on(work)?
     }
 
     /// The state directory of this process's run, if it exists.

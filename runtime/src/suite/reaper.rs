@@ -12,11 +12,13 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::background;
+use crate::error::error_chain;
+use crate::stack::StackError;
 use crate::state::RunDir;
 use crate::backend::Backend;
 use super::{Suite, KEEP_ENV};
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
-use crate::error::error_chain;
 
 /// The name of the hidden teardown test the attribute generates.
 pub const REAPER_TEST: &str = "__e2e_infra_reaper";
@@ -106,38 +108,26 @@ pub(super) fn run(suite: &Suite) {
         Ok(Backend::Kubernetes(target)) => Some(target),
         _ => None,
     };
-    let in_runtime = |work: &dyn Fn(&tokio::runtime::Runtime) -> Result<String, crate::stack::StackError>| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(crate::stack::StackError::Runtime)
-            .and_then(|rt| work(&rt))
-    };
     if keep {
         let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
         let _ = dir.mark_kept(&why);
         // The local folder is seen only by shells with this state root;
         // the engine or cluster is seen by every `clean`.
-        let marked = in_runtime(&|rt| {
-            rt.block_on(async {
-                let docker = crate::stack::engine_of(placement.as_ref()).await?;
-                crate::stack::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await?;
-                Ok(String::new())
-            })
+        let marked = background::block_on(|| async {
+            let docker = crate::stack::engine_of(placement.as_ref()).await?;
+            crate::stack::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await
         });
-        if let Err(error) = marked {
-            eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", super::error_chain(&error));
+        if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
+            eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", error_chain(&error));
         }
         println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
         return;
     }
-    let removed = in_runtime(&|rt| {
-        rt.block_on(async {
-            let docker = crate::stack::engine_of(placement.as_ref()).await?;
-            crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
-        })
+    let removed = background::block_on(|| async {
+        let docker = crate::stack::engine_of(placement.as_ref()).await?;
+        crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
     });
-    match removed {
+    match removed.map_err(StackError::from).and_then(|removed| removed) {
         Ok(summary) => {
             println!("e2e-infra: removed the `{consumer}` stack of run {run}: {summary}");
             drop(setup_lock);
@@ -145,7 +135,7 @@ pub(super) fn run(suite: &Suite) {
                 eprintln!("e2e-infra teardown: {}", error_chain(&error));
             }
         }
-        Err(error) => eprintln!("e2e-infra teardown of `{consumer}` failed: {}", super::error_chain(&error)),
+        Err(error) => eprintln!("e2e-infra teardown of `{consumer}` failed: {}", error_chain(&error)),
     }
 }
 

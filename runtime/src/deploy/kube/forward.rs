@@ -11,6 +11,7 @@ use kube::{Api, Client};
 use tokio::net::TcpStream;
 
 use super::connect;
+use crate::background;
 use crate::error::error_chain;
 
 /// A port-forward could not be set up.
@@ -64,8 +65,9 @@ pub struct Target {
     pub port: u16,
 }
 
-/// Opens a local listener and forwards its connections to `target` from a
-/// thread of its own, for the rest of the process; returns the local address.
+/// Opens a local listener and forwards its connections to `target` on the
+/// process's [background runtime](crate::background), for the rest of the
+/// process; returns the local address.
 ///
 /// # Errors
 /// [`ForwardError::Listen`] when no local port can be opened. Errors of
@@ -76,16 +78,8 @@ pub fn start(target: Target) -> Result<SocketAddr, ForwardError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(listen)?;
     listener.set_nonblocking(true).map_err(listen)?;
     let addr = listener.local_addr().map_err(listen)?;
-    std::thread::Builder::new()
-        .name(format!("e2e-infra-forward-{}-{}", target.service, target.port))
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => return tracing::warn!("port-forward to {}: no runtime: {error}", target.service),
-            };
-            runtime.block_on(serve(listener, target));
-        })
-        .map_err(listen)?;
+    let runtime = background::runtime().map_err(|e| listen(std::io::Error::other(e)))?;
+    runtime.spawn(serve(listener, target));
     Ok(addr)
 }
 
