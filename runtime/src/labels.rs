@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::plan::Plan;
+use crate::record::RunKey;
 
 /// Present on everything e2e-infra creates.
 pub const MANAGED_BY: &str = "io.e2e-infra.managed-by";
@@ -81,14 +82,14 @@ fn identity(plan: &Plan) -> HashMap<String, String> {
 
 /// `key=value` filters selecting everything of the run and consumer of `plan`.
 pub fn run_filter(plan: &Plan) -> Vec<String> {
-    filter(plan.run().as_str(), plan.consumer().as_str())
+    filter(&RunKey::of(plan))
 }
 
-/// `key=value` filters selecting everything of one run and consumer.
-pub fn filter(run_id: &str, consumer: &str) -> Vec<String> {
+/// `key=value` filters selecting everything of one stack.
+pub fn filter(key: &RunKey) -> Vec<String> {
     vec![
         format!("{MANAGED_BY}={MANAGED_BY_VALUE}"),
-        format!("{RUN}={run_id}"),
-        format!("{CONSUMER}={consumer}"),
+        format!("{RUN}={}", key.run()),
+        format!("{CONSUMER}={}", key.consumer()),
     ]
 }

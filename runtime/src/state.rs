@@ -28,7 +28,7 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::record::StackRecord;
+use crate::record::{RunKey, StackRecord};
 use crate::plan::{is_safe_name, Launcher, Verdict};
 
 /// Overrides where run state lives (default: `/tmp/e2e-infra-<uid>`).
@@ -228,8 +228,8 @@ impl RunDir {
     /// [`StateError::BadName`] for a run id or consumer that is not a safe
     /// path component, [`StateError::Untrusted`] for a state root that is not
     /// private, [`StateError::Io`] when it cannot be created.
-    pub fn open(run_id: &str, consumer: &str) -> Result<Self, StateError> {
-        Self::open_under(&root()?, run_id, consumer)
+    pub fn open(key: &RunKey) -> Result<Self, StateError> {
+        Self::open_under(&root()?, key.run(), key.consumer())
     }
 
     fn open_under(root: &Path, run_id: &str, consumer: &str) -> Result<Self, StateError> {
@@ -245,11 +245,11 @@ impl RunDir {
     /// The directory, if it exists, without creating it. Names that are not
     /// safe path components (they may come from labels anyone can set) and
     /// a root that is not private give `None`.
-    pub fn existing(run_id: &str, consumer: &str) -> Option<Self> {
-        if !is_safe_name(run_id) || !is_safe_name(consumer) {
+    pub fn existing(key: &RunKey) -> Option<Self> {
+        if !is_safe_name(key.run()) || !is_safe_name(key.consumer()) {
             return None;
         }
-        let path = root().ok()?.join(run_id).join(consumer);
+        let path = root().ok()?.join(key.run()).join(key.consumer());
         let meta = fs::symlink_metadata(&path).ok()?;
         meta.is_dir().then_some(Self { path })
     }

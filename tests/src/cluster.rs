@@ -16,6 +16,7 @@ use e2e_infra::backend::{Backend, ImageTarget, KubeTarget};
 use e2e_infra::deploy::kube::connect;
 use e2e_infra::load::containerd::{node_images, Node};
 use e2e_infra::plan::RUN_ID_ENV;
+use e2e_infra::record::RunKey;
 use e2e_infra::state::STATE_DIR_ENV;
 use e2e_infra::{stack, Origin, Plan};
 use k8s_openapi::api::core::v1::Namespace;
@@ -210,7 +211,7 @@ impl Drop for StackGuard {
     fn drop(&mut self) {
         let (run_id, consumer, target) = (self.run_id.clone(), self.consumer.clone(), self.target.clone());
         on_fresh_runtime(move |docker| async move {
-            if let Err(error) = stack::down(&docker, &run_id, &consumer, Some(&target)).await {
+            if let Err(error) = stack::down(&docker, &RunKey::new(run_id.as_str(), consumer.as_str()), Some(&target)).await {
                 eprintln!("taking down run {run_id} of {consumer} failed: {error}");
             }
         });

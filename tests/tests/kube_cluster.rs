@@ -368,7 +368,7 @@ async fn the_notification_example_runs_on_the_real_node() {
     assert_eq!(status, 200, "{body}");
 
     let docker = engine(None).await;
-    let removed = stack::down(&docker, &record.run_id, &record.consumer, Some(&cluster.target()))
+    let removed = stack::down(&docker, &record.key(), Some(&cluster.target()))
         .await
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     assert!(removed.contains(&format!("{} image reference(s)", plan.components().len())), "{removed}");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::StreamExt;
+use e2e_infra::record::RunKey;
 use e2e_infra_tests::cluster::cli;
 use e2e_infra_tests::report::ReportFolder;
 use tempfile::TempDir;
@@ -381,7 +382,7 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     assert!(on_demand.logs("store").contains("store serving on 7000"), "{:?}", on_demand.files());
     assert!(on_demand.text("summary.txt").contains("failed tests of the run: fixture_e2e::scenario_switch"), "{}", on_demand.text("summary.txt"));
     assert!(on_demand.text("plan.json").contains("\"api\""), "{:?}", on_demand.files());
-    let removed = e2e_infra::stack::down(&docker(), &run_id.to_string_lossy(), &fixture.consumer, None)
+    let removed = e2e_infra::stack::down(&docker(), &RunKey::new(run_id.to_string_lossy(), fixture.consumer.as_str()), None)
         .await
         .expect("down");
     assert!(removed.contains("2 container"), "{removed}");

@@ -202,7 +202,7 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
         }) {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
-            let summary = stack::down(&docker, &run.run_id, &run.consumer, kube).await.map_err(|source| {
+            let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| {
                 CliError::Down { consumer: run.consumer.clone(), run: run.run_id.clone(), source }
             })?;
             println!("removed {} run {}: {summary}", run.consumer, run.run_id);

@@ -18,6 +18,7 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOpt
 use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
 use e2e_infra::plan::{Host, Launcher, RunId};
+use e2e_infra::record::RunKey;
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::stack::teardown::{self, Liveness, Scope};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
@@ -534,7 +535,7 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let launcher = Launcher::of(child.id()).expect("seen while it runs");
     project.up(&consumer, &run, Some(launcher));
     runtime().block_on(async {
-        teardown::mark_kept(&docker(), &run, &consumer, Some(launcher), None, "failed: some_test").await.expect("marked")
+        teardown::mark_kept(&docker(), &RunKey::new(run.as_str(), consumer.as_str()), Some(launcher), None, "failed: some_test").await.expect("marked")
     });
     child.kill().expect("kill");
     child.wait().expect("wait");

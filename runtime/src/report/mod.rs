@@ -39,7 +39,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::backend::Backend;
-use crate::record::{Placement, StackRecord, Witness};
+use crate::record::{Placement, RunKey, StackRecord, Witness};
 use crate::plan::{is_safe_name, Plan};
 use crate::state::{Found, RunDir};
 use crate::stack::teardown::RunStack;
@@ -109,6 +109,11 @@ impl Evidence {
             timings: None,
             builds: BTreeMap::new(),
         }
+    }
+
+    /// Which stack the evidence is of.
+    pub fn key(&self) -> RunKey {
+        RunKey::new(self.run_id.as_str(), self.consumer.as_str())
     }
 
     /// What a recorded stack tells, for `failure`.
@@ -375,7 +380,7 @@ pub fn line(outcome: &Result<PathBuf, ReportError>) -> String {
 /// record in the run's state directory; one brought up by `e2e-infra up`
 /// has only what the engine or cluster holds.
 pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
-    let record = RunDir::existing(&stack.run_id, &stack.consumer).map(|dir| (dir.found(), dir.failed_tests()));
+    let record = RunDir::existing(&stack.key()).map(|dir| (dir.found(), dir.failed_tests()));
     let mut failure = "nothing failed: written on demand by `e2e-infra report`".to_owned();
     if let Some((_, failed)) = &record {
         if !failed.is_empty() {

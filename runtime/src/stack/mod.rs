@@ -15,11 +15,11 @@ use crate::backend::{Backend, ImageTarget, KubeTarget};
 use crate::build::{self, BuildOptions, BuildOutcome};
 use crate::deploy::{docker as docker_backend, kube as kube_backend};
 use crate::engine;
-use crate::record::{Placement, StackRecord};
+use crate::record::{Placement, RunKey, StackRecord};
 use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{kind, registry};
-use crate::plan::{Namespace, Plan, Tag};
+use crate::plan::{Plan, Tag};
 use crate::record::Witness;
 use crate::error::error_chain;
 
@@ -310,19 +310,14 @@ fn record_loads(
 ///
 /// # Errors
 /// [`StackError`] when the engine or cluster refuses.
-pub async fn down(
-    docker: &bollard::Docker,
-    run_id: &str,
-    consumer: &str,
-    kube: Option<&KubeTarget>,
-) -> Result<String, StackError> {
-    let filters = labels::filter(run_id, consumer);
+pub async fn down(docker: &bollard::Docker, key: &RunKey, kube: Option<&KubeTarget>) -> Result<String, StackError> {
+    let filters = labels::filter(key);
     let removing = docker_backend::remove_labelled(docker, &filters);
     let removed = engine::within(docker, REMOVAL_TIMEOUT, "removing the stack's containers and networks", removing).await??;
     let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
-        let namespace = Namespace::of(run_id, consumer);
+        let namespace = key.namespace();
         let released = kube_backend::release_shared(&client, &namespace).await?;
         kube_backend::delete_namespace(client, &namespace).await?;
         let nodes = match &target.images {

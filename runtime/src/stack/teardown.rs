@@ -26,7 +26,8 @@ use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
 use crate::{engine, labels};
-use crate::plan::{Launcher, Namespace, Verdict};
+use crate::plan::{Launcher, Verdict};
+use crate::record::RunKey;
 use crate::stack::{self, StackError};
 use crate::state::RunDir;
 
@@ -73,6 +74,13 @@ pub struct RunStack {
     /// When its oldest resource was created, in seconds since the Unix
     /// epoch, if the engine or cluster said.
     pub created: Option<i64>,
+}
+
+impl RunStack {
+    /// Which stack this is.
+    pub fn key(&self) -> RunKey {
+        RunKey::new(self.run_id.as_str(), self.consumer.as_str())
+    }
 }
 
 /// What [`clean_dead`] may remove besides runs proven dead.
@@ -138,7 +146,7 @@ fn kept_marker(run_id: &str, consumer: &str) -> String {
 }
 
 /// Records on the engine (a small labelled volume) or the cluster (an
-/// annotation on the namespace) that the stack of `run_id` and `consumer`
+/// annotation on the namespace) that the stack `key`
 /// is kept, and `why`. Unlike the state folder, every shell and machine
 /// that lists stacks sees it.
 ///
@@ -146,24 +154,23 @@ fn kept_marker(run_id: &str, consumer: &str) -> String {
 /// [`StackError`] when the engine or cluster refuses.
 pub async fn mark_kept(
     docker: &Docker,
-    run_id: &str,
-    consumer: &str,
+    key: &RunKey,
     launcher: Option<Launcher>,
     kube: Option<&KubeTarget>,
     why: &str,
 ) -> Result<(), StackError> {
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
-        kube_backend::mark_kept(client, Namespace::of(run_id, consumer).as_str(), why).await?;
+        kube_backend::mark_kept(client, key.namespace().as_str(), why).await?;
         return Ok(());
     }
-    let name = kept_marker(run_id, consumer);
+    let name = kept_marker(key.run(), key.consumer());
     let request = VolumeCreateRequest {
         name: Some(name.clone()),
         labels: Some(HashMap::from([
             (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
-            (labels::RUN.to_owned(), run_id.to_owned()),
-            (labels::CONSUMER.to_owned(), consumer.to_owned()),
+            (labels::RUN.to_owned(), key.run().to_owned()),
+            (labels::CONSUMER.to_owned(), key.consumer().to_owned()),
             (labels::LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
             (labels::KEPT.to_owned(), why.to_owned()),
         ])),
@@ -226,7 +233,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             continue;
         };
         let run = runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
-            kept: RunDir::existing(run_id, consumer).is_some_and(|d| d.is_kept()),
+            kept: RunDir::existing(&RunKey::new(run_id.as_str(), consumer.as_str())).is_some_and(|d| d.is_kept()),
             run_id: run_id.clone(),
             consumer: consumer.clone(),
             launcher: None,
@@ -274,7 +281,8 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             continue;
         };
         runs.push(RunStack {
-            kept: found.kept.is_some() || RunDir::existing(&found.run_id, &found.consumer).is_some_and(|d| d.is_kept()),
+            kept: found.kept.is_some()
+                || RunDir::existing(&RunKey::new(found.run_id.as_str(), found.consumer.as_str())).is_some_and(|d| d.is_kept()),
             created: found.created,
             launcher: Launcher::from_label(&found.launcher),
             kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),
@@ -308,8 +316,8 @@ pub async fn clean_dead(
             continue;
         }
         let kube = run.kube.as_ref().map(|(_, target)| target);
-        let summary = stack::down(docker, &run.run_id, &run.consumer, kube).await?;
-        if let Some(dir) = RunDir::existing(&run.run_id, &run.consumer) {
+        let summary = stack::down(docker, &run.key(), kube).await?;
+        if let Some(dir) = RunDir::existing(&run.key()) {
             let _ = dir.remove();
         }
         removed.push((run, summary));

@@ -64,7 +64,7 @@ fn names_from_labels_or_the_environment_never_become_paths_outside_the_root() {
         assert!(matches!(err, StateError::BadName { what: "run id", .. }), "{err}");
         let err = RunDir::open_under(&root, "run", bad).expect_err(bad);
         assert!(matches!(err, StateError::BadName { what: "consumer", .. }), "{err}");
-        assert!(RunDir::existing(bad, "x").is_none());
+        assert!(RunDir::existing(&RunKey::new(bad, "x")).is_none());
     }
     assert!(victim.is_dir());
 }

@@ -26,7 +26,7 @@ use crate::background;
 use crate::error::error_chain;
 use crate::handle::Infra;
 use crate::plan::{Launcher, Plan, RunId};
-use crate::record::Witness;
+use crate::record::{RunKey, Witness};
 use crate::report::{self, Evidence, Recorder};
 use crate::stack::{self, teardown, StackError, StackOptions};
 
@@ -205,7 +205,7 @@ impl Suite {
         let (run, launcher) = self.identity()?;
         let reuse = reuse_requested();
         let plan = self.plan(run)?;
-        let dir = RunDir::open(plan.run().as_str(), plan.consumer().as_str())?;
+        let dir = RunDir::open(&RunKey::of(&plan))?;
         let _lock = dir.lock_setup()?;
         // An earlier use of this run id (a retry with the same
         // E2E_INFRA_RUN_ID, or the previous run of a reusable stack) must
@@ -290,7 +290,7 @@ impl Suite {
         };
         if abandoned {
             tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
-            stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube).await?;
+            stack::down(&docker, &RunKey::of(plan), kube).await?;
         }
         // Leftovers of this consumer's runs that ended without
         // their teardown; other suites' stacks are theirs.
@@ -314,7 +314,7 @@ impl Suite {
                 Backend::Kubernetes(target) => Some(target),
                 Backend::Docker => None,
             };
-            Ok(stack::down(&docker, plan.run().as_str(), plan.consumer().as_str(), kube.as_ref()).await?)
+            Ok(stack::down(&docker, &RunKey::of(plan), kube.as_ref()).await?)
         });
         SuiteError::Unrecorded {
             consumer: plan.consumer().as_str().to_owned(),
@@ -337,7 +337,7 @@ impl Suite {
     /// The state directory of this process's run, if it exists.
     fn run_dir(&self) -> Option<RunDir> {
         let (run, _) = self.identity().ok()?;
-        RunDir::existing(run.as_str(), self.spec.consumer)
+        RunDir::existing(&RunKey::new(run.as_str(), self.spec.consumer))
     }
 }
 

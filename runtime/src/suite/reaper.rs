@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::background;
 use crate::error::error_chain;
 use crate::stack::StackError;
+use crate::record::RunKey;
 use crate::state::RunDir;
 use crate::backend::Backend;
 use super::{Suite, KEEP_ENV};
@@ -69,7 +70,8 @@ pub(super) fn run(suite: &Suite) {
     };
     let consumer = suite.spec.consumer;
     let Ok(run) = RunId::detect() else { return };
-    let Some(dir) = RunDir::existing(run.as_str(), consumer) else { return };
+    let key = RunKey::new(run.as_str(), consumer);
+    let Some(dir) = RunDir::existing(&key) else { return };
     let _reaper = match dir.try_lock_reaper() {
         Ok(Some(lock)) => lock,
         // Another teardown process already watches this run.
@@ -115,7 +117,7 @@ pub(super) fn run(suite: &Suite) {
         // the engine or cluster is seen by every `clean`.
         let marked = background::block_on(|| async {
             let docker = crate::stack::engine_of(placement.as_ref()).await?;
-            crate::stack::teardown::mark_kept(&docker, run.as_str(), consumer, Some(launcher), kube.as_ref(), &why).await
+            crate::stack::teardown::mark_kept(&docker, &key, Some(launcher), kube.as_ref(), &why).await
         });
         if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
             eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", error_chain(&error));
@@ -125,7 +127,7 @@ pub(super) fn run(suite: &Suite) {
     }
     let removed = background::block_on(|| async {
         let docker = crate::stack::engine_of(placement.as_ref()).await?;
-        crate::stack::down(&docker, run.as_str(), consumer, kube.as_ref()).await
+        crate::stack::down(&docker, &key, kube.as_ref()).await
     });
     match removed.map_err(StackError::from).and_then(|removed| removed) {
         Ok(summary) => {
