@@ -316,6 +316,43 @@ pub enum ContainerdError {
 /// # }
 /// ```
 pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Result<LoadReport, ContainerdError> {
+    load_from(docker, nodes, images, ReadFrom::StoreIfLocal).await
+}
+
+/// Where [`load_from`] may read the images it streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadFrom {
+    /// The engine's own files when the engine is local and uses overlay2,
+    /// else its export: what [`load`] does.
+    #[default]
+    StoreIfLocal,
+    /// The engine's export always (to compare the two, or to rule the
+    /// store out).
+    Export,
+}
+
+/// As [`load`], reading the images it streams from `from`.
+///
+/// # Errors
+/// As [`load`].
+///
+/// # Example
+/// ```no_run
+/// # async fn example(docker: &bollard::Docker, nodes: &[e2e_infra::load::containerd::Node], images: &[e2e_infra::load::containerd::LoadImage]) -> Result<(), Box<dyn std::error::Error>> {
+/// use e2e_infra::load::containerd::{load_from, ReadFrom};
+///
+/// let report = load_from(docker, nodes, images, ReadFrom::Export).await?;
+/// assert!(report.outcomes.iter().all(|o| o.source.as_ref().is_none_or(|s| s.to_string() == "export")));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn load_from(
+    docker: &Docker,
+    nodes: &[Node],
+    images: &[LoadImage],
+    from: ReadFrom,
+) -> Result<LoadReport, ContainerdError> {
     for node in nodes {
         check_reachable(node).await?;
     }
@@ -381,9 +418,10 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
     outcomes.extend(tagged);
 
     // The engine's own files, when they can be read: no export to wait for.
-    let store = match streams.iter().any(|s| !s.is_empty()) {
-        true => Some(Store::open(docker).await.map_err(|why| why.to_string())),
-        false => None,
+    let store = match (from, streams.iter().any(|s| !s.is_empty())) {
+        (ReadFrom::StoreIfLocal, true) => Some(Store::open(docker).await.map_err(|why| why.to_string())),
+        (ReadFrom::Export, _) => Some(Err("the caller asked for the export".to_owned())),
+        (_, false) => None,
     };
     for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
         if targets.is_empty() {
