@@ -273,8 +273,8 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
         "2. Peak memory of the loader",
         "`e2e_infra::load::kind::load` of one image into one stand-in node, run in a child process \
          (`e2e-infra-bench load-one`) that reports its own peak resident set (`VmHWM` from \
-         `/proc/self/status`) when the load is done. The loader streams the export in bounded chunks, so \
-         the peak should not follow the image size.",
+         `/proc/self/status`) when the load is done. The loader streams the image (read from the engine's \
+         store, or its export) in bounded chunks, so the peak should not follow the image size.",
         &["image", "engine's image size", "peak RSS of the loader (median)", "peak ÷ image size", "load time"],
     );
     let cluster = StandInCluster::start(docker, &unique("bench-mem"), 0).await;

@@ -5,14 +5,18 @@
 //! of the engine running containerd, reached through the engine's exec API;
 //! a single-node cluster on this machine (k3s, microk8s, kubeadm, a local
 //! kubelet) exposes containerd as a socket, reached by running `ctr -a
-//! <socket>` with an argument vector. Either way an image is exported once
-//! from the engine and streamed, chunk by chunk, into `ctr images import` on
+//! <socket>` with an argument vector. Either way an image is read once from
+//! the engine and streamed, chunk by chunk, into `ctr images import` on
 //! every node that lacks it: no temporary tar file, and memory bounded by a
-//! few chunks per node whatever the image size.
+//! few chunks per node whatever the image size. The image is read from the
+//! engine's own files when the engine is local and uses overlay2 (see
+//! [`store`](super::store)), else from its export; [`NodeOutcome::source`]
+//! says which.
 //!
 //! Each node gets only the layers its content store lacks (see
-//! [`archive`](super::archive)): a rebuild that changed the top layer sends
-//! that layer, the config and a manifest, not the layers below. A node is
+//! [`archive`](super::archive) and [`store`](super::store)): a rebuild that
+//! changed the top layer sends that layer, the config and a manifest, not
+//! the layers below. A node is
 //! skipped altogether when its containerd already holds the plan's reference
 //! with the engine's image id recorded in the [`IMAGE_ID_LABEL`] label, which
 //! this module sets after every import.
