@@ -288,14 +288,18 @@ struct SavedManifest {
     layers: Vec<String>,
 }
 
+/// The part of an image config that lists its layers.
 #[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
+pub(super) struct RootFs {
+    /// The layers' diff ids, bottom first.
+    pub(super) diff_ids: Vec<String>,
 }
 
+/// An image config, as far as the loader reads it.
 #[derive(Deserialize)]
-struct ImageConfig {
-    rootfs: RootFs,
+pub(super) struct ImageConfig {
+    /// Its layers.
+    pub(super) rootfs: RootFs,
 }
 
 /// Reads the export `source` of image `image_id` once and writes to every
@@ -557,7 +561,9 @@ pub(super) fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::future::Future;
+
     use super::*;
 
     /// A docker-format archive as Docker 20.10 writes it: layers in
@@ -609,7 +615,24 @@ mod tests {
                 .map(|c| Ok::<_, bollard::errors::Error>(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        let (mut targets, receivers): (Vec<_>, Vec<_>) = held
+        into_targets(held, |mut targets| async move {
+            let result = split(source, "localhost/x:1", image_id, &mut targets).await;
+            (result, targets)
+        })
+        .await
+    }
+
+    /// Runs `send` on targets holding `held`, collecting what each is sent;
+    /// returns each target's archive, its byte count and `send`'s result.
+    pub(in crate::load) async fn into_targets<T, F, Fut>(
+        held: Vec<BTreeMap<String, String>>,
+        send: F,
+    ) -> (Vec<Vec<u8>>, Vec<u64>, T)
+    where
+        F: FnOnce(Vec<Target>) -> Fut,
+        Fut: Future<Output = (T, Vec<Target>)>,
+    {
+        let (targets, receivers): (Vec<_>, Vec<_>) = held
             .into_iter()
             .map(|held| {
                 let (tx, rx) = mpsc::channel(4);
@@ -623,13 +646,14 @@ mod tests {
             }
             got
         }));
-        let splitting = async {
-            let result = split(source, "localhost/x:1", image_id, &mut targets).await;
+        let sending = async {
+            let (result, targets) = send(targets).await;
             let sent = targets.iter().map(|t| t.sent).collect::<Vec<_>>();
+            // Closing the channels ends the collection.
             drop(targets);
             (result, sent)
         };
-        let ((result, sent), got) = tokio::join!(splitting, collect);
+        let ((result, sent), got) = tokio::join!(sending, collect);
         (got, sent, result)
     }
 

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::archive::{self, Target};
+use super::archive::{self, ImageConfig, Target};
 
 /// The only storage driver whose files this module reads.
 const DRIVER: &str = "overlay2";
@@ -153,16 +153,6 @@ impl StoredImage {
     pub fn diff_ids(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.diff_id.clone()).collect()
     }
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ImageConfig {
-    rootfs: RootFs,
 }
 
 /// One line of a tar-split file: a raw segment (type 2) or a file (type 1).
@@ -692,27 +682,11 @@ mod tests {
         let image = Store::at(root.path()).image(&image_id).await.expect("image");
         let base = archive::short_digest(&image.layers[0].diff_id);
         let held = [BTreeMap::from([(base.clone(), base)]), BTreeMap::new()];
-        let (mut targets, receivers): (Vec<_>, Vec<_>) = held
-            .into_iter()
-            .map(|held| {
-                let (tx, rx) = mpsc::channel(4);
-                (Target::new(tx, held), rx)
-            })
-            .unzip();
-        let collect = futures::future::join_all(receivers.into_iter().map(|mut rx| async move {
-            let mut got = Vec::new();
-            while let Some(piece) = rx.recv().await {
-                got.extend_from_slice(&piece);
-            }
-            got
-        }));
-        let sending = async {
+        let (got, sent, result) = archive::tests::into_targets(held.to_vec(), |mut targets| async {
             let result = send(&image, "localhost/x:1", &mut targets).await;
-            let sent: Vec<u64> = targets.iter().map(|t| t.sent).collect();
-            drop(targets);
-            (result, sent)
-        };
-        let ((result, sent), got) = tokio::join!(sending, collect);
+            (result, targets)
+        })
+        .await;
         result.expect("send");
         let entries = |archive: &[u8]| -> BTreeMap<String, Vec<u8>> {
             tar::Archive::new(archive)
