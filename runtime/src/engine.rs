@@ -157,6 +157,13 @@ pub fn address(docker: &Docker) -> String {
         .unwrap_or_else(|| "the configured address".to_owned())
 }
 
+/// Whether the client talks to the engine through a unix socket, so that
+/// the engine runs on this machine and its files are this machine's.
+pub fn is_local_socket(docker: &Docker) -> bool {
+    // bollard keeps the transport private but prints it in its Debug output.
+    format!("{docker:?}").contains("client_type: Unix")
+}
+
 fn budget_from_env() -> Result<Duration, EngineError> {
     match std::env::var(CONNECT_BUDGET_ENV) {
         Ok(value) if !value.trim().is_empty() => {

@@ -2,7 +2,7 @@
 //! containerd on the local engine.
 
 use bollard::query_parameters::TagImageOptions;
-use e2e_infra::load::containerd::{Action, ContainerdError, LoadImage, Node};
+use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ImageGuard, StandInCluster};
@@ -204,4 +204,93 @@ async fn a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top(
     for node in [&warm.nodes[0], &fresh.nodes[0]] {
         assert_eq!(read_in_image(&docker, node, &image.to_string(), "/marker").await, "edited");
     }
+}
+
+/// Loads `images` into every node of `cluster` from `from`, checking every
+/// node streamed them from there.
+async fn load_from(
+    docker: &bollard::Docker,
+    cluster: &StandInCluster,
+    images: &[LoadImage],
+    from: ReadFrom,
+) -> e2e_infra::load::containerd::LoadReport {
+    let nodes: Vec<Node> =
+        cluster.nodes.iter().map(|name| Node::Container { name: name.clone(), role: String::new() }).collect();
+    let report = containerd::load_from(docker, &nodes, images, from).await.unwrap_or_else(|e| panic!("{e}"));
+    let expected = if from == ReadFrom::Export { "export" } else { "store" };
+    for outcome in &report.outcomes {
+        assert_eq!(outcome.action, Action::Loaded, "{outcome:?}");
+        assert_eq!(outcome.source.as_ref().map(ToString::to_string).as_deref(), Some(expected), "{outcome:?}");
+    }
+    report
+}
+
+#[tokio::test]
+async fn images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change() {
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut guard = ImageGuard::default();
+    let mut builds = Vec::new();
+    for (n, marker) in ["first", "second", "third", "fourth"].into_iter().enumerate() {
+        let plan = plan(dir.path(), &["alpha"], &unique(&format!("kind-paths-{n}")));
+        let image = plan.image("alpha").expect("planned").clone();
+        guard.0.push(image.to_string());
+        let image_id = busybox_image(&docker, &image, marker).await;
+        builds.push((LoadImage { image, image_id }, marker));
+    }
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
+    let cluster = StandInCluster::start(&docker, &unique("e2e-kind-paths"), 1).await;
+    // The engine here is local with overlay2: the store is read unless the export is asked for.
+    let froms = [ReadFrom::Export, ReadFrom::StoreIfLocal, ReadFrom::Export, ReadFrom::StoreIfLocal];
+    for (n, ((build, marker), from)) in builds.iter().zip(froms).enumerate() {
+        let report = load_from(&docker, &cluster, std::slice::from_ref(build), from).await;
+        for outcome in &report.outcomes {
+            if n == 0 {
+                assert!(outcome.sent > busybox, "a cold load sends the busybox layer: {outcome:?}");
+            } else {
+                // The marker layer, the config and the manifest: a few KiB.
+                assert!(outcome.sent < 64 * 1024, "load {n} from {from:?} sent {} bytes: {outcome:?}", outcome.sent);
+            }
+        }
+        for node in &cluster.nodes {
+            assert_eq!(read_in_image(&docker, node, &build.image.to_string(), "/marker").await, *marker);
+            assert!(read_in_image(&docker, node, &build.image.to_string(), "/bin/busybox")
+                .await
+                .starts_with("\u{7f}ELF"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export() {
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut guard = ImageGuard::default();
+    let plan = plan(dir.path(), &["alpha"], &unique("kind-store-cold"));
+    let images = build_all(&docker, &plan, &mut guard).await;
+    let stores = StandInCluster::start(&docker, &unique("e2e-kind-store"), 0).await;
+    let exports = StandInCluster::start(&docker, &unique("e2e-kind-export"), 0).await;
+    let from_store = load_from(&docker, &stores, &images, ReadFrom::StoreIfLocal).await;
+    let from_export = load_from(&docker, &exports, &images, ReadFrom::Export).await;
+    // Same layers, config and manifest byte for byte: the same archive size.
+    assert_eq!(from_store.outcomes[0].sent, from_export.outcomes[0].sent);
+    let digest = |node: &str| {
+        let docker = docker.clone();
+        let node = node.to_owned();
+        let reference = images[0].image.to_string();
+        async move {
+            let listing =
+                e2e_infra_tests::kind_node::node_exec(&docker, &node, &["ctr", "-n", "k8s.io", "images", "ls"])
+                    .await
+                    .expect("ctr images ls");
+            listing
+                .lines()
+                .find(|l| l.starts_with(&reference))
+                .and_then(|l| l.split_whitespace().find(|f| f.starts_with("sha256:")))
+                .map(str::to_owned)
+                .expect("the reference is listed with a digest")
+        }
+    };
+    assert_eq!(digest(&stores.nodes[0]).await, digest(&exports.nodes[0]).await, "the manifests differ");
+    assert_eq!(read_in_image(&docker, &stores.nodes[0], &images[0].image.to_string(), "/marker").await, "alpha");
 }

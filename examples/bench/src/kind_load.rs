@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
-use e2e_infra::load::containerd::{Action, LoadImage};
+use e2e_infra::load::containerd::{Action, LoadImage, LoadReport, Source};
 use e2e_infra::load::kind;
 use e2e_infra::ImageRef;
 use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
@@ -137,13 +137,45 @@ pub async fn our_load(
     images: &[LoadImage],
     expected: Action,
 ) -> Res<Duration> {
+    Ok(our_load_from(docker, cluster, images, expected).await?.0)
+}
+
+/// As [`our_load`], also saying where the loader read what it streamed.
+async fn our_load_from(
+    docker: &Docker,
+    cluster: &StandInCluster,
+    images: &[LoadImage],
+    expected: Action,
+) -> Res<(Duration, String)> {
     let started = Instant::now();
     let report = kind::load(docker, &cluster.name, images).await?;
     let took = started.elapsed();
     if report.with_action(expected).count() != cluster.nodes.len() * images.len() {
         return Err(format!("expected every node {expected}: {report:?}").into());
     }
-    Ok(took)
+    Ok((took, read_from(&report)))
+}
+
+/// Where a load read the images it streamed (`store`, `export`, or both
+/// joined by `+`), and why not the store when it read the export; `-` when
+/// it streamed nothing.
+pub fn read_from(report: &LoadReport) -> String {
+    let mut sources: Vec<String> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.source.as_ref())
+        .map(|source| match source {
+            Source::Export { reason } => format!("export ({reason})"),
+            other => other.to_string(),
+        })
+        .collect();
+    sources.sort();
+    sources.dedup();
+    if sources.is_empty() {
+        "-".to_owned()
+    } else {
+        sources.join(" + ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +192,9 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
         &format!(
             "A `FROM scratch` image of busybox plus {mb} MiB of random bytes, loaded into Kind-node stand-ins \
              (containers running a real containerd, the way Kind nodes do). e2e-infra: \
-             `e2e_infra::load::kind::load` (one export from the engine, streamed into every node at once, \
-             then labelled and verified). Baseline: `docker save IMAGE | docker exec -i NODE ctr \
+             `e2e_infra::load::kind::load` (the image read once from the engine, from its own overlay2 store \
+             when it is local, else from its export, and streamed into every node at once, then labelled and \
+             verified). Baseline: `docker save IMAGE | docker exec -i NODE ctr \
              --namespace=k8s.io images import --digests --snapshotter=overlayfs -` once per node, \
              sequentially as a script (and `kind load`) does; also all pipelines at once. Every cold \
              measurement starts from nodes whose containerd holds no image (`ctr images rm --sync` between \
@@ -179,11 +212,17 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
             &[Way::Ours, Way::CliSequential]
         };
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
+        let mut read = Vec::new();
         for rep in 0..reps {
             for i in (0..ways.len()).map(|i| (i + rep) % ways.len()) {
                 clear(docker, &cluster).await?;
                 let took = match ways[i] {
-                    Way::Ours => our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?,
+                    Way::Ours => {
+                        let (took, from) =
+                            our_load_from(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?;
+                        read.push(from);
+                        took
+                    }
                     Way::CliSequential => cli_load(&reference, &cluster.nodes, false).await?,
                     Way::CliParallel => cli_load(&reference, &cluster.nodes, true).await?,
                 };
@@ -201,6 +240,9 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
                 ratio(median(baseline), median(&samples[0])),
             ]);
         }
+        read.sort();
+        read.dedup();
+        section.note(&format!("{nodes} node(s): e2e-infra's cold loads read the image from: {}", read.join("; ")));
 
         clear(docker, &cluster).await?;
         our_load(docker, &cluster, std::slice::from_ref(&image.load), Action::Loaded).await?;
@@ -231,8 +273,8 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
         "2. Peak memory of the loader",
         "`e2e_infra::load::kind::load` of one image into one stand-in node, run in a child process \
          (`e2e-infra-bench load-one`) that reports its own peak resident set (`VmHWM` from \
-         `/proc/self/status`) when the load is done. The loader streams the export in bounded chunks, so \
-         the peak should not follow the image size.",
+         `/proc/self/status`) when the load is done. The loader streams the image (read from the engine's \
+         store, or its export) in bounded chunks, so the peak should not follow the image size.",
         &["image", "engine's image size", "peak RSS of the loader (median)", "peak ÷ image size", "load time"],
     );
     let cluster = StandInCluster::start(docker, &unique("bench-mem"), 0).await;

@@ -110,6 +110,15 @@ impl LayerMap {
         self.0.extend(other.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
+    /// The pairs naming one of `layers` (full diff ids): what is known of
+    /// an image's entries without exporting it.
+    pub fn of_layers(&self, layers: &[String]) -> Self {
+        let wanted: BTreeSet<String> = layers.iter().map(|d| short_digest(d)).collect();
+        Self(
+            self.0.iter().filter(|(_, digest)| wanted.contains(*digest)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )
+    }
+
     /// The entries a node can be spared: named here, with a diff id that is
     /// one of `layers` (the image's, full digests) and whose start is in
     /// `held` (the node's blobs, shortened).
@@ -128,7 +137,9 @@ impl LayerMap {
 pub struct Target {
     /// Where its archive goes (the standard input of its import).
     pub tx: mpsc::Sender<Bytes>,
-    /// Entries it holds already (short name to short diff id): never sent.
+    /// Layers it holds already, never sent, keyed as the reader names
+    /// them: the export's short entry names (to short diff ids), or short
+    /// diff ids when the layers are read from the engine's store.
     pub held: BTreeMap<String, String>,
     /// Bytes sent so far.
     pub sent: u64,
@@ -154,7 +165,7 @@ pub struct Split {
 /// Sends `chunk` to the open targets, but for those holding the entry
 /// `layer`; a target whose import went away is closed (its own error reports
 /// why).
-async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
+pub(super) async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
     let mut takers: Vec<&mut Target> =
         targets.iter_mut().filter(|t| t.open && layer.is_none_or(|name| !t.held.contains_key(name))).collect();
     let sent = futures::future::join_all(takers.iter().map(|t| t.tx.send(chunk.clone()))).await;
@@ -164,6 +175,12 @@ async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
             Err(_) => target.open = false,
         }
     }
+}
+
+/// Whether any target still takes chunks: when none does, reading on is
+/// wasted.
+pub(super) fn any_open(targets: &[Target]) -> bool {
+    targets.iter().any(|t| t.open)
 }
 
 /// What the entry being read is.
@@ -233,7 +250,8 @@ fn parse_pax(bytes: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-fn padding(size: u64) -> usize {
+/// The zeros that end an entry of `size` bytes on a block boundary.
+pub(super) fn padding(size: u64) -> usize {
     let rest = (size % BLOCK as u64) as usize;
     if rest == 0 {
         0
@@ -243,7 +261,7 @@ fn padding(size: u64) -> usize {
 }
 
 /// A tar header for a regular file.
-fn tar_header(path: &str, size: u64) -> Bytes {
+pub(super) fn tar_header(path: &str, size: u64) -> Bytes {
     let mut header = tar::Header::new_ustar();
     // Paths here are short ASCII (`blobs/sha256/<64 hex>`), always valid.
     let _ = header.set_path(path);
@@ -270,14 +288,18 @@ struct SavedManifest {
     layers: Vec<String>,
 }
 
+/// The part of an image config that lists its layers.
 #[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
+pub(super) struct RootFs {
+    /// The layers' diff ids, bottom first.
+    pub(super) diff_ids: Vec<String>,
 }
 
+/// An image config, as far as the loader reads it.
 #[derive(Deserialize)]
-struct ImageConfig {
-    rootfs: RootFs,
+pub(super) struct ImageConfig {
+    /// Its layers.
+    pub(super) rootfs: RootFs,
 }
 
 /// Reads the export `source` of image `image_id` once and writes to every
@@ -488,21 +510,37 @@ fn read_image(
     for (path, digest) in saved.layers.iter().zip(&diff_ids) {
         let stored = links.get(path).unwrap_or(path);
         let size = sizes.get(stored).ok_or_else(|| format!("it lacks the layer `{path}`"))?;
-        layers.push(serde_json::json!({ "mediaType": LAYER_TYPE, "digest": digest, "size": size }));
+        layers.push((digest.as_str(), *size));
     }
+    let manifest = oci_manifest(config, &layers);
+    Ok(SavedImage { manifest, paths: saved.layers, config: config.clone(), diff_ids })
+}
+
+/// The OCI manifest of the image whose config is `config` and whose layers,
+/// bottom first, are the uncompressed tars `(diff id, size)`. The export and
+/// the engine's store give the same bytes for one image, so a node gets the
+/// same manifest digest whichever of them a load read.
+pub(super) fn oci_manifest(config: &[u8], layers: &[(&str, u64)]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(digest, size)| serde_json::json!({ "mediaType": LAYER_TYPE, "digest": digest, "size": size }))
+        .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
-        "config": { "mediaType": CONFIG_TYPE, "digest": config_digest, "size": config.len() },
+        "config": {
+            "mediaType": CONFIG_TYPE,
+            "digest": format!("sha256:{}", hex::encode(Sha256::digest(config))),
+            "size": config.len(),
+        },
         "layers": layers,
     });
-    let manifest = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    Ok(SavedImage { manifest, paths: saved.layers, config: config.clone(), diff_ids })
+    manifest.to_string().into_bytes()
 }
 
 /// The end of every node's archive: config, manifest, layout marker,
 /// `index.json` naming `reference`, and the end-of-archive blocks.
-fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes {
+pub(super) fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes {
     let blob = |bytes: &[u8]| format!("blobs/sha256/{}", hex::encode(Sha256::digest(bytes)));
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -523,7 +561,9 @@ fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::future::Future;
+
     use super::*;
 
     /// A docker-format archive as Docker 20.10 writes it: layers in
@@ -575,7 +615,24 @@ mod tests {
                 .map(|c| Ok::<_, bollard::errors::Error>(Bytes::copy_from_slice(c)))
                 .collect::<Vec<_>>(),
         );
-        let (mut targets, receivers): (Vec<_>, Vec<_>) = held
+        into_targets(held, |mut targets| async move {
+            let result = split(source, "localhost/x:1", image_id, &mut targets).await;
+            (result, targets)
+        })
+        .await
+    }
+
+    /// Runs `send` on targets holding `held`, collecting what each is sent;
+    /// returns each target's archive, its byte count and `send`'s result.
+    pub(in crate::load) async fn into_targets<T, F, Fut>(
+        held: Vec<BTreeMap<String, String>>,
+        send: F,
+    ) -> (Vec<Vec<u8>>, Vec<u64>, T)
+    where
+        F: FnOnce(Vec<Target>) -> Fut,
+        Fut: Future<Output = (T, Vec<Target>)>,
+    {
+        let (targets, receivers): (Vec<_>, Vec<_>) = held
             .into_iter()
             .map(|held| {
                 let (tx, rx) = mpsc::channel(4);
@@ -589,13 +646,14 @@ mod tests {
             }
             got
         }));
-        let splitting = async {
-            let result = split(source, "localhost/x:1", image_id, &mut targets).await;
+        let sending = async {
+            let (result, targets) = send(targets).await;
             let sent = targets.iter().map(|t| t.sent).collect::<Vec<_>>();
+            // Closing the channels ends the collection.
             drop(targets);
             (result, sent)
         };
-        let ((result, sent), got) = tokio::join!(splitting, collect);
+        let ((result, sent), got) = tokio::join!(sending, collect);
         (got, sent, result)
     }
 

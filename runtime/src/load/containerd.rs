@@ -5,14 +5,18 @@
 //! of the engine running containerd, reached through the engine's exec API;
 //! a single-node cluster on this machine (k3s, microk8s, kubeadm, a local
 //! kubelet) exposes containerd as a socket, reached by running `ctr -a
-//! <socket>` with an argument vector. Either way an image is exported once
-//! from the engine and streamed, chunk by chunk, into `ctr images import` on
+//! <socket>` with an argument vector. Either way an image is read once from
+//! the engine and streamed, chunk by chunk, into `ctr images import` on
 //! every node that lacks it: no temporary tar file, and memory bounded by a
-//! few chunks per node whatever the image size.
+//! few chunks per node whatever the image size. The image is read from the
+//! engine's own files when the engine is local and uses overlay2 (see
+//! [`store`](super::store)), else from its export; [`NodeOutcome::source`]
+//! says which.
 //!
 //! Each node gets only the layers its content store lacks (see
-//! [`archive`](super::archive)): a rebuild that changed the top layer sends
-//! that layer, the config and a manifest, not the layers below. A node is
+//! [`archive`](super::archive) and [`store`](super::store)): a rebuild that
+//! changed the top layer sends that layer, the config and a manifest, not
+//! the layers below. A node is
 //! skipped altogether when its containerd already holds the plan's reference
 //! with the engine's image id recorded in the [`IMAGE_ID_LABEL`] label, which
 //! this module sets after every import.
@@ -33,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::archive::{self, ArchiveError, LayerMap, Target, LAYERS_LABEL};
+use super::store::{Store, StoreError, StoredImage};
 use crate::plan::{ImageRef, Tag};
 
 /// The containerd image label recording the engine's image id of an import.
@@ -119,6 +124,21 @@ pub enum Action {
     Tagged,
 }
 
+/// Where a load read an image it streamed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The engine's own files (a local engine with the overlay2 driver, see
+    /// [`store`](super::store)): nothing to wait for before the first byte.
+    Store,
+    /// The engine's export (`docker save`), which the engine writes whole
+    /// before sending any of it.
+    Export {
+        /// Why the store was not read.
+        reason: String,
+    },
+}
+
 /// The outcome for one image on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeOutcome {
@@ -133,6 +153,8 @@ pub struct NodeOutcome {
     /// Bytes streamed into the node's import: the layers it lacked, the
     /// config and the manifest; 0 when skipped or tagged.
     pub sent: u64,
+    /// Where the image was read from; `None` when skipped or tagged.
+    pub source: Option<Source>,
 }
 
 /// What [`load`] did, per node and image.
@@ -194,6 +216,15 @@ pub enum ContainerdError {
         expected: String,
         /// The id the engine has.
         found: String,
+    },
+    /// Reading an image from the engine's store failed after its layers
+    /// had started streaming.
+    #[error("reading `{image}` from the engine's store failed: {source}")]
+    Store {
+        /// The image.
+        image: ImageRef,
+        /// What went wrong.
+        source: StoreError,
     },
     /// Exporting an image from the engine, or reading the export, failed.
     #[error("exporting `{image}` from the engine failed")]
@@ -289,6 +320,43 @@ pub enum ContainerdError {
 /// # }
 /// ```
 pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Result<LoadReport, ContainerdError> {
+    load_from(docker, nodes, images, ReadFrom::StoreIfLocal).await
+}
+
+/// Where [`load_from`] may read the images it streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadFrom {
+    /// The engine's own files when the engine is local and uses overlay2,
+    /// else its export: what [`load`] does.
+    #[default]
+    StoreIfLocal,
+    /// The engine's export always (to compare the two, or to rule the
+    /// store out).
+    Export,
+}
+
+/// As [`load`], reading the images it streams from `from`.
+///
+/// # Errors
+/// As [`load`].
+///
+/// # Example
+/// ```no_run
+/// # async fn example(docker: &bollard::Docker, nodes: &[e2e_infra::load::containerd::Node], images: &[e2e_infra::load::containerd::LoadImage]) -> Result<(), Box<dyn std::error::Error>> {
+/// use e2e_infra::load::containerd::{load_from, ReadFrom};
+///
+/// let report = load_from(docker, nodes, images, ReadFrom::Export).await?;
+/// assert!(report.outcomes.iter().all(|o| o.source.as_ref().is_none_or(|s| s.to_string() == "export")));
+/// # Ok(())
+/// # }
+/// ```
+pub async fn load_from(
+    docker: &Docker,
+    nodes: &[Node],
+    images: &[LoadImage],
+    from: ReadFrom,
+) -> Result<LoadReport, ContainerdError> {
     for node in nodes {
         check_reachable(node).await?;
     }
@@ -326,6 +394,7 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
                     action: Action::Skipped,
                     elapsed: *checked_in,
                     sent: 0,
+                    source: None,
                 });
             } else if let Some(source) = same_image(rows, wanted) {
                 tags.push((n, wanted, source.name.as_str(), *checked_in));
@@ -346,11 +415,18 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
             action: Action::Tagged,
             elapsed: checked_in + started.elapsed(),
             sent: 0,
+            source: None,
         })
     }))
     .await?;
     outcomes.extend(tagged);
 
+    // The engine's own files, when they can be read: no export to wait for.
+    let store = match (from, streams.iter().any(|s| !s.is_empty())) {
+        (ReadFrom::StoreIfLocal, true) => Some(Store::open(docker).await.map_err(|why| why.to_string())),
+        (ReadFrom::Export, _) => Some(Err("the caller asked for the export".to_owned())),
+        (_, false) => None,
+    };
     for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
         if targets.is_empty() {
             continue;
@@ -358,15 +434,37 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
         let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
         let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(docker, &nodes[n]))).await?;
         held.extend(unlisted.into_iter().zip(listed));
+        let stored = match &store {
+            Some(Ok(store)) => store.image(&wanted.image_id).await.map_err(|why| why.to_string()),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("no store was opened".to_owned()),
+        };
+        let (source, feed) = match stored {
+            Ok(image) => (Source::Store, Feed::Store(image)),
+            Err(reason) => {
+                tracing::debug!(image = %wanted.image, %reason, "exporting the image instead of reading the engine's store");
+                (Source::Export { reason }, Feed::Export)
+            }
+        };
+        let no_blobs = BTreeSet::new();
         let shares: Vec<(&Node, BTreeMap<String, String>)> = targets
             .iter()
-            .map(|n| (&nodes[*n], known.held_entries(&engine_image.layers, held.get(n).unwrap_or(&BTreeSet::new()))))
+            .map(|n| {
+                let blobs = held.get(n).unwrap_or(&no_blobs);
+                let spared = match &feed {
+                    Feed::Store(image) => held_layers(image, blobs),
+                    Feed::Export => known.held_entries(&engine_image.layers, blobs),
+                };
+                (&nodes[*n], spared)
+            })
             .collect();
-        let (split, streamed) = stream_into(docker, wanted, engine_image.size, shares).await?;
-        let label = split.layers.label();
-        known.extend(&split.layers);
+        let (diff_ids, exported, streamed) = stream_into(docker, wanted, engine_image.size, shares, &feed).await?;
+        // The store does not name the export's entries: keep what the nodes' labels knew of them.
+        let layers = exported.unwrap_or_else(|| known.of_layers(&diff_ids));
+        let label = layers.label();
+        known.extend(&layers);
         for (n, (elapsed, sent)) in targets.into_iter().zip(streamed) {
-            held.entry(n).or_default().extend(split.diff_ids.iter().map(|d| archive::short_digest(d)));
+            held.entry(n).or_default().extend(diff_ids.iter().map(|d| archive::short_digest(d)));
             labels.insert((n, i), loaded_labels(wanted, label.clone()));
             outcomes.push(NodeOutcome {
                 node: nodes[n].name(),
@@ -374,6 +472,7 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
                 action: Action::Loaded,
                 elapsed,
                 sent,
+                source: Some(source.clone()),
             });
         }
     }
@@ -528,16 +627,38 @@ async fn list_content(docker: &Docker, node: &Node) -> Result<BTreeSet<String>, 
     Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(archive::short_digest).collect())
 }
 
-/// Exports `wanted` once and streams into an import on every node of
-/// `shares` at once the layers that node does not hold (the entries given
-/// with it); returns what the export said of the image, and for each node
-/// how long it took and how many bytes it was sent.
+/// Where [`stream_into`] reads an image.
+enum Feed {
+    /// The engine's store, found to hold the image.
+    Store(StoredImage),
+    /// The engine's export.
+    Export,
+}
+
+/// The layers of `image` among `blobs` (a node's, short digests), keyed as
+/// [`store::send`](super::store::send) names them.
+fn held_layers(image: &StoredImage, blobs: &BTreeSet<String>) -> BTreeMap<String, String> {
+    image
+        .layers
+        .iter()
+        .map(|layer| archive::short_digest(&layer.diff_id))
+        .filter(|short| blobs.contains(short))
+        .map(|short| (short.clone(), short))
+        .collect()
+}
+
+/// Reads `wanted` once from `feed` and streams into an import on every node
+/// of `shares` at once the layers that node does not hold (those given with
+/// it); returns the image's diff ids, the export's layer map when the
+/// export was read, and for each node how long it took and how many bytes
+/// it was sent.
 async fn stream_into(
     docker: &Docker,
     wanted: &LoadImage,
     size: u64,
     shares: Vec<(&Node, BTreeMap<String, String>)>,
-) -> Result<(archive::Split, Vec<(Duration, u64)>), ContainerdError> {
+    feed: &Feed,
+) -> Result<(Vec<String>, Option<LayerMap>, Vec<(Duration, u64)>), ContainerdError> {
     let started = Instant::now();
     let reference = wanted.image.to_string();
     let limit = IMPORT_TIMEOUT + Duration::from_secs(size / IMPORT_SLOWEST_RATE);
@@ -555,21 +676,30 @@ async fn stream_into(
         });
     }
     let splitting = async {
-        let split = archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await;
+        let read = match feed {
+            Feed::Store(image) => super::store::send(image, &reference, &mut targets)
+                .await
+                .map(|()| (image.diff_ids(), None))
+                .map_err(|source| ContainerdError::Store { image: wanted.image.clone(), source }),
+            Feed::Export => archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets)
+                .await
+                .map(|split| (split.diff_ids, Some(split.layers)))
+                .map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source }),
+        };
         let sent: Vec<u64> = targets.iter().map(|t| t.sent).collect();
         // Closing the channels is the end of every import's input.
         drop(targets);
-        (split, sent)
+        (read, sent)
     };
-    let ((split, sent), imported) = tokio::join!(splitting, futures::future::join_all(imports));
-    // A failed export truncates every import: its error is the cause to report.
-    let split = split.map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source })?;
+    let ((read, sent), imported) = tokio::join!(splitting, futures::future::join_all(imports));
+    // A failed read truncates every import: its error is the cause to report.
+    let (diff_ids, layers) = read?;
     let mut streamed = Vec::new();
     for ((result, elapsed), sent) in imported.into_iter().zip(sent) {
         result?;
         streamed.push((elapsed, sent));
     }
-    Ok((split, streamed))
+    Ok((diff_ids, layers, streamed))
 }
 
 /// Gives the references loaded or tagged on `node` their labels, then checks
@@ -787,6 +917,15 @@ fn keep_tail(buffer: &mut Vec<u8>, more: &[u8], limit: usize) {
     buffer.extend_from_slice(more);
     if buffer.len() > limit {
         buffer.drain(..buffer.len() - limit);
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Store => "store",
+            Self::Export { .. } => "export",
+        })
     }
 }
 

@@ -6,3 +6,4 @@ pub mod archive;
 pub mod containerd;
 pub mod kind;
 pub mod registry;
+pub mod store;
