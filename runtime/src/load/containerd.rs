@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 
 use super::archive::{self, ArchiveError, LayerMap, Target, LAYERS_LABEL};
 use super::store::{Store, StoreError, StoredImage};
+use crate::error::error_chain;
 use crate::plan::{ImageRef, Tag};
 
 /// The containerd image label recording the engine's image id of an import.
@@ -219,7 +220,7 @@ pub enum ContainerdError {
     },
     /// Reading an image from the engine's store failed after its layers
     /// had started streaming.
-    #[error("reading `{image}` from the engine's store failed: {source}")]
+    #[error("reading `{image}` from the engine's store failed")]
     Store {
         /// The image.
         image: ImageRef,
@@ -423,7 +424,7 @@ pub async fn load_from(
 
     // The engine's own files, when they can be read: no export to wait for.
     let store = match (from, streams.iter().any(|s| !s.is_empty())) {
-        (ReadFrom::StoreIfLocal, true) => Some(Store::open(docker).await.map_err(|why| why.to_string())),
+        (ReadFrom::StoreIfLocal, true) => Some(Store::open(docker).await.map_err(|why| error_chain(&why).replace('\n', " "))),
         (ReadFrom::Export, _) => Some(Err("the caller asked for the export".to_owned())),
         (_, false) => None,
     };
@@ -435,7 +436,7 @@ pub async fn load_from(
         let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(docker, &nodes[n]))).await?;
         held.extend(unlisted.into_iter().zip(listed));
         let stored = match &store {
-            Some(Ok(store)) => store.image(&wanted.image_id).await.map_err(|why| why.to_string()),
+            Some(Ok(store)) => store.image(&wanted.image_id).await.map_err(|why| error_chain(&why).replace('\n', " ")),
             Some(Err(why)) => Err(why.clone()),
             None => Err("no store was opened".to_owned()),
         };

@@ -57,7 +57,7 @@ const CONFIG_LIMIT: u64 = 16 * 1024 * 1024;
 #[non_exhaustive]
 pub enum StoreError {
     /// Asking the engine for its driver and root directory failed.
-    #[error("asking the engine for its storage driver and root directory failed: {0}")]
+    #[error("asking the engine for its storage driver and root directory failed")]
     Info(#[source] bollard::errors::Error),
     /// The engine is not reached through a socket of this machine.
     #[error("the engine at `{address}` is not reached through a local socket, so its files may be on another machine")]
@@ -72,7 +72,7 @@ pub enum StoreError {
         driver: String,
     },
     /// Reading a file of the store failed.
-    #[error("reading `{}` of image {image_id} in the engine's store failed: {source}", path.display())]
+    #[error("reading `{}` of image {image_id} in the engine's store failed", path.display())]
     Read {
         /// The image.
         image_id: String,
@@ -108,7 +108,7 @@ pub enum StoreError {
         found: String,
     },
     /// The task reading the store ended without a result.
-    #[error("reading image {image_id} from the engine's store stopped: {source}")]
+    #[error("reading image {image_id} from the engine's store stopped")]
     Task {
         /// The image.
         image_id: String,
