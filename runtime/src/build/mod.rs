@@ -241,6 +241,7 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
     outcomes.sort_by_key(|o| position(&o.component));
     if opts.keep_runs > 0 && !outcomes.is_empty() {
+        let pruning = Instant::now();
         let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
         let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
         // Housekeeping is a courtesy: its failure must not fail the run.
@@ -255,6 +256,7 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
                 tracing::warn!(error = %e, "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
             }
         }
+        tracing::debug!(elapsed = ?pruning.elapsed(), "housekeeping after the builds");
     }
     Ok(outcomes)
 }
@@ -308,6 +310,7 @@ async fn build_one(
         .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
 
     let hashing = ctx.counts;
+    tracing::debug!(component = name, elapsed = ?started.elapsed(), "input digest");
     let silent = |source| BuildError::Silent { component: name.to_owned(), source };
     let cache = cache_ref(image, &ctx.digest);
     let repo = image.name();
@@ -317,6 +320,7 @@ async fn build_one(
             .await
             .map_err(silent)?
             .map_err(|e| engine_error("looking up the cache reference", e))?;
+        tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
         if let Some(Cached { id, references }) = found {
             // A run id used again (a reusable stack) finds its tag in place.
             if !references.contains(&image.to_string()) {

@@ -289,6 +289,7 @@ pub enum ContainerdError {
 /// # }
 /// ```
 pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Result<LoadReport, ContainerdError> {
+    let started = Instant::now();
     for node in nodes {
         check_reachable(node).await?;
     }
@@ -296,11 +297,13 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
     for wanted in images {
         engine_images.push(check_engine_image(docker, wanted).await?);
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "engine images checked");
     let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
         let started = Instant::now();
         list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
     }))
     .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "nodes listed");
     // Which layer entries of an export are which layers, from every node's labels.
     let mut known = LayerMap::default();
     for row in listings.iter().flat_map(|(rows, _)| rows) {
@@ -350,6 +353,7 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
     }))
     .await?;
     outcomes.extend(tagged);
+    tracing::debug!(elapsed = ?started.elapsed(), "tagged");
 
     for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
         if targets.is_empty() {
@@ -387,6 +391,7 @@ pub async fn load(docker: &Docker, nodes: &[Node], images: &[LoadImage]) -> Resu
         label_and_verify(docker, node, images, to_label)
     }))
     .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "labelled and verified");
     Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
 }
 
