@@ -263,7 +263,9 @@ pub enum ContainerdError {
 /// are skipped; nodes that hold it under another reference get the plan's
 /// reference as a tag; the others get it streamed from the engine, all
 /// nodes at once, each node only the layers its content store lacks.
-/// Afterwards every node must list every reference.
+/// Afterwards every node that was streamed an image must list every
+/// reference; on the others the first listing and the tags' exit codes
+/// already prove it, so a warm load costs one listing and one round of tags.
 ///
 /// # Errors
 /// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
