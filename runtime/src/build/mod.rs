@@ -89,8 +89,8 @@ pub struct BuildOptions {
     /// After a successful build, keep the run tags of this many newest runs
     /// per built component and remove older ones (see [`housekeeping`]:
     /// after a run that reused every image, at most every
-    /// [`housekeeping::REUSE_PRUNE_EVERY`]); 0 keeps them all. Default [`housekeeping::KEEP_RUNS`], or
-    /// `E2E_INFRA_KEEP_IMAGE_RUNS`.
+    /// [`housekeeping::REUSE_PRUNE_EVERY`]); 0 keeps them all. Default
+    /// [`housekeeping::KEEP_RUNS`], or `E2E_INFRA_KEEP_IMAGE_RUNS`.
     pub keep_runs: usize,
     /// How long a build may go without output from the engine. Default
     /// [`BUILD_SILENCE`], or `E2E_INFRA_BUILD_SILENCE`.
