@@ -91,6 +91,13 @@ enum Child {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // `RUST_LOG=e2e_infra=debug` shows where a step's time goes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let outcome = match &cli.command {
         Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
         Some(Child::HashInputs { catalog }) => warm::hash_inputs(catalog),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use std::process::{Command, Stdio};
 
+use e2e_infra::build::housekeeping::{self, prune_run_tags};
 use e2e_infra::build::{build_all, input_digest, BuildOptions, BuildOutcome, HashCounts};
 use e2e_infra::catalog::Source;
 use e2e_infra::load::containerd::{Action, LoadImage};
@@ -222,6 +223,24 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
         median_of(&overhead),
         ratio(median(&first), median(&overhead)),
     ]);
+
+    // Housekeeping lists every image on the engine; a run that reused every
+    // image skips it when it ran within REUSE_PRUNE_EVERY (as it did above,
+    // after the cold builds). What it costs when it runs:
+    let mut pruning = Vec::new();
+    for _ in 0..reps {
+        let started = Instant::now();
+        prune_run_tags(docker, Some(names.as_slice()), housekeeping::KEEP_RUNS, housekeeping::GRACE, &[]).await?;
+        pruning.push(started.elapsed());
+    }
+    let on_engine = docker.list_images(None::<bollard::query_parameters::ListImagesOptions>).await?.len();
+    section.note(&format!(
+        "the warm rows do not include housekeeping (removing the image tags of older runs): it lists every image \
+         on the engine, {} here with {on_engine} images, and runs after every run that built an image but at most \
+         every {} after runs that reused every image",
+        secs(median(&pruning)),
+        humantime::format_duration(housekeeping::REUSE_PRUNE_EVERY)
+    ));
 
     // Hashing the contexts: sha256sum against a first hashing (no record of
     // earlier digests) and a warm one, each in a child process of its own.

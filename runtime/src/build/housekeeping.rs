@@ -17,6 +17,13 @@
 //!   Podman does not, so there a cache hit's tag on an older image is
 //!   protected only once that run's network exists.
 //!
+//! After builds, housekeeping runs whenever a run built an image, and at most
+//! every [`REUSE_PRUNE_EVERY`] per engine and set of components when a run
+//! reused every image: listing the images costs in proportion to all the
+//! engine holds (hundreds of milliseconds on an engine with a thousand
+//! images), while such a run only tagged images that the grace period
+//! protects anyway.
+//!
 //! The engine does not record when each tag was given, so runs are ordered
 //! by the creation time of their image, newest first; run tags on one image
 //! (cache hits) are ordered by name. Removing a tag never deletes an image
@@ -24,12 +31,14 @@
 //! image a container uses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
+use sha2::{Digest, Sha256};
 
 use super::{CACHE_TAG_PREFIX, ENGINE_CALL_TIMEOUT};
 use crate::engine::{self, Silent};
@@ -42,6 +51,11 @@ pub const KEEP_RUNS: usize = 3;
 pub const KEEP_RUNS_ENV: &str = "E2E_INFRA_KEEP_IMAGE_RUNS";
 /// Run tags of an image created or tagged this recently are never removed.
 pub const GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// How often housekeeping runs after builds that reused every image.
+pub const REUSE_PRUNE_EVERY: Duration = Duration::from_secs(5 * 60);
+/// The directory, beside the state root, of the times of the last prunes.
+const PRUNES_DIR: &str = "image-prunes";
 
 /// A housekeeping error.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +203,53 @@ pub async fn prune_run_tags(
     Ok(removed)
 }
 
+/// When housekeeping after builds last ran for a set of components on one
+/// engine, recorded beside the state root. A record that cannot be read or
+/// written costs a prune, never an error.
+pub(crate) struct LastPrune {
+    path: Option<PathBuf>,
+}
+
+impl LastPrune {
+    pub(crate) fn of(docker: &Docker, components: &[&str]) -> Self {
+        let mut components = components.to_vec();
+        components.sort_unstable();
+        components.dedup();
+        let key = format!("{}\n{}", engine::address(docker), components.join("\n"));
+        let path = crate::state::cache_dir(PRUNES_DIR)
+            .ok()
+            .map(|dir| dir.join(format!("{}.at", hex::encode(&Sha256::digest(key.as_bytes())[..16]))));
+        Self { path }
+    }
+
+    /// Whether a run that reused every image should prune at `now`.
+    pub(crate) fn due(&self, now: SystemTime) -> bool {
+        let last = self
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+        due(last, now, REUSE_PRUNE_EVERY)
+    }
+
+    /// Records a prune that started at `at`.
+    pub(crate) fn mark(&self, at: SystemTime) {
+        let (Some(path), Ok(since)) = (&self.path, at.duration_since(UNIX_EPOCH)) else {
+            return;
+        };
+        if let Err(error) = std::fs::write(path, since.as_secs().to_string()) {
+            tracing::debug!(path = %path.display(), %error, "recording the time of the prune failed");
+        }
+    }
+}
+
+/// Whether a prune last run at `last` is due again at `now`; one never run,
+/// or recorded in the future (a clock set back), is.
+fn due(last: Option<SystemTime>, now: SystemTime, every: Duration) -> bool {
+    last.and_then(|at| now.duration_since(at).ok()).is_none_or(|age| age >= every)
+}
+
 /// Whether `candidate`'s image was created or last tagged within `grace`.
 async fn recently_touched(docker: &Docker, candidate: &Candidate, grace: Duration) -> Result<bool, HousekeepingError> {
     let now = SystemTime::now();
@@ -275,7 +336,21 @@ async fn in_use(docker: &Docker) -> Result<InUse, HousekeepingError> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_run_tag;
+    use super::{due, is_run_tag};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_prune_is_due_when_never_run_or_run_long_enough_ago() {
+        let every = Duration::from_secs(300);
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(due(None, now, every));
+        assert!(!due(Some(now - Duration::from_secs(60)), now, every));
+        assert!(!due(Some(now), now, every));
+        assert!(due(Some(now - every), now, every));
+        assert!(due(Some(now - Duration::from_secs(3600)), now, every));
+        // Recorded in the future: the clock was set back.
+        assert!(due(Some(now + Duration::from_secs(60)), now, every));
+    }
 
     #[test]
     fn only_run_tags_have_the_run_tag_shape() {

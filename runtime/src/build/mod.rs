@@ -88,9 +88,10 @@ pub struct BuildOptions {
     /// How many images build at once (at least one).
     pub concurrency: usize,
     /// After a successful build, keep the run tags of this many newest runs
-    /// per built component and remove older ones (see [`housekeeping`]);
-    /// 0 keeps them all. Default [`housekeeping::KEEP_RUNS`], or
-    /// `E2E_INFRA_KEEP_IMAGE_RUNS`.
+    /// per built component and remove older ones (see [`housekeeping`]:
+    /// after a run that reused every image, at most every
+    /// [`housekeeping::REUSE_PRUNE_EVERY`]); 0 keeps them all. Default
+    /// [`housekeeping::KEEP_RUNS`], or `E2E_INFRA_KEEP_IMAGE_RUNS`.
     pub keep_runs: usize,
     /// How long a build may go without output from the engine. Default
     /// [`BUILD_SILENCE`], or `E2E_INFRA_BUILD_SILENCE`.
@@ -242,22 +243,37 @@ pub async fn build_all(docker: &Docker, plan: &Plan, opts: &BuildOptions) -> Res
     let position = |name: &str| plan.components().iter().position(|c| c.name == name);
     outcomes.sort_by_key(|o| position(&o.component));
     if opts.keep_runs > 0 && !outcomes.is_empty() {
-        let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
-        let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
-        // Housekeeping is a courtesy: its failure must not fail the run.
-        match housekeeping::prune_run_tags(docker, Some(&components), opts.keep_runs, housekeeping::GRACE, &protect)
-            .await
-        {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(removed = removed.len(), keep = opts.keep_runs, "removed the image tags of older runs");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
-            }
-        }
+        prune_after_builds(docker, &outcomes, opts.keep_runs).await;
     }
     Ok(outcomes)
+}
+
+/// Housekeeping after the builds: after every run that built an image, and
+/// at most every [`housekeeping::REUSE_PRUNE_EVERY`] after runs that reused
+/// every image (those only tagged images the grace period protects). It is
+/// a courtesy: its failure must not fail the run.
+async fn prune_after_builds(docker: &Docker, outcomes: &[BuildOutcome], keep: usize) {
+    let components: Vec<&str> = outcomes.iter().map(|o| o.component.as_str()).collect();
+    let last = housekeeping::LastPrune::of(docker, &components);
+    let started = std::time::SystemTime::now();
+    if outcomes.iter().all(|o| o.cached) && !last.due(started) {
+        tracing::debug!("every image reused and the old run tags pruned recently: no housekeeping");
+        return;
+    }
+    let pruning = Instant::now();
+    let protect: Vec<ImageRef> = outcomes.iter().map(|o| o.image.clone()).collect();
+    match housekeeping::prune_run_tags(docker, Some(&components), keep, housekeeping::GRACE, &protect).await {
+        Ok(removed) => {
+            last.mark(started);
+            if !removed.is_empty() {
+                tracing::info!(removed = removed.len(), keep, "removed the image tags of older runs");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "removing the image tags of older runs failed; `e2e-infra clean --images` retries")
+        }
+    }
+    tracing::debug!(elapsed = ?pruning.elapsed(), "housekeeping after the builds");
 }
 
 async fn ensure_present(docker: &Docker, component: &str, image: &ImageRef) -> Result<(), BuildError> {
@@ -309,6 +325,7 @@ async fn build_one(
         .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
 
     let hashing = ctx.counts;
+    tracing::debug!(component = name, elapsed = ?started.elapsed(), "input digest");
     let silent = |source| BuildError::Silent { component: name.to_owned(), source };
     let cache = cache_ref(image, &ctx.digest);
     let repo = image.name();
@@ -318,6 +335,7 @@ async fn build_one(
             .await
             .map_err(silent)?
             .map_err(|e| engine_error("looking up the cache reference", e))?;
+        tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
         if let Some(Cached { id, references }) = found {
             // A run id used again (a reusable stack) finds its tag in place.
             if !references.contains(&image.to_string()) {

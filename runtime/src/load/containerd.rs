@@ -295,7 +295,9 @@ pub enum ContainerdError {
 /// are skipped; nodes that hold it under another reference get the plan's
 /// reference as a tag; the others get it streamed from the engine, all
 /// nodes at once, each node only the layers its content store lacks.
-/// Afterwards every node must list every reference.
+/// Afterwards every node that was streamed an image must list every
+/// reference; on the others the first listing and the tags' exit codes
+/// already prove it, so a warm load costs one listing and one round of tags.
 ///
 /// # Errors
 /// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
@@ -358,18 +360,19 @@ pub async fn load_from(
     images: &[LoadImage],
     from: ReadFrom,
 ) -> Result<LoadReport, ContainerdError> {
+    let started = Instant::now();
     for node in nodes {
         check_reachable(node).await?;
     }
-    let mut engine_images = Vec::new();
-    for wanted in images {
-        engine_images.push(check_engine_image(docker, wanted).await?);
-    }
+    // Every image is checked on the engine before any node is touched.
+    let engine_images =
+        futures::future::try_join_all(images.iter().map(|wanted| check_engine_image(docker, wanted))).await?;
     let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
         let started = Instant::now();
         list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
     }))
     .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "engine images checked and nodes listed");
     // Which layer entries of an export are which layers, from every node's labels.
     let mut known = LayerMap::default();
     for row in listings.iter().flat_map(|(rows, _)| rows) {
@@ -388,19 +391,17 @@ pub async fn load_from(
     let mut streams: Vec<Vec<usize>> = vec![Vec::new(); images.len()];
     for (i, wanted) in images.iter().enumerate() {
         for (n, (rows, checked_in)) in listings.iter().enumerate() {
-            if holds(rows, wanted) {
-                outcomes.push(NodeOutcome {
+            match need(rows, wanted) {
+                Need::Nothing => outcomes.push(NodeOutcome {
                     node: nodes[n].name(),
                     image: wanted.image.clone(),
                     action: Action::Skipped,
                     elapsed: *checked_in,
                     sent: 0,
                     source: None,
-                });
-            } else if let Some(source) = same_image(rows, wanted) {
-                tags.push((n, wanted, source.name.as_str(), *checked_in));
-            } else {
-                streams[i].push(n);
+                }),
+                Need::Tag(source) => tags.push((n, wanted, source, *checked_in)),
+                Need::Stream => streams[i].push(n),
             }
         }
     }
@@ -421,6 +422,7 @@ pub async fn load_from(
     }))
     .await?;
     outcomes.extend(tagged);
+    tracing::debug!(elapsed = ?started.elapsed(), "tagged");
 
     // The engine's own files, when they can be read: no export to wait for.
     let store = match (from, streams.iter().any(|s| !s.is_empty())) {
@@ -478,15 +480,20 @@ pub async fn load_from(
         }
     }
 
-    futures::future::try_join_all(nodes.iter().enumerate().map(|(n, node)| {
+    // Only a node that had an image streamed is listed again. On the others
+    // the first listing showed every image skipped, with its id, and the
+    // reference of every image tagged; `ctr images tag` exiting 0 made the
+    // new reference, with the target and labels of that one.
+    futures::future::try_join_all(nodes.iter().enumerate().filter_map(|(n, node)| {
         let to_label: Vec<(&LoadImage, &[String])> = images
             .iter()
             .enumerate()
             .filter_map(|(i, wanted)| labels.get(&(n, i)).map(|l| (wanted, l.as_slice())))
             .collect();
-        label_and_verify(docker, node, images, to_label)
+        (!to_label.is_empty()).then(|| label_and_verify(docker, node, images, to_label))
     }))
     .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "labelled and verified");
     Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
 }
 
@@ -606,6 +613,27 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
             Some(Listed { name, labels })
         })
         .collect()
+}
+
+/// What a node needs for an image, from its listing.
+#[derive(Debug, PartialEq, Eq)]
+enum Need<'r> {
+    /// It lists the plan's reference with the wanted id.
+    Nothing,
+    /// It lists the wanted id under this other reference: a tag will do.
+    Tag(&'r str),
+    /// It holds the image under no reference: it is streamed.
+    Stream,
+}
+
+fn need<'r>(rows: &'r [Listed], wanted: &LoadImage) -> Need<'r> {
+    if holds(rows, wanted) {
+        Need::Nothing
+    } else if let Some(source) = same_image(rows, wanted) {
+        Need::Tag(&source.name)
+    } else {
+        Need::Stream
+    }
 }
 
 /// Another reference on the node to the very image wanted (same engine id),
@@ -971,6 +999,24 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
         let api = ImageRef::borrowed("localhost/api:notification-1a2b3c4d").expect("ref");
         assert!(holds(&rows, &LoadImage { image: api.clone(), image_id: "sha256:bb22".to_owned() }));
         assert!(!holds(&rows, &LoadImage { image: api, image_id: "sha256:other".to_owned() }));
+    }
+
+    #[test]
+    fn an_image_held_under_another_reference_is_tagged_from_it() {
+        let rows = parse_listing(LISTING);
+        let held = ImageRef::borrowed("localhost/api:notification-1a2b3c4d").expect("ref");
+        let later = ImageRef::borrowed("localhost/api:notification-5e6f7a8b").expect("ref");
+        let id = "sha256:bb22".to_owned();
+        assert_eq!(need(&rows, &LoadImage { image: held, image_id: id.clone() }), Need::Nothing);
+        assert_eq!(
+            need(&rows, &LoadImage { image: later.clone(), image_id: id }),
+            Need::Tag("localhost/api:notification-1a2b3c4d")
+        );
+        // Another build under the same name: its content is not on the node.
+        assert_eq!(need(&rows, &LoadImage { image: later, image_id: "sha256:other".to_owned() }), Need::Stream);
+        // Listed, but never labelled by a load: its content is unknown.
+        let postgres = ImageRef::borrowed("postgres:16").expect("ref");
+        assert_eq!(need(&rows, &LoadImage { image: postgres, image_id: "sha256:cc33".to_owned() }), Need::Stream);
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub enum KindError {
 /// # }
 /// ```
 pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Result<LoadReport, KindError> {
+    let started = std::time::Instant::now();
     let nodes = nodes(docker, cluster).await?;
+    tracing::debug!(cluster, elapsed = ?started.elapsed(), "nodes found");
     Ok(containerd::load(docker, &nodes, images).await?)
 }
 
