@@ -2,7 +2,7 @@
 //! containerd on the local engine.
 
 use bollard::query_parameters::TagImageOptions;
-use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom};
+use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom, Route, KIND_EXEC_ENV};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ImageGuard, StandInCluster};
@@ -65,6 +65,41 @@ async fn loads_every_image_into_every_node_then_skips_a_reload() {
     let again = kind::load(&docker, &cluster.name, &images).await.expect("reload");
     assert_eq!(again.with_action(Action::Skipped).count(), 9, "{again:#?}");
     assert_eq!(again.with_action(Action::Loaded).count(), 0);
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn a_node_is_reached_through_its_own_socket_when_visible_and_through_the_exec_when_asked() {
+    use std::os::unix::fs::MetadataExt;
+
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = plan(dir.path(), &["alpha", "beta"], &unique("kind-load-route"));
+    let mut guard = ImageGuard::default();
+    let images = build_all(&docker, &plan, &mut guard).await;
+    let cluster = StandInCluster::start(&docker, &unique("e2e-kind-route"), 0).await;
+    let node = Node::Container { name: cluster.nodes[0].clone(), role: "control-plane".to_owned() };
+
+    // Only root may open another process's socket through /proc/<pid>/root.
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    match containerd::route(&docker, &node).await {
+        Route::Socket(path) => assert!(root && path.ends_with("run/containerd/containerd.sock"), "{path:?}"),
+        Route::Exec => assert!(!root, "root on the engine's machine reaches the node's socket"),
+    }
+    let first = kind::load(&docker, &cluster.name, &images[..1]).await.expect("load by the first route");
+    assert_eq!(first.with_action(Action::Loaded).count(), 1, "{first:#?}");
+
+    // Each test has a process of its own under nextest.
+    std::env::set_var(KIND_EXEC_ENV, "1");
+    assert_eq!(containerd::route(&docker, &node).await, Route::Exec);
+    let again = kind::load(&docker, &cluster.name, &images).await.expect("load through the exec");
+    std::env::remove_var(KIND_EXEC_ENV);
+    assert_eq!(again.with_action(Action::Skipped).count(), 1, "{again:#?}");
+    assert_eq!(again.with_action(Action::Loaded).count(), 1, "{again:#?}");
+    let listed = kind::node_images(&docker, &cluster.nodes[0]).await.expect("node images");
+    for wanted in &images {
+        assert!(listed.iter().any(|r| wanted.image.matches(r)), "{listed:?}");
+    }
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]

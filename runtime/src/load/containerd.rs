@@ -2,8 +2,12 @@
 //! runs containers from (namespace `k8s.io`).
 //!
 //! A node is reached one of two ways ([`Node`]): a Kind node is a container
-//! of the engine running containerd, reached through the engine's exec API;
-//! a single-node cluster on this machine (k3s, microk8s, kubeadm, a local
+//! of the engine running containerd, reached through the engine's exec API,
+//! or, when the engine runs on this machine and this user may open the
+//! node's containerd socket through `/proc/<pid>/root`, with `ctr -a` on
+//! that socket, which spares the exec's round trips through the engine
+//! ([`route`]; `E2E_INFRA_KIND_EXEC=1` keeps to the exec); a single-node
+//! cluster on this machine (k3s, microk8s, kubeadm, a local
 //! kubelet) exposes containerd as a socket, reached by running `ctr -a
 //! <socket>` with an argument vector. Either way an image is read once from
 //! the engine and streamed, chunk by chunk, into `ctr images import` on
@@ -69,6 +73,63 @@ pub struct LoadImage {
     pub image: ImageRef,
     /// The engine's image id (`sha256:...`) the build produced.
     pub image_id: String,
+}
+
+/// Set to `1`, Kind nodes are reached only through the engine's exec API.
+pub const KIND_EXEC_ENV: &str = "E2E_INFRA_KIND_EXEC";
+
+/// Where a Kind node's containerd listens inside its container.
+const NODE_SOCKET: &str = "run/containerd/containerd.sock";
+
+/// How this process reaches a node's containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `ctr -a <socket>` run here: a socket node, or a Kind node whose
+    /// socket this process can open through `/proc/<pid>/root`.
+    Socket(PathBuf),
+    /// `ctr` run in the node container through the engine's exec API.
+    Exec,
+}
+
+/// How this process reaches `node`. A Kind node's own socket is used only
+/// when it is certainly that node's: the engine is reached through a local
+/// socket, `/proc/<pid>/root` of the container's process is the container's
+/// root as the engine reports it (same device and inode, so this process
+/// sees the engine's processes and mounts), `ctr` is installed here, and
+/// the socket accepts a connection from this user. Anything else is the
+/// exec, as is everything when [`KIND_EXEC_ENV`] is `1`.
+pub async fn route(docker: &Docker, node: &Node) -> Route {
+    match node {
+        Node::Socket { path } => Route::Socket(path.clone()),
+        Node::Container { name, .. } => node_socket(docker, name).await.map_or(Route::Exec, Route::Socket),
+    }
+}
+
+async fn node_socket(docker: &Docker, container: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+
+    if std::env::var(KIND_EXEC_ENV).is_ok_and(|v| v == "1") || !crate::engine::is_local_socket(docker) || !ctr_installed() {
+        return None;
+    }
+    let inspected = docker.inspect_container(container, None).await.ok()?;
+    let pid = inspected.state?.pid.filter(|pid| *pid > 0)?;
+    let merged = inspected.graph_driver?.data.remove("MergedDir")?;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let (seen, expected) = (std::fs::metadata(&root).ok()?, std::fs::metadata(&merged).ok()?);
+    if (seen.dev(), seen.ino()) != (expected.dev(), expected.ino()) {
+        return None;
+    }
+    let socket = root.join(NODE_SOCKET);
+    tokio::net::UnixStream::connect(&socket).await.ok()?;
+    Some(socket)
+}
+
+/// Whether a `ctr` executable is on this process's `PATH`.
+fn ctr_installed() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("ctr").is_file()))
+    })
 }
 
 /// The tag a run's image keeps on a node after the run: the content stays
@@ -786,12 +847,12 @@ async fn run(
     }
     let stdin = input.map(|i| i.chunks);
     let running = async {
-        match node {
-            Node::Container { name, .. } => {
+        match route(docker, node).await {
+            Route::Socket(path) => local_ctr(node, &path, args, &command, stdin).await,
+            Route::Exec => {
                 let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
-                exec(docker, node, name, &argv, &command, stdin).await
+                exec(docker, node, &node.name(), &argv, &command, stdin).await
             }
-            Node::Socket { path } => local_ctr(node, path, args, &command, stdin).await,
         }
     };
     tokio::time::timeout(limit, running).await.map_err(|_| ContainerdError::Timeout {
