@@ -9,14 +9,21 @@
 //!
 //! Finding what a run owns goes through here too: [`label_filter`] is the
 //! one shape of the engine's label filter, [`labelled_containers`] the one
-//! listing of a stack's containers.
+//! listing of a stack's containers; and [`exec`] is the one way a command
+//! runs inside a container.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::{Docker, API_DEFAULT_VERSION};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 /// The variable that points clients at an engine.
 pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
@@ -316,9 +323,118 @@ pub fn container_name(summary: &ContainerSummary, id: &str) -> String {
     summary.names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
 }
 
+/// How long the engine may take to report an exit code after the output ends.
+const EXIT_CODE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a command run in a container through the exec API left.
+#[derive(Debug)]
+pub struct ExecOutput {
+    /// Its exit code, when the engine reported one in time.
+    pub exit_code: Option<i64>,
+    /// The end of its standard output.
+    pub stdout: Vec<u8>,
+    /// The end of its standard error.
+    pub stderr: Vec<u8>,
+    /// Whether all of its input was written.
+    pub fed: std::io::Result<()>,
+}
+
+/// A command could not be run through the exec API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The engine refused or broke off a call.
+    #[error("the engine's exec call failed")]
+    Call(#[from] bollard::errors::Error),
+    /// The engine started the command without attaching to it.
+    #[error("the engine detached the command instead of attaching to it")]
+    Detached,
+}
+
+/// Runs `argv` (an argument vector, never a shell line) in `container`
+/// through the engine's exec API, feeding it the chunks of `stdin` if
+/// given, and keeps the end of its standard output and error (at most
+/// `kept.0` and `kept.1` bytes).
+///
+/// # Errors
+/// [`ExecError`] when the engine refuses a call or does not attach.
+pub async fn exec(
+    docker: &Docker,
+    container: &str,
+    argv: &[&str],
+    stdin: Option<mpsc::Receiver<Bytes>>,
+    kept: (usize, usize),
+) -> Result<ExecOutput, ExecError> {
+    let options = CreateExecOptions {
+        cmd: Some(argv.to_vec()),
+        attach_stdin: Some(stdin.is_some()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(container, options).await?;
+    let StartExecResults::Attached { mut output, mut input } = docker.start_exec(&exec.id, None).await? else {
+        return Err(ExecError::Detached);
+    };
+    let feed = async move {
+        if let Some(mut rx) = stdin {
+            while let Some(chunk) = rx.recv().await {
+                input.write_all(&chunk).await?;
+            }
+        }
+        // Closing our side is the end of file the command reads.
+        input.shutdown().await
+    };
+    let read = async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(frame) = output.next().await {
+            match frame? {
+                LogOutput::StdOut { message } => keep_tail(&mut stdout, &message, kept.0),
+                LogOutput::StdErr { message } => keep_tail(&mut stderr, &message, kept.1),
+                _ => {}
+            }
+        }
+        Ok::<_, bollard::errors::Error>((stdout, stderr))
+    };
+    let (fed, read) = tokio::join!(feed, read);
+    let (stdout, stderr) = read?;
+    let exit_code = exit_code(docker, &exec.id).await?;
+    Ok(ExecOutput { exit_code, stdout, stderr, fed })
+}
+
+/// The exit code once the engine reports the command finished.
+async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, bollard::errors::Error> {
+    let deadline = Instant::now() + EXIT_CODE_WAIT;
+    loop {
+        let inspect = docker.inspect_exec(exec_id).await?;
+        if inspect.running != Some(true) || Instant::now() >= deadline {
+            return Ok(inspect.exit_code);
+        }
+        // Usually done at the first look; a short step keeps a call's cost
+        // near the command's own.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Appends `more` to `buffer`, keeping only its last `limit` bytes.
+pub(crate) fn keep_tail(buffer: &mut Vec<u8>, more: &[u8], limit: usize) {
+    buffer.extend_from_slice(more);
+    if buffer.len() > limit {
+        buffer.drain(..buffer.len() - limit);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut buffer = Vec::new();
+        keep_tail(&mut buffer, b"0123456789", 4);
+        keep_tail(&mut buffer, b"ab", 4);
+        assert_eq!(buffer, b"89ab");
+    }
 
     #[test]
     fn budgets_parse_with_and_without_units() {

@@ -31,17 +31,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::archive::{self, ArchiveError, LayerMap, Target, LAYERS_LABEL};
 use super::store::{Store, StoreError, StoredImage};
+use crate::engine;
 use crate::error::error_chain;
 use crate::plan::{ImageRef, Tag};
 
@@ -56,8 +54,6 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 const STDERR_KEPT: usize = 16 * 1024;
 /// What is kept of a command's standard output; listings are far smaller.
 const STDOUT_KEPT: usize = 4 * 1024 * 1024;
-/// How long the engine may take to report an exit code after the output ends.
-const EXIT_CODE_WAIT: Duration = Duration::from_secs(10);
 /// How long one `ctr` call that streams nothing (a listing, a tag, a label) may take.
 const CTR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// An import may take this long, plus the time to stream the image at
@@ -917,7 +913,7 @@ async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8
         if read == 0 {
             break;
         }
-        keep_tail(&mut kept, &buffer[..read], limit);
+        engine::keep_tail(&mut kept, &buffer[..read], limit);
     }
     kept
 }
@@ -934,80 +930,27 @@ async fn exec(
     stdin: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<String, ContainerdError> {
     let command = command.to_owned();
-    let exec_error = |source| ContainerdError::Exec { node: node.to_string(), command: command.clone(), source };
-    let options = CreateExecOptions {
-        cmd: Some(args.to_vec()),
-        attach_stdin: Some(stdin.is_some()),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        ..Default::default()
-    };
-    let exec = docker.create_exec(container, options).await.map_err(exec_error)?;
-    let (mut output, mut input) = match docker.start_exec(&exec.id, None).await.map_err(exec_error)? {
-        StartExecResults::Attached { output, input } => (output, input),
-        StartExecResults::Detached => {
-            return Err(ContainerdError::CommandFailed {
+    let output = engine::exec(docker, container, args, stdin, (STDOUT_KEPT, STDERR_KEPT)).await.map_err(|error| {
+        match error {
+            engine::ExecError::Call(source) => ContainerdError::Exec { node: node.to_string(), command: command.clone(), source },
+            engine::ExecError::Detached => ContainerdError::CommandFailed {
                 node: node.to_string(),
-                command,
+                command: command.clone(),
                 exit_code: None,
                 stderr: "the engine detached the command instead of attaching to it".to_owned(),
-            })
+            },
         }
-    };
-    let feed = async move {
-        if let Some(mut rx) = stdin {
-            while let Some(chunk) = rx.recv().await {
-                input.write_all(&chunk).await?;
-            }
-        }
-        // Closing our side is the end of file the command reads.
-        input.shutdown().await
-    };
-    let read = async {
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(frame) = output.next().await {
-            match frame? {
-                LogOutput::StdOut { message } => keep_tail(&mut stdout, &message, STDOUT_KEPT),
-                LogOutput::StdErr { message } => keep_tail(&mut stderr, &message, STDERR_KEPT),
-                _ => {}
-            }
-        }
-        Ok::<_, bollard::errors::Error>((stdout, stderr))
-    };
-    let (fed, read) = tokio::join!(feed, read);
-    let (stdout, stderr) = read.map_err(exec_error)?;
-    let exit_code = exit_code(docker, &exec.id).await.map_err(exec_error)?;
-    if exit_code != Some(0) {
+    })?;
+    if output.exit_code != Some(0) {
         return Err(ContainerdError::CommandFailed {
             node: node.to_string(),
             command,
-            exit_code,
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit_code: output.exit_code,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
-    Ok(String::from_utf8_lossy(&stdout).into_owned())
-}
-
-/// The exit code once the engine reports the command finished.
-async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, bollard::errors::Error> {
-    let deadline = Instant::now() + EXIT_CODE_WAIT;
-    loop {
-        let inspect = docker.inspect_exec(exec_id).await?;
-        if inspect.running != Some(true) || Instant::now() >= deadline {
-            return Ok(inspect.exit_code);
-        }
-        // Usually done at the first look; a short step keeps a call's cost
-        // near the command's own.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn keep_tail(buffer: &mut Vec<u8>, more: &[u8], limit: usize) {
-    buffer.extend_from_slice(more);
-    if buffer.len() > limit {
-        buffer.drain(..buffer.len() - limit);
-    }
+    output.fed.map_err(|source| ContainerdError::Stdin { node: node.to_string(), command, source })?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl fmt::Display for Source {
@@ -1078,13 +1021,5 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
         // Listed, but never labelled by a load: its content is unknown.
         let postgres = ImageRef::borrowed("postgres:16").expect("ref");
         assert_eq!(need(&rows, &LoadImage { image: postgres, image_id: "sha256:cc33".to_owned() }), Need::Stream);
-    }
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut buffer = Vec::new();
-        keep_tail(&mut buffer, b"0123456789", 4);
-        keep_tail(&mut buffer, b"ab", 4);
-        assert_eq!(buffer, b"89ab");
     }
 }
