@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::ready::{self, Deadline, Look, Outcome};
 use crate::catalog::{DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::labels;
@@ -569,51 +570,19 @@ impl<'a> Prober<'a> {
         network: &str,
         started: Instant,
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
-        loop {
-            // The readiness timeout bounds the wait as a whole, engine calls
-            // included: a frozen engine must not stretch it.
-            let left = self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout.saturating_sub(started.elapsed()));
-            let inspecting = docker.inspect_container(id, None);
-            let inspected = engine::within(docker, left.max(MIN_POLL_CALL), "inspecting the container", inspecting)
-                .await
-                .map_err(|source| DockerError::Silent { component: self.component.to_owned(), source })?
-                .map_err(|source| DockerError::Container {
-                    component: self.component.to_owned(),
-                    container: self.container.to_owned(),
-                    operation: "inspecting",
-                    source,
-                })?;
-            let ports = published_ports(&inspected);
-            let seen = seen(&inspected, network);
-            let completes = matches!(self.ready.map(|r| &r.probe), Some(Probe::Completes));
-            match seen {
-                Seen::Exited(0) if completes => return Ok(ports),
-                Seen::Exited(exit_code) => {
-                    return Err(DockerError::Exited {
-                        component: self.component.to_owned(),
-                        container: self.container.to_owned(),
-                        exit_code,
-                        after: started.elapsed(),
-                        logs: last_logs(docker, id).await,
-                    })
-                }
-                Seen::Running(ip) => {
-                    let Some(ready) = self.ready else { return Ok(ports) };
-                    if self.attempt(docker, id, ip, &ready.probe).await {
-                        return Ok(ports);
-                    }
-                    if started.elapsed() >= ready.timeout {
-                        return Err(DockerError::NotReady {
-                            component: self.component.to_owned(),
-                            container: self.container.to_owned(),
-                            probe: describe(&ready.probe),
-                            timeout: ready.timeout,
-                            logs: last_logs(docker, id).await,
-                        });
-                    }
-                }
-            }
-            tokio::time::sleep(POLL).await;
+        // Without a probe, running is ready: the first look decides.
+        let deadline = Deadline::after(self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout));
+        let mut looking = ContainerWatch { prober: self, docker, id, network, started, looked: false };
+        match ready::until_ready(&mut looking, &deadline).await {
+            Outcome::Ready(ports) => Ok(ports),
+            Outcome::Failed(error) => Err(error),
+            Outcome::TimedOut => Err(DockerError::NotReady {
+                component: self.component.to_owned(),
+                container: self.container.to_owned(),
+                probe: self.ready.map_or_else(|| "running".to_owned(), |r| describe(&r.probe)),
+                timeout: deadline.timeout(),
+                logs: last_logs(docker, id).await,
+            }),
         }
     }
 
@@ -635,6 +604,62 @@ impl<'a> Prober<'a> {
                 logs.lines().any(|line| pattern.is_match(line))
             }
             Probe::Completes => false,
+        }
+    }
+}
+
+/// One container as [`ready::until_ready`] looks at it: its state, then
+/// its probe, every [`POLL`].
+struct ContainerWatch<'a> {
+    prober: &'a Prober<'a>,
+    docker: &'a Docker,
+    id: &'a str,
+    network: &'a str,
+    started: Instant,
+    looked: bool,
+}
+
+impl ready::Watch for ContainerWatch<'_> {
+    type Ready = BTreeMap<u16, SocketAddr>;
+    type Error = DockerError;
+
+    async fn look(&mut self, deadline: &Deadline) -> Look<Self::Ready, DockerError> {
+        if std::mem::replace(&mut self.looked, true) {
+            tokio::time::sleep(POLL).await;
+        }
+        let (prober, docker, id) = (self.prober, self.docker, self.id);
+        // The deadline bounds the engine calls too, so a frozen engine
+        // cannot stretch the wait; it is reported as such, not as a probe
+        // that never passed.
+        let inspecting = docker.inspect_container(id, None);
+        let inspected = match engine::within(docker, deadline.left().max(MIN_POLL_CALL), "inspecting the container", inspecting).await {
+            Err(source) => return Look::Failed(DockerError::Silent { component: prober.component.to_owned(), source }),
+            Ok(Err(source)) => {
+                return Look::Failed(DockerError::Container {
+                    component: prober.component.to_owned(),
+                    container: prober.container.to_owned(),
+                    operation: "inspecting",
+                    source,
+                })
+            }
+            Ok(Ok(inspected)) => inspected,
+        };
+        let ports = published_ports(&inspected);
+        let completes = matches!(prober.ready.map(|r| &r.probe), Some(Probe::Completes));
+        match seen(&inspected, self.network) {
+            Seen::Exited(0) if completes => Look::Ready(ports),
+            Seen::Exited(exit_code) => Look::Failed(DockerError::Exited {
+                component: prober.component.to_owned(),
+                container: prober.container.to_owned(),
+                exit_code,
+                after: self.started.elapsed(),
+                logs: last_logs(docker, id).await,
+            }),
+            Seen::Running(ip) => match prober.ready {
+                None => Look::Ready(ports),
+                Some(ready) if prober.attempt(docker, id, ip, &ready.probe).await => Look::Ready(ports),
+                Some(_) => Look::Waiting,
+            },
         }
     }
 }

@@ -27,6 +27,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
+use super::ready::Deadline;
 use crate::labels;
 use crate::plan::{Namespace, Plan};
 
@@ -327,7 +328,7 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
 /// ```
 pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Result<KubeStack, KubeError> {
     let rendered = render(plan)?;
-    let deadline = tokio::time::Instant::now() + options.timeout;
+    let deadline = Deadline::after(options.timeout);
     let namespace = plan.namespace().as_str();
     let shared: Vec<String> = rendered
         .iter()
@@ -364,12 +365,12 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
                 manifest.objects.iter().partition(|o| is_cluster_scoped(o));
             for object in cluster.into_iter().chain(namespaced) {
                 let object = with_image_ids(object, &options.image_ids);
-                objects.push(apply(&client, manifest, &object, namespace, deadline).await?);
+                objects.push(apply(&client, manifest, &object, namespace, deadline.at()).await?);
             }
             tracing::info!(component = %manifest.component, file = %manifest.file.display(), "applied");
         }
         let awaited = wait::workloads(manifests.iter().copied());
-        wait::until_ready(&client, namespace, awaited, deadline, options.timeout).await?;
+        wait::until_ready(&client, namespace, awaited, &deadline).await?;
         for name in &wave {
             tracing::info!(component = %name, %namespace, "ready");
         }

@@ -4,3 +4,4 @@
 
 pub mod docker;
 pub mod kube;
+pub(crate) mod ready;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -16,6 +15,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 
+use super::super::ready::{self, Deadline, Look, Outcome};
 use super::render::RenderedManifest;
 use super::KubeError;
 
@@ -145,16 +145,14 @@ impl Progress {
     }
 }
 
-/// Watches `namespace` until every workload is ready, or `deadline` (the
-/// end of the whole `timeout`) passes.
+/// Watches `namespace` until every workload is ready, or `deadline` passes.
 pub(super) async fn until_ready(
     client: &Client,
     namespace: &str,
     workloads: Vec<(WorkloadKind, String)>,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
+    deadline: &Deadline,
 ) -> Result<(), KubeError> {
-    let mut progress = Progress {
+    let progress = Progress {
         namespace: namespace.to_owned(),
         workloads: workloads.iter().map(|w| (w.clone(), (false, "not seen yet".to_owned()))).collect(),
         last_watch_error: None,
@@ -174,16 +172,72 @@ pub(super) async fn until_ready(
     if has(WorkloadKind::Job) {
         streams.push(watch(client, namespace).map_ok(|e| Seen::Job(Box::new(e))).boxed());
     }
-    let seen = futures::stream::select_all(streams);
-    match tokio::time::timeout_at(deadline, follow(client, seen, &mut progress)).await {
-        Ok(result) => result,
-        Err(_) => Err(KubeError::NotReady {
+    let mut looking = NamespaceWatch { client, seen: futures::stream::select_all(streams), progress };
+    match ready::until_ready(&mut looking, deadline).await {
+        Outcome::Ready(()) => Ok(()),
+        Outcome::Failed(error) => Err(error),
+        Outcome::TimedOut => Err(KubeError::NotReady {
             namespace: namespace.to_owned(),
-            timeout,
-            pending: progress.pending(),
+            timeout: deadline.timeout(),
+            pending: looking.progress.pending(),
             unready: unready_containers(client, namespace).await,
-            last_watch_error: progress.last_watch_error,
+            last_watch_error: looking.progress.last_watch_error,
         }),
+    }
+}
+
+/// A namespace as [`ready::until_ready`] looks at it: one watch event of its
+/// workloads or pods per look.
+struct NamespaceWatch<'a> {
+    client: &'a Client,
+    seen: futures::stream::SelectAll<BoxStream<'static, Result<Seen, watcher::Error>>>,
+    progress: Progress,
+}
+
+impl ready::Watch for NamespaceWatch<'_> {
+    type Ready = ();
+    type Error = KubeError;
+
+    async fn look(&mut self, deadline: &Deadline) -> Look<(), KubeError> {
+        let Ok(item) = tokio::time::timeout_at(deadline.at(), self.seen.next()).await else {
+            return Look::Waiting;
+        };
+        let (client, progress) = (self.client, &mut self.progress);
+        match item {
+            None => return Look::Failed(KubeError::WatchEnded { namespace: progress.namespace.clone() }),
+            // The watcher retries with a backoff; the error matters only if
+            // nothing becomes ready before the timeout.
+            Some(Err(error)) => progress.last_watch_error = Some(error.to_string()),
+            Some(Ok(Seen::Deployment(event))) => on_event(*event, progress, WorkloadKind::Deployment, deployment_progress),
+            Some(Ok(Seen::StatefulSet(event))) => {
+                on_event(*event, progress, WorkloadKind::StatefulSet, statefulset_progress)
+            }
+            Some(Ok(Seen::Job(event))) => {
+                if let Event::Apply(job) | Event::InitApply(job) = event.as_ref() {
+                    if let Some(message) = job_failure(job) {
+                        return Look::Failed(KubeError::JobFailed {
+                            namespace: progress.namespace.clone(),
+                            job: job.name_any(),
+                            message,
+                            logs: job_logs(client, &progress.namespace, &job.name_any()).await,
+                        });
+                    }
+                }
+                on_event(*event, progress, WorkloadKind::Job, job_progress);
+            }
+            Some(Ok(Seen::Pod(event))) => {
+                if let Event::Apply(pod) | Event::InitApply(pod) = event.as_ref() {
+                    if let Some(failure) = fatal_container(pod) {
+                        return Look::Failed(KubeError::PodFailed(Box::new(explain(client, pod, failure).await)));
+                    }
+                }
+            }
+        }
+        if progress.all_ready() {
+            Look::Ready(())
+        } else {
+            Look::Waiting
+        }
     }
 }
 
@@ -198,46 +252,6 @@ where
     K::DynamicType: Default,
 {
     watcher(Api::<K>::namespaced(client.clone(), namespace), watcher::Config::default()).default_backoff()
-}
-
-async fn follow(
-    client: &Client,
-    mut seen: futures::stream::SelectAll<BoxStream<'static, Result<Seen, watcher::Error>>>,
-    progress: &mut Progress,
-) -> Result<(), KubeError> {
-    while let Some(item) = seen.next().await {
-        match item {
-            // The watcher retries with a backoff; the error matters only if
-            // nothing becomes ready before the timeout.
-            Err(error) => progress.last_watch_error = Some(error.to_string()),
-            Ok(Seen::Deployment(event)) => on_event(*event, progress, WorkloadKind::Deployment, deployment_progress),
-            Ok(Seen::StatefulSet(event)) => on_event(*event, progress, WorkloadKind::StatefulSet, statefulset_progress),
-            Ok(Seen::Job(event)) => {
-                if let Event::Apply(job) | Event::InitApply(job) = event.as_ref() {
-                    if let Some(message) = job_failure(job) {
-                        return Err(KubeError::JobFailed {
-                            namespace: progress.namespace.clone(),
-                            job: job.name_any(),
-                            message,
-                            logs: job_logs(client, &progress.namespace, &job.name_any()).await,
-                        });
-                    }
-                }
-                on_event(*event, progress, WorkloadKind::Job, job_progress);
-            }
-            Ok(Seen::Pod(event)) => {
-                if let Event::Apply(pod) | Event::InitApply(pod) = event.as_ref() {
-                    if let Some(failure) = fatal_container(pod) {
-                        return Err(KubeError::PodFailed(Box::new(explain(client, pod, failure).await)));
-                    }
-                }
-            }
-        }
-        if progress.all_ready() {
-            return Ok(());
-        }
-    }
-    Err(KubeError::WatchEnded { namespace: progress.namespace.clone() })
 }
 
 fn on_event<K: ResourceExt>(
