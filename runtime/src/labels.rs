@@ -64,7 +64,7 @@ pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
 /// it, inherits its labels; with the membership keys ([`MANAGED_BY`],
 /// [`RUN`], [`CONSUMER`], [`COMPONENT`]) a stranger's container would count
 /// as part of a stack and be listed and removed with it.
-pub fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
+pub(crate) fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
     HashMap::from([
         (BUILT_BY_RUN.to_owned(), plan.run().as_str().to_owned()),
         (BUILT_BY_CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),

@@ -182,7 +182,7 @@ fn no_follow() -> OpenOptions {
 
 /// The state directory of one run and consumer.
 #[derive(Debug, Clone)]
-pub struct RunDir {
+pub(crate) struct RunDir {
     path: PathBuf,
 }
 
@@ -201,7 +201,7 @@ pub enum Found {
 
 /// What [`RunDir::claim`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The directory is this run's (or cannot be told apart from it).
     Ours,
     /// It was left by an earlier, finished use of the same run id and has
@@ -284,7 +284,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when the lock file cannot be opened or locked.
-    pub fn lock_setup(&self) -> Result<File, StateError> {
+    pub(crate) fn lock_setup(&self) -> Result<File, StateError> {
         let (file, path) = self.lock_file("setup.lock")?;
         file.lock().map_err(io_err("locking", &path))?;
         Ok(file)
@@ -305,7 +305,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when the lock file cannot be opened.
-    pub fn try_lock_reaper(&self) -> Result<Option<File>, StateError> {
+    pub(crate) fn try_lock_reaper(&self) -> Result<Option<File>, StateError> {
         let (file, path) = self.lock_file("reaper.lock")?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
@@ -325,7 +325,7 @@ impl RunDir {
     /// [`StateError::KeptByEarlierRun`] when the earlier use kept its stack:
     /// clearing the record would orphan it. [`StateError::Io`] when files
     /// cannot be read, removed or written.
-    pub fn claim(&self, launcher: Option<Launcher>, run_id: &str, consumer: &str) -> Result<Claim, StateError> {
+    pub(crate) fn claim(&self, launcher: Option<Launcher>, run_id: &str, consumer: &str) -> Result<Claim, StateError> {
         // Without a launcher (no /proc) nothing tells two uses apart.
         let Some(launcher) = launcher else { return Ok(Claim::Ours) };
         let mine = launcher.label();
@@ -384,7 +384,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when the marker cannot be written.
-    pub fn begin_attempt(&self) -> Result<(), StateError> {
+    pub(crate) fn begin_attempt(&self) -> Result<(), StateError> {
         self.write("attempt", &std::process::id().to_string())
     }
 
@@ -392,7 +392,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when it cannot be written.
-    pub fn record_ready(&self, record: &StackRecord) -> Result<(), StateError> {
+    pub(crate) fn record_ready(&self, record: &StackRecord) -> Result<(), StateError> {
         let json = serde_json::to_string_pretty(record)
             .map_err(|e| io_err("serializing", &self.path)(io::Error::other(e)))?;
         self.write("stack.json", &json)
@@ -402,7 +402,7 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when it cannot be written.
-    pub fn record_failure(&self, message: &str) -> Result<(), StateError> {
+    pub(crate) fn record_failure(&self, message: &str) -> Result<(), StateError> {
         self.write("error.txt", message)
     }
 
@@ -410,14 +410,14 @@ impl RunDir {
     ///
     /// # Errors
     /// [`StateError`] when it cannot be written.
-    pub fn record_failed_test(&self, test: &str) -> Result<(), StateError> {
+    pub(crate) fn record_failed_test(&self, test: &str) -> Result<(), StateError> {
         let path = self.file("failed");
         let mut file = no_follow().create(true).append(true).open(&path).map_err(io_err("opening", &path))?;
         writeln!(file, "{test}").map_err(io_err("writing", &path))
     }
 
     /// Names of the tests that failed, if any.
-    pub fn failed_tests(&self) -> Vec<String> {
+    pub(crate) fn failed_tests(&self) -> Vec<String> {
         self.read("failed").ok().flatten().map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
     }
 
@@ -430,7 +430,7 @@ impl RunDir {
     }
 
     /// Whether the stack was kept on purpose, as recorded here.
-    pub fn is_kept(&self) -> bool {
+    pub(crate) fn is_kept(&self) -> bool {
         self.exists("kept")
     }
 
@@ -438,7 +438,7 @@ impl RunDir {
     ///
     /// # Errors
     /// When it cannot be opened.
-    pub fn open_reaper_log(&self) -> io::Result<File> {
+    pub(crate) fn open_reaper_log(&self) -> io::Result<File> {
         no_follow().create(true).append(true).open(self.file("reaper.log"))
     }
 

@@ -70,7 +70,7 @@ pub(crate) struct File<'a> {
     pub(crate) stamp: Stamp,
 }
 
-/// What [`digests`] did.
+/// What `digests` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HashCounts {
     /// Files read and hashed.

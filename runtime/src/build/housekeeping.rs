@@ -107,7 +107,7 @@ pub fn keep_runs_from_env() -> usize {
 }
 
 /// Whether `tag` has the shape of a run tag: `<consumer>-<8 lowercase hex>`.
-pub fn is_run_tag(tag: &str) -> bool {
+pub(crate) fn is_run_tag(tag: &str) -> bool {
     if tag.starts_with(CACHE_TAG_PREFIX) {
         return false;
     }

@@ -2,7 +2,7 @@
 //! cluster that can run the plan's images).
 //!
 //! One namespace per run and consumer ([`Plan::namespace`]). The catalog's
-//! manifests are rendered with the plan's references ([`render`]), checked
+//! manifests are rendered with the plan's references (`render`), checked
 //! before any request (the preflight: every container image must be planned
 //! or a declared borrowed image), applied in dependency order with
 //! server-side apply, then watched until Deployments, StatefulSets and Jobs
@@ -31,7 +31,8 @@ use super::ready::Deadline;
 use crate::labels;
 use crate::plan::{Namespace, Plan};
 
-pub use render::{label_value, render, user_label, ImageProblem, RenderedManifest, USER_LABEL_PREFIX};
+pub use render::{label_value, user_label, ImageProblem, USER_LABEL_PREFIX};
+pub(crate) use render::{render, RenderedManifest};
 pub use wait::PodFailure;
 
 /// The field manager of every server-side apply.
@@ -531,7 +532,7 @@ pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(
 #[derive(Debug, Clone, PartialEq, Eq)]
 // Fields named for what they hold carry no doc of their own.
 #[allow(missing_docs)]
-pub struct RunNamespace {
+pub(crate) struct RunNamespace {
     /// The namespace.
     pub name: String,
     /// The run identity.
@@ -554,7 +555,7 @@ pub struct RunNamespace {
 ///
 /// # Errors
 /// [`KubeError::ListNamespaces`] when the cluster refuses.
-pub async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeError> {
+pub(crate) async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeError> {
     let api: Api<KubeNamespace> = Api::all(client);
     let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
     let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|source| KubeError::ListNamespaces { source })?;

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 /// The containerd image label mapping the engine's names of the image's layer
 /// entries to the layers' diff ids: `<name>:<diff id>` pairs joined by `+`,
-/// each shortened to [`SHORT`] hex digits.
+/// each shortened to 16 hex digits.
 pub const LAYERS_LABEL: &str = "io.e2e-infra.layers";
 /// Hex digits kept of names and digests in [`LAYERS_LABEL`].
 const SHORT: usize = 16;
@@ -80,17 +80,17 @@ fn short_name(path: &str) -> String {
 }
 
 /// The start of a digest's hex, as [`LAYERS_LABEL`] keeps it.
-pub fn short_digest(digest: &str) -> String {
+pub(crate) fn short_digest(digest: &str) -> String {
     digest.trim_start_matches("sha256:").chars().take(SHORT).collect()
 }
 
 /// What labels on a node's images say: entry names to short diff ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LayerMap(BTreeMap<String, String>);
+pub(crate) struct LayerMap(BTreeMap<String, String>);
 
 impl LayerMap {
     /// Adds the pairs of one [`LAYERS_LABEL`] value; malformed pairs are ignored.
-    pub fn add_label(&mut self, value: &str) {
+    pub(crate) fn add_label(&mut self, value: &str) {
         for pair in value.split('+') {
             if let Some((name, digest)) = pair.split_once(':') {
                 self.0.insert(name.to_owned(), digest.to_owned());
@@ -112,7 +112,7 @@ impl LayerMap {
 
     /// The pairs naming one of `layers` (full diff ids): what is known of
     /// an image's entries without exporting it.
-    pub fn of_layers(&self, layers: &[String]) -> Self {
+    pub(crate) fn of_layers(&self, layers: &[String]) -> Self {
         let wanted: BTreeSet<String> = layers.iter().map(|d| short_digest(d)).collect();
         Self(
             self.0.iter().filter(|(_, digest)| wanted.contains(*digest)).map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -122,7 +122,7 @@ impl LayerMap {
     /// The entries a node can be spared: named here, with a diff id that is
     /// one of `layers` (the image's, full digests) and whose start is in
     /// `held` (the node's blobs, shortened).
-    pub fn held_entries(&self, layers: &[String], held: &BTreeSet<String>) -> BTreeMap<String, String> {
+    pub(crate) fn held_entries(&self, layers: &[String], held: &BTreeSet<String>) -> BTreeMap<String, String> {
         let wanted: BTreeSet<String> = layers.iter().map(|d| short_digest(d)).collect();
         self.0
             .iter()
@@ -155,7 +155,7 @@ impl Target {
 
 /// What a split found out about the image.
 #[derive(Debug)]
-pub struct Split {
+pub(crate) struct Split {
     /// Its layer map, for the node's label.
     pub layers: LayerMap,
     /// Its diff ids, bottom first.
@@ -310,7 +310,7 @@ pub(super) struct ImageConfig {
 /// [`ArchiveError`] for a failing export, an archive that is not a
 /// docker-format archive of `image_id`, or a node whose layer label
 /// disagrees with the export.
-pub async fn split<S>(source: S, reference: &str, image_id: &str, targets: &mut [Target]) -> Result<Split, ArchiveError>
+pub(crate) async fn split<S>(source: S, reference: &str, image_id: &str, targets: &mut [Target]) -> Result<Split, ArchiveError>
 where
     S: Stream<Item = Result<Bytes, bollard::errors::Error>>,
 {

@@ -18,7 +18,7 @@
 //! says which.
 //!
 //! Each node gets only the layers its content store lacks (see
-//! [`archive`](super::archive) and [`store`](super::store)): a rebuild that
+//! [`archive`] and [`store`](super::store)): a rebuild that
 //! changed the top layer sends that layer, the config and a manifest, not
 //! the layers below. A node is
 //! skipped altogether when its containerd already holds the plan's reference

@@ -125,7 +125,7 @@ pub struct Store {
 
 /// One layer of an image in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredLayer {
+pub(crate) struct StoredLayer {
     /// Its diff id: the sha256 of its uncompressed tar.
     pub diff_id: String,
     /// The size of that tar.
@@ -139,7 +139,7 @@ pub struct StoredLayer {
 /// An image in the store, with everything an archive of it needs but the
 /// layers' contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredImage {
+pub(crate) struct StoredImage {
     /// The engine's image id.
     pub image_id: String,
     /// The config, whose sha256 is the image id.
@@ -150,7 +150,7 @@ pub struct StoredImage {
 
 impl StoredImage {
     /// The layers' diff ids, bottom first.
-    pub fn diff_ids(&self) -> Vec<String> {
+    pub(crate) fn diff_ids(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.diff_id.clone()).collect()
     }
 }
@@ -225,7 +225,7 @@ impl Store {
     /// [`StoreError::Read`] for a file that is missing or unreadable,
     /// [`StoreError::Format`] for one that does not say what it should (a
     /// config whose digest is not the image id, say).
-    pub async fn image(&self, image_id: &str) -> Result<StoredImage, StoreError> {
+    pub(crate) async fn image(&self, image_id: &str) -> Result<StoredImage, StoreError> {
         let store = self.clone();
         let id = image_id.to_owned();
         tokio::task::spawn_blocking(move || store.read_image(&id))
@@ -501,7 +501,7 @@ fn crc64_of(mut reader: impl Read) -> io::Result<u64> {
 /// # Errors
 /// [`StoreError`] when a layer's file cannot be read or its digest is not
 /// its diff id; the targets' archives are then cut short.
-pub async fn send(image: &StoredImage, reference: &str, targets: &mut [Target]) -> Result<(), StoreError> {
+pub(crate) async fn send(image: &StoredImage, reference: &str, targets: &mut [Target]) -> Result<(), StoreError> {
     let wanted: Vec<StoredLayer> = image
         .layers
         .iter()

@@ -84,7 +84,7 @@ impl Launcher {
     /// Whether its pid runs with its start time in this process's PID
     /// namespace. Only for a process known to share that namespace, such as
     /// the teardown process its run started.
-    pub fn runs_in_this_namespace(&self) -> bool {
+    pub(crate) fn runs_in_this_namespace(&self) -> bool {
         start_ticks(self.pid) == Some(self.start_ticks)
     }
 

@@ -204,7 +204,7 @@ impl Plan {
     }
 
     /// Replaces every component's readiness timeout.
-    pub fn set_ready_timeout(&mut self, timeout: std::time::Duration) {
+    pub(crate) fn set_ready_timeout(&mut self, timeout: std::time::Duration) {
         for component in &mut self.components {
             if let Some(ready) = component.spec.docker.as_mut().and_then(|d| d.ready.as_mut()) {
                 ready.timeout = timeout;

@@ -15,7 +15,7 @@ use crate::{engine, labels};
 
 /// Collects from the engine a stack runs on.
 #[derive(Debug)]
-pub struct Collector {
+pub(crate) struct Collector {
     engine: Result<Docker, String>,
 }
 
@@ -30,11 +30,6 @@ impl Collector {
             }
         };
         Self { engine: bounded_call("connecting to the container engine", connecting).await }
-    }
-
-    /// Collects from an engine already connected.
-    pub fn with(docker: Docker) -> Self {
-        Self { engine: Ok(docker) }
     }
 }
 

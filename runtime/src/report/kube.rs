@@ -23,7 +23,7 @@ use crate::load::kind;
 use crate::plan::Namespace;
 
 /// Collects from the cluster a stack runs on.
-pub struct Collector {
+pub(crate) struct Collector {
     client: Result<Client, String>,
     target: KubeTarget,
 }

@@ -178,7 +178,7 @@ fn path_name(name: &str) -> String {
 /// A report folder being written. Files that cannot be had are noted, not
 /// fatal: the summary lists them.
 #[derive(Debug)]
-pub struct Folder {
+pub(crate) struct Folder {
     path: PathBuf,
     problems: Mutex<Vec<String>>,
     failed_write: Mutex<Option<ReportError>>,
@@ -197,11 +197,6 @@ impl Folder {
         Ok(Self { path, problems: Mutex::default(), failed_write: Mutex::default() })
     }
 
-    /// The folder.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Writes `content` to `relative` (parents created).
     pub fn write(&self, relative: &str, content: &[u8]) {
         let path = self.path.join(relative);
@@ -216,12 +211,12 @@ impl Folder {
     }
 
     /// Writes a log, keeping its last [`LOG_LIMIT`] bytes behind a marker.
-    pub fn write_log(&self, relative: &str, log: &[u8]) {
+    pub(crate) fn write_log(&self, relative: &str, log: &[u8]) {
         self.write(relative, &bounded(log, LOG_LIMIT));
     }
 
     /// Notes something that could not be collected.
-    pub fn problem(&self, text: String) {
+    pub(crate) fn problem(&self, text: String) {
         self.problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(text);
     }
 
@@ -272,7 +267,7 @@ pub(crate) fn append_bounded(log: &mut Vec<u8>, chunk: &[u8]) {
 }
 
 /// One backend's view of a stack: what it writes into a report.
-pub trait Collect {
+pub(crate) trait Collect {
     /// Writes each component's logs and state into `folder` under
     /// `components/<component>/`, and the backend's own files. Calls are
     /// bounded by [`CALL_LIMIT`]; what cannot be had goes to
@@ -285,7 +280,7 @@ pub trait Collect {
 /// # Errors
 /// [`ReportError`] when the folder or one of its files cannot be written;
 /// what cannot be collected is listed in its `summary.txt` instead.
-pub async fn write(dir: PathBuf, evidence: &Evidence, collector: &impl Collect) -> Result<PathBuf, ReportError> {
+pub(crate) async fn write(dir: PathBuf, evidence: &Evidence, collector: &impl Collect) -> Result<PathBuf, ReportError> {
     let folder = Folder::create(dir)?;
     match &evidence.plan {
         Some(plan) => folder.write("plan.json", serde_json::to_string_pretty(plan).unwrap_or_default().as_bytes()),

@@ -94,7 +94,7 @@ struct Timings {
 ///
 /// # Errors
 /// [`StackError::Engine`] when it does not answer.
-pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker, StackError> {
+pub(crate) async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker, StackError> {
     Ok(match placement {
         Some(Placement::Docker { docker_host: Some(host), .. }) => engine::connect_to(host).await?,
         _ => engine::connect().await?,
@@ -105,7 +105,7 @@ pub async fn engine_of(placement: Option<&Placement>) -> Result<bollard::Docker,
 ///
 /// # Errors
 /// [`StackError`] from the first stage that fails. On Kubernetes, the
-/// manifests are rendered and checked ([`kube_backend::render`]) before the
+/// manifests are rendered and checked (`deploy::kube`) before the
 /// build: a manifest the preflight refuses costs no build and no load.
 pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, StackError> {
     up_reporting(plan, options, None).await

@@ -114,7 +114,7 @@ impl RunStack {
 
     /// Whether `clean` with `scope` removes this run, judged as `liveness`
     /// at `now` (seconds since the Unix epoch).
-    pub fn removable(&self, liveness: Liveness, scope: Scope, now: i64) -> bool {
+    pub(crate) fn removable(&self, liveness: Liveness, scope: Scope, now: i64) -> bool {
         if self.reused {
             return scope.reused;
         }
@@ -193,7 +193,7 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 
 /// Every run and consumer that owns containers, networks or a kept marker
 /// on the engine. Label values are only compared and shown here; a value
-/// that is not a safe name never reaches a path (see [`RunDir::existing`]).
+/// that is not a safe name never reaches a path.
 ///
 /// # Errors
 /// [`StackError::Docker`] when the engine cannot list them.

@@ -59,7 +59,7 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 // Fields named for what they hold carry no doc of their own.
 #[allow(missing_docs)]
-pub struct RenderedManifest {
+pub(crate) struct RenderedManifest {
     /// The component whose catalog entry lists it.
     pub component: String,
     pub file: PathBuf,
@@ -133,7 +133,7 @@ pub fn user_label(namespace: &Namespace) -> String {
 /// object, is neither planned nor a declared borrowed image (a hard-coded or
 /// stale tag, an unknown `${image:...}`), listing every such image and the
 /// planned references.
-pub fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
+pub(crate) fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
     let parsed = parse_manifests(plan)?;
     // A custom resource's scope is known only from its definition, which may
     // come from any component's manifests, including a later one.
