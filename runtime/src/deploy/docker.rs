@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    CreateContainerOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -814,10 +814,7 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         move |source| DockerError::List { what, filters, source }
     };
     let mut removed = Removed::default();
-    let containers = docker
-        .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build()))
-        .await
-        .map_err(list_error("containers"))?;
+    let containers = engine::labelled_containers(docker, &labels).await.map_err(list_error("containers"))?;
     for container in containers {
         let Some(id) = container.id.clone() else { continue };
         let name = engine::container_name(&container, &id);

@@ -128,6 +128,20 @@ fn ctr_installed() -> bool {
     })
 }
 
+/// A node and the way this process reaches it, found once per operation
+/// on the node rather than before every command.
+struct Reached<'a> {
+    docker: &'a Docker,
+    node: &'a Node,
+    route: Route,
+}
+
+impl<'a> Reached<'a> {
+    async fn new(docker: &'a Docker, node: &'a Node) -> Self {
+        Self { docker, node, route: route(docker, node).await }
+    }
+}
+
 /// The tag a run's image keeps on a node after the run: the content stays
 /// for the next run (tagged, not streamed), no reference of the run does.
 pub const CACHE_TAG: &str = "e2e-infra-cache";
@@ -421,12 +435,13 @@ pub async fn load_from(
     for node in nodes {
         check_reachable(node).await?;
     }
+    let reached = futures::future::join_all(nodes.iter().map(|node| Reached::new(docker, node))).await;
     // Every image is checked on the engine before any node is touched.
     let engine_images =
         futures::future::try_join_all(images.iter().map(|wanted| check_engine_image(docker, wanted))).await?;
-    let listings = futures::future::try_join_all(nodes.iter().map(|node| async move {
+    let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
         let started = Instant::now();
-        list_images(docker, node).await.map(|rows| (rows, started.elapsed()))
+        list_images(node).await.map(|rows| (rows, started.elapsed()))
     }))
     .await?;
     tracing::debug!(elapsed = ?started.elapsed(), "engine images checked and nodes listed");
@@ -464,10 +479,11 @@ pub async fn load_from(
     }
     // `ctr images tag` copies the source's labels: the image id and layer
     // map come along, so a tagged image needs no labelling.
+    let reached = &reached;
     let tagged = futures::future::try_join_all(tags.into_iter().map(|(n, wanted, source, checked_in)| async move {
         let started = Instant::now();
         let reference = wanted.image.to_string();
-        ctr(docker, &nodes[n], &["images", "tag", "--force", source, &reference]).await?;
+        ctr(&reached[n], &["images", "tag", "--force", source, &reference]).await?;
         Ok::<_, ContainerdError>(NodeOutcome {
             node: nodes[n].name(),
             image: wanted.image.clone(),
@@ -492,7 +508,7 @@ pub async fn load_from(
             continue;
         }
         let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
-        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(docker, &nodes[n]))).await?;
+        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(&reached[n]))).await?;
         held.extend(unlisted.into_iter().zip(listed));
         let stored = match &store {
             Some(Ok(store)) => store.image(&wanted.image_id).await.map_err(|why| error_chain(&why).replace('\n', " ")),
@@ -507,7 +523,7 @@ pub async fn load_from(
             }
         };
         let no_blobs = BTreeSet::new();
-        let shares: Vec<(&Node, BTreeMap<String, String>)> = targets
+        let shares: Vec<(&Reached, BTreeMap<String, String>)> = targets
             .iter()
             .map(|n| {
                 let blobs = held.get(n).unwrap_or(&no_blobs);
@@ -515,7 +531,7 @@ pub async fn load_from(
                     Feed::Store(image) => held_layers(image, blobs),
                     Feed::Export => known.held_entries(&engine_image.layers, blobs),
                 };
-                (&nodes[*n], spared)
+                (&reached[*n], spared)
             })
             .collect();
         let (diff_ids, exported, streamed) = stream_into(docker, wanted, engine_image.size, shares, &feed).await?;
@@ -541,13 +557,13 @@ pub async fn load_from(
     // the first listing showed every image skipped, with its id, and the
     // reference of every image tagged; `ctr images tag` exiting 0 made the
     // new reference, with the target and labels of that one.
-    futures::future::try_join_all(nodes.iter().enumerate().filter_map(|(n, node)| {
+    futures::future::try_join_all(reached.iter().enumerate().filter_map(|(n, node)| {
         let to_label: Vec<(&LoadImage, &[String])> = images
             .iter()
             .enumerate()
             .filter_map(|(i, wanted)| labels.get(&(n, i)).map(|l| (wanted, l.as_slice())))
             .collect();
-        (!to_label.is_empty()).then(|| label_and_verify(docker, node, images, to_label))
+        (!to_label.is_empty()).then(|| label_and_verify(node, images, to_label))
     }))
     .await?;
     tracing::debug!(elapsed = ?started.elapsed(), "labelled and verified");
@@ -568,7 +584,7 @@ fn loaded_labels(wanted: &LoadImage, layers: Option<String>) -> Vec<String> {
 /// [`ContainerdError::Exec`] or [`ContainerdError::CommandFailed`] when
 /// `ctr` cannot list them (containerd not answering yet, for instance).
 pub async fn node_images(docker: &Docker, node: &Node) -> Result<Vec<String>, ContainerdError> {
-    Ok(list_images(docker, node).await?.into_iter().map(|row| row.name).collect())
+    Ok(list_images(&Reached::new(docker, node).await).await?.into_iter().map(|row| row.name).collect())
 }
 
 /// Removes every reference of the run whose tag is `tag` from `node`, and
@@ -582,18 +598,19 @@ pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Ve
     check_reachable(node).await?;
     let suffix = format!(":{tag}");
     let mut removed = Vec::new();
-    for row in list_images(docker, node).await? {
+    let reached = Reached::new(docker, node).await;
+    for row in list_images(&reached).await? {
         let Some(repository) = row.name.strip_suffix(&suffix) else {
             continue;
         };
         if let Some(image_id) = row.labels.get(IMAGE_ID_LABEL) {
             let cache = format!("{repository}:{CACHE_TAG}");
-            ctr(docker, node, &["images", "tag", "--force", &row.name, &cache]).await?;
+            ctr(&reached, &["images", "tag", "--force", &row.name, &cache]).await?;
             let mut args = vec!["images".to_owned(), "label".to_owned(), cache, format!("{IMAGE_ID_LABEL}={image_id}")];
             args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
-            ctr(docker, node, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            ctr(&reached, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         }
-        ctr(docker, node, &["images", "rm", &row.name]).await?;
+        ctr(&reached, &["images", "rm", &row.name]).await?;
         removed.push(row.name);
     }
     Ok(removed)
@@ -703,13 +720,13 @@ fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
     rows.iter().any(|row| wanted.image.matches(&row.name) && row.labels.get(IMAGE_ID_LABEL) == Some(&wanted.image_id))
 }
 
-async fn list_images(docker: &Docker, node: &Node) -> Result<Vec<Listed>, ContainerdError> {
-    Ok(parse_listing(&ctr(docker, node, &["images", "ls"]).await?))
+async fn list_images(node: &Reached<'_>) -> Result<Vec<Listed>, ContainerdError> {
+    Ok(parse_listing(&ctr(node, &["images", "ls"]).await?))
 }
 
 /// The blobs in `node`'s content store, as short digests.
-async fn list_content(docker: &Docker, node: &Node) -> Result<BTreeSet<String>, ContainerdError> {
-    let stdout = ctr(docker, node, &["content", "ls", "--quiet"]).await?;
+async fn list_content(node: &Reached<'_>) -> Result<BTreeSet<String>, ContainerdError> {
+    let stdout = ctr(node, &["content", "ls", "--quiet"]).await?;
     Ok(stdout.lines().map(str::trim).filter(|l| !l.is_empty()).map(archive::short_digest).collect())
 }
 
@@ -742,7 +759,7 @@ async fn stream_into(
     docker: &Docker,
     wanted: &LoadImage,
     size: u64,
-    shares: Vec<(&Node, BTreeMap<String, String>)>,
+    shares: Vec<(&Reached<'_>, BTreeMap<String, String>)>,
     feed: &Feed,
 ) -> Result<(Vec<String>, Option<LayerMap>, Vec<(Duration, u64)>), ContainerdError> {
     let started = Instant::now();
@@ -757,7 +774,7 @@ async fn stream_into(
         imports.push(async move {
             let input = Input { chunks: rx, image: reference };
             let imported =
-                run(docker, node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
+                run(node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
             (imported, started.elapsed())
         });
     }
@@ -791,16 +808,15 @@ async fn stream_into(
 /// Gives the references loaded or tagged on `node` their labels, then checks
 /// that the node lists every reference.
 async fn label_and_verify(
-    docker: &Docker,
-    node: &Node,
+    reached: &Reached<'_>,
     images: &[LoadImage],
     to_label: Vec<(&LoadImage, &[String])>,
 ) -> Result<(), ContainerdError> {
-    let rows = list_images(docker, node).await?;
+    let rows = list_images(reached).await?;
     for wanted in images {
         let Some(row) = rows.iter().find(|row| wanted.image.matches(&row.name)) else {
             return Err(ContainerdError::Missing {
-                node: node.to_string(),
+                node: reached.node.to_string(),
                 image: wanted.image.clone(),
                 found: rows.iter().map(|r| r.name.clone()).collect(),
             });
@@ -808,7 +824,7 @@ async fn label_and_verify(
         if let Some((_, labels)) = to_label.iter().find(|(w, _)| *w == wanted) {
             let args: Vec<&str> =
                 ["images", "label", row.name.as_str()].into_iter().chain(labels.iter().map(String::as_str)).collect();
-            ctr(docker, node, &args).await?;
+            ctr(reached, &args).await?;
         }
     }
     Ok(())
@@ -823,16 +839,15 @@ struct Input<'i> {
 
 /// Runs `ctr --namespace=k8s.io <args>` against `node`, within
 /// [`CTR_CALL_TIMEOUT`], and returns its standard output.
-async fn ctr(docker: &Docker, node: &Node, args: &[&str]) -> Result<String, ContainerdError> {
-    run(docker, node, args, None, CTR_CALL_TIMEOUT).await
+async fn ctr(node: &Reached<'_>, args: &[&str]) -> Result<String, ContainerdError> {
+    run(node, args, None, CTR_CALL_TIMEOUT).await
 }
 
 /// Runs `ctr --namespace=k8s.io <args>` against `node`, feeding it `input`
 /// if given, and returns its standard output; fails when it takes longer
 /// than `limit`.
 async fn run(
-    docker: &Docker,
-    node: &Node,
+    reached: &Reached<'_>,
     args: &[&str],
     input: Option<Input<'_>>,
     limit: Duration,
@@ -842,12 +857,13 @@ async fn run(
         command.push_str(&format!(" < {}", input.image));
     }
     let stdin = input.map(|i| i.chunks);
+    let node = reached.node;
     let running = async {
-        match route(docker, node).await {
-            Route::Socket(path) => local_ctr(node, &path, args, &command, stdin).await,
+        match &reached.route {
+            Route::Socket(path) => local_ctr(node, path, args, &command, stdin).await,
             Route::Exec => {
                 let argv: Vec<&str> = ["ctr", NAMESPACE_ARG].into_iter().chain(args.iter().copied()).collect();
-                exec(docker, node, &node.name(), &argv, &command, stdin).await
+                exec(reached.docker, node, &node.name(), &argv, &command, stdin).await
             }
         }
     };
