@@ -1,6 +1,5 @@
 //! `e2e-infra up`, `status`, `down` and `clean` against the real engine.
 
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -8,25 +7,9 @@ use e2e_infra::plan::{Launcher, RunId};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{Catalog, Delivery, Plan};
 
-const CATALOG: &str = r#"
-[components.web]
-build = { context = "ctx", dockerfile = "web.Dockerfile" }
-[components.web.docker]
-ports = [8080]
-command = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"]
-ready = { tcp = 8080, timeout = "30s" }
-"#;
+mod common;
 
-fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir(dir.path().join("ctx")).expect("ctx");
-    std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox")).expect("busybox: install busybox-static");
-    std::fs::write(dir.path().join("web.Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("dockerfile");
-    std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("catalog");
-    // The state root must be private to its user.
-    std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state");
-    dir
-}
+use common::project;
 
 fn cli(dir: &Path, args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))

@@ -23,14 +23,7 @@ use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::stack::teardown::{self, Liveness, Scope};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
 
-const CATALOG: &str = r#"
-[components.web]
-build = { context = "ctx", dockerfile = "web.Dockerfile" }
-[components.web.docker]
-ports = [8080]
-command = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"]
-ready = { tcp = 8080, timeout = "30s" }
-"#;
+mod common;
 
 /// A project with one busybox component and a private state root.
 struct Project {
@@ -39,13 +32,7 @@ struct Project {
 
 impl Project {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("ctx")).expect("ctx");
-        std::fs::copy("/bin/busybox", dir.path().join("ctx/busybox")).expect("busybox: install busybox-static");
-        std::fs::write(dir.path().join("web.Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("dockerfile");
-        std::fs::write(dir.path().join("e2e-infra.toml"), CATALOG).expect("catalog");
-        std::fs::DirBuilder::new().mode(0o700).create(dir.path().join("state")).expect("state");
-        Self { dir }
+        Self { dir: common::project() }
     }
 
     fn path(&self) -> &Path {
