@@ -49,12 +49,6 @@ impl RunKey {
     }
 }
 
-impl std::fmt::Display for RunKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the `{}` stack of run {}", self.consumer, self.run)
-    }
-}
-
 /// Where a stack runs, as recorded for the processes that attach to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
