@@ -7,6 +7,7 @@
 #   scripts/engine.sh --all      Docker engine, Podman API, loopback registry,
 #                                the static busybox the test images use, and
 #                                Docker 29 (below) when it is at hand
+#   scripts/engine.sh --current  Docker 29 only (both store modes)
 #
 # Everything this script starts lives in E2E_INFRA_ENGINE_DIR (default
 # /tmp/e2e-infra-engines). With --all, Docker 29.7.2 on containerd 2.3.4 from
@@ -16,18 +17,15 @@
 #   DIR/docker29-classic/docker.sock   classic overlay2 store (an upgraded one)
 # Point DOCKER_HOST at unix://<socket> to use one (docs/engines.md).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+source "$(dirname "$0")/kits.sh"
 
-want_all=false
-[[ "${1:-}" == "--all" ]] && want_all=true
+want=${1:-docker}
+case "$want" in docker | --all | --current) ;; *) echo "usage: scripts/engine.sh [--all | --current]" >&2; exit 2 ;; esac
 
-state_dir=${E2E_INFRA_ENGINE_DIR:-/tmp/e2e-infra-engines}
+state_dir=$engines_dir
 mkdir -p "$state_dir"
 
 die() { echo "engine.sh: $*" >&2; exit 1; }
-
-# Whether an engine API (Docker or Podman) answers on the Unix socket $1.
-answers() { curl -sf --unix-socket "$1" http://d/_ping >/dev/null 2>&1; }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
@@ -101,17 +99,6 @@ YML
     || die "the registry did not answer within 30 s; see $state_dir/registry.log"
 }
 
-engine_current() {
-  local candidate
-  for candidate in "${ENGINE_CURRENT:-}" "$root/../shared/engine-current"; do
-    if [[ -n "$candidate" && -x "$candidate/engine.sh" ]]; then
-      (cd "$candidate" && pwd)
-      return 0
-    fi
-  done
-  return 1
-}
-
 # ensure_current NAME MODE [VAR=VALUE...]: Docker 29 in $state_dir/NAME, in
 # store MODE, with engine-current's settings VAR=VALUE (its own bridge and
 # address pool, so that two of them run side by side).
@@ -119,33 +106,38 @@ ensure_current() {
   local name=$1 mode=$2 ec; shift 2
   local dir=$state_dir/$name
   if answers "$dir/docker.sock"; then return 0; fi
-  ec=$(engine_current) || return 0
+  ec=$(kit engine-current "${ENGINE_CURRENT:-}" engine.sh) || return 0
   echo "engine.sh: starting Docker 29 ($mode) on unix://$dir/docker.sock (logs: $dir/logs)"
   env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
     || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
 }
 
 ensure_current_engines() {
-  if ! engine_current >/dev/null; then
+  if ! kit engine-current "${ENGINE_CURRENT:-}" engine.sh >/dev/null; then
     echo "engine.sh: no engine-current (set ENGINE_CURRENT or put it at ../shared/engine-current): Docker 29 is not started"
     return 0
   fi
   ensure_current docker29 containerd-store
   ensure_current docker29-classic classic \
     ENGINE_BRIDGE=e2ecur1 ENGINE_BRIDGE_IP=172.31.251.1/24 ENGINE_POOL=10.230.0.0/16
+  local name
+  for name in docker29 docker29-classic; do
+    if answers "$state_dir/$name/docker.sock"; then
+      echo "engine.sh: ready ($name: DOCKER_HOST=$(current_host "$name"))"
+    fi
+  done
 }
 
 command -v curl >/dev/null || apt_install curl
+if [[ "$want" == --current ]]; then
+  ensure_current_engines
+  exit 0
+fi
 ensure_docker
-if $want_all; then
+if [[ "$want" == --all ]]; then
   ensure_tools
   ensure_podman
   ensure_registry
-  ensure_current_engines
 fi
 echo "engine.sh: ready (docker: $(docker info --format '{{.ServerVersion}}'))"
-if $want_all; then
-  for name in docker29 docker29-classic; do
-    if answers "$state_dir/$name/docker.sock"; then echo "engine.sh: ready ($name: DOCKER_HOST=unix://$state_dir/$name/docker.sock)"; fi
-  done
-fi
+if [[ "$want" == --all ]]; then ensure_current_engines; fi
