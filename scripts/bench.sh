@@ -4,6 +4,14 @@
 #
 #   scripts/bench.sh --only 1,2 --reps 5 --load-mb 500
 #
+# The load and warm benchmarks (1, 2, 4, 7) run on every engine at hand,
+# each against `docker save | ctr import` on that same engine, and their
+# tables hold one row per engine: the system engine (DOCKER_HOST, else the
+# default socket) and Docker 29 on its containerd image store (engine-current,
+# which scripts/engine.sh --all starts). E2E_BENCH_ENGINES overrides the
+# list (DOCKER_HOST addresses separated by commas; `default` is the system
+# engine). The other benchmarks run on the system engine.
+#
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
 # makes sure of both), cargo-nextest for benchmark 5, and a cluster for
 # benchmark 6: KUBECONFIG (and E2E_KUBE_CONTEXT) if set, else kube-local,
@@ -12,11 +20,12 @@
 # E2E_CONTAINERD_SOCKET is set (cluster.sh prints all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/kits.sh
 
 scripts/engine.sh --all >/dev/null
 if [[ -n "${KUBECONFIG:-}" ]]; then
   echo "bench.sh: using the cluster of KUBECONFIG=$KUBECONFIG${E2E_CONTAINERD_SOCKET:+, node containerd $E2E_CONTAINERD_SOCKET}" >&2
-elif bash scripts/cluster.sh available x; then
+elif bash scripts/cluster.sh available; then
   dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
   trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
   eval "$(bash scripts/cluster.sh start "$dir")"
@@ -24,4 +33,8 @@ fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in
 # the same target directory.
-"${CARGO_TARGET_DIR:-target}/debug/e2e-infra-bench" "$@"
+engines=${E2E_BENCH_ENGINES:-default}
+if [[ -z "${E2E_BENCH_ENGINES:-}" ]] && answers "$engines_dir/docker29/docker.sock"; then
+  engines+=",$(current_host docker29)"
+fi
+"${CARGO_TARGET_DIR:-target}/debug/e2e-infra-bench" --engines "$engines" "$@"

@@ -14,7 +14,7 @@
 #   scripts/cluster.sh available [current]
 #       whether kube-local (and, with `current`, engine-current) is at hand
 #
-# kube-local is looked for in $KUBE_LOCAL, engine-current in $ENGINE_CURRENT,
+# kube-local is looked for in $KUBE_LOCAL, engine-current in $E2E_ENGINE_CURRENT,
 # else next to the checkout (../shared/NAME). Ports are fixed: one cluster
 # per machine. Each containerd gets its own folders, DIR/<containerd>/cluster
 # and DIR/<containerd>/node.
@@ -32,8 +32,8 @@ containerd_dir() {
   case "$1" in
     debian) echo ;;
     current)
-      ec=$(kit engine-current "${ENGINE_CURRENT:-}" engine.sh) \
-        || die "no engine-current for a node on containerd 2 (set ENGINE_CURRENT or put it at ../shared/engine-current)"
+      ec=$(kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh) \
+        || die "no engine-current for a node on containerd 2 (set E2E_ENGINE_CURRENT or put it at ../shared/engine-current)"
       "$ec/engine.sh" bin ;;
     *) die "the node's containerd is debian or current, not '$1'" ;;
   esac
@@ -73,7 +73,7 @@ usage="usage: scripts/cluster.sh start|restart DIR [debian|current] | stop DIR |
 case "$cmd" in
   available)
     kube_local >/dev/null || exit 1
-    if [[ "$dir" == current ]]; then kit engine-current "${ENGINE_CURRENT:-}" engine.sh >/dev/null; fi ;;
+    if [[ "$dir" == current ]]; then kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh >/dev/null; fi ;;
   start)
     [[ -n "$dir" ]] || die "$usage"
     start "$dir" "${3:-debian}" ;;

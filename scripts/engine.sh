@@ -11,7 +11,7 @@
 #
 # Everything this script starts lives in E2E_INFRA_ENGINE_DIR (default
 # /tmp/e2e-infra-engines). With --all, Docker 29.7.2 on containerd 2.3.4 from
-# engine-current ($ENGINE_CURRENT, else ../shared/engine-current next to the
+# engine-current ($E2E_ENGINE_CURRENT, else ../shared/engine-current next to the
 # checkout) is started twice beside the system engine:
 #   DIR/docker29/docker.sock           containerd image store (a new install)
 #   DIR/docker29-classic/docker.sock   classic overlay2 store (an upgraded one)
@@ -106,15 +106,15 @@ ensure_current() {
   local name=$1 mode=$2 ec; shift 2
   local dir=$state_dir/$name
   if answers "$dir/docker.sock"; then return 0; fi
-  ec=$(kit engine-current "${ENGINE_CURRENT:-}" engine.sh) || return 0
+  ec=$(kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh) || return 0
   echo "engine.sh: starting Docker 29 ($mode) on unix://$dir/docker.sock (logs: $dir/logs)"
   env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
     || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
 }
 
 ensure_current_engines() {
-  if ! kit engine-current "${ENGINE_CURRENT:-}" engine.sh >/dev/null; then
-    echo "engine.sh: no engine-current (set ENGINE_CURRENT or put it at ../shared/engine-current): Docker 29 is not started"
+  if ! kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh >/dev/null; then
+    echo "engine.sh: no engine-current (set E2E_ENGINE_CURRENT or put it at ../shared/engine-current): Docker 29 is not started"
     return 0
   fi
   ensure_current docker29 containerd-store

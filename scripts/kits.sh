@@ -4,7 +4,7 @@
 kits_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # kit NAME OVERRIDE SCRIPT: the folder of the kit NAME (kube-local,
-# engine-current): OVERRIDE when it is set (KUBE_LOCAL, ENGINE_CURRENT), else
+# engine-current): OVERRIDE when it is set (KUBE_LOCAL, E2E_ENGINE_CURRENT), else
 # ../shared/NAME next to the checkout; the one that holds SCRIPT. Fails
 # when neither does.
 kit() {
