@@ -33,8 +33,10 @@ fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in
 # the same target directory.
-engines=${E2E_BENCH_ENGINES:-default}
-if [[ -z "${E2E_BENCH_ENGINES:-}" ]] && answers "$engines_dir/docker29/docker.sock"; then
-  engines+=",$(current_host docker29)"
+if [[ -z "${E2E_BENCH_ENGINES:-}" ]]; then
+  E2E_BENCH_ENGINES=default
+  if answers "$engines_dir/docker29/docker.sock"; then E2E_BENCH_ENGINES+=",$(current_host docker29)"; fi
 fi
-"${CARGO_TARGET_DIR:-target}/debug/e2e-infra-bench" --engines "$engines" "$@"
+export E2E_BENCH_ENGINES
+echo "bench.sh: load and warm benchmarks on E2E_BENCH_ENGINES=$E2E_BENCH_ENGINES" >&2
+"${CARGO_TARGET_DIR:-target}/debug/e2e-infra-bench" "$@"

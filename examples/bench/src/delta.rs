@@ -17,7 +17,7 @@ use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::{busybox_dockerfile, plan, unique, Project};
 
 use crate::kind_load::{clear, cli_load, random_file, read_from};
-use crate::report::{median, median_of, ratio_of, Res, Section};
+use crate::report::{median, median_of, ratio_of, target, Res, Section};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -180,7 +180,7 @@ pub async fn delta_reload(docker: &Docker, base_mb: u64, top_mb: u64, reps: usiz
             "A busybox image with a {base_mb} MiB base layer and a {top_mb} MiB top layer of random bytes, built by \
              `build_all`; then the top layer's bytes are drawn anew and the image rebuilt (the engine reuses the \
              base layer). e2e-infra: `e2e_infra::load::containerd::load` of the rebuild into nodes that hold the \
-             first build, which reads the image from the engine's own overlay2 store when the engine is local \
+             first build, which reads the image from the engine's own store when the engine is local \
              (else from its export: column \"read from\") and sends each node only the layers its content store \
              lacks. Against: a cold load of \
              the first build into empty nodes (e2e-infra), the CLI pipeline run again for the rebuild (`docker \
@@ -276,6 +276,12 @@ pub async fn delta_reload(docker: &Docker, base_mb: u64, top_mb: u64, reps: usiz
             of(&cli, &cold),
             of(&cli, &alone),
         ]);
+        let share = median(&reload).as_secs_f64() / median(&alone).as_secs_f64().max(f64::EPSILON);
+        section.note(&target(
+            &format!("{describe}: reload ≤ 1.5× loading the change alone"),
+            &format!("{share:.2}×"),
+            share <= 1.5,
+        ));
         section.row(vec![
             describe,
             format!("cold load of a {top_mb} MiB image (the change alone)"),

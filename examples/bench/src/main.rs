@@ -18,7 +18,16 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use report::{Machine, Res, Section};
+use report::{engine_label, Machine, Res, Section};
+
+/// The benchmarks that load or reuse images: each runs on every engine of
+/// [`ENGINES_ENV`], side by side in one table.
+const PER_ENGINE: [u8; 4] = [1, 2, 4, 7];
+/// The engines the benchmarks of [`PER_ENGINE`] run on, separated by commas:
+/// `DOCKER_HOST` addresses, or `default` for this process's own engine.
+/// Each runs in a process of its own with that `DOCKER_HOST`. Unset: every
+/// benchmark on this process's engine, in this process.
+const ENGINES_ENV: &str = "E2E_BENCH_ENGINES";
 
 /// Benchmarks e2e-infra against the naive way and writes docs/benchmarks.md.
 #[derive(Debug, Parser)]
@@ -73,6 +82,16 @@ enum Child {
         #[arg(long)]
         catalog: PathBuf,
     },
+    /// Runs one benchmark on this process's engine and writes its table as
+    /// JSON to `json` (what runs for every engine of `E2E_BENCH_ENGINES`).
+    Section {
+        /// The benchmark.
+        #[arg(long)]
+        benchmark: u8,
+        /// Where the table goes.
+        #[arg(long)]
+        json: PathBuf,
+    },
     /// Loads one image into a Kind cluster and prints the peak resident set
     /// (what benchmark 2 runs in a child process).
     LoadOne {
@@ -101,6 +120,7 @@ async fn main() {
     let outcome = match &cli.command {
         Some(Child::LoadOne { cluster, image, image_id }) => kind_load::load_one(cluster, image, image_id).await,
         Some(Child::HashInputs { catalog }) => warm::hash_inputs(catalog),
+        Some(Child::Section { benchmark, json }) => section_to_file(&cli, *benchmark, json).await,
         // Dropping the run on Ctrl-C drops its guards, which remove what it made.
         None => tokio::select! {
             outcome = run(&cli) => outcome,
@@ -116,19 +136,25 @@ async fn main() {
 async fn run(cli: &Cli) -> Res<()> {
     let started = Instant::now();
     let docker = e2e_infra::engine::connect().await?;
-    let machine = Machine::describe(&docker).await?;
+    let hosts = std::env::var(ENGINES_ENV).unwrap_or_default();
+    let mut engines = Vec::new();
+    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let engine = if host == "default" { docker.clone() } else { e2e_infra::engine::connect_to(host).await? };
+        engines.push((host.to_owned(), engine_label(&engine).await?));
+    }
+    let machine =
+        Machine::describe(if engines.is_empty() { vec![engine_label(&docker).await?] } else { engines.iter().map(|(_, l)| l.clone()).collect() });
     let mut sections: Vec<Section> = Vec::new();
-    for benchmark in &cli.only {
-        let section = match benchmark {
-            1 => kind_load::load_times(&docker, cli.load_mb, cli.load_reps).await?,
-            2 => kind_load::peak_memory(&docker, &cli.memory_mb, cli.load_reps).await?,
-            3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
-            4 => warm::warm_rerun(&docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
-            5 => amortize::amortization(&docker, cli.tests).await?,
-            6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
-            7 => delta::delta_reload(&docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
-            8 => reuse::reuse(&docker, cli.tests, cli.reps).await?,
-            other => return Err(format!("no benchmark {other}; they are 1 to 8").into()),
+    for &benchmark in &cli.only {
+        let section = if engines.is_empty() || !PER_ENGINE.contains(&benchmark) {
+            section(cli, &docker, benchmark).await?
+        } else {
+            let mut measured = Vec::new();
+            for (host, label) in &engines {
+                println!("\n== benchmark {benchmark} on {label}");
+                measured.push((label.clone(), section_in_child(cli, benchmark, host)?));
+            }
+            Section::per_engine(measured).ok_or("no engine measured")?
         };
         sections.push(section);
     }
@@ -138,4 +164,57 @@ async fn run(cli: &Cli) -> Res<()> {
     std::fs::write(&cli.out, page)?;
     println!("\nwrote {}", cli.out.display());
     Ok(())
+}
+
+/// Runs benchmark `benchmark` on `docker`.
+async fn section(cli: &Cli, docker: &bollard::Docker, benchmark: u8) -> Res<Section> {
+    Ok(match benchmark {
+        1 => kind_load::load_times(docker, cli.load_mb, cli.load_reps).await?,
+        2 => kind_load::peak_memory(docker, &cli.memory_mb, cli.load_reps).await?,
+        3 => fail_fast::fail_fast(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+        4 => warm::warm_rerun(docker, cli.warm_components, cli.warm_mb, cli.reps).await?,
+        5 => amortize::amortization(docker, cli.tests).await?,
+        6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
+        7 => delta::delta_reload(docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
+        8 => reuse::reuse(docker, cli.tests, cli.reps).await?,
+        other => return Err(format!("no benchmark {other}; they are 1 to 8").into()),
+    })
+}
+
+/// The child side of [`ENGINES_ENV`]: one benchmark on this process's engine.
+async fn section_to_file(cli: &Cli, benchmark: u8, json: &std::path::Path) -> Res<()> {
+    let docker = e2e_infra::engine::connect().await?;
+    let section = section(cli, &docker, benchmark).await?;
+    std::fs::write(json, serde_json::to_vec(&section)?)?;
+    Ok(())
+}
+
+/// Runs benchmark `benchmark` in a child process whose `DOCKER_HOST` is
+/// `host`, so that everything it runs (the CLI pipelines, the loader's
+/// child, the stand-in nodes and their removal) talks to that engine.
+fn section_in_child(cli: &Cli, benchmark: u8, host: &str) -> Res<Section> {
+    let json = tempfile::NamedTempFile::new()?;
+    let list = |values: &[u64]| values.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command.args([
+        format!("--reps={}", cli.reps),
+        format!("--load-reps={}", cli.load_reps),
+        format!("--load-mb={}", cli.load_mb),
+        format!("--memory-mb={}", list(&cli.memory_mb)),
+        format!("--warm-components={}", cli.warm_components),
+        format!("--warm-mb={}", cli.warm_mb),
+        format!("--delta-base-mb={}", cli.delta_base_mb),
+        format!("--delta-top-mb={}", cli.delta_top_mb),
+        "section".to_owned(),
+        format!("--benchmark={benchmark}"),
+    ]);
+    command.arg("--json").arg(json.path()).env_remove(ENGINES_ENV);
+    if host != "default" {
+        command.env(e2e_infra::engine::DOCKER_HOST_ENV, host);
+    }
+    let status = command.status()?;
+    if !status.success() {
+        return Err(format!("benchmark {benchmark} on {host} failed ({status})").into());
+    }
+    Ok(serde_json::from_slice(&std::fs::read(json.path())?)?)
 }
