@@ -2,46 +2,87 @@
 # A real Kubernetes cluster for the tests and the main job: kube-local's
 # control plane plus one real node (a kubelet with its own containerd).
 #
-#   scripts/cluster.sh start DIR   starts it; prints the variables to export
+#   scripts/cluster.sh start DIR [debian|current]
+#       starts it; prints the variables to export. The node's containerd is
+#       Debian's (1.6, the default) or engine-current's (2.3.4, as Kind's
+#       node images since v0.27)
+#   scripts/cluster.sh restart DIR [debian|current]
+#       stops what `start DIR` started and starts it again with that
+#       containerd (a new cluster: the real node cannot be restarted alone,
+#       its stop takes the controller-manager down); prints the variables
 #   scripts/cluster.sh stop DIR    stops what `start DIR` started
+#   scripts/cluster.sh available [current]
+#       whether kube-local (and, with `current`, engine-current) is at hand
 #
-# kube-local is looked for in $KUBE_LOCAL, then next to the checkout
-# (../shared/kube-local). Its ports are fixed: one cluster per machine.
+# kube-local is looked for in $KUBE_LOCAL, engine-current in $ENGINE_CURRENT,
+# else next to the checkout (../shared/NAME). Ports are fixed: one cluster
+# per machine. Each containerd gets its own folders, DIR/<containerd>/cluster
+# and DIR/<containerd>/node.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+source "$(dirname "$0")/kits.sh"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
-kube_local() {
-  local candidate
-  for candidate in "${KUBE_LOCAL:-}" "$root/../shared/kube-local"; do
-    if [[ -n "$candidate" && -x "$candidate/cluster.sh" ]]; then
-      (cd "$candidate" && pwd)
-      return 0
+kube_local() { kit kube-local "${KUBE_LOCAL:-}" cluster.sh; }
+
+# containerd_dir CONTAINERD: the CONTAINERD_DIR real-node.sh takes for that
+# containerd (empty: Debian's, from the PATH).
+containerd_dir() {
+  local ec
+  case "$1" in
+    debian) echo ;;
+    current)
+      ec=$(kit engine-current "${ENGINE_CURRENT:-}" engine.sh) \
+        || die "no engine-current for a node on containerd 2 (set ENGINE_CURRENT or put it at ../shared/engine-current)"
+      "$ec/engine.sh" bin ;;
+    *) die "the node's containerd is debian or current, not '$1'" ;;
+  esac
+}
+
+start() { # start DIR CONTAINERD
+  local dir=$1 containerd=$2 kl cdir here
+  kl=$(kube_local) || die "no kube-local found (set KUBE_LOCAL or put it at ../shared/kube-local)"
+  cdir=$(containerd_dir "$containerd") || exit 1
+  if curl -sk --max-time 2 https://127.0.0.1:16443/readyz >/dev/null 2>&1; then
+    die "an API server already listens on 127.0.0.1:16443 (kube-local's fixed port); stop that cluster first"
+  fi
+  here=$dir/$containerd
+  mkdir -p "$here"
+  NODES=0 "$kl/cluster.sh" start "$here/cluster" >"$here/start.log" 2>&1 \
+    || die "the control plane did not start; see $here/start.log and $here/cluster/*.log"
+  CONTAINERD_DIR=$cdir "$kl/real-node.sh" start "$here/cluster" "$here/node" >>"$here/start.log" 2>&1 \
+    || die "the real node (containerd: $containerd) did not start; see $here/start.log and $here/node/*.log"
+  echo "export KUBECONFIG=$here/cluster/kubeconfig E2E_KUBE_CONTEXT=local E2E_CONTAINERD_SOCKET=$here/node/containerd.sock"
+}
+
+stop() { # stop DIR: every cluster `start DIR` made, each node with its own containerd
+  local dir=$1 kl here containerd cdir
+  kl=$(kube_local) || die "no kube-local found"
+  for containerd in debian current; do
+    here=$dir/$containerd
+    if [[ -d "$here/node" ]]; then
+      cdir=$(containerd_dir "$containerd") || exit 1
+      CONTAINERD_DIR=$cdir "$kl/real-node.sh" stop "$here/cluster" "$here/node" >/dev/null 2>&1 || true
     fi
+    if [[ -d "$here/cluster" ]]; then "$kl/cluster.sh" stop "$here/cluster" >/dev/null 2>&1 || true; fi
   done
-  return 1
 }
 
 cmd=${1:-}; dir=${2:-}
-[[ -n "$cmd" && -n "$dir" ]] || die "usage: scripts/cluster.sh start|stop DIR"
+usage="usage: scripts/cluster.sh start|restart DIR [debian|current] | stop DIR | available [current]"
 case "$cmd" in
   available)
-    kube_local >/dev/null ;;
+    kube_local >/dev/null || exit 1
+    if [[ "$dir" == current ]]; then kit engine-current "${ENGINE_CURRENT:-}" engine.sh >/dev/null; fi ;;
   start)
-    kl=$(kube_local) || die "no kube-local found (set KUBE_LOCAL or put it at ../shared/kube-local)"
-    if curl -sk --max-time 2 https://127.0.0.1:16443/readyz >/dev/null 2>&1; then
-      die "an API server already listens on 127.0.0.1:16443 (kube-local's fixed port); stop that cluster first"
-    fi
-    mkdir -p "$dir"
-    NODES=0 "$kl/cluster.sh" start "$dir/cluster" >"$dir/start.log" 2>&1 \
-      || die "the control plane did not start; see $dir/start.log and $dir/cluster/*.log"
-    "$kl/real-node.sh" start "$dir/cluster" "$dir/node" >>"$dir/start.log" 2>&1 \
-      || die "the real node did not start; see $dir/start.log and $dir/node/*.log"
-    echo "export KUBECONFIG=$dir/cluster/kubeconfig E2E_KUBE_CONTEXT=local E2E_CONTAINERD_SOCKET=$dir/node/containerd.sock" ;;
+    [[ -n "$dir" ]] || die "$usage"
+    start "$dir" "${3:-debian}" ;;
+  restart)
+    [[ -n "$dir" ]] || die "$usage"
+    stop "$dir"
+    start "$dir" "${3:-debian}" ;;
   stop)
-    kl=$(kube_local) || die "no kube-local found"
-    [[ -d "$dir/node" ]] && "$kl/real-node.sh" stop "$dir/cluster" "$dir/node" >/dev/null 2>&1 || true
-    [[ -d "$dir/cluster" ]] && "$kl/cluster.sh" stop "$dir/cluster" >/dev/null 2>&1 || true ;;
-  *) die "usage: scripts/cluster.sh start|stop DIR" ;;
+    [[ -n "$dir" ]] || die "$usage"
+    stop "$dir" ;;
+  *) die "$usage" ;;
 esac

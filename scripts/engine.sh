@@ -5,13 +5,24 @@
 #
 #   scripts/engine.sh            Docker engine only
 #   scripts/engine.sh --all      Docker engine, Podman API, loopback registry,
-#                                and the static busybox the test images use
+#                                the static busybox the test images use, and
+#                                Docker 29 (below) when it is at hand
+#   scripts/engine.sh --current  Docker 29 only (both store modes)
+#
+# Everything this script starts lives in E2E_INFRA_ENGINE_DIR (default
+# /tmp/e2e-infra-engines). With --all, Docker 29.7.2 on containerd 2.3.4 from
+# engine-current ($ENGINE_CURRENT, else ../shared/engine-current next to the
+# checkout) is started twice beside the system engine:
+#   DIR/docker29/docker.sock           containerd image store (a new install)
+#   DIR/docker29-classic/docker.sock   classic overlay2 store (an upgraded one)
+# Point DOCKER_HOST at unix://<socket> to use one (docs/engines.md).
 set -euo pipefail
+source "$(dirname "$0")/kits.sh"
 
-want_all=false
-[[ "${1:-}" == "--all" ]] && want_all=true
+want=${1:-docker}
+case "$want" in docker | --all | --current) ;; *) echo "usage: scripts/engine.sh [--all | --current]" >&2; exit 2 ;; esac
 
-state_dir=${E2E_INFRA_ENGINE_DIR:-/tmp/e2e-infra-engines}
+state_dir=$engines_dir
 mkdir -p "$state_dir"
 
 die() { echo "engine.sh: $*" >&2; exit 1; }
@@ -63,12 +74,12 @@ ensure_podman() {
   local sock=$state_dir/podman.sock
   local conf=$state_dir/containers.conf
   printf '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n' >"$conf"
-  if curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then return 0; fi
+  if answers "$sock"; then return 0; fi
   rm -f "$sock"
   echo "engine.sh: starting the Podman API on unix://$sock"
   CONTAINERS_CONF=$conf nohup podman system service --time=0 "unix://$sock" \
     >"$state_dir/podman.log" 2>&1 &
-  wait_for 30 "podman" curl -sf --unix-socket "$sock" http://d/_ping \
+  wait_for 30 "podman" answers "$sock" \
     || die "the Podman API did not answer within 30 s; see $state_dir/podman.log"
 }
 
@@ -88,11 +99,45 @@ YML
     || die "the registry did not answer within 30 s; see $state_dir/registry.log"
 }
 
+# ensure_current NAME MODE [VAR=VALUE...]: Docker 29 in $state_dir/NAME, in
+# store MODE, with engine-current's settings VAR=VALUE (its own bridge and
+# address pool, so that two of them run side by side).
+ensure_current() {
+  local name=$1 mode=$2 ec; shift 2
+  local dir=$state_dir/$name
+  if answers "$dir/docker.sock"; then return 0; fi
+  ec=$(kit engine-current "${ENGINE_CURRENT:-}" engine.sh) || return 0
+  echo "engine.sh: starting Docker 29 ($mode) on unix://$dir/docker.sock (logs: $dir/logs)"
+  env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
+    || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
+}
+
+ensure_current_engines() {
+  if ! kit engine-current "${ENGINE_CURRENT:-}" engine.sh >/dev/null; then
+    echo "engine.sh: no engine-current (set ENGINE_CURRENT or put it at ../shared/engine-current): Docker 29 is not started"
+    return 0
+  fi
+  ensure_current docker29 containerd-store
+  ensure_current docker29-classic classic \
+    ENGINE_BRIDGE=e2ecur1 ENGINE_BRIDGE_IP=172.31.251.1/24 ENGINE_POOL=10.230.0.0/16
+  local name
+  for name in docker29 docker29-classic; do
+    if answers "$state_dir/$name/docker.sock"; then
+      echo "engine.sh: ready ($name: DOCKER_HOST=$(current_host "$name"))"
+    fi
+  done
+}
+
 command -v curl >/dev/null || apt_install curl
+if [[ "$want" == --current ]]; then
+  ensure_current_engines
+  exit 0
+fi
 ensure_docker
-if $want_all; then
+if [[ "$want" == --all ]]; then
   ensure_tools
   ensure_podman
   ensure_registry
 fi
 echo "engine.sh: ready (docker: $(docker info --format '{{.ServerVersion}}'))"
+if [[ "$want" == --all ]]; then ensure_current_engines; fi

@@ -6,31 +6,70 @@
 #   scripts/main-job.sh --kube-local on a kube-local cluster with a real node,
 #                                    started here and stopped at the end
 #   scripts/main-job.sh --kind C     on the Kind cluster C
+#
+# The engine: with DOCKER_HOST set, that one, and nothing is installed or
+# started; else Debian's (installed and started if needed), or with
+#   --engine current                 Docker 29.7.2 on its containerd image
+#                                    store, from engine-current (started if
+#                                    needed, see docs/engines.md); with
+#                                    --kube-local the node runs its
+#                                    containerd 2.3.4 too
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/engine.sh
+source scripts/kits.sh
+
+usage="usage: scripts/main-job.sh [--engine system|current] [--kube-local | --kind CLUSTER]"
+engine=system target=docker
+while (($#)); do
+  case "$1" in
+    --engine) engine=${2:-}; shift $(($# > 1 ? 2 : 1)) ;;
+    --kube-local) target=kube-local; shift ;;
+    --kind) target=kind; kind_cluster=${2:?--kind takes a cluster name}; shift 2 ;;
+    *) echo "main-job.sh: unknown option $1; $usage" >&2; exit 2 ;;
+  esac
+done
+case "$engine" in system | current) ;; *) echo "main-job.sh: --engine takes system or current; $usage" >&2; exit 2 ;; esac
+
+# The node's containerd under --kube-local: engine-current's 2.3.4 beside Docker 29.
+node_containerd=debian installs=true
+if [[ -n "${DOCKER_HOST:-}" ]]; then
+  [[ "$engine" == system ]] || { echo "main-job.sh: DOCKER_HOST=$DOCKER_HOST already names the engine; drop --engine or unset it" >&2; exit 2; }
+  echo "main-job: on the engine of DOCKER_HOST=$DOCKER_HOST (nothing installed or started)"
+  installs=false
+elif [[ "$engine" == current ]]; then
+  bash scripts/engine.sh --current
+  DOCKER_HOST=$(current_host docker29)
+  answers "${DOCKER_HOST#unix://}" || { echo "main-job.sh: Docker 29 does not answer at $DOCKER_HOST" >&2; exit 1; }
+  export DOCKER_HOST
+  echo "main-job: on Docker 29 (containerd image store), DOCKER_HOST=$DOCKER_HOST"
+  node_containerd=current
+else
+  bash scripts/engine.sh
+fi
 bash scripts/stand-ins.sh
 # One line per stage and component, and the summary table of the run.
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
-case "${1:-}" in
-  --kind)
-    export E2E_INFRA_BACKEND=kind E2E_INFRA_KIND_CLUSTER="${2:?--kind takes a cluster name}" ;;
-  --kube-local)
-    command -v ctr >/dev/null || bash scripts/engine.sh --all
+case "$target" in
+  kind)
+    export E2E_INFRA_BACKEND=kind E2E_INFRA_KIND_CLUSTER="$kind_cluster" ;;
+  kube-local)
+    if ! command -v ctr >/dev/null; then
+      $installs || { echo "main-job.sh: --kube-local needs ctr on the PATH (Debian's containerd package)" >&2; exit 1; }
+      bash scripts/engine.sh --all
+    fi
     dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
     trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
-    eval "$(bash scripts/cluster.sh start "$dir")"
+    eval "$(bash scripts/cluster.sh start "$dir" "$node_containerd")"
     export E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT="$E2E_KUBE_CONTEXT" \
       E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET"
     echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)" ;;
-  "") ;;
-  *) echo "main-job.sh: unknown option $1 (use --kube-local or --kind CLUSTER)" >&2; exit 2 ;;
+  docker) ;;
 esac
 
 cargo test -p notification-e2e --features e2e -- --nocapture
 
-if [[ "${1:-}" == "--kube-local" ]]; then
+if [[ "$target" == kube-local ]]; then
   # Teardown runs in a process of its own once cargo has exited; the run is
   # over when the cluster holds nothing of it: no namespace, and no image
   # reference of its tag on the node.

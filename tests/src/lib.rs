@@ -27,8 +27,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The static busybox the test images are made of.
 pub const BUSYBOX: &str = "/bin/busybox";
-/// The Podman API socket that `scripts/engine.sh --all` starts.
-pub const PODMAN_HOST: &str = "unix:///tmp/e2e-infra-engines/podman.sock";
+/// The folder where `scripts/engine.sh` keeps the engines it starts, unless
+/// [`ENGINE_DIR_ENV`] names another.
+pub const ENGINE_DIR: &str = "/tmp/e2e-infra-engines";
+/// Overrides [`ENGINE_DIR`], as it does for `scripts/engine.sh`.
+pub const ENGINE_DIR_ENV: &str = "E2E_INFRA_ENGINE_DIR";
 /// The loopback registry that `scripts/engine.sh --all` starts.
 pub const REGISTRY: &str = "127.0.0.1:5000";
 
@@ -148,6 +151,25 @@ pub fn plan(
 ) -> Plan {
     Plan::new(catalog, consumer, needs, unique_run(area), delivery)
         .unwrap_or_else(|e| panic!("plan: {e}"))
+}
+
+/// The address of the engine the tests talk to: `DOCKER_HOST`, else the
+/// default socket, as [`e2e_infra::engine::connect`] picks it.
+pub fn engine_host() -> String {
+    std::env::var(e2e_infra::engine::DOCKER_HOST_ENV)
+        .ok()
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| e2e_infra::engine::DEFAULT_HOST.to_owned())
+}
+
+/// The address of the Podman API that `scripts/engine.sh --all` starts:
+/// `podman.sock` in its folder ([`ENGINE_DIR`] or [`ENGINE_DIR_ENV`]).
+pub fn podman_host() -> String {
+    let dir = std::env::var(ENGINE_DIR_ENV)
+        .ok()
+        .filter(|dir| !dir.is_empty())
+        .unwrap_or_else(|| ENGINE_DIR.to_owned());
+    format!("unix://{dir}/podman.sock")
 }
 
 /// Connects to the engine at `host`, or to the default one.

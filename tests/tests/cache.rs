@@ -21,15 +21,14 @@ use e2e_infra::engine::{connect_within, EngineError};
 use e2e_infra::error::error_chain;
 use e2e_infra::{labels, Delivery, ImageRef, Plan};
 use e2e_infra_tests::{
-    clean_up_after, engine, plan, remove_built_images, remove_reference, unique,
-    unshared_busybox_dockerfile, Project, PODMAN_HOST,
+    clean_up_after, engine, engine_host, plan, podman_host, remove_built_images, remove_reference,
+    unique, unshared_busybox_dockerfile, Project,
 };
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 const AREA: &str = "docker-cache";
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// Builds `dockerfile` (which may name local images in `FROM`) as `tag`,
 /// the way a user would with `docker build`.
@@ -391,17 +390,31 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
 
-/// Forwards TCP connections to a Unix socket, none before `delay` has passed
-/// since the proxy started (an engine busy at first); once
+/// A byte stream to an engine, over a Unix socket or TCP.
+trait EngineStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> EngineStream for T {}
+
+/// Opens a connection to the engine at `host` (`unix:///path` or
+/// `tcp://host:port`, as in `DOCKER_HOST`).
+async fn dial(host: &str) -> std::io::Result<Box<dyn EngineStream>> {
+    match (host.strip_prefix("unix://"), host.strip_prefix("tcp://")) {
+        (Some(path), _) => Ok(Box::new(UnixStream::connect(path).await?)),
+        (_, Some(addr)) => Ok(Box::new(TcpStream::connect(addr).await?)),
+        _ => Err(std::io::Error::other(format!("unsupported engine address {host}"))),
+    }
+}
+
+/// Forwards TCP connections to the engine at `host`, none before `delay`
+/// has passed since the proxy started (an engine busy at first); once
 /// `frozen` is set, or a request contains `freeze_at`, requests are
 /// swallowed and nothing answers, as with a frozen engine. Returns the
 /// `tcp://` address.
-async fn proxy(socket: &'static str, delay: Duration, frozen: Arc<AtomicBool>) -> String {
-    proxy_freezing_at(socket, delay, frozen, None).await
+async fn proxy(host: String, delay: Duration, frozen: Arc<AtomicBool>) -> String {
+    proxy_freezing_at(host, delay, frozen, None).await
 }
 
 async fn proxy_freezing_at(
-    socket: &'static str,
+    host: String,
     delay: Duration,
     frozen: Arc<AtomicBool>,
     freeze_at: Option<&'static str>,
@@ -412,13 +425,14 @@ async fn proxy_freezing_at(
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let frozen = frozen.clone();
+            let host = host.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(answers_from).await;
-                let Ok(engine) = UnixStream::connect(socket).await else {
+                let Ok(engine) = dial(&host).await else {
                     return;
                 };
                 let (mut client_read, mut client_write) = client.into_split();
-                let (mut engine_read, mut engine_write) = engine.into_split();
+                let (mut engine_read, mut engine_write) = tokio::io::split(engine);
                 let upstream = async {
                     let mut buf = vec![0; 64 * 1024];
                     loop {
@@ -469,7 +483,7 @@ fn frozen_engine_project() -> (Project, Plan) {
 #[tokio::test]
 async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
-    let host = proxy(DOCKER_SOCKET, Duration::ZERO, frozen.clone()).await;
+    let host = proxy(engine_host(), Duration::ZERO, frozen.clone()).await;
     let docker = connect_within(&host, Duration::from_secs(10))
         .await
         .unwrap();
@@ -502,10 +516,10 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     .await;
 }
 
-async fn slow_engine_is_waited_for(socket: &'static str) {
+async fn slow_engine_is_waited_for(engine: String) {
     // Busy for longer than the first ping's 2 s.
     let host = proxy(
-        socket,
+        engine,
         Duration::from_secs(3),
         Arc::new(AtomicBool::new(false)),
     )
@@ -526,13 +540,13 @@ async fn slow_engine_is_waited_for(socket: &'static str) {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_slow_docker_engine_is_pinged_again_until_it_answers() {
-    slow_engine_is_waited_for(DOCKER_SOCKET).await;
+    slow_engine_is_waited_for(engine_host()).await;
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_slow_podman_service_is_pinged_again_until_it_answers() {
-    slow_engine_is_waited_for(PODMAN_HOST.trim_start_matches("unix://").to_owned().leak()).await;
+    slow_engine_is_waited_for(podman_host()).await;
 }
 
 /// A refused connection means no engine: it fails at once, not after the
@@ -563,7 +577,7 @@ async fn a_refused_connection_fails_at_once() {
 async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
     let host = proxy_freezing_at(
-        DOCKER_SOCKET,
+        engine_host(),
         Duration::ZERO,
         frozen,
         Some("/containers/create"),

@@ -284,3 +284,28 @@ async fn an_engine_that_never_answers_fails_within_the_connection_budget() {
     assert!(error.to_string().contains(&host));
     held.abort();
 }
+
+/// Says which engine this suite talks to (`DOCKER_HOST`, else the default
+/// socket): its version and storage driver. When `E2E_EXPECT_ENGINE` holds
+/// `<version> <driver>` (as `docker info --format '{{.ServerVersion}}
+/// {{.Driver}}'` prints them), the engine must be that one: `scripts/test.sh`
+/// sets it for each of its passes.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn the_engine_is_the_one_docker_host_names() {
+    let docker = engine(None).await;
+    let info = docker.info().await.unwrap_or_else(|e| panic!("engine info: {e}"));
+    let found = format!(
+        "{} {}",
+        info.server_version.unwrap_or_default(),
+        info.driver.unwrap_or_default()
+    );
+    eprintln!(
+        "engine at {}: {found} {:?}",
+        e2e_infra::engine::address(&docker),
+        info.driver_status.unwrap_or_default()
+    );
+    if let Some(expected) = std::env::var("E2E_EXPECT_ENGINE").ok().filter(|e| !e.is_empty()) {
+        assert_eq!(found, expected, "the suite talks to another engine than the one expected");
+    }
+}

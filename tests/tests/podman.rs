@@ -10,8 +10,8 @@ use e2e_infra::deploy::docker::{remove_labelled, up};
 use e2e_infra::engine::{kind, EngineKind};
 use e2e_infra::{labels, Delivery};
 use e2e_infra_tests::{
-    clean_up_after, engine, http_get, plan, remove_built_images, remove_reference,
-    unshared_busybox_dockerfile, Project, PODMAN_HOST,
+    clean_up_after, engine, http_get, plan, podman_host, remove_built_images, remove_reference,
+    unshared_busybox_dockerfile, Project,
 };
 
 const AREA: &str = "docker-podman";
@@ -19,7 +19,7 @@ const AREA: &str = "docker-podman";
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
-    let podman = engine(Some(PODMAN_HOST)).await;
+    let podman = engine(Some(&podman_host())).await;
     assert_eq!(kind(&podman).await.unwrap(), EngineKind::Podman);
     let project = Project::new();
     project.busybox_context("ctx");
@@ -74,7 +74,7 @@ async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_runs_a_two_component_stack() {
-    let podman = engine(Some(PODMAN_HOST)).await;
+    let podman = engine(Some(&podman_host())).await;
     let project = Project::new();
     project.busybox_context("ctx");
     project.write(
@@ -133,7 +133,7 @@ ready = { http = "/upstream", timeout = "30s" }
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn podman_never_takes_an_intermediate_image_for_the_cache() {
-    let podman = engine(Some(PODMAN_HOST)).await;
+    let podman = engine(Some(&podman_host())).await;
     let project = Project::new();
     project.busybox_context("ctx");
     let steps = "RUN mkdir /www && echo up > /www/index.html\n";
