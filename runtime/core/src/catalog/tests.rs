@@ -890,3 +890,27 @@ fn values_that_cannot_work_are_rejected_where_they_are_written() {
         assert_contains(&message, parts);
     }
 }
+
+#[test]
+fn a_catalog_of_absurd_size_is_refused_with_the_limit() {
+    let ws = Workspace::new();
+    let chain = |count: usize| {
+        let mut text = String::from("[components.c0]\nimage = \"c:1\"\n");
+        for i in 1..count {
+            text.push_str(&format!("[components.c{i}]\nimage = \"c:1\"\ndepends_on = [\"c{}\"]\n", i - 1));
+        }
+        text
+    };
+    let (err, message) = ws.reject(&chain(200_000));
+    assert!(matches!(err, CatalogError::TooLarge { .. }), "{err:?}");
+    assert_contains(&message, &["200000 components", &format!("at most {MAX_COMPONENTS}")]);
+    // The longest chain allowed is checked without recursion: a thread
+    // with a small stack is enough.
+    let catalog = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || ws.load(&chain(MAX_COMPONENTS)).map(|c| c.components().len()))
+        .expect("a thread")
+        .join()
+        .expect("no overflow");
+    assert_eq!(catalog.expect("valid"), MAX_COMPONENTS);
+}
