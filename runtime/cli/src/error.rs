@@ -63,8 +63,8 @@ pub enum CliError {
     /// The async runtime the engine calls run on did not start.
     #[error("starting an async runtime failed")]
     AsyncRuntime(#[source] std::io::Error),
-    /// The plan could not be written out.
-    #[error("writing the plan failed")]
+    /// Standard output is closed or full.
+    #[error("writing to standard output failed")]
     Output(#[source] std::io::Error),
     /// No container engine answers.
     #[error(transparent)]
@@ -188,7 +188,7 @@ mod tests {
         let error = CliError::Output(std::io::Error::other("broken pipe"));
         assert_eq!(
             e2e_infra::error::error_chain(&error),
-            "writing the plan failed\n  caused by: broken pipe"
+            "writing to standard output failed\n  caused by: broken pipe"
         );
     }
 }

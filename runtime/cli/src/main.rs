@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod error;
 mod images;
+mod output;
 mod plan;
 mod report;
 mod stacks;

@@ -9,6 +9,7 @@ use e2e_infra::stack::teardown::{self, Liveness, RunStack};
 use e2e_infra::{engine, Plan};
 
 use crate::error::CliError;
+use crate::output::say;
 
 /// Which Kubernetes cluster to look at besides the engine.
 #[derive(clap::Args)]
@@ -181,13 +182,13 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
         }
     })?;
     let record = runtime.block_on(stack::up(&plan, &options)).map_err(CliError::Up)?;
-    print!("{}", record.summary);
+    crate::output::write(format_args!("{}", record.summary))?;
     for (component, ports) in &record.endpoints {
         for (port, addr) in ports {
-            println!("  {component}:{port} -> {addr}");
+            say!("  {component}:{port} -> {addr}")?;
         }
     }
-    println!("take it down with: {take_down}");
+    say!("take it down with: {take_down}")?;
     Ok(())
 }
 
@@ -205,7 +206,7 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
             let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| {
                 CliError::Down { consumer: run.consumer.clone(), run: run.run_id.clone(), source }
             })?;
-            println!("removed {} run {}: {summary}", run.consumer, run.run_id);
+            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
         }
         if !found {
             return Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster));
@@ -230,7 +231,7 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
         let docker = engine::connect().await?;
         let runs = stacks(&docker, args.cluster.wanted()).await?;
         if runs.is_empty() {
-            println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
+            say!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" })?;
         }
         let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
         let now = teardown::now();
@@ -245,18 +246,18 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
-                Some((namespace, target)) => println!(
+                Some((namespace, target)) => say!(
                     "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
                     run.consumer, state, run.run_id
-                ),
-                None => println!(
+                )?,
+                None => say!(
                     "{:<14} {:<7} run {}  containers: {}  networks: {}",
                     run.consumer,
                     state,
                     run.run_id,
                     list(&run.containers),
                     list(&run.networks)
-                ),
+                )?,
             }
         }
         Ok(())
@@ -280,17 +281,17 @@ pub fn clean(args: &CleanArgs) -> Result<(), CliError> {
         let scope = teardown::Scope { kept: args.kept, foreign: args.foreign, reused: args.reused };
         let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(CliError::Clean)?;
         if removed.is_empty() {
-            println!("nothing to clean: no stack of a finished run is left");
+            say!("nothing to clean: no stack of a finished run is left")?;
         }
         if !args.foreign && !foreign.is_empty() {
-            println!(
+            say!(
                 "left foreign stacks (launched on another host or PID namespace, alive as far as can be told): {}; \
                  they go after 24 h, or now with `e2e-infra clean --foreign`",
                 foreign.join(", ")
-            );
+            )?;
         }
         for (run, summary) in removed {
-            println!("removed {} run {}: {summary}", run.consumer, run.run_id);
+            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
         }
         Ok(())
     })

@@ -107,3 +107,39 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     assert!(clean_kept.contains(&format!("removed {kept} run dead-{kept}")), "{clean_kept}");
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&kept));
 }
+
+/// Runs the command with standard output on `out`.
+fn cli_into(dir: &Path, args: &[&str], out: impl Into<std::process::Stdio>) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+        .args(args)
+        .current_dir(dir)
+        .env("E2E_INFRA_STATE_DIR", dir.join("state"))
+        .stdout(out)
+        .output()
+        .expect("run e2e-infra");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// A pipe whose reading end is already closed, as after `| head -0`.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn a_closed_or_full_standard_output_is_exit_code_1_not_a_panic() {
+    let dir = project();
+    let plan = ["plan", "--consumer", "out", "--needs", "web"];
+    for args in [&["status"][..], &plan] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        for output in [cli_into(dir.path(), args, full), cli_into(dir.path(), args, closed_pipe())] {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.starts_with("error: writing to standard output failed\n  caused by: "), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
