@@ -44,6 +44,9 @@ fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     let consumer = consumer("up");
     let up = cli(dir.path(), &["up", "--consumer", &consumer, "--needs", "web"]);
     assert!(up.status.success());
+    // Standard error is a pipe here, as in CI: the progress log is plain.
+    let progress = String::from_utf8_lossy(&up.stderr);
+    assert!(progress.contains("web") && !progress.contains('\x1b'), "{progress:?}");
     let text = stdout(&up);
     assert!(text.contains(&format!("localhost/web:{consumer}-")), "{text}");
     let endpoint = text
