@@ -72,6 +72,9 @@ pub struct DownArgs {
     /// Only the stack of this run (default: every run of the consumer).
     #[arg(long)]
     run: Option<String>,
+    /// Also remove stacks of runs that are still going (their launcher runs).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -196,11 +199,29 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
 pub fn down(args: &DownArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let docker = engine::connect().await?;
-        let runs = stacks(&docker, args.cluster.wanted()).await?;
+        let mut runs = stacks(&docker, args.cluster.wanted()).await?;
+        runs.retain(|r| r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id));
+        // A run still going would lose its stack under its tests: refuse
+        // before removing anything, unless told.
+        let alive: Vec<String> = runs
+            .iter()
+            .filter(|r| r.liveness() == Liveness::Alive)
+            .filter_map(|r| r.launcher.map(|l| format!("run {} (launched by {})", r.run_id, launcher_name(l.pid))))
+            .collect();
+        if !alive.is_empty() && !args.force {
+            return Err(CliError::Alive {
+                consumer: args.consumer.clone(),
+                runs: alive.join(", "),
+                force: format!(
+                    "e2e-infra down --consumer {}{} --force{}",
+                    args.consumer,
+                    args.run.as_ref().map(|r| format!(" --run {r}")).unwrap_or_default(),
+                    args.cluster.flags()
+                ),
+            });
+        }
         let mut found = false;
-        for run in runs.iter().filter(|r| {
-            r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id)
-        }) {
+        for run in &runs {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
             let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| {
@@ -213,6 +234,14 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+/// `pid N (command)`, the command as `/proc` names it while it runs.
+fn launcher_name(pid: u32) -> String {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => format!("pid {pid} ({})", comm.trim_end()),
+        Err(_) => format!("pid {pid}"),
+    }
 }
 
 /// The error for a consumer (and run) with no stack where it was looked for.

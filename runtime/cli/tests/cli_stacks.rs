@@ -146,3 +146,34 @@ fn a_closed_or_full_standard_output_is_exit_code_1_not_a_panic() {
         }
     }
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn down_refuses_a_run_that_is_alive_unless_forced() {
+    let dir = project();
+    let catalog = Catalog::load(&dir.path().join("e2e-infra.toml")).expect("catalog");
+    let name = consumer("alive");
+    // A launcher that runs for the whole test: the run is going.
+    let mut child = Command::new("sleep").arg("600").spawn().expect("spawn");
+    let launcher = Launcher::of(child.id()).expect("launcher seen while it runs");
+    let run = RunId::explicit(&format!("alive-{name}"), Some(launcher)).expect("run id");
+    let plan = Plan::new(&catalog, &name, &["web"], run, &Delivery::Local).expect("plan");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(stack::up(&plan, &StackOptions::default())).expect("up");
+
+    let down = cli(dir.path(), &["down", "--consumer", &name]);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(8), "{stderr}");
+    let launched = format!("run alive-{name} (launched by pid {} (sleep))", child.id());
+    for part in [launched.as_str(), "nothing was removed", "--force"] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    let status = stdout(&cli(dir.path(), &["status"]));
+    assert!(status.lines().any(|l| l.starts_with(&name) && l.contains(" alive ")), "{status}");
+
+    let forced = cli(dir.path(), &["down", "--consumer", &name, "--force"]);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(forced.status.success());
+    assert!(stdout(&forced).contains("1 container(s), 1 network(s)"), "{}", stdout(&forced));
+    assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
+}
