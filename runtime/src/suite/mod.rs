@@ -406,11 +406,6 @@ fn reuse_requested() -> bool {
 /// Quiet by default inside tests; `RUST_LOG` turns the detail on.
 fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .without_time()
-            .with_target(false)
-            .try_init();
+        crate::progress::init(tracing_subscriber::EnvFilter::from_default_env());
     }
 }
