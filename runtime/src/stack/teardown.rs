@@ -37,6 +37,13 @@ use crate::state::RunDir;
 /// like a dead one.
 pub const FOREIGN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How long [`list`] gives the engine to list what runs own. A healthy
+/// engine answers in milliseconds, a loaded one in seconds; one that
+/// answers its ping and then nothing else (frozen) fails `status`, `down`,
+/// `up`'s check and every setup's cleanup with a message after this, not
+/// after the client's own two minutes.
+pub const LISTING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Whether a run is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -196,20 +203,27 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 /// that is not a safe name never reaches a path.
 ///
 /// # Errors
-/// [`StackError::Docker`] when the engine cannot list them.
+/// [`StackError::Docker`] when the engine cannot list them;
+/// [`StackError::Silent`], naming the engine's address, when it has not
+/// answered within [`LISTING_TIMEOUT`].
 pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
-    let containers = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
-        .await
-        .map_err(|source| listing("containers", source))?;
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
-        .await
-        .map_err(|source| listing("networks", source))?;
-    let volumes = docker
-        .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
-        .await
-        .map_err(|source| listing("volumes", source))?;
+    let listing_all = async {
+        let containers = docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
+            .await
+            .map_err(|source| listing("containers", source))?;
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
+            .await
+            .map_err(|source| listing("networks", source))?;
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
+            .await
+            .map_err(|source| listing("volumes", source))?;
+        Ok::<_, StackError>((containers, networks, volumes))
+    };
+    let operation = "listing the containers, networks and marker volumes of e2e-infra's runs";
+    let (containers, networks, volumes) = engine::within(docker, LISTING_TIMEOUT, operation, listing_all).await??;
     enum Kind {
         Container,
         Network,
