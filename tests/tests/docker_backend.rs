@@ -354,3 +354,44 @@ async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_list
     engine.abort();
 }
 
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
+    use e2e_infra::record::RunKey;
+    use e2e_infra::stack::teardown;
+    let docker = engine(None).await;
+    // `relk` + `a-b` and `relk-a` + `b` join to the same `relk-a-b`.
+    let base = e2e_infra_tests::unique("relk");
+    let first = RunKey::new("a-b", base.as_str());
+    let second = RunKey::new("b", format!("{base}-a"));
+    assert_ne!(teardown::kept_marker(&first), teardown::kept_marker(&second));
+    for key in [&first, &second] {
+        teardown::mark_kept(&docker, key, None, None, "failed: a_test").await.expect("marked kept");
+    }
+    let kept: Vec<(String, String)> = teardown::list(&docker)
+        .await
+        .expect("listed")
+        .into_iter()
+        .filter(|run| run.kept && run.consumer.starts_with(base.as_str()))
+        .map(|run| (run.consumer, run.run_id))
+        .collect();
+    assert_eq!(kept, [(base.clone(), "a-b".to_owned()), (format!("{base}-a"), "b".to_owned())]);
+
+    // A volume of the marker's name that is not the stack's marker is named, not taken.
+    let third = RunKey::new("c", base.as_str());
+    let planted = teardown::kept_marker(&third);
+    let labels = HashMap::from([
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (labels::RUN.to_owned(), "other".to_owned()),
+        (labels::CONSUMER.to_owned(), base.clone()),
+    ]);
+    let request = bollard::models::VolumeCreateRequest { name: Some(planted.clone()), labels: Some(labels), ..Default::default() };
+    docker.create_volume(request).await.expect("planted");
+    let error = teardown::mark_kept(&docker, &third, None, None, "failed: a_test").await.expect_err("not its marker");
+    let text = error.to_string();
+    assert!(text.contains(&planted) && text.contains("is not its marker") && text.contains("run `other`"), "{text}");
+
+    for consumer in [base.clone(), format!("{base}-a")] {
+        remove_labelled(&docker, &[format!("{}={consumer}", labels::CONSUMER)]).await.expect("removed");
+    }
+}
