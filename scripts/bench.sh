@@ -14,10 +14,13 @@
 #
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
 # makes sure of both), cargo-nextest for benchmark 5, and a cluster for
-# benchmark 6: KUBECONFIG (and E2E_KUBE_CONTEXT) if set, else kube-local,
-# started here and stopped at the end. A cluster already running is used
-# when KUBECONFIG names it; benchmark 7 also loads into its node when
-# E2E_CONTAINERD_SOCKET is set (cluster.sh prints all three).
+# benchmarks 6 and 9: KUBECONFIG (and E2E_KUBE_CONTEXT) if set, else
+# kube-local, started here and stopped at the end. A cluster already running
+# is used when KUBECONFIG names it; benchmark 7 also loads into its node when
+# E2E_CONTAINERD_SOCKET is set, and benchmark 9 needs it (cluster.sh prints
+# all three). Benchmark 9 alone, on the cluster of /tmp/e2e-cluster.env:
+#
+#   source /tmp/e2e-cluster.env && scripts/bench.sh --only 9 --tests 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh

@@ -38,6 +38,8 @@ pub const CONNECT_BUDGET: Duration = Duration::from_secs(30);
 /// Overrides [`CONNECT_BUDGET`]: a number of seconds (`45`) or a duration
 /// with unit (`45s`, `2m`, `500ms`).
 pub const CONNECT_BUDGET_ENV: &str = "E2E_INFRA_CONNECT_TIMEOUT";
+/// The oldest engine API this project speaks: Docker 20.10 and Podman 4's.
+pub const MIN_API_VERSION: (usize, usize) = (1, 41);
 /// The pause between a failed ping and the next one.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long an API request may wait for the engine's answer to begin.
@@ -98,6 +100,18 @@ pub enum EngineError {
     /// Asking the engine for its version failed.
     #[error("asking the container engine for its version failed")]
     Version(#[source] bollard::errors::Error),
+    /// The engine speaks an API older than this project needs.
+    #[error("the container engine at {host} ({origin}) is {version}, whose API {api} is older than the {}.{} this project needs (Docker 20.10 or newer, Podman 4 or newer); upgrade the engine, or point DOCKER_HOST at a newer one", MIN_API_VERSION.0, MIN_API_VERSION.1)]
+    TooOld {
+        /// The address tried.
+        host: String,
+        /// Where the address came from.
+        origin: &'static str,
+        /// The engine and its version, as it reports them.
+        version: String,
+        /// The API version it speaks.
+        api: String,
+    },
 }
 
 /// Connects to the engine named by `DOCKER_HOST` (`unix://` or `tcp://`),
@@ -238,7 +252,7 @@ async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Dock
             attempt.negotiate_version().await
         };
         match tokio::time::timeout(wait.min(remaining), handshake).await {
-            Ok(Ok(docker)) => return Ok(docker),
+            Ok(Ok(docker)) => return check_api(docker, host, origin).await,
             Ok(Err(source)) if nothing_listens(&source) => return Err(unreachable(source)),
             Ok(Err(source)) => {
                 tracing::debug!(host, attempts, error = %source, "the engine's ping failed; trying again");
@@ -251,6 +265,55 @@ async fn open(host: &str, origin: &'static str, budget: Duration) -> Result<Dock
             Err(_) => tracing::debug!(host, attempts, ?wait, "the engine did not answer a ping in time; trying again"),
         }
         wait = wait.saturating_mul(2);
+    }
+}
+
+/// Refuses an engine whose API (negotiated down to the engine's) is older
+/// than [`MIN_API_VERSION`], naming the version it reports.
+async fn check_api(docker: Docker, host: &str, origin: &'static str) -> Result<Docker, EngineError> {
+    let api = docker.client_version();
+    if (api.major_version, api.minor_version) >= MIN_API_VERSION {
+        return Ok(docker);
+    }
+    let reported = docker.version().await.map_err(EngineError::Version)?;
+    let name = reported
+        .components
+        .iter()
+        .flatten()
+        .next()
+        .map_or_else(|| "Engine".to_owned(), |c| c.name.clone());
+    Err(EngineError::TooOld {
+        host: host.to_owned(),
+        origin,
+        version: format!("{name} {}", reported.version.unwrap_or_else(|| "(version not reported)".to_owned())),
+        api: format!("{}.{}", api.major_version, api.minor_version),
+    })
+}
+
+/// The engine's version and storage driver, as `, from <engine> <version>
+/// with storage driver <driver>`, for messages about what it gave; empty
+/// when it does not say.
+pub async fn describe(docker: &Docker) -> String {
+    let (version, info) = tokio::join!(docker.version(), docker.info());
+    let version = version.ok().and_then(|v| {
+        let name = v.components.iter().flatten().next().map_or_else(|| "Engine".to_owned(), |c| c.name.clone());
+        v.version.map(|version| format!("{name} {version}"))
+    });
+    let driver = info.ok().map(|info| {
+        let kind = info
+            .driver_status
+            .iter()
+            .flatten()
+            .find(|pair| pair.len() == 2 && pair[0] == "driver-type")
+            .map(|pair| format!(" ({})", pair[1]))
+            .unwrap_or_default();
+        format!("{}{kind}", info.driver.unwrap_or_default())
+    });
+    match (version, driver) {
+        (Some(version), Some(driver)) => format!(", from {version} with storage driver {driver}"),
+        (Some(version), None) => format!(", from {version}"),
+        (None, Some(driver)) => format!(", from an engine with storage driver {driver}"),
+        (None, None) => String::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! namespace or network, endpoints, and clients for the engine and cluster.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -79,13 +79,16 @@ impl fmt::Display for Endpoint {
 pub struct Infra {
     plan: Plan,
     record: StackRecord,
-    /// Port-forwards opened by this process, on Kubernetes.
+    /// Port-forwards opened by this process, on Kubernetes, for ports the
+    /// run's recorded forwards do not cover.
     forwards: Mutex<HashMap<(String, u16), SocketAddr>>,
+    /// Set once the recorded forwards were found to lead somewhere.
+    forwards_checked: OnceLock<()>,
 }
 
 impl Infra {
     pub(crate) fn new(plan: Plan, record: StackRecord) -> Self {
-        Self { plan, record, forwards: Mutex::default() }
+        Self { plan, record, forwards: Mutex::default(), forwards_checked: OnceLock::new() }
     }
 
     /// The run's plan.
@@ -129,7 +132,10 @@ impl Infra {
     /// Where a component's container port can be reached from this machine:
     /// on Docker, the port published on 127.0.0.1; on Kubernetes, a local
     /// port-forward to a ready pod behind the Service named after the
-    /// component, opened on first use and kept for the process's life.
+    /// component: the one the run's long-lived process holds for every
+    /// test process (checked once per process: that process runs and the
+    /// API server accepts connections), else one this process opens on
+    /// first use and keeps for its life.
     /// `None` when the component does not publish that port; see
     /// [`Infra::try_endpoint`] for why.
     pub fn endpoint(&self, component: &str, port: u16) -> Option<Endpoint> {
@@ -140,15 +146,21 @@ impl Infra {
     ///
     /// # Errors
     /// [`EndpointError`] for a component or port the stack does not publish,
-    /// or a port-forward that cannot be opened.
+    /// a port-forward that cannot be opened, or the run's forwards no longer
+    /// lead anywhere (their process exited, the cluster does not answer).
     pub fn try_endpoint(&self, component: &str, port: u16) -> Result<Endpoint, EndpointError> {
         let unknown = || EndpointError::NotPublished { component: component.to_owned(), port };
+        let recorded = self.record.endpoints.get(component).and_then(|p| p.get(&port));
         match &self.record.placement {
-            Placement::Docker { .. } => {
-                let addr = self.record.endpoints.get(component).and_then(|p| p.get(&port)).ok_or_else(unknown)?;
-                Ok(Endpoint { addr: *addr })
-            }
+            Placement::Docker { .. } => Ok(Endpoint { addr: *recorded.ok_or_else(unknown)? }),
             Placement::Kubernetes { target } => {
+                if let (Some(addr), Some(keeper)) = (recorded, &self.record.forwarded_by) {
+                    if self.forwards_checked.get().is_none() {
+                        forward::check_recorded(target.context.as_deref(), keeper, self.plan.namespace().as_str())?;
+                        let _ = self.forwards_checked.set(());
+                    }
+                    return Ok(Endpoint { addr: *addr });
+                }
                 self.plan.component(component).ok_or_else(unknown)?;
                 let mut forwards = self.forwards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(addr) = forwards.get(&(component.to_owned(), port)) {

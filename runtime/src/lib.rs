@@ -24,6 +24,7 @@
 pub mod background;
 pub mod error;
 pub mod plan;
+pub mod progress;
 pub mod backend;
 pub mod record;
 pub mod engine;

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::KubeTarget;
-use crate::plan::{Namespace, Plan};
+use crate::plan::{Launcher, Namespace, Plan};
 
 /// Which stack: a run and a consumer. A stack's labels, its namespace and
 /// its state folder all follow from it, so removal, marking and lookup take
@@ -83,8 +83,14 @@ pub struct StackRecord {
     pub components: Vec<String>,
     /// Where it runs.
     pub placement: Placement,
-    /// Published addresses: component -> container port -> host address.
+    /// Addresses on this machine: component -> container port -> address.
+    /// On Docker, the ports published on 127.0.0.1; on Kubernetes, the
+    /// port-forwards that process [`forwarded_by`](Self::forwarded_by) holds.
     pub endpoints: BTreeMap<String, BTreeMap<u16, SocketAddr>>,
+    /// On Kubernetes, the run's long-lived process that holds the
+    /// port-forwards of `endpoints` for every test process of the run.
+    #[serde(default)]
+    pub forwarded_by: Option<Launcher>,
     /// The one-per-run summary table.
     pub summary: String,
     /// The plan as JSON, for failure reports.

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 /// Bottom first. A module of the crate that is not listed here fails the
 /// test: a new module takes a place in the order when it is made.
 const LAYERS: &[&[&str]] = &[
-    // The model: what a run is, in values; the background runtime.
-    &["background", "error", "plan"],
+    // The model: what a run is, in values; the background runtime; the
+    // progress log.
+    &["background", "error", "plan", "progress"],
     &["backend"],
     &["record"],
     // Adapters: the engine, its labels, the state directory on this machine.

@@ -1,10 +1,13 @@
-//! Kind node stand-ins: containers running the host's containerd, named and
+//! Kind node stand-ins: containers running a real containerd, named and
 //! labelled the way Kind names and labels its nodes, so that loading images
-//! into a cluster can be tested for real without a Kind node image.
+//! into a cluster can be tested for real without a Kind node image. A
+//! stand-in runs either the host's containerd (Debian's 1.6) or a static
+//! containerd 2 (as Kind's node images have since v0.27): [`NodeKind`].
 //!
 //! Also builds small busybox images under a plan's references.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -19,8 +22,83 @@ use futures::StreamExt;
 
 use crate::unique;
 
-/// The stand-in node image, built once and kept across test runs.
+/// The stand-in node image on Debian's containerd, built once and kept
+/// across test runs.
 pub const STAND_IN_IMAGE: &str = "localhost/e2e-infra-kind-node:stand-in";
+/// The stand-in node image on containerd 2, built once and kept across test runs.
+pub const STAND_IN_IMAGE_2: &str = "localhost/e2e-infra-kind-node:containerd2";
+/// A folder holding static `containerd` and `ctr` of containerd 2, for the
+/// stand-ins of [`NodeKind::Containerd2`].
+pub const CONTAINERD2_BIN_ENV: &str = "E2E_CONTAINERD2_BIN";
+/// The `engine-current` folder whose `engine.sh bin` gives that folder when
+/// [`CONTAINERD2_BIN_ENV`] is not set; by default `../shared/engine-current`
+/// beside the workspace.
+pub const ENGINE_CURRENT_ENV: &str = "E2E_ENGINE_CURRENT";
+
+/// Which containerd a stand-in node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Debian's containerd 1.6, the host's binaries with their libc.
+    Containerd16,
+    /// A static containerd 2 ([`CONTAINERD2_BIN_ENV`]), as Kind's node
+    /// images run since v0.27.
+    Containerd2,
+}
+
+impl NodeKind {
+    /// Both kinds.
+    pub const ALL: [NodeKind; 2] = [NodeKind::Containerd16, NodeKind::Containerd2];
+
+    /// The stand-in image of this kind.
+    pub fn image(self) -> &'static str {
+        match self {
+            Self::Containerd16 => STAND_IN_IMAGE,
+            Self::Containerd2 => STAND_IN_IMAGE_2,
+        }
+    }
+
+    /// The files of the image: its path in the image and where it comes from.
+    fn files(self) -> Vec<(String, PathBuf)> {
+        let host = |path: &str| (path.to_owned(), PathBuf::from(path));
+        match self {
+            Self::Containerd16 => NODE_FILES.iter().map(|p| host(p)).collect(),
+            Self::Containerd2 => {
+                let bin = containerd2_bin();
+                vec![
+                    ("/usr/bin/containerd".to_owned(), bin.join("containerd")),
+                    ("/usr/bin/ctr".to_owned(), bin.join("ctr")),
+                    host("/bin/busybox"),
+                ]
+            }
+        }
+    }
+}
+
+/// The folder of containerd 2's static binaries: [`CONTAINERD2_BIN_ENV`],
+/// else what `engine.sh bin` of [`ENGINE_CURRENT_ENV`] prints.
+///
+/// # Panics
+/// When neither gives a folder holding `containerd` and `ctr`: a test on
+/// containerd 2 nodes fails rather than passing without them.
+pub fn containerd2_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os(CONTAINERD2_BIN_ENV).filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let current = std::env::var_os(ENGINE_CURRENT_ENV)
+        .filter(|c| !c.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/engine-current"));
+    let script = current.join("engine.sh");
+    let output = std::process::Command::new(&script).arg("bin").output().unwrap_or_else(|e| {
+        panic!(
+            "running `{} bin` for containerd 2's binaries: {e}; set {CONTAINERD2_BIN_ENV} to a folder holding static \
+             `containerd` and `ctr` of containerd 2, or {ENGINE_CURRENT_ENV} to the engine-current folder",
+            script.display()
+        )
+    });
+    assert!(output.status.success(), "`{} bin` failed: {}", script.display(), String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
 /// Put on every container and image the test suites create.
 pub const TEST_LABEL: &str = "io.e2e-infra.test";
 
@@ -77,20 +155,22 @@ pub async fn build(
         .expect("image id")
 }
 
-/// Builds [`STAND_IN_IMAGE`] unless the engine already has it.
-pub async fn stand_in_image(docker: &Docker) {
-    if docker.inspect_image(STAND_IN_IMAGE).await.is_ok() {
+/// Builds the stand-in image of `kind` unless the engine already has it.
+pub async fn stand_in_image(docker: &Docker, kind: NodeKind) {
+    if docker.inspect_image(kind.image()).await.is_ok() {
         return;
     }
-    let files: Vec<(String, Vec<u8>, u32)> = NODE_FILES
-        .iter()
-        .map(|path| {
-            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {path} for the stand-in node: {e}"));
+    let files: Vec<(String, Vec<u8>, u32)> = kind
+        .files()
+        .into_iter()
+        .map(|(path, from)| {
+            let bytes = std::fs::read(&from)
+                .unwrap_or_else(|e| panic!("reading {} for the stand-in node: {e}", from.display()));
             (format!("rootfs{path}"), bytes, 0o755)
         })
         .collect();
     let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-node".to_owned())]);
-    build(docker, STAND_IN_IMAGE, STAND_IN_DOCKERFILE, files, labels).await;
+    build(docker, kind.image(), STAND_IN_DOCKERFILE, files, labels).await;
 }
 
 /// Builds a busybox image under `image` whose content differs by `marker`;
@@ -188,16 +268,23 @@ pub struct StandInCluster {
 }
 
 impl StandInCluster {
-    /// Starts the nodes and waits until containerd answers in each.
+    /// Starts the nodes on Debian's containerd and waits until containerd
+    /// answers in each.
     pub async fn start(docker: &Docker, name: &str, workers: usize) -> Self {
-        stand_in_image(docker).await;
+        Self::start_with(docker, name, workers, NodeKind::Containerd16).await
+    }
+
+    /// Starts the nodes on the containerd of `kind` and waits until
+    /// containerd answers in each.
+    pub async fn start_with(docker: &Docker, name: &str, workers: usize, kind: NodeKind) -> Self {
+        stand_in_image(docker, kind).await;
         let mut cluster = Self { name: name.to_owned(), nodes: Vec::new() };
         let roles = std::iter::once(("control-plane", "control-plane".to_owned()))
             .chain((1..=workers).map(|i| ("worker", if i == 1 { "worker".to_owned() } else { format!("worker{i}") })));
         for (role, suffix) in roles {
             let node = format!("{name}-{suffix}");
             let config = ContainerCreateBody {
-                image: Some(STAND_IN_IMAGE.to_owned()),
+                image: Some(kind.image().to_owned()),
                 labels: Some(HashMap::from([
                     (CLUSTER_LABEL.to_owned(), name.to_owned()),
                     (ROLE_LABEL.to_owned(), role.to_owned()),

@@ -309,3 +309,114 @@ async fn the_engine_is_the_one_docker_host_names() {
         assert_eq!(found, expected, "the suite talks to another engine than the one expected");
     }
 }
+
+/// An engine on a unix socket that answers `/_ping` and `/version` and
+/// then never answers anything else, as a frozen engine does. Returns its
+/// address; it lives as long as the returned task.
+async fn frozen_after_ping(path: &std::path::Path) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn serve(mut stream: tokio::net::UnixStream) {
+        let mut pending = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => pending.extend_from_slice(&buffer[..read]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..end + 4);
+            let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            let body = if path.ends_with("/_ping") {
+                "OK".to_owned()
+            } else if path.ends_with("/version") {
+                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24","Os":"linux","Arch":"amd64"}"#.to_owned()
+            } else {
+                // Frozen: the request is taken and never answered.
+                std::future::pending::<()>().await;
+                return;
+            };
+            let kind = if body == "OK" { "text/plain" } else { "application/json" };
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    (format!("unix://{}", path.display()), task)
+}
+
+#[tokio::test]
+async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_listing_bound() {
+    use e2e_infra::stack::teardown::{self, LISTING_TIMEOUT};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("frozen.sock");
+    let (host, engine) = frozen_after_ping(&socket).await;
+    let docker = connect_to(&host).await.expect("the ping is answered");
+    let started = Instant::now();
+    let error = teardown::list(&docker).await.expect_err("the engine never lists");
+    let waited = started.elapsed();
+    assert!(waited >= LISTING_TIMEOUT && waited < LISTING_TIMEOUT + Duration::from_secs(3), "{waited:?}");
+    let text = e2e_infra::error::error_chain(&error);
+    assert!(text.contains(&socket.display().to_string()), "no engine address: {text}");
+    assert!(text.contains("did not finish listing") && text.contains("check it with `docker info`"), "{text}");
+
+    // The command says the same, in the same time, for `status`.
+    let env = [("DOCKER_HOST", std::ffi::OsStr::new(&host))];
+    let (output, took) = e2e_infra_tests::cluster::cli(dir.path(), &["status"], &env).await;
+    assert!(!output.status.success());
+    assert!(took < LISTING_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&socket.display().to_string()) && stderr.contains("check it with `docker info`"), "{stderr}");
+    engine.abort();
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
+    use e2e_infra::record::RunKey;
+    use e2e_infra::stack::teardown;
+    let docker = engine(None).await;
+    // `relk` + `a-b` and `relk-a` + `b` join to the same `relk-a-b`.
+    let base = e2e_infra_tests::unique("relk");
+    let first = RunKey::new("a-b", base.as_str());
+    let second = RunKey::new("b", format!("{base}-a"));
+    assert_ne!(teardown::kept_marker(&first), teardown::kept_marker(&second));
+    for key in [&first, &second] {
+        teardown::mark_kept(&docker, key, None, None, "failed: a_test").await.expect("marked kept");
+    }
+    let kept: Vec<(String, String)> = teardown::list(&docker)
+        .await
+        .expect("listed")
+        .into_iter()
+        .filter(|run| run.kept && run.consumer.starts_with(base.as_str()))
+        .map(|run| (run.consumer, run.run_id))
+        .collect();
+    assert_eq!(kept, [(base.clone(), "a-b".to_owned()), (format!("{base}-a"), "b".to_owned())]);
+
+    // A volume of the marker's name that is not the stack's marker is named, not taken.
+    let third = RunKey::new("c", base.as_str());
+    let planted = teardown::kept_marker(&third);
+    let labels = HashMap::from([
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (labels::RUN.to_owned(), "other".to_owned()),
+        (labels::CONSUMER.to_owned(), base.clone()),
+    ]);
+    let request = bollard::models::VolumeCreateRequest { name: Some(planted.clone()), labels: Some(labels), ..Default::default() };
+    docker.create_volume(request).await.expect("planted");
+    let error = teardown::mark_kept(&docker, &third, None, None, "failed: a_test").await.expect_err("not its marker");
+    let text = error.to_string();
+    assert!(text.contains(&planted) && text.contains("is not its marker") && text.contains("run `other`"), "{text}");
+
+    for consumer in [base.clone(), format!("{base}-a")] {
+        remove_labelled(&docker, &[format!("{}={consumer}", labels::CONSUMER)]).await.expect("removed");
+    }
+}

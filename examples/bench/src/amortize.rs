@@ -22,7 +22,7 @@ use futures::StreamExt;
 
 use crate::report::{median, ratio, ratio_of, secs, Res, Section};
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 

@@ -6,6 +6,7 @@
 //! repetitions that can be changed.
 
 mod amortize;
+mod attach;
 mod delta;
 mod fail_fast;
 mod kind_load;
@@ -35,8 +36,8 @@ const ENGINES_ENV: &str = "E2E_BENCH_ENGINES";
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 8; 6 needs a cluster: KUBECONFIG; 8 fetches testcontainers from crates.io).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8])]
+    /// Which benchmarks to run (1 to 9; 6 and 9 need a cluster: KUBECONFIG, and 9 its node's containerd socket; 8 fetches testcontainers from crates.io).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8, 9])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -65,7 +66,7 @@ struct Cli {
     /// Size in MiB of its top layer, the one each rebuild changes.
     #[arg(long, default_value_t = 1)]
     delta_top_mb: u64,
-    /// Tests in each generated suite of benchmark 5.
+    /// Tests in each generated suite of benchmarks 5, 8 and 9.
     #[arg(long, default_value_t = 16)]
     tests: usize,
     /// Where the page goes.
@@ -177,7 +178,8 @@ async fn section(cli: &Cli, docker: &bollard::Docker, benchmark: u8) -> Res<Sect
         6 => fail_fast::fail_fast_real(cli.reps, Duration::from_secs(cli.naive_timeout)).await?,
         7 => delta::delta_reload(docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
         8 => reuse::reuse(docker, cli.tests, cli.reps).await?,
-        other => return Err(format!("no benchmark {other}; they are 1 to 8").into()),
+        9 => attach::attach(docker, cli.tests).await?,
+        other => return Err(format!("no benchmark {other}; they are 1 to 9").into()),
     })
 }
 

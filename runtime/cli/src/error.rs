@@ -34,6 +34,8 @@ pub mod code {
     pub const NO_STACK: u8 = 6;
     /// `up` found the stack of its run already up and created nothing.
     pub const ALREADY_UP: u8 = 7;
+    /// `down` found a run still going and removed nothing.
+    pub const ALIVE: u8 = 8;
 }
 
 /// Why a command failed.
@@ -63,8 +65,8 @@ pub enum CliError {
     /// The async runtime the engine calls run on did not start.
     #[error("starting an async runtime failed")]
     AsyncRuntime(#[source] std::io::Error),
-    /// The plan could not be written out.
-    #[error("writing the plan failed")]
+    /// Standard output is closed or full.
+    #[error("writing to standard output failed")]
     Output(#[source] std::io::Error),
     /// No container engine answers.
     #[error(transparent)]
@@ -89,6 +91,15 @@ pub enum CliError {
         consumer: String,
         run: String,
         source: StackError,
+    },
+    /// `down` of a run whose launcher still runs, without `--force`.
+    #[error("the `{consumer}` stack of {runs} is in use: its launcher still runs; nothing was removed. Let that run finish or stop it, or remove the stack under it with `{force}`")]
+    Alive {
+        consumer: String,
+        /// Each run still going, with its launcher.
+        runs: String,
+        /// The command that removes it anyway.
+        force: String,
     },
     /// `down` found nothing to take down.
     #[error("no stack of consumer `{consumer}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is")]
@@ -136,6 +147,7 @@ impl CliError {
             Self::Ambiguous { .. } => code::CONFIG,
             Self::Logs(_) | Self::Report(_) => code::STACK,
             Self::AlreadyUp { .. } => code::ALREADY_UP,
+            Self::Alive { .. } => code::ALIVE,
         }
     }
 
@@ -188,7 +200,7 @@ mod tests {
         let error = CliError::Output(std::io::Error::other("broken pipe"));
         assert_eq!(
             e2e_infra::error::error_chain(&error),
-            "writing the plan failed\n  caused by: broken pipe"
+            "writing to standard output failed\n  caused by: broken pipe"
         );
     }
 }

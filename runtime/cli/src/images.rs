@@ -4,6 +4,7 @@ use e2e_infra::build::housekeeping::{self, prune_run_tags};
 use e2e_infra::engine;
 
 use crate::error::CliError;
+use crate::output::say;
 
 /// The image part of `clean`.
 #[derive(clap::Args)]
@@ -37,10 +38,10 @@ pub fn clean(args: &ImagesArgs) -> Result<(), CliError> {
         let removed =
             prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await.map_err(CliError::Images)?;
         if removed.is_empty() {
-            println!("no image tags to remove: every component has the tags of at most {keep} run(s) not in use");
+            say!("no image tags to remove: every component has the tags of at most {keep} run(s) not in use")?;
         }
         for tag in removed {
-            println!("removed image tag {} ({}, image {})", tag.reference, tag.component, short_id(&tag.image_id));
+            say!("removed image tag {} ({}, image {})", tag.reference, tag.component, short_id(&tag.image_id))?;
         }
         Ok(())
     })

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod error;
 mod images;
+mod output;
 mod plan;
 mod report;
 mod stacks;
@@ -63,15 +64,10 @@ fn main() -> ExitCode {
         }
     };
     // One short line per stage and component; RUST_LOG gives more.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("e2e_infra=info")),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    e2e_infra::progress::init(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("e2e_infra=info")),
+    );
     let result = match cli.command {
         Command::Plan(args) => plan::run(cli.config.as_deref(), &args),
         Command::Up(args) => stacks::up(cli.config.as_deref(), args),

@@ -1,6 +1,5 @@
 //! `e2e-infra plan`.
 
-use std::io::Write;
 use std::path::Path;
 
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
@@ -72,9 +71,5 @@ pub fn run(config: Option<&Path>, args: &Args) -> Result<(), CliError> {
             }
         }
     }
-    // A reader that stops early (`| head`) is not an error.
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
-        _ => Ok(()),
-    }
+    crate::output::write(format_args!("{text}"))
 }

@@ -6,6 +6,7 @@ use e2e_infra::stack::teardown::RunStack;
 
 use crate::error::CliError;
 use crate::stacks::{not_found, runtime, stacks, ClusterArgs};
+use crate::output::say;
 
 /// Which stack.
 #[derive(clap::Args)]
@@ -79,7 +80,7 @@ pub fn report(args: &ReportArgs) -> Result<(), CliError> {
         let (evidence, placement) = report::on_demand(&stack);
         let dir = report::case_dir(&stack.consumer, &stack.run_id, report::ON_DEMAND);
         let path = report::write_for(dir, &evidence, &placement).await.map_err(CliError::Report)?;
-        println!("{}", path.display());
+        say!("{}", path.display())?;
         Ok(())
     })
 }

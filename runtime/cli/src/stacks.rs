@@ -9,6 +9,7 @@ use e2e_infra::stack::teardown::{self, Liveness, RunStack};
 use e2e_infra::{engine, Plan};
 
 use crate::error::CliError;
+use crate::output::say;
 
 /// Which Kubernetes cluster to look at besides the engine.
 #[derive(clap::Args)]
@@ -71,6 +72,9 @@ pub struct DownArgs {
     /// Only the stack of this run (default: every run of the consumer).
     #[arg(long)]
     run: Option<String>,
+    /// Also remove stacks of runs that are still going (their launcher runs).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -181,13 +185,13 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
         }
     })?;
     let record = runtime.block_on(stack::up(&plan, &options)).map_err(CliError::Up)?;
-    print!("{}", record.summary);
+    crate::output::write(format_args!("{}", record.summary))?;
     for (component, ports) in &record.endpoints {
         for (port, addr) in ports {
-            println!("  {component}:{port} -> {addr}");
+            say!("  {component}:{port} -> {addr}")?;
         }
     }
-    println!("take it down with: {take_down}");
+    say!("take it down with: {take_down}")?;
     Ok(())
 }
 
@@ -195,23 +199,49 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
 pub fn down(args: &DownArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let docker = engine::connect().await?;
-        let runs = stacks(&docker, args.cluster.wanted()).await?;
+        let mut runs = stacks(&docker, args.cluster.wanted()).await?;
+        runs.retain(|r| r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id));
+        // A run still going would lose its stack under its tests: refuse
+        // before removing anything, unless told.
+        let alive: Vec<String> = runs
+            .iter()
+            .filter(|r| r.liveness() == Liveness::Alive)
+            .filter_map(|r| r.launcher.map(|l| format!("run {} (launched by {})", r.run_id, launcher_name(l.pid))))
+            .collect();
+        if !alive.is_empty() && !args.force {
+            return Err(CliError::Alive {
+                consumer: args.consumer.clone(),
+                runs: alive.join(", "),
+                force: format!(
+                    "e2e-infra down --consumer {}{} --force{}",
+                    args.consumer,
+                    args.run.as_ref().map(|r| format!(" --run {r}")).unwrap_or_default(),
+                    args.cluster.flags()
+                ),
+            });
+        }
         let mut found = false;
-        for run in runs.iter().filter(|r| {
-            r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id)
-        }) {
+        for run in &runs {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
             let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| {
                 CliError::Down { consumer: run.consumer.clone(), run: run.run_id.clone(), source }
             })?;
-            println!("removed {} run {}: {summary}", run.consumer, run.run_id);
+            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
         }
         if !found {
             return Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster));
         }
         Ok(())
     })
+}
+
+/// `pid N (command)`, the command as `/proc` names it while it runs.
+fn launcher_name(pid: u32) -> String {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => format!("pid {pid} ({})", comm.trim_end()),
+        Err(_) => format!("pid {pid}"),
+    }
 }
 
 /// The error for a consumer (and run) with no stack where it was looked for.
@@ -230,7 +260,7 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
         let docker = engine::connect().await?;
         let runs = stacks(&docker, args.cluster.wanted()).await?;
         if runs.is_empty() {
-            println!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" });
+            say!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" })?;
         }
         let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
         let now = teardown::now();
@@ -245,18 +275,18 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
-                Some((namespace, target)) => println!(
+                Some((namespace, target)) => say!(
                     "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
                     run.consumer, state, run.run_id
-                ),
-                None => println!(
+                )?,
+                None => say!(
                     "{:<14} {:<7} run {}  containers: {}  networks: {}",
                     run.consumer,
                     state,
                     run.run_id,
                     list(&run.containers),
                     list(&run.networks)
-                ),
+                )?,
             }
         }
         Ok(())
@@ -280,17 +310,17 @@ pub fn clean(args: &CleanArgs) -> Result<(), CliError> {
         let scope = teardown::Scope { kept: args.kept, foreign: args.foreign, reused: args.reused };
         let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(CliError::Clean)?;
         if removed.is_empty() {
-            println!("nothing to clean: no stack of a finished run is left");
+            say!("nothing to clean: no stack of a finished run is left")?;
         }
         if !args.foreign && !foreign.is_empty() {
-            println!(
+            say!(
                 "left foreign stacks (launched on another host or PID namespace, alive as far as can be told): {}; \
                  they go after 24 h, or now with `e2e-infra clean --foreign`",
                 foreign.join(", ")
-            );
+            )?;
         }
         for (run, summary) in removed {
-            println!("removed {} run {}: {summary}", run.consumer, run.run_id);
+            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
         }
         Ok(())
     })

@@ -44,6 +44,9 @@ fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     let consumer = consumer("up");
     let up = cli(dir.path(), &["up", "--consumer", &consumer, "--needs", "web"]);
     assert!(up.status.success());
+    // Standard error is a pipe here, as in CI: the progress log is plain.
+    let progress = String::from_utf8_lossy(&up.stderr);
+    assert!(progress.contains("web") && !progress.contains('\x1b'), "{progress:?}");
     let text = stdout(&up);
     assert!(text.contains(&format!("localhost/web:{consumer}-")), "{text}");
     let endpoint = text
@@ -106,4 +109,71 @@ fn clean_removes_stacks_of_finished_runs_but_not_kept_ones() {
     let clean_kept = stdout(&cli(dir.path(), &["clean", "--kept", "--consumer", &kept]));
     assert!(clean_kept.contains(&format!("removed {kept} run dead-{kept}")), "{clean_kept}");
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&kept));
+}
+
+/// Runs the command with standard output on `out`.
+fn cli_into(dir: &Path, args: &[&str], out: impl Into<std::process::Stdio>) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+        .args(args)
+        .current_dir(dir)
+        .env("E2E_INFRA_STATE_DIR", dir.join("state"))
+        .stdout(out)
+        .output()
+        .expect("run e2e-infra");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// A pipe whose reading end is already closed, as after `| head -0`.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn a_closed_or_full_standard_output_is_exit_code_1_not_a_panic() {
+    let dir = project();
+    let plan = ["plan", "--consumer", "out", "--needs", "web"];
+    for args in [&["status"][..], &plan] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        for output in [cli_into(dir.path(), args, full), cli_into(dir.path(), args, closed_pipe())] {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.starts_with("error: writing to standard output failed\n  caused by: "), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn down_refuses_a_run_that_is_alive_unless_forced() {
+    let dir = project();
+    let catalog = Catalog::load(&dir.path().join("e2e-infra.toml")).expect("catalog");
+    let name = consumer("alive");
+    // A launcher that runs for the whole test: the run is going.
+    let mut child = Command::new("sleep").arg("600").spawn().expect("spawn");
+    let launcher = Launcher::of(child.id()).expect("launcher seen while it runs");
+    let run = RunId::explicit(&format!("alive-{name}"), Some(launcher)).expect("run id");
+    let plan = Plan::new(&catalog, &name, &["web"], run, &Delivery::Local).expect("plan");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(stack::up(&plan, &StackOptions::default())).expect("up");
+
+    let down = cli(dir.path(), &["down", "--consumer", &name]);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(8), "{stderr}");
+    let launched = format!("run alive-{name} (launched by pid {} (sleep))", child.id());
+    for part in [launched.as_str(), "nothing was removed", "--force"] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    let status = stdout(&cli(dir.path(), &["status"]));
+    assert!(status.lines().any(|l| l.starts_with(&name) && l.contains(" alive ")), "{status}");
+
+    let forced = cli(dir.path(), &["down", "--consumer", &name, "--force"]);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert!(forced.status.success());
+    assert!(stdout(&forced).contains("1 container(s), 1 network(s)"), "{}", stdout(&forced));
+    assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
 }

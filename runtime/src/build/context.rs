@@ -141,7 +141,7 @@ impl Context {
         let ignore = DockerIgnore::parse(ignore_text.as_deref().unwrap_or_default())
             .map_err(|source| ContextError::Ignore { path: ignore_path.clone(), source })?;
         let mut entries = Vec::new();
-        walk(root, "", &ignore, &mut entries)?;
+        walk(root, &ignore, &mut entries)?;
         entries.sort_by(|a, b| a.relative.cmp(&b.relative));
 
         let dockerfile = read_regular(&spec.dockerfile)?;
@@ -212,31 +212,37 @@ fn inside_context(root: &Path, dockerfile: &Path) -> Result<Option<String>, Cont
         .map(|rel| rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")))
 }
 
-fn walk(dir: &Path, prefix: &str, ignore: &DockerIgnore, out: &mut Vec<Entry>) -> Result<(), ContextError> {
-    for item in fs::read_dir(dir).map_err(read_error(dir))? {
-        let item = item.map_err(read_error(dir))?;
-        let path = item.path();
-        let name = item.file_name().to_string_lossy().into_owned();
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let meta = fs::symlink_metadata(&path).map_err(read_error(&path))?;
-        let excluded = ignore.excludes(&relative);
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.is_dir() {
-            if !excluded {
-                out.push(Entry { relative: relative.clone(), path: path.clone(), kind: Kind::Dir, mode });
+/// Every entry below `root`, found with a list of folders still to read
+/// rather than by recursion: a context nested hundreds of levels deep must
+/// not overflow the stack of the thread that scans it.
+fn walk(root: &Path, ignore: &DockerIgnore, out: &mut Vec<Entry>) -> Result<(), ContextError> {
+    let mut pending = vec![(root.to_owned(), String::new())];
+    while let Some((dir, prefix)) = pending.pop() {
+        for item in fs::read_dir(&dir).map_err(read_error(&dir))? {
+            let item = item.map_err(read_error(&dir))?;
+            let path = item.path();
+            let name = item.file_name().to_string_lossy().into_owned();
+            let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let meta = fs::symlink_metadata(&path).map_err(read_error(&path))?;
+            let excluded = ignore.excludes(&relative);
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                if !excluded {
+                    out.push(Entry { relative: relative.clone(), path: path.clone(), kind: Kind::Dir, mode });
+                }
+                // A `!` line may bring back files below an excluded directory.
+                pending.push((path, relative));
+            } else if !excluded {
+                if let Some(kind) = special(meta.file_type()) {
+                    return Err(ContextError::SpecialFile { path, kind });
+                }
+                let kind = if meta.file_type().is_symlink() {
+                    Kind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
+                } else {
+                    Kind::File(Stamp::of(&meta))
+                };
+                out.push(Entry { relative, path, kind, mode });
             }
-            // A `!` line may bring back files below an excluded directory.
-            walk(&path, &relative, ignore, out)?;
-        } else if !excluded {
-            if let Some(kind) = special(meta.file_type()) {
-                return Err(ContextError::SpecialFile { path, kind });
-            }
-            let kind = if meta.file_type().is_symlink() {
-                Kind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
-            } else {
-                Kind::File(Stamp::of(&meta))
-            };
-            out.push(Entry { relative, path, kind, mode });
         }
     }
     Ok(())
@@ -401,6 +407,30 @@ mod tests {
 
         fs::write(dir.path().join(".dockerignore"), "run\n").unwrap();
         assert!(Context::scan("c", &s).is_ok());
+    }
+
+    #[test]
+    fn a_context_nested_800_levels_deep_is_walked_on_a_small_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let mut deepest = dir.path().to_owned();
+        for _ in 0..800 {
+            deepest.push("d");
+        }
+        fs::create_dir_all(&deepest).unwrap();
+        fs::write(deepest.join("leaf"), "x").unwrap();
+        let s = spec(dir.path(), &dir.path().join("Dockerfile"));
+        // Far less than the 2 MiB a runtime's thread has: the walk's depth
+        // must not grow the stack.
+        let scanned = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || Context::scan("c", &s).map(|ctx| names(&ctx)))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        let leaf = format!("{}leaf", "d/".repeat(800));
+        assert!(scanned.contains(&leaf), "{} entries, no {leaf}", scanned.len());
     }
 
     #[test]

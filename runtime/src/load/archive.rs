@@ -42,7 +42,8 @@ const LABEL_LIMIT: usize = 4096;
 const JSON_LIMIT: usize = 16 * 1024 * 1024;
 const BLOCK: usize = 512;
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The media type of the manifests written here.
+pub(super) const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 /// The engine's export is not an archive this module reads.
@@ -52,8 +53,19 @@ pub enum ArchiveError {
     /// Reading the export from the engine failed.
     #[error("reading the export failed")]
     Export(#[from] bollard::errors::Error),
-    /// The export is not a docker-format archive of the expected image.
-    #[error("the export is not a docker-format archive of image {image_id}: {problem}")]
+    /// The export is in a layout this module does not read.
+    #[error("the export of image {image_id}{engine} is in a layout this loader does not read: its top-level entries are {}; it reads docker-format archives (`manifest.json`, `<id>/layer.tar`) and OCI layouts (`oci-layout`, `index.json`, `blobs/sha256/`). Load the image another way (a registry: E2E_INFRA_REGISTRY), or report the engine's version with these entries", if entries.is_empty() { "none".to_owned() } else { entries.join(", ") })]
+    Layout {
+        /// The image exported.
+        image_id: String,
+        /// The archive's top-level entries (the first few).
+        entries: Vec<String>,
+        /// The engine, as `, from <version> with storage driver <driver>`;
+        /// filled in by the caller, who asks the engine.
+        engine: String,
+    },
+    /// The export does not hold the expected image in a form read here.
+    #[error("the export of image {image_id} is unreadable: {problem}")]
     Format {
         /// The image exported.
         image_id: String,
@@ -137,37 +149,59 @@ impl LayerMap {
 pub struct Target {
     /// Where its archive goes (the standard input of its import).
     pub tx: mpsc::Sender<Bytes>,
-    /// Layers it holds already, never sent, keyed as the reader names
-    /// them: the export's short entry names (to short diff ids), or short
-    /// diff ids when the layers are read from the engine's store.
+    /// Entries of a docker-format export it holds already, never sent:
+    /// short entry names to short diff ids.
     pub held: BTreeMap<String, String>,
+    /// The blobs of its content store, as short digests: a blob named by
+    /// its digest (in an OCI layout, or read from the engine's store) is
+    /// never sent to a node that has it.
+    pub blobs: BTreeSet<String>,
     /// Bytes sent so far.
     pub sent: u64,
     open: bool,
 }
 
 impl Target {
-    /// A node that holds the entries `held`.
-    pub fn new(tx: mpsc::Sender<Bytes>, held: BTreeMap<String, String>) -> Self {
-        Self { tx, held, sent: 0, open: true }
+    /// A node that holds the export's entries `held` and the blobs `blobs`.
+    pub fn new(tx: mpsc::Sender<Bytes>, held: BTreeMap<String, String>, blobs: BTreeSet<String>) -> Self {
+        Self { tx, held, blobs, sent: 0, open: true }
     }
+
+    fn holds(&self, what: &Held) -> bool {
+        match what {
+            Held::Entry(name) => self.held.contains_key(name),
+            Held::Blob(short) => self.blobs.contains(short),
+        }
+    }
+}
+
+/// What a node may hold already of the bytes being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Held {
+    /// A docker-format export's layer entry, by short name.
+    Entry(String),
+    /// A blob, by short digest.
+    Blob(String),
 }
 
 /// What a split found out about the image.
 #[derive(Debug)]
 pub(crate) struct Split {
-    /// Its layer map, for the node's label.
-    pub layers: LayerMap,
-    /// Its diff ids, bottom first.
-    pub diff_ids: Vec<String>,
+    /// Its layer map, for the node's label; `None` for an OCI layout,
+    /// whose blobs are named by their digests.
+    pub layers: Option<LayerMap>,
+    /// The digests of its layers' blobs, bottom first: what a node that
+    /// imported it holds.
+    pub blobs: Vec<String>,
+    /// The digest of the manifest the nodes were given.
+    pub manifest: String,
 }
 
-/// Sends `chunk` to the open targets, but for those holding the entry
-/// `layer`; a target whose import went away is closed (its own error reports
-/// why).
-pub(super) async fn send_to(targets: &mut [Target], layer: Option<&str>, chunk: &Bytes) {
+/// Sends `chunk` to the open targets, but for those holding `held`; a
+/// target whose import went away is closed (its own error reports why).
+pub(super) async fn send_to(targets: &mut [Target], held: Option<&Held>, chunk: &Bytes) {
     let mut takers: Vec<&mut Target> =
-        targets.iter_mut().filter(|t| t.open && layer.is_none_or(|name| !t.held.contains_key(name))).collect();
+        targets.iter_mut().filter(|t| t.open && held.is_none_or(|what| !t.holds(what))).collect();
     let sent = futures::future::join_all(takers.iter().map(|t| t.tx.send(chunk.clone()))).await;
     for (target, result) in takers.iter_mut().zip(sent) {
         match result {
@@ -186,8 +220,12 @@ pub(super) fn any_open(targets: &[Target]) -> bool {
 /// What the entry being read is.
 #[derive(Debug)]
 enum Entry {
-    /// A layer, sent to the targets that lack it; padded to a block.
-    Layer { name: String, blob: String, size: u64 },
+    /// A layer or a large blob, sent to the targets that lack it; padded
+    /// to a block.
+    Layer { held: Held, size: u64 },
+    /// A small blob of an OCI layout (an index, a manifest, a config or a
+    /// small layer), kept until the image is known.
+    Kept { digest: String, bytes: Vec<u8> },
     /// Kept whole: the config or `manifest.json`.
     Json { path: String, bytes: Vec<u8> },
     /// A PAX or GNU header whose data names the next entry.
@@ -302,20 +340,54 @@ pub(super) struct ImageConfig {
     pub(super) rootfs: RootFs,
 }
 
+/// What an archive holds of an OCI layout, as it streams by.
+#[derive(Debug, Default)]
+struct Blobs {
+    /// Small blobs, whole, by digest.
+    kept: HashMap<String, Vec<u8>>,
+    /// Bytes in `kept`.
+    kept_bytes: usize,
+    /// Blobs sent on as they came (to the nodes lacking them), by digest,
+    /// with their sizes.
+    sent: HashMap<String, u64>,
+}
+
+/// The archive's top-level entries, for an error about its layout.
+#[derive(Debug, Default)]
+struct TopLevel(BTreeSet<String>);
+
+impl TopLevel {
+    const KEPT: usize = 20;
+
+    fn add(&mut self, path: &str) {
+        let first = match path.split_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => path.to_owned(),
+        };
+        if self.0.len() < Self::KEPT {
+            self.0.insert(first);
+        }
+    }
+}
+
 /// Reads the export `source` of image `image_id` once and writes to every
 /// target an OCI archive of `reference` without the layers it holds.
+/// Reads both layouts engines export: the docker-format archive (Docker 24
+/// and older, Podman) and the OCI layout (Docker 25 and newer).
 /// Returns what the export said of the layers.
 ///
 /// # Errors
-/// [`ArchiveError`] for a failing export, an archive that is not a
-/// docker-format archive of `image_id`, or a node whose layer label
-/// disagrees with the export.
+/// [`ArchiveError`] for a failing export, an archive in neither layout
+/// ([`ArchiveError::Layout`]), one that does not hold image `image_id`,
+/// or a node whose layer label disagrees with the export.
 pub(crate) async fn split<S>(source: S, reference: &str, image_id: &str, targets: &mut [Target]) -> Result<Split, ArchiveError>
 where
     S: Stream<Item = Result<Bytes, bollard::errors::Error>>,
 {
     let format = |problem: String| ArchiveError::Format { image_id: image_id.to_owned(), problem };
     futures::pin_mut!(source);
+    let mut blobs = Blobs::default();
+    let mut top = TopLevel::default();
     let mut header_bytes: Vec<u8> = Vec::with_capacity(BLOCK);
     // What remains of the current entry's data, then of its padding.
     let (mut data_left, mut pad_left) = (0u64, 0usize);
@@ -335,8 +407,8 @@ where
                 let piece = chunk.split_to(take);
                 data_left -= take as u64;
                 match &mut entry {
-                    Entry::Layer { name, .. } => send_to(targets, Some(name), &piece).await,
-                    Entry::Json { bytes, .. } | Entry::Meta { bytes, .. } => {
+                    Entry::Layer { held, .. } => send_to(targets, Some(held), &piece).await,
+                    Entry::Json { bytes, .. } | Entry::Meta { bytes, .. } | Entry::Kept { bytes, .. } => {
                         if bytes.len() + take > JSON_LIMIT {
                             return Err(format(format!("an entry read whole is larger than {JSON_LIMIT} bytes")));
                         }
@@ -345,7 +417,7 @@ where
                     Entry::Skip => {}
                 }
                 if data_left == 0 {
-                    finish_entry(&mut entry, targets, &mut jsons, &mut long_name, &mut pax).await;
+                    finish_entry(&mut entry, targets, &mut jsons, &mut blobs, &mut long_name, &mut pax).await;
                 }
                 continue;
             }
@@ -369,17 +441,34 @@ where
                 .ok_or_else(|| format("a tar header is unreadable".to_owned()))?;
             pad_left = padding(header.size);
             data_left = header.size;
-            entry = classify(&header, &mut sizes, &mut links);
-            if let Entry::Layer { name, blob, size } = &entry {
-                send_to(targets, Some(name), &tar_header(&format!("blobs/sha256/{blob}"), *size)).await;
+            if !matches!(header.kind, b'x' | b'L' | b'g') {
+                top.add(&header.path);
+            }
+            entry = classify(&header, &mut sizes, &mut links, &mut blobs);
+            if let Entry::Layer { held, size } = &entry {
+                let blob = match held {
+                    Held::Entry(_) => header.path.split('/').next().unwrap_or_default().trim_end_matches(".tar"),
+                    Held::Blob(_) => header.path.trim_start_matches("blobs/sha256/"),
+                };
+                send_to(targets, Some(held), &tar_header(&format!("blobs/sha256/{blob}"), *size)).await;
             }
             if data_left == 0 {
-                finish_entry(&mut entry, targets, &mut jsons, &mut long_name, &mut pax).await;
+                finish_entry(&mut entry, targets, &mut jsons, &mut blobs, &mut long_name, &mut pax).await;
             }
         }
     }
     if !ended {
         return Err(format("the archive ends before its end-of-archive blocks".to_owned()));
+    }
+    if jsons.contains_key("index.json") {
+        return finish_oci(reference, image_id, &jsons, &blobs, targets).await;
+    }
+    if !jsons.contains_key("manifest.json") {
+        return Err(ArchiveError::Layout {
+            image_id: image_id.to_owned(),
+            entries: top.0.into_iter().collect(),
+            engine: String::new(),
+        });
     }
     let image = read_image(image_id, &jsons, &sizes, &links).map_err(format)?;
     let mut layers = LayerMap::default();
@@ -397,14 +486,89 @@ where
         }
         layers.0.insert(name, short);
     }
-    let tail = oci_tail(reference, &image.config, &image.manifest);
+    let tail = oci_tail(reference, &image.config, &image.manifest, MANIFEST_TYPE);
     send_to(targets, None, &tail).await;
-    Ok(Split { layers, diff_ids: image.diff_ids })
+    let manifest = crate::load::oci::digest_of(&image.manifest);
+    Ok(Split { layers: Some(layers), blobs: image.diff_ids, manifest })
 }
 
+/// Ends the split of an OCI layout: finds the image among the blobs, sends
+/// the small layers a node lacks (the large ones went by as they came),
+/// then the config, the manifest and an index naming `reference`.
+///
+/// A manifest of the engine's own (its image id is a manifest's or an
+/// index's digest: the containerd image store) is sent as it is, with the
+/// engine's compressed layers, so the node holds the engine's manifest
+/// digest. An engine whose id is the config's digest has no manifest of
+/// its own: the nodes get the one [`oci_manifest`] writes, as when the
+/// image is read from its store.
+async fn finish_oci(
+    reference: &str,
+    image_id: &str,
+    jsons: &HashMap<String, Vec<u8>>,
+    blobs: &Blobs,
+    targets: &mut [Target],
+) -> Result<Split, ArchiveError> {
+    let format = |problem: String| ArchiveError::Format { image_id: image_id.to_owned(), problem };
+    let index = jsons.get("index.json").map(Vec::as_slice).unwrap_or_default();
+    let roots = oci_spec::image::ImageIndex::from_reader(index)
+        .map_err(|e| format(format!("its index.json is unreadable: {e}")))?
+        .manifests()
+        .clone();
+    let image = crate::load::oci::resolve(image_id, &roots, &|digest| blobs.kept.get(digest).cloned()).map_err(format)?;
+    for layer in &image.layers {
+        let held = Held::Blob(short_digest(&layer.digest));
+        match (blobs.kept.get(&layer.digest), blobs.sent.get(&layer.digest)) {
+            (Some(bytes), _) => send_to(targets, Some(&held), &tar_file(&blob_path(&layer.digest), bytes)).await,
+            (None, Some(_)) => {}
+            (None, None) => return Err(format(format!("it lacks the layer blob {}", layer.digest))),
+        }
+    }
+    let plain = image.layers.iter().zip(&image.diff_ids).all(|(l, d)| l.uncompressed && l.digest == *d);
+    let (manifest, manifest_type) = if image.id_is_config && plain {
+        let layers: Vec<(&str, u64)> = image.layers.iter().map(|l| (l.digest.as_str(), l.size)).collect();
+        (oci_manifest(&image.config, &layers), MANIFEST_TYPE.to_owned())
+    } else {
+        (image.manifest.clone(), image.manifest_type.clone())
+    };
+    send_to(targets, None, &oci_tail(reference, &image.config, &manifest, &manifest_type)).await;
+    Ok(Split {
+        layers: None,
+        blobs: image.layers.into_iter().map(|l| l.digest).collect(),
+        manifest: crate::load::oci::digest_of(&manifest),
+    })
+}
+
+/// The path of the blob `digest` in an OCI layout.
+fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+/// Blobs of an OCI layout up to this size are kept whole until the image
+/// is known; larger ones are sent on as they come.
+const SMALL_BLOB: u64 = 64 * 1024;
+
 /// Classifies the entry that `header` starts, noting layer sizes and links.
-fn classify(header: &Header, sizes: &mut HashMap<String, u64>, links: &mut HashMap<String, String>) -> Entry {
+fn classify(
+    header: &Header,
+    sizes: &mut HashMap<String, u64>,
+    links: &mut HashMap<String, String>,
+    blobs: &mut Blobs,
+) -> Entry {
     let path = header.path.as_str();
+    if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| h.len() == 64 && !h.contains('/')) {
+        if !matches!(header.kind, b'0' | 0) {
+            return Entry::Skip;
+        }
+        let digest = format!("sha256:{hex}");
+        let size = usize::try_from(header.size).unwrap_or(usize::MAX);
+        if header.size <= SMALL_BLOB && blobs.kept_bytes + size <= JSON_LIMIT {
+            blobs.kept_bytes += size;
+            return Entry::Kept { digest, bytes: Vec::with_capacity(size) };
+        }
+        blobs.sent.insert(digest, header.size);
+        return Entry::Layer { held: Held::Blob(short_digest(hex)), size: header.size };
+    }
     match header.kind {
         b'x' | b'L' => return Entry::Meta { kind: header.kind, bytes: Vec::new() },
         // An identical layer saved twice is a link to the first copy.
@@ -421,13 +585,12 @@ fn classify(header: &Header, sizes: &mut HashMap<String, u64>, links: &mut HashM
         b'0' | 0 => {}
         _ => return Entry::Skip,
     }
-    if path == "manifest.json" || (!path.contains('/') && path.ends_with(".json")) {
+    if path == "manifest.json" || path == "oci-layout" || (!path.contains('/') && path.ends_with(".json")) {
         return Entry::Json { path: path.to_owned(), bytes: Vec::new() };
     }
     if path.ends_with(".tar") {
         sizes.insert(path.to_owned(), header.size);
-        let blob = path.split('/').next().unwrap_or(path).trim_end_matches(".tar").to_owned();
-        return Entry::Layer { name: short_name(path), blob, size: header.size };
+        return Entry::Layer { held: Held::Entry(short_name(path)), size: header.size };
     }
     Entry::Skip
 }
@@ -453,18 +616,22 @@ async fn finish_entry(
     entry: &mut Entry,
     targets: &mut [Target],
     jsons: &mut HashMap<String, Vec<u8>>,
+    blobs: &mut Blobs,
     long_name: &mut Option<String>,
     pax: &mut HashMap<String, String>,
 ) {
     match std::mem::replace(entry, Entry::Skip) {
-        Entry::Layer { name, size, .. } => {
+        Entry::Layer { held, size } => {
             let pad = padding(size);
             if pad > 0 {
-                send_to(targets, Some(&name), &Bytes::from(vec![0u8; pad])).await;
+                send_to(targets, Some(&held), &Bytes::from(vec![0u8; pad])).await;
             }
         }
         Entry::Json { path, bytes } => {
             jsons.insert(path, bytes);
+        }
+        Entry::Kept { digest, bytes } => {
+            blobs.kept.insert(digest, bytes);
         }
         Entry::Meta { kind: b'L', bytes } => *long_name = Some(field(&bytes)),
         Entry::Meta { bytes, .. } => *pax = parse_pax(&bytes),
@@ -538,14 +705,15 @@ pub(super) fn oci_manifest(config: &[u8], layers: &[(&str, u64)]) -> Vec<u8> {
     manifest.to_string().into_bytes()
 }
 
-/// The end of every node's archive: config, manifest, layout marker,
-/// `index.json` naming `reference`, and the end-of-archive blocks.
-pub(super) fn oci_tail(reference: &str, config: &[u8], manifest: &[u8]) -> Bytes {
+/// The end of every node's archive: config, manifest (of media type
+/// `manifest_type`), layout marker, `index.json` naming `reference`, and the
+/// end-of-archive blocks.
+pub(super) fn oci_tail(reference: &str, config: &[u8], manifest: &[u8], manifest_type: &str) -> Bytes {
     let blob = |bytes: &[u8]| format!("blobs/sha256/{}", hex::encode(Sha256::digest(bytes)));
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": MANIFEST_TYPE,
+            "mediaType": manifest_type,
             "digest": format!("sha256:{}", hex::encode(Sha256::digest(manifest))),
             "size": manifest.len(),
             "annotations": { "io.containerd.image.name": reference },
@@ -609,6 +777,7 @@ pub(super) mod tests {
         chunk: usize,
         held: Vec<BTreeMap<String, String>>,
     ) -> (Vec<Vec<u8>>, Vec<u64>, Result<Split, ArchiveError>) {
+        let held = held.into_iter().map(|h| (h, BTreeSet::new())).collect();
         let source = futures::stream::iter(
             archive
                 .chunks(chunk)
@@ -622,10 +791,11 @@ pub(super) mod tests {
         .await
     }
 
-    /// Runs `send` on targets holding `held`, collecting what each is sent;
-    /// returns each target's archive, its byte count and `send`'s result.
+    /// Runs `send` on targets holding `held` (export entries, blobs),
+    /// collecting what each is sent; returns each target's archive, its
+    /// byte count and `send`'s result.
     pub(in crate::load) async fn into_targets<T, F, Fut>(
-        held: Vec<BTreeMap<String, String>>,
+        held: Vec<(BTreeMap<String, String>, BTreeSet<String>)>,
         send: F,
     ) -> (Vec<Vec<u8>>, Vec<u64>, T)
     where
@@ -634,9 +804,9 @@ pub(super) mod tests {
     {
         let (targets, receivers): (Vec<_>, Vec<_>) = held
             .into_iter()
-            .map(|held| {
+            .map(|(held, blobs)| {
                 let (tx, rx) = mpsc::channel(4);
-                (Target::new(tx, held), rx)
+                (Target::new(tx, held, blobs), rx)
             })
             .unzip();
         let collect = futures::future::join_all(receivers.into_iter().map(|mut rx| async move {
@@ -680,9 +850,9 @@ pub(super) mod tests {
         for chunk in [1, 7, 512, 100_000] {
             let (got, sent, result) = run(&archive, &image_id, chunk, vec![held.clone(), BTreeMap::new()]).await;
             let split = result.expect("split");
-            assert_eq!(split.diff_ids, diff_ids);
+            assert_eq!(split.blobs, diff_ids);
             assert_eq!(
-                split.layers.label().expect("label"),
+                split.layers.expect("a layer map").label().expect("label"),
                 format!(
                     "aaaa1111aaaa1111:{}+bbbb2222bbbb2222:{}",
                     short_digest(&diff_ids[0]),

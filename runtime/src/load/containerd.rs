@@ -38,7 +38,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::archive::{self, ArchiveError, LayerMap, Target, LAYERS_LABEL};
-use super::store::{Store, StoreError, StoredImage};
+use super::content::{ContentImage, ContentStore, EngineStore};
+use super::store::{StoreError, StoredImage};
 use crate::engine;
 use crate::error::error_chain;
 use crate::plan::{ImageRef, Tag};
@@ -90,10 +91,17 @@ pub enum Route {
 /// How this process reaches `node`. A Kind node's own socket is used only
 /// when it is certainly that node's: the engine is reached through a local
 /// socket, `/proc/<pid>/root` of the container's process is the container's
-/// root as the engine reports it (same device and inode, so this process
-/// sees the engine's processes and mounts), `ctr` is installed here, and
-/// the socket accepts a connection from this user. Anything else is the
-/// exec, as is everything when [`KIND_EXEC_ENV`] is `1`.
+/// root as the engine reports it, `ctr` is installed here, and the socket
+/// accepts a connection from this user. Anything else is the exec, as is
+/// everything when [`KIND_EXEC_ENV`] is `1`.
+///
+/// The root is proven the container's by device and inode, so that this
+/// process sees the engine's processes and mounts: the root itself, when
+/// the engine reports it (`GraphDriver.Data.MergedDir`, the overlay2
+/// driver); else the container's `/etc/hostname`, which the engine
+/// bind-mounts from the file it reports (`HostnamePath`), as every engine
+/// does whatever its store (the containerd image store reports no
+/// `GraphDriver` data).
 pub async fn route(docker: &Docker, node: &Node) -> Route {
     match node {
         Node::Socket { path } => Route::Socket(path.clone()),
@@ -109,9 +117,13 @@ async fn node_socket(docker: &Docker, container: &str) -> Option<PathBuf> {
     }
     let inspected = docker.inspect_container(container, None).await.ok()?;
     let pid = inspected.state?.pid.filter(|pid| *pid > 0)?;
-    let merged = inspected.graph_driver?.data.remove("MergedDir")?;
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let (seen, expected) = (std::fs::metadata(&root).ok()?, std::fs::metadata(&merged).ok()?);
+    let merged = inspected.graph_driver.and_then(|mut g| g.data.remove("MergedDir"));
+    let (seen, expected) = match merged {
+        Some(merged) => (root.clone(), PathBuf::from(merged)),
+        None => (root.join("etc/hostname"), PathBuf::from(inspected.hostname_path.filter(|p| !p.is_empty())?)),
+    };
+    let (seen, expected) = (std::fs::metadata(&seen).ok()?, std::fs::metadata(&expected).ok()?);
     if (seen.dev(), seen.ino()) != (expected.dev(), expected.ino()) {
         return None;
     }
@@ -203,6 +215,10 @@ pub enum Source {
     /// The engine's own files (a local engine with the overlay2 driver, see
     /// [`store`](super::store)): nothing to wait for before the first byte.
     Store,
+    /// The content store of the engine's containerd (a local engine with
+    /// the containerd image store, see [`content`](super::content)): the
+    /// engine's blobs as they are, nothing to wait for.
+    ContentStore,
     /// The engine's export (`docker save`), which the engine writes whole
     /// before sending any of it.
     Export {
@@ -348,6 +364,19 @@ pub enum ContainerdError {
         /// The end of its standard error.
         stderr: String,
     },
+    /// After loading, a node's reference points at another manifest than
+    /// the one it was given: another load took the reference meanwhile.
+    #[error("{node} lists `{image}` with manifest {found} after loading, not {expected} as sent; did another load of the same reference run at the same time?")]
+    NotTheImage {
+        /// The node.
+        node: String,
+        /// The image.
+        image: ImageRef,
+        /// The digest of the manifest sent.
+        expected: String,
+        /// The digest the node lists.
+        found: String,
+    },
     /// After loading, a node does not list the reference.
     #[error("{node} does not list `{image}` after loading; it has: {}", if found.is_empty() { "no images".to_owned() } else { found.join(", ") })]
     Missing {
@@ -455,7 +484,8 @@ pub async fn load_from(
     // The short digests of each node's blobs, listed when it first needs a stream.
     let mut held: HashMap<usize, BTreeSet<String>> = HashMap::new();
     // The labels each (node, image) loaded gets once every image is on every node.
-    let mut labels: HashMap<(usize, usize), Vec<String>> = HashMap::new();
+    // with the digest of the manifest it was given.
+    let mut labels: HashMap<(usize, usize), (Vec<String>, String)> = HashMap::new();
 
     // What each (image, node) needs: nothing, a tag, or a stream.
     let mut outcomes = Vec::new();
@@ -499,7 +529,9 @@ pub async fn load_from(
 
     // The engine's own files, when they can be read: no export to wait for.
     let store = match (from, streams.iter().any(|s| !s.is_empty())) {
-        (ReadFrom::StoreIfLocal, true) => Some(Store::open(docker).await.map_err(|why| error_chain(&why).replace('\n', " "))),
+        (ReadFrom::StoreIfLocal, true) => {
+            Some(EngineStore::open(docker).await.map_err(|why| error_chain(&why).replace('\n', " ")))
+        }
         (ReadFrom::Export, _) => Some(Err("the caller asked for the export".to_owned())),
         (_, false) => None,
     };
@@ -510,38 +542,43 @@ pub async fn load_from(
         let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
         let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(&reached[n]))).await?;
         held.extend(unlisted.into_iter().zip(listed));
+        let why = |e: StoreError| error_chain(&e).replace('\n', " ");
         let stored = match &store {
-            Some(Ok(store)) => store.image(&wanted.image_id).await.map_err(|why| error_chain(&why).replace('\n', " ")),
+            Some(Ok(EngineStore::Overlay2(store))) => {
+                store.image(&wanted.image_id).await.map(|image| (Source::Store, Feed::Store(image))).map_err(why)
+            }
+            Some(Ok(EngineStore::Content(store))) => store
+                .image(&wanted.image_id)
+                .await
+                .map(|image| (Source::ContentStore, Feed::Content(store, image)))
+                .map_err(why),
             Some(Err(why)) => Err(why.clone()),
             None => Err("no store was opened".to_owned()),
         };
-        let (source, feed) = match stored {
-            Ok(image) => (Source::Store, Feed::Store(image)),
-            Err(reason) => {
-                tracing::debug!(image = %wanted.image, %reason, "exporting the image instead of reading the engine's store");
-                (Source::Export { reason }, Feed::Export)
-            }
-        };
+        let (source, feed) = stored.unwrap_or_else(|reason| {
+            tracing::debug!(image = %wanted.image, %reason, "exporting the image instead of reading the engine's store");
+            (Source::Export { reason }, Feed::Export)
+        });
         let no_blobs = BTreeSet::new();
-        let shares: Vec<(&Reached, BTreeMap<String, String>)> = targets
+        let shares: Vec<(&Reached, BTreeMap<String, String>, BTreeSet<String>)> = targets
             .iter()
             .map(|n| {
                 let blobs = held.get(n).unwrap_or(&no_blobs);
-                let spared = match &feed {
-                    Feed::Store(image) => held_layers(image, blobs),
+                let entries = match &feed {
                     Feed::Export => known.held_entries(&engine_image.layers, blobs),
+                    Feed::Store(_) | Feed::Content(..) => BTreeMap::new(),
                 };
-                (&reached[*n], spared)
+                (&reached[*n], entries, blobs.clone())
             })
             .collect();
-        let (diff_ids, exported, streamed) = stream_into(docker, wanted, engine_image.size, shares, &feed).await?;
-        // The store does not name the export's entries: keep what the nodes' labels knew of them.
-        let layers = exported.unwrap_or_else(|| known.of_layers(&diff_ids));
+        let streamed = stream_into(docker, wanted, engine_image.size, shares, &feed).await?;
+        // Only a docker-format export names its entries: keep what the nodes' labels knew of them.
+        let layers = streamed.layers.unwrap_or_else(|| known.of_layers(&engine_image.layers));
         let label = layers.label();
         known.extend(&layers);
-        for (n, (elapsed, sent)) in targets.into_iter().zip(streamed) {
-            held.entry(n).or_default().extend(diff_ids.iter().map(|d| archive::short_digest(d)));
-            labels.insert((n, i), loaded_labels(wanted, label.clone()));
+        for (n, (elapsed, sent)) in targets.into_iter().zip(streamed.nodes) {
+            held.entry(n).or_default().extend(streamed.blobs.iter().map(|d| archive::short_digest(d)));
+            labels.insert((n, i), (loaded_labels(wanted, label.clone()), streamed.manifest.clone()));
             outcomes.push(NodeOutcome {
                 node: nodes[n].name(),
                 image: wanted.image.clone(),
@@ -558,10 +595,10 @@ pub async fn load_from(
     // reference of every image tagged; `ctr images tag` exiting 0 made the
     // new reference, with the target and labels of that one.
     futures::future::try_join_all(reached.iter().enumerate().filter_map(|(n, node)| {
-        let to_label: Vec<(&LoadImage, &[String])> = images
+        let to_label: Vec<(&LoadImage, &[String], &str)> = images
             .iter()
             .enumerate()
-            .filter_map(|(i, wanted)| labels.get(&(n, i)).map(|l| (wanted, l.as_slice())))
+            .filter_map(|(i, wanted)| labels.get(&(n, i)).map(|(l, m)| (wanted, l.as_slice(), m.as_str())))
             .collect();
         (!to_label.is_empty()).then(|| label_and_verify(node, images, to_label))
     }))
@@ -662,6 +699,8 @@ async fn check_engine_image(docker: &Docker, wanted: &LoadImage) -> Result<Engin
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Listed {
     name: String,
+    /// The digest of the manifest (or index) the reference points at.
+    digest: String,
     labels: BTreeMap<String, String>,
 }
 
@@ -674,6 +713,7 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let name = fields.next()?.to_owned();
+            let digest = fields.nth(1).unwrap_or_default().to_owned();
             let labels = fields
                 .next_back()
                 .filter(|l| *l != "-")
@@ -684,7 +724,7 @@ fn parse_listing(stdout: &str) -> Vec<Listed> {
                         .collect()
                 })
                 .unwrap_or_default();
-            Some(Listed { name, labels })
+            Some(Listed { name, digest, labels })
         })
         .collect()
 }
@@ -731,45 +771,45 @@ async fn list_content(node: &Reached<'_>) -> Result<BTreeSet<String>, Containerd
 }
 
 /// Where [`stream_into`] reads an image.
-enum Feed {
-    /// The engine's store, found to hold the image.
+enum Feed<'s> {
+    /// The engine's overlay2 store, found to hold the image.
     Store(StoredImage),
+    /// The engine's containerd content store, found to hold the image.
+    Content(&'s ContentStore, ContentImage),
     /// The engine's export.
     Export,
 }
 
-/// The layers of `image` among `blobs` (a node's, short digests), keyed as
-/// [`store::send`](super::store::send) names them.
-fn held_layers(image: &StoredImage, blobs: &BTreeSet<String>) -> BTreeMap<String, String> {
-    image
-        .layers
-        .iter()
-        .map(|layer| archive::short_digest(&layer.diff_id))
-        .filter(|short| blobs.contains(short))
-        .map(|short| (short.clone(), short))
-        .collect()
+/// What a stream into nodes found out about the image.
+struct Streamed {
+    /// The digests of the layers' blobs the nodes now hold.
+    blobs: Vec<String>,
+    /// The export's layer map, when a docker-format export was read.
+    layers: Option<LayerMap>,
+    /// The digest of the manifest the nodes were given.
+    manifest: String,
+    /// For each node, how long its import took and how many bytes it was sent.
+    nodes: Vec<(Duration, u64)>,
 }
 
 /// Reads `wanted` once from `feed` and streams into an import on every node
-/// of `shares` at once the layers that node does not hold (those given with
-/// it); returns the image's diff ids, the export's layer map when the
-/// export was read, and for each node how long it took and how many bytes
-/// it was sent.
+/// of `shares` at once the layers that node does not hold (the export's
+/// entries and the blobs given with it).
 async fn stream_into(
     docker: &Docker,
     wanted: &LoadImage,
     size: u64,
-    shares: Vec<(&Reached<'_>, BTreeMap<String, String>)>,
-    feed: &Feed,
-) -> Result<(Vec<String>, Option<LayerMap>, Vec<(Duration, u64)>), ContainerdError> {
+    shares: Vec<(&Reached<'_>, BTreeMap<String, String>, BTreeSet<String>)>,
+    feed: &Feed<'_>,
+) -> Result<Streamed, ContainerdError> {
     let started = Instant::now();
     let reference = wanted.image.to_string();
     let limit = IMPORT_TIMEOUT + Duration::from_secs(size / IMPORT_SLOWEST_RATE);
     let mut targets = Vec::new();
     let mut imports = Vec::new();
-    for (node, held) in shares {
+    for (node, held, blobs) in shares {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        targets.push(Target::new(tx, held));
+        targets.push(Target::new(tx, held, blobs));
         let reference = reference.as_str();
         imports.push(async move {
             let input = Input { chunks: rx, image: reference };
@@ -779,15 +819,28 @@ async fn stream_into(
         });
     }
     let splitting = async {
+        let store_error = |source| ContainerdError::Store { image: wanted.image.clone(), source };
         let read = match feed {
             Feed::Store(image) => super::store::send(image, &reference, &mut targets)
                 .await
-                .map(|()| (image.diff_ids(), None))
-                .map_err(|source| ContainerdError::Store { image: wanted.image.clone(), source }),
-            Feed::Export => archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets)
+                .map(|()| (image.diff_ids(), None, image.manifest_digest()))
+                .map_err(store_error),
+            Feed::Content(store, image) => store
+                .send(image, &reference, &mut targets)
                 .await
-                .map(|split| (split.diff_ids, Some(split.layers)))
-                .map_err(|source| ContainerdError::Export { image: wanted.image.clone(), source }),
+                .map(|()| (image.blobs(), None, image.manifest_digest()))
+                .map_err(store_error),
+            Feed::Export => {
+                match archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await {
+                    Ok(split) => Ok((split.blobs, split.layers, split.manifest)),
+                    Err(ArchiveError::Layout { image_id, entries, .. }) => {
+                        let engine = engine::describe(docker).await;
+                        let source = ArchiveError::Layout { image_id, entries, engine };
+                        Err(ContainerdError::Export { image: wanted.image.clone(), source })
+                    }
+                    Err(source) => Err(ContainerdError::Export { image: wanted.image.clone(), source }),
+                }
+            }
         };
         let sent: Vec<u64> = targets.iter().map(|t| t.sent).collect();
         // Closing the channels is the end of every import's input.
@@ -796,21 +849,22 @@ async fn stream_into(
     };
     let ((read, sent), imported) = tokio::join!(splitting, futures::future::join_all(imports));
     // A failed read truncates every import: its error is the cause to report.
-    let (diff_ids, layers) = read?;
-    let mut streamed = Vec::new();
+    let (blobs, layers, manifest) = read?;
+    let mut nodes = Vec::new();
     for ((result, elapsed), sent) in imported.into_iter().zip(sent) {
         result?;
-        streamed.push((elapsed, sent));
+        nodes.push((elapsed, sent));
     }
-    Ok((diff_ids, layers, streamed))
+    Ok(Streamed { blobs, layers, manifest, nodes })
 }
 
-/// Gives the references loaded or tagged on `node` their labels, then checks
-/// that the node lists every reference.
+/// Checks that `node` lists every reference, each one loaded with the
+/// manifest it was given (so it is the engine's image, not another that
+/// took the reference meanwhile), then gives the loaded ones their labels.
 async fn label_and_verify(
     reached: &Reached<'_>,
     images: &[LoadImage],
-    to_label: Vec<(&LoadImage, &[String])>,
+    to_label: Vec<(&LoadImage, &[String], &str)>,
 ) -> Result<(), ContainerdError> {
     let rows = list_images(reached).await?;
     for wanted in images {
@@ -821,7 +875,15 @@ async fn label_and_verify(
                 found: rows.iter().map(|r| r.name.clone()).collect(),
             });
         };
-        if let Some((_, labels)) = to_label.iter().find(|(w, _)| *w == wanted) {
+        if let Some((_, labels, manifest)) = to_label.iter().find(|(w, _, _)| *w == wanted) {
+            if row.digest != *manifest {
+                return Err(ContainerdError::NotTheImage {
+                    node: reached.node.to_string(),
+                    image: wanted.image.clone(),
+                    expected: (*manifest).to_owned(),
+                    found: row.digest.clone(),
+                });
+            }
             let args: Vec<&str> =
                 ["images", "label", row.name.as_str()].into_iter().chain(labels.iter().map(String::as_str)).collect();
             ctr(reached, &args).await?;
@@ -973,6 +1035,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Store => "store",
+            Self::ContentStore => "content store",
             Self::Export { .. } => "export",
         })
     }

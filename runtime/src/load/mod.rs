@@ -4,6 +4,8 @@
 
 pub mod archive;
 pub mod containerd;
+pub mod content;
 pub mod kind;
+pub(crate) mod oci;
 pub mod registry;
 pub mod store;

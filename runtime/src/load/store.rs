@@ -31,6 +31,7 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use bollard::models::SystemInfo;
 use bollard::Docker;
 use bytes::Bytes;
 use flate2::read::GzDecoder;
@@ -38,7 +39,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::archive::{self, ImageConfig, Target};
+use super::archive::{self, Held, ImageConfig, Target};
 
 /// The only storage driver whose files this module reads.
 const DRIVER: &str = "overlay2";
@@ -65,8 +66,8 @@ pub enum StoreError {
         /// The engine's address.
         address: String,
     },
-    /// The engine does not use the overlay2 driver.
-    #[error("the engine's storage driver is `{driver}`, not overlay2")]
+    /// The engine keeps its images in a way this loader does not read.
+    #[error("the engine's storage driver is `{driver}`, neither overlay2 nor containerd's image store")]
     Driver {
         /// The driver it reported.
         driver: String,
@@ -104,6 +105,24 @@ pub enum StoreError {
         files: PathBuf,
         /// The first file whose contents differ from the tar-split's checksum, if one does.
         culprit: Option<PathBuf>,
+        /// The digest found.
+        found: String,
+    },
+    /// The content store of the engine's containerd was not found.
+    #[error("finding the content store of the engine's containerd at `{address}` failed: {problem}")]
+    Containerd {
+        /// The socket the engine named.
+        address: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// A blob of the content store does not have its digest.
+    #[error("`{}` of image {image_id} in the engine's content store has digest {found}; the engine's copy changed: remove the image (`docker rmi`) and build it again", path.display())]
+    BlobDigest {
+        /// The image.
+        image_id: String,
+        /// The blob's file.
+        path: PathBuf,
         /// The digest found.
         found: String,
     },
@@ -153,6 +172,17 @@ impl StoredImage {
     pub(crate) fn diff_ids(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.diff_id.clone()).collect()
     }
+
+    /// The manifest a node is given for it, written as for an export.
+    fn manifest(&self) -> Vec<u8> {
+        let layers: Vec<(&str, u64)> = self.layers.iter().map(|l| (l.diff_id.as_str(), l.size)).collect();
+        archive::oci_manifest(&self.config, &layers)
+    }
+
+    /// The digest of [`StoredImage::manifest`].
+    pub(crate) fn manifest_digest(&self) -> String {
+        sha256(&self.manifest())
+    }
 }
 
 /// One line of a tar-split file: a raw segment (type 2) or a file (type 1).
@@ -192,15 +222,18 @@ impl Store {
     /// # }
     /// ```
     pub async fn open(docker: &Docker) -> Result<Self, StoreError> {
-        if !crate::engine::is_local_socket(docker) {
-            return Err(StoreError::NotLocal { address: crate::engine::address(docker) });
-        }
-        let info = docker.info().await.map_err(StoreError::Info)?;
-        let driver = info.driver.unwrap_or_default();
-        if driver != DRIVER {
+        Self::from_info(&local_info(docker).await?)
+    }
+
+    /// The store of the engine that gave `info`, if this module reads it.
+    pub(crate) fn from_info(info: &SystemInfo) -> Result<Self, StoreError> {
+        let driver = info.driver.clone().unwrap_or_default();
+        // Docker 29 in classic mode reports overlay2 as 20.10 does; its
+        // containerd image store reports `overlayfs`, a snapshotter.
+        if driver != DRIVER || super::content::is_containerd_store(info) {
             return Err(StoreError::Driver { driver });
         }
-        let store = Self::at(info.docker_root_dir.unwrap_or_default());
+        let store = Self::at(info.docker_root_dir.clone().unwrap_or_default());
         let images = store.images_dir();
         std::fs::read_dir(&images).map_err(|source| StoreError::Read {
             image_id: "(any)".to_owned(),
@@ -282,6 +315,19 @@ impl Store {
         }
         Ok(StoredImage { image_id: image_id.to_owned(), config, layers })
     }
+}
+
+/// What the engine `docker` says of itself, when it is reached through a
+/// socket of this machine (so that its files are this machine's).
+///
+/// # Errors
+/// [`StoreError::NotLocal`] for an engine elsewhere; [`StoreError::Info`]
+/// when it does not answer.
+pub(crate) async fn local_info(docker: &Docker) -> Result<SystemInfo, StoreError> {
+    if !crate::engine::is_local_socket(docker) {
+        return Err(StoreError::NotLocal { address: crate::engine::address(docker) });
+    }
+    docker.info().await.map_err(StoreError::Info)
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -493,37 +539,61 @@ fn crc64_of(mut reader: impl Read) -> io::Result<u64> {
 }
 
 /// Streams to every target an OCI archive of `image` under `reference`
-/// without the layers it holds (its `held` keys are short diff ids, see
-/// [`archive::short_digest`]): the same archive the export path builds.
-/// Layers are read once, whichever the number of nodes lacking them, and
-/// checked against their diff ids as they go.
+/// without the layers it holds (by digest, see [`Target::blobs`]): the
+/// same archive the export path builds. Layers are read once, whichever
+/// the number of nodes lacking them, and checked against their diff ids as
+/// they go.
 ///
 /// # Errors
 /// [`StoreError`] when a layer's file cannot be read or its digest is not
 /// its diff id; the targets' archives are then cut short.
 pub(crate) async fn send(image: &StoredImage, reference: &str, targets: &mut [Target]) -> Result<(), StoreError> {
-    let wanted: Vec<StoredLayer> = image
-        .layers
-        .iter()
-        .filter(|layer| {
-            let short = archive::short_digest(&layer.diff_id);
-            targets.iter().any(|t| !t.held.contains_key(&short))
+    let layers: Vec<(String, u64, StoredLayer)> =
+        image.layers.iter().map(|l| (l.diff_id.clone(), l.size, l.clone())).collect();
+    let image_id = image.image_id.clone();
+    send_layers(&image.image_id, layers, targets, move |layer, emit| stream_layer(&image_id, layer, emit)).await?;
+    let tail = archive::oci_tail(reference, &image.config, &image.manifest(), archive::MANIFEST_TYPE);
+    archive::send_to(targets, None, &tail).await;
+    Ok(())
+}
+
+/// Streams the `layers` (digest, size, what `read` reads it from) that
+/// some target lacks as `blobs/sha256/<digest>` entries, each to the
+/// targets lacking it. `read` runs on a blocking thread and hands the
+/// layer's bytes to the function it is given, which returns false when no
+/// target takes them any more. Each layer is read once.
+///
+/// # Errors
+/// What `read` returns; the targets' archives are then cut short.
+pub(super) async fn send_layers<L, R>(
+    image_id: &str,
+    layers: Vec<(String, u64, L)>,
+    targets: &mut [Target],
+    read: R,
+) -> Result<(), StoreError>
+where
+    L: Send + 'static,
+    R: Fn(&L, &mut dyn FnMut(Bytes) -> bool) -> Result<(), StoreError> + Send + 'static,
+{
+    let wanted: Vec<(String, u64, L)> = layers
+        .into_iter()
+        .filter(|(digest, _, _)| {
+            let short = archive::short_digest(digest);
+            targets.iter().any(|t| !t.blobs.contains(&short))
         })
-        .cloned()
         .collect();
     let (tx, mut rx) = mpsc::channel::<(String, Bytes)>(CHUNKS_AHEAD);
-    let image_id = image.image_id.clone();
     let reading = tokio::task::spawn_blocking(move || {
-        for layer in &wanted {
-            let short = archive::short_digest(&layer.diff_id);
-            let hex = layer.diff_id.trim_start_matches("sha256:");
-            let header = archive::tar_header(&format!("blobs/sha256/{hex}"), layer.size);
+        for (digest, size, layer) in &wanted {
+            let short = archive::short_digest(digest);
+            let hex = digest.trim_start_matches("sha256:");
+            let header = archive::tar_header(&format!("blobs/sha256/{hex}"), *size);
             let mut emit = |chunk: Bytes| tx.blocking_send((short.clone(), chunk)).is_ok();
             if !emit(header) {
                 return Ok(());
             }
-            stream_layer(&image_id, layer, &mut emit)?;
-            let pad = archive::padding(layer.size);
+            read(layer, &mut emit)?;
+            let pad = archive::padding(*size);
             if pad > 0 && !emit(Bytes::from(vec![0u8; pad])) {
                 return Ok(());
             }
@@ -531,23 +601,19 @@ pub(crate) async fn send(image: &StoredImage, reference: &str, targets: &mut [Ta
         Ok(())
     });
     while let Some((layer, chunk)) = rx.recv().await {
-        archive::send_to(targets, Some(&layer), &chunk).await;
+        archive::send_to(targets, Some(&Held::Blob(layer)), &chunk).await;
         if !archive::any_open(targets) {
             // Every import went away (each reports why): closing the channel stops the reading.
             break;
         }
     }
     drop(rx);
-    reading.await.map_err(|source| StoreError::Task { image_id: image.image_id.clone(), source })??;
-    let layers: Vec<(&str, u64)> = image.layers.iter().map(|l| (l.diff_id.as_str(), l.size)).collect();
-    let manifest = archive::oci_manifest(&image.config, &layers);
-    archive::send_to(targets, None, &archive::oci_tail(reference, &image.config, &manifest)).await;
-    Ok(())
+    reading.await.map_err(|source| StoreError::Task { image_id: image_id.to_owned(), source })?
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::io::Write;
 
     use super::*;
@@ -681,7 +747,7 @@ mod tests {
         let (image_id, tars) = write_image(root.path());
         let image = Store::at(root.path()).image(&image_id).await.expect("image");
         let base = archive::short_digest(&image.layers[0].diff_id);
-        let held = [BTreeMap::from([(base.clone(), base)]), BTreeMap::new()];
+        let held = [(BTreeMap::new(), BTreeSet::from([base])), (BTreeMap::new(), BTreeSet::new())];
         let (got, sent, result) = archive::tests::into_targets(held.to_vec(), |mut targets| async {
             let result = send(&image, "localhost/x:1", &mut targets).await;
             (result, targets)
@@ -707,8 +773,7 @@ mod tests {
         assert_eq!(cold.get(&blob(&tars[0])), Some(&tars[0]));
         assert_eq!(sent[0], got[0].len() as u64);
         assert_eq!(sent[1] - sent[0], 512 + tars[0].len() as u64);
-        let layers: Vec<(&str, u64)> = image.layers.iter().map(|l| (l.diff_id.as_str(), l.size)).collect();
-        let manifest = archive::oci_manifest(&image.config, &layers);
+        let manifest = image.manifest();
         assert_eq!(warm.get(&blob(&manifest)), Some(&manifest));
         assert_eq!(warm.get(&blob(&image.config)), Some(&image.config));
         let index: serde_json::Value = serde_json::from_slice(&warm["index.json"]).expect("index");

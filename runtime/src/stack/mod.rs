@@ -256,6 +256,7 @@ async fn stages(
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
         placement,
         endpoints,
+        forwarded_by: None,
         summary: format!("e2e-infra: `{}` ready, tag {}\n{}", plan.consumer(), plan.tag(), table(plan, &timings)),
         plan: serde_json::to_value(plan).ok(),
         builds: built.into_iter().map(|b| (b.component, b.output)).collect(),

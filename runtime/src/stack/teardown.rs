@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 use bollard::Docker;
+use sha2::{Digest, Sha256};
 
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
@@ -36,6 +37,13 @@ use crate::state::RunDir;
 /// test run should last. After it, setup and `e2e-infra clean` remove it
 /// like a dead one.
 pub const FOREIGN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long [`list`] gives the engine to list what runs own. A healthy
+/// engine answers in milliseconds, a loaded one in seconds; one that
+/// answers its ping and then nothing else (frozen) fails `status`, `down`,
+/// `up`'s check and every setup's cleanup with a message after this, not
+/// after the client's own two minutes.
+pub const LISTING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Whether a run is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,9 +148,13 @@ fn epoch_seconds(rfc3339: &str) -> Option<i64> {
     i64::try_from(time.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()
 }
 
-/// The name of the volume that marks a kept stack on the engine.
-fn kept_marker(run_id: &str, consumer: &str) -> String {
-    format!("e2e-infra-kept-{consumer}-{run_id}")
+/// The name of the volume that marks the stack `key` as kept on the
+/// engine: `e2e-infra-kept-` and the SHA-256 of the run and consumer, so
+/// that no two stacks share one (joining the names with `-` would give run
+/// `a-b` of consumer `c` and run `b` of consumer `c-a` the same).
+pub fn kept_marker(key: &RunKey) -> String {
+    let digest = Sha256::digest(format!("{}\0{}", key.run(), key.consumer()));
+    format!("e2e-infra-kept-{}", hex::encode(digest))
 }
 
 /// Records on the engine (a small labelled volume) or the cluster (an
@@ -151,7 +163,9 @@ fn kept_marker(run_id: &str, consumer: &str) -> String {
 /// that lists stacks sees it.
 ///
 /// # Errors
-/// [`StackError`] when the engine or cluster refuses.
+/// [`StackError`] when the engine or cluster refuses;
+/// [`DockerError::MarkerTaken`] when a volume of the marker's name exists
+/// and is not this stack's marker.
 pub async fn mark_kept(
     docker: &Docker,
     key: &RunKey,
@@ -164,7 +178,7 @@ pub async fn mark_kept(
         kube_backend::mark_kept(client, key.namespace().as_str(), why).await?;
         return Ok(());
     }
-    let name = kept_marker(key.run(), key.consumer());
+    let name = kept_marker(key);
     let request = VolumeCreateRequest {
         name: Some(name.clone()),
         labels: Some(HashMap::from([
@@ -176,11 +190,24 @@ pub async fn mark_kept(
         ])),
         ..Default::default()
     };
-    docker
+    // Creating a volume that exists returns the existing one: its labels
+    // say whose marker it is.
+    let volume = docker
         .create_volume(request)
         .await
-        .map(|_| ())
-        .map_err(|source| StackError::Docker(DockerError::Marker { volume: name, operation: "creating", source }))
+        .map_err(|source| StackError::Docker(DockerError::Marker { volume: name.clone(), operation: "creating", source }))?;
+    let label = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
+    let (run_id, consumer) = (label(labels::RUN), label(labels::CONSUMER));
+    if run_id != key.run() || consumer != key.consumer() || !volume.labels.contains_key(labels::KEPT) {
+        return Err(StackError::Docker(DockerError::MarkerTaken {
+            volume: name,
+            run_id: key.run().to_owned(),
+            consumer: key.consumer().to_owned(),
+            found_run: run_id,
+            found_consumer: consumer,
+        }));
+    }
+    Ok(())
 }
 
 fn managed_filter() -> HashMap<String, Vec<String>> {
@@ -196,20 +223,27 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 /// that is not a safe name never reaches a path.
 ///
 /// # Errors
-/// [`StackError::Docker`] when the engine cannot list them.
+/// [`StackError::Docker`] when the engine cannot list them;
+/// [`StackError::Silent`], naming the engine's address, when it has not
+/// answered within [`LISTING_TIMEOUT`].
 pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
-    let containers = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
-        .await
-        .map_err(|source| listing("containers", source))?;
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
-        .await
-        .map_err(|source| listing("networks", source))?;
-    let volumes = docker
-        .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
-        .await
-        .map_err(|source| listing("volumes", source))?;
+    let listing_all = async {
+        let containers = docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
+            .await
+            .map_err(|source| listing("containers", source))?;
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(managed_filter()) }))
+            .await
+            .map_err(|source| listing("networks", source))?;
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions { filters: Some(managed_filter()) }))
+            .await
+            .map_err(|source| listing("volumes", source))?;
+        Ok::<_, StackError>((containers, networks, volumes))
+    };
+    let operation = "listing the containers, networks and marker volumes of e2e-infra's runs";
+    let (containers, networks, volumes) = engine::within(docker, LISTING_TIMEOUT, operation, listing_all).await??;
     enum Kind {
         Container,
         Network,

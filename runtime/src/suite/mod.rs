@@ -212,6 +212,7 @@ impl Suite {
         // not hand its error or stack to this run.
         let claim = dir.claim(launcher, plan.run().as_str(), plan.consumer().as_str())?;
         let found = dir.found()?;
+        let mut keeper = None;
         let record = match found {
             Found::Ready(record) => *record,
             Found::Failed(message) => {
@@ -223,13 +224,16 @@ impl Suite {
                 let abandoned = !reuse
                     && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
                 if !reuse {
-                    reaper::spawn(self, &plan, &dir);
+                    keeper = reaper::spawn(self, &plan, &dir);
                 }
                 dir.begin_attempt()?;
                 let case = report::case_dir(plan.consumer().as_str(), plan.run().as_str(), report::SETUP);
                 let recorder = Recorder::new(case, &plan, &self.backend()?);
                 match self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder)) {
-                    Ok(record) => {
+                    Ok(mut record) => {
+                        if let Some(keeper) = keeper.take() {
+                            keeper.forward_into(&mut record);
+                        }
                         if let Err(source) = dir.record_ready(&record) {
                             return Err(self.unrecorded(&plan, &dir, source));
                         }
@@ -406,11 +410,6 @@ fn reuse_requested() -> bool {
 /// Quiet by default inside tests; `RUST_LOG` turns the detail on.
 fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .without_time()
-            .with_target(false)
-            .try_init();
+        crate::progress::init(tracing_subscriber::EnvFilter::from_default_env());
     }
 }

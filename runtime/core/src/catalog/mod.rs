@@ -7,7 +7,7 @@
 mod schema;
 mod template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,9 @@ pub use template::{AddressField, EnvPart, EnvTemplate, LogPattern};
 pub const CATALOG_FILE: &str = "e2e-infra.toml";
 /// Environment variable naming the catalog file explicitly.
 pub const CATALOG_ENV: &str = "E2E_INFRA_CONFIG";
+/// Most components a catalog may declare: far more than one test run can
+/// stand up, few enough that planning stays instant.
+pub const MAX_COMPONENTS: usize = 1000;
 
 /// A position in a catalog file, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,9 @@ pub enum CatalogError {
     /// A catalog with no components.
     #[error("{path}: the catalog declares no components; add a [components.<name>] table")]
     Empty { path: PathBuf },
+    /// A catalog with more components than any run can stand up.
+    #[error("{path}: the catalog declares {count} components; a catalog may declare at most {MAX_COMPONENTS}: split it, one catalog per group of suites")]
+    TooLarge { path: PathBuf, count: usize },
     /// A component name that cannot become an image name.
     #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
     InvalidName { location: Location, name: String },
@@ -225,6 +231,12 @@ impl Catalog {
                 path: path.to_owned(),
             });
         }
+        if raw.components.len() > MAX_COMPONENTS {
+            return Err(CatalogError::TooLarge {
+                path: path.to_owned(),
+                count: raw.components.len(),
+            });
+        }
         let ports = raw.first_ports();
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
@@ -286,11 +298,12 @@ impl Catalog {
                 }
             }
         }
-        // Depth-first search with colours; the first back edge found gives the cycle.
-        let mut state: BTreeMap<&str, u8> = BTreeMap::new();
-        let mut stack: Vec<&str> = Vec::new();
-        for name in self.components.keys() {
-            if let Some(cycle) = self.find_cycle(name, &mut state, &mut stack) {
+        // Depth-first search with colours, on a stack of its own rather
+        // than the thread's (a chain may be as long as the catalog); the
+        // first back edge found gives the cycle.
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        for root in self.components.keys() {
+            if let Some(cycle) = self.find_cycle(root, &mut done) {
                 let first = &self.components[&cycle[0]];
                 return Err(CatalogError::Cycle {
                     location: at(first.span),
@@ -301,32 +314,29 @@ impl Catalog {
         Ok(())
     }
 
-    fn find_cycle<'a>(
-        &'a self,
-        name: &'a str,
-        state: &mut BTreeMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match state.get(name) {
-            Some(2) => return None,
-            Some(1) => {
-                let start = stack.iter().position(|n| *n == name).unwrap_or(0);
-                let mut cycle: Vec<String> =
-                    stack[start..].iter().map(|s| (*s).to_owned()).collect();
-                cycle.push(name.to_owned());
+    /// The first cycle reachable from `root`, first name repeated at the
+    /// end; marks what it finished in `done`.
+    fn find_cycle<'a>(&'a self, root: &'a str, done: &mut BTreeSet<&'a str>) -> Option<Vec<String>> {
+        // The path from `root`, each name with how many of its
+        // dependencies were visited.
+        let mut path: Vec<(&str, usize)> = vec![(root, 0)];
+        while let Some((name, next)) = path.last_mut() {
+            let Some(dep) = self.components[*name].depends_on.get(*next) else {
+                done.insert(name);
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            let dep = dep.get_ref().as_str();
+            if let Some(start) = path.iter().position(|(n, _)| *n == dep) {
+                let mut cycle: Vec<String> = path[start..].iter().map(|(n, _)| (*n).to_owned()).collect();
+                cycle.push(dep.to_owned());
                 return Some(cycle);
             }
-            _ => {}
-        }
-        state.insert(name, 1);
-        stack.push(name);
-        for dep in &self.components[name].depends_on {
-            if let Some(cycle) = self.find_cycle(dep.get_ref(), state, stack) {
-                return Some(cycle);
+            if !done.contains(dep) {
+                path.push((dep, 0));
             }
         }
-        stack.pop();
-        state.insert(name, 2);
         None
     }
 }

@@ -51,7 +51,7 @@ fn dot() -> Spanned<PathBuf> {
 #[serde(deny_unknown_fields)]
 struct RawDocker {
     #[serde(default)]
-    ports: Vec<u16>,
+    ports: Vec<Spanned<u16>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
     command: Option<Vec<String>>,
@@ -61,9 +61,9 @@ struct RawDocker {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReady {
-    tcp: Option<u16>,
+    tcp: Option<Spanned<u16>>,
     http: Option<String>,
-    port: Option<u16>,
+    port: Option<Spanned<u16>>,
     log: Option<String>,
     completes: Option<bool>,
     timeout: Option<String>,
@@ -214,6 +214,16 @@ impl RawComponent {
                 })?)
             }
         };
+        if let Some(twice) = first_repeat(&self.depends_on) {
+            return Err(CatalogError::Invalid {
+                location: at(twice.span().start),
+                component: name.to_owned(),
+                problem: format!(
+                    "`depends_on` lists `{}` twice; list each dependency once",
+                    twice.get_ref()
+                ),
+            });
+        }
         let docker = self
             .docker
             .map(|d| check_docker(name, d, (&self.depends_on, ports), at))
@@ -302,7 +312,10 @@ impl RawCatalog {
         self.components
             .iter()
             .map(|(name, c)| {
-                let port = c.docker.as_ref().and_then(|d| d.ports.first().copied());
+                let port = c
+                    .docker
+                    .as_ref()
+                    .and_then(|d| d.ports.first().map(|p| *p.get_ref()));
                 (name.get_ref().clone(), port)
             })
             .collect()
@@ -320,15 +333,27 @@ fn check_docker(
         component: name.to_owned(),
         problem,
     };
+    for port in &raw.ports {
+        check_port(port, "`ports`", &invalid)?;
+    }
+    if let Some(twice) = first_repeat(&raw.ports) {
+        return Err(invalid(
+            twice.span().start,
+            format!("`ports` lists {} twice; list each port once", twice.get_ref()),
+        ));
+    }
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
         let offset = value.span().start;
-        let unknown_field = |bad: BadReference| {
-            let dep = bad.dependency;
-            invalid(
+        let unknown_field = |bad: BadReference| match bad {
+            BadReference::UnknownField { reference, dependency: dep } => invalid(
                 offset,
-                format!("env `{key}`: unknown reference `${{{}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`", bad.reference),
-            )
+                format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
+            ),
+            BadReference::Unclosed(rest) => invalid(
+                offset,
+                format!("env `{key}`: `{rest}` has no closing `}}`; a `${{` starts a reference such as `${{db.addr}}`: close it"),
+            ),
         };
         let template = EnvTemplate::parse(value.get_ref()).map_err(unknown_field)?;
         for (dep, field) in template.dependencies() {
@@ -374,13 +399,18 @@ fn check_docker(
                 })?,
             };
             let mut probes = Vec::new();
-            if let Some(port) = r.tcp {
-                probes.push(Probe::Tcp(port));
+            if let Some(port) = &r.tcp {
+                check_port(port, "`ready.tcp`", &invalid)?;
+                probes.push(Probe::Tcp(*port.get_ref()));
+            }
+            if let Some(port) = &r.port {
+                check_port(port, "`ready.port`", &invalid)?;
             }
             if let Some(path) = r.http {
                 let port = r
                     .port
-                    .or_else(|| raw.ports.first().copied())
+                    .map(Spanned::into_inner)
+                    .or_else(|| raw.ports.first().map(|p| *p.get_ref()))
                     .ok_or_else(|| {
                         invalid(
                             offset,
@@ -420,9 +450,31 @@ fn check_docker(
         }
     };
     Ok(DockerSpec {
-        ports: raw.ports,
+        ports: raw.ports.into_iter().map(Spanned::into_inner).collect(),
         env,
         command: raw.command,
         ready,
     })
+}
+
+/// Port 0 asks the system for any free port: a container cannot be reached
+/// or probed there.
+fn check_port(
+    port: &Spanned<u16>,
+    key: &str,
+    invalid: &dyn Fn(usize, String) -> CatalogError,
+) -> Result<(), CatalogError> {
+    if *port.get_ref() == 0 {
+        return Err(invalid(
+            port.span().start,
+            format!("{key}: port 0 cannot be reached; give the port the container listens on, 1 to 65535"),
+        ));
+    }
+    Ok(())
+}
+
+/// The first value of `values` that repeats an earlier one.
+fn first_repeat<T: Ord>(values: &[Spanned<T>]) -> Option<&Spanned<T>> {
+    let mut seen = std::collections::BTreeSet::new();
+    values.iter().find(|v| !seen.insert(v.get_ref()))
 }

@@ -41,25 +41,30 @@ pub enum AddressField {
 
 /// A reference an env value cannot have, before the catalog adds where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct BadReference {
-    /// The reference without its braces, e.g. `db.user`.
-    pub(super) reference: String,
-    /// The component it names.
-    pub(super) dependency: String,
+pub(super) enum BadReference {
+    /// A field other than `host`, `port` or `addr`.
+    UnknownField {
+        /// The reference without its braces, e.g. `db.user`.
+        reference: String,
+        /// The component it names.
+        dependency: String,
+    },
+    /// A `${` with no `}` after it: the text from `${` to the end.
+    Unclosed(String),
 }
 
 impl EnvTemplate {
-    /// Splits `text` into text and references. A `${` without a closing
-    /// brace is text. Ports are filled in by [`EnvTemplate::with_ports`].
+    /// Splits `text` into text and references. A `${` always starts a
+    /// reference, so one without a closing brace is an error rather than
+    /// text that would reach the container as written. Ports are filled in
+    /// by [`EnvTemplate::with_ports`].
     pub(super) fn parse(text: &str) -> Result<Self, BadReference> {
         let mut parts = Vec::new();
         let mut pieces = text.split("${");
         let mut literal = pieces.next().unwrap_or_default().to_owned();
         for piece in pieces {
             let Some((reference, rest)) = piece.split_once('}') else {
-                literal.push_str("${");
-                literal.push_str(piece);
-                continue;
+                return Err(BadReference::Unclosed(format!("${{{piece}")));
             };
             let (dependency, field) = reference.split_once('.').unwrap_or((reference, ""));
             let field = match field {
@@ -67,7 +72,7 @@ impl EnvTemplate {
                 "port" => AddressField::Port(0),
                 "addr" => AddressField::Addr(0),
                 _ => {
-                    return Err(BadReference {
+                    return Err(BadReference::UnknownField {
                         reference: reference.to_owned(),
                         dependency: dependency.to_owned(),
                     })
@@ -203,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn references_are_read_in_any_position_and_unclosed_ones_are_text() {
+    fn references_are_read_in_any_position() {
         let parse = |text| EnvTemplate::parse(text).expect("parses").parts;
         assert_eq!(
             parse("postgres://app@${postgres.addr}/app"),
@@ -223,10 +228,6 @@ mod tests {
         );
         assert_eq!(parse("plain value"), [EnvPart::Text("plain value".into())]);
         assert_eq!(
-            parse("unclosed ${a.host"),
-            [EnvPart::Text("unclosed ${a.host".into())]
-        );
-        assert_eq!(
             parse("$HOME and {braces}"),
             [EnvPart::Text("$HOME and {braces}".into())]
         );
@@ -236,10 +237,22 @@ mod tests {
     fn an_unknown_field_names_the_reference() {
         assert_eq!(
             EnvTemplate::parse("x ${db.user} y"),
-            Err(BadReference {
+            Err(BadReference::UnknownField {
                 reference: "db.user".into(),
                 dependency: "db".into()
             })
+        );
+    }
+
+    #[test]
+    fn an_unclosed_reference_is_an_error_not_text() {
+        assert_eq!(
+            EnvTemplate::parse("http://${a.addr"),
+            Err(BadReference::Unclosed("${a.addr".into()))
+        );
+        assert_eq!(
+            EnvTemplate::parse("${a.host} ${b"),
+            Err(BadReference::Unclosed("${b".into()))
         );
     }
 

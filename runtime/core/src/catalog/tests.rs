@@ -861,3 +861,56 @@ fn at_compile_time_a_build_context_may_be_made_later_but_sources_must_exist() {
         &["Dockerfile not found", "data-storge.Dockerfile"],
     );
 }
+
+#[test]
+fn values_that_cannot_work_are_rejected_where_they_are_written() {
+    let ws = Workspace::new();
+    let db = "[components.db]\nimage = \"postgres:16\"\ndocker = { ports = [5432] }\n";
+    // (the component's last line, the text its error points at, what the message says)
+    let cases = [
+        ("docker = { ports = [8080, 0] }", "0]", &["`app`", "`ports`", "port 0", "1 to 65535"][..]),
+        ("docker = { ports = [8080, 9090, 8080] }", "8080]", &["`ports` lists 8080 twice"][..]),
+        ("docker = { ready = { tcp = 0 } }", "0 }", &["`ready.tcp`", "port 0"][..]),
+        ("docker = { ready = { http = \"/\", port = 0 } }", "0 }", &["`ready.port`", "port 0"][..]),
+        ("depends_on = [\"db\", \"db\"]", "\"db\"]", &["`depends_on` lists `db` twice"][..]),
+        (
+            "depends_on = [\"db\"]\ndocker = { env = { A = \"${db.addr\" } }",
+            "\"${db.addr\"",
+            &["env `A`", "`${db.addr` has no closing `}`"][..],
+        ),
+    ];
+    for (last, points_at, parts) in cases {
+        let text = format!("{db}[components.app]\nimage = \"app:1\"\n{last}\n");
+        let (err, message) = ws.reject(&text);
+        assert!(matches!(err, CatalogError::Invalid { .. }), "{last}: {err:?}");
+        let line = text.lines().count();
+        let column = text.lines().last().expect("a line").rfind(points_at).expect("in the line") + 1;
+        let at = format!("{}:{line}:{column}: ", ws.catalog_path().display());
+        assert!(message.starts_with(&at), "{last}: {message} (wanted {at})");
+        assert_contains(&message, parts);
+    }
+}
+
+#[test]
+fn a_catalog_of_absurd_size_is_refused_with_the_limit() {
+    let ws = Workspace::new();
+    let chain = |count: usize| {
+        let mut text = String::from("[components.c0]\nimage = \"c:1\"\n");
+        for i in 1..count {
+            text.push_str(&format!("[components.c{i}]\nimage = \"c:1\"\ndepends_on = [\"c{}\"]\n", i - 1));
+        }
+        text
+    };
+    let (err, message) = ws.reject(&chain(200_000));
+    assert!(matches!(err, CatalogError::TooLarge { .. }), "{err:?}");
+    assert_contains(&message, &["200000 components", &format!("at most {MAX_COMPONENTS}")]);
+    // The longest chain allowed is checked without recursion: a thread
+    // with a small stack is enough.
+    let catalog = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || ws.load(&chain(MAX_COMPONENTS)).map(|c| c.components().len()))
+        .expect("a thread")
+        .join()
+        .expect("no overflow");
+    assert_eq!(catalog.expect("valid"), MAX_COMPONENTS);
+}

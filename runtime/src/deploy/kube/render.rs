@@ -76,13 +76,19 @@ pub struct ImageProblem {
     pub file: PathBuf,
     /// `Kind/name` of the object.
     pub object: String,
-    /// The name of the container, or of the image volume, that names the image.
+    /// The name of the container, image volume or other holder that names
+    /// the image.
     pub container: String,
     /// What [`container`](Self::container) names: `container`,
-    /// `init container`, `ephemeral container` or `image volume`.
+    /// `init container`, `ephemeral container`, `image volume`, or `image
+    /// field` for an `image` outside a pod spec (then the holder's `name`,
+    /// or the key it sits under).
     pub place: &'static str,
     /// The image as rendered.
     pub image: String,
+    /// Where the image is named in the object:
+    /// `spec.template.spec.containers[0].image`.
+    pub field: String,
     /// Why it is refused.
     pub reason: String,
 }
@@ -91,12 +97,13 @@ impl fmt::Display for ImageProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} {} `{}` uses image `{}`: {}",
+            "{}: {} {} `{}` uses image `{}` at `{}`: {}",
             self.file.display(),
             self.object,
             self.place,
             self.container,
             self.image,
+            self.field,
             self.reason
         )
     }
@@ -129,10 +136,12 @@ pub fn user_label(namespace: &Namespace) -> String {
 /// [`KubeError::ReadManifest`], [`KubeError::ParseManifest`] or
 /// [`KubeError::InvalidObject`] for a manifest that cannot be used (a
 /// `Namespace` or `Node` object included);
-/// [`KubeError::Preflight`] when an image of any pod spec, in any kind of
-/// object, is neither planned nor a declared borrowed image (a hard-coded or
-/// stale tag, an unknown `${image:...}`), listing every such image and the
-/// planned references.
+/// [`KubeError::Preflight`] when an image of any pod spec, or of any other
+/// field named `image`, in any kind of object, is neither planned nor a
+/// declared borrowed image (a hard-coded or stale tag, an unknown
+/// `${image:...}`), or an `image` field holds no reference to check,
+/// listing every such image with its field's path and the planned
+/// references.
 pub(crate) fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
     let parsed = parse_manifests(plan)?;
     // A custom resource's scope is known only from its definition, which may
@@ -303,66 +312,158 @@ fn set_metadata(object: &mut Map<String, Value>, namespace: Option<&str>, labels
     }
 }
 
-/// Calls `visit` on every pod spec in `value`, however deep: any mapping
-/// with a `containers` list. Kinds are not listed because custom resources
-/// (Argo Rollouts, Knative Services, operators' own kinds) embed pod specs
-/// wherever their authors chose. A pod spec holds no other pod spec, so the
-/// walk does not enter one.
-fn for_each_pod_spec(value: &mut Value, visit: &mut impl FnMut(&mut Map<String, Value>)) {
-    match value {
-        Value::Object(map) if matches!(map.get("containers"), Some(Value::Array(_))) => visit(map),
-        Value::Object(map) => map.values_mut().for_each(|v| for_each_pod_spec(v, visit)),
-        Value::Array(items) => items.iter_mut().for_each(|v| for_each_pod_spec(v, visit)),
-        _ => {}
-    }
-}
-
 /// What [`ImageProblem::place`] calls an image volume.
 const IMAGE_VOLUME: &str = "image volume";
+/// What [`ImageProblem::place`] calls an `image` field outside a pod spec
+/// (an Argo template's `container` or `script`, a Tekton step or sidecar).
+const IMAGE_FIELD: &str = "image field";
 
 /// The container lists of a pod spec, and what their entries are called.
 const CONTAINER_LISTS: [(&str, &str); 3] =
     [("initContainers", "init container"), ("containers", "container"), ("ephemeralContainers", "ephemeral container")];
 
+/// Kinds whose fields name no image to run, though a field may be called
+/// `image`: a definition's schema, configuration data.
+const IMAGELESS_KINDS: &[(&str, &str)] =
+    &[("apiextensions.k8s.io", "CustomResourceDefinition"), ("", "ConfigMap"), ("", "Secret")];
+
+/// An image the walk found that the plan does not know.
+struct Refused {
+    place: &'static str,
+    holder: String,
+    field: String,
+    image: String,
+    reason: Option<String>,
+}
+
 /// Sets the pull policy of every planned image in every pod spec of the
-/// object (containers and image volumes), and returns the images that are
-/// not planned.
+/// object (containers and image volumes), checks every other field named
+/// `image` wherever it is, and returns the images that are not planned and
+/// the `image` fields that cannot be checked. Kinds are not listed because
+/// custom resources (Argo Workflows, Tekton Tasks, operators' own kinds)
+/// name images wherever their authors chose; only `metadata` and
+/// [`IMAGELESS_KINDS`] are not searched.
 fn bind_pull_policies(plan: &Plan, file: &Path, object: &mut Map<String, Value>) -> Vec<ImageProblem> {
     let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
-    let described =
-        format!("{}/{}", text(object.get("kind")), text(object.get("metadata").and_then(|m| m.get("name"))));
-    let mut problems = Vec::new();
-    let mut refuse = |place: &'static str, holder: &Map<String, Value>, image: String| {
-        problems.push(ImageProblem {
+    let kind = text(object.get("kind"));
+    let group = text(object.get("apiVersion")).rsplit_once('/').map(|(group, _)| group.to_owned()).unwrap_or_default();
+    if IMAGELESS_KINDS.contains(&(group.as_str(), kind.as_str())) {
+        return Vec::new();
+    }
+    let described = format!("{kind}/{}", text(object.get("metadata").and_then(|m| m.get("name"))));
+    let mut refused = Vec::new();
+    for (key, value) in object.iter_mut().filter(|(key, _)| *key != "metadata") {
+        walk_images(plan, value, key.clone(), &mut refused);
+    }
+    refused
+        .into_iter()
+        .map(|r| ImageProblem {
             file: file.to_owned(),
             object: described.clone(),
-            container: holder.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(),
-            place,
-            reason: refusal(plan, place, &image),
-            image,
-        });
-    };
-    let mut visit = |pod_spec: &mut Map<String, Value>| {
-        for (list, place) in CONTAINER_LISTS {
-            let Some(Value::Array(containers)) = pod_spec.get_mut(list) else { continue };
-            for container in containers.iter_mut().filter_map(Value::as_object_mut) {
-                if let Err(image) = bind_pull_policy(plan, container, "image", "imagePullPolicy") {
-                    refuse(place, container, image);
+            container: r.holder,
+            place: r.place,
+            reason: r.reason.unwrap_or_else(|| refusal(plan, r.place, &r.image)),
+            image: r.image,
+            field: r.field,
+        })
+        .collect()
+}
+
+/// The `name` of a map that holds an image, else `fallback`.
+fn holder_name(map: &Map<String, Value>, fallback: &str) -> String {
+    map.get("name").and_then(Value::as_str).unwrap_or(fallback).to_owned()
+}
+
+/// Checks every image below `value`, which sits at `path` in its object.
+/// A pod spec (a mapping with a container list) gets the plan's pull
+/// policies; any other mapping's `image` field is checked as it stands.
+fn walk_images(plan: &Plan, value: &mut Value, path: String, refused: &mut Vec<Refused>) {
+    match value {
+        Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                walk_images(plan, item, format!("{path}[{index}]"), refused);
+            }
+        }
+        Value::Object(map) => {
+            let pod_spec = CONTAINER_LISTS.iter().any(|(list, _)| matches!(map.get(*list), Some(Value::Array(_))));
+            if pod_spec {
+                bind_pod_spec(plan, map, &path, refused);
+            }
+            let holder = holder_name(map, path.rsplit('.').next().unwrap_or_default());
+            for (key, child) in map.iter_mut() {
+                let handled = pod_spec && (key == "volumes" || CONTAINER_LISTS.iter().any(|(list, _)| list == key));
+                if handled || key == "metadata" {
+                    continue;
+                }
+                let child_path = format!("{path}.{key}");
+                if key == "image" {
+                    check_image_field(plan, child, &holder, child_path, refused);
+                } else {
+                    walk_images(plan, child, child_path, refused);
                 }
             }
         }
-        let Some(Value::Array(volumes)) = pod_spec.get_mut("volumes") else { return };
-        for volume in volumes.iter_mut().filter_map(Value::as_object_mut) {
-            let Some(Value::Object(source)) = volume.get_mut("image") else { continue };
-            if let Err(image) = bind_pull_policy(plan, source, "reference", "pullPolicy") {
-                refuse(IMAGE_VOLUME, volume, image);
+        _ => {}
+    }
+}
+
+/// Binds the pull policy of a pod spec's containers and image volumes.
+fn bind_pod_spec(plan: &Plan, pod_spec: &mut Map<String, Value>, path: &str, refused: &mut Vec<Refused>) {
+    for (list, place) in CONTAINER_LISTS {
+        let Some(Value::Array(containers)) = pod_spec.get_mut(list) else { continue };
+        for (index, item) in containers.iter_mut().enumerate() {
+            let Some(container) = item.as_object_mut() else { continue };
+            if let Err(image) = bind_pull_policy(plan, container, "image", "imagePullPolicy") {
+                let field = format!("{path}.{list}[{index}].image");
+                refused.push(Refused { place, holder: holder_name(container, "?"), field, image, reason: None });
             }
         }
-    };
-    for value in object.values_mut() {
-        for_each_pod_spec(value, &mut visit);
     }
-    problems
+    let Some(Value::Array(volumes)) = pod_spec.get_mut("volumes") else { return };
+    for (index, volume) in volumes.iter_mut().enumerate() {
+        let Some(volume) = volume.as_object_mut() else { continue };
+        let Some(Value::Object(source)) = volume.get_mut("image") else { continue };
+        if let Err(image) = bind_pull_policy(plan, source, "reference", "pullPolicy") {
+            let field = format!("{path}.volumes[{index}].image.reference");
+            refused.push(Refused { place: IMAGE_VOLUME, holder: holder_name(volume, "?"), field, image, reason: None });
+        }
+    }
+}
+
+/// Checks an `image` field outside a pod spec: a string (or an image
+/// source's `reference`) must be a planned or borrowed image; any other
+/// value cannot be checked, so it is refused.
+fn check_image_field(plan: &Plan, value: &Value, holder: &str, field: String, refused: &mut Vec<Refused>) {
+    let (image, field) = match value {
+        Value::String(image) => (image.as_str(), field),
+        Value::Object(source) if matches!(source.get("reference"), Some(Value::String(_))) => {
+            (source.get("reference").and_then(Value::as_str).unwrap_or_default(), format!("{field}.reference"))
+        }
+        other => {
+            let reason = format!(
+                "`{field}` holds {}, not an image reference, so the preflight cannot check what it runs; write `image: ${{image:<component>}}`",
+                json_kind(other)
+            );
+            let image = other.to_string().chars().take(80).collect();
+            refused.push(Refused { place: IMAGE_FIELD, holder: holder.to_owned(), field, image, reason: Some(reason) });
+            return;
+        }
+    };
+    if !plan.components().iter().any(|c| c.image.matches(image)) {
+        refused.push(Refused { place: IMAGE_FIELD, holder: holder.to_owned(), field, image: image.to_owned(), reason: None });
+    }
+}
+
+/// What a JSON value is, for a message.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
 }
 
 /// Sets `policy_key` from the plan when `holder`'s `image_key` is a planned

@@ -524,6 +524,137 @@ spec:
     );
 }
 
+/// An `image` field outside a pod spec: the foreign image is refused
+/// naming the holder and the field's path; `${image:api}` there is accepted.
+fn check_image_field(run: &str, manifest: &str, object: &str, holder: &str, field: &str) {
+    let (_dir, plan) = fixture(&manifest.replace("IMAGE", FOREIGN), run);
+    let error = render(&plan).expect_err("a foreign image must be refused");
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    let refused: Vec<(&str, &str, &str, &str, &str)> = problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.place, p.container.as_str(), p.image.as_str(), p.field.as_str()))
+        .collect();
+    assert_eq!(refused, [(object, "image field", holder, FOREIGN, field)]);
+    let line = problems[0].to_string();
+    assert!(line.contains(&format!("uses image `{FOREIGN}` at `{field}`")), "{line}");
+
+    let (_dir, plan) = fixture(&manifest.replace("IMAGE", "${image:api}"), run);
+    let rendered = render(&plan).expect("a planned image must be accepted");
+    let api = rendered.iter().find(|m| m.component == "api").expect("api rendered");
+    let pointer = format!("/{}", field.replace(['.', '['], "/").replace(']', ""));
+    assert_eq!(api.objects[0].pointer(&pointer), Some(&json!(plan.image("api").expect("api planned").to_string())));
+}
+
+#[test]
+fn preflight_covers_argo_workflow_container_and_script_templates() {
+    for (template, body) in [("container", "{ image: IMAGE, command: [/app] }"), ("script", "{ image: IMAGE, source: 'echo hi' }")] {
+        let manifest = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {{ name: api }}\n\
+             spec: {{ entrypoint: main, templates: [{{ name: main, {template}: {body} }}] }}\n"
+        );
+        let field = format!("spec.templates[0].{template}.image");
+        check_image_field(&format!("shape-argo-{template}"), &manifest, "Workflow/api", template, &field);
+    }
+}
+
+#[test]
+fn preflight_covers_a_tekton_task_step() {
+    check_image_field(
+        "shape-tekton-step",
+        "\
+apiVersion: tekton.dev/v1
+kind: Task
+metadata: { name: api }
+spec:
+  steps: [{ name: build, image: IMAGE, script: 'echo hi' }]
+",
+        "Task/api",
+        "build",
+        "spec.steps[0].image",
+    );
+}
+
+#[test]
+fn preflight_covers_a_tekton_task_sidecar() {
+    check_image_field(
+        "shape-tekton-sidecar",
+        "\
+apiVersion: tekton.dev/v1
+kind: Task
+metadata: { name: api }
+spec:
+  steps: [{ name: build, image: '${image:api}' }]
+  sidecars: [{ name: db, image: IMAGE }]
+",
+        "Task/api",
+        "db",
+        "spec.sidecars[0].image",
+    );
+}
+
+#[test]
+fn preflight_covers_a_custom_pod_spec_with_only_init_containers() {
+    check_shape(
+        "shape-init-only",
+        &Shape {
+            manifest: "\
+apiVersion: batch.example.com/v1
+kind: Migration
+metadata: { name: api }
+spec:
+  podSpec:
+    initContainers: [{ name: migrate, image: IMAGE }]
+",
+            object: "Migration/api",
+            place: "init container",
+            name: "migrate",
+            at: "/spec/podSpec/initContainers/0",
+        },
+    );
+}
+
+#[test]
+fn an_image_field_that_is_not_a_reference_is_refused_with_its_path() {
+    let manifest = "\
+apiVersion: example.com/v1
+kind: Cache
+metadata: { name: api }
+spec:
+  server: { name: cache, image: { repository: localhost/cache, tag: v1 } }
+";
+    let (_dir, plan) = fixture(manifest, "shape-image-map");
+    let error = render(&plan).expect_err("an image that cannot be checked must be refused");
+    let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!((problems[0].place, problems[0].field.as_str()), ("image field", "spec.server.image"));
+    assert!(problems[0].reason.contains("`spec.server.image` holds a mapping, not an image reference"), "{}", problems[0].reason);
+}
+
+#[test]
+fn fields_named_image_in_configuration_and_schemas_are_not_images() {
+    let manifest = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: api, labels: { image: plain } }
+data: { image: 'localhost/other:v1' }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: caches.example.com }
+spec:
+  group: example.com
+  names: { kind: Cache, plural: caches }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, properties: { image: { type: string } } } }
+";
+    let (_dir, plan) = fixture(manifest, "shape-imageless");
+    render(&plan).expect("no image to check");
+}
+
 #[test]
 fn preflight_reports_every_refused_image_of_every_object_at_once() {
     let manifest = format!(
