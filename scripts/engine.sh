@@ -107,6 +107,12 @@ ensure_current() {
   local dir=$state_dir/$name
   if answers "$dir/docker.sock"; then return 0; fi
   ec=$(kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh) || return 0
+  # engine-current's script unpacks its binaries with xz and works out its
+  # bridge's network with python3; a minimal Debian has neither.
+  local missing=()
+  command -v xz >/dev/null || missing+=(xz-utils)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
   echo "engine.sh: starting Docker 29 ($mode) on unix://$dir/docker.sock (logs: $dir/logs)"
   env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
     || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
