@@ -333,6 +333,68 @@ async fn a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export(
     assert_eq!(read_in_image(&docker, &stores.nodes[0], &images[0].image.to_string(), "/marker").await, "alpha");
 }
 
+/// The image of `build` under the reference of a new run's plan, tagged on
+/// the engine: an unchanged build in the next run.
+async fn next_run(docker: &bollard::Docker, dir: &std::path::Path, build: &LoadImage, guard: &mut ImageGuard) -> (Plan, Vec<LoadImage>) {
+    let plan = plan(dir, &["alpha"], &unique("kind-runs"));
+    let image = plan.image("alpha").expect("planned").clone();
+    guard.0.push(image.to_string());
+    let options = TagImageOptions { repo: Some(image.name()), tag: image.tag().map(str::to_owned) };
+    docker.tag_image(&build.image.to_string(), Some(options)).await.expect("tag");
+    (plan, vec![LoadImage { image, image_id: build.image_id.clone() }])
+}
+
+async fn runs_that_overlap_on_a_node_never_break_each_others_loads(kind: NodeKind) {
+    let docker = engine(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut guard = ImageGuard::default();
+    let first = plan(dir.path(), &["alpha"], &unique("kind-runs"));
+    let build = build_all(&docker, &first, &mut guard).await.remove(0);
+    let cluster = StandInCluster::start_with(&docker, &unique("e2e-kind-runs"), 0, kind).await;
+    let node = Node::Container { name: cluster.nodes[0].clone(), role: "control-plane".to_owned() };
+    let nodes = std::slice::from_ref(&node);
+    containerd::load(&docker, nodes, std::slice::from_ref(&build)).await.expect("first load");
+
+    // Back to back: each run's teardown overlaps the next run's load, which
+    // tags the image from the reference that teardown moves to the cache.
+    let mut previous = first;
+    for n in 0..10 {
+        let (plan, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+        let (loaded, removed) = tokio::join!(
+            containerd::load(&docker, nodes, &images),
+            containerd::remove_tagged(&docker, &node, previous.tag())
+        );
+        let loaded = loaded.unwrap_or_else(|e| panic!("run {n}: {e}"));
+        assert_eq!(loaded.with_action(Action::Skipped).count(), 0, "run {n}: {loaded:#?}");
+        removed.unwrap_or_else(|e| panic!("teardown before run {n}: {e}"));
+        previous = plan;
+    }
+    // Two runs at once, each a load and its teardown, beside the last one's teardown.
+    let (a, a_images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let (b, b_images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let run = |plan: Plan, images: Vec<LoadImage>| {
+        let (docker, node) = (docker.clone(), node.clone());
+        async move {
+            containerd::load(&docker, std::slice::from_ref(&node), &images).await?;
+            let listed = kind::node_images(&docker, &node.name()).await?;
+            assert!(listed.iter().any(|r| images[0].image.matches(r)), "{listed:?}");
+            containerd::remove_tagged(&docker, &node, plan.tag()).await.map(|_| ())
+        }
+    };
+    let (a, b, last) =
+        tokio::join!(run(a, a_images), run(b, b_images), containerd::remove_tagged(&docker, &node, previous.tag()));
+    a.expect("first concurrent run");
+    b.expect("second concurrent run");
+    last.expect("the last back-to-back run's teardown");
+    // The build stays on the node under one cache reference, and the next run tags it.
+    let listed = kind::node_images(&docker, &node.name()).await.expect("node images");
+    let cached: Vec<&String> = listed.iter().filter(|r| r.contains(":e2e-infra-cache")).collect();
+    assert_eq!(cached.len(), 1, "{listed:?}");
+    let (_, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let again = containerd::load(&docker, nodes, &images).await.expect("a run after the others");
+    assert_eq!(again.with_action(Action::Tagged).count(), 1, "{again:#?}");
+}
+
 /// One test per node kind for each test body above.
 macro_rules! on_every_node_kind {
     ($module:ident, $kind:expr, $($test:ident),+ $(,)?) => {
@@ -360,6 +422,7 @@ on_every_node_kind!(
     a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top,
     images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change,
     a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export,
+    runs_that_overlap_on_a_node_never_break_each_others_loads,
 );
 on_every_node_kind!(
     containerd_2,
@@ -373,4 +436,5 @@ on_every_node_kind!(
     a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top,
     images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change,
     a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export,
+    runs_that_overlap_on_a_node_never_break_each_others_loads,
 );
