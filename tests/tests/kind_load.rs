@@ -1,13 +1,16 @@
 //! Loading images into Kind nodes, against stand-in nodes running a real
 //! containerd on the local engine: every test runs once on nodes of
 //! Debian's containerd 1.6 (module `containerd_1_6`) and once on nodes of
-//! containerd 2 (module `containerd_2`).
+//! containerd 2 (module `containerd_2`). The tests of loading into a
+//! containerd socket (a single-node cluster's) run on a containerd daemon of
+//! each kind started for them, and on the node of the cluster under test
+//! (`E2E_CONTAINERD_SOCKET`, ignored unless asked for).
 
 use bollard::query_parameters::TagImageOptions;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom, Route, KIND_EXEC_ENV};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ImageGuard, NodeKind, StandInCluster};
+use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster};
 use e2e_infra_tests::{engine, unique};
 
 /// A plan of `components` (each a busybox build) for a unique run.
@@ -346,12 +349,21 @@ async fn next_run(docker: &bollard::Docker, dir: &std::path::Path, build: &LoadI
 
 async fn runs_that_overlap_on_a_node_never_break_each_others_loads(kind: NodeKind) {
     let docker = engine(None).await;
+    let cluster = StandInCluster::start_with(&docker, &unique("e2e-kind-runs"), 0, kind).await;
+    let node = Node::Container { name: cluster.nodes[0].clone(), role: "control-plane".to_owned() };
+    overlapping_runs(&docker, &node).await;
+}
+
+/// 10 runs back to back, each run's teardown beside the next one's load,
+/// then 2 runs at once, on `node`: every load succeeds, one cache
+/// reference is left, and the next run tags from it.
+async fn overlapping_runs(docker: &bollard::Docker, node: &Node) {
+    let docker = docker.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut guard = ImageGuard::default();
     let first = plan(dir.path(), &["alpha"], &unique("kind-runs"));
     let build = build_all(&docker, &first, &mut guard).await.remove(0);
-    let cluster = StandInCluster::start_with(&docker, &unique("e2e-kind-runs"), 0, kind).await;
-    let node = Node::Container { name: cluster.nodes[0].clone(), role: "control-plane".to_owned() };
+    let node = node.clone();
     let nodes = std::slice::from_ref(&node);
     containerd::load(&docker, nodes, std::slice::from_ref(&build)).await.expect("first load");
 
@@ -376,7 +388,7 @@ async fn runs_that_overlap_on_a_node_never_break_each_others_loads(kind: NodeKin
         let (docker, node) = (docker.clone(), node.clone());
         async move {
             containerd::load(&docker, std::slice::from_ref(&node), &images).await?;
-            let listed = kind::node_images(&docker, &node.name()).await?;
+            let listed = containerd::node_images(&docker, &node).await?;
             assert!(listed.iter().any(|r| images[0].image.matches(r)), "{listed:?}");
             containerd::remove_tagged(&docker, &node, plan.tag()).await.map(|_| ())
         }
@@ -387,13 +399,127 @@ async fn runs_that_overlap_on_a_node_never_break_each_others_loads(kind: NodeKin
     b.expect("second concurrent run");
     last.expect("the last back-to-back run's teardown");
     // The build stays on the node under one cache reference, and the next run tags it.
-    let listed = kind::node_images(&docker, &node.name()).await.expect("node images");
+    let listed = containerd::node_images(&docker, &node).await.expect("node images");
     let cached: Vec<&String> = listed.iter().filter(|r| r.contains(":e2e-infra-cache")).collect();
     assert_eq!(cached.len(), 1, "{listed:?}");
-    let (_, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let (plan, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
     let again = containerd::load(&docker, nodes, &images).await.expect("a run after the others");
     assert_eq!(again.with_action(Action::Tagged).count(), 1, "{again:#?}");
+    containerd::remove_tagged(&docker, &node, plan.tag()).await.expect("the last teardown");
+    remove_cache(&docker, &node, &build).await;
 }
+
+/// Removes the cache reference of `build` from `node`: a node shared with
+/// other suites keeps nothing of a test's.
+async fn remove_cache(docker: &bollard::Docker, node: &Node, build: &LoadImage) {
+    let short = &build.image_id.trim_start_matches("sha256:")[..12];
+    let cache = format!("{}:e2e-infra-cache-{short}", build.image.name());
+    if let Node::Socket { path } = node {
+        let output = tokio::process::Command::new("ctr")
+            .arg("-a")
+            .arg(path)
+            .args(["-n", "k8s.io", "images", "rm", &cache])
+            .output()
+            .await
+            .expect("running ctr");
+        assert!(output.status.success(), "ctr images rm {cache}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let listed = containerd::node_images(docker, node).await.expect("node images");
+    assert!(!listed.contains(&cache) || !matches!(node, Node::Socket { .. }), "{listed:?}");
+}
+
+/// Where a socket test loads: a containerd daemon started for it, or the
+/// node of the cluster under test ([`e2e_infra_tests::cluster::SOCKET_ENV`]).
+#[derive(Debug, Clone, Copy)]
+enum Socket {
+    Own(NodeKind),
+    OfTheCluster,
+}
+
+impl Socket {
+    async fn node(self) -> (Node, Option<ContainerdDaemon>) {
+        match self {
+            Self::Own(kind) => {
+                let daemon = ContainerdDaemon::start(kind).await;
+                (Node::Socket { path: daemon.socket() }, Some(daemon))
+            }
+            Self::OfTheCluster => (e2e_infra_tests::cluster::Cluster::from_env().node(), None),
+        }
+    }
+}
+
+async fn runs_that_overlap_on_a_socket_never_break_each_others_loads(socket: Socket) {
+    let docker = engine(None).await;
+    let (node, _daemon) = socket.node().await;
+    overlapping_runs(&docker, &node).await;
+}
+
+async fn a_socket_gets_the_image_then_only_the_change_then_nothing(socket: Socket) {
+    let docker = engine(None).await;
+    let (node, _daemon) = socket.node().await;
+    let nodes = std::slice::from_ref(&node);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = plan(dir.path(), &["alpha"], &unique("socket-first"));
+    let second = plan(dir.path(), &["alpha"], &unique("socket-second"));
+    let mut guard = ImageGuard::default();
+    let before = build_all(&docker, &first, &mut guard).await;
+    let image = second.image("alpha").expect("planned").clone();
+    guard.0.push(image.to_string());
+    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
+    // The busybox layer as the engine keeps it: a tar, or gzip at about half the size.
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len() / 3;
+
+    let cold = containerd::load(&docker, nodes, &before).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(cold.outcomes[0].sent > busybox, "{cold:#?}");
+    let reload = containerd::load(&docker, nodes, &after).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reload.with_action(Action::Loaded).count(), 1, "{reload:#?}");
+    assert!(reload.outcomes[0].sent < 64 * 1024, "{reload:#?}");
+    let again = containerd::load(&docker, nodes, &after).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.with_action(Action::Skipped).count(), 1, "{again:#?}");
+    for (plan, build) in [(&first, &before[0]), (&second, &after[0])] {
+        containerd::remove_tagged(&docker, &node, plan.tag()).await.unwrap_or_else(|e| panic!("{e}"));
+        if build.image_id == after[0].image_id {
+            remove_cache(&docker, &node, build).await;
+        }
+    }
+}
+
+/// One test per socket for each socket test body above.
+macro_rules! on_every_socket {
+    ($module:ident, $socket:expr, $gate:meta, $($test:ident),+ $(,)?) => {
+        mod $module {
+            $(
+                #[$gate]
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($socket).await
+                }
+            )+
+        }
+    };
+}
+
+on_every_socket!(
+    socket_containerd_1_6,
+    super::Socket::Own(super::NodeKind::Containerd16),
+    cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e"),
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
+on_every_socket!(
+    socket_containerd_2,
+    super::Socket::Own(super::NodeKind::Containerd2),
+    cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e"),
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
+on_every_socket!(
+    socket_of_the_cluster,
+    super::Socket::OfTheCluster,
+    ignore = "needs a Kubernetes node's containerd socket on this machine: set E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all",
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
 
 /// One test per node kind for each test body above.
 macro_rules! on_every_node_kind {
