@@ -1166,10 +1166,22 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
 ";
 
     #[test]
+    fn cache_references_name_their_image_and_are_told_from_other_tags() {
+        let cache = cache_reference("localhost/api", "sha256:0123456789abcdef0123");
+        assert_eq!(cache, "localhost/api:e2e-infra-cache-0123456789ab");
+        assert!(is_cache_of(&cache, "localhost/api"));
+        assert!(is_cache_of("localhost/api:e2e-infra-cache", "localhost/api"));
+        assert!(!is_cache_of("localhost/api:e2e-infra-cachet", "localhost/api"));
+        assert!(!is_cache_of("localhost/api-2:e2e-infra-cache-01", "localhost/api"));
+        assert!(!is_cache_of("localhost/api:notification-1a2b3c4d", "localhost/api"));
+    }
+
+    #[test]
     fn listing_gives_names_and_labels_despite_spaces_in_sizes() {
         let rows = parse_listing(LISTING);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].name, "localhost/api:notification-1a2b3c4d");
+        assert_eq!(rows[0].digest, "sha256:aa11");
         assert_eq!(rows[0].labels.get(IMAGE_ID_LABEL).map(String::as_str), Some("sha256:bb22"));
         assert_eq!(rows[0].labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
         assert_eq!(rows[1].name, "docker.io/library/postgres:16");
