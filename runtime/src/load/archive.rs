@@ -545,8 +545,10 @@ fn blob_path(digest: &str) -> String {
 }
 
 /// Blobs of an OCI layout up to this size are kept whole until the image
-/// is known; larger ones are sent on as they come.
-const SMALL_BLOB: u64 = 64 * 1024;
+/// is known (configs with a long history run to tens of KiB); larger ones
+/// are sent on as they come. All kept blobs together stay under
+/// [`JSON_LIMIT`].
+const SMALL_BLOB: u64 = 256 * 1024;
 
 /// Classifies the entry that `header` starts, noting layer sizes and links.
 fn classify(
@@ -954,7 +956,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn an_oci_export_of_the_containerd_store_gives_nodes_the_engines_manifest_and_only_the_blobs_they_lack() {
         // Large enough to pass through as it streams, not kept.
-        let base: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let base: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let top = b"small top layer".to_vec();
         let (archive, image_id, manifest, digests) = oci_export(&[base.clone(), top.clone()], true);
         let warm = BTreeSet::from([short_digest(&digests[0])]);
