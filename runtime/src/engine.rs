@@ -491,6 +491,56 @@ pub(crate) fn keep_tail(buffer: &mut Vec<u8>, more: &[u8], limit: usize) {
 mod tests {
     use super::*;
 
+    /// An engine that answers every request on `socket` as Docker 18.09
+    /// does (API 1.39): a ping, then its version.
+    async fn old_engine(socket: std::path::PathBuf) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                while let Ok(read) = stream.read(&mut request).await {
+                    if read == 0 {
+                        return;
+                    }
+                    let body = if request.starts_with(b"GET /_ping") || request[..read].windows(6).any(|w| w == b"/_ping") {
+                        "OK".to_owned()
+                    } else {
+                        serde_json::json!({
+                            "Version": "18.09.9", "ApiVersion": "1.39", "MinAPIVersion": "1.12",
+                            "Components": [{ "Name": "Engine", "Version": "18.09.9" }],
+                        })
+                        .to_string()
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.39\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_too_old_for_the_api_is_named_at_connect_with_its_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("docker.sock");
+        let server = tokio::spawn(old_engine(socket.clone()));
+        while !socket.exists() {
+            tokio::task::yield_now().await;
+        }
+        let host = format!("unix://{}", socket.display());
+        let error = connect_within(&host, Duration::from_secs(10)).await.expect_err("too old");
+        server.abort();
+        assert!(matches!(&error, EngineError::TooOld { api, .. } if api == "1.39"), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("Engine 18.09.9") && message.contains("1.41") && message.contains(&host), "{message}");
+    }
+
     #[test]
     fn tail_keeps_the_last_bytes() {
         let mut buffer = Vec::new();

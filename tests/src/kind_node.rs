@@ -352,3 +352,75 @@ where
     });
     let _ = done.join();
 }
+
+/// A containerd daemon of this machine, started for a test on its own
+/// socket, root and state under a temporary folder; stopped (by its
+/// process id) and removed when dropped. The node of a single-node cluster
+/// (k3s, kubeadm, kube-local) as the loader sees it: a socket.
+#[derive(Debug)]
+pub struct ContainerdDaemon {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl ContainerdDaemon {
+    /// Starts the containerd of `kind` (Debian's `/usr/bin/containerd`, or
+    /// containerd 2's from [`containerd2_bin`]) and waits until its socket
+    /// accepts connections and `ctr` lists its images.
+    pub async fn start(kind: NodeKind) -> Self {
+        let binary = match kind {
+            NodeKind::Containerd16 => PathBuf::from("/usr/bin/containerd"),
+            NodeKind::Containerd2 => containerd2_bin().join("containerd"),
+        };
+        let dir = tempfile::Builder::new().prefix("e2e-ctrd").tempdir_in("/tmp").expect("temporary directory");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.runtime\", \"io.containerd.cri.v1.images\", \"io.containerd.nri.v1.nri\"]\n\
+             [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n[debug]\n  address = \"{}\"\n[metrics]\n  address = \"\"\n",
+            path("root"),
+            path("state"),
+            path("containerd.sock"),
+            path("containerd.sock.ttrpc"),
+            path("debug.sock"),
+        );
+        std::fs::write(dir.path().join("config.toml"), config).expect("containerd config");
+        let log = std::fs::File::create(dir.path().join("containerd.log")).expect("containerd log");
+        let child = std::process::Command::new(&binary)
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let daemon = Self { child, dir };
+        let node = e2e_infra::load::containerd::Node::Socket { path: daemon.socket() };
+        let docker = crate::engine(None).await;
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            match e2e_infra::load::containerd::node_images(&docker, &node).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => panic!(
+                    "containerd {} never answered at {}: {e}; its log: {}",
+                    binary.display(),
+                    daemon.socket().display(),
+                    std::fs::read_to_string(daemon.dir.path().join("containerd.log")).unwrap_or_default()
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        daemon
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for ContainerdDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,13 +1,16 @@
 //! Loading images into Kind nodes, against stand-in nodes running a real
 //! containerd on the local engine: every test runs once on nodes of
 //! Debian's containerd 1.6 (module `containerd_1_6`) and once on nodes of
-//! containerd 2 (module `containerd_2`).
+//! containerd 2 (module `containerd_2`). The tests of loading into a
+//! containerd socket (a single-node cluster's) run on a containerd daemon of
+//! each kind started for them, and on the node of the cluster under test
+//! (`E2E_CONTAINERD_SOCKET`, ignored unless asked for).
 
 use bollard::query_parameters::TagImageOptions;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom, Route, KIND_EXEC_ENV};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ImageGuard, NodeKind, StandInCluster};
+use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster};
 use e2e_infra_tests::{engine, unique};
 
 /// A plan of `components` (each a busybox build) for a unique run.
@@ -333,6 +336,205 @@ async fn a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export(
     assert_eq!(read_in_image(&docker, &stores.nodes[0], &images[0].image.to_string(), "/marker").await, "alpha");
 }
 
+/// The image of `build` under the reference of a new run's plan, tagged on
+/// the engine: an unchanged build in the next run.
+async fn next_run(docker: &bollard::Docker, dir: &std::path::Path, build: &LoadImage, guard: &mut ImageGuard) -> (Plan, Vec<LoadImage>) {
+    let plan = plan(dir, &["overlap"], &unique("kind-runs"));
+    let image = plan.image("overlap").expect("planned").clone();
+    guard.0.push(image.to_string());
+    let options = TagImageOptions { repo: Some(image.name()), tag: image.tag().map(str::to_owned) };
+    docker.tag_image(&build.image.to_string(), Some(options)).await.expect("tag");
+    (plan, vec![LoadImage { image, image_id: build.image_id.clone() }])
+}
+
+async fn runs_that_overlap_on_a_node_never_break_each_others_loads(kind: NodeKind) {
+    let docker = engine(None).await;
+    let cluster = StandInCluster::start_with(&docker, &unique("e2e-kind-runs"), 0, kind).await;
+    let node = Node::Container { name: cluster.nodes[0].clone(), role: "control-plane".to_owned() };
+    overlapping_runs(&docker, &node).await;
+}
+
+/// 10 runs back to back, each run's teardown beside the next one's load,
+/// then 2 runs at once, on `node`: every load succeeds, one cache
+/// reference is left, and the next run tags from it.
+async fn overlapping_runs(docker: &bollard::Docker, node: &Node) {
+    let docker = docker.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut guard = ImageGuard::default();
+    // A component of its own: a node shared with other tests holds other
+    // builds of `alpha`.
+    let first = plan(dir.path(), &["overlap"], &unique("kind-runs"));
+    let build = build_all(&docker, &first, &mut guard).await.remove(0);
+    let node = node.clone();
+    let nodes = std::slice::from_ref(&node);
+    containerd::load(&docker, nodes, std::slice::from_ref(&build)).await.expect("first load");
+
+    // Back to back: each run's teardown overlaps the next run's load, which
+    // tags the image from the reference that teardown moves to the cache.
+    let mut previous = first;
+    for n in 0..10 {
+        let (plan, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+        let (loaded, removed) = tokio::join!(
+            containerd::load(&docker, nodes, &images),
+            containerd::remove_tagged(&docker, &node, previous.tag())
+        );
+        let loaded = loaded.unwrap_or_else(|e| panic!("run {n}: {e}"));
+        assert_eq!(loaded.with_action(Action::Skipped).count(), 0, "run {n}: {loaded:#?}");
+        removed.unwrap_or_else(|e| panic!("teardown before run {n}: {e}"));
+        previous = plan;
+    }
+    // Two runs at once, each a load and its teardown, beside the last one's teardown.
+    let (a, a_images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let (b, b_images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let run = |plan: Plan, images: Vec<LoadImage>| {
+        let (docker, node) = (docker.clone(), node.clone());
+        async move {
+            containerd::load(&docker, std::slice::from_ref(&node), &images).await?;
+            let listed = containerd::node_images(&docker, &node).await?;
+            assert!(listed.iter().any(|r| images[0].image.matches(r)), "{listed:?}");
+            containerd::remove_tagged(&docker, &node, plan.tag()).await.map(|_| ())
+        }
+    };
+    let (a, b, last) =
+        tokio::join!(run(a, a_images), run(b, b_images), containerd::remove_tagged(&docker, &node, previous.tag()));
+    a.expect("first concurrent run");
+    b.expect("second concurrent run");
+    last.expect("the last back-to-back run's teardown");
+    // The build stays on the node under one cache reference, and the next run tags it.
+    let listed = containerd::node_images(&docker, &node).await.expect("node images");
+    let cache = format!("{}:e2e-infra-cache", build.image.name());
+    let cached: Vec<&String> = listed.iter().filter(|r| r.starts_with(&cache)).collect();
+    assert_eq!(cached.len(), 1, "{listed:?}");
+    let (plan, images) = next_run(&docker, dir.path(), &build, &mut guard).await;
+    let again = containerd::load(&docker, nodes, &images).await.expect("a run after the others");
+    assert_eq!(again.with_action(Action::Tagged).count(), 1, "{again:#?}");
+    containerd::remove_tagged(&docker, &node, plan.tag()).await.expect("the last teardown");
+    remove_cache(&docker, &node, &build).await;
+}
+
+/// Removes the cache reference of `build` from `node`: a node shared with
+/// other suites keeps nothing of a test's.
+async fn remove_cache(docker: &bollard::Docker, node: &Node, build: &LoadImage) {
+    let short = &build.image_id.trim_start_matches("sha256:")[..12];
+    let cache = format!("{}:e2e-infra-cache-{short}", build.image.name());
+    if let Node::Socket { path } = node {
+        let output = tokio::process::Command::new("ctr")
+            .arg("-a")
+            .arg(path)
+            .args(["-n", "k8s.io", "images", "rm", &cache])
+            .output()
+            .await
+            .expect("running ctr");
+        assert!(output.status.success(), "ctr images rm {cache}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let listed = containerd::node_images(docker, node).await.expect("node images");
+    assert!(!listed.contains(&cache) || !matches!(node, Node::Socket { .. }), "{listed:?}");
+}
+
+/// Where a socket test loads: a containerd daemon started for it, or the
+/// node of the cluster under test ([`e2e_infra_tests::cluster::SOCKET_ENV`]).
+#[derive(Debug, Clone, Copy)]
+enum Socket {
+    Own(NodeKind),
+    OfTheCluster,
+}
+
+impl Socket {
+    /// The node, and the daemon when it is this test's own: a node that
+    /// held nothing before.
+    async fn node(self) -> (Node, Option<ContainerdDaemon>) {
+        match self {
+            Self::Own(kind) => {
+                let daemon = ContainerdDaemon::start(kind).await;
+                (Node::Socket { path: daemon.socket() }, Some(daemon))
+            }
+            Self::OfTheCluster => (e2e_infra_tests::cluster::Cluster::from_env().node(), None),
+        }
+    }
+}
+
+async fn runs_that_overlap_on_a_socket_never_break_each_others_loads(socket: Socket) {
+    let docker = engine(None).await;
+    let (node, _daemon) = socket.node().await;
+    overlapping_runs(&docker, &node).await;
+}
+
+async fn a_socket_gets_the_image_then_only_the_change_then_nothing(socket: Socket) {
+    let docker = engine(None).await;
+    let (node, daemon) = socket.node().await;
+    let nodes = std::slice::from_ref(&node);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = plan(dir.path(), &["change"], &unique("socket-first"));
+    let second = plan(dir.path(), &["change"], &unique("socket-second"));
+    let mut guard = ImageGuard::default();
+    // Builds of their own: a node shared with other tests may hold any other.
+    let mut build = |plan: &Plan| {
+        let image = plan.image("change").expect("planned").clone();
+        guard.0.push(image.to_string());
+        let docker = docker.clone();
+        async move {
+            let image_id = busybox_image(&docker, &image, &unique("change")).await;
+            [LoadImage { image, image_id }]
+        }
+    };
+    let before = build(&first).await;
+    let after = build(&second).await;
+    // The busybox layer as the engine keeps it: a tar, or gzip at about half the size.
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len() / 3;
+
+    let cold = containerd::load(&docker, nodes, &before).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cold.with_action(Action::Loaded).count(), 1, "{cold:#?}");
+    // A node of the cluster may hold the busybox layer from other tests.
+    assert!(daemon.is_none() || cold.outcomes[0].sent > busybox, "{cold:#?}");
+    let reload = containerd::load(&docker, nodes, &after).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reload.with_action(Action::Loaded).count(), 1, "{reload:#?}");
+    assert!(reload.outcomes[0].sent < 64 * 1024, "{reload:#?}");
+    let again = containerd::load(&docker, nodes, &after).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.with_action(Action::Skipped).count(), 1, "{again:#?}");
+    for plan in [&first, &second] {
+        containerd::remove_tagged(&docker, &node, plan.tag()).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // The second teardown removed the first build's cache reference.
+    remove_cache(&docker, &node, &after[0]).await;
+}
+
+/// One test per socket for each socket test body above.
+macro_rules! on_every_socket {
+    ($module:ident, $socket:expr, $gate:meta, $($test:ident),+ $(,)?) => {
+        mod $module {
+            $(
+                #[$gate]
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($socket).await
+                }
+            )+
+        }
+    };
+}
+
+on_every_socket!(
+    socket_containerd_1_6,
+    super::Socket::Own(super::NodeKind::Containerd16),
+    cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e"),
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
+on_every_socket!(
+    socket_containerd_2,
+    super::Socket::Own(super::NodeKind::Containerd2),
+    cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e"),
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
+on_every_socket!(
+    socket_of_the_cluster,
+    super::Socket::OfTheCluster,
+    ignore = "needs a Kubernetes node's containerd socket on this machine: set E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all",
+    runs_that_overlap_on_a_socket_never_break_each_others_loads,
+    a_socket_gets_the_image_then_only_the_change_then_nothing,
+);
+
 /// One test per node kind for each test body above.
 macro_rules! on_every_node_kind {
     ($module:ident, $kind:expr, $($test:ident),+ $(,)?) => {
@@ -360,6 +562,7 @@ on_every_node_kind!(
     a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top,
     images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change,
     a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export,
+    runs_that_overlap_on_a_node_never_break_each_others_loads,
 );
 on_every_node_kind!(
     containerd_2,
@@ -373,4 +576,5 @@ on_every_node_kind!(
     a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top,
     images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change,
     a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export,
+    runs_that_overlap_on_a_node_never_break_each_others_loads,
 );

@@ -545,8 +545,10 @@ fn blob_path(digest: &str) -> String {
 }
 
 /// Blobs of an OCI layout up to this size are kept whole until the image
-/// is known; larger ones are sent on as they come.
-const SMALL_BLOB: u64 = 64 * 1024;
+/// is known (configs with a long history run to tens of KiB); larger ones
+/// are sent on as they come. All kept blobs together stay under
+/// [`JSON_LIMIT`].
+const SMALL_BLOB: u64 = 256 * 1024;
 
 /// Classifies the entry that `header` starts, noting layer sizes and links.
 fn classify(
@@ -758,15 +760,7 @@ pub(super) mod tests {
             serde_json::json!([{ "Config": format!("{image_hex}.json"), "RepoTags": ["x:1"], "Layers": paths }]);
         entries.push(("manifest.json".to_owned(), manifest.to_string().into_bytes()));
         entries.sort();
-        let mut archive = tar::Builder::new(Vec::new());
-        for (path, bytes) in entries {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            archive.append_data(&mut header, path, bytes.as_slice()).expect("append");
-        }
-        (archive.into_inner().expect("archive"), format!("sha256:{image_hex}"), diff_ids)
+        (tar_of(entries), format!("sha256:{image_hex}"), diff_ids)
     }
 
     /// Feeds `archive` in chunks of `chunk` bytes to targets holding `held`;
@@ -899,6 +893,117 @@ pub(super) mod tests {
         );
         let (_, _, result) = run(&archive[..1536], &image_id, 4096, vec![BTreeMap::new()]).await;
         assert!(matches!(&result, Err(ArchiveError::Format { .. })), "{result:?}");
+    }
+
+    /// An OCI layout as Docker 25 and newer export it: blobs in digest
+    /// order, then `index.json`, `manifest.json` and `oci-layout`. With
+    /// `compressed`, the layers are stored as given under a gzip media type
+    /// and the image id is the manifest's digest (the containerd image
+    /// store); else they are tars and the id is the config's (classic).
+    /// Returns the archive, the image id, the manifest and the layers' digests.
+    fn oci_export(layers: &[Vec<u8>], compressed: bool) -> (Vec<u8>, String, Vec<u8>, Vec<String>) {
+        let digest = |b: &[u8]| crate::load::oci::digest_of(b);
+        let digests: Vec<String> = layers.iter().map(|l| digest(l)).collect();
+        let config = serde_json::json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": digests } })
+            .to_string()
+            .into_bytes();
+        let media = if compressed { "application/vnd.oci.image.layer.v1.tar+gzip" } else { LAYER_TYPE };
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": { "mediaType": CONFIG_TYPE, "digest": digest(&config), "size": config.len() },
+            "layers": layers.iter().zip(&digests).map(|(l, d)| serde_json::json!({ "mediaType": media, "digest": d, "size": l.len() })).collect::<Vec<_>>(),
+            // What makes an engine's manifest its own.
+            "annotations": { "org.example.engine": "written by the engine" },
+        })
+        .to_string()
+        .into_bytes();
+        let index = serde_json::json!({ "schemaVersion": 2, "manifests": [{ "mediaType": MANIFEST_TYPE, "digest": digest(&manifest), "size": manifest.len() }] });
+        let mut blobs: Vec<(String, Vec<u8>)> = layers.iter().cloned().chain([config.clone(), manifest.clone()]).map(|b| (blob_path(&digest(&b)), b)).collect();
+        blobs.sort();
+        blobs.push(("index.json".to_owned(), index.to_string().into_bytes()));
+        blobs.push(("manifest.json".to_owned(), b"[]".to_vec()));
+        blobs.push(("oci-layout".to_owned(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+        let image_id = if compressed { digest(&manifest) } else { digest(&config) };
+        (tar_of(blobs), image_id, manifest, digests)
+    }
+
+    fn tar_of(entries: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for (path, bytes) in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            archive.append_data(&mut header, path, bytes.as_slice()).expect("append");
+        }
+        archive.into_inner().expect("archive")
+    }
+
+    async fn run_oci(archive: &[u8], image_id: &str, blobs: Vec<BTreeSet<String>>) -> (Vec<Vec<u8>>, Result<Split, ArchiveError>) {
+        let source = futures::stream::iter(
+            archive.chunks(1000).map(|c| Ok::<_, bollard::errors::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+        );
+        let held = blobs.into_iter().map(|b| (BTreeMap::new(), b)).collect();
+        let (got, _, result) = into_targets(held, |mut targets| async move {
+            let result = split(source, "localhost/x:1", image_id, &mut targets).await;
+            (result, targets)
+        })
+        .await;
+        (got, result)
+    }
+
+    #[tokio::test]
+    async fn an_oci_export_of_the_containerd_store_gives_nodes_the_engines_manifest_and_only_the_blobs_they_lack() {
+        // Large enough to pass through as it streams, not kept.
+        let base: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let top = b"small top layer".to_vec();
+        let (archive, image_id, manifest, digests) = oci_export(&[base.clone(), top.clone()], true);
+        let warm = BTreeSet::from([short_digest(&digests[0])]);
+        let (got, result) = run_oci(&archive, &image_id, vec![warm, BTreeSet::new()]).await;
+        let split = result.expect("split");
+        assert_eq!(split.manifest, image_id, "the node holds the engine's manifest digest");
+        assert_eq!(split.blobs, digests);
+        let (warm, cold) = (names(&got[0]), names(&got[1]));
+        assert!(!warm.iter().any(|(_, b)| b == &base), "the held layer was sent");
+        assert!(warm.iter().any(|(p, b)| *p == blob_path(&digests[1]) && b == &top));
+        assert!(cold.iter().any(|(p, b)| *p == blob_path(&digests[0]) && b == &base));
+        assert!(warm.iter().any(|(_, b)| b == &manifest));
+        let index = warm.iter().find(|(p, _)| p == "index.json").expect("index.json");
+        let index: serde_json::Value = serde_json::from_slice(&index.1).expect("json");
+        assert_eq!(index["manifests"][0]["digest"], image_id.as_str());
+        assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "localhost/x:1");
+    }
+
+    #[tokio::test]
+    async fn an_oci_export_whose_id_is_the_config_gets_the_manifest_the_store_path_writes() {
+        let layers = [vec![3u8; 70_000], b"top".to_vec()];
+        let (archive, image_id, engines, digests) = oci_export(&layers, false);
+        let (got, result) = run_oci(&archive, &image_id, vec![BTreeSet::new()]).await;
+        let split = result.expect("split");
+        let config = names(&got[0]).into_iter().find(|(p, _)| *p == blob_path(&image_id)).expect("config").1;
+        let sizes: Vec<(&str, u64)> = digests.iter().map(String::as_str).zip(layers.iter().map(|l| l.len() as u64)).collect();
+        let ours = oci_manifest(&config, &sizes);
+        assert_eq!(split.manifest, crate::load::oci::digest_of(&ours));
+        assert_ne!(ours, engines);
+    }
+
+    #[tokio::test]
+    async fn an_export_in_an_unknown_layout_names_its_entries_and_sends_nothing() {
+        let archive = tar_of(vec![
+            ("layers/0.bin".to_owned(), vec![1u8; 3000]),
+            ("image.yaml".to_owned(), b"kind: image".to_vec()),
+        ]);
+        let (got, result) = run_oci(&archive, "sha256:abc", vec![BTreeSet::new()]).await;
+        match result {
+            Err(error @ ArchiveError::Layout { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("image.yaml, layers/"), "{message}");
+                assert!(message.contains("E2E_INFRA_REGISTRY"), "{message}");
+            }
+            other => panic!("expected a layout error: {other:?}"),
+        }
+        assert!(got[0].is_empty(), "a node was sent {} bytes", got[0].len());
     }
 
     #[test]

@@ -154,9 +154,27 @@ impl<'a> Reached<'a> {
     }
 }
 
-/// The tag a run's image keeps on a node after the run: the content stays
-/// for the next run (tagged, not streamed), no reference of the run does.
+/// The start of the tag a run's image keeps on a node after the run:
+/// `e2e-infra-cache-<12 hex digits of the engine's image id>`. The content
+/// stays for the next run (tagged, not streamed), no reference of the run
+/// does. The tag names the image it holds, so it never moves: a teardown
+/// creates it or finds it there, and never takes it from under a load that
+/// tags from it.
 pub const CACHE_TAG: &str = "e2e-infra-cache";
+
+/// The cache reference on a node of image `image_id` of `repository`.
+fn cache_reference(repository: &str, image_id: &str) -> String {
+    let hex = image_id.trim_start_matches("sha256:");
+    format!("{repository}:{CACHE_TAG}-{}", &hex[..hex.len().min(12)])
+}
+
+/// Whether `reference` is a cache reference ([`CACHE_TAG`]) of `repository`.
+fn is_cache_of(reference: &str, repository: &str) -> bool {
+    reference
+        .strip_prefix(repository)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|tag| tag == CACHE_TAG || tag.strip_prefix(CACHE_TAG).is_some_and(|t| t.starts_with('-')))
+}
 
 /// A node's containerd, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -490,6 +508,7 @@ pub async fn load_from(
     // What each (image, node) needs: nothing, a tag, or a stream.
     let mut outcomes = Vec::new();
     let mut tags = Vec::new();
+    let mut tag_keys = Vec::new();
     let mut streams: Vec<Vec<usize>> = vec![Vec::new(); images.len()];
     for (i, wanted) in images.iter().enumerate() {
         for (n, (rows, checked_in)) in listings.iter().enumerate() {
@@ -502,7 +521,10 @@ pub async fn load_from(
                     sent: 0,
                     source: None,
                 }),
-                Need::Tag(source) => tags.push((n, wanted, source, *checked_in)),
+                Need::Tag(source) => {
+                    tags.push((n, wanted, source, *checked_in));
+                    tag_keys.push((i, n));
+                }
                 Need::Stream => streams[i].push(n),
             }
         }
@@ -512,19 +534,24 @@ pub async fn load_from(
     let reached = &reached;
     let tagged = futures::future::try_join_all(tags.into_iter().map(|(n, wanted, source, checked_in)| async move {
         let started = Instant::now();
-        let reference = wanted.image.to_string();
-        ctr(&reached[n], &["images", "tag", "--force", source, &reference]).await?;
-        Ok::<_, ContainerdError>(NodeOutcome {
+        let done = tag_from(&reached[n], wanted, source).await?;
+        Ok::<_, ContainerdError>(done.then(|| NodeOutcome {
             node: nodes[n].name(),
             image: wanted.image.clone(),
             action: Action::Tagged,
             elapsed: checked_in + started.elapsed(),
             sent: 0,
             source: None,
-        })
+        }))
     }))
     .await?;
-    outcomes.extend(tagged);
+    for (outcome, (i, n)) in tagged.into_iter().zip(tag_keys) {
+        match outcome {
+            Some(outcome) => outcomes.push(outcome),
+            // The image left the node meanwhile: it is streamed.
+            None => streams[i].push(n),
+        }
+    }
     tracing::debug!(elapsed = ?started.elapsed(), "tagged");
 
     // The engine's own files, when they can be read: no export to wait for.
@@ -625,9 +652,15 @@ pub async fn node_images(docker: &Docker, node: &Node) -> Result<Vec<String>, Co
 }
 
 /// Removes every reference of the run whose tag is `tag` from `node`, and
-/// returns them. The content stays under `localhost/<name>:`[`CACHE_TAG`],
-/// labelled like a load, so that the next run of an unchanged build tags it
-/// instead of streaming it again.
+/// returns them. The content stays under a cache reference
+/// (`localhost/<name>:`[`CACHE_TAG`]`-<image id>`), labelled like a load, so
+/// that the next run of an unchanged build tags it instead of streaming it
+/// again. The cache references of other builds of the same repository are
+/// removed: one build of each component stays on the node.
+///
+/// A cache reference is created, never moved, so a load tagging from it
+/// at the same time is never left without its source; one that another
+/// teardown created meanwhile is taken as it is.
 ///
 /// # Errors
 /// [`ContainerdError`] when `ctr` fails.
@@ -636,21 +669,59 @@ pub async fn remove_tagged(docker: &Docker, node: &Node, tag: &Tag) -> Result<Ve
     let suffix = format!(":{tag}");
     let mut removed = Vec::new();
     let reached = Reached::new(docker, node).await;
-    for row in list_images(&reached).await? {
+    let listed = list_images(&reached).await?;
+    for row in listed.clone() {
         let Some(repository) = row.name.strip_suffix(&suffix) else {
             continue;
         };
         if let Some(image_id) = row.labels.get(IMAGE_ID_LABEL) {
-            let cache = format!("{repository}:{CACHE_TAG}");
-            ctr(&reached, &["images", "tag", "--force", &row.name, &cache]).await?;
-            let mut args = vec!["images".to_owned(), "label".to_owned(), cache, format!("{IMAGE_ID_LABEL}={image_id}")];
-            args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
-            ctr(&reached, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            let cache = cache_reference(repository, image_id);
+            keep_as(&reached, &row, &cache, image_id).await?;
+            for old in &listed {
+                if is_cache_of(&old.name, repository) && old.name != cache {
+                    remove_reference(&reached, &old.name).await?;
+                }
+            }
         }
-        ctr(&reached, &["images", "rm", &row.name]).await?;
+        remove_reference(&reached, &row.name).await?;
         removed.push(row.name);
     }
     Ok(removed)
+}
+
+/// Tags `row` as `cache` on `node`, labelled with `image_id` and its layer
+/// map, unless `cache` is there already (another teardown of the same
+/// build made it: its name says which image it holds).
+async fn keep_as(node: &Reached<'_>, row: &Listed, cache: &str, image_id: &str) -> Result<(), ContainerdError> {
+    if let Err(error) = ctr(node, &["images", "tag", &row.name, cache]).await {
+        let rows = list_images(node).await?;
+        if rows.iter().any(|r| r.name == cache && r.labels.get(IMAGE_ID_LABEL).map(String::as_str) == Some(image_id)) {
+            return Ok(());
+        }
+        if !rows.iter().any(|r| r.name == cache) {
+            return Err(error);
+        }
+    }
+    let mut args = vec!["images".to_owned(), "label".to_owned(), cache.to_owned(), format!("{IMAGE_ID_LABEL}={image_id}")];
+    args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
+    ctr(node, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    Ok(())
+}
+
+/// Removes `reference` from `node`; one already gone (another teardown
+/// removed it) is no error.
+async fn remove_reference(node: &Reached<'_>, reference: &str) -> Result<(), ContainerdError> {
+    match ctr(node, &["images", "rm", reference]).await {
+        Ok(_) => Ok(()),
+        Err(error @ ContainerdError::CommandFailed { .. }) => {
+            if list_images(node).await?.iter().any(|r| r.name == reference) {
+                Err(error)
+            } else {
+                Ok(())
+            }
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// A socket that is missing, or that this user cannot write to, is named
@@ -858,6 +929,39 @@ async fn stream_into(
     Ok(Streamed { blobs, layers, manifest, nodes })
 }
 
+/// Tags on `node` the image `wanted` held under `source` with the plan's
+/// reference; returns whether the node then holds it under that reference.
+///
+/// Other runs on the node change references at the same time: a teardown
+/// removes the reference tagged from, a load of the same run tags the same
+/// reference (`ctr images tag --force` deletes the target, then creates
+/// it). A failed tag is therefore not the end: the node is listed again,
+/// and the reference is taken as tagged when it holds the image, tagged
+/// from another reference to the image when one is left, or reported
+/// absent (`false`) so that the image is streamed.
+async fn tag_from(node: &Reached<'_>, wanted: &LoadImage, source: &str) -> Result<bool, ContainerdError> {
+    let reference = wanted.image.to_string();
+    let mut source = source.to_owned();
+    let mut tried = BTreeSet::new();
+    loop {
+        let error = match ctr(node, &["images", "tag", "--force", &source, &reference]).await {
+            Ok(_) => return Ok(true),
+            Err(error @ ContainerdError::CommandFailed { .. }) => error,
+            Err(other) => return Err(other),
+        };
+        tracing::debug!(node = %node.node, %reference, %source, %error, "tagging failed; listing the node again");
+        tried.insert(source.clone());
+        let rows = list_images(node).await?;
+        if holds(&rows, wanted) {
+            return Ok(true);
+        }
+        match rows.iter().find(|row| !tried.contains(&row.name) && same_image(std::slice::from_ref(row), wanted).is_some()) {
+            Some(other) => source = other.name.clone(),
+            None => return Ok(false),
+        }
+    }
+}
+
 /// Checks that `node` lists every reference, each one loaded with the
 /// manifest it was given (so it is the engine's image, not another that
 /// took the reference meanwhile), then gives the loaded ones their labels.
@@ -1062,10 +1166,22 @@ docker.io/library/postgres:16         application/vnd.docker.distribution.manife
 ";
 
     #[test]
+    fn cache_references_name_their_image_and_are_told_from_other_tags() {
+        let cache = cache_reference("localhost/api", "sha256:0123456789abcdef0123");
+        assert_eq!(cache, "localhost/api:e2e-infra-cache-0123456789ab");
+        assert!(is_cache_of(&cache, "localhost/api"));
+        assert!(is_cache_of("localhost/api:e2e-infra-cache", "localhost/api"));
+        assert!(!is_cache_of("localhost/api:e2e-infra-cachet", "localhost/api"));
+        assert!(!is_cache_of("localhost/api-2:e2e-infra-cache-01", "localhost/api"));
+        assert!(!is_cache_of("localhost/api:notification-1a2b3c4d", "localhost/api"));
+    }
+
+    #[test]
     fn listing_gives_names_and_labels_despite_spaces_in_sizes() {
         let rows = parse_listing(LISTING);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].name, "localhost/api:notification-1a2b3c4d");
+        assert_eq!(rows[0].digest, "sha256:aa11");
         assert_eq!(rows[0].labels.get(IMAGE_ID_LABEL).map(String::as_str), Some("sha256:bb22"));
         assert_eq!(rows[0].labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"));
         assert_eq!(rows[1].name, "docker.io/library/postgres:16");
