@@ -12,7 +12,7 @@ use e2e_infra::plan::IdentityError;
 use e2e_infra::report::logs::LogsError;
 use e2e_infra::report::ReportError;
 use e2e_infra::stack::StackError;
-use e2e_infra::{CatalogError, PlanError};
+use e2e_infra::{CatalogError, Echo, PlanError};
 
 /// The exit codes, as `docs/cli.md` lists them.
 pub mod code {
@@ -102,7 +102,7 @@ pub enum CliError {
         force: String,
     },
     /// `down` found nothing to take down.
-    #[error("no stack of consumer `{consumer}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is")]
+    #[error("no stack of consumer `{}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is", Echo(.consumer))]
     NoStack {
         consumer: String,
         /// " and run `r`" when a run was named.
@@ -119,7 +119,7 @@ pub enum CliError {
     #[error("removing the image tags of older runs failed")]
     Images(#[source] HousekeepingError),
     /// `logs` or `report` was not told which of the consumer's stacks.
-    #[error("consumer `{consumer}` has {} stacks (runs {}); pick one with --run", runs.len(), runs.join(", "))]
+    #[error("consumer `{}` has {} stacks (runs {}); pick one with --run", Echo(.consumer), runs.len(), runs.join(", "))]
     Ambiguous {
         consumer: String,
         runs: Vec<String>,

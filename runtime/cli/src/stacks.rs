@@ -248,7 +248,7 @@ fn launcher_name(pid: u32) -> String {
 pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> CliError {
     CliError::NoStack {
         consumer: consumer.to_owned(),
-        run: run.map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+        run: run.map(|r| format!(" and run `{}`", e2e_infra::Echo(r))).unwrap_or_default(),
         place: if cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
         flags: cluster.flags(),
     }

@@ -14,5 +14,5 @@ pub mod suggest;
 pub use catalog::{Catalog, CatalogError, CATALOG_ENV, CATALOG_FILE, MAX_COMPONENTS};
 pub use image::{ImageRef, InvalidImageRef, Origin};
 pub use names::{
-    Consumer, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
+    Consumer, Echo, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
 };

@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::names::NAME_RULE;
+use crate::names::{Echo, NAME_RULE};
 use crate::suggest::Unknown;
 
 pub use schema::{
@@ -85,7 +85,7 @@ pub enum CatalogError {
     #[error("{path}: the catalog declares {count} components; a catalog may declare at most {MAX_COMPONENTS}: split it, one catalog per group of suites")]
     TooLarge { path: PathBuf, count: usize },
     /// A component name that cannot become an image name.
-    #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
+    #[error("{location}: component name `{}` is invalid: {NAME_RULE}", Echo(.name))]
     InvalidName { location: Location, name: String },
     /// A component that is both built and borrowed, or neither.
     #[error("{location}: component `{component}` {problem}")]
