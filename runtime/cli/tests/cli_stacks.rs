@@ -177,3 +177,41 @@ fn down_refuses_a_run_that_is_alive_unless_forced() {
     assert!(stdout(&forced).contains("1 container(s), 1 network(s)"), "{}", stdout(&forced));
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
 }
+
+/// Runs the command with `env` on top of the test's environment.
+fn cli_env(dir: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_e2e-infra"));
+    command.args(args).current_dir(dir).env("E2E_INFRA_STATE_DIR", dir.join("state")).env_remove("E2E_INFRA_RUN_ID");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run e2e-infra");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn environment_values_that_cannot_work_are_refused_with_what_to_do() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = project();
+    let name = consumer("env");
+    let up = ["up", "--consumer", name.as_str(), "--needs", "web"];
+    let os = std::ffi::OsStr::new;
+    let cases: [(&[&str], &str, &std::ffi::OsStr, &str); 6] = [
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("0"), "E2E_INFRA_CONNECT_TIMEOUT=`0` is below the minimum of 1s"),
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("0s"), "is below the minimum of 1s"),
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("1ms"), "is below the minimum of 1s"),
+        (&up, "E2E_INFRA_BUILD_SILENCE", os("0"), "E2E_INFRA_BUILD_SILENCE=`0` is below the minimum of 10s"),
+        (&["status"], "E2E_INFRA_KEEP", std::ffi::OsStr::from_bytes(b"1\xff"), "E2E_INFRA_KEEP holds a value that is not UTF-8"),
+        (&up, "E2E_INFRA_CONNECT_TIMEOUT", std::ffi::OsStr::from_bytes(b"\xff"), "E2E_INFRA_CONNECT_TIMEOUT holds a value that is not UTF-8"),
+    ];
+    for (args, variable, value, says) in cases {
+        let output = cli_env(dir.path(), args, &[(variable, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value:?} accepted");
+        assert!(stderr.contains(says), "{variable}={value:?}: {stderr}");
+    }
+    // Nothing came up on the way.
+    assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
+}
