@@ -85,6 +85,16 @@ pub enum CliError {
     /// `up` failed; what it created was removed where it could be.
     #[error("bringing the stack up failed; what this command created was removed where it could be; list what is left with `e2e-infra status`")]
     Up(#[source] StackError),
+    /// `up` got SIGINT or SIGTERM and removed what it had created.
+    #[error("`up` was stopped by {signal}; it removed what it had created ({removed})")]
+    Interrupted {
+        signal: &'static str,
+        /// What was removed.
+        removed: String,
+    },
+    /// The signal handlers of `up` could not be installed.
+    #[error("installing the SIGINT and SIGTERM handlers failed")]
+    Signals(#[source] std::io::Error),
     /// Taking a stack down failed.
     #[error("taking down {consumer} run {run} failed")]
     Down {
@@ -140,9 +150,12 @@ impl CliError {
             Self::CurrentDir(_)
             | Self::RandomRunId(_)
             | Self::AsyncRuntime(_)
+            | Self::Signals(_)
             | Self::Output(_) => code::HOST,
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
-            Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) => code::STACK,
+            Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) | Self::Interrupted { .. } => {
+                code::STACK
+            }
             Self::NoStack { .. } => code::NO_STACK,
             Self::Ambiguous { .. } => code::CONFIG,
             Self::Logs(_) | Self::Report(_) => code::STACK,

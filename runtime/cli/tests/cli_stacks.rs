@@ -215,3 +215,39 @@ fn environment_values_that_cannot_work_are_refused_with_what_to_do() {
     // Nothing came up on the way.
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn a_signal_during_up_removes_what_it_created() {
+    use std::io::BufRead as _;
+    let dir = project();
+    // A probe that never passes: `up` waits until it is stopped.
+    let catalog = std::fs::read_to_string(dir.path().join("e2e-infra.toml")).expect("catalog");
+    let waiting = catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
+    std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
+    for signal in ["INT", "TERM"] {
+        let name = consumer(&format!("sig{}", signal.to_lowercase()));
+        let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+            .args(["up", "--consumer", &name, "--needs", "web"])
+            .current_dir(dir.path())
+            .env("E2E_INFRA_STATE_DIR", dir.path().join("state"))
+            .env_remove("E2E_INFRA_RUN_ID")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("up");
+        let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
+        let mut seen = String::new();
+        // The container exists once its readiness wait begins.
+        while !seen.contains("waiting until ready") {
+            assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
+        }
+        assert!(Command::new("kill").args([&format!("-{signal}"), &up.id().to_string()]).status().expect("kill").success());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+        let status = up.wait().expect("wait");
+        assert_eq!(status.code(), Some(5), "SIG{signal}: {seen}{rest}");
+        assert!(rest.contains(&format!("stopped by SIG{signal}; it removed what it had created (1 container(s), 1 network(s))")), "{rest}");
+        assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name), "SIG{signal} left the stack");
+    }
+}
