@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e_infra_core::suggest::Unknown;
-use e2e_infra_core::{Catalog, Consumer, Registry};
+use e2e_infra_core::{Catalog, Consumer, Echo, Registry};
 use proc_macro2::Span;
 use syn::{FnArg, Item, LitStr};
 
@@ -203,7 +203,7 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
         if names.contains(&name) {
             errors.at(
                 lit.span(),
-                format!("`needs` names `{name}` twice; name each component once"),
+                format!("`needs` names `{}` twice; name each component once", Echo(&name)),
             );
             ok = false;
             continue;

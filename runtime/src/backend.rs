@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use e2e_infra_core::names::Echo;
+
 use crate::plan::Delivery;
 
 /// Overrides the attribute's backend at run time: `docker`, `kind` or `kubernetes`.
@@ -89,7 +91,7 @@ pub enum ImageTarget {
 #[allow(missing_docs)]
 pub enum BackendError {
     /// `E2E_INFRA_BACKEND` names no backend.
-    #[error("{BACKEND_ENV}=`{0}` is not a backend: use `docker`, `kind` or `kubernetes`")]
+    #[error("{BACKEND_ENV}=`{}` is not a backend: use `docker`, `kind` or `kubernetes`", Echo(.0))]
     Unknown(String),
     /// Kubernetes without a way to get images to the nodes.
     #[error("the kubernetes backend needs to know how images reach the cluster: set {CONTAINERD_SOCKET_ENV} (a node's containerd socket), {KIND_CLUSTER_ENV} (a Kind cluster) or {REGISTRY_ENV} (host:port), or the attribute's `containerd`, `cluster` or `registry`")]
@@ -101,7 +103,7 @@ pub enum BackendError {
         registry: String,
     },
     /// A containerd socket given as a relative path.
-    #[error("containerd socket `{0}` must be an absolute path, such as /run/k3s/containerd/containerd.sock")]
+    #[error("containerd socket `{}` must be an absolute path, such as /run/k3s/containerd/containerd.sock", Echo(.0))]
     RelativeSocket(String),
 }
 

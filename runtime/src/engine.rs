@@ -25,6 +25,8 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use e2e_infra_core::names::Echo;
+
 /// The variable that points clients at an engine.
 pub const DOCKER_HOST_ENV: &str = "DOCKER_HOST";
 /// Where the engine listens when `DOCKER_HOST` is not set.
@@ -91,12 +93,9 @@ pub enum EngineError {
         /// How many pings were sent.
         attempts: u32,
     },
-    /// `E2E_INFRA_CONNECT_TIMEOUT` does not hold a duration.
-    #[error("{CONNECT_BUDGET_ENV}=`{value}` is not a duration: write seconds (`45`) or a number with a unit (`45s`, `2m`, `500ms`)")]
-    InvalidBudget {
-        /// The value found.
-        value: String,
-    },
+    /// An `E2E_INFRA_*` variable holds a value that cannot be used.
+    #[error(transparent)]
+    Env(#[from] EnvError),
     /// Asking the engine for its version failed.
     #[error("asking the container engine for its version failed")]
     Version(#[source] bollard::errors::Error),
@@ -131,6 +130,7 @@ pub enum EngineError {
 /// # Ok(()) }
 /// ```
 pub async fn connect() -> Result<Docker, EngineError> {
+    check_env_text()?;
     let budget = budget_from_env()?;
     match std::env::var(DOCKER_HOST_ENV) {
         Ok(host) if !host.is_empty() => open(&host, "from DOCKER_HOST", budget).await,
@@ -185,13 +185,63 @@ pub fn is_local_socket(docker: &Docker) -> bool {
     format!("{docker:?}").contains("client_type: Unix")
 }
 
+/// Shortest connection budget `E2E_INFRA_CONNECT_TIMEOUT` may give: a
+/// healthy engine answers a ping well within it.
+pub const MIN_CONNECT_BUDGET: Duration = Duration::from_secs(1);
+
 fn budget_from_env() -> Result<Duration, EngineError> {
-    match std::env::var(CONNECT_BUDGET_ENV) {
-        Ok(value) if !value.trim().is_empty() => {
-            parse_duration(value.trim()).ok_or(EngineError::InvalidBudget { value })
+    Ok(env_duration(CONNECT_BUDGET_ENV, CONNECT_BUDGET, MIN_CONNECT_BUDGET)?)
+}
+
+/// An `E2E_INFRA_*` variable that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+// Fields named for what they hold carry no doc of their own.
+#[allow(missing_docs)]
+pub enum EnvError {
+    /// A value that is not UTF-8, which no setting can be.
+    #[error("{name} holds a value that is not UTF-8 text; set it to text or unset it")]
+    NotText { name: String },
+    /// A value that is not a duration.
+    #[error("{name}=`{}` is not a duration: write seconds (`45`) or a number with a unit (`45s`, `2m`, `500ms`)", Echo(.value))]
+    NotDuration { name: &'static str, value: String },
+    /// A duration too short for anything to finish in.
+    #[error("{name}=`{value}` is below the minimum of {min:?}: give at least that, or unset it for the default of {default:?}")]
+    TooShort { name: &'static str, value: String, min: Duration, default: Duration },
+}
+
+/// Refuses an `E2E_INFRA_*` variable whose value is not UTF-8: read as
+/// text it would look unset, and its default would be used unannounced.
+///
+/// # Errors
+/// [`EnvError::NotText`], naming the first such variable.
+pub fn check_env_text() -> Result<(), EnvError> {
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("E2E_INFRA_") && value.to_str().is_none() {
+            return Err(EnvError::NotText { name: Echo(&name).to_string() });
         }
-        _ => Ok(CONNECT_BUDGET),
     }
+    Ok(())
+}
+
+/// The duration in variable `name`: `default` when unset or empty,
+/// refused below `min`.
+///
+/// # Errors
+/// [`EnvError`] for a value that is not text, not a duration or too short.
+pub(crate) fn env_duration(name: &'static str, default: Duration, min: Duration) -> Result<Duration, EnvError> {
+    let value = match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        Err(std::env::VarError::NotUnicode(_)) => return Err(EnvError::NotText { name: name.to_owned() }),
+        _ => return Ok(default),
+    };
+    let duration =
+        parse_duration(value.trim()).ok_or_else(|| EnvError::NotDuration { name, value: value.clone() })?;
+    if duration < min {
+        return Err(EnvError::TooShort { name, value, min, default });
+    }
+    Ok(duration)
 }
 
 /// Reads `90`, `90s`, `500ms` or `2m`.

@@ -40,6 +40,7 @@ pub mod suite;
 
 pub use e2e_infra_core::catalog;
 pub use catalog::{Catalog, CatalogError};
+pub use e2e_infra_core::Echo;
 pub use e2e_infra_macros::e2e_infra;
 pub use handle::{Endpoint, EndpointError, Infra};
 pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};

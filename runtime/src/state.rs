@@ -40,6 +40,9 @@ pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
 // Fields named for what they hold carry no doc of their own.
 #[allow(missing_docs)]
 pub enum StateError {
+    /// `E2E_INFRA_STATE_DIR` is set to nothing.
+    #[error("{STATE_DIR_ENV} is set but empty; name a directory private to this user, or unset it for the default /tmp/e2e-infra-<uid>")]
+    EmptyRoot,
     /// A file system operation failed.
     #[error("{operation} `{}` failed", path.display())]
     Io {
@@ -97,8 +100,14 @@ pub(crate) fn current_uid() -> Result<u32, StateError> {
 /// group or others, or that is a symlink; [`StateError::Io`] when it cannot
 /// be created or inspected.
 pub fn root() -> Result<PathBuf, StateError> {
+    root_from(std::env::var_os(STATE_DIR_ENV))
+}
+
+/// [`root`] with `var` the value of [`STATE_DIR_ENV`].
+fn root_from(var: Option<std::ffi::OsString>) -> Result<PathBuf, StateError> {
     let uid = current_uid()?;
-    let path = match std::env::var_os(STATE_DIR_ENV) {
+    let path = match var {
+        Some(dir) if dir.is_empty() => return Err(StateError::EmptyRoot),
         Some(dir) => PathBuf::from(dir),
         // Not $TMPDIR nor $XDG_RUNTIME_DIR: both differ between a login
         // shell, sudo, cron and CI jobs of one user, and every process of a

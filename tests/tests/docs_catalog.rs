@@ -59,3 +59,13 @@ fn the_complete_example_is_the_example_suites_catalog() {
         parse(&example)
     );
 }
+
+#[test]
+fn the_guide_says_a_catalog_is_trusted_like_code() {
+    let guide = page("catalog.md");
+    let section = guide.split("## A catalog is trusted like code").nth(1).expect("the section");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    for says in ["files to read", "commands to run", "review a change to it"] {
+        assert!(section.contains(says), "{says}: {section}");
+    }
+}

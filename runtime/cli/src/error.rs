@@ -12,7 +12,7 @@ use e2e_infra::plan::IdentityError;
 use e2e_infra::report::logs::LogsError;
 use e2e_infra::report::ReportError;
 use e2e_infra::stack::StackError;
-use e2e_infra::{CatalogError, PlanError};
+use e2e_infra::{CatalogError, Echo, PlanError};
 
 /// The exit codes, as `docs/cli.md` lists them.
 pub mod code {
@@ -85,6 +85,16 @@ pub enum CliError {
     /// `up` failed; what it created was removed where it could be.
     #[error("bringing the stack up failed; what this command created was removed where it could be; list what is left with `e2e-infra status`")]
     Up(#[source] StackError),
+    /// `up` got SIGINT or SIGTERM and removed what it had created.
+    #[error("`up` was stopped by {signal}; it removed what it had created ({removed})")]
+    Interrupted {
+        signal: &'static str,
+        /// What was removed.
+        removed: String,
+    },
+    /// The signal handlers of `up` could not be installed.
+    #[error("installing the SIGINT and SIGTERM handlers failed")]
+    Signals(#[source] std::io::Error),
     /// Taking a stack down failed.
     #[error("taking down {consumer} run {run} failed")]
     Down {
@@ -102,7 +112,7 @@ pub enum CliError {
         force: String,
     },
     /// `down` found nothing to take down.
-    #[error("no stack of consumer `{consumer}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is")]
+    #[error("no stack of consumer `{}`{run} on this engine{place}; `e2e-infra status{flags}` lists what there is", Echo(.consumer))]
     NoStack {
         consumer: String,
         /// " and run `r`" when a run was named.
@@ -119,7 +129,7 @@ pub enum CliError {
     #[error("removing the image tags of older runs failed")]
     Images(#[source] HousekeepingError),
     /// `logs` or `report` was not told which of the consumer's stacks.
-    #[error("consumer `{consumer}` has {} stacks (runs {}); pick one with --run", runs.len(), runs.join(", "))]
+    #[error("consumer `{}` has {} stacks (runs {}); pick one with --run", Echo(.consumer), runs.len(), runs.join(", "))]
     Ambiguous {
         consumer: String,
         runs: Vec<String>,
@@ -140,9 +150,12 @@ impl CliError {
             Self::CurrentDir(_)
             | Self::RandomRunId(_)
             | Self::AsyncRuntime(_)
+            | Self::Signals(_)
             | Self::Output(_) => code::HOST,
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
-            Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) => code::STACK,
+            Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) | Self::Interrupted { .. } => {
+                code::STACK
+            }
             Self::NoStack { .. } => code::NO_STACK,
             Self::Ambiguous { .. } => code::CONFIG,
             Self::Logs(_) | Self::Report(_) => code::STACK,

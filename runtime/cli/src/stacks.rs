@@ -184,7 +184,26 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
             None => Ok(()),
         }
     })?;
-    let record = runtime.block_on(stack::up(&plan, &options)).map_err(CliError::Up)?;
+    let kube_target = match &options.backend {
+        Backend::Kubernetes(target) => Some(target.clone()),
+        _ => None,
+    };
+    let record = runtime.block_on(async {
+        let signals = interrupted()?;
+        tokio::select! {
+            result = stack::up(&plan, &options) => result.map_err(CliError::Up),
+            signal = signals => {
+                // `up` is dropped here: it creates nothing more. What it
+                // created so far carries the run's labels.
+                let docker = engine::connect().await?;
+                let key = e2e_infra::record::RunKey::new(plan.run().as_str(), &args.consumer);
+                let removed = stack::down(&docker, &key, kube_target.as_ref()).await.map_err(|source| {
+                    CliError::Down { consumer: args.consumer.clone(), run: plan.run().to_string(), source }
+                })?;
+                Err(CliError::Interrupted { signal, removed })
+            }
+        }
+    })?;
     crate::output::write(format_args!("{}", record.summary))?;
     for (component, ports) in &record.endpoints {
         for (port, addr) in ports {
@@ -193,6 +212,19 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     }
     say!("take it down with: {take_down}")?;
     Ok(())
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM this process gets.
+fn interrupted() -> Result<impl std::future::Future<Output = &'static str>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    })
 }
 
 /// Runs `down`.
@@ -248,7 +280,7 @@ fn launcher_name(pid: u32) -> String {
 pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> CliError {
     CliError::NoStack {
         consumer: consumer.to_owned(),
-        run: run.map(|r| format!(" and run `{r}`")).unwrap_or_default(),
+        run: run.map(|r| format!(" and run `{}`", e2e_infra::Echo(r))).unwrap_or_default(),
         place: if cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
         flags: cluster.flags(),
     }

@@ -177,3 +177,77 @@ fn down_refuses_a_run_that_is_alive_unless_forced() {
     assert!(stdout(&forced).contains("1 container(s), 1 network(s)"), "{}", stdout(&forced));
     assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
 }
+
+/// Runs the command with `env` on top of the test's environment.
+fn cli_env(dir: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_e2e-infra"));
+    command.args(args).current_dir(dir).env("E2E_INFRA_STATE_DIR", dir.join("state")).env_remove("E2E_INFRA_RUN_ID");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run e2e-infra");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn environment_values_that_cannot_work_are_refused_with_what_to_do() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = project();
+    let name = consumer("env");
+    let up = ["up", "--consumer", name.as_str(), "--needs", "web"];
+    let os = std::ffi::OsStr::new;
+    let cases: [(&[&str], &str, &std::ffi::OsStr, &str); 6] = [
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("0"), "E2E_INFRA_CONNECT_TIMEOUT=`0` is below the minimum of 1s"),
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("0s"), "is below the minimum of 1s"),
+        (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("1ms"), "is below the minimum of 1s"),
+        (&up, "E2E_INFRA_BUILD_SILENCE", os("0"), "E2E_INFRA_BUILD_SILENCE=`0` is below the minimum of 10s"),
+        (&["status"], "E2E_INFRA_KEEP", std::ffi::OsStr::from_bytes(b"1\xff"), "E2E_INFRA_KEEP holds a value that is not UTF-8"),
+        (&up, "E2E_INFRA_CONNECT_TIMEOUT", std::ffi::OsStr::from_bytes(b"\xff"), "E2E_INFRA_CONNECT_TIMEOUT holds a value that is not UTF-8"),
+    ];
+    for (args, variable, value, says) in cases {
+        let output = cli_env(dir.path(), args, &[(variable, value)]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value:?} accepted");
+        assert!(stderr.contains(says), "{variable}={value:?}: {stderr}");
+    }
+    // Nothing came up on the way.
+    assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name));
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn a_signal_during_up_removes_what_it_created() {
+    use std::io::BufRead as _;
+    let dir = project();
+    // A probe that never passes: `up` waits until it is stopped.
+    let catalog = std::fs::read_to_string(dir.path().join("e2e-infra.toml")).expect("catalog");
+    let waiting = catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
+    std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
+    for signal in ["INT", "TERM"] {
+        let name = consumer(&format!("sig{}", signal.to_lowercase()));
+        let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+            .args(["up", "--consumer", &name, "--needs", "web"])
+            .current_dir(dir.path())
+            .env("E2E_INFRA_STATE_DIR", dir.path().join("state"))
+            .env_remove("E2E_INFRA_RUN_ID")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("up");
+        let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
+        let mut seen = String::new();
+        // The container exists once its readiness wait begins.
+        while !seen.contains("waiting until ready") {
+            assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
+        }
+        assert!(Command::new("kill").args([&format!("-{signal}"), &up.id().to_string()]).status().expect("kill").success());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
+        let status = up.wait().expect("wait");
+        assert_eq!(status.code(), Some(5), "SIG{signal}: {seen}{rest}");
+        assert!(rest.contains(&format!("stopped by SIG{signal}; it removed what it had created (1 container(s), 1 network(s))")), "{rest}");
+        assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name), "SIG{signal} left the stack");
+    }
+}

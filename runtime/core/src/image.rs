@@ -2,11 +2,11 @@
 
 use std::fmt;
 
-use crate::names::Tag;
+use crate::names::{Echo, Tag};
 
 /// An image reference that is not valid.
 #[derive(Debug, thiserror::Error)]
-#[error("`{input}` is not a valid image reference: {reason}")]
+#[error("`{}` is not a valid image reference: {reason}", Echo(.input))]
 pub struct InvalidImageRef {
     input: String,
     reason: &'static str,

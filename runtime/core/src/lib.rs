@@ -11,8 +11,8 @@ pub mod image;
 pub mod names;
 pub mod suggest;
 
-pub use catalog::{Catalog, CatalogError, CATALOG_ENV, CATALOG_FILE, MAX_COMPONENTS};
+pub use catalog::{Catalog, CatalogError, CATALOG_ENV, CATALOG_FILE, MAX_CATALOG_BYTES, MAX_COMPONENTS};
 pub use image::{ImageRef, InvalidImageRef, Origin};
 pub use names::{
-    Consumer, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
+    Consumer, Echo, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
 };

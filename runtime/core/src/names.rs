@@ -52,6 +52,33 @@ fn nearest_valid_name(name: &str) -> Option<String> {
     is_valid_name(out).then(|| out.to_owned())
 }
 
+/// Most characters of a given name a message repeats.
+pub const MAX_ECHO: usize = 64;
+
+/// A name as every message repeats it: control characters (and the
+/// characters that reorder text on a terminal) escaped, so they never reach
+/// the terminal raw, and cut after [`MAX_ECHO`] characters with the length of
+/// the original, so a huge value cannot flood the output.
+#[derive(Debug, Clone, Copy)]
+pub struct Echo<'a>(pub &'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(MAX_ECHO) {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        if chars.next().is_some() {
+            write!(f, "... ({} bytes in all)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether `part` can be a run id or consumer name inside labels and as one
 /// component of a path: 1 to 128 letters, digits, '-', '_' or '.', not
 /// starting with '.', so never `.`, `..` or a hidden name.
@@ -66,7 +93,7 @@ pub fn is_safe_name(part: &str) -> bool {
 
 /// A consumer name that breaks the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("consumer `{name}` is invalid: {NAME_RULE} (it becomes part of image tags and namespace names){}", example(.suggestion))]
+#[error("consumer `{}` is invalid: {NAME_RULE} (it becomes part of image tags and namespace names){}", Echo(.name), example(.suggestion))]
 pub struct InvalidConsumer {
     name: String,
     suggestion: Option<String>,
@@ -174,7 +201,7 @@ impl fmt::Display for Tag {
 
 /// A registry address that cannot prefix an image reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("registry `{0}` is invalid: give host[:port], e.g. 127.0.0.1:5000")]
+#[error("registry `{}` is invalid: give host[:port], e.g. 127.0.0.1:5000", Echo(.0))]
 pub struct InvalidRegistry(pub String);
 
 /// A registry a cluster pulls from: `host` or `host:port`.
@@ -305,6 +332,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_echoed_name_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(Echo("web").to_string(), "web");
+        assert_eq!(Echo("a\u{1b}[31mb\nc\u{202e}").to_string(), "a\\u{1b}[31mb\\u{a}c\\u{202e}");
+        let huge = "x".repeat(1_000_000);
+        assert_eq!(Echo(&huge).to_string(), format!("{}... (1000000 bytes in all)", "x".repeat(MAX_ECHO)));
+        let consumer = Consumer::new(&format!("\u{1b}]0;{huge}")).expect_err("invalid").to_string();
+        assert!(consumer.len() < 400 && consumer.contains("(1000004 bytes in all)"), "{consumer}");
+        assert!(!consumer.contains('\u{1b}') && consumer.contains("\\u{1b}]0;"), "{consumer}");
+        let registry = InvalidRegistry(huge).to_string();
+        assert!(registry.len() < 300, "{registry}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::names::Echo;
+
 /// The name of `known` nearest to `name`, if near enough to be a typo: at
 /// most two edits, or a third of the known name's length for long names.
 /// `name` itself is never suggested.
@@ -69,11 +71,13 @@ impl fmt::Display for Unknown {
         match near {
             Some(near) => write!(
                 f,
-                "unknown {what} `{name}`; did you mean `{near}`? {known_as}: {known}"
+                "unknown {what} `{}`; did you mean `{near}`? {known_as}: {known}",
+                Echo(name)
             ),
             None => write!(
                 f,
-                "unknown {what} `{name}`; {}: {known}",
+                "unknown {what} `{}`; {}: {known}",
+                Echo(name),
                 known_as.to_lowercase()
             ),
         }

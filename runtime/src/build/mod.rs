@@ -104,15 +104,23 @@ impl Default for BuildOptions {
     }
 }
 
-/// [`BUILD_SILENCE`], or the duration in `E2E_INFRA_BUILD_SILENCE`.
+/// Shortest silence `E2E_INFRA_BUILD_SILENCE` may allow: a healthy engine
+/// can be quiet that long while a step starts.
+pub const MIN_BUILD_SILENCE: Duration = Duration::from_secs(10);
+
+/// [`BUILD_SILENCE`], or the duration in `E2E_INFRA_BUILD_SILENCE`; a
+/// stack's `up` refuses a value that is not one ([`silence_env`]).
 fn silence_from_env() -> Duration {
-    match std::env::var(BUILD_SILENCE_ENV) {
-        Ok(value) if !value.trim().is_empty() => engine::parse_duration(value.trim()).unwrap_or_else(|| {
-            tracing::warn!(value, "{BUILD_SILENCE_ENV} is not a duration (`90`, `90s`, `15m`); allowing {BUILD_SILENCE:?} of silence");
-            BUILD_SILENCE
-        }),
-        _ => BUILD_SILENCE,
-    }
+    silence_env().unwrap_or(BUILD_SILENCE)
+}
+
+/// The duration in `E2E_INFRA_BUILD_SILENCE`, or [`BUILD_SILENCE`].
+///
+/// # Errors
+/// [`EnvError`](engine::EnvError) for a value that is not a duration or
+/// is below [`MIN_BUILD_SILENCE`].
+pub fn silence_env() -> Result<Duration, engine::EnvError> {
+    engine::env_duration(BUILD_SILENCE_ENV, BUILD_SILENCE, MIN_BUILD_SILENCE)
 }
 
 /// One built (or reused) image.

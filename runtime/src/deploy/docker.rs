@@ -324,7 +324,12 @@ async fn start_on(
         Err(e @ DockerError::Silent { .. }) => {
             // Asking a frozen engine to remove the stack would only add its
             // own wait to the error; the next setup or `clean` removes it.
-            tracing::warn!(%network, "the engine stopped answering; the partly started stack is left for `e2e-infra clean`");
+            tracing::warn!(
+                %network,
+                "the engine stopped answering; the partly started stack is left: once the engine answers, remove it with `e2e-infra down --consumer {} --run {}`",
+                plan.consumer(),
+                plan.run()
+            );
             Err(e)
         }
         Err(e) => {

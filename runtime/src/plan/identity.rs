@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::Read as _;
 
-use e2e_infra_core::names::is_safe_name;
+use e2e_infra_core::names::{is_safe_name, Echo};
 
 /// Overrides the run identity.
 pub const RUN_ID_ENV: &str = "E2E_INFRA_RUN_ID";
@@ -180,7 +180,7 @@ pub struct RunId {
 #[non_exhaustive]
 pub enum IdentityError {
     /// An override that cannot be used in labels and file names.
-    #[error("{RUN_ID_ENV}=`{0}` is invalid: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'")]
+    #[error("{RUN_ID_ENV}=`{}` is invalid: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'", Echo(.0))]
     Invalid(String),
     /// No override and no `/proc` to identify the launcher.
     #[error("cannot identify the process that launched the tests (no /proc/<ppid>/stat); set {RUN_ID_ENV} to one value shared by all test processes")]

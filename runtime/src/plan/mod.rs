@@ -7,6 +7,7 @@ mod identity;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use e2e_infra_core::names::Echo;
 use e2e_infra_core::suggest::Unknown;
 
 use crate::catalog::{Catalog, Component, Source};
@@ -33,7 +34,7 @@ pub enum PlanError {
         known: String,
     },
     /// A need named twice.
-    #[error("`needs` names `{0}` twice; name each component once")]
+    #[error("`needs` names `{}` twice; name each component once", Echo(.0))]
     DuplicateNeed(String),
     /// A need the catalog does not have.
     #[error("{unknown} (catalog: {catalog})")]

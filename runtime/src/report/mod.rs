@@ -32,6 +32,7 @@ pub mod logs;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -67,6 +68,15 @@ pub enum ReportError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A folder on the way to the report is a symlink, not a folder, or
+    /// another user's: it is neither followed nor cleared.
+    #[error("the report folder `{}` {why}, so no report is written through it; remove it, or point {REPORT_DIR_ENV} at a folder of your own", path.display())]
+    Untrusted {
+        /// The folder on the way.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
     },
     /// A file of the report could not be written.
     #[error("writing the report file `{}` failed; free space there or point {REPORT_DIR_ENV} at a writable folder", path.display())]
@@ -186,6 +196,43 @@ pub(crate) struct Folder {
 
 impl Folder {
     fn create(path: PathBuf) -> Result<Self, ReportError> {
+        Self::create_under(&root(), path)
+    }
+
+    /// Creates `path`, a folder below `root`. Each folder between them is
+    /// made or checked on the way down: one that is a symlink, not a
+    /// folder, or another user's is refused, so a report never clears or
+    /// writes a folder somewhere else. The root itself is the user's choice.
+    fn create_under(root: &Path, path: PathBuf) -> Result<Self, ReportError> {
+        let folder_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ReportError::Folder { path, source }
+        };
+        if let Ok(below) = path.strip_prefix(root) {
+            std::fs::create_dir_all(root).map_err(folder_error(root))?;
+            let uid = crate::state::current_uid().ok();
+            let mut dir = root.to_owned();
+            for part in below.components() {
+                dir.push(part);
+                let meta = match std::fs::symlink_metadata(&dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        std::fs::create_dir(&dir).map_err(folder_error(&dir))?;
+                        continue;
+                    }
+                    meta => meta.map_err(folder_error(&dir))?,
+                };
+                let why = if meta.file_type().is_symlink() {
+                    Some("is a symlink".to_owned())
+                } else if !meta.is_dir() {
+                    Some("is not a folder".to_owned())
+                } else {
+                    uid.filter(|uid| *uid != meta.uid()).map(|_| format!("is owned by uid {}", meta.uid()))
+                };
+                if let Some(why) = why {
+                    return Err(ReportError::Untrusted { path: dir, why });
+                }
+            }
+        }
         // A report of the same case from an earlier attempt (a retried
         // test) would mix with this one.
         match std::fs::remove_dir_all(&path) {
@@ -478,6 +525,26 @@ pub(crate) async fn bounded_call<T, E: std::error::Error>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_on_the_way_to_a_report_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, elsewhere) = (dir.path().join("r"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(elsewhere.join("run/case")).expect("elsewhere");
+        std::fs::write(elsewhere.join("run/case/precious"), "keep").expect("precious");
+        std::fs::create_dir(&root).expect("root");
+        std::os::unix::fs::symlink(&elsewhere, root.join("consumer")).expect("symlink");
+        let error = Folder::create_under(&root, root.join("consumer/run/case")).expect_err("refused");
+        let text = error.to_string();
+        assert!(text.contains("r/consumer` is a symlink") && text.contains(REPORT_DIR_ENV), "{text}");
+        assert_eq!(std::fs::read_to_string(elsewhere.join("run/case/precious")).expect("still there"), "keep");
+        std::fs::write(root.join("file"), "").expect("a file");
+        let text = Folder::create_under(&root, root.join("file/run/case")).expect_err("refused").to_string();
+        assert!(text.contains("is not a folder"), "{text}");
+        // Real folders are made on the way down.
+        let made = Folder::create_under(&root, root.join("other/run/case")).expect("created");
+        assert!(made.path.is_dir());
+    }
 
     #[test]
     fn a_short_log_is_kept_whole() {

@@ -158,6 +158,8 @@ async fn stages(
     options: &StackOptions,
     report: Option<&dyn Witness>,
 ) -> Result<StackRecord, StackError> {
+    // A setting that cannot work fails the run before anything starts.
+    build::silence_env().map_err(engine::EngineError::from)?;
     // A cluster that does not answer fails the run in seconds, before the build.
     let kube = match &options.backend {
         Backend::Kubernetes(target) => Some((target, kube_backend::connect(target.context.as_deref()).await?)),

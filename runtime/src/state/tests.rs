@@ -143,3 +143,9 @@ fn a_kept_stack_of_an_earlier_use_is_not_silently_orphaned() {
     let text = err.to_string();
     assert!(text.contains("e2e-infra down --consumer svc --run ci-45") && text.contains("failed: t"), "{text}");
 }
+
+#[test]
+fn an_empty_state_dir_variable_is_refused_with_what_to_do() {
+    let text = root_from(Some("".into())).expect_err("empty").to_string();
+    assert!(text.contains(STATE_DIR_ENV) && text.contains("set but empty") && text.contains("unset it"), "{text}");
+}

@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::names::NAME_RULE;
+use crate::names::{Echo, NAME_RULE};
 use crate::suggest::Unknown;
 
 pub use schema::{
@@ -27,6 +27,9 @@ pub const CATALOG_ENV: &str = "E2E_INFRA_CONFIG";
 /// Most components a catalog may declare: far more than one test run can
 /// stand up, few enough that planning stays instant.
 pub const MAX_COMPONENTS: usize = 1000;
+/// Largest catalog file read, in bytes: room for [`MAX_COMPONENTS`]
+/// components, and refused before the parser spends seconds on more.
+pub const MAX_CATALOG_BYTES: usize = 1 << 20;
 
 /// A position in a catalog file, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +87,11 @@ pub enum CatalogError {
     /// A catalog with more components than any run can stand up.
     #[error("{path}: the catalog declares {count} components; a catalog may declare at most {MAX_COMPONENTS}: split it, one catalog per group of suites")]
     TooLarge { path: PathBuf, count: usize },
+    /// A catalog file larger than any catalog of [`MAX_COMPONENTS`] needs.
+    #[error("{path}: the catalog is {bytes} bytes; a catalog may be at most {MAX_CATALOG_BYTES} bytes: split it, one catalog per group of suites")]
+    TooManyBytes { path: PathBuf, bytes: usize },
     /// A component name that cannot become an image name.
-    #[error("{location}: component name `{name}` is invalid: {NAME_RULE}")]
+    #[error("{location}: component name `{}` is invalid: {NAME_RULE}", Echo(.name))]
     InvalidName { location: Location, name: String },
     /// A component that is both built and borrowed, or neither.
     #[error("{location}: component `{component}` {problem}")]
@@ -217,6 +223,12 @@ impl Catalog {
     }
 
     fn parse_checking(path: &Path, text: &str, paths: Paths) -> Result<Self, CatalogError> {
+        if text.len() > MAX_CATALOG_BYTES {
+            return Err(CatalogError::TooManyBytes {
+                path: path.to_owned(),
+                bytes: text.len(),
+            });
+        }
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);

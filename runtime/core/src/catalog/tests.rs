@@ -901,9 +901,15 @@ fn a_catalog_of_absurd_size_is_refused_with_the_limit() {
         }
         text
     };
+    // Refused before parsing, from its size alone.
+    let started = std::time::Instant::now();
     let (err, message) = ws.reject(&chain(200_000));
+    assert!(matches!(err, CatalogError::TooManyBytes { .. }), "{err:?}");
+    assert_contains(&message, &[&format!("at most {MAX_CATALOG_BYTES} bytes"), "split it"]);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let (err, message) = ws.reject(&chain(MAX_COMPONENTS + 1));
     assert!(matches!(err, CatalogError::TooLarge { .. }), "{err:?}");
-    assert_contains(&message, &["200000 components", &format!("at most {MAX_COMPONENTS}")]);
+    assert_contains(&message, &["1001 components", &format!("at most {MAX_COMPONENTS}")]);
     // The longest chain allowed is checked without recursion: a thread
     // with a small stack is enough.
     let catalog = std::thread::Builder::new()
