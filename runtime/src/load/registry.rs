@@ -1,12 +1,17 @@
 //! Pushing a plan's built images to the registry its references name, for a
-//! cluster that pulls them (`Delivery::Registry`).
+//! cluster that pulls them (`Delivery::Registry`), a few at a time; the
+//! digests the registry stored pin the references the manifests name.
 
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::PushImageOptionsBuilder;
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::plan::{ImageRef, Origin, Plan};
+
+/// Pushes at once: enough to overlap one image's upload with another's
+/// compression in the engine, few enough not to crowd a small machine.
+const PUSHES_AT_ONCE: usize = 3;
 
 /// One pushed image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +48,8 @@ pub enum LoadError {
     },
 }
 
-/// Pushes every built image of `plan` to the registry in its reference.
+/// Pushes every built image of `plan` to the registry in its reference,
+/// [`PUSHES_AT_ONCE`] at a time, and returns them in the plan's order.
 /// Borrowed images are left alone: the cluster pulls them from where they are.
 ///
 /// # Errors
@@ -64,11 +70,19 @@ pub async fn push_all(
     plan: &Plan,
     registry_auth: Option<DockerCredentials>,
 ) -> Result<Vec<Pushed>, LoadError> {
-    let mut pushed = Vec::new();
-    for component in plan.components().iter().filter(|c| c.origin == Origin::Built) {
-        pushed.push(push_one(docker, &component.image, registry_auth.clone()).await?);
-    }
-    Ok(pushed)
+    let built = plan.components().iter().filter(|c| c.origin == Origin::Built);
+    futures::stream::iter(built.map(|c| push_one(docker, &c.image, registry_auth.clone())))
+        .buffered(PUSHES_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// The digests of `pushed`, by component, for [`Plan`]'s pinning.
+pub(crate) fn digests(plan: &Plan, pushed: &[Pushed]) -> std::collections::BTreeMap<String, String> {
+    plan.components()
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), pushed.iter().find(|p| p.image == c.image)?.digest.clone())))
+        .collect()
 }
 
 async fn push_one(docker: &Docker, image: &ImageRef, auth: Option<DockerCredentials>) -> Result<Pushed, LoadError> {

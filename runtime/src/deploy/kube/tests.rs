@@ -287,6 +287,21 @@ fn a_borrowed_image_may_be_written_literally() {
     assert_eq!(rendered[0].component, "postgres");
 }
 
+#[test]
+fn a_pinned_plan_renders_what_was_pushed_by_digest() {
+    let (_dir, mut plan) = fixture(API_MANIFEST, "kube-pinned");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let digests = [("api", digest.as_str()), ("postgres", digest.as_str()), ("unknown", "sha256:00")];
+    plan.pin(&digests.iter().map(|(c, d)| ((*c).to_owned(), (*d).to_owned())).collect());
+    let pinned = format!("localhost/api:{}@{digest}", plan.tag());
+    assert_eq!(plan.image("api").expect("planned").to_string(), pinned);
+    // Only what the run builds is pinned; a borrowed image stays as written.
+    assert_eq!(plan.image("postgres").expect("planned").to_string(), "docker.io/library/postgres:16");
+    let rendered = render(&plan).expect("a pinned reference is the planned one");
+    let text = serde_json::to_string(&rendered.iter().flat_map(|m| &m.objects).collect::<Vec<_>>()).expect("json");
+    assert_eq!(text.matches(&format!("\"{pinned}\"")).count(), 3, "{text}");
+}
+
 /// The image the preflight must refuse: a tag written by hand for another project.
 const FOREIGN: &str = "localhost/kubernaut-datastorage:e2e-test-datastorage";
 
