@@ -93,3 +93,18 @@ async fn a_local_plan_has_nowhere_to_push() {
     assert!(matches!(error, LoadError::NoRegistry { .. }), "{error}");
     assert!(error.to_string().contains("Delivery::Registry"), "{error}");
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn a_registry_that_does_not_answer_is_named_within_5_s() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.busybox_catalog("app", "");
+    // A TCP port below 1024 that nothing on this machine serves.
+    let plan = plan(&catalog, "registry", &["app"], AREA, &Delivery::Registry("127.0.0.1:9".to_owned()));
+    let started = std::time::Instant::now();
+    let error = push_all(&docker, &plan, None).await.expect_err("nothing listens");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(matches!(error, LoadError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().starts_with("registry 127.0.0.1:9 does not answer"), "{error}");
+}

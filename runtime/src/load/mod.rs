@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod containerd;
+pub mod credentials;
 pub mod kind;
 pub mod registry;
 pub mod store;

@@ -18,7 +18,7 @@ use crate::engine;
 use crate::record::{Placement, RunKey, StackRecord};
 use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
-use crate::load::{kind, registry};
+use crate::load::{credentials, kind, registry};
 use crate::plan::{Plan, Tag};
 use crate::record::Witness;
 use crate::error::error_chain;
@@ -195,6 +195,7 @@ async fn stages(
     note(&timings);
     let mut endpoints = BTreeMap::new();
     let mut digests = BTreeMap::new();
+    let mut pull_secret = None;
     let placement = match kube {
         None => {
             let stack = if options.reuse {
@@ -221,8 +222,10 @@ async fn stages(
             let images: Vec<LoadImage> =
                 built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
             let loaded = match &target.images {
-                ImageTarget::Registry { .. } => {
-                    let pushed = registry::push_all(docker, plan, None).await?;
+                ImageTarget::Registry { host } => {
+                    let credential = credentials::lookup(host).map_err(registry::LoadError::from)?;
+                    let pushed = registry::push_all(docker, plan, credential.as_ref()).await?;
+                    pull_secret = credential.as_ref().map(credentials::Credential::docker_config_json);
                     digests = registry::digests(plan, &pushed);
                     None
                 }
@@ -246,6 +249,7 @@ async fn stages(
                     .filter_map(|b| Some((plan.image(&b.component)?.to_string(), b.image_id.clone())))
                     .collect(),
                 reuse: options.reuse,
+                pull_secret,
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
             if let (Err(error), Some(report)) = (&mut deployed, &loaded) {

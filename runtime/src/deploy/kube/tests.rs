@@ -302,6 +302,25 @@ fn a_pinned_plan_renders_what_was_pushed_by_digest() {
     assert_eq!(text.matches(&format!("\"{pinned}\"")).count(), 3, "{text}");
 }
 
+#[test]
+fn every_pod_spec_names_the_pull_secret_once() {
+    let ours = json!({ "name": PULL_SECRET });
+    let mut deployment = json!({ "kind": "Deployment", "spec": { "template": { "spec": { "containers": [] } } } });
+    name_pull_secret(&mut deployment);
+    name_pull_secret(&mut deployment);
+    assert_eq!(deployment["spec"]["template"]["spec"]["imagePullSecrets"], json!([ours]));
+    let mut pod = json!({ "kind": "Pod", "spec": { "imagePullSecrets": [{ "name": "theirs" }] } });
+    name_pull_secret(&mut pod);
+    assert_eq!(pod["spec"]["imagePullSecrets"], json!([{ "name": "theirs" }, ours]));
+    let mut cron = json!({ "kind": "CronJob", "spec": { "jobTemplate": { "spec": { "template": { "spec": {} } } } } });
+    name_pull_secret(&mut cron);
+    assert_eq!(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["imagePullSecrets"], json!([ours]));
+    let service = json!({ "kind": "Service", "spec": { "ports": [] } });
+    let mut named = service.clone();
+    name_pull_secret(&mut named);
+    assert_eq!(named, service, "no pod spec, nothing to name");
+}
+
 /// The image the preflight must refuse: a tag written by hand for another project.
 const FOREIGN: &str = "localhost/kubernaut-datastorage:e2e-test-datastorage";
 
