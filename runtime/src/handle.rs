@@ -87,7 +87,8 @@ pub struct Infra {
 }
 
 impl Infra {
-    pub(crate) fn new(plan: Plan, record: StackRecord) -> Self {
+    pub(crate) fn new(mut plan: Plan, record: StackRecord) -> Self {
+        plan.pin(&record.digests);
         Self { plan, record, forwards: Mutex::default(), forwards_checked: OnceLock::new() }
     }
 
@@ -106,7 +107,8 @@ impl Infra {
         self.plan.tag()
     }
 
-    /// A component's image reference, exactly as built, loaded and deployed.
+    /// A component's image reference, exactly as built, loaded and deployed:
+    /// on registry delivery, pinned to the digest that was pushed.
     pub fn image(&self, component: &str) -> Option<&ImageRef> {
         self.plan.image(component)
     }

@@ -91,6 +91,10 @@ pub struct StackRecord {
     /// port-forwards of `endpoints` for every test process of the run.
     #[serde(default)]
     pub forwarded_by: Option<Launcher>,
+    /// On registry delivery, the digest the registry stored for each built
+    /// component: every process pins its plan's references to them.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
     /// The one-per-run summary table.
     pub summary: String,
     /// The plan as JSON, for failure reports.

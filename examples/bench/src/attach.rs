@@ -58,7 +58,7 @@ fn lay_out(dir: &Path, consumer: &str, tests: usize) -> Res<()> {
     std::fs::create_dir_all(dir.join("image"))?;
     let fixture = workspace().join("tests/fixture");
     for (from, to) in [
-        (fixture.join("busybox.Dockerfile"), dir.join("image/busybox.Dockerfile")),
+        (fixture.join("busybox.Dockerfile"), dir.join("busybox.Dockerfile")),
         (std::path::PathBuf::from(e2e_infra_tests::BUSYBOX), dir.join("image/busybox")),
         (workspace().join("Cargo.lock"), dir.join("Cargo.lock")),
     ] {
@@ -81,12 +81,18 @@ fn lay_out(dir: &Path, consumer: &str, tests: usize) -> Res<()> {
         format!(
             "//! Every test reads one page of the run's `api`.\n\n\
              #[e2e_infra::e2e_infra(consumer = \"{consumer}\", needs = [\"api\"])]\nmod attach {{\n    \
-             use std::io::{{Read, Write}};\n    use e2e_infra::Infra;\n\n    \
+             use std::io::{{BufRead, Read, Write}};\n    use e2e_infra::Infra;\n\n    \
              fn page(infra: &Infra) -> String {{\n        \
              let endpoint = infra.try_endpoint(\"api\", 8080).expect(\"api endpoint\");\n        \
              let mut stream = std::net::TcpStream::connect(endpoint.addr()).expect(\"connect\");\n        \
-             write!(stream, \"GET /index.html HTTP/1.0\\r\\nHost: api\\r\\n\\r\\n\").expect(\"send\");\n        \
-             let mut page = String::new();\n        stream.read_to_string(&mut page).expect(\"read\");\n        page\n    }}\n\n\
+             write!(stream, \"GET /index.html HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n\").expect(\"send\");\n        \
+             let mut reader = std::io::BufReader::new(stream);\n        \
+             let (mut line, mut length) = (String::new(), 0);\n        \
+             while reader.read_line(&mut line).expect(\"header\") > 2 {{\n            \
+             if let Some(value) = line.to_ascii_lowercase().strip_prefix(\"content-length:\") {{\n                \
+             length = value.trim().parse().expect(\"a length\");\n            }}\n            line.clear();\n        }}\n        \
+             let mut body = vec![0; length];\n        reader.read_exact(&mut body).expect(\"body\");\n        \
+             String::from_utf8_lossy(&body).into_owned()\n    }}\n\n\
              {tests}}}\n"
         ),
     )?;
@@ -111,8 +117,8 @@ pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
         "9. Attaching to a ready stack, per test process (cargo-nextest)",
         &format!(
             "One generated suite of {tests} tests, each in a process of its own under `cargo nextest run`: a test \
-             asks the handle for the `api` endpoint (a busybox httpd) and reads one page through it. Run once on \
-             Docker and once on the real cluster (context `{context}`, images into its node's containerd). The \
+             asks the handle for the `api` endpoint (a busybox httpd) and reads one page through it, by its \
+             `Content-Length` as HTTP clients do. Run once on Docker and once on the real cluster (context `{context}`, images into its node's containerd). The \
              process that sets the stack up is left out; the others only attach. A test's time is nextest's, \
              from the process's start to its end."
         ),
@@ -143,7 +149,9 @@ pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
         ratio(on_kube.wall, on_docker.wall),
     ]);
     section.note(&format!(
-        "attached processes counted: {} on Docker, {} on Kubernetes",
+        "attached processes counted: {} on Docker, {} on Kubernetes. A client that instead reads until the \
+         server closes waits about 1 s more on Kubernetes: containerd's port-forward keeps a connection the \
+         pod closed open until the client closes its side, or for 1 s",
         on_docker.per_test.len().saturating_sub(1),
         on_kube.per_test.len().saturating_sub(1)
     ));

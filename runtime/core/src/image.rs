@@ -75,6 +75,22 @@ impl ImageRef {
         }
     }
 
+    /// This reference pinned to `digest`, the manifest a registry stored for
+    /// it: `registry/repository:tag@sha256:<hex>`, which a node pulls by
+    /// digest, so what runs is what was pushed even where others push the
+    /// same tag.
+    ///
+    /// # Errors
+    /// [`InvalidImageRef`] when `digest` is not `sha256:` and 64 lowercase
+    /// hex digits.
+    pub fn pinned(&self, digest: &str) -> Result<Self, InvalidImageRef> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(InvalidImageRef { input: format!("{self}@{digest}"), reason: "the digest must be sha256: and 64 lowercase hex digits" });
+        }
+        Ok(Self { digest: Some(digest.to_owned()), ..self.clone() })
+    }
+
     /// Whether the run builds this image or borrows it.
     pub fn origin(&self) -> Origin {
         match self.origin {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, KubeconfigError};
@@ -65,7 +65,14 @@ pub struct KubeOptions {
     pub image_ids: BTreeMap<String, String>,
     /// Marks the namespace as a reusable stack's (`E2E_INFRA_REUSE=1`).
     pub reuse: bool,
+    /// The `.dockerconfigjson` of the registry's credential, when the
+    /// registry needs one: it goes into the run's namespace as Secret
+    /// [`PULL_SECRET`], which every pod spec names in `imagePullSecrets`.
+    pub pull_secret: Option<String>,
 }
+
+/// The image pull secret of a run's namespace.
+pub const PULL_SECRET: &str = "e2e-infra-registry";
 
 /// On a pod template: the digest of the ids of the planned images it names.
 pub const IMAGE_IDS_ANNOTATION: &str = "io.e2e-infra/image-ids";
@@ -73,7 +80,7 @@ pub const IMAGE_IDS_ANNOTATION: &str = "io.e2e-infra/image-ids";
 impl KubeOptions {
     /// Options with this readiness timeout.
     pub fn with_timeout(timeout: Duration) -> Self {
-        Self { timeout, images: None, image_ids: BTreeMap::new(), reuse: false }
+        Self { timeout, images: None, image_ids: BTreeMap::new(), reuse: false, pull_secret: None }
     }
 }
 
@@ -341,6 +348,9 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
         })
         .collect();
     apply_namespace(&client, plan, options, &shared).await?;
+    if let Some(config) = &options.pull_secret {
+        apply_pull_secret(&client, namespace, config).await?;
+    }
     let mut objects = Vec::new();
     // A component's objects go in once every component it depends on is
     // ready: a migration Job completes before the service that needs the
@@ -365,7 +375,10 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
             let (cluster, namespaced): (Vec<&Value>, Vec<&Value>) =
                 manifest.objects.iter().partition(|o| is_cluster_scoped(o));
             for object in cluster.into_iter().chain(namespaced) {
-                let object = with_image_ids(object, &options.image_ids);
+                let mut object = with_image_ids(object, &options.image_ids);
+                if options.pull_secret.is_some() {
+                    name_pull_secret(&mut object);
+                }
                 objects.push(apply(&client, manifest, &object, namespace, deadline.at()).await?);
             }
             tracing::info!(component = %manifest.component, file = %manifest.file.display(), "applied");
@@ -618,6 +631,44 @@ async fn apply_namespace(client: &Client, plan: &Plan, options: &KubeOptions, sh
         .await
         .map_err(|source| KubeError::Namespace { namespace: name.to_owned(), source })?;
     Ok(())
+}
+
+/// Applies the registry's credential as Secret [`PULL_SECRET`] of the run's namespace.
+async fn apply_pull_secret(client: &Client, namespace: &str, config: &str) -> Result<(), KubeError> {
+    use base64::Engine;
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": PULL_SECRET, "namespace": namespace },
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": { ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config) },
+    });
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.patch(PULL_SECRET, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| KubeError::Namespace { namespace: namespace.to_owned(), source })?;
+    Ok(())
+}
+
+/// Names [`PULL_SECRET`] in the pod spec of `object` (a Pod, a workload's
+/// template, a CronJob's job template), if it has one.
+fn name_pull_secret(object: &mut Value) {
+    for pointer in ["/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
+        add_pull_secret(object.pointer_mut(pointer));
+    }
+    if object.get("kind").and_then(Value::as_str) == Some("Pod") {
+        add_pull_secret(object.get_mut("spec"));
+    }
+}
+
+fn add_pull_secret(spec: Option<&mut Value>) {
+    let Some(Value::Object(spec)) = spec else { return };
+    let secrets = spec.entry("imagePullSecrets").or_insert_with(|| json!([]));
+    if let Value::Array(secrets) = secrets {
+        if !secrets.iter().any(|s| s.get("name").and_then(Value::as_str) == Some(PULL_SECRET)) {
+            secrets.push(json!({ "name": PULL_SECRET }));
+        }
+    }
 }
 
 /// `object` with [`IMAGE_IDS_ANNOTATION`] on its pod template (a bare Pod:

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod containerd;
 pub mod content;
+pub mod credentials;
 pub mod kind;
 pub(crate) mod oci;
 pub mod registry;

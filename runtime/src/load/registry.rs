@@ -1,12 +1,23 @@
 //! Pushing a plan's built images to the registry its references name, for a
-//! cluster that pulls them (`Delivery::Registry`).
+//! cluster that pulls them (`Delivery::Registry`), a few at a time; the
+//! digests the registry stored pin the references the manifests name.
 
-use bollard::auth::DockerCredentials;
+use std::time::Duration;
+
 use bollard::query_parameters::PushImageOptionsBuilder;
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
+use super::credentials::{self, Credential, CredentialError};
 use crate::plan::{ImageRef, Origin, Plan};
+
+/// How long a registry may take to accept a connection before it counts as
+/// not answering.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+/// Pushes at once: enough to overlap one image's upload with another's
+/// compression in the engine, few enough not to crowd a small machine.
+const PUSHES_AT_ONCE: usize = 3;
 
 /// One pushed image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +39,21 @@ pub enum LoadError {
     NoRegistry {
         image: ImageRef,
     },
-    /// The push failed.
-    #[error("pushing `{image}` to {registry} failed")]
+    /// The registry's credential cannot be had.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// Nothing answers at the registry's address.
+    #[error("registry {registry} does not answer: {problem}; start it, or set E2E_INFRA_REGISTRY to where it listens")]
+    Unreachable {
+        registry: String,
+        problem: String,
+    },
+    /// The push failed; `hint` says what to do when the cause is known.
+    #[error("pushing `{image}` to {registry} failed{hint}")]
     Push {
         image: ImageRef,
         registry: String,
+        hint: String,
         /// The engine's error.
         source: bollard::errors::Error,
     },
@@ -43,12 +64,18 @@ pub enum LoadError {
     },
 }
 
-/// Pushes every built image of `plan` to the registry in its reference.
+/// Pushes every built image of `plan` to the registry in its reference,
+/// [`PUSHES_AT_ONCE`] at a time, and returns them in the plan's order.
 /// Borrowed images are left alone: the cluster pulls them from where they are.
 ///
+/// `credential` is the registry's, from [`credentials::lookup`]; `None`
+/// pushes without one.
+///
 /// # Errors
-/// [`LoadError`] naming the image: a plan without a registry, a failed push,
-/// or no digest reported.
+/// [`LoadError`] naming the image: a plan without a registry, a registry
+/// that does not answer within 3 s, a failed push (saying whether the
+/// engine distrusts the registry's certificate or the registry refused the
+/// credential, and where that came from), or no digest reported.
 ///
 /// # Example
 /// ```no_run
@@ -62,22 +89,73 @@ pub enum LoadError {
 pub async fn push_all(
     docker: &Docker,
     plan: &Plan,
-    registry_auth: Option<DockerCredentials>,
+    credential: Option<&Credential>,
 ) -> Result<Vec<Pushed>, LoadError> {
-    let mut pushed = Vec::new();
-    for component in plan.components().iter().filter(|c| c.origin == Origin::Built) {
-        pushed.push(push_one(docker, &component.image, registry_auth.clone()).await?);
+    let built: Vec<_> = plan.components().iter().filter(|c| c.origin == Origin::Built).collect();
+    if let Some(first) = built.first() {
+        if first.image.registry() == "localhost" {
+            return Err(LoadError::NoRegistry { image: first.image.clone() });
+        }
+        answers(first.image.registry()).await?;
     }
-    Ok(pushed)
+    futures::stream::iter(built.into_iter().map(|c| push_one(docker, &c.image, credential)))
+        .buffered(PUSHES_AT_ONCE)
+        .try_collect()
+        .await
 }
 
-async fn push_one(docker: &Docker, image: &ImageRef, auth: Option<DockerCredentials>) -> Result<Pushed, LoadError> {
-    if image.registry() == "localhost" {
-        return Err(LoadError::NoRegistry { image: image.clone() });
+/// The digests of `pushed`, by component, for [`Plan`]'s pinning.
+pub(crate) fn digests(plan: &Plan, pushed: &[Pushed]) -> std::collections::BTreeMap<String, String> {
+    plan.components()
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), pushed.iter().find(|p| p.image == c.image)?.digest.clone())))
+        .collect()
+}
+
+/// Whether something accepts a connection at `registry` (`host:port`).
+async fn answers(registry: &str) -> Result<(), LoadError> {
+    let unreachable = |problem: String| LoadError::Unreachable { registry: registry.to_owned(), problem };
+    match tokio::time::timeout(ANSWER_WITHIN, tokio::net::TcpStream::connect(registry)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Err(_) => Err(unreachable(format!("no connection within {}", humantime::format_duration(ANSWER_WITHIN)))),
     }
-    let push_error = |source| LoadError::Push { image: image.clone(), registry: image.registry().to_owned(), source };
+}
+
+/// What to do about a failed push, from what the engine said.
+fn hint(registry: &str, said: &str, credential: Option<&Credential>) -> String {
+    let said = said.to_ascii_lowercase();
+    if said.contains("x509") || said.contains("certificate") {
+        return format!(
+            ": the engine does not trust the registry's certificate; put the CA that signed it in \
+             /etc/docker/certs.d/{registry}/ca.crt on the engine's machine"
+        );
+    }
+    if ["unauthorized", "authentication required", "no basic auth credentials", "denied"].iter().any(|w| said.contains(w)) {
+        return match credential {
+            Some(credential) => format!(
+                ": the registry refused the credential from {}; fix it there, or run `docker login {registry}`",
+                credential.source
+            ),
+            None => {
+                let dir = credentials::config_dir().map_or_else(|| "~/.docker".to_owned(), |d| d.display().to_string());
+                format!(": the registry wants a credential and {dir}/config.json has none for it; run `docker login {registry}` (or set DOCKER_CONFIG)")
+            }
+        };
+    }
+    String::new()
+}
+
+async fn push_one(docker: &Docker, image: &ImageRef, credential: Option<&Credential>) -> Result<Pushed, LoadError> {
+    let registry = image.registry();
+    let push_error = |source: bollard::errors::Error| LoadError::Push {
+        image: image.clone(),
+        registry: registry.to_owned(),
+        hint: hint(registry, &source.to_string(), credential),
+        source,
+    };
     let options = PushImageOptionsBuilder::new().tag(image.tag().unwrap_or("latest")).build();
-    let mut progress = docker.push_image(&image.name(), Some(options), auth);
+    let mut progress = docker.push_image(&image.name(), Some(options), credential.map(Credential::for_engine));
     let mut digest = None;
     while let Some(item) = progress.next().await {
         let info = item.map_err(push_error)?;

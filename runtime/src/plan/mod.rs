@@ -213,6 +213,18 @@ impl Plan {
         }
     }
 
+    /// Pins built components to the digests a registry stored for them
+    /// (component -> `sha256:...`), so every later stage and the handle name
+    /// `registry/name:tag@sha256:...`. Borrowed components, unknown ones
+    /// and malformed digests are left out.
+    pub(crate) fn pin(&mut self, digests: &BTreeMap<String, String>) {
+        for component in self.components.iter_mut().filter(|c| c.origin == Origin::Built) {
+            if let Some(pinned) = digests.get(&component.name).and_then(|d| component.image.pinned(d).ok()) {
+                component.image = pinned;
+            }
+        }
+    }
+
     /// The planned reference of `component`.
     pub fn image(&self, component: &str) -> Option<&ImageRef> {
         self.component(component).map(|c| &c.image)

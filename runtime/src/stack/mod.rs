@@ -18,7 +18,7 @@ use crate::engine;
 use crate::record::{Placement, RunKey, StackRecord};
 use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
-use crate::load::{kind, registry};
+use crate::load::{credentials, kind, registry};
 use crate::plan::{Plan, Tag};
 use crate::record::Witness;
 use crate::error::error_chain;
@@ -196,6 +196,8 @@ async fn stages(
     }
     note(&timings);
     let mut endpoints = BTreeMap::new();
+    let mut digests = BTreeMap::new();
+    let mut pull_secret = None;
     let placement = match kube {
         None => {
             let stack = if options.reuse {
@@ -222,8 +224,11 @@ async fn stages(
             let images: Vec<LoadImage> =
                 built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
             let loaded = match &target.images {
-                ImageTarget::Registry { .. } => {
-                    registry::push_all(docker, plan, None).await?;
+                ImageTarget::Registry { host } => {
+                    let credential = credentials::lookup(host).map_err(registry::LoadError::from)?;
+                    let pushed = registry::push_all(docker, plan, credential.as_ref()).await?;
+                    pull_secret = credential.as_ref().map(credentials::Credential::docker_config_json);
+                    digests = registry::digests(plan, &pushed);
                     None
                 }
                 ImageTarget::KindNodes { cluster } => Some(kind::load(docker, cluster, &images).await?),
@@ -233,12 +238,20 @@ async fn stages(
             };
             record_loads(plan, loaded.as_ref(), started.elapsed(), &built, &mut timings);
             note(&timings);
+            // What is deployed names what was pushed: `name:tag@sha256:...`.
+            let mut pinned = plan.clone();
+            pinned.pin(&digests);
+            let plan = &pinned;
             let started = Instant::now();
             let kube_options = kube_backend::KubeOptions {
                 timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
                 images: serde_json::to_string(&target.images).ok(),
-                image_ids: built.iter().map(|b| (b.image.to_string(), b.image_id.clone())).collect(),
+                image_ids: built
+                    .iter()
+                    .filter_map(|b| Some((plan.image(&b.component)?.to_string(), b.image_id.clone())))
+                    .collect(),
                 reuse: options.reuse,
+                pull_secret,
             };
             let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
             if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
@@ -259,6 +272,7 @@ async fn stages(
         placement,
         endpoints,
         forwarded_by: None,
+        digests,
         summary: format!("e2e-infra: `{}` ready, tag {}\n{}", plan.consumer(), plan.tag(), table(plan, &timings)),
         plan: serde_json::to_value(plan).ok(),
         builds: built.into_iter().map(|b| (b.component, b.output)).collect(),

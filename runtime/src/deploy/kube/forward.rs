@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::ListParams;
+use kube::api::{ListParams, Portforwarder};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
 use tokio::net::TcpStream;
@@ -226,20 +227,69 @@ async fn serve(listener: std::net::TcpListener, client: Client, target: Target) 
     }
 }
 
+/// Port-forward sessions kept open ahead of the connections that will use
+/// them, per forwarded port: opening one (a pod lookup, a WebSocket to the
+/// API server, the kubelet's dial into the pod) takes a few hundred
+/// milliseconds, which a test should not wait for.
+const SPARES: usize = 2;
+/// A spare older than this is dropped unused: the server in the pod may
+/// have given up on a connection that sent nothing, or the pod may be gone.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(15);
+
+/// An open session to one pod's port.
+struct Session {
+    pod: String,
+    opened: Instant,
+    forwarder: Portforwarder,
+}
+
 async fn accept(listener: tokio::net::TcpListener, client: Client, target: Target) {
-    while let Ok((socket, _)) = listener.accept().await {
+    let (spares, mut ready) = tokio::sync::mpsc::channel::<Session>(SPARES);
+    let opener = {
         let (client, target) = (client.clone(), target.clone());
         tokio::spawn(async move {
-            if let Err(error) = pipe(client, &target, socket).await {
-                tracing::warn!("port-forward to {}:{}: {}", target.service, target.port, error_chain(&error));
+            loop {
+                match open(&client, &target).await {
+                    Ok(session) => {
+                        if spares.send(session).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!("port-forward to {}:{}: no spare session: {}", target.service, target.port, error_chain(&error));
+                        // The next connection opens its own and reports why it cannot.
+                        tokio::time::sleep(SPARE_MAX_AGE / 15).await;
+                    }
+                }
+            }
+        })
+    };
+    while let Ok((socket, _)) = listener.accept().await {
+        let mut spare = None;
+        while let Ok(session) = ready.try_recv() {
+            if session.opened.elapsed() < SPARE_MAX_AGE {
+                spare = Some(session);
+                break;
+            }
+        }
+        let (client, target) = (client.clone(), target.clone());
+        tokio::spawn(async move {
+            let session = match spare {
+                Some(session) => Ok(session),
+                None => open(&client, &target).await,
+            };
+            match session {
+                Ok(session) => relay(session, target.port, socket).await,
+                Err(error) => tracing::warn!("port-forward to {}:{}: {}", target.service, target.port, error_chain(&error)),
             }
         });
     }
+    opener.abort();
 }
 
-/// Forwards one connection to a ready pod chosen anew, so a restarted pod is
-/// picked up by the next connection.
-async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<(), ForwardError> {
+/// Opens a session to a ready pod chosen anew, so a restarted pod is
+/// picked up by the next session.
+async fn open(client: &Client, target: &Target) -> Result<Session, ForwardError> {
     let services: Api<Service> = Api::namespaced(client.clone(), &target.namespace);
     let service = services.get(&target.service).await.map_err(|source| ForwardError::Service {
         service: target.service.clone(),
@@ -254,13 +304,13 @@ async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let pods: Api<Pod> = Api::namespaced(client, &target.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
     let pod_error = |pod: &str| {
         let (pod, port) = (pod.to_owned(), target.port);
         move |source| ForwardError::Pod { pod, port, source }
     };
     let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(pod_error("(list)"))?;
-    let name = listed
+    let pod = listed
         .items
         .into_iter()
         .find(is_ready)
@@ -270,13 +320,19 @@ async fn pipe(client: Client, target: &Target, mut socket: TcpStream) -> Result<
             namespace: target.namespace.clone(),
             selector: selector.clone(),
         })?;
-    let mut forwarder = pods.portforward(&name, &[target.port]).await.map_err(pod_error(&name))?;
-    if let Some(mut upstream) = forwarder.take_stream(target.port) {
+    let forwarder = pods.portforward(&pod, &[target.port]).await.map_err(pod_error(&pod))?;
+    Ok(Session { pod, opened: Instant::now(), forwarder })
+}
+
+/// Copies one connection through `session` until either side closes.
+async fn relay(mut session: Session, port: u16, mut socket: TcpStream) {
+    if let Some(mut upstream) = session.forwarder.take_stream(port) {
         // Either side closing ends the connection; that is not an error.
         let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+    } else {
+        tracing::warn!("port-forward to pod {} gave no stream for port {port}", session.pod);
     }
-    forwarder.abort();
-    Ok(())
+    session.forwarder.abort();
 }
 
 fn is_ready(pod: &Pod) -> bool {

@@ -287,6 +287,40 @@ fn a_borrowed_image_may_be_written_literally() {
     assert_eq!(rendered[0].component, "postgres");
 }
 
+#[test]
+fn a_pinned_plan_renders_what_was_pushed_by_digest() {
+    let (_dir, mut plan) = fixture(API_MANIFEST, "kube-pinned");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let digests = [("api", digest.as_str()), ("postgres", digest.as_str()), ("unknown", "sha256:00")];
+    plan.pin(&digests.iter().map(|(c, d)| ((*c).to_owned(), (*d).to_owned())).collect());
+    let pinned = format!("localhost/api:{}@{digest}", plan.tag());
+    assert_eq!(plan.image("api").expect("planned").to_string(), pinned);
+    // Only what the run builds is pinned; a borrowed image stays as written.
+    assert_eq!(plan.image("postgres").expect("planned").to_string(), "docker.io/library/postgres:16");
+    let rendered = render(&plan).expect("a pinned reference is the planned one");
+    let text = serde_json::to_string(&rendered.iter().flat_map(|m| &m.objects).collect::<Vec<_>>()).expect("json");
+    assert_eq!(text.matches(&format!("\"{pinned}\"")).count(), 3, "{text}");
+}
+
+#[test]
+fn every_pod_spec_names_the_pull_secret_once() {
+    let ours = json!({ "name": PULL_SECRET });
+    let mut deployment = json!({ "kind": "Deployment", "spec": { "template": { "spec": { "containers": [] } } } });
+    name_pull_secret(&mut deployment);
+    name_pull_secret(&mut deployment);
+    assert_eq!(deployment["spec"]["template"]["spec"]["imagePullSecrets"], json!([ours]));
+    let mut pod = json!({ "kind": "Pod", "spec": { "imagePullSecrets": [{ "name": "theirs" }] } });
+    name_pull_secret(&mut pod);
+    assert_eq!(pod["spec"]["imagePullSecrets"], json!([{ "name": "theirs" }, ours]));
+    let mut cron = json!({ "kind": "CronJob", "spec": { "jobTemplate": { "spec": { "template": { "spec": {} } } } } });
+    name_pull_secret(&mut cron);
+    assert_eq!(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["imagePullSecrets"], json!([ours]));
+    let service = json!({ "kind": "Service", "spec": { "ports": [] } });
+    let mut named = service.clone();
+    name_pull_secret(&mut named);
+    assert_eq!(named, service, "no pod spec, nothing to name");
+}
+
 /// The image the preflight must refuse: a tag written by hand for another project.
 const FOREIGN: &str = "localhost/kubernaut-datastorage:e2e-test-datastorage";
 
