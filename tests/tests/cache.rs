@@ -686,3 +686,43 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
     })
     .await;
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
+    use e2e_infra::build::housekeeping::prune_consumer_run_tags;
+    let docker = engine(None).await;
+    let project = Project::new();
+    let (plan, built) = e2e_infra_tests::busybox_image(&docker, &project, "prune-consumer", "").await;
+    let repository = built.image.to_string().rsplit_once(':').unwrap().0.to_owned();
+    let consumer = e2e_infra_tests::unique("pruned");
+    let tags: Vec<String> = ["pruned", "other"]
+        .iter()
+        .flat_map(|who| {
+            let who = if *who == "pruned" { consumer.clone() } else { format!("{consumer}-x") };
+            ["0000000a", "0000000b"].map(|hex| format!("{who}-{hex}"))
+        })
+        .collect();
+    let body = async {
+        for tag in &tags {
+            let options = TagImageOptionsBuilder::new().repo(&repository).tag(tag).build();
+            docker.tag_image(&built.image.to_string(), Some(options)).await.map_err(|e| e.to_string())?;
+        }
+        let removed = prune_consumer_run_tags(&docker, &consumer, 0, Duration::ZERO).await.map_err(|e| e.to_string())?;
+        let mut gone: Vec<String> = removed.into_iter().map(|r| r.reference).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [format!("{repository}:{}", tags[0]), format!("{repository}:{}", tags[1])]);
+        for other in &tags[2..] {
+            image_id(&docker, &format!("{repository}:{other}")).await.map_err(|e| format!("another consumer's tag went: {e}"))?;
+        }
+        image_id(&docker, &built.image.to_string()).await.map_err(|e| format!("the build's own tag went: {e}"))?;
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        for tag in &tags {
+            let _ = docker.remove_image(&format!("{repository}:{tag}"), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+        }
+        remove_built_images(&docker, &plan).await;
+    })
+    .await;
+}

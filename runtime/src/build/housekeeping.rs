@@ -125,6 +125,13 @@ struct Candidate {
     created: i64,
 }
 
+impl Candidate {
+    /// The consumer whose run the tag names: the tag without its 8 hex digits.
+    fn consumer(&self) -> &str {
+        self.tag.rsplit_once('-').map_or("", |(consumer, _)| consumer)
+    }
+}
+
 /// Removes the run tags of all but the newest `keep` runs of each built
 /// component (all components when `components` is `None`), sparing what
 /// the [module documentation](self) lists, the references in `protect`, and
@@ -154,8 +161,35 @@ pub async fn prune_run_tags(
     grace: Duration,
     protect: &[ImageRef],
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    prune(docker, None, components, keep, grace, protect).await
+}
+
+/// As [`prune_run_tags`] for every component, but only among the run tags
+/// of `consumer` (`<consumer>-<8 hex>`): per component, all but the newest
+/// `keep` of its runs go, and other consumers' run tags are not touched.
+///
+/// # Errors
+/// As [`prune_run_tags`].
+pub async fn prune_consumer_run_tags(
+    docker: &Docker,
+    consumer: &str,
+    keep: usize,
+    grace: Duration,
+) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    prune(docker, Some(consumer), None, keep, grace, &[]).await
+}
+
+async fn prune(
+    docker: &Docker,
+    consumer: Option<&str>,
+    components: Option<&[&str]>,
+    keep: usize,
+    grace: Duration,
+    protect: &[ImageRef],
+) -> Result<Vec<RemovedTag>, HousekeepingError> {
     let mut by_repository: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for candidate in run_tags(docker, components).await? {
+    let candidates = run_tags(docker, components).await?.into_iter();
+    for candidate in candidates.filter(|c| consumer.is_none_or(|consumer| c.consumer() == consumer)) {
         let repository = candidate.reference.rsplit_once(':').map(|(r, _)| r.to_owned()).unwrap_or_default();
         by_repository.entry(repository).or_default().push(candidate);
     }
