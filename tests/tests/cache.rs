@@ -726,3 +726,36 @@ async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
     })
     .await;
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("retagged", "");
+    let first = plan(&catalog, "retag", &["retagged"], AREA, &Delivery::Local);
+    let second = plan(&catalog, "retag", &["retagged"], AREA, &Delivery::Local);
+    let derived = format!("localhost/{}:derived", unique("retag"));
+    let body = async {
+        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let cache = cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?);
+        // Built FROM the cached image: it inherits every label, the input
+        // digest included, and is then tagged onto the cache reference.
+        build_by_hand(&docker, &derived, &format!("FROM {}\nLABEL derived=yes\n", built[0].image)).await?;
+        let derived_id = image_id(&docker, &derived).await?;
+        let (repo, tag) = cache.rsplit_once(':').unwrap();
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        docker.tag_image(&derived, Some(options)).await.map_err(|e| e.to_string())?;
+
+        let again = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert_ne!(again[0].image_id, derived_id, "the retagged image was served as the cache: {}", again[0].output);
+        assert_eq!(image_id(&docker, &cache).await?, again[0].image_id, "the cache reference was not moved back");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_reference(&docker, &derived).await;
+        remove_built_images(&docker, &first).await;
+        remove_built_images(&docker, &second).await;
+    })
+    .await;
+}
