@@ -759,3 +759,35 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
     })
     .await;
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
+    use e2e_infra::build::housekeeping::UNTAGGED;
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("abandoned", "");
+    let run = plan(&catalog, "abandon", &["abandoned"], AREA, &Delivery::Local);
+    let body = async {
+        let first = build_all(&docker, &run, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        // A forced build moves the run tag and the cache reference to a new
+        // image: the first is left with its labels and no reference, as a
+        // build killed before its tag leaves one.
+        let forced = BuildOptions { force: true, ..BuildOptions::default() };
+        let second = build_all(&docker, &run, &forced).await.map_err(|e| e.to_string())?;
+        assert_ne!(first[0].image_id, second[0].image_id);
+        let abandoned = docker.inspect_image(&first[0].image_id).await.map_err(|e| e.to_string())?;
+        assert!(abandoned.repo_tags.unwrap_or_default().is_empty(), "the first image still has references");
+
+        let component = run.components()[0].name.clone();
+        let removed = prune_run_tags(&docker, Some(&[component.as_str()]), 3, Duration::ZERO, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let untagged: Vec<&str> = removed.iter().filter(|r| r.reference == UNTAGGED).map(|r| r.image_id.as_str()).collect();
+        assert_eq!(untagged, [first[0].image_id.as_str()]);
+        assert!(docker.inspect_image(&first[0].image_id).await.is_err(), "the untagged image is still there");
+        image_id(&docker, &second[0].image.to_string()).await?;
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, remove_built_images(&docker, &run)).await;
+}
