@@ -700,3 +700,108 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
     })
     .await;
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
+    use e2e_infra::build::housekeeping::prune_consumer_run_tags;
+    let docker = engine(None).await;
+    let project = Project::new();
+    let (plan, built) = e2e_infra_tests::busybox_image(&docker, &project, "prune-consumer", "").await;
+    let repository = built.image.to_string().rsplit_once(':').unwrap().0.to_owned();
+    let consumer = e2e_infra_tests::unique("pruned");
+    let tags: Vec<String> = ["pruned", "other"]
+        .iter()
+        .flat_map(|who| {
+            let who = if *who == "pruned" { consumer.clone() } else { format!("{consumer}-x") };
+            ["0000000a", "0000000b"].map(|hex| format!("{who}-{hex}"))
+        })
+        .collect();
+    let body = async {
+        for tag in &tags {
+            let options = TagImageOptionsBuilder::new().repo(&repository).tag(tag).build();
+            docker.tag_image(&built.image.to_string(), Some(options)).await.map_err(|e| e.to_string())?;
+        }
+        let removed = prune_consumer_run_tags(&docker, &consumer, 0, Duration::ZERO).await.map_err(|e| e.to_string())?;
+        let mut gone: Vec<String> = removed.into_iter().map(|r| r.reference).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [format!("{repository}:{}", tags[0]), format!("{repository}:{}", tags[1])]);
+        for other in &tags[2..] {
+            image_id(&docker, &format!("{repository}:{other}")).await.map_err(|e| format!("another consumer's tag went: {e}"))?;
+        }
+        image_id(&docker, &built.image.to_string()).await.map_err(|e| format!("the build's own tag went: {e}"))?;
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        for tag in &tags {
+            let _ = docker.remove_image(&format!("{repository}:{tag}"), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+        }
+        remove_built_images(&docker, &plan).await;
+    })
+    .await;
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("retagged", "");
+    let first = plan(&catalog, "retag", &["retagged"], AREA, &Delivery::Local);
+    let second = plan(&catalog, "retag", &["retagged"], AREA, &Delivery::Local);
+    let derived = format!("localhost/{}:derived", unique("retag"));
+    let body = async {
+        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let cache = cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?);
+        // Built FROM the cached image: it inherits every label, the input
+        // digest included, and is then tagged onto the cache reference.
+        build_by_hand(&docker, &derived, &format!("FROM {}\nLABEL derived=yes\n", built[0].image)).await?;
+        let derived_id = image_id(&docker, &derived).await?;
+        let (repo, tag) = cache.rsplit_once(':').unwrap();
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        docker.tag_image(&derived, Some(options)).await.map_err(|e| e.to_string())?;
+
+        let again = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert_ne!(again[0].image_id, derived_id, "the retagged image was served as the cache: {}", again[0].output);
+        assert_eq!(image_id(&docker, &cache).await?, again[0].image_id, "the cache reference was not moved back");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_reference(&docker, &derived).await;
+        remove_built_images(&docker, &first).await;
+        remove_built_images(&docker, &second).await;
+    })
+    .await;
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
+    use e2e_infra::build::housekeeping::UNTAGGED;
+    let docker = engine(None).await;
+    let project = Project::new();
+    let catalog = project.unshared_busybox_catalog("abandoned", "");
+    let run = plan(&catalog, "abandon", &["abandoned"], AREA, &Delivery::Local);
+    let body = async {
+        let first = build_all(&docker, &run, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        // A forced build moves the run tag and the cache reference to a new
+        // image: the first is left with its labels and no reference, as a
+        // build killed before its tag leaves one.
+        let forced = BuildOptions { force: true, ..BuildOptions::default() };
+        let second = build_all(&docker, &run, &forced).await.map_err(|e| e.to_string())?;
+        assert_ne!(first[0].image_id, second[0].image_id);
+        let abandoned = docker.inspect_image(&first[0].image_id).await.map_err(|e| e.to_string())?;
+        assert!(abandoned.repo_tags.unwrap_or_default().is_empty(), "the first image still has references");
+
+        let component = run.components()[0].name.clone();
+        let removed = prune_run_tags(&docker, Some(&[component.as_str()]), 3, Duration::ZERO, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let untagged: Vec<&str> = removed.iter().filter(|r| r.reference == UNTAGGED).map(|r| r.image_id.as_str()).collect();
+        assert_eq!(untagged, [first[0].image_id.as_str()]);
+        assert!(docker.inspect_image(&first[0].image_id).await.is_err(), "the untagged image is still there");
+        image_id(&docker, &second[0].image.to_string()).await?;
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, remove_built_images(&docker, &run)).await;
+}

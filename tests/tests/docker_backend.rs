@@ -420,3 +420,81 @@ async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
         remove_labelled(&docker, &[format!("{}={consumer}", labels::CONSUMER)]).await.expect("removed");
     }
 }
+
+/// A unix socket in front of the engine's that counts the bytes the engine
+/// sends back. Returns its address and the count.
+async fn counting_proxy(
+    path: &std::path::Path,
+    engine: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let counted = std::sync::Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    let (engine, total) = (engine.to_owned(), counted.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::UnixStream::connect(&engine).await else { continue };
+            let total = total.clone();
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut engine_read, mut engine_write) = upstream.into_split();
+                let up = async { tokio::io::copy(&mut client_read, &mut engine_write).await.ok() };
+                let down = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(read @ 1..) = engine_read.read(&mut buffer).await {
+                        total.fetch_add(read as u64, Ordering::Relaxed);
+                        if client_write.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (format!("unix://{}", path.display()), counted, task)
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn a_log_probe_reads_a_long_log_once() {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let Some(socket) = host.strip_prefix("unix://") else {
+        eprintln!("skipped: DOCKER_HOST {host} is not a unix socket, which the counting proxy needs");
+        return;
+    };
+    let docker = engine(None).await;
+    let project = Project::new();
+    let (image_plan, image) = busybox_image(&docker, &project, "log-probe", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, counted, task) = counting_proxy(&dir.path().join("engine.sock"), socket).await;
+    let through_proxy = connect_to(&proxy).await.expect("the proxy answers");
+    // About 2 MB of log with its frames, then the ready line 3 s later: a probe that read
+    // the whole log at every look (every 250 ms) would read it a dozen times.
+    let catalog = project.catalog(&format!(
+        r#"
+[components.chatty]
+image = "{image}"
+docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; sleep 3; echo chatty is ready; exec sleep 3600"], ready = {{ log = "^chatty is ready$", timeout = "60s" }} }}
+"#,
+        image = image.image
+    ));
+    let plan = plan(&catalog, "log-probe", &["chatty"], AREA, &Delivery::Local);
+    let body = async {
+        let before = counted.load(std::sync::atomic::Ordering::Relaxed);
+        let stack = up(&through_proxy, &plan, None).await.map_err(|e| e.to_string())?;
+        let read = counted.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let ready_after = stack.component("chatty").unwrap().ready_after;
+        eprintln!("ready after {ready_after:?}; the engine sent {read} bytes");
+        let log_size: u64 = (1..=100_000u64).map(|n| "filler line ".len() as u64 + n.to_string().len() as u64 + 1).sum();
+        assert!(read < 2 * log_size, "the engine sent {read} bytes for a log of {log_size}: it was read more than once");
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removed");
+        remove_built_images(&docker, &image_plan).await;
+    })
+    .await;
+    task.abort();
+}

@@ -906,3 +906,48 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_laye
     eprintln!("bytes sent: first load {}, reload {}", sent[0], sent[1]);
     assert!(sent[1] < 64 * 1024, "the reload sent {} bytes; the busybox layer is {busybox}", sent[1]);
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
+async fn teardown_starts_no_pod_a_second_time() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    let mut replicated = deployment(sleeper());
+    replicated["spec"]["replicas"] = json!(2);
+    let run = AppRun::new("kube-teardown-pods", &[replicated]);
+    run.up(READY_WITHIN).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let client = run.cluster.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), run.namespace());
+    let listed = pods.list(&ListParams::default()).await.expect("listing pods");
+    let running: std::collections::BTreeSet<String> = listed.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    assert_eq!(running.len(), 2, "{running:?}");
+    let version = listed.metadata.resource_version.expect("a list has a resource version");
+    let mut events = pods.watch(&WatchParams::default(), &version).await.expect("watching pods").boxed();
+
+    let started = Instant::now();
+    e2e_infra::deploy::kube::delete_namespace(client, run.plan.namespace()).await.expect("namespace deleted");
+    let gone_after = started.elapsed();
+    eprintln!("namespace {} gone {gone_after:.1?} after teardown started", run.namespace());
+
+    // Every pod that ever existed is deleted once the namespace is gone;
+    // read the watch until each one it announced was.
+    let (mut added, mut deleted) = (running.clone(), std::collections::BTreeSet::new());
+    let reading = async {
+        while added != deleted {
+            match events.try_next().await.expect("watch") {
+                Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => added.extend(pod.metadata.uid),
+                Some(WatchEvent::Deleted(pod)) => {
+                    let uid = pod.metadata.uid.expect("uid");
+                    added.insert(uid.clone());
+                    deleted.insert(uid);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the watch reports every pod's deletion");
+    let started_again: Vec<&String> = added.difference(&running).collect();
+    assert!(started_again.is_empty(), "teardown started pods again: {started_again:?} besides {running:?}");
+    assert!(gone_after < Duration::from_secs(30), "{gone_after:?}");
+}

@@ -1,6 +1,6 @@
 //! `e2e-infra clean --images`: the image housekeeping of builds, on demand.
 
-use e2e_infra::build::housekeeping::{self, prune_run_tags};
+use e2e_infra::build::housekeeping::{self, prune_consumer_run_tags, prune_run_tags};
 use e2e_infra::engine;
 
 use crate::error::CliError;
@@ -21,8 +21,10 @@ pub struct ImagesArgs {
     keep: Option<usize>,
 }
 
-/// Removes old run tags when `--images` was given, printing each.
-pub fn clean(args: &ImagesArgs) -> Result<(), CliError> {
+/// Removes old run tags when `--images` was given, printing each: of
+/// `consumer`'s runs only when one is given (`clean --consumer C`), else of
+/// every consumer's.
+pub fn clean(args: &ImagesArgs, consumer: Option<&str>) -> Result<(), CliError> {
     if !args.images {
         return Ok(());
     }
@@ -35,8 +37,11 @@ pub fn clean(args: &ImagesArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::AsyncRuntime)?;
     runtime.block_on(async {
         let docker = engine::connect().await?;
-        let removed =
-            prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await.map_err(CliError::Images)?;
+        let removed = match consumer {
+            Some(consumer) => prune_consumer_run_tags(&docker, consumer, keep, housekeeping::GRACE).await,
+            None => prune_run_tags(&docker, None, keep, housekeeping::GRACE, &[]).await,
+        }
+        .map_err(CliError::Images)?;
         if removed.is_empty() {
             say!("no image tags to remove: every component has the tags of at most {keep} run(s) not in use")?;
         }

@@ -91,7 +91,7 @@ pub struct StatusArgs {
 pub struct CleanArgs {
     /// Only this consumer's stacks (default: every consumer's).
     #[arg(long)]
-    consumer: Option<String>,
+    pub(crate) consumer: Option<String>,
     /// Also remove stacks kept because a test failed or E2E_INFRA_KEEP=1.
     #[arg(long)]
     kept: bool,

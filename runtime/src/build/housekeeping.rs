@@ -1,7 +1,9 @@
 //! Image housekeeping: every run gives each built image one more reference,
 //! its run tag (`<registry>/<component>:<consumer>-<8 hex>`). Left alone they
 //! pile up; this keeps the run tags of the newest runs per component and
-//! removes the older ones.
+//! removes the older ones. It also removes the images this project built
+//! that were left with no reference at all (a build killed before its tag),
+//! once they are older than the grace period.
 //!
 //! What is never removed:
 //! - a cache reference (`:cache-<digest prefix>`): it is the build cache;
@@ -83,12 +85,12 @@ pub enum HousekeepingError {
     Silent(#[from] Silent),
 }
 
-/// One removed run tag.
+/// One removed run tag, or untagged image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemovedTag {
     /// The component the image was built for.
     pub component: String,
-    /// The reference removed.
+    /// The reference removed; [`UNTAGGED`] for an image that had none.
     pub reference: String,
     /// The image it named.
     pub image_id: String,
@@ -125,6 +127,13 @@ struct Candidate {
     created: i64,
 }
 
+impl Candidate {
+    /// The consumer whose run the tag names: the tag without its 8 hex digits.
+    fn consumer(&self) -> &str {
+        self.tag.rsplit_once('-').map_or("", |(consumer, _)| consumer)
+    }
+}
+
 /// Removes the run tags of all but the newest `keep` runs of each built
 /// component (all components when `components` is `None`), sparing what
 /// the [module documentation](self) lists, the references in `protect`, and
@@ -154,17 +163,44 @@ pub async fn prune_run_tags(
     grace: Duration,
     protect: &[ImageRef],
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    prune(docker, None, components, keep, grace, protect).await
+}
+
+/// As [`prune_run_tags`] for every component, but only among the run tags
+/// of `consumer` (`<consumer>-<8 hex>`): per component, all but the newest
+/// `keep` of its runs go, and other consumers' run tags are not touched.
+///
+/// # Errors
+/// As [`prune_run_tags`].
+pub async fn prune_consumer_run_tags(
+    docker: &Docker,
+    consumer: &str,
+    keep: usize,
+    grace: Duration,
+) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    prune(docker, Some(consumer), None, keep, grace, &[]).await
+}
+
+async fn prune(
+    docker: &Docker,
+    consumer: Option<&str>,
+    components: Option<&[&str]>,
+    keep: usize,
+    grace: Duration,
+    protect: &[ImageRef],
+) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    let mut removed = remove_abandoned(docker, consumer, components, grace).await?;
     let mut by_repository: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for candidate in run_tags(docker, components).await? {
+    let candidates = run_tags(docker, components).await?.into_iter();
+    for candidate in candidates.filter(|c| consumer.is_none_or(|consumer| c.consumer() == consumer)) {
         let repository = candidate.reference.rsplit_once(':').map(|(r, _)| r.to_owned()).unwrap_or_default();
         by_repository.entry(repository).or_default().push(candidate);
     }
     if by_repository.values().all(|c| c.len() <= keep) {
-        return Ok(Vec::new());
+        return Ok(removed);
     }
     let in_use = in_use(docker).await?;
     let protected: HashSet<String> = protect.iter().map(ToString::to_string).collect();
-    let mut removed = Vec::new();
     let mut fresh: HashMap<String, bool> = HashMap::new();
     for candidates in by_repository.values_mut() {
         candidates.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.tag.cmp(&b.tag)));
@@ -272,6 +308,53 @@ async fn recently_touched(docker: &Docker, candidate: &Candidate, grace: Duratio
         .and_then(|m| m.last_tag_time)
         .and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
     Ok(tagged.is_some_and(within))
+}
+
+/// What [`RemovedTag::reference`] says of an image that had no reference.
+pub const UNTAGGED: &str = "<untagged>";
+
+/// Removes the images this project built (of `consumer` and `components`,
+/// if given) that have no reference at all and were created before
+/// `grace`: a build killed between its last step and its tag (a forced
+/// build under SIGKILL) leaves one, which no run will ever use. Images a
+/// container uses, and layers of other images, stay: the engine refuses
+/// to remove them.
+async fn remove_abandoned(
+    docker: &Docker,
+    consumer: Option<&str>,
+    components: Option<&[&str]>,
+    grace: Duration,
+) -> Result<Vec<RemovedTag>, HousekeepingError> {
+    let mut wanted = vec![labels::BUILT_FOR_COMPONENT.to_owned()];
+    wanted.extend(consumer.map(|c| format!("{}={c}", labels::BUILT_BY_CONSUMER)));
+    let filter = HashMap::from([("label", wanted), ("dangling", vec!["true".to_owned()])]);
+    let listing = docker.list_images(Some(ListImagesOptionsBuilder::new().filters(&filter).build()));
+    let images = engine::within(docker, ENGINE_CALL_TIMEOUT, "listing untagged images", listing)
+        .await?
+        .map_err(|source| HousekeepingError::List { what: "untagged images", source })?;
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for image in images {
+        let Some(component) = image.labels.get(labels::BUILT_FOR_COMPONENT) else { continue };
+        let tagged = image.repo_tags.iter().any(|t| t != "<none>:<none>");
+        let created = UNIX_EPOCH + Duration::from_secs(u64::try_from(image.created).unwrap_or_default());
+        let recent = now.duration_since(created).map_or(true, |age| age < grace);
+        if tagged || recent || components.is_some_and(|wanted| !wanted.contains(&component.as_str())) {
+            continue;
+        }
+        let options = RemoveImageOptionsBuilder::new().force(false).noprune(false).build();
+        let removal = docker.remove_image(&image.id, Some(options), None);
+        match engine::within(docker, ENGINE_CALL_TIMEOUT, "removing an untagged image", removal).await? {
+            Ok(_) => {
+                tracing::debug!(image = %image.id, component, "removed an untagged image a killed build left");
+                removed.push(RemovedTag { component: component.clone(), reference: UNTAGGED.to_owned(), image_id: image.id });
+            }
+            // Gone meanwhile, or a container or another image uses it.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}
+            Err(source) => return Err(HousekeepingError::Remove { reference: image.id, source }),
+        }
+    }
+    Ok(removed)
 }
 
 /// Every run tag on an image this project built, of `components` if given.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{BuildImageOptionsBuilder, TagImageOptionsBuilder};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
+use sha2::Digest as _;
 
 use context::Context;
 pub use context::ContextError;
@@ -344,6 +345,8 @@ async fn build_one(
             .map_err(silent)?
             .map_err(|e| engine_error("looking up the cache reference", e))?;
         tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
+        let record = ServedIds::of(docker, &cache);
+        let found = found.filter(|cached| record.confirms(&cached.id));
         if let Some(Cached { id, references }) = found {
             // A run id used again (a reusable stack) finds its tag in place.
             if !references.contains(&image.to_string()) {
@@ -447,9 +450,58 @@ async fn build_one(
         .await
         .map_err(silent)?
         .map_err(|e| engine_error("tagging the cache reference", e))?;
+    ServedIds::of(docker, &cache).record(&image_id);
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     let output = Vec::from(tail).join("\n");
     Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed(), output, hashing })
+}
+
+/// The folder, beside the state root, of the image id each cache reference
+/// named when this machine built or first reused it.
+const SERVED_IDS_DIR: &str = "cache-ids";
+
+/// The image id a cache reference of one engine is known to name. Labels
+/// prove little: an image built `FROM` a cached one inherits them, and any
+/// such image can be tagged onto the cache reference by hand; the id it had
+/// when it was built cannot be. A record that cannot be read or written
+/// costs the check, never an error.
+struct ServedIds {
+    path: Option<std::path::PathBuf>,
+}
+
+impl ServedIds {
+    fn of(docker: &Docker, cache: &str) -> Self {
+        let key = format!("{}\n{cache}", engine::address(docker));
+        let path = crate::state::cache_dir(SERVED_IDS_DIR)
+            .ok()
+            .map(|dir| dir.join(hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])));
+        Self { path }
+    }
+
+    /// Whether `id` may be served: it is the recorded one, or nothing is
+    /// recorded yet (another machine or state root built it), and then it
+    /// is recorded.
+    fn confirms(&self, id: &str) -> bool {
+        let recorded = self.path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        match recorded.as_deref().map(str::trim) {
+            Some(recorded) if recorded != id => {
+                tracing::warn!(recorded, found = id, "the cache reference names another image than the one built from these inputs; building instead");
+                false
+            }
+            Some(_) => true,
+            None => {
+                self.record(id);
+                true
+            }
+        }
+    }
+
+    fn record(&self, id: &str) {
+        let Some(path) = &self.path else { return };
+        if let Err(error) = std::fs::write(path, id) {
+            tracing::debug!(path = %path.display(), %error, "recording the cache reference's image id failed");
+        }
+    }
 }
 
 /// The id of the image behind the cache reference `cache`, if it exists and

@@ -30,6 +30,7 @@ use crate::plan::{Plan, PlannedComponent};
 use crate::record::Witness;
 use crate::error::error_chain;
 
+mod follow;
 mod reuse;
 pub use reuse::up_reusing;
 
@@ -588,7 +589,7 @@ impl<'a> Prober<'a> {
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
         // Without a probe, running is ready: the first look decides.
         let deadline = Deadline::after(self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout));
-        let mut looking = ContainerWatch { prober: self, docker, id, network, started, looked: false };
+        let mut looking = ContainerWatch { prober: self, docker, id, network, started, looked: false, log: None };
         match ready::until_ready(&mut looking, &deadline).await {
             Outcome::Ready(ports) => Ok(ports),
             Outcome::Failed(error) => Err(error),
@@ -602,7 +603,7 @@ impl<'a> Prober<'a> {
         }
     }
 
-    async fn attempt(&self, docker: &Docker, id: &str, ip: Option<IpAddr>, probe: &Probe) -> bool {
+    async fn attempt(&self, ip: Option<IpAddr>, probe: &Probe) -> bool {
         match probe {
             Probe::Tcp(port) => match ip {
                 Some(ip) => tcp_open(SocketAddr::new(ip, *port)).await,
@@ -612,14 +613,8 @@ impl<'a> Prober<'a> {
                 Some(ip) => http_ok(SocketAddr::new(ip, http.port), &http.path).await,
                 None => false,
             },
-            Probe::Log(pattern) => {
-                let logs = all_logs(docker, id).await;
-                if logs.contains(LOGS_SILENT) {
-                    return false;
-                }
-                logs.lines().any(|line| pattern.is_match(line))
-            }
-            Probe::Completes => false,
+            // Followed by the wait ([`follow::LogFollower`]), not polled.
+            Probe::Log(_) | Probe::Completes => false,
         }
     }
 }
@@ -633,6 +628,8 @@ struct ContainerWatch<'a> {
     network: &'a str,
     started: Instant,
     looked: bool,
+    /// The followed log, for a `log` probe.
+    log: Option<follow::LogFollower>,
 }
 
 impl ready::Watch for ContainerWatch<'_> {
@@ -671,11 +668,20 @@ impl ready::Watch for ContainerWatch<'_> {
                 after: self.started.elapsed(),
                 logs: last_logs(docker, id).await,
             }),
-            Seen::Running(ip) => match prober.ready {
-                None => Look::Ready(ports),
-                Some(ready) if prober.attempt(docker, id, ip, &ready.probe).await => Look::Ready(ports),
-                Some(_) => Look::Waiting,
-            },
+            Seen::Running(ip) => {
+                let ready = match prober.ready.map(|r| &r.probe) {
+                    None => true,
+                    Some(Probe::Log(pattern)) => {
+                        self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id)).saw(pattern).await
+                    }
+                    Some(probe) => prober.attempt(ip, probe).await,
+                };
+                if ready {
+                    Look::Ready(ports)
+                } else {
+                    Look::Waiting
+                }
+            }
         }
     }
 }
@@ -788,10 +794,6 @@ async fn fetch_logs(docker: &Docker, id: &str, tail: &str) -> String {
 
 /// Marks logs cut short because the engine stopped sending them.
 const LOGS_SILENT: &str = "<the engine did not send the logs";
-
-async fn all_logs(docker: &Docker, id: &str) -> String {
-    fetch_logs(docker, id, "all").await
-}
 
 async fn last_logs(docker: &Docker, id: &str) -> String {
     let text = fetch_logs(docker, id, LOG_TAIL).await;

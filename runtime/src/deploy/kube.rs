@@ -510,9 +510,11 @@ pub async fn release_shared(client: &Client, namespace: &Namespace) -> Result<Ve
 }
 
 /// Deletes the run's namespace and everything in it, and waits until it is
-/// gone; an absent namespace is not an error. Pods go first, without a grace
-/// period: a test stack has nothing to drain, and their grace periods would
-/// otherwise hold the namespace in `Terminating`.
+/// gone; an absent namespace is not an error. The namespace goes first: once
+/// it is terminating, no controller can create a pod in it, so the pods,
+/// deleted next without a grace period, are not started again by their
+/// ReplicaSets. A test stack has nothing to drain, and the pods' grace
+/// periods would otherwise hold the namespace in `Terminating`.
 ///
 /// # Errors
 /// [`KubeError::DeleteNamespace`] when the cluster refuses;
@@ -520,19 +522,19 @@ pub async fn release_shared(client: &Client, namespace: &Namespace) -> Result<Ve
 pub async fn delete_namespace(client: Client, namespace: &Namespace) -> Result<(), KubeError> {
     let name = namespace.as_str();
     let refused = |source| KubeError::DeleteNamespace { namespace: name.to_owned(), source };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), name);
+    let api: Api<KubeNamespace> = Api::all(client.clone());
+    let uid = match api.delete(name, &DeleteParams::background()).await {
+        Ok(deleted) => deleted.left().and_then(|n| n.metadata.uid),
+        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        Err(source) => return Err(refused(source)),
+    };
+    let pods: Api<Pod> = Api::namespaced(client, name);
     let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::background() };
     match pods.delete_collection(&now, &ListParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.is_not_found() => {}
         Err(source) => return Err(refused(source)),
     }
-    let api: Api<KubeNamespace> = Api::all(client);
-    let uid = match api.delete(name, &DeleteParams::background()).await {
-        Ok(deleted) => deleted.left().and_then(|n| n.metadata.uid),
-        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
-        Err(source) => return Err(refused(source)),
-    };
     let Some(uid) = uid else { return Ok(()) };
     match tokio::time::timeout(DELETE_TIMEOUT, await_condition(api, name, conditions::is_deleted(&uid))).await {
         Ok(Ok(_)) => Ok(()),
