@@ -604,6 +604,11 @@ impl<'a> Prober<'a> {
                 logs.lines().any(|line| pattern.is_match(line))
             }
             Probe::Completes => false,
+            Probe::Exec(argv) => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let running = engine::exec(docker, id, &argv, None, (0, 0));
+                matches!(tokio::time::timeout(ATTEMPT, running).await, Ok(Ok(out)) if out.exit_code == Some(0))
+            }
         }
     }
 }
@@ -713,6 +718,7 @@ fn describe(probe: &Probe) -> String {
         Probe::Http(http) => format!("an HTTP GET of {} on port {} answering 2xx", http.path, http.port),
         Probe::Log(pattern) => format!("a log line matching `{pattern}`"),
         Probe::Completes => "running to completion with exit code 0".to_owned(),
+        Probe::Exec(argv) => format!("the command {argv:?} exiting 0 inside the container"),
     }
 }
 
