@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/engine.sh
-bash scripts/stand-ins.sh
+bash scripts/example.sh
 # One line per stage and component, and the summary table of the run.
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
