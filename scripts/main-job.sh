@@ -46,7 +46,7 @@ elif [[ "$engine" == current ]]; then
 else
   bash scripts/engine.sh
 fi
-bash scripts/stand-ins.sh
+bash scripts/example.sh
 # One line per stage and component, and the summary table of the run.
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 

@@ -26,8 +26,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
 bash scripts/engine.sh --all
-# The example suite builds its images from the static stand-in services.
-bash scripts/stand-ins.sh
+# The example's images start FROM a Debian base image and hold static binaries.
+bash scripts/example.sh
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 cluster=()

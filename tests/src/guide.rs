@@ -42,9 +42,14 @@ pub fn write(path: &Path, contents: &str) {
 }
 
 /// Makes every Dockerfile and manifest `catalog` names, relative to `root`,
-/// and its build context `images`, so that its paths resolve.
+/// and its build contexts (`images` and every `context` it names, each with
+/// a Dockerfile), so that its paths resolve.
 pub fn lay_out(root: &Path, catalog: &str) {
     std::fs::create_dir_all(root.join("images")).expect("build context");
+    // Every named context, with the Dockerfile a build without `dockerfile` reads.
+    for context in catalog.split("context = \"").skip(1).filter_map(|rest| rest.split('"').next()) {
+        write(&root.join(context).join("Dockerfile"), "FROM scratch\n");
+    }
     let quoted = catalog.split('"').skip(1).step_by(2);
     for path in quoted.filter(|p| p.ends_with(".Dockerfile") || p.ends_with(".yaml")) {
         write(&root.join(path), "FROM scratch\n");

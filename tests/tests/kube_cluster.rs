@@ -343,7 +343,7 @@ fn stderr(output: &Output) -> String {
 async fn the_notification_example_runs_on_the_real_node() {
     let cluster = Cluster::from_env();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/notification");
-    assert!(example.join("images/stand-ins").is_file(), "run scripts/stand-ins.sh first: the example's images need it");
+    assert!(example.join("images/datastorage").is_file(), "run scripts/example.sh first: the example's images need it");
     let catalog = Catalog::load(&example.join("e2e-infra.toml")).unwrap_or_else(|e| panic!("{e}"));
     let plan = plan(&catalog, "kube-example", &["datastorage"], "kube-example", &Delivery::Local);
     let _stack = StackGuard::of(&plan, cluster.target());

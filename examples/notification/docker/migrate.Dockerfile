@@ -1,7 +1,9 @@
-# The schema migration: writes the schema marker into the postgres stand-in
-# named by $POSTGRES (host:port), then exits 0.
-# Build context: examples/notification/images (scripts/stand-ins.sh fills it).
+# The schema migrations: applies every SQL file of $MIGRATIONS (a folder of
+# the context) that the database named by $DATABASE_URL lacks, then exits.
+# Build context: examples/notification (its .dockerignore lets in only the
+# DataStorage binary and the SQL files).
 FROM scratch
-COPY stand-ins /stand-ins
-STOPSIGNAL SIGKILL
-ENTRYPOINT ["/stand-ins", "migrate"]
+ARG MIGRATIONS=migrations
+COPY images/datastorage /datastorage
+COPY ${MIGRATIONS} /migrations
+ENTRYPOINT ["/datastorage", "migrate"]

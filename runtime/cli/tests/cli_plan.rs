@@ -326,12 +326,19 @@ fn example_catalog_plans_the_notification_stack() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/notification");
     let copy = tempfile::tempdir().expect("temporary directory");
     std::fs::copy(example.join("e2e-infra.toml"), copy.path().join("e2e-infra.toml")).expect("copy catalog");
-    for dir in ["docker", "deploy"] {
-        std::fs::create_dir(copy.path().join(dir)).expect("mkdir");
-        for entry in std::fs::read_dir(example.join(dir)).expect("read example") {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read example") {
             let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), copy.path().join(dir).join(entry.file_name())).expect("copy");
+            if entry.file_type().expect("file type").is_dir() {
+                copy_tree(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
         }
+    }
+    for dir in ["docker", "deploy"] {
+        copy_tree(&example.join(dir), &copy.path().join(dir));
     }
     std::fs::create_dir(copy.path().join("images")).expect("mkdir");
     let plan = run(Command::new(BIN)

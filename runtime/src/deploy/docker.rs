@@ -603,7 +603,7 @@ impl<'a> Prober<'a> {
         }
     }
 
-    async fn attempt(&self, ip: Option<IpAddr>, probe: &Probe) -> bool {
+    async fn attempt(&self, docker: &Docker, id: &str, ip: Option<IpAddr>, probe: &Probe) -> bool {
         match probe {
             Probe::Tcp(port) => match ip {
                 Some(ip) => tcp_open(SocketAddr::new(ip, *port)).await,
@@ -615,6 +615,11 @@ impl<'a> Prober<'a> {
             },
             // Followed by the wait ([`follow::LogFollower`]), not polled.
             Probe::Log(_) | Probe::Completes => false,
+            Probe::Exec(argv) => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let running = engine::exec(docker, id, &argv, None, (0, 0));
+                matches!(tokio::time::timeout(ATTEMPT, running).await, Ok(Ok(out)) if out.exit_code == Some(0))
+            }
         }
     }
 }
@@ -674,7 +679,7 @@ impl ready::Watch for ContainerWatch<'_> {
                     Some(Probe::Log(pattern)) => {
                         self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id)).saw(pattern).await
                     }
-                    Some(probe) => prober.attempt(ip, probe).await,
+                    Some(probe) => prober.attempt(docker, id, ip, probe).await,
                 };
                 if ready {
                     Look::Ready(ports)
@@ -735,6 +740,7 @@ fn describe(probe: &Probe) -> String {
         Probe::Http(http) => format!("an HTTP GET of {} on port {} answering 2xx", http.path, http.port),
         Probe::Log(pattern) => format!("a log line matching `{pattern}`"),
         Probe::Completes => "running to completion with exit code 0".to_owned(),
+        Probe::Exec(argv) => format!("the command {argv:?} exiting 0 inside the container"),
     }
 }
 

@@ -66,6 +66,7 @@ struct RawReady {
     port: Option<Spanned<u16>>,
     log: Option<String>,
     completes: Option<bool>,
+    exec: Option<Vec<String>>,
     timeout: Option<String>,
 }
 
@@ -158,6 +159,9 @@ pub enum Probe {
     Log(LogPattern),
     /// The container runs to completion and exits 0 (migrations, seeders).
     Completes,
+    /// This command, run inside the container, exits 0 (`psql -c 'SELECT 1'`,
+    /// `redis-cli ping`): the service answers, not merely listens.
+    Exec(Vec<String>),
 }
 
 /// An HTTP readiness probe.
@@ -437,10 +441,19 @@ fn check_docker(
             if r.completes == Some(true) {
                 probes.push(Probe::Completes);
             }
+            if let Some(argv) = r.exec {
+                if argv.first().is_none_or(String::is_empty) {
+                    return Err(invalid(
+                        offset,
+                        "ready.exec needs a command: `exec = [\"redis-cli\", \"ping\"]`".to_owned(),
+                    ));
+                }
+                probes.push(Probe::Exec(argv));
+            }
             if probes.len() != 1 {
                 return Err(invalid(
                     offset,
-                    "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"` or `completes = true`".to_owned(),
+                    "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"`, `completes = true` or `exec = [\"command\", ...]`".to_owned(),
                 ));
             }
             Some(ReadySpec {

@@ -660,6 +660,21 @@ fn ready_with_two_probes_is_rejected() {
 }
 
 #[test]
+fn an_exec_probe_is_read_and_an_empty_one_rejected() {
+    let ws = Workspace::new();
+    let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = { exec = [\"redis-cli\", \"ping\"] }\n";
+    let catalog = ws.load(text).expect("valid");
+    let ready = catalog.get("ds").and_then(|c| c.docker.as_ref()).and_then(|d| d.ready.clone());
+    assert_eq!(ready.map(|r| r.probe), Some(Probe::Exec(vec!["redis-cli".into(), "ping".into()])));
+    for empty in ["[]", "[\"\"]"] {
+        let text = format!("[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = {{ exec = {empty} }}\n");
+        let (_, message) = ws.reject(&text);
+        assert!(message.starts_with(&ws.at_line(4)), "{empty}: {message}");
+        assert_contains(&message, &["`ds`", "ready.exec needs a command"]);
+    }
+}
+
+#[test]
 fn ready_without_a_probe_is_rejected() {
     let ws = Workspace::new();
     for ready in [
