@@ -9,6 +9,8 @@
 # set. In CI (CI set) a missing cluster is an error, not a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting first: it takes a second and needs no engine.
+cargo fmt --all -- --check
 bash scripts/engine.sh --all
 # The example suite builds its images from the static stand-in services.
 bash scripts/stand-ins.sh
