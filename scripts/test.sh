@@ -32,8 +32,7 @@ elif [[ -n "${CI:-}" ]]; then
 else
   echo "test.sh: no cluster (no kube-local, KUBECONFIG + E2E_CONTAINERD_SOCKET unset): the real-cluster tests are skipped"
 fi
-# With --run-ignored all, the suites' teardown entry points and the inside of
-# the unshare tests stay out: they run only when a run or the test that
-# drives them starts them, never as tests of their own.
+# With --run-ignored all, the inside of the unshare tests stays out: it runs
+# only when the test that drives it starts it, never as a test of its own.
 cargo nextest run --workspace --all-features --no-fail-fast "${cluster[@]}" \
-  -E 'not test(/__e2e_infra_reaper$/) and not test(=inner_run_in_a_new_pid_namespace)' "$@"
+  -E 'not test(=inner_run_in_a_new_pid_namespace)' "$@"

@@ -26,7 +26,6 @@ fn suite(catalog: &Path, consumer: &str, needs: &'static [&'static str]) -> &'st
         backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
         ready_timeout_secs: None,
         catalog: leak(catalog.display().to_string()),
-        module_path: "attach::suite",
     })))
 }
 

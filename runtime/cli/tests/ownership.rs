@@ -553,7 +553,6 @@ fn suite(project: &Project, consumer: &str) -> &'static Suite {
         backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
         ready_timeout_secs: None,
         catalog: leak(project.path().join("e2e-infra.toml").display().to_string()),
-        module_path: "ownership::suite",
     })))
 }
 

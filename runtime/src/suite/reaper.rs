@@ -1,53 +1,81 @@
 //! Teardown after the run, in a process of its own.
 //!
-//! The process that sets the stack up starts the test binary once more,
-//! selecting only the suite's hidden, ignored teardown test, in a process
-//! group of its own with its output in the run's state directory. That
-//! process waits for the run's launcher (cargo, cargo-nextest) to exit and
-//! then removes the stack. Neither a panicking test nor a test process
-//! killed with SIGKILL stops it; if it is killed itself, the next run or
-//! `e2e-infra clean` finds the leftovers by their labels.
+//! The process that sets the stack up starts its own executable (the test
+//! binary) once more, in a process group of its own with its output in the
+//! run's state directory, with the teardown's request in its environment.
+//! This crate's constructor, which runs before the test harness's `main`,
+//! recognises that process, tears down and exits: no test exists for it,
+//! and the suite's crate has no code for it. That process waits for the
+//! run's launcher (cargo, cargo-nextest) to exit and then removes the stack.
+//! Neither a panicking test nor a test process killed with SIGKILL stops
+//! it; if it is killed itself, the next run or `e2e-infra clean` finds the
+//! leftovers by their labels.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::background;
 use crate::error::error_chain;
 use crate::stack::StackError;
 use crate::record::RunKey;
 use crate::state::RunDir;
-use crate::backend::Backend;
-use super::{Suite, KEEP_ENV};
+use crate::backend::KubeTarget;
+use super::KEEP_ENV;
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
 
-/// The name of the hidden teardown test the attribute generates.
-pub const REAPER_TEST: &str = "__e2e_infra_reaper";
-/// Tells the teardown test which launcher to wait for.
-const REAPER_ENV: &str = "E2E_INFRA_REAPER_LAUNCHER";
+/// Holds the [`Request`] of a teardown process, as JSON.
+const REQUEST_ENV: &str = "E2E_INFRA_TEARDOWN";
+/// Arguments for the test harness of the teardown process. The constructor
+/// exits before the harness starts; were it ever not linked in, the harness
+/// only lists the tests named so (none) instead of running the run's tests
+/// once more.
+const HARNESS_ARGS: [&str; 3] = ["--list", "--exact", "e2e-infra teardown"];
 const POLL: Duration = Duration::from_millis(200);
 
-/// The libtest name of the teardown test: the module path without the crate.
-fn test_name(module_path: &str) -> String {
-    match module_path.split_once("::") {
-        Some((_, path)) => format!("{path}::{REAPER_TEST}"),
-        None => REAPER_TEST.to_owned(),
+/// What a teardown process removes, and after which process. The run id
+/// travels in [`RUN_ID_ENV`], as in every process of the run.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    consumer: String,
+    /// [`Launcher::label`] of the run's launcher.
+    launcher: String,
+    /// The cluster of a Kubernetes suite, from the suite rather than from a
+    /// record: a setup that failed half-way recorded no stack, but may have
+    /// loaded images and created a namespace.
+    kube: Option<KubeTarget>,
+}
+
+ctor::declarative::ctor! {
+    /// In the teardown process, tears down and ends the process before the
+    /// test harness starts; in every other process, returns at once.
+    #[ctor(unsafe)]
+    fn at_process_start() {
+        let Some(request) = std::env::var_os(REQUEST_ENV) else { return };
+        // Unwinding out of a constructor aborts: end with an exit code.
+        let code = match std::panic::catch_unwind(|| teardown(&request.to_string_lossy())) {
+            Ok(()) => 0,
+            Err(_) => 101,
+        };
+        std::process::exit(code);
     }
 }
 
 /// Starts the teardown process for this run and consumer.
-pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
+pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) {
     let Some(launcher) = plan.run().launcher() else {
         tracing::warn!("no launcher process known: the stack stays until `e2e-infra clean`");
         return;
     };
+    let request = Request { consumer: plan.consumer().as_str().to_owned(), launcher: launcher.label(), kube };
     let started = (|| -> std::io::Result<()> {
         let log = dir.open_reaper_log()?;
         Command::new(std::env::current_exe()?)
-            .args(["--exact", &test_name(suite.spec.module_path), "--ignored", "--nocapture"])
-            .args(["--test-threads", "1"])
+            .args(HARNESS_ARGS)
             .env(RUN_ID_ENV, plan.run().as_str())
-            .env(REAPER_ENV, launcher.label())
+            .env(REQUEST_ENV, serde_json::to_string(&request)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -63,12 +91,23 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) {
 }
 
 /// The teardown process's body.
-pub(super) fn run(suite: &Suite) {
-    let Some(launcher) = std::env::var(REAPER_ENV).ok().and_then(|l| Launcher::from_label(&l)) else {
-        println!("e2e-infra: this is the suite's teardown entry point; it runs by itself after a test run");
+fn teardown(request: &str) {
+    let request: Request = match serde_json::from_str(request) {
+        Ok(request) => request,
+        Err(error) => {
+            eprintln!("e2e-infra teardown: {REQUEST_ENV} is no teardown request: {error}");
+            return;
+        }
+    };
+    let Some(launcher) = Launcher::from_label(&request.launcher) else {
+        eprintln!("e2e-infra teardown: `{}` names no launcher to wait for", request.launcher);
         return;
     };
-    let consumer = suite.spec.consumer;
+    if let Err(error) = survive_broken_pipes() {
+        eprintln!("e2e-infra teardown: {}", error_chain(&error));
+        return;
+    }
+    let consumer = request.consumer.as_str();
     let Ok(run) = RunId::detect() else { return };
     let key = RunKey::new(run.as_str(), consumer);
     let Some(dir) = RunDir::existing(&key) else { return };
@@ -104,12 +143,7 @@ pub(super) fn run(suite: &Suite) {
         Ok(super::state::Found::Ready(record)) => Some(record.placement),
         _ => None,
     };
-    // From the suite, not the record: a setup that failed half-way recorded
-    // no stack, but may have loaded images and created a namespace.
-    let kube = match suite.backend() {
-        Ok(Backend::Kubernetes(target)) => Some(target),
-        _ => None,
-    };
+    let kube = request.kube;
     if keep {
         let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
         let _ = dir.mark_kept(&why);
@@ -141,13 +175,19 @@ pub(super) fn run(suite: &Suite) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::test_name;
+/// Rust's `main` ignores SIGPIPE, so that writing to a closed socket is an
+/// error rather than death; this process never reaches `main`. Listening
+/// for the signal replaces its default action for the rest of the process.
+fn survive_broken_pipes() -> Result<(), TeardownError> {
+    background::block_on(|| async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()).map(drop) })?
+        .map_err(TeardownError::Signal)
+}
 
-    #[test]
-    fn teardown_test_name_drops_the_crate() {
-        assert_eq!(test_name("notification::notification_e2e"), "notification_e2e::__e2e_infra_reaper");
-        assert_eq!(test_name("a::b::c"), "b::c::__e2e_infra_reaper");
-    }
+/// Why the teardown process could not begin.
+#[derive(Debug, thiserror::Error)]
+enum TeardownError {
+    #[error(transparent)]
+    Runtime(#[from] background::RuntimeError),
+    #[error("listening for SIGPIPE failed")]
+    Signal(#[source] std::io::Error),
 }
