@@ -9,6 +9,8 @@ use syn::spanned::Spanned;
 use syn::{FnArg, Ident, Item, ItemFn, Stmt, Type};
 
 use crate::ast::{self, Module};
+use e2e_infra_core::backend::Flavour;
+
 use crate::check::{Backend, Spec};
 
 /// The static every generated statement refers to.
@@ -63,26 +65,20 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
     let consumer = &spec.consumer;
     let needs = &spec.needs;
     let text = |value: &Option<String>| option(value.as_ref().map(|v| quote!(#v)));
-    let backend = match &spec.backend {
-        Backend::Docker => quote!(#private::Declared {
-            kubernetes: false,
-            context: ::core::option::Option::None,
-            cluster: ::core::option::Option::None,
-            containerd: ::core::option::Option::None,
-            registry: ::core::option::Option::None,
-        }),
-        Backend::Kubernetes { context, cluster, containerd, registry } => {
-            let (context, cluster, containerd, registry) =
-                (text(context), text(cluster), text(containerd), text(registry));
-            quote!(#private::Declared {
-                kubernetes: true,
-                context: #context,
-                cluster: #cluster,
-                containerd: #containerd,
-                registry: #registry,
-            })
-        }
+    let Backend { flavour, context, cluster, containerd, registry } = &spec.backend;
+    let flavour = match flavour {
+        Flavour::Docker => quote!(Docker),
+        Flavour::Kind => quote!(Kind),
+        Flavour::Kubernetes => quote!(Kubernetes),
     };
+    let (context, cluster, containerd, registry) = (text(context), text(cluster), text(containerd), text(registry));
+    let backend = quote!(#private::Declared {
+        flavour: #private::Flavour::#flavour,
+        context: #context,
+        cluster: #cluster,
+        containerd: #containerd,
+        registry: #registry,
+    });
     let timeout = option(spec.ready_timeout_secs.map(|s| quote!(#s)));
     let catalog = spec.catalog.display().to_string();
     let env = e2e_infra_core::CATALOG_ENV;
@@ -214,7 +210,7 @@ mod tests {
                     }
                 }
             ),
-            Backend::Docker,
+            Backend::default(),
         );
         for (name, binding) in [
             ("stores", "let infra : & 'static Infra"),
@@ -249,7 +245,7 @@ mod tests {
                     }
                 }
             ),
-            Backend::Docker,
+            Backend::default(),
         );
         assert_eq!(statements(function(&out, "plain")).len(), 2);
         let helper = function(&out, "helper");
@@ -263,11 +259,11 @@ mod tests {
             syn::parse_quote!(
                 mod suite {}
             ),
-            Backend::Kubernetes {
-                context: None,
+            Backend {
+                flavour: Flavour::Kubernetes,
                 cluster: Some("e2e".into()),
-                containerd: None,
                 registry: Some("127.0.0.1:5000".into()),
+                ..Backend::default()
             },
         );
         let text = out.to_token_stream().to_string();
@@ -275,7 +271,7 @@ mod tests {
             "static __E2E_INFRA_SUITE : :: e2e_infra :: __private :: Suite",
             "consumer : \"notification\"",
             "needs : & [\"datastorage\"]",
-            "Declared { kubernetes : true , context : :: core :: option :: Option :: None , cluster : :: core :: option :: Option :: Some (\"e2e\") , containerd : :: core :: option :: Option :: None , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") , }",
+            "Declared { flavour : :: e2e_infra :: __private :: Flavour :: Kubernetes , context : :: core :: option :: Option :: None , cluster : :: core :: option :: Option :: Some (\"e2e\") , containerd : :: core :: option :: Option :: None , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") , }",
             "ready_timeout_secs : :: core :: option :: Option :: Some (90u64)",
             ":: core :: include_bytes ! (\"/catalogs/e2e-infra.toml\")",
             ":: core :: option_env ! (\"E2E_INFRA_CONFIG\")",

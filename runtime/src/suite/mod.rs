@@ -48,7 +48,7 @@ pub struct SuiteSpec {
     /// The components the suite needs.
     pub needs: &'static [&'static str],
     /// Where it runs, unless the environment says otherwise.
-    pub backend: Declared,
+    pub backend: Declared<'static>,
     /// Overrides every readiness timeout.
     pub ready_timeout_secs: Option<u64>,
     /// The catalog the attribute was checked against.
