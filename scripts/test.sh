@@ -25,6 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
+# Formatting first: it takes a second and needs no engine.
+cargo fmt --all -- --check
 bash scripts/engine.sh --all
 # The example's images start FROM a Debian base image and hold static binaries.
 bash scripts/example.sh
@@ -61,10 +63,9 @@ if ! answers "${docker29#unix://}" || ! answers "${docker29_classic#unix://}"; t
   have_docker29=false
 fi
 
-# With --run-ignored all, the suites' teardown entry points and the inside of
-# the unshare tests stay out: they run only when a run or the test that
-# drives them starts them, never as tests of their own.
-always='not test(/__e2e_infra_reaper$/) and not test(=inner_run_in_a_new_pid_namespace)'
+# With --run-ignored all, the inside of the unshare tests stays out: it runs
+# only when the test that drives it starts it, never as a test of its own.
+always='not test(=inner_run_in_a_new_pid_namespace)'
 # The tests that talk to no engine: unit tests, and the suites that read
 # files, run the compiler, or run the CLI where it asks no engine.
 no_engine='kind(lib) or kind(bin) or kind(proc-macro)

@@ -4,18 +4,15 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use e2e_infra_core::backend::{self as rules, BackendError, Declared, Flavour};
 use e2e_infra_core::suggest::Unknown;
-use e2e_infra_core::{Catalog, Consumer, Echo, Registry};
+use e2e_infra_core::{Catalog, Consumer, Echo};
 use proc_macro2::Span;
 use syn::{FnArg, Item, LitStr};
 
 use crate::ast::{self, Module};
 use crate::attr::{Args, Given, Key};
 use crate::diag::{self, Errors};
-
-const BACKENDS: [&str; 3] = ["docker", "kind", "kubernetes"];
-
-const DEFAULT_CLUSTER: &str = "kind";
 
 /// A checked attribute: everything the expansion writes down.
 pub(crate) struct Spec {
@@ -27,16 +24,27 @@ pub(crate) struct Spec {
     pub(crate) catalog: PathBuf,
 }
 
-/// Where the suite's stack runs.
-pub(crate) enum Backend {
-    Docker,
-    /// `kind` is the short form: its cluster defaults to `kind`.
-    Kubernetes {
-        context: Option<String>,
-        cluster: Option<String>,
-        containerd: Option<String>,
-        registry: Option<String>,
-    },
+/// Where the suite's stack runs, as the attribute declares it.
+#[derive(Default)]
+pub(crate) struct Backend {
+    pub(crate) flavour: Flavour,
+    pub(crate) context: Option<String>,
+    pub(crate) cluster: Option<String>,
+    pub(crate) containerd: Option<String>,
+    pub(crate) registry: Option<String>,
+}
+
+impl Backend {
+    /// What the runtime receives.
+    fn declared(&self) -> Declared<'_> {
+        Declared {
+            flavour: self.flavour,
+            context: self.context.as_deref(),
+            cluster: self.cluster.as_deref(),
+            containerd: self.containerd.as_deref(),
+            registry: self.registry.as_deref(),
+        }
+    }
 }
 
 /// What the compiler's environment says about where the catalog is.
@@ -227,27 +235,22 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
 }
 
 fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
-    let (kubernetes, kind) = match &args.backend {
-        None => (false, false),
-        Some(Given { value, .. }) => match value.value().as_str() {
-            "docker" => (false, false),
-            "kind" => (true, true),
-            "kubernetes" => (true, false),
-            other => {
-                errors.at(
-                    value.span(),
-                    Unknown::new("backend", other, BACKENDS),
-                );
+    let flavour = match &args.backend {
+        None => Flavour::Docker,
+        Some(Given { value, .. }) => match Flavour::parse(&value.value()) {
+            Some(flavour) => flavour,
+            None => {
+                errors.at(value.span(), Unknown::new("backend", &value.value(), Flavour::NAMES));
                 return None;
             }
         },
     };
     let cluster_keys = [&args.cluster, &args.context, &args.containerd, &args.registry];
-    if !kubernetes {
+    if flavour == Flavour::Docker {
         for given in cluster_keys.into_iter().flatten() {
             cluster_only(args, given, errors);
         }
-        return (!cluster_keys.iter().any(|k| k.is_some())).then_some(Backend::Docker);
+        return (!cluster_keys.iter().any(|k| k.is_some())).then_some(Backend::default());
     }
     let mut ok = true;
     let mut text = |given: &Option<Given<LitStr>>, what: &str| match given {
@@ -262,53 +265,58 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
         Some(Given { value, .. }) => Some(value.value()),
         None => None,
     };
-    let cluster = text(&args.cluster, "the Kind cluster's name");
-    let context = text(&args.context, "a context of the kubeconfig");
-    let containerd = text(&args.containerd, "the node's containerd socket");
-    let registry = text(&args.registry, "the registry as `host[:port]`");
-    let cluster = cluster.or_else(|| kind.then(|| DEFAULT_CLUSTER.to_owned()));
-    if let (Some(given), Some(path)) = (&args.containerd, &containerd) {
-        if kind {
-            errors.at(
-                given.key.span(),
-                "`containerd` does not apply to `backend = \"kind\"`: Kind's nodes are reached through the engine; use `backend = \"kubernetes\"` for a cluster whose node's containerd listens on a socket of this machine",
-            );
-            ok = false;
-        } else if !path.starts_with('/') {
-            errors.at(
-                given.value.span(),
-                format!("`containerd` takes an absolute socket path, e.g. `{}`; got {path:?}", Key::Containerd.example()),
-            );
-            ok = false;
+    let backend = Backend {
+        flavour,
+        cluster: text(&args.cluster, "the Kind cluster's name"),
+        context: text(&args.context, "a context of the kubeconfig"),
+        containerd: text(&args.containerd, "the node's containerd socket"),
+        registry: text(&args.registry, "the registry as `host[:port]`"),
+    };
+    if !ok {
+        return None;
+    }
+    // The runtime's rules, without the environment it adds at run time.
+    match rules::resolve_all(&backend.declared(), |_| None) {
+        Ok(_) => Some(backend),
+        Err(broken) => {
+            for error in &broken {
+                broken_rule(args, error, errors);
+            }
+            None
         }
     }
-    if let (Some(given), Some(host)) = (&args.registry, &registry) {
-        if let Err(invalid) = Registry::new(host) {
-            errors.at(given.value.span(), invalid);
-            ok = false;
-        }
-        if let Some(socket) = &args.containerd {
-            errors.at(
-                socket.key.span(),
-                "images go either into the node's containerd or to a registry, not both; remove `containerd` or `registry`",
-            );
-            ok = false;
-        }
-    }
-    if ok && cluster.is_none() && containerd.is_none() && registry.is_none() {
-        let span = args.backend.as_ref().map_or_else(Span::call_site, |b| b.value.span());
-        errors.at(
-            span,
+}
+
+/// A backend rule the attribute breaks, at the key that breaks it, in the
+/// attribute's words.
+fn broken_rule(args: &Args, error: &BackendError, errors: &mut Errors) {
+    let key_span = |given: &Option<Given<LitStr>>| given.as_ref().map_or_else(Span::call_site, |g| g.key.span());
+    let value_span = |given: &Option<Given<LitStr>>| given.as_ref().map_or_else(Span::call_site, |g| g.value.span());
+    match error {
+        BackendError::KindWithContainerd(_) => errors.at(
+            key_span(&args.containerd),
+            "`containerd` does not apply to `backend = \"kind\"`: Kind's nodes are reached through the engine; use `backend = \"kubernetes\"` for a cluster whose node's containerd listens on a socket of this machine",
+        ),
+        BackendError::RelativeSocket(path) => errors.at(
+            value_span(&args.containerd),
+            format!("`containerd` takes an absolute socket path, e.g. `{}`; got {path:?}", Key::Containerd.example()),
+        ),
+        BackendError::InvalidRegistry(_, invalid) => errors.at(value_span(&args.registry), invalid),
+        BackendError::TwoDeliveries { .. } => errors.at(
+            key_span(&args.containerd),
+            "images go either into the node's containerd or to a registry, not both; remove `containerd` or `registry`",
+        ),
+        BackendError::NoDelivery => errors.at(
+            args.backend.as_ref().map_or_else(Span::call_site, |b| b.value.span()),
             format!(
                 "`backend = \"kubernetes\"` needs to know how images reach the cluster: add `{}` (a node's containerd on this machine), `{}` (a Kind cluster's nodes) or `{}` (a registry the cluster pulls from)",
                 Key::Containerd.example(),
                 Key::Cluster.example(),
                 Key::Registry.example()
             ),
-        );
-        ok = false;
+        ),
+        other => errors.at(Span::call_site(), other),
     }
-    ok.then_some(Backend::Kubernetes { context, cluster, containerd, registry })
 }
 
 fn example_of(key: &syn::Ident) -> &'static str {
@@ -352,5 +360,85 @@ fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use std::collections::HashMap;
+
+    use e2e_infra_core::backend::{
+        BACKEND_ENV, CONTAINERD_SOCKET_ENV, KIND_CLUSTER_ENV, KUBE_CONTEXT_ENV, REGISTRY_ENV,
+    };
+
+    use super::*;
+    use crate::attr;
+
+    /// The attribute's verdict on a backend written as its keys: the
+    /// cluster the runtime would use, or refused.
+    fn from_attribute(keys: &[(&str, &str)]) -> Result<Option<rules::KubeTarget>, ()> {
+        let written: Vec<String> = keys.iter().map(|(key, value)| format!("{key} = {value:?}")).collect();
+        let tokens = format!("consumer = \"c\", needs = [\"a\"], {}", written.join(", "));
+        let mut errors = Errors::default();
+        let args = attr::parse(tokens.parse().unwrap(), &mut errors).unwrap();
+        let backend = backend(&args, &mut errors);
+        match (errors.finish(()), backend) {
+            // What the expansion hands the runtime, in an empty environment.
+            (Ok(()), Some(backend)) => Ok(rules::resolve(&backend.declared(), |_| None).unwrap()),
+            _ => Err(()),
+        }
+    }
+
+    /// The runtime's verdict on the same values given as its variables,
+    /// for a suite that declares nothing.
+    fn from_environment(keys: &[(&str, &str)]) -> Result<Option<rules::KubeTarget>, ()> {
+        let variable = |key: &str| match key {
+            "backend" => BACKEND_ENV,
+            "cluster" => KIND_CLUSTER_ENV,
+            "context" => KUBE_CONTEXT_ENV,
+            "containerd" => CONTAINERD_SOCKET_ENV,
+            _ => REGISTRY_ENV,
+        };
+        let vars: HashMap<&str, String> = keys.iter().map(|(key, value)| (variable(key), (*value).to_owned())).collect();
+        rules::resolve(&Declared::default(), |name| vars.get(name).cloned()).map_err(drop)
+    }
+
+    #[test]
+    fn the_attribute_and_the_environment_agree_on_every_combination() {
+        let mut combinations = 0;
+        for backend in [None, Some("docker"), Some("kind"), Some("kubernetes")] {
+            for cluster in [None, Some("e2e")] {
+                for context in [None, Some("local")] {
+                    for containerd in [None, Some("/run/containerd/containerd.sock"), Some("run/containerd.sock")] {
+                        for registry in [None, Some("127.0.0.1:5000"), Some("http://127.0.0.1:5000")] {
+                            let keys: Vec<(&str, &str)> = [
+                                ("backend", backend),
+                                ("cluster", cluster),
+                                ("context", context),
+                                ("containerd", containerd),
+                                ("registry", registry),
+                            ]
+                            .into_iter()
+                            .filter_map(|(key, value)| Some((key, value?)))
+                            .collect();
+                            let attribute = from_attribute(&keys);
+                            let environment = from_environment(&keys);
+                            let on_docker = matches!(backend, None | Some("docker"));
+                            if on_docker && keys.iter().any(|(key, _)| *key != "backend") {
+                                // A key that does nothing is a mistake in the
+                                // attribute; a variable left set is ignored.
+                                assert_eq!(attribute, Err(()), "{keys:?}");
+                                assert_eq!(environment, Ok(None), "{keys:?}");
+                            } else {
+                                assert_eq!(attribute, environment, "{keys:?}");
+                            }
+                            combinations += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(combinations, 4 * 2 * 2 * 3 * 3);
     }
 }

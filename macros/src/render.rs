@@ -1,5 +1,5 @@
-//! The expansion: the suite's static, the handle accessor, the teardown
-//! entry and the rewritten tests. Besides the handle's type as the user
+//! The expansion: the suite's static, the handle accessor and the
+//! rewritten tests. Besides the handle's type as the user
 //! wrote it, generated code names only `<crate>::__private` and `::core`,
 //! so a user's imports cannot shadow it.
 
@@ -9,6 +9,8 @@ use syn::spanned::Spanned;
 use syn::{FnArg, Ident, Item, ItemFn, Stmt, Type};
 
 use crate::ast::{self, Module};
+use e2e_infra_core::backend::Flavour;
+
 use crate::check::{Backend, Spec};
 
 /// The static every generated statement refers to.
@@ -63,26 +65,20 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
     let consumer = &spec.consumer;
     let needs = &spec.needs;
     let text = |value: &Option<String>| option(value.as_ref().map(|v| quote!(#v)));
-    let backend = match &spec.backend {
-        Backend::Docker => quote!(#private::Declared {
-            kubernetes: false,
-            context: ::core::option::Option::None,
-            cluster: ::core::option::Option::None,
-            containerd: ::core::option::Option::None,
-            registry: ::core::option::Option::None,
-        }),
-        Backend::Kubernetes { context, cluster, containerd, registry } => {
-            let (context, cluster, containerd, registry) =
-                (text(context), text(cluster), text(containerd), text(registry));
-            quote!(#private::Declared {
-                kubernetes: true,
-                context: #context,
-                cluster: #cluster,
-                containerd: #containerd,
-                registry: #registry,
-            })
-        }
+    let Backend { flavour, context, cluster, containerd, registry } = &spec.backend;
+    let flavour = match flavour {
+        Flavour::Docker => quote!(Docker),
+        Flavour::Kind => quote!(Kind),
+        Flavour::Kubernetes => quote!(Kubernetes),
     };
+    let (context, cluster, containerd, registry) = (text(context), text(cluster), text(containerd), text(registry));
+    let backend = quote!(#private::Declared {
+        flavour: #private::Flavour::#flavour,
+        context: #context,
+        cluster: #cluster,
+        containerd: #containerd,
+        registry: #registry,
+    });
     let timeout = option(spec.ready_timeout_secs.map(|s| quote!(#s)));
     let catalog = spec.catalog.display().to_string();
     let env = e2e_infra_core::CATALOG_ENV;
@@ -94,7 +90,6 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
             backend: #backend,
             ready_timeout_secs: #timeout,
             catalog: #catalog,
-            module_path: ::core::module_path!(),
         });
 
         // Editing the catalog, or pointing the variable elsewhere, recompiles the suite.
@@ -105,12 +100,6 @@ fn generated(spec: &Spec, krate: &syn::Path) -> TokenStream {
         #[allow(dead_code)]
         pub fn infra() -> &'static #private::Infra {
             #suite.infra()
-        }
-
-        #[::core::prelude::v1::test]
-        #[ignore = "e2e-infra teardown: started by the suite itself after the run, not by hand"]
-        fn __e2e_infra_reaper() {
-            #suite.reap()
         }
     }
 }
@@ -221,7 +210,7 @@ mod tests {
                     }
                 }
             ),
-            Backend::Docker,
+            Backend::default(),
         );
         for (name, binding) in [
             ("stores", "let infra : & 'static Infra"),
@@ -256,7 +245,7 @@ mod tests {
                     }
                 }
             ),
-            Backend::Docker,
+            Backend::default(),
         );
         assert_eq!(statements(function(&out, "plain")).len(), 2);
         let helper = function(&out, "helper");
@@ -270,11 +259,11 @@ mod tests {
             syn::parse_quote!(
                 mod suite {}
             ),
-            Backend::Kubernetes {
-                context: None,
+            Backend {
+                flavour: Flavour::Kubernetes,
                 cluster: Some("e2e".into()),
-                containerd: None,
                 registry: Some("127.0.0.1:5000".into()),
+                ..Backend::default()
             },
         );
         let text = out.to_token_stream().to_string();
@@ -282,9 +271,8 @@ mod tests {
             "static __E2E_INFRA_SUITE : :: e2e_infra :: __private :: Suite",
             "consumer : \"notification\"",
             "needs : & [\"datastorage\"]",
-            "Declared { kubernetes : true , context : :: core :: option :: Option :: None , cluster : :: core :: option :: Option :: Some (\"e2e\") , containerd : :: core :: option :: Option :: None , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") , }",
+            "Declared { flavour : :: e2e_infra :: __private :: Flavour :: Kubernetes , context : :: core :: option :: Option :: None , cluster : :: core :: option :: Option :: Some (\"e2e\") , containerd : :: core :: option :: Option :: None , registry : :: core :: option :: Option :: Some (\"127.0.0.1:5000\") , }",
             "ready_timeout_secs : :: core :: option :: Option :: Some (90u64)",
-            "module_path : :: core :: module_path ! ()",
             ":: core :: include_bytes ! (\"/catalogs/e2e-infra.toml\")",
             ":: core :: option_env ! (\"E2E_INFRA_CONFIG\")",
         ] {
@@ -294,9 +282,11 @@ mod tests {
             statements(function(&out, "infra")),
             ["__E2E_INFRA_SUITE . infra ()"]
         );
-        let reaper = function(&out, "__e2e_infra_reaper");
-        assert!(reaper.attrs.iter().any(|a| a.path().is_ident("ignore")));
-        assert!(reaper.attrs.iter().any(ast::is_test_attr));
+        let items = &out.content.as_ref().unwrap().1;
+        assert!(
+            !items.iter().any(|item| matches!(item, Item::Fn(f) if f.attrs.iter().any(ast::is_test_attr))),
+            "the suite adds no test of its own: {text}"
+        );
     }
 
     #[test]

@@ -49,6 +49,6 @@ pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError,
 pub mod __private {
     //! What the attribute's expansion names; not a public API.
     pub use crate::handle::Infra;
-    pub use crate::backend::Declared;
+    pub use crate::backend::{Declared, Flavour};
     pub use crate::suite::{Suite, SuiteSpec, TestGuard};
 }

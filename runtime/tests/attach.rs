@@ -23,10 +23,9 @@ fn suite(catalog: &Path, consumer: &str, needs: &'static [&'static str]) -> &'st
     Box::leak(Box::new(Suite::new(SuiteSpec {
         consumer: leak(consumer.to_owned()),
         needs,
-        backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
+        backend: Declared::default(),
         ready_timeout_secs: None,
         catalog: leak(catalog.display().to_string()),
-        module_path: "attach::suite",
     })))
 }
 

@@ -49,14 +49,102 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     (first != "lib.rs").then(|| first.trim_end_matches(".rs").to_owned())
 }
 
+/// How deep in the crate a file's module is: `stack/mod.rs` and
+/// `stack.rs` 1, `deploy/kube/wait.rs` 3.
+fn depth_of(src: &Path, file: &Path) -> usize {
+    let relative = file.strip_prefix(src).expect("a file under src");
+    relative.components().count() - usize::from(relative.ends_with("mod.rs"))
+}
+
 /// The code of a file without its comments, line by line.
 fn code(text: &str) -> String {
     text.lines().map(|line| line.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
 }
 
-/// The first segment of every path that starts at the crate root:
-/// `crate::a::b` gives `a`, `crate::{a::b, c}` gives `a` and `c`.
-fn crate_paths(code: &str) -> Vec<String> {
+/// The code with every `super::` chain that climbs to the crate root
+/// written as `crate::`, so that a top-level module cannot name a sibling
+/// through `super::`. `depth` is the file's module depth; inline modules
+/// (`mod tests { ... }`) add theirs.
+fn supers_as_crate(code: &str, depth: usize) -> String {
+    let mut out = String::with_capacity(code.len());
+    // Brace depths at which inline modules opened.
+    let mut inline: Vec<isize> = Vec::new();
+    let mut braces: isize = 0;
+    let mut in_string = false;
+    let mut rest = code;
+    while let Some(c) = rest.chars().next() {
+        // Braces inside strings and char literals are not the code's.
+        let literal = if in_string {
+            match c {
+                '\\' => rest.chars().take(2).map(char::len_utf8).sum(),
+                '"' => {
+                    in_string = false;
+                    1
+                }
+                _ => c.len_utf8(),
+            }
+        } else if c == '"' {
+            in_string = true;
+            1
+        } else if rest.starts_with("'{'") || rest.starts_with("'}'") || rest.starts_with("'\"'") {
+            3
+        } else {
+            0
+        };
+        if literal > 0 {
+            out.push_str(&rest[..literal]);
+            rest = &rest[literal..];
+            continue;
+        }
+        let at_word = !out.chars().next_back().is_some_and(|p| p.is_alphanumeric() || p == '_');
+        if at_word && rest.starts_with("super::") {
+            let mut chain = 0;
+            let mut after = rest;
+            while let Some(next) = after.strip_prefix("super::") {
+                chain += 1;
+                after = next.trim_start();
+            }
+            if chain >= depth + inline.len() {
+                out.push_str("crate::");
+            } else {
+                out.push_str(&rest[..rest.len() - after.len()]);
+            }
+            rest = after;
+            continue;
+        }
+        if at_word && rest.starts_with("mod ") {
+            let header: String = rest.chars().take_while(|&c| c != ';' && c != '{').collect();
+            if rest[header.len()..].starts_with('{') {
+                inline.push(braces);
+            }
+        }
+        match c {
+            '{' => braces += 1,
+            '}' => {
+                braces -= 1;
+                if inline.last() == Some(&braces) {
+                    inline.pop();
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// What follows `crate::` in a path: its first two segments (`handle`,
+/// `Infra`), or a glob.
+#[derive(Debug, PartialEq)]
+enum RootPath {
+    Named(String, String),
+    Glob,
+}
+
+/// Every path that starts at the crate root: `crate::a::b` gives `a::b`,
+/// `crate::{a::b, c}` gives `a::b` and `c`.
+fn crate_paths(code: &str) -> Vec<RootPath> {
     let mut found = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
@@ -85,7 +173,7 @@ fn crate_paths(code: &str) -> Vec<String> {
                     '{' => depth += 1,
                     '}' => depth -= 1,
                     ',' if depth == 0 => {
-                        found.push(first_segment(&item));
+                        found.extend(root_path(&item));
                         item.clear();
                         continue;
                     }
@@ -94,44 +182,96 @@ fn crate_paths(code: &str) -> Vec<String> {
                 item.push(c);
             }
         } else {
-            found.push(first_segment(rest));
+            found.extend(root_path(rest));
         }
     }
-    found.retain(|s| !s.is_empty());
     found
+}
+
+fn root_path(path: &str) -> Option<RootPath> {
+    let path = path.trim_start();
+    if path.starts_with('*') {
+        return Some(RootPath::Glob);
+    }
+    let first = first_segment(path);
+    let second = path[first.len()..].trim_start().strip_prefix("::").map(first_segment).unwrap_or_default();
+    (!first.is_empty()).then_some(RootPath::Named(first, second))
 }
 
 fn first_segment(path: &str) -> String {
     path.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
 }
 
-/// What `lib.rs` re-exports at the crate root, by name: the module it comes
-/// from (`None` for items of other crates).
-fn root_reexports(lib: &str) -> BTreeMap<String, Option<String>> {
-    let mut names = BTreeMap::new();
-    for line in code(lib).lines() {
-        let Some(path) = line.trim().strip_prefix("pub use ").and_then(|p| p.strip_suffix(';')) else { continue };
-        let (module, items) = match path.split_once("::{") {
-            Some((module, items)) => (module, items.trim_end_matches('}').split(',').collect::<Vec<_>>()),
-            None => match path.rsplit_once("::") {
-                Some((module, item)) => (module, vec![item]),
-                None => continue,
+/// Whether the code gives the crate root another name (`use crate as x`),
+/// under which its modules could be named unseen.
+fn aliases_the_root(code: &str) -> bool {
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|pair| pair == ["crate", "as"])
+}
+
+/// What `lib.rs` re-exports, by name: the module it comes from (`None` for
+/// items of other crates); at the crate root, and in `__private`.
+#[derive(Debug, Default)]
+struct Reexports {
+    root: BTreeMap<String, Option<String>>,
+    private: BTreeMap<String, Option<String>>,
+}
+
+impl Reexports {
+    fn of(lib: &str) -> Self {
+        let mut found = Self::default();
+        let mut in_private = false;
+        for line in code(lib).lines() {
+            let line = line.trim();
+            if line.starts_with("pub mod __private") {
+                in_private = true;
+            } else if in_private && line == "}" {
+                in_private = false;
+            }
+            let Some(path) = line.strip_prefix("pub use ").and_then(|p| p.strip_suffix(';')) else { continue };
+            let path = path.trim_start_matches("crate::");
+            let (module, items) = match path.split_once("::{") {
+                Some((module, items)) => (module, items.trim_end_matches('}').split(',').collect::<Vec<_>>()),
+                None => match path.rsplit_once("::") {
+                    Some((module, item)) => (module, vec![item]),
+                    None => continue,
+                },
+            };
+            let own = first_segment(module);
+            let own = (layer_of(&own).is_some()).then_some(own);
+            let names = if in_private { &mut found.private } else { &mut found.root };
+            for item in items {
+                names.insert(item.trim().to_owned(), own.clone());
+            }
+        }
+        found
+    }
+
+    /// The module `crate::<first>::<second>` is in: `Ok(None)` for another
+    /// crate's item.
+    fn module_of(&self, path: &RootPath) -> Result<Option<String>, String> {
+        match path {
+            RootPath::Glob => Err("`crate::*` brings every module in unnamed; name each path".to_owned()),
+            RootPath::Named(first, second) if first == "__private" => match self.private.get(second) {
+                Some(module) => Ok(module.clone()),
+                None => Err(format!("`crate::__private::{second}` is not a re-export of `__private`")),
             },
-        };
-        let own = first_segment(module);
-        let own = (layer_of(&own).is_some()).then_some(own);
-        for item in items {
-            names.insert(item.trim().to_owned(), own.clone());
+            RootPath::Named(first, _) => match self.root.get(first) {
+                Some(module) => Ok(module.clone()),
+                None => Ok(Some(first.clone())),
+            },
         }
     }
-    names
 }
 
 #[test]
 fn every_module_names_only_modules_of_lower_layers() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("read lib.rs");
-    let reexports = root_reexports(&lib);
+    let reexports = Reexports::of(&lib);
     let mut files = Vec::new();
     sources(&src, &mut files);
     files.sort();
@@ -141,30 +281,38 @@ fn every_module_names_only_modules_of_lower_layers() {
     for file in &files {
         let Some(module) = module_of(&src, file) else { continue };
         modules.insert(module.clone());
+        let shown = file.strip_prefix(&src).unwrap_or(file).display();
         let Some(own) = layer_of(&module) else {
             broken.push(format!("module `{module}` has no layer: add it to LAYERS in {}", file!()));
             continue;
         };
-        let text = std::fs::read_to_string(file).expect("read a source file");
-        for name in crate_paths(&code(&text)) {
-            let target = match reexports.get(&name) {
-                Some(None) => continue,
-                Some(Some(from)) => from.clone(),
-                None => name.clone(),
+        let text = supers_as_crate(&code(&std::fs::read_to_string(file).expect("read a source file")), depth_of(&src, file));
+        if aliases_the_root(&text) {
+            broken.push(format!("{shown}: `crate as ...` names the crate root anew, and every module with it; write `crate::` paths"));
+        }
+        for path in crate_paths(&text) {
+            let target = match reexports.module_of(&path) {
+                Ok(None) => continue,
+                Ok(Some(target)) => target,
+                Err(why) => {
+                    broken.push(format!("{shown}: {why}"));
+                    continue;
+                }
             };
-            if target == module || name == "__private" {
+            if target == module {
                 continue;
             }
+            let name = match &path {
+                RootPath::Named(first, second) if first == "__private" => format!("{first}::{second}"),
+                RootPath::Named(first, _) => first.clone(),
+                RootPath::Glob => continue,
+            };
             match layer_of(&target) {
                 Some(layer) if layer < own => {}
                 Some(layer) => broken.push(format!(
-                    "{}: module `{module}` (layer {own}) names `crate::{name}` of module `{target}` (layer {layer}); a module may name only modules of lower layers",
-                    file.strip_prefix(&src).unwrap_or(file).display()
+                    "{shown}: module `{module}` (layer {own}) names `crate::{name}` of module `{target}` (layer {layer}); a module may name only modules of lower layers"
                 )),
-                None => broken.push(format!(
-                    "{}: `crate::{name}` is neither a module with a layer nor a re-export of lib.rs",
-                    file.strip_prefix(&src).unwrap_or(file).display()
-                )),
+                None => broken.push(format!("{shown}: `crate::{name}` is neither a module with a layer nor a re-export of lib.rs")),
             }
         }
     }
@@ -175,11 +323,37 @@ fn every_module_names_only_modules_of_lower_layers() {
 
 #[test]
 fn the_reader_finds_grouped_nested_and_plain_paths() {
+    let named = |a: &str, b: &str| RootPath::Named(a.to_owned(), b.to_owned());
     let code = "use crate::{plan::{Plan, Tag}, labels};\nlet x = crate::engine::connect();\nuse my_crate::stack;";
-    assert_eq!(crate_paths(code), ["plan", "labels", "engine"]);
-    let lib = "pub use plan::{Plan, Tag};\npub use e2e_infra_core::catalog;\npub use handle::Infra;";
-    let reexports = root_reexports(lib);
-    assert_eq!(reexports.get("Tag"), Some(&Some("plan".to_owned())));
-    assert_eq!(reexports.get("catalog"), Some(&None));
-    assert_eq!(reexports.get("Infra"), Some(&Some("handle".to_owned())));
+    assert_eq!(crate_paths(code), [named("plan", ""), named("labels", ""), named("engine", "connect")]);
+    assert_eq!(crate_paths("use crate::*;\nuse crate::{plan, *};"), [RootPath::Glob, named("plan", ""), RootPath::Glob]);
+    assert!(aliases_the_root("use crate as root;"));
+    assert!(!aliases_the_root("pub(crate) fn f() {}\nuse crate::plan as p;"));
+}
+
+#[test]
+fn the_reader_follows_re_exports_to_their_module() {
+    let lib = "pub use plan::{Plan, Tag};\npub use e2e_infra_core::catalog;\npub use handle::Infra;\n\
+               pub mod __private {\n    pub use crate::handle::Infra;\n    pub use crate::suite::Suite;\n}";
+    let reexports = Reexports::of(lib);
+    let named = |a: &str, b: &str| RootPath::Named(a.to_owned(), b.to_owned());
+    assert_eq!(reexports.module_of(&named("Tag", "")), Ok(Some("plan".to_owned())));
+    assert_eq!(reexports.module_of(&named("catalog", "")), Ok(None));
+    assert_eq!(reexports.module_of(&named("Infra", "")), Ok(Some("handle".to_owned())));
+    assert_eq!(reexports.module_of(&named("__private", "Infra")), Ok(Some("handle".to_owned())));
+    assert_eq!(reexports.module_of(&named("__private", "Suite")), Ok(Some("suite".to_owned())));
+    assert!(reexports.module_of(&RootPath::Glob).is_err());
+}
+
+#[test]
+fn super_paths_that_climb_to_the_root_count_as_crate_paths() {
+    // A top-level module's file: one `super::` is the root.
+    assert_eq!(supers_as_crate("use super::handle::Infra;", 1), "use crate::handle::Infra;");
+    // In a test module of that file, two.
+    let tests = "mod tests {\n    use super::*;\n    use super::super::stack;\n}\nuse super::plan;";
+    assert_eq!(supers_as_crate(tests, 1), "mod tests {\n    use super::*;\n    use crate::stack;\n}\nuse crate::plan;");
+    // Inside the module's own files, `super::` stays within it.
+    assert_eq!(supers_as_crate("use super::super::ready;", 3), "use super::super::ready;");
+    assert_eq!(supers_as_crate("use super::super::ready;", 2), "use crate::ready;");
+    assert_eq!(crate_paths(&supers_as_crate("use super::*;", 1)), [RootPath::Glob]);
 }

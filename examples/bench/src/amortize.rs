@@ -16,7 +16,6 @@ use bollard::query_parameters::{EventsOptions, ListImagesOptions, RemoveImageOpt
 use bollard::Docker;
 use e2e_infra::deploy::docker::remove_labelled;
 use e2e_infra::labels::{BUILT_BY_CONSUMER, CONSUMER};
-use e2e_infra::suite::REAPER_TEST;
 use e2e_infra_tests::kind_node::on_fresh_runtime;
 use futures::StreamExt;
 
@@ -146,10 +145,10 @@ pub(crate) async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: 
     if !output.status.success() {
         return Err(format!("the {suite} suite failed:\n{text}").into());
     }
-    // `PASS [   0.512s] (3/17) crate::suite module::t03`, the reaper aside.
+    // `PASS [   0.512s] (3/17) crate::suite module::t03`.
     let per_test: Vec<Duration> = text
         .lines()
-        .filter(|l| l.trim_start().starts_with("PASS [") && !l.contains(REAPER_TEST))
+        .filter(|l| l.trim_start().starts_with("PASS ["))
         .filter_map(|l| l.split_once('[')?.1.split_once("s]")?.0.trim().parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .collect();
@@ -242,9 +241,8 @@ pub async fn amortization(docker: &Docker, tests: usize) -> Res<Section> {
     ]);
     section.row(vec!["per-test process, slowest (e2e-infra: the one that set up)".to_owned(), secs(slowest(&a)), secs(slowest(&b)), ratio(slowest(&b), slowest(&a))]);
     section.note(&format!(
-        "tests counted from nextest's PASS lines: {} e2e-infra, {} naive (e2e-infra's run also has its reaper \
-         test, which removes the stack when the run ends; the naive processes leave theirs, removed by this \
-         benchmark afterwards)",
+        "tests counted from nextest's PASS lines: {} e2e-infra, {} naive (e2e-infra's teardown process removes \
+         its stack when the run ends; the naive processes leave theirs, removed by this benchmark afterwards)",
         a.per_test.len(),
         b.per_test.len()
     ));

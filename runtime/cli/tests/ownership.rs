@@ -550,10 +550,9 @@ fn suite(project: &Project, consumer: &str) -> &'static Suite {
     Box::leak(Box::new(Suite::new(SuiteSpec {
         consumer: leak(consumer.to_owned()),
         needs: &["web"],
-        backend: Declared { kubernetes: false, context: None, cluster: None, containerd: None, registry: None },
+        backend: Declared::default(),
         ready_timeout_secs: None,
         catalog: leak(project.path().join("e2e-infra.toml").display().to_string()),
-        module_path: "ownership::suite",
     })))
 }
 

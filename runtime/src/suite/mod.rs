@@ -29,8 +29,6 @@ use crate::plan::{Launcher, Plan, RunId};
 use crate::record::{RunKey, Witness};
 use crate::report::{self, Evidence, Recorder};
 use crate::stack::{self, teardown, StackError, StackOptions};
-
-pub use reaper::REAPER_TEST;
 use crate::state::{self, Claim, Found, RunDir};
 
 /// `1`: keep the stack after the run whatever the results; `0`: remove it
@@ -50,13 +48,11 @@ pub struct SuiteSpec {
     /// The components the suite needs.
     pub needs: &'static [&'static str],
     /// Where it runs, unless the environment says otherwise.
-    pub backend: Declared,
+    pub backend: Declared<'static>,
     /// Overrides every readiness timeout.
     pub ready_timeout_secs: Option<u64>,
     /// The catalog the attribute was checked against.
     pub catalog: &'static str,
-    /// `module_path!()` of the annotated module.
-    pub module_path: &'static str,
 }
 
 /// Why a suite's stack could not be had.
@@ -155,11 +151,6 @@ impl Suite {
         TestGuard { suite: self, test: std::thread::current().name().unwrap_or("test").to_owned() }
     }
 
-    /// The teardown entry point, run in a process of its own.
-    pub fn reap(&'static self) {
-        reaper::run(self);
-    }
-
     fn backend(&self) -> Result<Backend, SuiteError> {
         Ok(self.backend.get_or_init(|| Backend::resolve(&self.spec.backend)).clone()?)
     }
@@ -224,7 +215,11 @@ impl Suite {
                 let abandoned = !reuse
                     && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
                 if !reuse {
-                    keeper = reaper::spawn(self, &plan, &dir);
+                    let kube = match self.backend()? {
+                        Backend::Kubernetes(target) => Some(target),
+                        Backend::Docker => None,
+                    };
+                    keeper = reaper::spawn(&plan, kube, &dir);
                 }
                 dir.begin_attempt()?;
                 let case = report::case_dir(plan.consumer().as_str(), plan.run().as_str(), report::SETUP);

@@ -1,12 +1,15 @@
 //! Teardown after the run, in a process of its own.
 //!
-//! The process that sets the stack up starts the test binary once more,
-//! selecting only the suite's hidden, ignored teardown test, in a process
-//! group of its own with its output in the run's state directory. That
-//! process waits for the run's launcher (cargo, cargo-nextest) to exit and
-//! then removes the stack. Neither a panicking test nor a test process
-//! killed with SIGKILL stops it; if it is killed itself, the next run or
-//! `e2e-infra clean` finds the leftovers by their labels.
+//! The process that sets the stack up starts its own executable (the test
+//! binary) once more, in a process group of its own with its output in the
+//! run's state directory, with the teardown's request in its environment.
+//! This crate's constructor, which runs before the test harness's `main`,
+//! recognises that process, tears down and exits: no test exists for it,
+//! and the suite's crate has no code for it. That process waits for the
+//! run's launcher (cargo, cargo-nextest) to exit and then removes the stack.
+//! Neither a panicking test nor a test process killed with SIGKILL stops
+//! it; if it is killed itself, the next run or `e2e-infra clean` finds the
+//! leftovers by their labels.
 //!
 //! Being the run's one long-lived process, it also holds the port-forwards
 //! of a Kubernetes stack: the setup process asks for them through the
@@ -31,20 +34,38 @@ use crate::stack::StackError;
 use crate::deploy::kube::forward;
 use crate::record::{Placement, RunKey, StackRecord};
 use crate::state::RunDir;
-use crate::backend::Backend;
-use super::{Suite, KEEP_ENV};
+use crate::backend::KubeTarget;
+use super::KEEP_ENV;
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
 
-/// The name of the hidden teardown test the attribute generates.
-pub const REAPER_TEST: &str = "__e2e_infra_reaper";
-/// Tells the teardown test which launcher to wait for.
-const REAPER_ENV: &str = "E2E_INFRA_REAPER_LAUNCHER";
+/// Holds the [`Request`] of a teardown process, as JSON.
+const REQUEST_ENV: &str = "E2E_INFRA_TEARDOWN";
+/// Arguments for the test harness of the teardown process. The constructor
+/// exits before the harness starts; were it ever not linked in, the harness
+/// only lists the tests named so (none) instead of running the run's tests
+/// once more.
+const HARNESS_ARGS: [&str; 3] = ["--list", "--exact", "e2e-infra teardown"];
 const POLL: Duration = Duration::from_millis(200);
 /// How long setup waits for the teardown process's port-forwards: a
 /// connection to the cluster and a read of each Service.
 const FORWARDS_WITHIN: Duration = Duration::from_secs(10);
 /// What setup asks the teardown process for, on one line.
 const FORWARD_REQUEST: &str = "forward";
+
+/// What a teardown process removes, and after which process. The run id
+/// travels in [`RUN_ID_ENV`], as in every process of the run.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    consumer: String,
+    /// [`Launcher::label`] of the run's launcher.
+    launcher: String,
+    /// The cluster of a Kubernetes suite, from the suite rather than from a
+    /// record: a setup that failed half-way recorded no stack, but may have
+    /// loaded images and created a namespace.
+    kube: Option<KubeTarget>,
+    /// The run's components, whose Services get port-forwards on request.
+    components: Vec<String>,
+}
 
 /// The teardown process's answer to [`FORWARD_REQUEST`], on one line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,29 +109,41 @@ impl Keeper {
     }
 }
 
-/// The libtest name of the teardown test: the module path without the crate.
-fn test_name(module_path: &str) -> String {
-    match module_path.split_once("::") {
-        Some((_, path)) => format!("{path}::{REAPER_TEST}"),
-        None => REAPER_TEST.to_owned(),
+ctor::declarative::ctor! {
+    /// In the teardown process, tears down and ends the process before the
+    /// test harness starts; in every other process, returns at once.
+    #[ctor(unsafe)]
+    fn at_process_start() {
+        let Some(request) = std::env::var_os(REQUEST_ENV) else { return };
+        // Unwinding out of a constructor aborts: end with an exit code.
+        let code = match std::panic::catch_unwind(|| teardown(&request.to_string_lossy())) {
+            Ok(()) => 0,
+            Err(_) => 101,
+        };
+        std::process::exit(code);
     }
 }
 
 /// Starts the teardown process for this run and consumer; returns the
 /// socket to ask it for port-forwards through.
-pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) -> Option<Keeper> {
+pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) -> Option<Keeper> {
     let Some(launcher) = plan.run().launcher() else {
         tracing::warn!("no launcher process known: the stack stays until `e2e-infra clean`");
         return None;
+    };
+    let request = Request {
+        consumer: plan.consumer().as_str().to_owned(),
+        launcher: launcher.label(),
+        kube,
+        components: plan.components().iter().map(|c| c.name.clone()).collect(),
     };
     let started = (|| -> std::io::Result<Keeper> {
         let log = dir.open_reaper_log()?;
         let (ours, theirs) = UnixStream::pair()?;
         Command::new(std::env::current_exe()?)
-            .args(["--exact", &test_name(suite.spec.module_path), "--ignored", "--nocapture"])
-            .args(["--test-threads", "1"])
+            .args(HARNESS_ARGS)
             .env(RUN_ID_ENV, plan.run().as_str())
-            .env(REAPER_ENV, launcher.label())
+            .env(REQUEST_ENV, serde_json::to_string(&request)?)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -131,14 +164,14 @@ pub(super) fn spawn(suite: &Suite, plan: &Plan, dir: &RunDir) -> Option<Keeper> 
 /// the forwards then run on the background runtime until this process
 /// exits. Setup closing its end instead (a Docker stack, a failed setup)
 /// ends this at once.
-fn keep_forwards(suite: &Suite, key: &RunKey) {
+fn keep_forwards(kube: Option<&KubeTarget>, components: &[String], key: &RunKey) {
     // Stdin is the socket to the setup process, both ways.
     let Ok(socket) = std::io::stdin().as_fd().try_clone_to_owned().map(UnixStream::from) else { return };
     let mut request = String::new();
     if BufReader::new(&socket).read_line(&mut request).map_or(true, |_| request.trim() != FORWARD_REQUEST) {
         return;
     }
-    let answer = match open_forwards(suite, key) {
+    let answer = match open_forwards(kube, components, key) {
         Ok(endpoints) => match Launcher::of(std::process::id()) {
             Some(keeper) => Forwards::Held { keeper, endpoints },
             None => Forwards::Failed("this process cannot be identified in /proc".to_owned()),
@@ -151,13 +184,14 @@ fn keep_forwards(suite: &Suite, key: &RunKey) {
     }
 }
 
-fn open_forwards(suite: &Suite, key: &RunKey) -> Result<BTreeMap<String, BTreeMap<u16, SocketAddr>>, String> {
-    let Ok(Backend::Kubernetes(target)) = suite.backend() else { return Err("not a Kubernetes stack".to_owned()) };
-    let run = RunId::detect().map_err(|e| error_chain(&e))?;
-    let plan = suite.plan(run).map_err(|e| error_chain(&e))?;
-    let components: Vec<String> = plan.components().iter().map(|c| c.name.clone()).collect();
+fn open_forwards(
+    kube: Option<&KubeTarget>,
+    components: &[String],
+    key: &RunKey,
+) -> Result<BTreeMap<String, BTreeMap<u16, SocketAddr>>, String> {
+    let Some(target) = kube else { return Err("not a Kubernetes stack".to_owned()) };
     let namespace = key.namespace();
-    let opened = background::block_on(|| forward::forward_all(target.context.as_deref(), namespace.as_str(), &components));
+    let opened = background::block_on(|| forward::forward_all(target.context.as_deref(), namespace.as_str(), components));
     match opened {
         Ok(Ok(endpoints)) => Ok(endpoints),
         Ok(Err(error)) => Err(error_chain(&error)),
@@ -166,12 +200,23 @@ fn open_forwards(suite: &Suite, key: &RunKey) -> Result<BTreeMap<String, BTreeMa
 }
 
 /// The teardown process's body.
-pub(super) fn run(suite: &'static Suite) {
-    let Some(launcher) = std::env::var(REAPER_ENV).ok().and_then(|l| Launcher::from_label(&l)) else {
-        println!("e2e-infra: this is the suite's teardown entry point; it runs by itself after a test run");
+fn teardown(request: &str) {
+    let request: Request = match serde_json::from_str(request) {
+        Ok(request) => request,
+        Err(error) => {
+            eprintln!("e2e-infra teardown: {REQUEST_ENV} is no teardown request: {error}");
+            return;
+        }
+    };
+    let Some(launcher) = Launcher::from_label(&request.launcher) else {
+        eprintln!("e2e-infra teardown: `{}` names no launcher to wait for", request.launcher);
         return;
     };
-    let consumer = suite.spec.consumer;
+    if let Err(error) = survive_broken_pipes() {
+        eprintln!("e2e-infra teardown: {}", error_chain(&error));
+        return;
+    }
+    let consumer = request.consumer.as_str();
     let Ok(run) = RunId::detect() else { return };
     let key = RunKey::new(run.as_str(), consumer);
     let Some(dir) = RunDir::existing(&key) else { return };
@@ -185,13 +230,8 @@ pub(super) fn run(suite: &'static Suite) {
         }
     };
     // Detached: a setup process that never asks must not hold teardown up.
-    let asked = key.clone();
-    std::thread::spawn(move || keep_forwards(suite, &asked));
-    wait_and_tear_down(suite, &key, dir, launcher);
-}
-
-fn wait_and_tear_down(suite: &Suite, key: &RunKey, dir: RunDir, launcher: Launcher) {
-    let (consumer, run) = (suite.spec.consumer, key.run());
+    let (asked, kube, components) = (key.clone(), request.kube.clone(), request.components.clone());
+    std::thread::spawn(move || keep_forwards(kube.as_ref(), &components, &asked));
     // This process descends from the launcher: same PID namespace, so
     // the pid alone tells, even where the namespace cannot be read.
     while launcher.runs_in_this_namespace() {
@@ -215,12 +255,7 @@ fn wait_and_tear_down(suite: &Suite, key: &RunKey, dir: RunDir, launcher: Launch
         Ok(super::state::Found::Ready(record)) => Some(record.placement),
         _ => None,
     };
-    // From the suite, not the record: a setup that failed half-way recorded
-    // no stack, but may have loaded images and created a namespace.
-    let kube = match suite.backend() {
-        Ok(Backend::Kubernetes(target)) => Some(target),
-        _ => None,
-    };
+    let kube = request.kube;
     if keep {
         let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
         let _ = dir.mark_kept(&why);
@@ -228,7 +263,7 @@ fn wait_and_tear_down(suite: &Suite, key: &RunKey, dir: RunDir, launcher: Launch
         // the engine or cluster is seen by every `clean`.
         let marked = background::block_on(|| async {
             let docker = crate::stack::engine_of(placement.as_ref()).await?;
-            crate::stack::teardown::mark_kept(&docker, key, Some(launcher), kube.as_ref(), &why).await
+            crate::stack::teardown::mark_kept(&docker, &key, Some(launcher), kube.as_ref(), &why).await
         });
         if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
             eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", error_chain(&error));
@@ -238,7 +273,7 @@ fn wait_and_tear_down(suite: &Suite, key: &RunKey, dir: RunDir, launcher: Launch
     }
     let removed = background::block_on(|| async {
         let docker = crate::stack::engine_of(placement.as_ref()).await?;
-        crate::stack::down(&docker, key, kube.as_ref()).await
+        crate::stack::down(&docker, &key, kube.as_ref()).await
     });
     match removed.map_err(StackError::from).and_then(|removed| removed) {
         Ok(summary) => {
@@ -252,13 +287,19 @@ fn wait_and_tear_down(suite: &Suite, key: &RunKey, dir: RunDir, launcher: Launch
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::test_name;
+/// Rust's `main` ignores SIGPIPE, so that writing to a closed socket is an
+/// error rather than death; this process never reaches `main`. Listening
+/// for the signal replaces its default action for the rest of the process.
+fn survive_broken_pipes() -> Result<(), TeardownError> {
+    background::block_on(|| async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()).map(drop) })?
+        .map_err(TeardownError::Signal)
+}
 
-    #[test]
-    fn teardown_test_name_drops_the_crate() {
-        assert_eq!(test_name("notification::notification_e2e"), "notification_e2e::__e2e_infra_reaper");
-        assert_eq!(test_name("a::b::c"), "b::c::__e2e_infra_reaper");
-    }
+/// Why the teardown process could not begin.
+#[derive(Debug, thiserror::Error)]
+enum TeardownError {
+    #[error(transparent)]
+    Runtime(#[from] background::RuntimeError),
+    #[error("listening for SIGPIPE failed")]
+    Signal(#[source] std::io::Error),
 }
