@@ -40,10 +40,7 @@ pub(crate) fn parse(item: TokenStream) -> syn::Result<Module> {
     if module.content.is_none() {
         return Err(syn::Error::new_spanned(
             &module,
-            format!(
-                "#[e2e_infra] needs the module's content inline: write `mod {} {{ ... }}`",
-                module.ident
-            ),
+            format!("#[e2e_infra] needs the module's content inline: write `mod {} {{ ... }}`", module.ident),
         ));
     }
     Ok(Module { item: module })
@@ -59,10 +56,7 @@ pub(crate) fn test_fn(item: &Item) -> Option<&ItemFn> {
 
 /// Whether the attribute's path ends in `test`.
 pub(crate) fn is_test_attr(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "test")
+    attr.path().segments.last().is_some_and(|s| s.ident == "test")
 }
 
 fn describe(item: &Item) -> &'static str {
@@ -91,11 +85,7 @@ pub(crate) fn is_mut_handle(ty: &Type) -> bool {
 fn names_infra(ty: &Type) -> bool {
     match ty {
         Type::Path(p) => {
-            p.qself.is_none()
-                && p.path
-                    .segments
-                    .last()
-                    .is_some_and(|s| s.ident == "Infra" && s.arguments.is_none())
+            p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Infra" && s.arguments.is_none())
         }
         _ => false,
     }

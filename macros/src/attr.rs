@@ -139,23 +139,11 @@ impl Args {
         ];
         let mut parts: Vec<String> = strings
             .iter()
-            .filter_map(|(key, given)| {
-                given
-                    .as_ref()
-                    .map(|g| format!("{} = {:?}", key.name(), g.value.value()))
-            })
+            .filter_map(|(key, given)| given.as_ref().map(|g| format!("{} = {:?}", key.name(), g.value.value())))
             .collect();
         if let Some(needs) = &self.needs {
-            let names: Vec<String> = needs
-                .value
-                .names
-                .iter()
-                .map(|n| format!("{:?}", n.value()))
-                .collect();
-            parts.insert(
-                parts.len().min(1),
-                format!("needs = [{}]", names.join(", ")),
-            );
+            let names: Vec<String> = needs.value.names.iter().map(|n| format!("{:?}", n.value())).collect();
+            parts.insert(parts.len().min(1), format!("needs = [{}]", names.join(", ")));
         }
         parts.extend(extra.iter().cloned());
         format!("#[e2e_infra({})]", parts.join(", "))
@@ -189,11 +177,7 @@ impl Parse for RawArg {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         // `crate` is a keyword; `parse_any` accepts it as a key.
         let key = Ident::parse_any(input)?;
-        let value = if input.parse::<Option<Token![=]>>()?.is_some() {
-            Some(input.parse()?)
-        } else {
-            None
-        };
+        let value = if input.parse::<Option<Token![=]>>()?.is_some() { Some(input.parse()?) } else { None };
         Ok(RawArg { key, value })
     }
 }
@@ -206,10 +190,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
     for RawArg { key: ident, value } in raw {
         let name = ident.unraw().to_string();
         let Some(key) = Key::from_name(&name) else {
-            errors.at(
-                ident.span(),
-                Unknown::new("key", &name, Key::names()).listed_as("Valid keys"),
-            );
+            errors.at(ident.span(), Unknown::new("key", &name, Key::names()).listed_as("Valid keys"));
             continue;
         };
         if args.wrote(key) {
@@ -218,27 +199,15 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
         }
         args.seen.push(key);
         let Some(value) = value else {
-            errors.at(
-                ident.span(),
-                format!("`{name}` needs a value, e.g. `{}`", key.example()),
-            );
+            errors.at(ident.span(), format!("`{name}` needs a value, e.g. `{}`", key.example()));
             continue;
         };
         if key == Key::Needs {
             if let Some(needs) = errors.take(needs(&value)) {
-                args.needs = Some(Given {
-                    key: ident,
-                    value: needs,
-                });
+                args.needs = Some(Given { key: ident, value: needs });
             }
         } else if let Some(string) = errors.take(string(key, &value)) {
-            args.set(
-                key,
-                Given {
-                    key: ident,
-                    value: string,
-                },
-            );
+            args.set(key, Given { key: ident, value: string });
         }
     }
     Some(args)
@@ -253,11 +222,7 @@ fn string(key: Key, value: &Expr) -> syn::Result<LitStr> {
     let message = match bare_text(value) {
         Some(bare) => {
             // A bare number of seconds is the likeliest timeout slip.
-            let unit = if key == Key::Timeout && matches!(literal(value), Some(Lit::Int(_))) {
-                "s"
-            } else {
-                ""
-            };
+            let unit = if key == Key::Timeout && matches!(literal(value), Some(Lit::Int(_))) { "s" } else { "" };
             format!("`{name}` takes a string; write `{name} = \"{bare}{unit}\"`")
         }
         None => format!("`{name}` takes a string, e.g. `{}`", key.example()),
@@ -269,14 +234,10 @@ fn string(key: Key, value: &Expr) -> syn::Result<LitStr> {
 fn needs(value: &Expr) -> syn::Result<Needs> {
     let Expr::Array(array) = value else {
         let message = match literal(value) {
-            Some(Lit::Str(s)) => format!(
-                "`needs` takes an array of component names; write `needs = [{:?}]`",
-                s.value()
-            ),
-            _ => format!(
-                "`needs` takes an array of component names, e.g. `{}`",
-                Key::Needs.example()
-            ),
+            Some(Lit::Str(s)) => {
+                format!("`needs` takes an array of component names; write `needs = [{:?}]`", s.value())
+            }
+            _ => format!("`needs` takes an array of component names, e.g. `{}`", Key::Needs.example()),
         };
         return Err(syn::Error::new(value.span(), message));
     };
@@ -294,10 +255,7 @@ fn needs(value: &Expr) -> syn::Result<Needs> {
             }
         }
     }
-    errors.finish(Needs {
-        span: array.bracket_token.span.join(),
-        names,
-    })
+    errors.finish(Needs { span: array.bracket_token.span.join(), names })
 }
 
 fn literal(value: &Expr) -> Option<&Lit> {

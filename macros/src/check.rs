@@ -148,24 +148,14 @@ fn find_catalog(args: &Args, env: &Env) -> syn::Result<Catalog> {
 fn missing(args: &Args, key: Key, what: &str, example: String, errors: &mut Errors) {
     errors.at(
         Span::call_site(),
-        format!(
-            "missing required key `{}` ({what}); add it: `{}`",
-            key.name(),
-            args.corrected(&[example])
-        ),
+        format!("missing required key `{}` ({what}); add it: `{}`", key.name(), args.corrected(&[example])),
     );
 }
 
 fn consumer(args: &Args, errors: &mut Errors) -> Option<String> {
     let Some(Given { value, .. }) = &args.consumer else {
         if !args.wrote(Key::Consumer) {
-            missing(
-                args,
-                Key::Consumer,
-                "the suite's name",
-                Key::Consumer.example().to_owned(),
-                errors,
-            );
+            missing(args, Key::Consumer, "the suite's name", Key::Consumer.example().to_owned(), errors);
         }
         return None;
     };
@@ -179,9 +169,7 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
     let known = catalog.map(Catalog::known_names).unwrap_or_default();
     let Some(Given { value: given, .. }) = &args.needs else {
         if !args.wrote(Key::Needs) {
-            let first = catalog
-                .and_then(|c| c.components().keys().next())
-                .map_or("datastorage", String::as_str);
+            let first = catalog.and_then(|c| c.components().keys().next()).map_or("datastorage", String::as_str);
             let example = format!("needs = [{first:?}]");
             let what = if known.is_empty() {
                 String::from("the components the suite needs")
@@ -193,15 +181,8 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
         return None;
     };
     if given.names.is_empty() {
-        let hint = if known.is_empty() {
-            String::new()
-        } else {
-            format!("; known: {known}")
-        };
-        errors.at(
-            given.span,
-            format!("`needs` is empty: name at least one component of the catalog{hint}"),
-        );
+        let hint = if known.is_empty() { String::new() } else { format!("; known: {known}") };
+        errors.at(given.span, format!("`needs` is empty: name at least one component of the catalog{hint}"));
         return None;
     }
     let mut ok = true;
@@ -209,23 +190,13 @@ fn needs(args: &Args, catalog: Option<&Catalog>, errors: &mut Errors) -> Option<
     for lit in &given.names {
         let name = lit.value();
         if names.contains(&name) {
-            errors.at(
-                lit.span(),
-                format!("`needs` names `{}` twice; name each component once", Echo(&name)),
-            );
+            errors.at(lit.span(), format!("`needs` names `{}` twice; name each component once", Echo(&name)));
             ok = false;
             continue;
         }
         if let Some(catalog) = catalog {
             if catalog.get(&name).is_none() {
-                errors.at(
-                    lit.span(),
-                    format!(
-                        "{} (catalog: {})",
-                        catalog.unknown(&name),
-                        catalog.path().display()
-                    ),
-                );
+                errors.at(lit.span(), format!("{} (catalog: {})", catalog.unknown(&name), catalog.path().display()));
                 ok = false;
             }
         }
@@ -255,10 +226,7 @@ fn backend(args: &Args, errors: &mut Errors) -> Option<Backend> {
     let mut ok = true;
     let mut text = |given: &Option<Given<LitStr>>, what: &str| match given {
         Some(Given { key, value }) if value.value().is_empty() => {
-            errors.at(
-                value.span(),
-                format!("`{key}` is empty; give {what}, e.g. `{}`", example_of(key)),
-            );
+            errors.at(value.span(), format!("`{key}` is empty; give {what}, e.g. `{}`", example_of(key)));
             ok = false;
             None
         }
@@ -346,11 +314,15 @@ fn timeout(args: &Args, errors: &mut Errors) -> Option<Option<u64>> {
     };
     let text = value.value();
     match humantime::parse_duration(&text) {
-        Ok(d) if d >= Duration::from_secs(1) => {
-            Some(Some(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
-        }
+        Ok(d) if d >= Duration::from_secs(1) => Some(Some(d.as_secs() + u64::from(d.subsec_nanos() > 0))),
         Ok(_) => {
-            errors.at(value.span(), format!("`timeout = {text:?}` is shorter than a second; give the stack time to start, e.g. `{}`", Key::Timeout.example()));
+            errors.at(
+                value.span(),
+                format!(
+                    "`timeout = {text:?}` is shorter than a second; give the stack time to start, e.g. `{}`",
+                    Key::Timeout.example()
+                ),
+            );
             None
         }
         Err(e) => {
@@ -400,7 +372,8 @@ mod tests {
             "containerd" => CONTAINERD_SOCKET_ENV,
             _ => REGISTRY_ENV,
         };
-        let vars: HashMap<&str, String> = keys.iter().map(|(key, value)| (variable(key), (*value).to_owned())).collect();
+        let vars: HashMap<&str, String> =
+            keys.iter().map(|(key, value)| (variable(key), (*value).to_owned())).collect();
         rules::resolve(&Declared::default(), |name| vars.get(name).cloned()).map_err(drop)
     }
 

@@ -72,12 +72,7 @@ mod tests {
         assert!(errors.take(Ok::<_, syn::Error>(1)).is_some());
         errors.at(Span::call_site(), "first");
         errors.at(Span::call_site(), "second");
-        let messages: Vec<String> = errors
-            .finish(())
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.to_string())
-            .collect();
+        let messages: Vec<String> = errors.finish(()).unwrap_err().into_iter().map(|e| e.to_string()).collect();
         assert_eq!(messages, ["first", "second"]);
     }
 }

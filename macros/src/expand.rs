@@ -14,14 +14,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = attr::parse(attr, &mut errors);
     let krate = check::crate_path(args.as_ref(), &mut errors);
     let env = check::Env {
-        manifest_dir: std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_default(),
+        manifest_dir: std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_default(),
         config: std::env::var_os(e2e_infra_core::CATALOG_ENV),
     };
-    let spec = args
-        .as_ref()
-        .and_then(|args| check::attribute(args, &env, &mut errors));
+    let spec = args.as_ref().and_then(|args| check::attribute(args, &env, &mut errors));
     let module = errors.take(ast::parse(item.clone()));
     if let Some(module) = &module {
         check::module(module, &mut errors);
@@ -34,10 +30,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             item,
             module,
             &krate,
-            &syn::Error::new(
-                Span::call_site(),
-                "e2e-infra: the attribute could not be expanded",
-            ),
+            &syn::Error::new(Span::call_site(), "e2e-infra: the attribute could not be expanded"),
         ),
     }
 }

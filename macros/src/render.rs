@@ -165,11 +165,7 @@ mod tests {
             ready_timeout_secs: Some(90),
             catalog: PathBuf::from("/catalogs/e2e-infra.toml"),
         };
-        let out = suite(
-            &spec,
-            &syn::parse_quote!(::e2e_infra),
-            Module { item: module },
-        );
+        let out = suite(&spec, &syn::parse_quote!(::e2e_infra), Module { item: module });
         syn::parse2(out).unwrap()
     }
 
@@ -188,11 +184,7 @@ mod tests {
     }
 
     fn statements(f: &ItemFn) -> Vec<String> {
-        f.block
-            .stmts
-            .iter()
-            .map(|s| s.to_token_stream().to_string())
-            .collect()
+        f.block.stmts.iter().map(|s| s.to_token_stream().to_string()).collect()
     }
 
     #[test]
@@ -219,14 +211,8 @@ mod tests {
             let f = function(&out, name);
             assert!(f.sig.inputs.is_empty(), "{name} keeps its parameter");
             let stmts = statements(f);
-            assert_eq!(
-                stmts[0],
-                "let __e2e_infra_guard = __E2E_INFRA_SUITE . guard () ;"
-            );
-            assert_eq!(
-                stmts[1],
-                format!("{binding} = __E2E_INFRA_SUITE . infra () ;")
-            );
+            assert_eq!(stmts[0], "let __e2e_infra_guard = __E2E_INFRA_SUITE . guard () ;");
+            assert_eq!(stmts[1], format!("{binding} = __E2E_INFRA_SUITE . infra () ;"));
             assert_eq!(stmts.len(), 3, "{name}: the body follows the prelude");
         }
     }
@@ -278,10 +264,7 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing `{expected}` in {text}");
         }
-        assert_eq!(
-            statements(function(&out, "infra")),
-            ["__E2E_INFRA_SUITE . infra ()"]
-        );
+        assert_eq!(statements(function(&out, "infra")), ["__E2E_INFRA_SUITE . infra ()"]);
         let items = &out.content.as_ref().unwrap().1;
         assert!(
             !items.iter().any(|item| matches!(item, Item::Fn(f) if f.attrs.iter().any(ast::is_test_attr))),
@@ -300,29 +283,13 @@ mod tests {
             }
         );
         let error = syn::Error::new(Span::call_site(), "wrong");
-        let out = fallback(
-            TokenStream::new(),
-            Some(Module { item: module }),
-            &syn::parse_quote!(::e2e_infra),
-            &error,
-        );
+        let out = fallback(TokenStream::new(), Some(Module { item: module }), &syn::parse_quote!(::e2e_infra), &error);
         let text = out.to_string();
         assert!(text.contains("compile_error ! { \"wrong\" }"), "{text}");
         let out: syn::File = syn::parse2(out).unwrap();
-        let Item::Mod(module) = &out.items[0] else {
-            panic!("not a module: {text}")
-        };
-        assert!(!function(module, "takes_handle")
-            .attrs
-            .iter()
-            .any(ast::is_test_attr));
-        assert!(function(module, "plain")
-            .attrs
-            .iter()
-            .any(ast::is_test_attr));
-        assert_eq!(
-            statements(function(module, "infra")),
-            [":: core :: unreachable ! ()"]
-        );
+        let Item::Mod(module) = &out.items[0] else { panic!("not a module: {text}") };
+        assert!(!function(module, "takes_handle").attrs.iter().any(ast::is_test_attr));
+        assert!(function(module, "plain").attrs.iter().any(ast::is_test_attr));
+        assert_eq!(statements(function(module, "infra")), [":: core :: unreachable ! ()"]);
     }
 }

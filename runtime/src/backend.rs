@@ -11,7 +11,6 @@ pub use e2e_infra_core::backend::{
     KUBE_CONTEXT_ENV, REGISTRY_ENV,
 };
 
-
 use crate::plan::Delivery;
 
 /// Where a run's stack runs.
@@ -87,14 +86,22 @@ mod tests {
 
     #[test]
     fn the_environment_gives_a_containerd_socket_and_a_context() {
-        let vars = [(BACKEND_ENV, "kubernetes"), (CONTAINERD_SOCKET_ENV, "/run/node/containerd.sock"), (KUBE_CONTEXT_ENV, "local")];
+        let vars = [
+            (BACKEND_ENV, "kubernetes"),
+            (CONTAINERD_SOCKET_ENV, "/run/node/containerd.sock"),
+            (KUBE_CONTEXT_ENV, "local"),
+        ];
         let want = kube(Some("local"), ImageTarget::Containerd { socket: "/run/node/containerd.sock".into() });
         assert_eq!(resolve(Declared::default(), &vars), Ok(want));
     }
 
     #[test]
     fn a_registry_delivery_names_images_after_the_registry() {
-        let declared = Declared { flavour: Flavour::Kubernetes, registry: Some("registry.ci.example:5000"), ..Declared::default() };
+        let declared = Declared {
+            flavour: Flavour::Kubernetes,
+            registry: Some("registry.ci.example:5000"),
+            ..Declared::default()
+        };
         let backend = resolve(declared, &[]).expect("backend");
         assert_eq!(backend, kube(None, ImageTarget::Registry { host: "registry.ci.example:5000".to_owned() }));
         assert_eq!(backend.delivery(), Delivery::Registry("registry.ci.example:5000".to_owned()));

@@ -236,8 +236,7 @@ pub(crate) fn env_duration(name: &'static str, default: Duration, min: Duration)
         Err(std::env::VarError::NotUnicode(_)) => return Err(EnvError::NotText { name: name.to_owned() }),
         _ => return Ok(default),
     };
-    let duration =
-        parse_duration(value.trim()).ok_or_else(|| EnvError::NotDuration { name, value: value.clone() })?;
+    let duration = parse_duration(value.trim()).ok_or_else(|| EnvError::NotDuration { name, value: value.clone() })?;
     if duration < min {
         return Err(EnvError::TooShort { name, value, min, default });
     }
@@ -326,12 +325,7 @@ async fn check_api(docker: Docker, host: &str, origin: &'static str) -> Result<D
         return Ok(docker);
     }
     let reported = docker.version().await.map_err(EngineError::Version)?;
-    let name = reported
-        .components
-        .iter()
-        .flatten()
-        .next()
-        .map_or_else(|| "Engine".to_owned(), |c| c.name.clone());
+    let name = reported.components.iter().flatten().next().map_or_else(|| "Engine".to_owned(), |c| c.name.clone());
     Err(EngineError::TooOld {
         host: host.to_owned(),
         origin,
@@ -392,9 +386,11 @@ pub async fn within<T>(
     operation: &str,
     call: impl std::future::Future<Output = T>,
 ) -> Result<T, Silent> {
-    tokio::time::timeout(limit, call)
-        .await
-        .map_err(|_| Silent { address: address(docker), operation: operation.to_owned(), waited: limit })
+    tokio::time::timeout(limit, call).await.map_err(|_| Silent {
+        address: address(docker),
+        operation: operation.to_owned(),
+        waited: limit,
+    })
 }
 
 /// Tells Docker from Podman by the engine's version report.
@@ -403,11 +399,7 @@ pub async fn within<T>(
 /// [`EngineError::Version`] when the engine does not answer.
 pub async fn kind(docker: &Docker) -> Result<EngineKind, EngineError> {
     let version = docker.version().await.map_err(EngineError::Version)?;
-    let podman = version
-        .components
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+    let podman = version.components.unwrap_or_default().iter().any(|c| c.name.to_ascii_lowercase().contains("podman"));
     Ok(if podman { EngineKind::Podman } else { EngineKind::Docker })
 }
 
@@ -433,7 +425,11 @@ pub fn labelled_containers<'a>(
 /// The name a container listing gives, without its leading `/`; its id
 /// when it has none.
 pub fn container_name(summary: &ContainerSummary, id: &str) -> String {
-    summary.names.as_ref().and_then(|n| n.first()).map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
+    summary
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map_or_else(|| id.to_owned(), |n| n.trim_start_matches('/').to_owned())
 }
 
 /// How long the engine may take to report an exit code after the output ends.
@@ -554,15 +550,16 @@ mod tests {
                     if read == 0 {
                         return;
                     }
-                    let body = if request.starts_with(b"GET /_ping") || request[..read].windows(6).any(|w| w == b"/_ping") {
-                        "OK".to_owned()
-                    } else {
-                        serde_json::json!({
-                            "Version": "18.09.9", "ApiVersion": "1.39", "MinAPIVersion": "1.12",
-                            "Components": [{ "Name": "Engine", "Version": "18.09.9" }],
-                        })
-                        .to_string()
-                    };
+                    let body =
+                        if request.starts_with(b"GET /_ping") || request[..read].windows(6).any(|w| w == b"/_ping") {
+                            "OK".to_owned()
+                        } else {
+                            serde_json::json!({
+                                "Version": "18.09.9", "ApiVersion": "1.39", "MinAPIVersion": "1.12",
+                                "Components": [{ "Name": "Engine", "Version": "18.09.9" }],
+                            })
+                            .to_string()
+                        };
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.39\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()

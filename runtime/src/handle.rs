@@ -2,9 +2,9 @@
 //! namespace or network, endpoints, and clients for the engine and cluster.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
 
 use crate::deploy::kube::forward;
 use crate::engine::{self, EngineError};

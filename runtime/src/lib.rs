@@ -21,25 +21,25 @@
 // In layers: a module names only modules of layers below its own (the
 // test `layers` in runtime/tests keeps it so; docs/architecture.md says
 // what each layer is for).
-pub mod background;
-pub mod error;
-pub mod plan;
-pub mod progress;
 pub mod backend;
-pub mod record;
-pub mod engine;
-pub mod labels;
-pub mod state;
+pub mod background;
 pub mod build;
 pub mod deploy;
-pub mod load;
-pub mod stack;
+pub mod engine;
+pub mod error;
 pub mod handle;
+pub mod labels;
+pub mod load;
+pub mod plan;
+pub mod progress;
+pub mod record;
 pub mod report;
+pub mod stack;
+pub mod state;
 pub mod suite;
 
-pub use e2e_infra_core::catalog;
 pub use catalog::{Catalog, CatalogError};
+pub use e2e_infra_core::catalog;
 pub use e2e_infra_core::Echo;
 pub use e2e_infra_macros::e2e_infra;
 pub use handle::{Endpoint, EndpointError, Infra};
@@ -48,7 +48,7 @@ pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError,
 #[doc(hidden)]
 pub mod __private {
     //! What the attribute's expansion names; not a public API.
-    pub use crate::handle::Infra;
     pub use crate::backend::{Declared, Flavour};
+    pub use crate::handle::Infra;
     pub use crate::suite::{Suite, SuiteSpec, TestGuard};
 }

@@ -28,8 +28,8 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::record::{RunKey, StackRecord};
 use crate::plan::{is_safe_name, Launcher, Verdict};
+use crate::record::{RunKey, StackRecord};
 
 /// Overrides where run state lives (default: `/tmp/e2e-infra-<uid>`).
 pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
@@ -301,12 +301,8 @@ impl RunDir {
 
     fn lock_file(&self, name: &str) -> Result<(File, PathBuf), StateError> {
         let path = self.file(name);
-        let file = no_follow()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening lock", &path))?;
+        let file =
+            no_follow().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening lock", &path))?;
         Ok((file, path))
     }
 
@@ -402,8 +398,8 @@ impl RunDir {
     /// # Errors
     /// [`StateError`] when it cannot be written.
     pub(crate) fn record_ready(&self, record: &StackRecord) -> Result<(), StateError> {
-        let json = serde_json::to_string_pretty(record)
-            .map_err(|e| io_err("serializing", &self.path)(io::Error::other(e)))?;
+        let json =
+            serde_json::to_string_pretty(record).map_err(|e| io_err("serializing", &self.path)(io::Error::other(e)))?;
         self.write("stack.json", &json)
     }
 

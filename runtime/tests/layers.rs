@@ -286,9 +286,12 @@ fn every_module_names_only_modules_of_lower_layers() {
             broken.push(format!("module `{module}` has no layer: add it to LAYERS in {}", file!()));
             continue;
         };
-        let text = supers_as_crate(&code(&std::fs::read_to_string(file).expect("read a source file")), depth_of(&src, file));
+        let text =
+            supers_as_crate(&code(&std::fs::read_to_string(file).expect("read a source file")), depth_of(&src, file));
         if aliases_the_root(&text) {
-            broken.push(format!("{shown}: `crate as ...` names the crate root anew, and every module with it; write `crate::` paths"));
+            broken.push(format!(
+                "{shown}: `crate as ...` names the crate root anew, and every module with it; write `crate::` paths"
+            ));
         }
         for path in crate_paths(&text) {
             let target = match reexports.module_of(&path) {
@@ -326,7 +329,10 @@ fn the_reader_finds_grouped_nested_and_plain_paths() {
     let named = |a: &str, b: &str| RootPath::Named(a.to_owned(), b.to_owned());
     let code = "use crate::{plan::{Plan, Tag}, labels};\nlet x = crate::engine::connect();\nuse my_crate::stack;";
     assert_eq!(crate_paths(code), [named("plan", ""), named("labels", ""), named("engine", "connect")]);
-    assert_eq!(crate_paths("use crate::*;\nuse crate::{plan, *};"), [RootPath::Glob, named("plan", ""), RootPath::Glob]);
+    assert_eq!(
+        crate_paths("use crate::*;\nuse crate::{plan, *};"),
+        [RootPath::Glob, named("plan", ""), RootPath::Glob]
+    );
     assert!(aliases_the_root("use crate as root;"));
     assert!(!aliases_the_root("pub(crate) fn f() {}\nuse crate::plan as p;"));
 }

@@ -211,7 +211,9 @@ impl Drop for StackGuard {
     fn drop(&mut self) {
         let (run_id, consumer, target) = (self.run_id.clone(), self.consumer.clone(), self.target.clone());
         on_fresh_runtime(move |docker| async move {
-            if let Err(error) = stack::down(&docker, &RunKey::new(run_id.as_str(), consumer.as_str()), Some(&target)).await {
+            if let Err(error) =
+                stack::down(&docker, &RunKey::new(run_id.as_str(), consumer.as_str()), Some(&target)).await
+            {
                 eprintln!("taking down run {run_id} of {consumer} failed: {error}");
             }
         });

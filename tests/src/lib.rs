@@ -52,10 +52,7 @@ pub fn unshared_busybox_dockerfile(extra: &str) -> String {
 /// A name no other test process or call shares: `<prefix>-<pid>-<nanos>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{nanos}-{n}", std::process::id())
 }
@@ -74,9 +71,7 @@ pub struct Project {
 impl Project {
     /// An empty project.
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temporary directory"),
-        }
+        Self { dir: tempfile::tempdir().expect("temporary directory") }
     }
 
     /// The project root.
@@ -109,13 +104,8 @@ impl Project {
     /// [`unshared_busybox_dockerfile`]`(extra)`.
     pub fn unshared_busybox_catalog(&self, name: &str, extra: &str) -> Catalog {
         self.busybox_context(name);
-        self.write(
-            &format!("{name}/Dockerfile"),
-            unshared_busybox_dockerfile(extra),
-        );
-        self.catalog(&format!(
-            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
-        ))
+        self.write(&format!("{name}/Dockerfile"), unshared_busybox_dockerfile(extra));
+        self.catalog(&format!("[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"))
     }
 
     /// Writes `toml` as the project's `e2e-infra.toml` and loads it.
@@ -129,9 +119,7 @@ impl Project {
     pub fn busybox_catalog(&self, name: &str, extra: &str) -> Catalog {
         self.busybox_context(name);
         self.write(&format!("{name}/Dockerfile"), busybox_dockerfile(extra));
-        self.catalog(&format!(
-            "[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"
-        ))
+        self.catalog(&format!("[components.{name}]\nbuild = {{ context = \"{name}\" }}\n"))
     }
 }
 
@@ -142,15 +130,8 @@ impl Default for Project {
 }
 
 /// Plans `needs` of `catalog` for `consumer` in a fresh run of `area`.
-pub fn plan(
-    catalog: &Catalog,
-    consumer: &str,
-    needs: &[&str],
-    area: &str,
-    delivery: &Delivery,
-) -> Plan {
-    Plan::new(catalog, consumer, needs, unique_run(area), delivery)
-        .unwrap_or_else(|e| panic!("plan: {e}"))
+pub fn plan(catalog: &Catalog, consumer: &str, needs: &[&str], area: &str, delivery: &Delivery) -> Plan {
+    Plan::new(catalog, consumer, needs, unique_run(area), delivery).unwrap_or_else(|e| panic!("plan: {e}"))
 }
 
 /// The address of the engine the tests talk to: `DOCKER_HOST`, else the
@@ -165,10 +146,7 @@ pub fn engine_host() -> String {
 /// The address of the Podman API that `scripts/engine.sh --all` starts:
 /// `podman.sock` in its folder ([`ENGINE_DIR`] or [`ENGINE_DIR_ENV`]).
 pub fn podman_host() -> String {
-    let dir = std::env::var(ENGINE_DIR_ENV)
-        .ok()
-        .filter(|dir| !dir.is_empty())
-        .unwrap_or_else(|| ENGINE_DIR.to_owned());
+    let dir = std::env::var(ENGINE_DIR_ENV).ok().filter(|dir| !dir.is_empty()).unwrap_or_else(|| ENGINE_DIR.to_owned());
     format!("unix://{dir}/podman.sock")
 }
 
@@ -185,17 +163,10 @@ pub async fn engine(host: Option<&str>) -> Docker {
 /// reference other catalogs can borrow (`image = "..."`), so that several
 /// components share one build. Remove it with [`remove_built_images`] on
 /// the returned plan.
-pub async fn busybox_image(
-    docker: &Docker,
-    project: &Project,
-    area: &str,
-    extra: &str,
-) -> (Plan, BuildOutcome) {
+pub async fn busybox_image(docker: &Docker, project: &Project, area: &str, extra: &str) -> (Plan, BuildOutcome) {
     let catalog = project.busybox_catalog("busybox", extra);
     let plan = plan(&catalog, area, &["busybox"], area, &Delivery::Local);
-    let mut built = build_all(docker, &plan, &BuildOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut built = build_all(docker, &plan, &BuildOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
     (plan, built.remove(0))
 }
 
@@ -203,11 +174,7 @@ pub async fn busybox_image(
 /// references (an image goes when its last reference does). Borrowed
 /// images are left alone.
 pub async fn remove_built_images(docker: &Docker, plan: &Plan) {
-    for component in plan
-        .components()
-        .iter()
-        .filter(|c| c.origin == Origin::Built)
-    {
+    for component in plan.components().iter().filter(|c| c.origin == Origin::Built) {
         let digest = docker
             .inspect_image(&component.image.to_string())
             .await
@@ -234,10 +201,7 @@ pub async fn remove_reference(docker: &Docker, reference: &str) {
     // another test running at the same time may be using this moment.
     let options = RemoveImageOptionsBuilder::new().force(true).noprune(true).build();
     match docker.remove_image(reference, Some(options), None).await {
-        Ok(_)
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
+        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
         Err(e) => panic!("removing {reference}: {e}"),
     }
 }
@@ -245,17 +209,11 @@ pub async fn remove_reference(docker: &Docker, reference: &str) {
 /// A plain HTTP/1.0 GET: the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok((status, body.to_owned()))
 }
 

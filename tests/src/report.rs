@@ -16,15 +16,8 @@ impl ReportFolder {
     /// # Panics
     /// When it has no `summary.txt`.
     pub fn at(path: &Path) -> Self {
-        assert!(
-            path.join("summary.txt").is_file(),
-            "no report at {}: {:?}",
-            path.display(),
-            files(path)
-        );
-        Self {
-            path: path.to_owned(),
-        }
+        assert!(path.join("summary.txt").is_file(), "no report at {}: {:?}", path.display(), files(path));
+        Self { path: path.to_owned() }
     }
 
     /// The text of `relative`.
@@ -33,13 +26,8 @@ impl ReportFolder {
     /// When it cannot be read.
     pub fn text(&self, relative: &str) -> String {
         let path = self.path.join(relative);
-        std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading {}: {e}; the report holds {:?}",
-                path.display(),
-                self.files()
-            )
-        })
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}; the report holds {:?}", path.display(), self.files()))
     }
 
     /// Every file of the folder, relative to it.
@@ -73,23 +61,13 @@ impl ReportFolder {
     fn matching(&self, component: &str, suffix: &str) -> String {
         let dir = self.path.join("components").join(component);
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e}; the report holds {:?}",
-                    dir.display(),
-                    self.files()
-                )
-            })
+            .unwrap_or_else(|e| panic!("{}: {e}; the report holds {:?}", dir.display(), self.files()))
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.to_string_lossy().ends_with(suffix))
             .collect();
         names.sort();
-        names
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        names.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect::<Vec<_>>().join("\n")
     }
 }
 

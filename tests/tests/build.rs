@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use e2e_infra::build::{build_all, BuildError, BuildOptions};
 use e2e_infra::{labels, Delivery};
-use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project,
-};
+use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project};
 
 const AREA: &str = "docker-build";
 
@@ -34,82 +32,31 @@ build = { context = "ctx", dockerfile = "ctx/docker/x.Dockerfile", args = { GREE
 build = { context = "ctx", dockerfile = "outside/y.Dockerfile", args = { GREETING = "hello-outer" }, target = "base" }
 "#,
     );
-    let plan = plan(
-        &catalog,
-        "seed",
-        &["inner", "outer"],
-        AREA,
-        &Delivery::Local,
-    );
+    let plan = plan(&catalog, "seed", &["inner", "outer"], AREA, &Delivery::Local);
     let built = build_all(&docker, &plan, &BuildOptions::default()).await;
     let body = async {
         let built = built.map_err(|e| e.to_string())?;
-        assert_eq!(
-            built
-                .iter()
-                .map(|b| b.component.as_str())
-                .collect::<Vec<_>>(),
-            ["inner", "outer"]
-        );
+        assert_eq!(built.iter().map(|b| b.component.as_str()).collect::<Vec<_>>(), ["inner", "outer"]);
         for (outcome, greeting) in built.iter().zip(["hello-inner", "hello-outer"]) {
-            assert!(
-                !outcome.cached,
-                "{} should have been built",
-                outcome.component
-            );
+            assert!(!outcome.cached, "{} should have been built", outcome.component);
             assert_eq!(&outcome.image, plan.image(&outcome.component).unwrap());
-            let image = docker
-                .inspect_image(&outcome.image.to_string())
-                .await
-                .map_err(|e| e.to_string())?;
+            let image = docker.inspect_image(&outcome.image.to_string()).await.map_err(|e| e.to_string())?;
             assert_eq!(image.id.as_deref(), Some(outcome.image_id.as_str()));
             let config = image.config.unwrap_or_default();
             let image_labels = config.labels.unwrap_or_default();
-            assert_eq!(
-                image_labels.get("greeting").map(String::as_str),
-                Some(greeting)
-            );
-            assert!(config
-                .env
-                .unwrap_or_default()
-                .contains(&format!("GREETING_ENV={greeting}")));
-            assert_eq!(
-                image_labels.get(labels::BUILT_BY_RUN).map(String::as_str),
-                Some(plan.run().as_str())
-            );
-            assert_eq!(
-                image_labels
-                    .get(labels::BUILT_BY_CONSUMER)
-                    .map(String::as_str),
-                Some("seed")
-            );
-            assert_eq!(
-                image_labels.get(labels::BUILT_FOR_COMPONENT),
-                Some(&outcome.component)
-            );
+            assert_eq!(image_labels.get("greeting").map(String::as_str), Some(greeting));
+            assert!(config.env.unwrap_or_default().contains(&format!("GREETING_ENV={greeting}")));
+            assert_eq!(image_labels.get(labels::BUILT_BY_RUN).map(String::as_str), Some(plan.run().as_str()));
+            assert_eq!(image_labels.get(labels::BUILT_BY_CONSUMER).map(String::as_str), Some("seed"));
+            assert_eq!(image_labels.get(labels::BUILT_FOR_COMPONENT), Some(&outcome.component));
             // Provenance only: a container started from the image must not
             // inherit the membership of a stack.
-            for membership in [
-                labels::MANAGED_BY,
-                labels::RUN,
-                labels::CONSUMER,
-                labels::COMPONENT,
-            ] {
-                assert!(
-                    !image_labels.contains_key(membership),
-                    "{}: image carries `{membership}`",
-                    outcome.component
-                );
+            for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
+                assert!(!image_labels.contains_key(membership), "{}: image carries `{membership}`", outcome.component);
             }
-            assert!(image_labels
-                .get(labels::INPUT_DIGEST)
-                .is_some_and(|d| d.starts_with("sha256:")));
+            assert!(image_labels.get(labels::INPUT_DIGEST).is_some_and(|d| d.starts_with("sha256:")));
             // The target stage stops before the final stage's label.
-            assert!(
-                !image_labels.contains_key("stage"),
-                "{}: target stage ignored",
-                outcome.component
-            );
+            assert!(!image_labels.contains_key("stage"), "{}: target stage ignored", outcome.component);
         }
         Ok::<_, String>(())
     };
@@ -137,23 +84,12 @@ async fn the_input_digest_decides_whether_to_build() {
             let p = plan(&catalog, "cache", &["app"], AREA, &Delivery::Local);
             plans.borrow_mut().push(p.clone());
             let docker = docker.clone();
-            let opts = BuildOptions {
-                force,
-                ..opts.clone()
-            };
+            let opts = BuildOptions { force, ..opts.clone() };
             async move {
-                let built = build_all(&docker, &p, &opts)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let tagged = docker
-                    .inspect_image(&p.image("app").unwrap().to_string())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                assert_eq!(
-                    tagged.id.as_deref(),
-                    Some(built[0].image_id.as_str()),
-                    "the run's own tag names the image"
-                );
+                let built = build_all(&docker, &p, &opts).await.map_err(|e| e.to_string())?;
+                let tagged =
+                    docker.inspect_image(&p.image("app").unwrap().to_string()).await.map_err(|e| e.to_string())?;
+                assert_eq!(tagged.id.as_deref(), Some(built[0].image_id.as_str()), "the run's own tag names the image");
                 Ok::<_, String>(built[0].clone())
             }
         };
@@ -170,10 +106,7 @@ async fn the_input_digest_decides_whether_to_build() {
 
         project.write("app/config", "v2");
         let changed = build(false).await?;
-        assert!(
-            !changed.cached,
-            "a changed context file did not trigger a build"
-        );
+        assert!(!changed.cached, "a changed context file did not trigger a build");
         assert_ne!(changed.image_id, first.image_id);
 
         let forced = build(true).await?;
@@ -214,10 +147,7 @@ async fn a_failing_run_step_is_named() {
     assert!(matches!(error, BuildError::Failed { .. }), "{message}");
     assert!(message.contains("`broken`"), "{message}");
     assert!(message.contains("RUN /bin/busybox false"), "{message}");
-    assert!(
-        message.contains("about-to-fail"),
-        "the last output lines are missing: {message}"
-    );
+    assert!(message.contains("about-to-fail"), "the last output lines are missing: {message}");
 }
 
 /// A build the engine stops talking about is given up after the silence
@@ -257,19 +187,11 @@ async fn a_missing_borrowed_image_is_not_pulled() {
     let catalog = project.catalog(&format!("[components.absent]\nimage = \"{image}\"\n"));
     let plan = plan(&catalog, "borrow", &["absent"], AREA, &Delivery::Local);
     let started = std::time::Instant::now();
-    let error = build_all(&docker, &plan, &BuildOptions::default())
-        .await
-        .expect_err("must fail");
+    let error = build_all(&docker, &plan, &BuildOptions::default()).await.expect_err("must fail");
     assert!(started.elapsed() < Duration::from_secs(20));
     let message = error.to_string();
-    assert!(
-        matches!(error, BuildError::BorrowedMissing { .. }),
-        "{message}"
-    );
-    assert!(
-        message.contains(&image) && message.contains("cannot be pulled"),
-        "{message}"
-    );
+    assert!(matches!(error, BuildError::BorrowedMissing { .. }), "{message}");
+    assert!(message.contains(&image) && message.contains("cannot be pulled"), "{message}");
 }
 
 /// Builds run side by side; the first failure ends the others instead of
@@ -281,46 +203,20 @@ async fn one_failure_stops_the_other_builds() {
     let project = Project::new();
     project.busybox_context("ctx");
     project.write("slow.Dockerfile", busybox_dockerfile("RUN sleep 120\n"));
-    project.write(
-        "fails.Dockerfile",
-        busybox_dockerfile("RUN sleep 2 && false\n"),
-    );
+    project.write("fails.Dockerfile", busybox_dockerfile("RUN sleep 2 && false\n"));
     let catalog = project.catalog(
         "[components.slow]\nbuild = { context = \"ctx\", dockerfile = \"slow.Dockerfile\" }\n\
          [components.fails]\nbuild = { context = \"ctx\", dockerfile = \"fails.Dockerfile\" }\n",
     );
-    let plan = plan(
-        &catalog,
-        "together",
-        &["slow", "fails"],
-        AREA,
-        &Delivery::Local,
-    );
+    let plan = plan(&catalog, "together", &["slow", "fails"], AREA, &Delivery::Local);
     let started = std::time::Instant::now();
-    let result = build_all(
-        &docker,
-        &plan,
-        &BuildOptions {
-            force: false,
-            concurrency: 2,
-            ..BuildOptions::default()
-        },
-    )
-    .await;
+    let result =
+        build_all(&docker, &plan, &BuildOptions { force: false, concurrency: 2, ..BuildOptions::default() }).await;
     let elapsed = started.elapsed();
-    let slow_tagged = docker
-        .inspect_image(&plan.image("slow").unwrap().to_string())
-        .await
-        .is_ok();
+    let slow_tagged = docker.inspect_image(&plan.image("slow").unwrap().to_string()).await.is_ok();
     remove_built_images(&docker, &plan).await;
     let error = result.expect_err("one build fails");
-    assert!(
-        matches!(&error, BuildError::Failed { component, .. } if component == "fails"),
-        "{error}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(60),
-        "waited {elapsed:?} for the slow build"
-    );
+    assert!(matches!(&error, BuildError::Failed { component, .. } if component == "fails"), "{error}");
+    assert!(elapsed < Duration::from_secs(60), "waited {elapsed:?} for the slow build");
     assert!(!slow_tagged, "the cancelled build still produced its image");
 }

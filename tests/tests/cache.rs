@@ -10,8 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use e2e_infra::build::housekeeping::prune_run_tags;
@@ -21,8 +20,8 @@ use e2e_infra::engine::{connect_within, EngineError};
 use e2e_infra::error::error_chain;
 use e2e_infra::{labels, Delivery, ImageRef, Plan};
 use e2e_infra_tests::{
-    clean_up_after, engine, engine_host, plan, podman_host, remove_built_images, remove_reference,
-    unique, unshared_busybox_dockerfile, Project,
+    clean_up_after, engine, engine_host, plan, podman_host, remove_built_images, remove_reference, unique,
+    unshared_busybox_dockerfile, Project,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -38,8 +37,7 @@ async fn build_by_hand(docker: &Docker, tag: &str, dockerfile: &str) -> Result<(
     header.set_size(dockerfile.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
-        .map_err(|e| e.to_string())?;
+    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes()).map_err(|e| e.to_string())?;
     let body = tar.into_inner().map_err(|e| e.to_string())?;
     let options = BuildImageOptionsBuilder::new().t(tag).rm(true).build();
     let mut progress = docker.build_image(options, None, Some(bollard::body_full(body.into())));
@@ -59,10 +57,7 @@ async fn image_id(docker: &Docker, reference: &str) -> Result<String, String> {
 }
 
 async fn digest_of(docker: &Docker, image: &ImageRef) -> Result<String, String> {
-    let inspected = docker
-        .inspect_image(&image.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    let inspected = docker.inspect_image(&image.to_string()).await.map_err(|e| e.to_string())?;
     inspected
         .config
         .and_then(|c| c.labels)
@@ -85,56 +80,34 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
     let third = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
     let derived = format!("localhost/{}:mine", unique("derived"));
     let body = async {
-        let built = build_all(&docker, &first, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         let original = built[0].image_id.clone();
         let digest = digest_of(&docker, &built[0].image).await?;
         build_by_hand(
             &docker,
             &derived,
-            &format!(
-                "FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n",
-                built[0].image
-            ),
+            &format!("FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n", built[0].image),
         )
         .await?;
         let derived_id = image_id(&docker, &derived).await?;
-        let inherited = docker
-            .inspect_image(&derived)
-            .await
-            .map_err(|e| e.to_string())?;
+        let inherited = docker.inspect_image(&derived).await.map_err(|e| e.to_string())?;
         assert_eq!(
-            inherited
-                .config
-                .and_then(|c| c.labels)
-                .unwrap_or_default()
-                .get(labels::INPUT_DIGEST),
+            inherited.config.and_then(|c| c.labels).unwrap_or_default().get(labels::INPUT_DIGEST),
             Some(&digest),
             "the derived image should inherit the digest label for this test to mean anything"
         );
 
-        let hit = build_all(&docker, &second, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let hit = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         assert!(hit[0].cached);
-        assert_eq!(
-            hit[0].image_id, original,
-            "the derived image was taken for the cache"
-        );
+        assert_eq!(hit[0].image_id, original, "the derived image was taken for the cache");
         assert_ne!(hit[0].image_id, derived_id);
 
         // Only the derived image is left carrying the digest label.
         remove_reference(&docker, &first.image("app").unwrap().to_string()).await;
         remove_reference(&docker, &second.image("app").unwrap().to_string()).await;
         remove_reference(&docker, &cache_ref(&built[0].image, &digest)).await;
-        let rebuilt = build_all(&docker, &third, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        assert!(
-            !rebuilt[0].cached,
-            "an image found only by its labels counted as a hit"
-        );
+        let rebuilt = build_all(&docker, &third, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert!(!rebuilt[0].cached, "an image found only by its labels counted as a hit");
         assert_ne!(rebuilt[0].image_id, derived_id);
         Ok::<_, String>(())
     };
@@ -158,54 +131,26 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
     let plan = plan(&catalog, "stranger", &["app"], AREA, &Delivery::Local);
     let name = unique("by-hand");
     let body = async {
-        build_all(&docker, &plan, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = ContainerCreateBody {
-            image: Some(plan.image("app").unwrap().to_string()),
-            ..Default::default()
-        };
+        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let body = ContainerCreateBody { image: Some(plan.image("app").unwrap().to_string()), ..Default::default() };
         docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
+            .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
             .await
             .map_err(|e| e.to_string())?;
-        docker
-            .start_container(&name, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let inspected = docker
-            .inspect_container(&name, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        docker.start_container(&name, None).await.map_err(|e| e.to_string())?;
+        let inspected = docker.inspect_container(&name, None).await.map_err(|e| e.to_string())?;
         let container_labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
         assert_eq!(
-            container_labels
-                .get(labels::BUILT_BY_RUN)
-                .map(String::as_str),
+            container_labels.get(labels::BUILT_BY_RUN).map(String::as_str),
             Some(plan.run().as_str()),
             "provenance is inherited"
         );
-        for membership in [
-            labels::MANAGED_BY,
-            labels::RUN,
-            labels::CONSUMER,
-            labels::COMPONENT,
-        ] {
-            assert!(
-                !container_labels.contains_key(membership),
-                "inherited `{membership}`"
-            );
+        for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
+            assert!(!container_labels.contains_key(membership), "inherited `{membership}`");
         }
-        let stacks = e2e_infra::stack::teardown::list(&docker)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stacks = e2e_infra::stack::teardown::list(&docker).await.map_err(|e| e.to_string())?;
         assert!(
-            stacks
-                .iter()
-                .all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
+            stacks.iter().all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
             "a container started by hand is listed as a stack member: {stacks:?}"
         );
         Ok::<_, String>(())
@@ -228,10 +173,7 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
     let project = Project::new();
     // A component name of its own: housekeeping looks at the whole repository.
     let component = unique("keep").replace('-', "");
-    let catalog = project.unshared_busybox_catalog(
-        &component,
-        "COPY version /version\nCMD [\"sleep\", \"60\"]\n",
-    );
+    let catalog = project.unshared_busybox_catalog(&component, "COPY version /version\nCMD [\"sleep\", \"60\"]\n");
     let plans = std::cell::RefCell::new(Vec::new());
     let user_tag = format!("localhost/{component}:v1");
     let user_container = unique("uses-old-tag");
@@ -239,62 +181,27 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
         let mut caches = Vec::new();
         for version in 0..5 {
             project.write(&format!("{component}/version"), version.to_string());
-            let p = plan(
-                &catalog,
-                "keep",
-                &[component.as_str()],
-                AREA,
-                &Delivery::Local,
-            );
-            let built = build_all(
-                &docker,
-                &p,
-                &BuildOptions {
-                    keep_runs: 2,
-                    ..BuildOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            caches.push(cache_ref(
-                &built[0].image,
-                &digest_of(&docker, &built[0].image).await?,
-            ));
+            let p = plan(&catalog, "keep", &[component.as_str()], AREA, &Delivery::Local);
+            let built = build_all(&docker, &p, &BuildOptions { keep_runs: 2, ..BuildOptions::default() })
+                .await
+                .map_err(|e| e.to_string())?;
+            caches.push(cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?));
             plans.borrow_mut().push(p);
             // Distinct creation times order the runs.
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
-        let run_tags: Vec<String> = plans
-            .borrow()
-            .iter()
-            .map(|p| p.image(&component).unwrap().to_string())
-            .collect();
+        let run_tags: Vec<String> = plans.borrow().iter().map(|p| p.image(&component).unwrap().to_string()).collect();
         for tag in &run_tags {
-            image_id(&docker, tag)
-                .await
-                .map_err(|e| format!("the build's housekeeping removed a fresh tag: {e}"))?;
+            image_id(&docker, tag).await.map_err(|e| format!("the build's housekeeping removed a fresh tag: {e}"))?;
         }
         let (repo, tag) = user_tag.rsplit_once(':').unwrap();
         docker
-            .tag_image(
-                &run_tags[0],
-                Some(TagImageOptionsBuilder::new().repo(repo).tag(tag).build()),
-            )
+            .tag_image(&run_tags[0], Some(TagImageOptionsBuilder::new().repo(repo).tag(tag).build()))
             .await
             .map_err(|e| e.to_string())?;
-        let body = ContainerCreateBody {
-            image: Some(run_tags[1].clone()),
-            ..Default::default()
-        };
+        let body = ContainerCreateBody { image: Some(run_tags[1].clone()), ..Default::default() };
         docker
-            .create_container(
-                Some(
-                    CreateContainerOptionsBuilder::new()
-                        .name(&user_container)
-                        .build(),
-                ),
-                body,
-            )
+            .create_container(Some(CreateContainerOptionsBuilder::new().name(&user_container).build()), body)
             .await
             .map_err(|e| e.to_string())?;
 
@@ -307,17 +214,12 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
         gone.sort_unstable();
         let mut expected = vec![run_tags[0].as_str(), run_tags[2].as_str()];
         expected.sort_unstable();
-        assert_eq!(
-            gone, expected,
-            "tags of runs 0 and 2 go; 1 is in use, 3 and 4 are the newest"
-        );
+        assert_eq!(gone, expected, "tags of runs 0 and 2 go; 1 is in use, 3 and 4 are the newest");
         for kept in [&run_tags[1], &run_tags[3], &run_tags[4], &user_tag] {
             image_id(&docker, kept).await?;
         }
         for cache in &caches {
-            image_id(&docker, cache)
-                .await
-                .map_err(|e| format!("a cache reference was removed: {e}"))?;
+            image_id(&docker, cache).await.map_err(|e| format!("a cache reference was removed: {e}"))?;
         }
         let again = prune_run_tags(&docker, Some(&[component.as_str()]), 2, Duration::ZERO, &[])
             .await
@@ -328,23 +230,15 @@ async fn old_run_tags_go_and_cache_references_user_tags_and_tags_in_use_stay() {
     let cleanup_docker = docker.clone();
     clean_up_after(body, async {
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = cleanup_docker
-            .remove_container(&user_container, Some(options))
-            .await;
+        let _ = cleanup_docker.remove_container(&user_container, Some(options)).await;
         remove_reference(&cleanup_docker, &user_tag).await;
         for p in &plans.take() {
             remove_built_images(&cleanup_docker, p).await;
         }
         // Cache references of runs whose tag housekeeping removed.
         let filter = HashMap::from([("reference", vec![format!("localhost/{component}")])]);
-        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
-            .filters(&filter)
-            .build();
-        for image in cleanup_docker
-            .list_images(Some(options))
-            .await
-            .unwrap_or_default()
-        {
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new().filters(&filter).build();
+        for image in cleanup_docker.list_images(Some(options)).await.unwrap_or_default() {
             for reference in image.repo_tags {
                 remove_reference(&cleanup_docker, &reference).await;
             }
@@ -362,19 +256,13 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
     let project = Project::new();
     let catalog = project.unshared_busybox_catalog("app", "");
     let fifo = project.path().join("app/events.pipe");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(made.success());
     let plan = plan(&catalog, "fifo", &["app"], AREA, &Delivery::Local);
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        Duration::from_secs(20),
-        build_all(&docker, &plan, &BuildOptions::default()),
-    )
-    .await
-    .expect("the build hung on the FIFO");
+    let result = tokio::time::timeout(Duration::from_secs(20), build_all(&docker, &plan, &BuildOptions::default()))
+        .await
+        .expect("the build hung on the FIFO");
     let elapsed = started.elapsed();
     remove_built_images(&docker, &plan).await;
     let error = result.expect_err("a FIFO cannot be part of a context");
@@ -383,10 +271,7 @@ async fn a_fifo_in_the_build_context_is_refused_with_its_path() {
         matches!(&error, BuildError::Context { source: ContextError::SpecialFile { kind: "FIFO", path }, .. } if path == &fifo),
         "{error}"
     );
-    assert!(
-        error_chain(&error).contains(&fifo.display().to_string()),
-        "{error}"
-    );
+    assert!(error_chain(&error).contains(&fifo.display().to_string()), "{error}");
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
 
@@ -484,15 +369,11 @@ fn frozen_engine_project() -> (Project, Plan) {
 async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
     let host = proxy(engine_host(), Duration::ZERO, frozen.clone()).await;
-    let docker = connect_within(&host, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let docker = connect_within(&host, Duration::from_secs(10)).await.unwrap();
     let direct = engine(None).await;
     let (_project, plan) = frozen_engine_project();
     let body = async {
-        build_all(&docker, &plan, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         frozen.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
@@ -508,9 +389,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan))
-            .await
-            .unwrap();
+        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;
@@ -518,22 +397,12 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
 
 async fn slow_engine_is_waited_for(engine: String) {
     // Busy for longer than the first ping's 2 s.
-    let host = proxy(
-        engine,
-        Duration::from_secs(3),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .await;
+    let host = proxy(engine, Duration::from_secs(3), Arc::new(AtomicBool::new(false))).await;
     let started = Instant::now();
-    let docker = connect_within(&host, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let docker = connect_within(&host, Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{e}"));
     let elapsed = started.elapsed();
     eprintln!("connected after {elapsed:?}");
-    assert!(
-        elapsed > Duration::from_secs(2) && elapsed < Duration::from_secs(10),
-        "{elapsed:?}"
-    );
+    assert!(elapsed > Duration::from_secs(2) && elapsed < Duration::from_secs(10), "{elapsed:?}");
     docker.ping().await.unwrap();
 }
 
@@ -559,9 +428,7 @@ async fn a_refused_connection_fails_at_once() {
     drop(listener);
     let host = format!("tcp://{addr}");
     let started = Instant::now();
-    let error = connect_within(&host, Duration::from_secs(30))
-        .await
-        .expect_err("nothing listens");
+    let error = connect_within(&host, Duration::from_secs(30)).await.expect_err("nothing listens");
     let elapsed = started.elapsed();
     eprintln!("after {elapsed:?}: {error}");
     assert!(matches!(error, EngineError::Unreachable { .. }), "{error}");
@@ -576,22 +443,12 @@ async fn a_refused_connection_fails_at_once() {
 #[tokio::test]
 async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeout() {
     let frozen = Arc::new(AtomicBool::new(false));
-    let host = proxy_freezing_at(
-        engine_host(),
-        Duration::ZERO,
-        frozen,
-        Some("/containers/create"),
-    )
-    .await;
-    let docker = connect_within(&host, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let host = proxy_freezing_at(engine_host(), Duration::ZERO, frozen, Some("/containers/create")).await;
+    let docker = connect_within(&host, Duration::from_secs(10)).await.unwrap();
     let direct = engine(None).await;
     let (_project, plan) = frozen_engine_project();
     let body = async {
-        build_all(&direct, &plan, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
             .await
@@ -601,21 +458,13 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
         eprintln!("after {elapsed:?}: {error}");
         let message = error_chain(&error);
         assert!(matches!(error, DockerError::Silent { .. }), "{message}");
-        assert!(
-            message.contains("`web`") && message.contains("creating the container"),
-            "{message}"
-        );
-        assert!(
-            message.contains(host.trim_start_matches("tcp://")),
-            "{message}"
-        );
+        assert!(message.contains("`web`") && message.contains("creating the container"), "{message}");
+        assert!(message.contains(host.trim_start_matches("tcp://")), "{message}");
         assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan))
-            .await
-            .unwrap();
+        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;
@@ -623,10 +472,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
 
 /// Sets the modification time of `path`.
 fn set_mtime(path: &std::path::Path, time: SystemTime) {
-    let file = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .expect("open for set_modified");
+    let file = std::fs::File::options().write(true).open(path).expect("open for set_modified");
     file.set_modified(time).expect("set_modified");
 }
 
@@ -645,9 +491,7 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
     for entry in std::fs::read_dir(project.path().join("app")).expect("context") {
         set_mtime(&entry.expect("entry").path(), ago(60));
     }
-    let plans: Vec<Plan> = (0..4)
-        .map(|_| plan(&catalog, "fingerprint", &["app"], AREA, &Delivery::Local))
-        .collect();
+    let plans: Vec<Plan> = (0..4).map(|_| plan(&catalog, "fingerprint", &["app"], AREA, &Delivery::Local)).collect();
     let body = async {
         let build = |p: &Plan| {
             let p = p.clone();
@@ -666,29 +510,18 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
 
         let unchanged = build(&plans[1]).await?;
         assert!(unchanged.cached);
-        assert_eq!(
-            (unchanged.hashing.hashed, unchanged.hashing.reused),
-            (0, files),
-            "{:?}",
-            unchanged.hashing
-        );
+        assert_eq!((unchanged.hashing.hashed, unchanged.hashing.reused), (0, files), "{:?}", unchanged.hashing);
 
         set_mtime(&data, ago(30));
         let touched = build(&plans[2]).await?;
-        assert!(
-            touched.cached,
-            "a touched file with the same content missed the cache"
-        );
+        assert!(touched.cached, "a touched file with the same content missed the cache");
         assert_eq!(touched.hashing.hashed, 1, "{:?}", touched.hashing);
         assert_eq!(touched.image_id, first.image_id);
 
         std::fs::write(&data, "version 2").expect("rewrite");
         set_mtime(&data, ago(20));
         let changed = build(&plans[3]).await?;
-        assert!(
-            !changed.cached,
-            "a file changed to the same size hit the cache"
-        );
+        assert!(!changed.cached, "a file changed to the same size hit the cache");
         assert_eq!(changed.hashing.hashed, 1, "{:?}", changed.hashing);
         assert_ne!(changed.image_id, first.image_id);
         Ok::<_, String>(())
@@ -722,19 +555,28 @@ async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
             let options = TagImageOptionsBuilder::new().repo(&repository).tag(tag).build();
             docker.tag_image(&built.image.to_string(), Some(options)).await.map_err(|e| e.to_string())?;
         }
-        let removed = prune_consumer_run_tags(&docker, &consumer, 0, Duration::ZERO).await.map_err(|e| e.to_string())?;
+        let removed =
+            prune_consumer_run_tags(&docker, &consumer, 0, Duration::ZERO).await.map_err(|e| e.to_string())?;
         let mut gone: Vec<String> = removed.into_iter().map(|r| r.reference).collect();
         gone.sort_unstable();
         assert_eq!(gone, [format!("{repository}:{}", tags[0]), format!("{repository}:{}", tags[1])]);
         for other in &tags[2..] {
-            image_id(&docker, &format!("{repository}:{other}")).await.map_err(|e| format!("another consumer's tag went: {e}"))?;
+            image_id(&docker, &format!("{repository}:{other}"))
+                .await
+                .map_err(|e| format!("another consumer's tag went: {e}"))?;
         }
         image_id(&docker, &built.image.to_string()).await.map_err(|e| format!("the build's own tag went: {e}"))?;
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
         for tag in &tags {
-            let _ = docker.remove_image(&format!("{repository}:{tag}"), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+            let _ = docker
+                .remove_image(
+                    &format!("{repository}:{tag}"),
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
         }
         remove_built_images(&docker, &plan).await;
     })
@@ -797,7 +639,8 @@ async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
         let removed = prune_run_tags(&docker, Some(&[component.as_str()]), 3, Duration::ZERO, &[])
             .await
             .map_err(|e| e.to_string())?;
-        let untagged: Vec<&str> = removed.iter().filter(|r| r.reference == UNTAGGED).map(|r| r.image_id.as_str()).collect();
+        let untagged: Vec<&str> =
+            removed.iter().filter(|r| r.reference == UNTAGGED).map(|r| r.image_id.as_str()).collect();
         assert_eq!(untagged, [first[0].image_id.as_str()]);
         assert!(docker.inspect_image(&first[0].image_id).await.is_err(), "the untagged image is still there");
         image_id(&docker, &second[0].image.to_string()).await?;

@@ -9,11 +9,7 @@ use std::path::Path;
 const CATALOG_ENV: &str = "E2E_INFRA_CONFIG";
 
 fn ui(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("ui")
-        .join(path)
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ui").join(path).display().to_string()
 }
 
 // One test, batches in sequence: the catalog is chosen by a process-wide

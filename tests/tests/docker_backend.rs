@@ -8,9 +8,7 @@ use bollard::Docker;
 use e2e_infra::deploy::docker::{container_name, remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_to, EngineError};
 use e2e_infra::{labels, Delivery, Plan};
-use e2e_infra_tests::{
-    busybox_image, clean_up_after, engine, http_get, plan, remove_built_images, Project,
-};
+use e2e_infra_tests::{busybox_image, clean_up_after, engine, http_get, plan, remove_built_images, Project};
 
 const AREA: &str = "docker-deploy";
 const WWW: &str = "RUN mkdir /www && echo upstream-ok > /www/index.html\n";
@@ -18,15 +16,9 @@ const WWW: &str = "RUN mkdir /www && echo upstream-ok > /www/index.html\n";
 /// Containers of `plan`'s run and consumer the engine still has.
 async fn leftovers(docker: &Docker, plan: &Plan) -> Vec<String> {
     let filter = HashMap::from([("label", labels::run_filter(plan))]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filter)
-        .build();
+    let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
     let containers = docker.list_containers(Some(options)).await.unwrap();
-    containers
-        .into_iter()
-        .flat_map(|c| c.names.unwrap_or_default())
-        .collect()
+    containers.into_iter().flat_map(|c| c.names.unwrap_or_default()).collect()
 }
 
 /// Four components: a TCP stand-in, an HTTP stand-in, a one-shot migration,
@@ -67,57 +59,28 @@ ready = {{ http = "/upstream", timeout = "30s" }}
     let body = async {
         let stack = up(&docker, &plan, None).await.map_err(|e| e.to_string())?;
         assert_eq!(stack.network, plan.namespace().as_str());
-        let order: Vec<&str> = stack
-            .containers
-            .iter()
-            .map(|c| c.component.as_str())
-            .collect();
+        let order: Vec<&str> = stack.containers.iter().map(|c| c.component.as_str()).collect();
         let at = |name| order.iter().position(|c| *c == name).unwrap();
-        assert!(
-            at("db") < at("migrate") && at("migrate") < at("app") && at("web") < at("app"),
-            "{order:?}"
-        );
+        assert!(at("db") < at("migrate") && at("migrate") < at("app") && at("web") < at("app"), "{order:?}");
 
         let app = stack.component("app").unwrap();
         assert_eq!(app.container_name, container_name(&plan, "app"));
         let published = app.ports[&9090];
         assert!(published.ip().is_loopback() && published.port() != 9090);
         let get = |path| async move { http_get(published, path).await.map_err(|e| e.to_string()) };
-        assert_eq!(
-            get("/upstream").await?,
-            (200, "upstream-ok\n".to_owned()),
-            "app could not reach web by name"
-        );
-        assert_eq!(
-            get("/db").await?.1,
-            "db-says-hi\n",
-            "app could not reach db by name"
-        );
-        assert_eq!(
-            get("/addr").await?.1,
-            format!("{}:5432\n", container_name(&plan, "db"))
-        );
+        assert_eq!(get("/upstream").await?, (200, "upstream-ok\n".to_owned()), "app could not reach web by name");
+        assert_eq!(get("/db").await?.1, "db-says-hi\n", "app could not reach db by name");
+        assert_eq!(get("/addr").await?.1, format!("{}:5432\n", container_name(&plan, "db")));
 
         // Everything created carries the run's labels.
         for running in &stack.containers {
-            let inspected = docker
-                .inspect_container(&running.container_id, None)
-                .await
-                .map_err(|e| e.to_string())?;
+            let inspected = docker.inspect_container(&running.container_id, None).await.map_err(|e| e.to_string())?;
             let got = inspected.config.and_then(|c| c.labels).unwrap_or_default();
             for (key, value) in labels::for_component(&plan, &running.component) {
-                assert_eq!(
-                    got.get(&key),
-                    Some(&value),
-                    "{} lacks label {key}",
-                    running.component
-                );
+                assert_eq!(got.get(&key), Some(&value), "{} lacks label {key}", running.component);
             }
         }
-        let network = docker
-            .inspect_network(&stack.network, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let network = docker.inspect_network(&stack.network, None).await.map_err(|e| e.to_string())?;
         let got = network.labels.unwrap_or_default();
         for (key, value) in labels::for_run(&plan) {
             assert_eq!(got.get(&key), Some(&value), "network lacks label {key}");
@@ -125,26 +88,18 @@ ready = {{ http = "/upstream", timeout = "30s" }}
 
         // A stack handle survives a round trip through a file.
         let json = serde_json::to_string(&stack).map_err(|e| e.to_string())?;
-        let back: e2e_infra::deploy::docker::DockerStack =
-            serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        let back: e2e_infra::deploy::docker::DockerStack = serde_json::from_str(&json).map_err(|e| e.to_string())?;
         assert_eq!(back, stack);
 
-        let removed = remove_labelled(&docker, &labels::run_filter(&plan))
-            .await
-            .map_err(|e| e.to_string())?;
+        let removed = remove_labelled(&docker, &labels::run_filter(&plan)).await.map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 4, "{removed:?}");
         assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         assert!(leftovers(&docker, &plan).await.is_empty());
-        assert!(
-            docker.inspect_network(&stack.network, None).await.is_err(),
-            "the network remains"
-        );
+        assert!(docker.inspect_network(&stack.network, None).await.is_err(), "the network remains");
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan))
-            .await
-            .unwrap();
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.unwrap();
         remove_built_images(&docker, &image_plan).await;
     })
     .await;
@@ -154,18 +109,14 @@ async fn failing_stack(docker_section: &str) -> (DockerError, Duration, Vec<Stri
     let docker = engine(None).await;
     let project = Project::new();
     let (image_plan, image) = busybox_image(&docker, &project, AREA, "").await;
-    let catalog = project.catalog(&format!(
-        "[components.broken]\nimage = \"{}\"\ndocker = {docker_section}\n",
-        image.image
-    ));
+    let catalog =
+        project.catalog(&format!("[components.broken]\nimage = \"{}\"\ndocker = {docker_section}\n", image.image));
     let plan = plan(&catalog, "failing", &["broken"], AREA, &Delivery::Local);
     let started = Instant::now();
     let result = up(&docker, &plan, None).await;
     let elapsed = started.elapsed();
     let left = leftovers(&docker, &plan).await;
-    remove_labelled(&docker, &labels::run_filter(&plan))
-        .await
-        .unwrap();
+    remove_labelled(&docker, &labels::run_filter(&plan)).await.unwrap();
     remove_built_images(&docker, &image_plan).await;
     let error = result.expect_err("the stack should fail");
     eprintln!("{error}");
@@ -180,18 +131,9 @@ async fn a_crashing_component_fails_fast_with_its_logs() {
     )
     .await;
     let message = error.to_string();
-    assert!(
-        matches!(error, DockerError::Exited { exit_code: 3, .. }),
-        "{message}"
-    );
-    assert!(
-        message.contains("`broken`") && message.contains("boom"),
-        "{message}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(20),
-        "took {elapsed:?} of a 120 s timeout"
-    );
+    assert!(matches!(error, DockerError::Exited { exit_code: 3, .. }), "{message}");
+    assert!(message.contains("`broken`") && message.contains("boom"), "{message}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?} of a 120 s timeout");
     assert!(left.is_empty(), "up left {left:?} behind");
 }
 
@@ -204,53 +146,33 @@ async fn a_component_that_never_opens_its_port_times_out() {
     .await;
     let message = error.to_string();
     assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
-    assert!(
-        message.contains("`broken`") && message.contains("port 5432"),
-        "{message}"
-    );
-    assert!(
-        message.contains("waiting-forever"),
-        "logs missing: {message}"
-    );
-    assert!(
-        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(60),
-        "{elapsed:?}"
-    );
+    assert!(message.contains("`broken`") && message.contains("port 5432"), "{message}");
+    assert!(message.contains("waiting-forever"), "logs missing: {message}");
+    assert!(elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(60), "{elapsed:?}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_failing_one_shot_component_is_reported() {
-    let (error, _, _) = failing_stack(r#"{ command = ["sh", "-c", "echo migration failed >&2; exit 1"], ready = { completes = true } }"#).await;
+    let (error, _, _) = failing_stack(
+        r#"{ command = ["sh", "-c", "echo migration failed >&2; exit 1"], ready = { completes = true } }"#,
+    )
+    .await;
     let message = error.to_string();
-    assert!(
-        matches!(error, DockerError::Exited { exit_code: 1, .. }),
-        "{message}"
-    );
+    assert!(matches!(error, DockerError::Exited { exit_code: 1, .. }), "{message}");
     assert!(message.contains("migration failed"), "{message}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn no_engine_at_a_missing_socket_fails_fast_and_says_how_to_start_one() {
-    let socket = format!(
-        "unix:///tmp/e2e-infra-no-engine-{}.sock",
-        std::process::id()
-    );
+    let socket = format!("unix:///tmp/e2e-infra-no-engine-{}.sock", std::process::id());
     let started = Instant::now();
-    let error = connect_to(&socket)
-        .await
-        .expect_err("nothing listens there");
+    let error = connect_to(&socket).await.expect_err("nothing listens there");
     assert!(started.elapsed() < Duration::from_secs(5));
     let message = error.to_string();
-    assert!(
-        matches!(error, EngineError::Unreachable { .. }),
-        "{message}"
-    );
-    assert!(
-        message.contains(&socket) && message.contains("scripts/engine.sh"),
-        "{message}"
-    );
+    assert!(matches!(error, EngineError::Unreachable { .. }), "{message}");
+    assert!(message.contains(&socket) && message.contains("scripts/engine.sh"), "{message}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -268,19 +190,12 @@ async fn an_engine_that_never_answers_fails_within_the_connection_budget() {
     });
     let host = format!("unix://{}", path.display());
     let started = Instant::now();
-    let error = e2e_infra::engine::connect_within(&host, Duration::from_secs(5))
-        .await
-        .expect_err("the engine is silent");
+    let error =
+        e2e_infra::engine::connect_within(&host, Duration::from_secs(5)).await.expect_err("the engine is silent");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_secs(5) && waited < Duration::from_secs(7),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(7), "{waited:?}");
     // 2 s, then the 3 s left of the budget.
-    assert!(
-        matches!(error, EngineError::NoAnswer { attempts: 2, .. }),
-        "{error}"
-    );
+    assert!(matches!(error, EngineError::NoAnswer { attempts: 2, .. }), "{error}");
     assert!(error.to_string().contains(&host));
     held.abort();
 }
@@ -295,11 +210,7 @@ async fn an_engine_that_never_answers_fails_within_the_connection_budget() {
 async fn the_engine_is_the_one_docker_host_names() {
     let docker = engine(None).await;
     let info = docker.info().await.unwrap_or_else(|e| panic!("engine info: {e}"));
-    let found = format!(
-        "{} {}",
-        info.server_version.unwrap_or_default(),
-        info.driver.unwrap_or_default()
-    );
+    let found = format!("{} {}", info.server_version.unwrap_or_default(), info.driver.unwrap_or_default());
     eprintln!(
         "engine at {}: {found} {:?}",
         e2e_infra::engine::address(&docker),
@@ -332,14 +243,16 @@ async fn frozen_after_ping(path: &std::path::Path) -> (String, tokio::task::Join
             let body = if path.ends_with("/_ping") {
                 "OK".to_owned()
             } else if path.ends_with("/version") {
-                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24","Os":"linux","Arch":"amd64"}"#.to_owned()
+                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24","Os":"linux","Arch":"amd64"}"#
+                    .to_owned()
             } else {
                 // Frozen: the request is taken and never answered.
                 std::future::pending::<()>().await;
                 return;
             };
             let kind = if body == "OK" { "text/plain" } else { "application/json" };
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
             if stream.write_all(answer.as_bytes()).await.is_err() {
                 return;
             }
@@ -375,7 +288,10 @@ async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_list
     assert!(!output.status.success());
     assert!(took < LISTING_TIMEOUT + Duration::from_secs(5), "{took:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&socket.display().to_string()) && stderr.contains("check it with `docker info`"), "{stderr}");
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("check it with `docker info`"),
+        "{stderr}"
+    );
     engine.abort();
 }
 
@@ -410,7 +326,11 @@ async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
         (labels::RUN.to_owned(), "other".to_owned()),
         (labels::CONSUMER.to_owned(), base.clone()),
     ]);
-    let request = bollard::models::VolumeCreateRequest { name: Some(planted.clone()), labels: Some(labels), ..Default::default() };
+    let request = bollard::models::VolumeCreateRequest {
+        name: Some(planted.clone()),
+        labels: Some(labels),
+        ..Default::default()
+    };
     docker.create_volume(request).await.expect("planted");
     let error = teardown::mark_kept(&docker, &third, None, None, "failed: a_test").await.expect_err("not its marker");
     let text = error.to_string();
@@ -487,8 +407,12 @@ docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; slee
         let read = counted.load(std::sync::atomic::Ordering::Relaxed) - before;
         let ready_after = stack.component("chatty").unwrap().ready_after;
         eprintln!("ready after {ready_after:?}; the engine sent {read} bytes");
-        let log_size: u64 = (1..=100_000u64).map(|n| "filler line ".len() as u64 + n.to_string().len() as u64 + 1).sum();
-        assert!(read < 2 * log_size, "the engine sent {read} bytes for a log of {log_size}: it was read more than once");
+        let log_size: u64 =
+            (1..=100_000u64).map(|n| "filler line ".len() as u64 + n.to_string().len() as u64 + 1).sum();
+        assert!(
+            read < 2 * log_size,
+            "the engine sent {read} bytes for a log of {log_size}: it was read more than once"
+        );
         Ok::<_, String>(())
     };
     clean_up_after(body, async {

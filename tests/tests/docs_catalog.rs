@@ -30,21 +30,13 @@ fn parse(catalog: &str) -> Vec<(String, String)> {
     lay_out(dir.path(), catalog);
     let parsed = Catalog::parse(&dir.path().join("e2e-infra.toml"), catalog);
     let parsed = parsed.unwrap_or_else(|e| panic!("{e}\nin:\n{catalog}"));
-    parsed
-        .components()
-        .iter()
-        .map(|(name, c)| (name.clone(), c.dependencies().collect::<Vec<_>>().join(",")))
-        .collect()
+    parsed.components().iter().map(|(name, c)| (name.clone(), c.dependencies().collect::<Vec<_>>().join(","))).collect()
 }
 
 #[test]
 fn every_catalog_example_of_the_guide_parses() {
     let examples = blocks(&page("catalog.md"), "toml");
-    assert_eq!(
-        examples.len(),
-        5,
-        "the guide's TOML examples: {examples:#?}"
-    );
+    assert_eq!(examples.len(), 5, "the guide's TOML examples: {examples:#?}");
     for block in examples {
         assert!(!parse(&complete(&block)).is_empty());
     }
@@ -52,12 +44,8 @@ fn every_catalog_example_of_the_guide_parses() {
 
 #[test]
 fn the_complete_example_is_the_example_suites_catalog() {
-    let example = std::fs::read_to_string(root().join("examples/notification/e2e-infra.toml"))
-        .expect("the example");
-    assert_eq!(
-        parse(&blocks(&page("catalog.md"), "toml")[0]),
-        parse(&example)
-    );
+    let example = std::fs::read_to_string(root().join("examples/notification/e2e-infra.toml")).expect("the example");
+    assert_eq!(parse(&blocks(&page("catalog.md"), "toml")[0]), parse(&example));
 }
 
 #[test]

@@ -10,7 +10,9 @@ use bollard::query_parameters::TagImageOptions;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node, ReadFrom, Route, KIND_EXEC_ENV};
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
-use e2e_infra_tests::kind_node::{busybox_image, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster};
+use e2e_infra_tests::kind_node::{
+    busybox_image, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster,
+};
 use e2e_infra_tests::{engine, unique};
 
 /// A plan of `components` (each a busybox build) for a unique run.
@@ -259,7 +261,8 @@ async fn load_from(
 /// on the containerd image store, `store` on overlay2.
 async fn local_store(docker: &bollard::Docker) -> &'static str {
     let info = docker.info().await.expect("docker info");
-    let containerd = info.driver_status.iter().flatten().any(|pair| pair.iter().any(|v| v == "io.containerd.snapshotter.v1"));
+    let containerd =
+        info.driver_status.iter().flatten().any(|pair| pair.iter().any(|v| v == "io.containerd.snapshotter.v1"));
     if containerd {
         "content store"
     } else {
@@ -338,7 +341,12 @@ async fn a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export(
 
 /// The image of `build` under the reference of a new run's plan, tagged on
 /// the engine: an unchanged build in the next run.
-async fn next_run(docker: &bollard::Docker, dir: &std::path::Path, build: &LoadImage, guard: &mut ImageGuard) -> (Plan, Vec<LoadImage>) {
+async fn next_run(
+    docker: &bollard::Docker,
+    dir: &std::path::Path,
+    build: &LoadImage,
+    guard: &mut ImageGuard,
+) -> (Plan, Vec<LoadImage>) {
     let plan = plan(dir, &["overlap"], &unique("kind-runs"));
     let image = plan.image("overlap").expect("planned").clone();
     guard.0.push(image.to_string());

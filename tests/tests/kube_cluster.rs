@@ -13,16 +13,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::deploy::kube::{deploy, forward, mark_kept, KubeError, KubeOptions, PodFailure};
-use e2e_infra::record::StackRecord;
+use e2e_infra::error::error_chain;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage};
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
-use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
-use e2e_infra::error::error_chain;
-use e2e_infra::{Catalog, Delivery, Plan};
+use e2e_infra::record::StackRecord;
 use e2e_infra::report::{self as failure_report, Evidence, Recorder};
+use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
+use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
-use e2e_infra_tests::report::ReportFolder;
 use e2e_infra_tests::kind_node::{self, ImageGuard};
+use e2e_infra_tests::report::ReportFolder;
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, http_get, plan, unique, Project};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
@@ -101,9 +101,13 @@ impl AppRun {
 
     /// As [`AppRun::up`], writing the failure report into the project's
     /// `reports/setup`: the result, and the report's path if one was written.
-    async fn up_reported(&self, timeout: Duration) -> (Result<StackRecord, StackError>, Option<Result<PathBuf, String>>) {
+    async fn up_reported(
+        &self,
+        timeout: Duration,
+    ) -> (Result<StackRecord, StackError>, Option<Result<PathBuf, String>>) {
         let recorder = Recorder::new(self.project.path().join("reports/setup"), &self.plan, &self.cluster.backend());
-        let options = StackOptions { backend: self.cluster.backend(), ready_timeout: Some(timeout), ..StackOptions::default() };
+        let options =
+            StackOptions { backend: self.cluster.backend(), ready_timeout: Some(timeout), ..StackOptions::default() };
         let result = stack::up_reporting(&self.plan, &options, Some(&recorder)).await;
         (result, recorder.outcome())
     }
@@ -824,9 +828,14 @@ async fn a_reused_stack_rolls_only_when_an_image_changes() {
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_readiness_timeout_leaves_a_report_of_every_pod() {
-    let mut never_ready = container("echo app is up; echo app waits for a probe that never passes; exec /bin/sleep 3600");
+    let mut never_ready =
+        container("echo app is up; echo app waits for a probe that never passes; exec /bin/sleep 3600");
     never_ready["readinessProbe"] = json!({ "exec": { "command": ["/bin/false"] }, "periodSeconds": 1 });
-    let run = AppRun::with_dependent("kube-report-ready", &[deployment(never_ready)], &[dependent_deployment("exec /bin/sleep 3600")]);
+    let run = AppRun::with_dependent(
+        "kube-report-ready",
+        &[deployment(never_ready)],
+        &[dependent_deployment("exec /bin/sleep 3600")],
+    );
 
     let (result, outcome) = run.up_reported(Duration::from_secs(15)).await;
     let error = kube_error(result);
@@ -845,7 +854,11 @@ async fn a_readiness_timeout_leaves_a_report_of_every_pod() {
 #[ignore = "needs a Kubernetes cluster with its node's containerd on this machine: set KUBECONFIG and E2E_CONTAINERD_SOCKET (scripts/test.sh starts kube-local); run with --run-ignored all"]
 async fn a_failing_test_on_a_live_stack_gets_a_report_and_its_logs() {
     let app = deployment(container("echo app is up; exec /bin/sleep 3600"));
-    let run = AppRun::with_dependent("kube-report-live", &[app], &[dependent_deployment("echo dependent is up; exec /bin/sleep 3600")]);
+    let run = AppRun::with_dependent(
+        "kube-report-live",
+        &[app],
+        &[dependent_deployment("echo dependent is up; exec /bin/sleep 3600")],
+    );
     let record = run.up(READY_WITHIN).await.unwrap_or_else(|e| panic!("{}", error_chain(&e)));
 
     // What a failing test's guard writes.
@@ -919,7 +932,8 @@ async fn teardown_starts_no_pod_a_second_time() {
     let client = run.cluster.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), run.namespace());
     let listed = pods.list(&ListParams::default()).await.expect("listing pods");
-    let running: std::collections::BTreeSet<String> = listed.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    let running: std::collections::BTreeSet<String> =
+        listed.items.iter().filter_map(|p| p.metadata.uid.clone()).collect();
     assert_eq!(running.len(), 2, "{running:?}");
     let version = listed.metadata.resource_version.expect("a list has a resource version");
     let mut events = pods.watch(&WatchParams::default(), &version).await.expect("watching pods").boxed();

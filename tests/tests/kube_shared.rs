@@ -56,7 +56,6 @@ subjects:
   - { kind: ServiceAccount, name: gadget-reader, namespace: \"${namespace}\" }
 ";
 
-
 fn plan(dir: &std::path::Path, consumer: &str) -> Plan {
     let catalog = Catalog::load(&dir.join("e2e-infra.toml")).expect("catalog");
     let run = RunId::explicit(&unique("kube-shared"), None).expect("run id");
@@ -88,7 +87,8 @@ async fn allowed(client: &Client, plan: &Plan) -> bool {
 async fn two_runs_share_a_crd_and_the_last_one_out_removes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("gadgets.yaml"), MANIFESTS).expect("manifests");
-    let catalog = "[components.gadgets]\nimage = \"localhost/busybox:local\"\nkubernetes = { manifests = [\"gadgets.yaml\"] }\n";
+    let catalog =
+        "[components.gadgets]\nimage = \"localhost/busybox:local\"\nkubernetes = { manifests = [\"gadgets.yaml\"] }\n";
     std::fs::write(dir.path().join("e2e-infra.toml"), catalog).expect("catalog");
     let (a, b) = (plan(dir.path(), "shared-a"), plan(dir.path(), "shared-b"));
     let context = std::env::var("E2E_KUBE_CONTEXT").ok();

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
-use futures::StreamExt;
 use e2e_infra::record::RunKey;
 use e2e_infra_tests::cluster::cli;
 use e2e_infra_tests::report::ReportFolder;
+use futures::StreamExt;
 use tempfile::TempDir;
 
 fn root() -> PathBuf {
@@ -284,7 +284,11 @@ async fn once_per_run(runner: &str, scenario: &str) {
     let all = text(&output);
     assert!(output.status.success(), "suite failed:\n{all}");
     // The suite's nine tests and nothing else: no test stands for the teardown.
-    let passed = if runner == "nextest" { "9 tests run: 9 passed, 0 skipped" } else { "test result: ok. 9 passed; 0 failed; 0 ignored" };
+    let passed = if runner == "nextest" {
+        "9 tests run: 9 passed, 0 skipped"
+    } else {
+        "test result: ok. 9 passed; 0 failed; 0 ignored"
+    };
     assert!(all.contains(passed), "expected all 9 to pass, none skipped:\n{all}");
     events.settle().await;
     let created = events.containers_created(&fixture.consumer);
@@ -371,7 +375,8 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     let cli_reports = fixture.dir.path().join("cli-reports");
     let env = [("E2E_INFRA_REPORT_DIR", cli_reports.as_os_str())];
     let run = run_id.to_string_lossy();
-    let (logs, _) = cli(fixture.dir.path(), &["logs", "--consumer", &fixture.consumer, "--run", &run, "api"], &env).await;
+    let (logs, _) =
+        cli(fixture.dir.path(), &["logs", "--consumer", &fixture.consumer, "--run", &run, "api"], &env).await;
     let printed = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.status.success() && printed.contains("api serving on 8080"), "{printed}");
     assert!(!printed.contains("store serving"), "only the api's lines: {printed}");
@@ -381,11 +386,16 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
     assert_eq!(String::from_utf8_lossy(&written.stdout).trim(), expected.display().to_string());
     let on_demand = ReportFolder::at(&expected);
     assert!(on_demand.logs("store").contains("store serving on 7000"), "{:?}", on_demand.files());
-    assert!(on_demand.text("summary.txt").contains("failed tests of the run: fixture_e2e::scenario_switch"), "{}", on_demand.text("summary.txt"));
+    assert!(
+        on_demand.text("summary.txt").contains("failed tests of the run: fixture_e2e::scenario_switch"),
+        "{}",
+        on_demand.text("summary.txt")
+    );
     assert!(on_demand.text("plan.json").contains("\"api\""), "{:?}", on_demand.files());
-    let removed = e2e_infra::stack::down(&docker(), &RunKey::new(run_id.to_string_lossy(), fixture.consumer.as_str()), None)
-        .await
-        .expect("down");
+    let removed =
+        e2e_infra::stack::down(&docker(), &RunKey::new(run_id.to_string_lossy(), fixture.consumer.as_str()), None)
+            .await
+            .expect("down");
     assert!(removed.contains("2 container"), "{removed}");
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }
@@ -432,7 +442,11 @@ async fn failing_setup_fails_every_test_at_once_with_the_logs() {
     assert!(all.matches("e2e-infra report: ").count() >= 9, "every test names the report:\n{all}");
     let report = ReportFolder::at(&reported[0]);
     assert_eq!(report.components(), ["crasher"], "{:?}", report.files());
-    assert!(report.logs("crasher").trim_end().ends_with("crasher cannot find its config"), "{}", report.logs("crasher"));
+    assert!(
+        report.logs("crasher").trim_end().ends_with("crasher cannot find its config"),
+        "{}",
+        report.logs("crasher")
+    );
     assert!(report.state("crasher").contains("exit code: 3"), "{}", report.state("crasher"));
     // One setup attempt for the whole run: no retry storm.
     events.settle().await;
@@ -511,7 +525,8 @@ async fn a_reused_stack_is_replaced_only_where_something_changed() {
     // Only the api's command changes: the store stays.
     let catalog = fixture.dir.path().join("e2e-infra.toml");
     let text_of = std::fs::read_to_string(&catalog).expect("catalog");
-    std::fs::write(&catalog, text_of.replace("echo api store=$STORE >", "echo api store=$STORE changed >")).expect("catalog");
+    std::fs::write(&catalog, text_of.replace("echo api store=$STORE >", "echo api store=$STORE changed >"))
+        .expect("catalog");
     let created = run(1, "the api's configuration changed").await;
     assert!(created[0].ends_with("-api"), "{created:?}");
 
@@ -519,7 +534,8 @@ async fn a_reused_stack_is_replaced_only_where_something_changed() {
     std::fs::write(fixture.dir.path().join("image/version"), "2").expect("context file");
     std::fs::write(
         fixture.dir.path().join("busybox.Dockerfile"),
-        std::fs::read_to_string(fixture.dir.path().join("busybox.Dockerfile")).expect("dockerfile") + "COPY version /version\n",
+        std::fs::read_to_string(fixture.dir.path().join("busybox.Dockerfile")).expect("dockerfile")
+            + "COPY version /version\n",
     )
     .expect("dockerfile");
     run(2, "the image changed").await;
@@ -533,7 +549,8 @@ async fn a_reused_stack_is_replaced_only_where_something_changed() {
     let (clean, _) = e2e_infra_tests::cluster::cli(dir, &["clean", "--consumer", &fixture.consumer], &env).await;
     assert!(clean.status.success());
     assert_eq!(leftovers(&fixture.consumer).await, (2, 1), "plain clean removed a reusable stack");
-    let (clean, _) = e2e_infra_tests::cluster::cli(dir, &["clean", "--reused", "--consumer", &fixture.consumer], &env).await;
+    let (clean, _) =
+        e2e_infra_tests::cluster::cli(dir, &["clean", "--reused", "--consumer", &fixture.consumer], &env).await;
     assert!(clean.status.success());
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }

@@ -23,44 +23,24 @@ async fn podman_builds_with_args_and_reuses_unchanged_inputs() {
     assert_eq!(kind(&podman).await.unwrap(), EngineKind::Podman);
     let project = Project::new();
     project.busybox_context("ctx");
-    project.write(
-        "docker/app.Dockerfile",
-        unshared_busybox_dockerfile("ARG FLAVOUR\nLABEL flavour=$FLAVOUR\n"),
-    );
+    project.write("docker/app.Dockerfile", unshared_busybox_dockerfile("ARG FLAVOUR\nLABEL flavour=$FLAVOUR\n"));
     let catalog = project.catalog(
         "[components.app]\nbuild = { context = \"ctx\", dockerfile = \"docker/app.Dockerfile\", args = { FLAVOUR = \"podman\" } }\n",
     );
     let first = plan(&catalog, "podman", &["app"], AREA, &Delivery::Local);
     let second = plan(&catalog, "podman", &["app"], AREA, &Delivery::Local);
     let body = async {
-        let built = build_all(&podman, &first, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let built = build_all(&podman, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         assert!(!built[0].cached);
-        let image = podman
-            .inspect_image(&first.image("app").unwrap().to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let image = podman.inspect_image(&first.image("app").unwrap().to_string()).await.map_err(|e| e.to_string())?;
         let image_labels = image.config.and_then(|c| c.labels).unwrap_or_default();
-        assert_eq!(
-            image_labels.get("flavour").map(String::as_str),
-            Some("podman")
-        );
-        assert_eq!(
-            image_labels
-                .get(labels::BUILT_FOR_COMPONENT)
-                .map(String::as_str),
-            Some("app")
-        );
+        assert_eq!(image_labels.get("flavour").map(String::as_str), Some("podman"));
+        assert_eq!(image_labels.get(labels::BUILT_FOR_COMPONENT).map(String::as_str), Some("app"));
 
-        let again = build_all(&podman, &second, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let again = build_all(&podman, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         assert!(again[0].cached, "unchanged inputs were rebuilt on Podman");
-        let tagged = podman
-            .inspect_image(&second.image("app").unwrap().to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let tagged =
+            podman.inspect_image(&second.image("app").unwrap().to_string()).await.map_err(|e| e.to_string())?;
         assert_eq!(tagged.id, image.id);
         Ok::<_, String>(())
     };
@@ -77,10 +57,7 @@ async fn podman_runs_a_two_component_stack() {
     let podman = engine(Some(&podman_host())).await;
     let project = Project::new();
     project.busybox_context("ctx");
-    project.write(
-        "ctx/Dockerfile",
-        unshared_busybox_dockerfile("RUN mkdir /www && echo from-web > /www/index.html\n"),
-    );
+    project.write("ctx/Dockerfile", unshared_busybox_dockerfile("RUN mkdir /www && echo from-web > /www/index.html\n"));
     let catalog = project.catalog(
         r#"
 [components.web]
@@ -99,26 +76,18 @@ ready = { http = "/upstream", timeout = "30s" }
     );
     let plan = plan(&catalog, "podman", &["app"], AREA, &Delivery::Local);
     let body = async {
-        build_all(&podman, &plan, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        build_all(&podman, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         let stack = up(&podman, &plan, None).await.map_err(|e| e.to_string())?;
         let app = stack.component("app").ok_or("no app")?;
-        let (status, body) = http_get(app.ports[&9090], "/upstream")
-            .await
-            .map_err(|e| e.to_string())?;
+        let (status, body) = http_get(app.ports[&9090], "/upstream").await.map_err(|e| e.to_string())?;
         assert_eq!((status, body.as_str()), (200, "from-web\n"));
-        let removed = remove_labelled(&podman, &labels::run_filter(&plan))
-            .await
-            .map_err(|e| e.to_string())?;
+        let removed = remove_labelled(&podman, &labels::run_filter(&plan)).await.map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 2, "{removed:?}");
         assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&podman, &labels::run_filter(&plan))
-            .await
-            .unwrap();
+        remove_labelled(&podman, &labels::run_filter(&plan)).await.unwrap();
         remove_built_images(&podman, &plan).await;
     })
     .await;
@@ -139,14 +108,9 @@ async fn podman_never_takes_an_intermediate_image_for_the_cache() {
     let steps = "RUN mkdir /www && echo up > /www/index.html\n";
     project.write(
         "ctx/Dockerfile",
-        unshared_busybox_dockerfile(&format!(
-            "{steps}CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
-        )),
+        unshared_busybox_dockerfile(&format!("{steps}CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n")),
     );
-    project.write(
-        "ctx/side.Dockerfile",
-        unshared_busybox_dockerfile(&format!("{steps}CMD [\"true\"]\n")),
-    );
+    project.write("ctx/side.Dockerfile", unshared_busybox_dockerfile(&format!("{steps}CMD [\"true\"]\n")));
     let catalog = project.catalog(
         r#"
 [components.web]
@@ -161,17 +125,10 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
     let side = plan(&catalog, "podman", &["side"], AREA, &Delivery::Local);
     let second = plan(&catalog, "podman", &["web"], AREA, &Delivery::Local);
     let body = async {
-        let built = build_all(&podman, &first, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let built = build_all(&podman, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         // Reuses the first steps, and with them web's labelled intermediates.
-        build_all(&podman, &side, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let inspected = podman
-            .inspect_image(&built[0].image.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        build_all(&podman, &side, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let inspected = podman.inspect_image(&built[0].image.to_string()).await.map_err(|e| e.to_string())?;
         let digest = inspected
             .config
             .and_then(|c| c.labels)
@@ -182,39 +139,22 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
         let label = format!("{}={digest}", labels::INPUT_DIGEST);
         let filter = HashMap::from([("label", vec![label.as_str()])]);
         let left = podman
-            .list_images(Some(
-                ListImagesOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
+            .list_images(Some(ListImagesOptionsBuilder::new().all(true).filters(&filter).build()))
             .await
             .map_err(|e| e.to_string())?;
-        assert!(
-            !left.is_empty(),
-            "no intermediate image carries web's digest label: this test would prove nothing"
-        );
+        assert!(!left.is_empty(), "no intermediate image carries web's digest label: this test would prove nothing");
 
-        let rebuilt = build_all(&podman, &second, &BuildOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        assert!(
-            !rebuilt[0].cached,
-            "an intermediate image was taken for the cache"
-        );
+        let rebuilt = build_all(&podman, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert!(!rebuilt[0].cached, "an intermediate image was taken for the cache");
         assert!(left.iter().all(|i| i.id != rebuilt[0].image_id));
         let stack = up(&podman, &second, None).await.map_err(|e| e.to_string())?;
         let web = stack.component("web").ok_or("no web")?;
-        let (status, body) = http_get(web.ports[&8080], "/index.html")
-            .await
-            .map_err(|e| e.to_string())?;
+        let (status, body) = http_get(web.ports[&8080], "/index.html").await.map_err(|e| e.to_string())?;
         assert_eq!((status, body.as_str()), (200, "up\n"));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&podman, &labels::run_filter(&second))
-            .await
-            .unwrap();
+        remove_labelled(&podman, &labels::run_filter(&second)).await.unwrap();
         remove_built_images(&podman, &second).await;
         remove_built_images(&podman, &first).await;
         remove_built_images(&podman, &side).await;

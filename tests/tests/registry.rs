@@ -8,7 +8,8 @@ use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::load::registry::{push_all, LoadError};
 use e2e_infra::Delivery;
 use e2e_infra_tests::{
-    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, remove_image, remove_reference, Project, REGISTRY,
+    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, remove_image, remove_reference, Project,
+    REGISTRY,
 };
 use futures::TryStreamExt;
 
@@ -20,7 +21,8 @@ fn served_digest(name: &str, tag: &str) -> String {
     let mut stream = std::net::TcpStream::connect(REGISTRY).expect("the loopback registry answers");
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-    write!(stream, "HEAD /v2/{name}/manifests/{tag} HTTP/1.0\r\nHost: {REGISTRY}\r\nAccept: {accept}\r\n\r\n").expect("send");
+    write!(stream, "HEAD /v2/{name}/manifests/{tag} HTTP/1.0\r\nHost: {REGISTRY}\r\nAccept: {accept}\r\n\r\n")
+        .expect("send");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
     answer
@@ -48,7 +50,11 @@ async fn pushed_images_pull_back_by_their_digest_with_the_same_id() {
         let built = build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         let pushed = push_all(&docker, &plan, None).await.map_err(|e| e.to_string())?;
         let images: Vec<_> = pushed.iter().map(|p| p.image.clone()).collect();
-        assert_eq!(images, [plan.image("app").unwrap().clone(), plan.image("side").unwrap().clone()], "the plan's order");
+        assert_eq!(
+            images,
+            [plan.image("app").unwrap().clone(), plan.image("side").unwrap().clone()],
+            "the plan's order"
+        );
         for (pushed, built) in pushed.iter().zip(&built) {
             let image = &pushed.image;
             assert_eq!(image.registry(), REGISTRY);
@@ -59,9 +65,13 @@ async fn pushed_images_pull_back_by_their_digest_with_the_same_id() {
 
             remove_image(&docker, image).await;
             assert!(docker.inspect_image(&image.to_string()).await.is_err(), "the local tag remains");
-            let pull = CreateImageOptionsBuilder::new().from_image(&format!("{}@{}", image.name(), pushed.digest)).build();
+            let pull =
+                CreateImageOptionsBuilder::new().from_image(&format!("{}@{}", image.name(), pushed.digest)).build();
             docker.create_image(Some(pull), None, None).try_collect::<Vec<_>>().await.map_err(|e| e.to_string())?;
-            let pulled = docker.inspect_image(&format!("{}@{}", image.name(), pushed.digest)).await.map_err(|e| e.to_string())?;
+            let pulled = docker
+                .inspect_image(&format!("{}@{}", image.name(), pushed.digest))
+                .await
+                .map_err(|e| e.to_string())?;
             assert_eq!(pulled.id.as_deref(), Some(built.image_id.as_str()), "{image}");
         }
         Ok::<_, String>(())
@@ -87,9 +97,7 @@ async fn a_local_plan_has_nowhere_to_push() {
     let project = Project::new();
     let catalog = project.busybox_catalog("app", "");
     let plan = plan(&catalog, "registry", &["app"], AREA, &Delivery::Local);
-    let error = push_all(&docker, &plan, None)
-        .await
-        .expect_err("nowhere to push");
+    let error = push_all(&docker, &plan, None).await.expect_err("nowhere to push");
     assert!(matches!(error, LoadError::NoRegistry { .. }), "{error}");
     assert!(error.to_string().contains("Delivery::Registry"), "{error}");
 }

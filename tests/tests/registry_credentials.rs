@@ -76,7 +76,10 @@ fn a_registry_helper_gives_the_credential() {
 #[test]
 fn the_store_serves_every_registry_and_one_it_does_not_know_goes_without() {
     let config = r#"{"credsStore": "e2etest"}"#;
-    assert_eq!(look_up(config, "known:5000"), "FOUND credential store `docker-credential-e2etest` (credsStore) | helper-user");
+    assert_eq!(
+        look_up(config, "known:5000"),
+        "FOUND credential store `docker-credential-e2etest` (credsStore) | helper-user"
+    );
     assert_eq!(look_up(config, "other:5000"), "NONE");
 }
 
@@ -89,7 +92,12 @@ fn a_registry_helper_wins_over_auths_and_the_store() {
 #[test]
 fn a_failing_helper_is_named_with_what_it_said_and_the_fix() {
     let answer = look_up(r#"{"credHelpers": {"broken:5000": "e2etest"}}"#, "broken:5000");
-    assert!(answer.starts_with("ERROR the credential for registry broken:5000 from credential helper `docker-credential-e2etest`"), "{answer}");
+    assert!(
+        answer.starts_with(
+            "ERROR the credential for registry broken:5000 from credential helper `docker-credential-e2etest`"
+        ),
+        "{answer}"
+    );
     assert!(answer.contains("the keychain is locked") && answer.contains("run `docker login broken:5000`"), "{answer}");
 }
 

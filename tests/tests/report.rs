@@ -15,9 +15,7 @@ use e2e_infra::report::{self, Evidence, Recorder};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Delivery, Plan};
 use e2e_infra_tests::report::ReportFolder;
-use e2e_infra_tests::{
-    clean_up_after, engine, plan, remove_built_images, unshared_busybox_dockerfile, Project,
-};
+use e2e_infra_tests::{clean_up_after, engine, plan, remove_built_images, unshared_busybox_dockerfile, Project};
 
 const AREA: &str = "report-docker";
 
@@ -50,15 +48,8 @@ docker = {{ command = ["sleep", "600"] }}
 
 async fn leftovers(docker: &Docker, plan: &Plan) -> usize {
     let filter = HashMap::from([("label", labels::run_filter(plan))]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filter)
-        .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .expect("listing containers")
-        .len()
+    let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
+    docker.list_containers(Some(options)).await.expect("listing containers").len()
 }
 
 /// Stands `plan` up with a recorder writing into `project`; the report.
@@ -68,73 +59,29 @@ async fn failed_setup(docker: &Docker, project: &Project, plan: &Plan) -> Report
     let result = stack::up_reporting(plan, &StackOptions::default(), Some(&recorder)).await;
     let error = result.expect_err("the stack should fail");
     eprintln!("{}", e2e_infra::error::error_chain(&error));
-    assert_eq!(
-        recorder.outcome(),
-        Some(Ok(dir.clone())),
-        "the report was written where asked"
-    );
+    assert_eq!(recorder.outcome(), Some(Ok(dir.clone())), "the report was written where asked");
     // Written before `up` removed the partly started stack.
-    assert_eq!(
-        leftovers(docker, plan).await,
-        0,
-        "up removed what it started"
-    );
+    assert_eq!(leftovers(docker, plan).await, 0, "up removed what it started");
     ReportFolder::at(&dir)
 }
 
 /// What every failed-setup report holds, whatever failed.
 fn assert_common(report: &ReportFolder) {
-    assert_eq!(
-        report.components(),
-        ["after", "broken", "db"],
-        "{:?}",
-        report.files()
-    );
-    let plan: serde_json::Value =
-        serde_json::from_str(&report.text("plan.json")).expect("plan.json is JSON");
-    let planned: Vec<&str> = plan["components"]
-        .as_array()
-        .expect("components")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
+    assert_eq!(report.components(), ["after", "broken", "db"], "{:?}", report.files());
+    let plan: serde_json::Value = serde_json::from_str(&report.text("plan.json")).expect("plan.json is JSON");
+    let planned: Vec<&str> =
+        plan["components"].as_array().expect("components").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(planned, ["db", "broken", "after"]);
     let timings = report.text("timings.txt");
-    assert!(
-        ["db", "broken", "after"]
-            .iter()
-            .all(|c| timings.contains(c)),
-        "{timings}"
-    );
+    assert!(["db", "broken", "after"].iter().all(|c| timings.contains(c)), "{timings}");
     for component in ["db", "broken", "after"] {
-        assert!(
-            !report
-                .text(&format!("build/{component}.log"))
-                .trim()
-                .is_empty(),
-            "no build output of {component}"
-        );
+        assert!(!report.text(&format!("build/{component}.log")).trim().is_empty(), "no build output of {component}");
     }
-    assert!(
-        report.logs("db").contains("db listening on 5432"),
-        "{}",
-        report.logs("db")
-    );
-    assert!(
-        report.state("db").contains("status: running"),
-        "{}",
-        report.state("db")
-    );
-    assert!(
-        report.state("after").contains("not started"),
-        "{}",
-        report.state("after")
-    );
+    assert!(report.logs("db").contains("db listening on 5432"), "{}", report.logs("db"));
+    assert!(report.state("db").contains("status: running"), "{}", report.state("db"));
+    assert!(report.state("after").contains("not started"), "{}", report.state("after"));
     let summary = report.text("summary.txt");
-    assert!(
-        summary.contains("`broken`") && summary.contains("everything was collected"),
-        "{summary}"
-    );
+    assert!(summary.contains("`broken`") && summary.contains("everything was collected"), "{summary}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -148,21 +95,12 @@ async fn a_crash_during_setup_leaves_every_components_logs_and_state() {
         let report = failed_setup(&docker, &project, &plan).await;
         assert_common(&report);
         let logs = report.logs("broken");
-        assert!(
-            logs.trim_end().ends_with("broken last words: no config"),
-            "the last line is missing:\n{logs}"
-        );
-        assert!(
-            report.state("broken").contains("exit code: 3"),
-            "{}",
-            report.state("broken")
-        );
+        assert!(logs.trim_end().ends_with("broken last words: no config"), "the last line is missing:\n{logs}");
+        assert!(report.state("broken").contains("exit code: 3"), "{}", report.state("broken"));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan))
-            .await
-            .expect("removing the stack");
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -179,26 +117,13 @@ async fn a_readiness_timeout_leaves_every_components_logs_and_state() {
         let report = failed_setup(&docker, &project, &plan).await;
         assert_common(&report);
         let logs = report.logs("broken");
-        assert!(
-            logs.trim_end().ends_with("broken waits forever"),
-            "the last line is missing:\n{logs}"
-        );
-        assert!(
-            report.state("broken").contains("status: running"),
-            "{}",
-            report.state("broken")
-        );
-        assert!(
-            report.text("summary.txt").contains("not ready after"),
-            "{}",
-            report.text("summary.txt")
-        );
+        assert!(logs.trim_end().ends_with("broken waits forever"), "the last line is missing:\n{logs}");
+        assert!(report.state("broken").contains("status: running"), "{}", report.state("broken"));
+        assert!(report.text("summary.txt").contains("not ready after"), "{}", report.text("summary.txt"));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan))
-            .await
-            .expect("removing the stack");
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -217,25 +142,17 @@ async fn a_report_that_cannot_be_written_leaves_the_failure_as_it_was() {
     let body = async {
         let result = stack::up_reporting(&plan, &StackOptions::default(), Some(&recorder)).await;
         let error = e2e_infra::error::error_chain(&result.expect_err("the stack should fail"));
-        assert!(
-            error.contains("`broken`") && error.contains("broken last words"),
-            "the original failure: {error}"
-        );
+        assert!(error.contains("`broken`") && error.contains("broken last words"), "the original failure: {error}");
         let line = match recorder.outcome() {
             Some(Err(line)) => line,
             other => panic!("expected the report's own error, got {other:?}"),
         };
-        assert!(
-            line.starts_with("e2e-infra report: none, creating the report folder"),
-            "{line}"
-        );
+        assert!(line.starts_with("e2e-infra report: none, creating the report folder"), "{line}");
         assert!(!line.contains('\n'), "one line: {line}");
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan))
-            .await
-            .expect("removing the stack");
+        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -261,28 +178,16 @@ async fn an_engine_that_never_answers_gives_a_short_report_in_bounded_time() {
         failure: "a test failed".to_owned(),
         ..Evidence::default()
     };
-    let placement = Placement::Docker {
-        docker_host: Some(format!("unix://{}", socket.display())),
-        network: "none".to_owned(),
-    };
+    let placement =
+        Placement::Docker { docker_host: Some(format!("unix://{}", socket.display())), network: "none".to_owned() };
     let started = Instant::now();
     let written = report::write_for(dir.path().join("report"), &evidence, &placement).await;
     let waited = started.elapsed();
     held.abort();
     let path = written.unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        waited < report::CALL_LIMIT + Duration::from_secs(5),
-        "took {waited:?}"
-    );
+    assert!(waited < report::CALL_LIMIT + Duration::from_secs(5), "took {waited:?}");
     let report = ReportFolder::at(&path);
     let summary = report.text("summary.txt");
-    assert!(
-        summary.contains("not collected") && summary.contains("no answer within"),
-        "{summary}"
-    );
-    assert!(
-        report.state("db").contains("not fully read"),
-        "{:?}",
-        report.files()
-    );
+    assert!(summary.contains("not collected") && summary.contains("no answer within"), "{summary}");
+    assert!(report.state("db").contains("not fully read"), "{:?}", report.files());
 }

@@ -116,7 +116,13 @@ pub(crate) struct Measured {
 }
 
 /// Runs test binary `suite` and counts what the engine saw for `consumer`.
-pub(crate) async fn measure(docker: &Docker, dir: &Path, suite: &str, consumer: &str, env: &[(&str, &str)]) -> Res<Measured> {
+pub(crate) async fn measure(
+    docker: &Docker,
+    dir: &Path,
+    suite: &str,
+    consumer: &str,
+    env: &[(&str, &str)],
+) -> Res<Measured> {
     // The engine keeps only its last 256 events for later queries, fewer
     // than a naive run makes: follow them live instead.
     let filters = HashMap::from([
@@ -174,7 +180,9 @@ impl Cleanup {
             remove_labelled(docker, std::slice::from_ref(&label)).await?;
             let built = format!("{BUILT_BY_CONSUMER}={consumer}");
             let filters = HashMap::from([("label".to_owned(), vec![built])]);
-            let images = docker.list_images(Some(ListImagesOptions { all: true, filters: Some(filters), ..Default::default() })).await?;
+            let images = docker
+                .list_images(Some(ListImagesOptions { all: true, filters: Some(filters), ..Default::default() }))
+                .await?;
             for image in images {
                 let options = RemoveImageOptions { force: true, noprune: true, ..Default::default() };
                 let _ = docker.remove_image(&image.id, Some(options), None).await;
@@ -219,12 +227,19 @@ pub async fn amortization(docker: &Docker, tests: usize) -> Res<Section> {
     lay_out(dir.path(), &ours, &naive, tests)?;
     let compiled = nextest(dir.path(), &["--no-run"], &[]).output()?;
     if !compiled.status.success() {
-        return Err(format!("compiling the generated suites failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into());
+        return Err(
+            format!("compiling the generated suites failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into()
+        );
     }
     let a = measure(docker, dir.path(), "ours", &ours, &[("E2E_INFRA_FORCE_BUILD", "1")]).await?;
     let b = measure(docker, dir.path(), "naive", &naive, &[]).await?;
     let count = |n: usize| n as f64;
-    section.row(vec!["images tagged (builds)".to_owned(), a.tagged.to_string(), b.tagged.to_string(), ratio_of(count(b.tagged), count(a.tagged))]);
+    section.row(vec![
+        "images tagged (builds)".to_owned(),
+        a.tagged.to_string(),
+        b.tagged.to_string(),
+        ratio_of(count(b.tagged), count(a.tagged)),
+    ]);
     section.row(vec![
         "containers created (stacks × 2)".to_owned(),
         a.containers.to_string(),
@@ -239,7 +254,12 @@ pub async fn amortization(docker: &Docker, tests: usize) -> Res<Section> {
         secs(median(&b.per_test)),
         ratio(median(&b.per_test), median(&a.per_test)),
     ]);
-    section.row(vec!["per-test process, slowest (e2e-infra: the one that set up)".to_owned(), secs(slowest(&a)), secs(slowest(&b)), ratio(slowest(&b), slowest(&a))]);
+    section.row(vec![
+        "per-test process, slowest (e2e-infra: the one that set up)".to_owned(),
+        secs(slowest(&a)),
+        secs(slowest(&b)),
+        ratio(slowest(&b), slowest(&a)),
+    ]);
     section.note(&format!(
         "tests counted from nextest's PASS lines: {} e2e-infra, {} naive (e2e-infra's teardown process removes \
          its stack when the run ends; the naive processes leave theirs, removed by this benchmark afterwards)",

@@ -111,8 +111,9 @@ fn attached(measured: &Measured) -> (Duration, Duration) {
 /// Benchmark 9.
 pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
     let context = std::env::var(CONTEXT_ENV).map_err(|_| format!("benchmark 9 needs a cluster: set {CONTEXT_ENV}"))?;
-    let socket = std::env::var(SOCKET_ENV)
-        .map_err(|_| format!("benchmark 9 loads into the cluster's node: set {SOCKET_ENV} (scripts/cluster.sh prints it)"))?;
+    let socket = std::env::var(SOCKET_ENV).map_err(|_| {
+        format!("benchmark 9 loads into the cluster's node: set {SOCKET_ENV} (scripts/cluster.sh prints it)")
+    })?;
     let mut section = Section::new(
         "9. Attaching to a ready stack, per test process (cargo-nextest)",
         &format!(
@@ -130,10 +131,13 @@ pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
     lay_out(dir.path(), &consumer, tests)?;
     let compiled = nextest(dir.path(), &["--no-run"], &[]).output()?;
     if !compiled.status.success() {
-        return Err(format!("compiling the generated suite failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into());
+        return Err(
+            format!("compiling the generated suite failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into()
+        );
     }
     let on_docker = measure(docker, dir.path(), "attach", &consumer, &[(BACKEND_ENV, "docker")]).await?;
-    let kube = [(BACKEND_ENV, "kubernetes"), (KUBE_CONTEXT_ENV, context.as_str()), (CONTAINERD_SOCKET_ENV, socket.as_str())];
+    let kube =
+        [(BACKEND_ENV, "kubernetes"), (KUBE_CONTEXT_ENV, context.as_str()), (CONTAINERD_SOCKET_ENV, socket.as_str())];
     let on_kube = measure(docker, dir.path(), "attach", &consumer, &kube).await?;
     let ((docker_median, docker_slowest), (kube_median, kube_slowest)) = (attached(&on_docker), attached(&on_kube));
     let over = |kube: Duration, docker: Duration| match kube.checked_sub(docker) {
@@ -141,7 +145,12 @@ pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
         None => format!("−{}", secs(docker - kube)),
     };
     section.row(vec!["median".to_owned(), secs(docker_median), secs(kube_median), over(kube_median, docker_median)]);
-    section.row(vec!["slowest".to_owned(), secs(docker_slowest), secs(kube_slowest), over(kube_slowest, docker_slowest)]);
+    section.row(vec![
+        "slowest".to_owned(),
+        secs(docker_slowest),
+        secs(kube_slowest),
+        over(kube_slowest, docker_slowest),
+    ]);
     section.row(vec![
         "wall time of the nextest run (with setup)".to_owned(),
         secs(on_docker.wall),

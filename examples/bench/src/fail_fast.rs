@@ -48,7 +48,12 @@ fn stuck(namespace: &str, image: &str) -> Script {
         .watch(
             "pods",
             POD_FAILS_AFTER,
-            vec![added(waiting_pod(namespace, image, "ImagePullBackOff", &format!("Back-off pulling image \"{image}\"")))],
+            vec![added(waiting_pod(
+                namespace,
+                image,
+                "ImagePullBackOff",
+                &format!("Back-off pulling image \"{image}\""),
+            ))],
         );
     script.events = vec![json!({
         "metadata": { "name": "api-7d9f-x2x.1", "namespace": namespace },
@@ -210,9 +215,9 @@ async fn make_namespace(client: &Client, namespace: &str) -> Res<()> {
 /// Benchmark 6: the two cases of benchmark 3 on a real cluster.
 pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section> {
     let context = std::env::var("E2E_KUBE_CONTEXT").ok();
-    let client = connect(context.as_deref())
-        .await
-        .map_err(|e| format!("benchmark 6 needs a cluster (scripts/bench.sh starts kube-local when it is at hand): {e}"))?;
+    let client = connect(context.as_deref()).await.map_err(|e| {
+        format!("benchmark 6 needs a cluster (scripts/bench.sh starts kube-local when it is at hand): {e}")
+    })?;
     let mut section = timed_against_naive(
         "6. Failing fast on a real cluster",
         &format!(
@@ -250,7 +255,11 @@ pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section
             }
         }
         // The naive way gets the manifest with the reference it would have deployed.
-        let written = if image == WRONG_IMAGE { WRONG_IMAGE.to_owned() } else { plan.image("datastorage").map(ToString::to_string).unwrap_or_default() };
+        let written = if image == WRONG_IMAGE {
+            WRONG_IMAGE.to_owned()
+        } else {
+            plan.image("datastorage").map(ToString::to_string).unwrap_or_default()
+        };
         let manifest = MANIFEST.replace("${image:datastorage}", &written);
         make_namespace(&client, namespace.as_str()).await?;
         let started = Instant::now();

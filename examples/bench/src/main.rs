@@ -143,8 +143,11 @@ async fn run(cli: &Cli) -> Res<()> {
         let engine = if host == "default" { docker.clone() } else { e2e_infra::engine::connect_to(host).await? };
         engines.push((host.to_owned(), engine_label(&engine).await?));
     }
-    let machine =
-        Machine::describe(if engines.is_empty() { vec![engine_label(&docker).await?] } else { engines.iter().map(|(_, l)| l.clone()).collect() });
+    let machine = Machine::describe(if engines.is_empty() {
+        vec![engine_label(&docker).await?]
+    } else {
+        engines.iter().map(|(_, l)| l.clone()).collect()
+    });
     let mut sections: Vec<Section> = Vec::new();
     for &benchmark in &cli.only {
         let section = if engines.is_empty() || !PER_ENGINE.contains(&benchmark) {

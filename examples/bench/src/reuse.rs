@@ -68,7 +68,10 @@ fn lay_out(dir: &Path, ours: &str, peer: &str, tests: usize) -> Res<()> {
         )
     };
     let runtime = workspace().join("runtime");
-    std::fs::write(ours_dir.join("Cargo.toml"), manifest(ours, &format!("e2e-infra = {{ path = \"{}\" }}", runtime.display())))?;
+    std::fs::write(
+        ours_dir.join("Cargo.toml"),
+        manifest(ours, &format!("e2e-infra = {{ path = \"{}\" }}", runtime.display())),
+    )?;
     std::fs::write(
         peer_dir.join("Cargo.toml"),
         manifest(peer, "testcontainers = { version = \"0.27\", features = [\"reusable-containers\"] }"),
@@ -164,7 +167,8 @@ async fn remove_peer(docker: &Docker, peer: &str) -> Res<()> {
     let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
     for container in docker.list_containers(Some(options)).await? {
         if let Some(id) = container.id {
-            let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+            let _ =
+                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
         }
     }
     // Two processes at once may each have created a network of this name.
@@ -199,7 +203,11 @@ pub async fn reuse(docker: &Docker, tests: usize, reps: usize) -> Res<Section> {
     for crate_dir in [&o, &p] {
         let compiled = nextest(crate_dir, &["--no-run"], &[]).output()?;
         if !compiled.status.success() {
-            return Err(format!("compiling the generated suites failed:\n{}", String::from_utf8_lossy(&compiled.stderr)).into());
+            return Err(format!(
+                "compiling the generated suites failed:\n{}",
+                String::from_utf8_lossy(&compiled.stderr)
+            )
+            .into());
         }
     }
     let reuse = [("E2E_INFRA_REUSE", "1")];
@@ -226,8 +234,18 @@ pub async fn reuse(docker: &Docker, tests: usize, reps: usize) -> Res<Section> {
             a.push(warm.wall);
             b.push(measure(docker, &p, "peer", &peer, &[]).await?.wall);
         }
-        section.row(vec!["warm run, wall time".to_owned(), median_of(&a), median_of(&b), ratio(median(&a), median(&b))]);
-        section.row(vec!["containers created by the warm runs".to_owned(), created.to_string(), "-".to_owned(), "-".to_owned()]);
+        section.row(vec![
+            "warm run, wall time".to_owned(),
+            median_of(&a),
+            median_of(&b),
+            ratio(median(&a), median(&b)),
+        ]);
+        section.row(vec![
+            "containers created by the warm runs".to_owned(),
+            created.to_string(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ]);
 
         // The api's image changes under the same reference.
         std::fs::write(o.join("image/changed"), "1")?;
@@ -239,8 +257,10 @@ pub async fn reuse(docker: &Docker, tests: usize, reps: usize) -> Res<Section> {
         tag_for_peer(docker, &o, &ours, &peer).await?;
         let peer_after = measure(docker, &p, "peer", &peer, &[]).await?;
         let api = reused_image(&o, &ours, "api")?;
-        let ours_current = runs_current_image(docker, &format!("{}-api", reuse_plan(&o, &ours)?.namespace()), &api).await?;
-        let peer_current = runs_current_image(docker, &format!("{peer}-api"), &format!("localhost/{peer}-api:bench")).await?;
+        let ours_current =
+            runs_current_image(docker, &format!("{}-api", reuse_plan(&o, &ours)?.namespace()), &api).await?;
+        let peer_current =
+            runs_current_image(docker, &format!("{peer}-api"), &format!("localhost/{peer}-api:bench")).await?;
         let serves = |current: bool| if current { "the new image" } else { "the old container" }.to_owned();
         section.row(vec![
             "after the image changed, the api runs".to_owned(),
@@ -253,7 +273,13 @@ pub async fn reuse(docker: &Docker, tests: usize, reps: usize) -> Res<Section> {
     .await;
     remove_peer(docker, &peer).await?;
     for component in ["store", "api"] {
-        let _ = docker.remove_image(&format!("localhost/{peer}-{component}:bench"), None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+        let _ = docker
+            .remove_image(
+                &format!("localhost/{peer}-{component}:bench"),
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
     }
     drop(cleanup);
     result?;

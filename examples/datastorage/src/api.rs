@@ -31,7 +31,11 @@ const MAX_BODY: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("listening on port {port}")]
-    Bind { port: u16, #[source] source: std::io::Error },
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("handling SIGTERM")]
     Signal(#[source] std::io::Error),
 }
@@ -105,7 +109,12 @@ async fn ready(state: &State) -> Response<Full<Bytes>> {
 async fn store(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(error) => return reply(StatusCode::BAD_REQUEST, json!({ "error": format!("reading the body (at most {MAX_BODY} bytes): {error}") })),
+        Err(error) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("reading the body (at most {MAX_BODY} bytes): {error}") }),
+            )
+        }
     };
     let event: NewEvent = match serde_json::from_slice(&body) {
         Ok(event) => event,
@@ -153,6 +162,8 @@ fn failure(error: &dyn std::error::Error) -> Response<Full<Bytes>> {
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }

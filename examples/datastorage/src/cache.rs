@@ -16,7 +16,11 @@ const REMEMBER_SECONDS: &str = "86400";
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("talking to Redis at {addr}")]
-    Io { addr: String, #[source] source: io::Error },
+    Io {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("Redis at {addr} answered {command} with {answer:?}")]
     Answer { addr: String, command: &'static str, answer: String },
 }
@@ -112,7 +116,8 @@ async fn read_reply(connection: &mut BufReader<TcpStream>) -> io::Result<Reply> 
         ("+", text) => Reply::Simple(text.to_owned()),
         ("$", "-1") => Reply::Nil,
         ("$", length) => {
-            let length: usize = length.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, line.to_owned()))?;
+            let length: usize =
+                length.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, line.to_owned()))?;
             let mut body = vec![0; length + 2];
             connection.read_exact(&mut body).await?;
             body.truncate(length);

@@ -15,15 +15,27 @@ const LOCK: i64 = 0x6532_6569_6e66_7261;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("reading the migrations folder {dir}")]
-    Folder { dir: PathBuf, #[source] source: std::io::Error },
+    Folder {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{file}: a migration is named NNNN_name.sql, with a number of its own")]
     Name { file: PathBuf },
     #[error("reading {file}")]
-    Read { file: PathBuf, #[source] source: std::io::Error },
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connecting to PostgreSQL")]
     Connect(#[source] tokio_postgres::Error),
     #[error("{what}")]
-    Sql { what: String, #[source] source: tokio_postgres::Error },
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 /// One migration file.
@@ -67,7 +79,10 @@ pub async fn run(url: &str, dir: &Path) -> Result<(), MigrateError> {
         let transaction = client.transaction().await.map_err(sql(&applying))?;
         transaction.batch_execute(&text).await.map_err(sql(&applying))?;
         transaction
-            .execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&migration.version, &migration.name])
+            .execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
             .await
             .map_err(sql(&applying))?;
         transaction.commit().await.map_err(sql(&applying))?;

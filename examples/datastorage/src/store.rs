@@ -52,7 +52,11 @@ pub enum StoreError {
     #[error("connecting to PostgreSQL")]
     Connect(#[source] tokio_postgres::Error),
     #[error("{what}")]
-    Query { what: &'static str, #[source] source: tokio_postgres::Error },
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("the database has schema version {found}, this build needs {SCHEMA_VERSION}: run the migrations")]
     Schema { found: i32 },
 }
@@ -92,7 +96,8 @@ impl Store {
             .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
             .await
             .map_err(|source| StoreError::Query { what: "reading the schema version", source })?;
-        let found: i32 = row.try_get(0).map_err(|source| StoreError::Query { what: "reading the schema version", source })?;
+        let found: i32 =
+            row.try_get(0).map_err(|source| StoreError::Query { what: "reading the schema version", source })?;
         if found < SCHEMA_VERSION {
             return Err(StoreError::Schema { found });
         }

@@ -53,11 +53,20 @@ enum Error {
     #[error("NotificationRequest {0} has no name or uid")]
     Unnamed(String),
     #[error("sending the audit event of {request} to DataStorage at {url}")]
-    Send { request: String, url: String, #[source] source: Box<dyn std::error::Error + Send + Sync> },
+    Send {
+        request: String,
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("DataStorage at {url} refused the audit event of {request}: {status} {body}")]
     Refused { request: String, url: String, status: u16, body: String },
     #[error("setting the status of NotificationRequest {request}")]
-    Status { request: String, #[source] source: kube::Error },
+    Status {
+        request: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 struct Context {
@@ -166,7 +175,11 @@ fn rejected(spec: &Spec) -> Option<String> {
 /// Stores the audit event; a duplicate (a retry after a lost status update) counts as stored.
 async fn record(context: &Context, name: &str, event: &serde_json::Value) -> Result<(), Error> {
     let url = format!("{}/events", context.datastorage);
-    let send = |source: Box<dyn std::error::Error + Send + Sync>| Error::Send { request: name.to_owned(), url: url.clone(), source };
+    let send = |source: Box<dyn std::error::Error + Send + Sync>| Error::Send {
+        request: name.to_owned(),
+        url: url.clone(),
+        source,
+    };
     let request = hyper::Request::post(&url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(event.to_string())))

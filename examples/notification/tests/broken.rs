@@ -19,7 +19,8 @@ async fn fail_up(fixture: &str, needs: &[&str]) -> (Plan, String) {
     let catalog = Catalog::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
     let run = RunId::explicit(&format!("broken-{}-{nanos}", std::process::id()), None).expect("run id");
-    let plan = Plan::new(&catalog, "notification-broken", needs, run, &Delivery::Local).unwrap_or_else(|e| panic!("{e}"));
+    let plan =
+        Plan::new(&catalog, "notification-broken", needs, run, &Delivery::Local).unwrap_or_else(|e| panic!("{e}"));
     let error = stack::up(&plan, &StackOptions::default()).await.expect_err("the stack must not come up");
     (plan, error_chain(&error))
 }
@@ -65,7 +66,8 @@ async fn a_failing_migration_shows_its_logs_and_datastorage_never_starts() {
     let until = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 1;
     let started = |component: &str| format!("{}-{component}", plan.namespace());
     let filters = std::collections::HashMap::from([("type", vec!["container"]), ("event", vec!["start"])]);
-    let options = EventsOptionsBuilder::new().since(&since.to_string()).until(&until.to_string()).filters(&filters).build();
+    let options =
+        EventsOptionsBuilder::new().since(&since.to_string()).until(&until.to_string()).filters(&filters).build();
     let names: Vec<String> = docker
         .events(Some(options))
         .filter_map(|event| async move { event.ok()?.actor?.attributes?.get("name").cloned() })

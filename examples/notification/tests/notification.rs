@@ -47,7 +47,8 @@ mod notification_e2e {
     async fn postgres(infra: &Infra) -> tokio_postgres::Client {
         let endpoint = infra.endpoint("postgres", 5432).expect("postgres publishes 5432");
         let config = format!("host={} port={} {DATABASE}", endpoint.host(), endpoint.port());
-        let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await.expect("connect to postgres");
+        let (client, connection) =
+            tokio_postgres::connect(&config, tokio_postgres::NoTls).await.expect("connect to postgres");
         tokio::spawn(connection);
         client
     }
@@ -73,7 +74,10 @@ mod notification_e2e {
         let read = request(datastorage(infra), "GET", &format!("/events/{id}"), "").expect("GET /events/<id>");
         assert_eq!(read.status, 200, "{}", read.body);
         let read: Value = serde_json::from_str(&read.body).expect("JSON");
-        assert_eq!((&read["id"], &read["payload"], &read["event_type"]), (&stored["id"], &payload, &json!("notification.sent")));
+        assert_eq!(
+            (&read["id"], &read["payload"], &read["event_type"]),
+            (&stored["id"], &payload, &json!("notification.sent"))
+        );
 
         let missing = request(datastorage(infra), "GET", &format!("/events/{id}-not-sent"), "").expect("GET");
         assert_eq!(missing.status, 404, "{}", missing.body);
@@ -87,7 +91,11 @@ mod notification_e2e {
         assert_eq!(first, 201, "{stored}");
         let (again, duplicate) = post_event(infra, &id, &json!({ "attempt": 2 }));
         assert_eq!(again, 200, "{duplicate}");
-        assert_eq!((&duplicate["duplicate"], &duplicate["deduplicated_by"]), (&json!(true), &json!("redis")), "{duplicate}");
+        assert_eq!(
+            (&duplicate["duplicate"], &duplicate["deduplicated_by"]),
+            (&json!(true), &json!("redis")),
+            "{duplicate}"
+        );
 
         // One row, the first attempt's.
         let rows = postgres(infra)
@@ -112,10 +120,18 @@ mod notification_e2e {
             .await
             .expect("the row");
         let (row_id, payload, event_type): (i64, Value, String) = (row.get(0), row.get(1), row.get(2));
-        assert_eq!((json!(row_id), payload, event_type), (stored["id"].clone(), json!({ "to": "team-db" }), "notification.sent".to_owned()));
+        assert_eq!(
+            (json!(row_id), payload, event_type),
+            (stored["id"].clone(), json!({ "to": "team-db" }), "notification.sent".to_owned())
+        );
         // Both migrations were applied, once each.
-        let versions: Vec<i32> =
-            client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.expect("query").iter().map(|r| r.get(0)).collect();
+        let versions: Vec<i32> = client
+            .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+            .await
+            .expect("query")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         assert_eq!(versions, [1, 2]);
     }
 
@@ -140,7 +156,8 @@ mod notification_e2e {
                 container.config.and_then(|c| c.image).into_iter().collect()
             }
             _ => {
-                let pods: Api<Pod> = Api::namespaced(infra.kube().await.expect("kube client"), infra.namespace().as_str());
+                let pods: Api<Pod> =
+                    Api::namespaced(infra.kube().await.expect("kube client"), infra.namespace().as_str());
                 let listed = pods.list(&ListParams::default().labels("app=datastorage")).await.expect("list pods");
                 listed
                     .items
@@ -174,7 +191,8 @@ mod notification_e2e {
         }))
         .expect("a NotificationRequest");
         requests.create(&kube::api::PostParams::default(), &object).await.expect("create the NotificationRequest");
-        let has_phase = |o: Option<&kube::api::DynamicObject>| o.is_some_and(|o| o.data.pointer("/status/phase").is_some());
+        let has_phase =
+            |o: Option<&kube::api::DynamicObject>| o.is_some_and(|o| o.data.pointer("/status/phase").is_some());
         let waiting = kube::runtime::wait::await_condition(requests, name, has_phase);
         let decided = tokio::time::timeout(Duration::from_secs(60), waiting)
             .await
@@ -190,7 +208,12 @@ mod notification_e2e {
     )]
     #[tokio::test]
     async fn a_notification_request_is_sent_and_audited(infra: &Infra) {
-        let status = decided(infra, "disk-full", json!({ "recipient": "oncall", "channel": "pagerduty", "message": "disk full" })).await;
+        let status = decided(
+            infra,
+            "disk-full",
+            json!({ "recipient": "oncall", "channel": "pagerduty", "message": "disk full" }),
+        )
+        .await;
         assert_eq!(status["phase"], "Sent", "{status}");
         let id = status["notificationId"].as_str().expect("the audit event's notification id");
 
@@ -209,7 +232,8 @@ mod notification_e2e {
     )]
     #[tokio::test]
     async fn a_request_the_controller_rejects_is_failed_with_the_reason(infra: &Infra) {
-        let status = decided(infra, "by-fax", json!({ "recipient": "oncall", "channel": "fax", "message": "disk full" })).await;
+        let status =
+            decided(infra, "by-fax", json!({ "recipient": "oncall", "channel": "fax", "message": "disk full" })).await;
         assert_eq!(status["phase"], "Failed", "{status}");
         assert_eq!(status["reason"], "unsupported channel `fax`: use one of email, slack, pagerduty", "{status}");
         assert!(status.get("notificationId").is_none(), "a rejected request has no audit event: {status}");

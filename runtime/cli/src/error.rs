@@ -97,11 +97,7 @@ pub enum CliError {
     Signals(#[source] std::io::Error),
     /// Taking a stack down failed.
     #[error("taking down {consumer} run {run} failed")]
-    Down {
-        consumer: String,
-        run: String,
-        source: StackError,
-    },
+    Down { consumer: String, run: String, source: StackError },
     /// `down` of a run whose launcher still runs, without `--force`.
     #[error("the `{consumer}` stack of {runs} is in use: its launcher still runs; nothing was removed. Let that run finish or stop it, or remove the stack under it with `{force}`")]
     Alive {
@@ -130,10 +126,7 @@ pub enum CliError {
     Images(#[source] HousekeepingError),
     /// `logs` or `report` was not told which of the consumer's stacks.
     #[error("consumer `{}` has {} stacks (runs {}); pick one with --run", Echo(.consumer), runs.len(), runs.join(", "))]
-    Ambiguous {
-        consumer: String,
-        runs: Vec<String>,
-    },
+    Ambiguous { consumer: String, runs: Vec<String> },
     /// Reading a stack's logs failed.
     #[error("printing the logs failed")]
     Logs(#[source] LogsError),
@@ -147,11 +140,9 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Catalog(_) | Self::Plan(_) | Self::RunId(_) | Self::Backend(_) => code::CONFIG,
-            Self::CurrentDir(_)
-            | Self::RandomRunId(_)
-            | Self::AsyncRuntime(_)
-            | Self::Signals(_)
-            | Self::Output(_) => code::HOST,
+            Self::CurrentDir(_) | Self::RandomRunId(_) | Self::AsyncRuntime(_) | Self::Signals(_) | Self::Output(_) => {
+                code::HOST
+            }
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
             Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) | Self::Interrupted { .. } => {
                 code::STACK
@@ -179,27 +170,15 @@ mod tests {
     fn each_kind_of_failure_has_its_code() {
         let io = || std::io::Error::other("closed");
         let cases = [
-            (
-                CliError::Catalog(CatalogError::NotFound { start: "/".into() }),
-                code::CONFIG,
-            ),
+            (CliError::Catalog(CatalogError::NotFound { start: "/".into() }), code::CONFIG),
             (CliError::AsyncRuntime(io()), code::HOST),
             (CliError::Output(io()), code::HOST),
             (
-                CliError::AlreadyUp {
-                    consumer: "c".into(),
-                    run: "r".into(),
-                    take_down: "e2e-infra down".into(),
-                },
+                CliError::AlreadyUp { consumer: "c".into(), run: "r".into(), take_down: "e2e-infra down".into() },
                 code::ALREADY_UP,
             ),
             (
-                CliError::NoStack {
-                    consumer: "c".into(),
-                    run: String::new(),
-                    place: "",
-                    flags: String::new(),
-                },
+                CliError::NoStack { consumer: "c".into(), run: String::new(), place: "", flags: String::new() },
                 code::NO_STACK,
             ),
         ];

@@ -73,7 +73,9 @@ fn main() -> ExitCode {
         Command::Up(args) => stacks::up(cli.config.as_deref(), args),
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
-        Command::Clean(args) => stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_deref())),
+        Command::Clean(args) => {
+            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_deref()))
+        }
         Command::Logs(args) => report::logs(&args),
         Command::Report(args) => report::report(&args),
     };

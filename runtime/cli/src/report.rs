@@ -5,8 +5,8 @@ use e2e_infra::report::{self, logs};
 use e2e_infra::stack::teardown::RunStack;
 
 use crate::error::CliError;
-use crate::stacks::{not_found, runtime, stacks, ClusterArgs};
 use crate::output::say;
+use crate::stacks::{not_found, runtime, stacks, ClusterArgs};
 
 /// Which stack.
 #[derive(clap::Args)]

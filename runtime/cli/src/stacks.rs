@@ -4,8 +4,8 @@ use std::path::Path;
 
 use e2e_infra::backend::{self, Backend, Declared};
 use e2e_infra::plan::RunId;
-use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::stack::teardown::{self, Liveness, RunStack};
+use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{engine, Plan};
 
 use crate::error::CliError;
@@ -136,10 +136,8 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     };
     // No launcher: a stack brought up by hand lives until `down`.
     let run = RunId::explicit(&id, None)?;
-    let kubernetes = args.cluster.wanted().is_some()
-        || args.kind.is_some()
-        || args.containerd.is_some()
-        || args.registry.is_some();
+    let kubernetes =
+        args.cluster.wanted().is_some() || args.kind.is_some() || args.containerd.is_some() || args.registry.is_some();
     // The flags play the part of the environment variables a suite reads.
     let backend = Backend::resolve_with(&Declared::default(), |name| match name {
         backend::BACKEND_ENV => kubernetes.then(|| "kubernetes".to_owned()),
@@ -256,8 +254,10 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
         for run in &runs {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
-            let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| {
-                CliError::Down { consumer: run.consumer.clone(), run: run.run_id.clone(), source }
+            let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| CliError::Down {
+                consumer: run.consumer.clone(),
+                run: run.run_id.clone(),
+                source,
             })?;
             say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
         }
@@ -281,7 +281,11 @@ pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> Cl
     CliError::NoStack {
         consumer: consumer.to_owned(),
         run: run.map(|r| format!(" and run `{}`", e2e_infra::Echo(r))).unwrap_or_default(),
-        place: if cluster.wanted().is_some() { " or cluster" } else { " (add --context or --kubernetes for a cluster)" },
+        place: if cluster.wanted().is_some() {
+            " or cluster"
+        } else {
+            " (add --context or --kubernetes for a cluster)"
+        },
         flags: cluster.flags(),
     }
 }
@@ -292,7 +296,10 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
         let docker = engine::connect().await?;
         let runs = stacks(&docker, args.cluster.wanted()).await?;
         if runs.is_empty() {
-            say!("no e2e-infra stacks on this engine{}", if args.cluster.wanted().is_some() { " or cluster" } else { "" })?;
+            say!(
+                "no e2e-infra stacks on this engine{}",
+                if args.cluster.wanted().is_some() { " or cluster" } else { "" }
+            )?;
         }
         let list = |names: &[String]| if names.is_empty() { "-".to_owned() } else { names.join(", ") };
         let now = teardown::now();
@@ -307,10 +314,9 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
-                Some((namespace, target)) => say!(
-                    "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
-                    run.consumer, state, run.run_id
-                )?,
+                Some((namespace, target)) => {
+                    say!("{:<14} {:<7} run {}  namespace: {namespace} ({target})", run.consumer, state, run.run_id)?
+                }
                 None => say!(
                     "{:<14} {:<7} run {}  containers: {}  networks: {}",
                     run.consumer,

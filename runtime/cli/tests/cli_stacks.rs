@@ -49,11 +49,7 @@ fn up_prints_endpoints_status_lists_it_and_down_removes_it() {
     assert!(progress.contains("web") && !progress.contains('\x1b'), "{progress:?}");
     let text = stdout(&up);
     assert!(text.contains(&format!("localhost/web:{consumer}-")), "{text}");
-    let endpoint = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("web:8080 -> "))
-        .expect("endpoint line")
-        .to_owned();
+    let endpoint = text.lines().find_map(|l| l.trim().strip_prefix("web:8080 -> ")).expect("endpoint line").to_owned();
     std::net::TcpStream::connect(&endpoint).expect("the published port answers");
     assert!(text.contains(&format!("e2e-infra down --consumer {consumer} --run up-")), "{text}");
 
@@ -203,8 +199,18 @@ fn environment_values_that_cannot_work_are_refused_with_what_to_do() {
         (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("0s"), "is below the minimum of 1s"),
         (&["status"], "E2E_INFRA_CONNECT_TIMEOUT", os("1ms"), "is below the minimum of 1s"),
         (&up, "E2E_INFRA_BUILD_SILENCE", os("0"), "E2E_INFRA_BUILD_SILENCE=`0` is below the minimum of 10s"),
-        (&["status"], "E2E_INFRA_KEEP", std::ffi::OsStr::from_bytes(b"1\xff"), "E2E_INFRA_KEEP holds a value that is not UTF-8"),
-        (&up, "E2E_INFRA_CONNECT_TIMEOUT", std::ffi::OsStr::from_bytes(b"\xff"), "E2E_INFRA_CONNECT_TIMEOUT holds a value that is not UTF-8"),
+        (
+            &["status"],
+            "E2E_INFRA_KEEP",
+            std::ffi::OsStr::from_bytes(b"1\xff"),
+            "E2E_INFRA_KEEP holds a value that is not UTF-8",
+        ),
+        (
+            &up,
+            "E2E_INFRA_CONNECT_TIMEOUT",
+            std::ffi::OsStr::from_bytes(b"\xff"),
+            "E2E_INFRA_CONNECT_TIMEOUT holds a value that is not UTF-8",
+        ),
     ];
     for (args, variable, value, says) in cases {
         let output = cli_env(dir.path(), args, &[(variable, value)]);
@@ -223,7 +229,8 @@ fn a_signal_during_up_removes_what_it_created() {
     let dir = project();
     // A probe that never passes: `up` waits until it is stopped.
     let catalog = std::fs::read_to_string(dir.path().join("e2e-infra.toml")).expect("catalog");
-    let waiting = catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
+    let waiting =
+        catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
     std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
     for signal in ["INT", "TERM"] {
         let name = consumer(&format!("sig{}", signal.to_lowercase()));
@@ -242,12 +249,21 @@ fn a_signal_during_up_removes_what_it_created() {
         while !seen.contains("waiting until ready") {
             assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
         }
-        assert!(Command::new("kill").args([&format!("-{signal}"), &up.id().to_string()]).status().expect("kill").success());
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &up.id().to_string()])
+            .status()
+            .expect("kill")
+            .success());
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read");
         let status = up.wait().expect("wait");
         assert_eq!(status.code(), Some(5), "SIG{signal}: {seen}{rest}");
-        assert!(rest.contains(&format!("stopped by SIG{signal}; it removed what it had created (1 container(s), 1 network(s))")), "{rest}");
+        assert!(
+            rest.contains(&format!(
+                "stopped by SIG{signal}; it removed what it had created (1 container(s), 1 network(s))"
+            )),
+            "{rest}"
+        );
         assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name), "SIG{signal} left the stack");
     }
 }

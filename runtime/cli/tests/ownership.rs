@@ -19,8 +19,8 @@ use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
 use e2e_infra::plan::{Host, Launcher, RunId};
 use e2e_infra::record::RunKey;
-use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::stack::teardown::{self, Liveness, Scope};
+use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
 
 mod common;
@@ -365,7 +365,11 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     assert!(containers_of(&consumer).is_empty());
     let filters = HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.test={consumer}")])]);
     let left = runtime()
-        .block_on(docker().list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() })))
+        .block_on(docker().list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        })))
         .expect("list");
     assert!(left.is_empty(), "{left:?}");
 }
@@ -377,11 +381,19 @@ fn a_run_id_of_dot_dot_is_refused() {
     let consumer = consumer("dotdot");
     for bad in ["..", ".", "../x"] {
         let started = Instant::now();
-        let up = project.cli_with(&["up", "--consumer", &consumer, "--needs", "web"], &project.state(), &[("E2E_INFRA_RUN_ID", bad)]);
+        let up = project.cli_with(
+            &["up", "--consumer", &consumer, "--needs", "web"],
+            &project.state(),
+            &[("E2E_INFRA_RUN_ID", bad)],
+        );
         eprintln!("E2E_INFRA_RUN_ID={bad} refused after {:?}", started.elapsed());
         assert!(!up.status.success());
         let stderr = text(&up.stderr);
-        assert!(stderr.contains(&format!("E2E_INFRA_RUN_ID=`{bad}` is invalid")) && stderr.contains("not starting with '.'"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("E2E_INFRA_RUN_ID=`{bad}` is invalid"))
+                && stderr.contains("not starting with '.'"),
+            "{stderr}"
+        );
     }
     assert!(containers_of(&consumer).is_empty());
     assert_eq!(std::fs::read_dir(project.state()).expect("state").count(), 0, "nothing written in the state root");
@@ -459,7 +471,12 @@ fn a_second_up_with_the_same_run_id_refuses_and_leaves_the_first() {
     let env = [("E2E_INFRA_RUN_ID", raced.as_str())];
     let children: Vec<_> = (0..2)
         .map(|_| {
-            project.command(&args, &project.state(), &env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("up")
+            project
+                .command(&args, &project.state(), &env)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("up")
         })
         .collect();
     let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
@@ -522,7 +539,15 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     let launcher = Launcher::of(child.id()).expect("seen while it runs");
     project.up(&consumer, &run, Some(launcher));
     runtime().block_on(async {
-        teardown::mark_kept(&docker(), &RunKey::new(run.as_str(), consumer.as_str()), Some(launcher), None, "failed: some_test").await.expect("marked")
+        teardown::mark_kept(
+            &docker(),
+            &RunKey::new(run.as_str(), consumer.as_str()),
+            Some(launcher),
+            None,
+            "failed: some_test",
+        )
+        .await
+        .expect("marked")
     });
     child.kill().expect("kill");
     child.wait().expect("wait");
@@ -604,6 +629,10 @@ fn a_stack_that_cannot_be_recorded_is_removed_and_the_error_says_why() {
     .expect_err("setup must fail");
     eprintln!("unrecordable stack reported after {:?}", started.elapsed());
     let message = payload.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(message.contains("came up but recording it in") && message.contains("it was removed (1 container(s), 1 network(s)"), "{message}");
+    assert!(
+        message.contains("came up but recording it in")
+            && message.contains("it was removed (1 container(s), 1 network(s)"),
+        "{message}"
+    );
     assert!(containers_of(&consumer).is_empty(), "the unrecorded stack leaked");
 }

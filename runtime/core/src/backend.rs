@@ -132,7 +132,10 @@ pub enum BackendError {
 ///
 /// # Errors
 /// The first rule broken, as [`resolve_all`] lists them.
-pub fn resolve(declared: &Declared<'_>, env: impl Fn(&str) -> Option<String>) -> Result<Option<KubeTarget>, BackendError> {
+pub fn resolve(
+    declared: &Declared<'_>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<KubeTarget>, BackendError> {
     resolve_all(declared, env).map_err(|mut broken| broken.swap_remove(0))
 }
 

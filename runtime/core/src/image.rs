@@ -53,13 +53,7 @@ impl ImageRef {
     /// [`InvalidImageRef`] for an empty or malformed reference.
     pub fn borrowed(input: &str) -> Result<Self, InvalidImageRef> {
         let (registry, repository, tag, digest) = parse(input)?;
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-            origin: OriginKey::Borrowed,
-        })
+        Ok(Self { registry, repository, tag, digest, origin: OriginKey::Borrowed })
     }
 
     /// The reference of `component` as the run tagged `tag` builds it, in
@@ -86,7 +80,10 @@ impl ImageRef {
     pub fn pinned(&self, digest: &str) -> Result<Self, InvalidImageRef> {
         let hex = digest.strip_prefix("sha256:").unwrap_or_default();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(InvalidImageRef { input: format!("{self}@{digest}"), reason: "the digest must be sha256: and 64 lowercase hex digits" });
+            return Err(InvalidImageRef {
+                input: format!("{self}@{digest}"),
+                reason: "the digest must be sha256: and 64 lowercase hex digits",
+            });
         }
         Ok(Self { digest: Some(digest.to_owned()), ..self.clone() })
     }
@@ -122,9 +119,8 @@ impl ImageRef {
     /// Whether `other` (any spelling, as an engine or a manifest prints it)
     /// names this same image.
     pub fn matches(&self, other: &str) -> bool {
-        parse(other).is_ok_and(|(r, p, t, d)| {
-            r == self.registry && p == self.repository && t == self.tag && d == self.digest
-        })
+        parse(other)
+            .is_ok_and(|(r, p, t, d)| r == self.registry && p == self.repository && t == self.tag && d == self.digest)
     }
 }
 
@@ -152,10 +148,7 @@ type Parts = (String, String, Option<String>, Option<String>);
 /// Splits a reference the way the Docker engine does: the first path part is a
 /// registry when it has a `.` or `:` or is `localhost`.
 fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
-    let bad = |reason| InvalidImageRef {
-        input: input.to_owned(),
-        reason,
-    };
+    let bad = |reason| InvalidImageRef { input: input.to_owned(), reason };
     if input.is_empty() {
         return Err(bad("it is empty"));
     }
@@ -178,13 +171,10 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     if let Some(t) = &tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
             && !t.starts_with(['.', '-']);
         if !ok {
-            return Err(bad(
-                "the tag may hold letters, digits, '_', '.' and '-', at most 128",
-            ));
+            return Err(bad("the tag may hold letters, digits, '_', '.' and '-', at most 128"));
         }
     }
     let (registry, repository) = match name.split_once('/') {
@@ -197,19 +187,11 @@ fn parse(input: &str) -> Result<Parts, InvalidImageRef> {
     let path_ok = !repository.is_empty()
         && repository.split('/').all(|part| {
             !part.is_empty()
-                && part.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                })
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
         });
     if !path_ok {
-        return Err(bad(
-            "the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'",
-        ));
+        return Err(bad("the repository must be lowercase letters, digits, '.', '_' and '-' separated by '/'"));
     }
-    let tag = if tag.is_none() && digest.is_none() {
-        Some("latest".to_owned())
-    } else {
-        tag
-    };
+    let tag = if tag.is_none() && digest.is_none() { Some("latest".to_owned()) } else { tag };
     Ok((registry, repository, tag, digest))
 }

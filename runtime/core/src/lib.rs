@@ -14,6 +14,4 @@ pub mod suggest;
 
 pub use catalog::{Catalog, CatalogError, CATALOG_ENV, CATALOG_FILE, MAX_CATALOG_BYTES, MAX_COMPONENTS};
 pub use image::{ImageRef, InvalidImageRef, Origin};
-pub use names::{
-    Consumer, Echo, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
-};
+pub use names::{Consumer, Echo, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN};

@@ -32,9 +32,7 @@ pub fn is_valid_name(name: &str) -> bool {
     name.len() <= MAX_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The nearest valid name to `name`, if one can be made from it.
@@ -86,9 +84,7 @@ pub fn is_safe_name(part: &str) -> bool {
     !part.is_empty()
         && part.len() <= 128
         && !part.starts_with('.')
-        && part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A consumer name that breaks the rule.
@@ -112,10 +108,7 @@ impl InvalidConsumer {
 }
 
 fn example(suggestion: &Option<String>) -> String {
-    suggestion
-        .as_ref()
-        .map(|s| format!("; e.g. `consumer = \"{s}\"`"))
-        .unwrap_or_default()
+    suggestion.as_ref().map(|s| format!("; e.g. `consumer = \"{s}\"`")).unwrap_or_default()
 }
 
 /// A checked consumer name: the suite's name.
@@ -132,10 +125,7 @@ impl Consumer {
         if is_valid_name(name) {
             Ok(Self(name.to_owned()))
         } else {
-            Err(InvalidConsumer {
-                name: name.to_owned(),
-                suggestion: nearest_valid_name(name),
-            })
+            Err(InvalidConsumer { name: name.to_owned(), suggestion: nearest_valid_name(name) })
         }
     }
 
@@ -219,10 +209,7 @@ impl Registry {
             Some((host, port)) => (host, Some(port)),
             None => (address, None),
         };
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
         let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
         if host_ok && port_ok {
             Ok(Self(address.to_owned()))
@@ -254,17 +241,7 @@ mod tests {
             assert!(is_valid_name(good), "{good}");
         }
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        for bad in [
-            "",
-            "Notification",
-            "2fa",
-            "-x",
-            "x-",
-            "x_y",
-            "x.y",
-            "né",
-            &long,
-        ] {
+        for bad in ["", "Notification", "2fa", "-x", "x-", "x_y", "x.y", "né", &long] {
             assert!(!is_valid_name(bad), "{bad}");
         }
     }
@@ -278,16 +255,8 @@ mod tests {
              not ending with '-', at most 40 characters (it becomes part of image tags and namespace names); \
              e.g. `consumer = \"notification-e2e\"`"
         );
-        for (given, near) in [
-            ("2fa service-", Some("fa-service")),
-            ("my..suite", Some("my-suite")),
-            ("__", None),
-        ] {
-            assert_eq!(
-                Consumer::new(given).expect_err(given).suggestion(),
-                near,
-                "{given}"
-            );
+        for (given, near) in [("2fa service-", Some("fa-service")), ("my..suite", Some("my-suite")), ("__", None)] {
+            assert_eq!(Consumer::new(given).expect_err(given).suggestion(), near, "{given}");
         }
         let long = Consumer::new(&"Ab_".repeat(30)).expect_err("too long");
         assert!(is_valid_name(long.suggestion().expect("a suggestion")));
@@ -305,32 +274,11 @@ mod tests {
 
     #[test]
     fn registry_is_a_host_and_an_optional_port() {
-        for good in [
-            "127.0.0.1:5000",
-            "registry.local:443",
-            "ghcr.io",
-            "localhost",
-        ] {
-            assert_eq!(
-                Registry::new(good).map(|r| r.to_string()),
-                Ok(good.to_owned())
-            );
+        for good in ["127.0.0.1:5000", "registry.local:443", "ghcr.io", "localhost"] {
+            assert_eq!(Registry::new(good).map(|r| r.to_string()), Ok(good.to_owned()));
         }
-        for bad in [
-            "",
-            ":5000",
-            "host:0",
-            "host:port",
-            "host:70000",
-            "a/b:5000",
-            "my registry",
-            "host:5000/",
-        ] {
-            assert_eq!(
-                Registry::new(bad),
-                Err(InvalidRegistry(bad.to_owned())),
-                "{bad}"
-            );
+        for bad in ["", ":5000", "host:0", "host:port", "host:70000", "a/b:5000", "my registry", "host:5000/"] {
+            assert_eq!(Registry::new(bad), Err(InvalidRegistry(bad.to_owned())), "{bad}");
         }
     }
 
@@ -349,17 +297,7 @@ mod tests {
 
     #[test]
     fn safe_names_cannot_leave_a_directory() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            "../x",
-            ".hidden",
-            "a/b",
-            "a b",
-            "x\0",
-            &"x".repeat(129),
-        ] {
+        for bad in ["", ".", "..", "../x", ".hidden", "a/b", "a b", "x\0", &"x".repeat(129)] {
             assert!(!is_safe_name(bad), "{bad}");
         }
         for good in ["nextest-1234", "proc-ab-1-2", "a.b_c"] {

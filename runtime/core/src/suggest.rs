@@ -39,11 +39,7 @@ pub struct Unknown {
 
 impl Unknown {
     /// `name`, unknown among `known`, listed as "Known".
-    pub fn new<'a>(
-        what: &'static str,
-        name: &str,
-        known: impl IntoIterator<Item = &'a str> + Clone,
-    ) -> Self {
+    pub fn new<'a>(what: &'static str, name: &str, known: impl IntoIterator<Item = &'a str> + Clone) -> Self {
         Self {
             what,
             name: name.to_owned(),
@@ -61,25 +57,10 @@ impl Unknown {
 
 impl fmt::Display for Unknown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            what,
-            name,
-            near,
-            known,
-            known_as,
-        } = self;
+        let Self { what, name, near, known, known_as } = self;
         match near {
-            Some(near) => write!(
-                f,
-                "unknown {what} `{}`; did you mean `{near}`? {known_as}: {known}",
-                Echo(name)
-            ),
-            None => write!(
-                f,
-                "unknown {what} `{}`; {}: {known}",
-                Echo(name),
-                known_as.to_lowercase()
-            ),
+            Some(near) => write!(f, "unknown {what} `{}`; did you mean `{near}`? {known_as}: {known}", Echo(name)),
+            None => write!(f, "unknown {what} `{}`; {}: {known}", Echo(name), known_as.to_lowercase()),
         }
     }
 }
@@ -95,10 +76,7 @@ mod tests {
         assert_eq!(nearest("datastorge", COMPONENTS), Some("datastorage"));
         assert_eq!(nearest("postgre", COMPONENTS), Some("postgres"));
         assert_eq!(nearest("rdis", COMPONENTS), Some("redis"));
-        assert_eq!(
-            nearest("consumr", ["consumer", "needs", "crate"]),
-            Some("consumer")
-        );
+        assert_eq!(nearest("consumr", ["consumer", "needs", "crate"]), Some("consumer"));
     }
 
     #[test]
@@ -119,9 +97,7 @@ mod tests {
             "unknown component `kafka`; known: datastorage, postgres, redis"
         );
         assert_eq!(
-            Unknown::new("key", "nede", ["needs"])
-                .listed_as("Valid keys")
-                .to_string(),
+            Unknown::new("key", "nede", ["needs"]).listed_as("Valid keys").to_string(),
             "unknown key `nede`; did you mean `needs`? Valid keys: needs"
         );
     }

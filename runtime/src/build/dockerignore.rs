@@ -47,8 +47,8 @@ impl DockerIgnore {
             if cleaned.is_empty() {
                 continue;
             }
-            let regex = Regex::new(&to_regex(&cleaned))
-                .map_err(|source| InvalidPattern { line: line.to_owned(), source })?;
+            let regex =
+                Regex::new(&to_regex(&cleaned)).map_err(|source| InvalidPattern { line: line.to_owned(), source })?;
             patterns.push(Pattern { depth: cleaned.split('/').count(), regex, exclusion });
         }
         Ok(Self { patterns })

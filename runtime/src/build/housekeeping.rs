@@ -101,7 +101,10 @@ pub struct RemovedTag {
 pub fn keep_runs_from_env() -> usize {
     match std::env::var(KEEP_RUNS_ENV) {
         Ok(value) if !value.trim().is_empty() => value.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(value, "{KEEP_RUNS_ENV} is not a number; keeping the tags of {KEEP_RUNS} runs per component");
+            tracing::warn!(
+                value,
+                "{KEEP_RUNS_ENV} is not a number; keeping the tags of {KEEP_RUNS} runs per component"
+            );
             KEEP_RUNS
         }),
         _ => KEEP_RUNS,
@@ -205,7 +208,10 @@ async fn prune(
     for candidates in by_repository.values_mut() {
         candidates.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.tag.cmp(&b.tag)));
         for old in candidates.iter().skip(keep) {
-            if protected.contains(&old.reference) || in_use.references.contains(&old.reference) || in_use.runs.contains(&old.tag) {
+            if protected.contains(&old.reference)
+                || in_use.references.contains(&old.reference)
+                || in_use.runs.contains(&old.tag)
+            {
                 continue;
             }
             let recent = match fresh.get(&old.image_id) {
@@ -303,10 +309,7 @@ async fn recently_touched(docker: &Docker, candidate: &Candidate, grace: Duratio
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(true),
         Err(source) => return Err(HousekeepingError::List { what: "image details", source }),
     };
-    let tagged = inspected
-        .metadata
-        .and_then(|m| m.last_tag_time)
-        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+    let tagged = inspected.metadata.and_then(|m| m.last_tag_time).and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
     Ok(tagged.is_some_and(within))
 }
 
@@ -347,7 +350,11 @@ async fn remove_abandoned(
         match engine::within(docker, ENGINE_CALL_TIMEOUT, "removing an untagged image", removal).await? {
             Ok(_) => {
                 tracing::debug!(image = %image.id, component, "removed an untagged image a killed build left");
-                removed.push(RemovedTag { component: component.clone(), reference: UNTAGGED.to_owned(), image_id: image.id });
+                removed.push(RemovedTag {
+                    component: component.clone(),
+                    reference: UNTAGGED.to_owned(),
+                    image_id: image.id,
+                });
             }
             // Gone meanwhile, or a container or another image uses it.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) => {}

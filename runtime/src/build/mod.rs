@@ -29,9 +29,9 @@ pub use fingerprint::HashCounts;
 
 use crate::catalog::{BuildSpec, Source};
 use crate::engine::{self, Silent};
+use crate::error::error_chain;
 use crate::labels;
 use crate::plan::{ImageRef, Plan, PlannedComponent};
-use crate::error::error_chain;
 
 /// How many lines of build output an error carries.
 const OUTPUT_TAIL: usize = 20;
@@ -101,7 +101,12 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { force: false, concurrency: 2, keep_runs: housekeeping::keep_runs_from_env(), silence: silence_from_env() }
+        Self {
+            force: false,
+            concurrency: 2,
+            keep_runs: housekeeping::keep_runs_from_env(),
+            silence: silence_from_env(),
+        }
     }
 }
 
@@ -183,10 +188,7 @@ pub enum BuildError {
     },
     /// A borrowed image is not in the engine.
     #[error("component `{component}` borrows image `{image}`, which this engine does not have; it is never built here and cannot be pulled here: load or build it into the engine first (e.g. `docker load`, `docker build -t {image}`)")]
-    BorrowedMissing {
-        component: String,
-        image: ImageRef,
-    },
+    BorrowedMissing { component: String, image: ImageRef },
     /// The engine sent nothing for longer than the build's silence bound.
     #[error("building `{component}` as `{image}`: the engine sent nothing for {waited:?}{}; it may be frozen or overloaded (check it with `docker info`), or the step is quiet for longer than that: allow more with {BUILD_SILENCE_ENV}\nlast build output:\n{output}", step.as_ref().map(|s| format!(" during `{s}`")).unwrap_or_default())]
     Quiet {
@@ -340,25 +342,40 @@ async fn build_one(
     let repo = image.name();
     let run_tag = image.tag().unwrap_or("latest");
     if !opts.force {
-        let found = engine::within(docker, ENGINE_CALL_TIMEOUT, "looking up the cache reference", find_cached(docker, &cache, name, &ctx.digest))
-            .await
-            .map_err(silent)?
-            .map_err(|e| engine_error("looking up the cache reference", e))?;
+        let found = engine::within(
+            docker,
+            ENGINE_CALL_TIMEOUT,
+            "looking up the cache reference",
+            find_cached(docker, &cache, name, &ctx.digest),
+        )
+        .await
+        .map_err(silent)?
+        .map_err(|e| engine_error("looking up the cache reference", e))?;
         tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
         let record = ServedIds::of(docker, &cache);
         let found = found.filter(|cached| record.confirms(&cached.id));
         if let Some(Cached { id, references }) = found {
             // A run id used again (a reusable stack) finds its tag in place.
             if !references.contains(&image.to_string()) {
-                let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
+                let tagging =
+                    docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
                 engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
                     .await
                     .map_err(silent)?
                     .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
             }
             tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
-            let output = format!("no build ran: image `{id}`, built earlier from the same inputs, was tagged `{image}`\n");
-            return Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id: id, cached: true, elapsed: started.elapsed(), output, hashing });
+            let output =
+                format!("no build ran: image `{id}`, built earlier from the same inputs, was tagged `{image}`\n");
+            return Ok(BuildOutcome {
+                component: name.to_owned(),
+                image: image.clone(),
+                image_id: id,
+                cached: true,
+                elapsed: started.elapsed(),
+                output,
+                hashing,
+            });
         }
     }
 
@@ -453,7 +470,15 @@ async fn build_one(
     ServedIds::of(docker, &cache).record(&image_id);
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     let output = Vec::from(tail).join("\n");
-    Ok(BuildOutcome { component: name.to_owned(), image: image.clone(), image_id, cached: false, elapsed: started.elapsed(), output, hashing })
+    Ok(BuildOutcome {
+        component: name.to_owned(),
+        image: image.clone(),
+        image_id,
+        cached: false,
+        elapsed: started.elapsed(),
+        output,
+        hashing,
+    })
 }
 
 /// The folder, beside the state root, of the image id each cache reference
@@ -485,7 +510,11 @@ impl ServedIds {
         let recorded = self.path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         match recorded.as_deref().map(str::trim) {
             Some(recorded) if recorded != id => {
-                tracing::warn!(recorded, found = id, "the cache reference names another image than the one built from these inputs; building instead");
+                tracing::warn!(
+                    recorded,
+                    found = id,
+                    "the cache reference names another image than the one built from these inputs; building instead"
+                );
                 false
             }
             Some(_) => true,

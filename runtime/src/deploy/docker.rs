@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::FuturesUnordered;
@@ -25,10 +27,10 @@ use tokio::net::TcpStream;
 use super::ready::{self, Deadline, Look, Outcome};
 use crate::catalog::{DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
+use crate::error::error_chain;
 use crate::labels;
 use crate::plan::{Plan, PlannedComponent};
 use crate::record::Witness;
-use crate::error::error_chain;
 
 mod follow;
 mod reuse;
@@ -103,9 +105,7 @@ pub struct Removed {
 pub enum DockerError {
     /// The component has no `[components.<name>.docker]` section.
     #[error("component `{component}` has no `docker` section in the catalog, so the Docker backend cannot run it; add one (ports, env, ready)")]
-    NotForDocker {
-        component: String,
-    },
+    NotForDocker { component: String },
     /// A network operation failed.
     #[error("{operation} network `{network}` failed")]
     Network {
@@ -395,11 +395,17 @@ const SETTLE_ATTEMPTS: u32 = 50;
 /// Removes containers and a network by id, as created by one [`up`].
 async fn remove_created(docker: &Docker, containers: &[String], network_id: Option<&str>) -> Result<(), DockerError> {
     for id in containers {
-        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
+        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await
+        {
             Ok(()) => {}
             Err(e) if gone(&e) => {}
             Err(source) => {
-                return Err(DockerError::Container { component: String::new(), container: id.clone(), operation: "removing", source })
+                return Err(DockerError::Container {
+                    component: String::new(),
+                    container: id.clone(),
+                    operation: "removing",
+                    source,
+                })
             }
         }
     }
@@ -423,7 +429,9 @@ async fn remove_network(docker: &Docker, id: &str, name: &str) -> Result<bool, D
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(source) => return Err(DockerError::Network { network: name.to_owned(), operation: "removing", source }),
+            Err(source) => {
+                return Err(DockerError::Network { network: name.to_owned(), operation: "removing", source })
+            }
         }
     }
 }
@@ -451,9 +459,8 @@ async fn start_all(
         plan.components().iter().filter(|c| !ready.iter().any(|r| r.component == c.name)).collect();
     let mut starting = FuturesUnordered::new();
     loop {
-        let (free, blocked): (Vec<_>, Vec<_>) = waiting
-            .into_iter()
-            .partition(|c| c.depends_on.iter().all(|d| ready.iter().any(|r| &r.component == d)));
+        let (free, blocked): (Vec<_>, Vec<_>) =
+            waiting.into_iter().partition(|c| c.depends_on.iter().all(|d| ready.iter().any(|r| &r.component == d)));
         waiting = blocked;
         for component in free {
             let env = envs.remove(component.name.as_str()).unwrap_or_default();
@@ -650,18 +657,23 @@ impl ready::Watch for ContainerWatch<'_> {
         // cannot stretch the wait; it is reported as such, not as a probe
         // that never passed.
         let inspecting = docker.inspect_container(id, None);
-        let inspected = match engine::within(docker, deadline.left().max(MIN_POLL_CALL), "inspecting the container", inspecting).await {
-            Err(source) => return Look::Failed(DockerError::Silent { component: prober.component.to_owned(), source }),
-            Ok(Err(source)) => {
-                return Look::Failed(DockerError::Container {
-                    component: prober.component.to_owned(),
-                    container: prober.container.to_owned(),
-                    operation: "inspecting",
-                    source,
-                })
-            }
-            Ok(Ok(inspected)) => inspected,
-        };
+        let inspected =
+            match engine::within(docker, deadline.left().max(MIN_POLL_CALL), "inspecting the container", inspecting)
+                .await
+            {
+                Err(source) => {
+                    return Look::Failed(DockerError::Silent { component: prober.component.to_owned(), source })
+                }
+                Ok(Err(source)) => {
+                    return Look::Failed(DockerError::Container {
+                        component: prober.component.to_owned(),
+                        container: prober.container.to_owned(),
+                        operation: "inspecting",
+                        source,
+                    })
+                }
+                Ok(Ok(inspected)) => inspected,
+            };
         let ports = published_ports(&inspected);
         let completes = matches!(prober.ready.map(|r| &r.probe), Some(Probe::Completes));
         match seen(&inspected, self.network) {
@@ -705,9 +717,13 @@ fn seen(inspected: &bollard::models::ContainerInspectResponse, network: &str) ->
         // endpoints by network name, and Podman reports the name as the
         // network id too. The container is attached to that network only.
         .and_then(|n| {
-            n.get(network)
-                .or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network)))
-                .or_else(|| if n.len() == 1 { n.values().next() } else { None })
+            n.get(network).or_else(|| n.values().find(|e| e.network_id.as_deref() == Some(network))).or_else(|| {
+                if n.len() == 1 {
+                    n.values().next()
+                } else {
+                    None
+                }
+            })
         })
         .and_then(|e| e.ip_address.as_deref())
         .and_then(|ip| ip.parse().ok());
@@ -774,7 +790,8 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 /// Whether an HTTP status line says 2xx.
 fn status_is_success(head: &str) -> bool {
     let mut parts = head.split_whitespace();
-    parts.next().is_some_and(|v| v.starts_with("HTTP/")) && parts.next().is_some_and(|code| code.len() == 3 && code.starts_with('2'))
+    parts.next().is_some_and(|v| v.starts_with("HTTP/"))
+        && parts.next().is_some_and(|code| code.len() == 3 && code.starts_with('2'))
 }
 
 async fn fetch_logs(docker: &Docker, id: &str, tail: &str) -> String {
@@ -843,10 +860,13 @@ pub async fn remove_labelled(docker: &Docker, filters: &[String]) -> Result<Remo
         let Some(id) = container.id.clone() else { continue };
         let name = engine::container_name(&container, &id);
         let component = container.labels.and_then(|l| l.get(labels::COMPONENT).cloned()).unwrap_or_default();
-        match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await {
+        match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await
+        {
             Ok(()) => removed.containers.push(name),
             Err(e) if gone(&e) => {}
-            Err(source) => return Err(DockerError::Container { component, container: name, operation: "removing", source }),
+            Err(source) => {
+                return Err(DockerError::Container { component, container: name, operation: "removing", source })
+            }
         }
     }
     let networks = docker

@@ -138,7 +138,9 @@ pub enum KubeError {
         source: kube::Error,
     },
     /// The API server does not answer.
-    #[error("the API server of {context} at {server} does not answer: {problem}; start the cluster or pick another context")]
+    #[error(
+        "the API server of {context} at {server} does not answer: {problem}; start the cluster or pick another context"
+    )]
     Unreachable {
         /// The context, in words.
         context: String,
@@ -221,9 +223,7 @@ pub enum KubeError {
     },
     /// The watches ended before the workloads were ready.
     #[error("watching namespace `{namespace}` ended before its workloads were ready")]
-    WatchEnded {
-        namespace: String,
-    },
+    WatchEnded { namespace: String },
     /// The namespace could not be deleted.
     #[error("deleting namespace `{namespace}` failed")]
     DeleteNamespace {
@@ -239,10 +239,11 @@ pub enum KubeError {
         source: kube::runtime::wait::Error,
     },
     /// The namespace was still there after [`DELETE_TIMEOUT`].
-    #[error("namespace `{namespace}` is still terminating after {}; see `kubectl get all -n {namespace}` for what holds it", humantime::format_duration(DELETE_TIMEOUT))]
-    StillTerminating {
-        namespace: String,
-    },
+    #[error(
+        "namespace `{namespace}` is still terminating after {}; see `kubectl get all -n {namespace}` for what holds it",
+        humantime::format_duration(DELETE_TIMEOUT)
+    )]
+    StillTerminating { namespace: String },
     /// A CustomResourceDefinition did not become Established.
     #[error("CustomResourceDefinition `{name}` is not Established: {problem}")]
     NotEstablished {
@@ -291,21 +292,23 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
     let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
     let mut config = Config::from_kubeconfig(&options).await.map_err(|source| KubeError::Kubeconfig {
         context: described.clone(),
-        kubeconfig: std::env::var("KUBECONFIG").map_or_else(|_| "~/.kube/config".to_owned(), |k| format!("KUBECONFIG={k}")),
+        kubeconfig: std::env::var("KUBECONFIG")
+            .map_or_else(|_| "~/.kube/config".to_owned(), |k| format!("KUBECONFIG={k}")),
         source,
     })?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| KubeError::Client { context: described.clone(), source })?;
-    let unreachable = |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
+    let unreachable =
+        |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
     let started = std::time::Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
         // The client's own connect timeout ends a server that accepts but
         // never answers: say so rather than only "client error (Connect)".
-        Ok(Err(error)) if started.elapsed() >= CONNECT_TIMEOUT.saturating_sub(Duration::from_millis(200)) => Err(
-            unreachable(format!("no answer within {} ({error})", humantime::format_duration(CONNECT_TIMEOUT))),
-        ),
+        Ok(Err(error)) if started.elapsed() >= CONNECT_TIMEOUT.saturating_sub(Duration::from_millis(200)) => {
+            Err(unreachable(format!("no answer within {} ({error})", humantime::format_duration(CONNECT_TIMEOUT))))
+        }
         Ok(Err(error)) => Err(unreachable(error.to_string())),
         Err(_) => Err(unreachable(format!("no answer within {}", humantime::format_duration(CONNECT_TIMEOUT)))),
     }
@@ -357,7 +360,8 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
     // schema starts, and a failed one stops its dependents from being applied.
     let with_manifests: BTreeSet<&str> = rendered.iter().map(|m| m.component.as_str()).collect();
     let mut ready: BTreeSet<&str> = BTreeSet::new();
-    let mut pending: Vec<&str> = plan.components().iter().map(|c| c.name.as_str()).filter(|c| with_manifests.contains(c)).collect();
+    let mut pending: Vec<&str> =
+        plan.components().iter().map(|c| c.name.as_str()).filter(|c| with_manifests.contains(c)).collect();
     while !pending.is_empty() {
         let wave: Vec<&str> = pending
             .iter()
@@ -368,7 +372,8 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
                 })
             })
             .collect();
-        let manifests: Vec<&RenderedManifest> = rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
+        let manifests: Vec<&RenderedManifest> =
+            rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
         for manifest in &manifests {
             // Definitions and cluster-wide RBAC first: the namespaced
             // objects of the same component may be custom resources of them.
@@ -472,19 +477,25 @@ pub async fn release_shared(client: &Client, namespace: &Namespace) -> Result<Ve
         Ok(Some(found)) => found.annotations().get(CLUSTER_OBJECTS_ANNOTATION).cloned().unwrap_or_default(),
         Ok(None) => String::new(),
         Err(source) => {
-            return Err(KubeError::Release { object: "the run's list".to_owned(), namespace: namespace.to_string(), source })
+            return Err(KubeError::Release {
+                object: "the run's list".to_owned(),
+                namespace: namespace.to_string(),
+                source,
+            })
         }
     };
     let label = user_label(namespace);
     let mut deleted = Vec::new();
     for line in listed.lines() {
         let Some((api_version, rest)) = line.rsplit_once('/').and_then(|(head, name)| {
-            head.rsplit_once('/').map(|(api_version, kind)| (api_version.to_owned(), (kind.to_owned(), name.to_owned())))
+            head.rsplit_once('/')
+                .map(|(api_version, kind)| (api_version.to_owned(), (kind.to_owned(), name.to_owned())))
         }) else {
             continue;
         };
         let (kind, name) = rest;
-        let failed = |source| KubeError::Release { object: format!("{kind}/{name}"), namespace: namespace.to_string(), source };
+        let failed =
+            |source| KubeError::Release { object: format!("{kind}/{name}"), namespace: namespace.to_string(), source };
         let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
@@ -573,7 +584,10 @@ pub(crate) struct RunNamespace {
 pub(crate) async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, KubeError> {
     let api: Api<KubeNamespace> = Api::all(client);
     let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
-    let listed = api.list(&ListParams::default().labels(&selector)).await.map_err(|source| KubeError::ListNamespaces { source })?;
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| KubeError::ListNamespaces { source })?;
     Ok(listed
         .items
         .into_iter()
@@ -609,7 +623,12 @@ pub async fn mark_kept(client: Client, namespace: &str, why: &str) -> Result<(),
         .map_err(|source| KubeError::MarkKept { namespace: namespace.to_owned(), source })
 }
 
-async fn apply_namespace(client: &Client, plan: &Plan, options: &KubeOptions, shared: &[String]) -> Result<(), KubeError> {
+async fn apply_namespace(
+    client: &Client,
+    plan: &Plan,
+    options: &KubeOptions,
+    shared: &[String],
+) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
     let mut run_labels = labels::for_run(plan);
     if options.reuse {
@@ -680,7 +699,11 @@ fn add_pull_secret(spec: Option<&mut Value>) {
 fn with_image_ids(object: &Value, image_ids: &BTreeMap<String, String>) -> Value {
     let mut object = object.clone();
     let text = object.to_string();
-    let named: Vec<&String> = image_ids.iter().filter(|(reference, _)| text.contains(&format!("\"{reference}\""))).map(|(_, id)| id).collect();
+    let named: Vec<&String> = image_ids
+        .iter()
+        .filter(|(reference, _)| text.contains(&format!("\"{reference}\"")))
+        .map(|(_, id)| id)
+        .collect();
     if named.is_empty() {
         return object;
     }

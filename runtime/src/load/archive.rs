@@ -380,7 +380,12 @@ impl TopLevel {
 /// [`ArchiveError`] for a failing export, an archive in neither layout
 /// ([`ArchiveError::Layout`]), one that does not hold image `image_id`,
 /// or a node whose layer label disagrees with the export.
-pub(crate) async fn split<S>(source: S, reference: &str, image_id: &str, targets: &mut [Target]) -> Result<Split, ArchiveError>
+pub(crate) async fn split<S>(
+    source: S,
+    reference: &str,
+    image_id: &str,
+    targets: &mut [Target],
+) -> Result<Split, ArchiveError>
 where
     S: Stream<Item = Result<Bytes, bollard::errors::Error>>,
 {
@@ -515,7 +520,8 @@ async fn finish_oci(
         .map_err(|e| format(format!("its index.json is unreadable: {e}")))?
         .manifests()
         .clone();
-    let image = crate::load::oci::resolve(image_id, &roots, &|digest| blobs.kept.get(digest).cloned()).map_err(format)?;
+    let image =
+        crate::load::oci::resolve(image_id, &roots, &|digest| blobs.kept.get(digest).cloned()).map_err(format)?;
     for layer in &image.layers {
         let held = Held::Blob(short_digest(&layer.digest));
         match (blobs.kept.get(&layer.digest), blobs.sent.get(&layer.digest)) {
@@ -919,7 +925,12 @@ pub(super) mod tests {
         .to_string()
         .into_bytes();
         let index = serde_json::json!({ "schemaVersion": 2, "manifests": [{ "mediaType": MANIFEST_TYPE, "digest": digest(&manifest), "size": manifest.len() }] });
-        let mut blobs: Vec<(String, Vec<u8>)> = layers.iter().cloned().chain([config.clone(), manifest.clone()]).map(|b| (blob_path(&digest(&b)), b)).collect();
+        let mut blobs: Vec<(String, Vec<u8>)> = layers
+            .iter()
+            .cloned()
+            .chain([config.clone(), manifest.clone()])
+            .map(|b| (blob_path(&digest(&b)), b))
+            .collect();
         blobs.sort();
         blobs.push(("index.json".to_owned(), index.to_string().into_bytes()));
         blobs.push(("manifest.json".to_owned(), b"[]".to_vec()));
@@ -940,9 +951,16 @@ pub(super) mod tests {
         archive.into_inner().expect("archive")
     }
 
-    async fn run_oci(archive: &[u8], image_id: &str, blobs: Vec<BTreeSet<String>>) -> (Vec<Vec<u8>>, Result<Split, ArchiveError>) {
+    async fn run_oci(
+        archive: &[u8],
+        image_id: &str,
+        blobs: Vec<BTreeSet<String>>,
+    ) -> (Vec<Vec<u8>>, Result<Split, ArchiveError>) {
         let source = futures::stream::iter(
-            archive.chunks(1000).map(|c| Ok::<_, bollard::errors::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+            archive
+                .chunks(1000)
+                .map(|c| Ok::<_, bollard::errors::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
         );
         let held = blobs.into_iter().map(|b| (BTreeMap::new(), b)).collect();
         let (got, _, result) = into_targets(held, |mut targets| async move {
@@ -982,7 +1000,8 @@ pub(super) mod tests {
         let (got, result) = run_oci(&archive, &image_id, vec![BTreeSet::new()]).await;
         let split = result.expect("split");
         let config = names(&got[0]).into_iter().find(|(p, _)| *p == blob_path(&image_id)).expect("config").1;
-        let sizes: Vec<(&str, u64)> = digests.iter().map(String::as_str).zip(layers.iter().map(|l| l.len() as u64)).collect();
+        let sizes: Vec<(&str, u64)> =
+            digests.iter().map(String::as_str).zip(layers.iter().map(|l| l.len() as u64)).collect();
         let ours = oci_manifest(&config, &sizes);
         assert_eq!(split.manifest, crate::load::oci::digest_of(&ours));
         assert_ne!(ours, engines);

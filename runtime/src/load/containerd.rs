@@ -112,7 +112,10 @@ pub async fn route(docker: &Docker, node: &Node) -> Route {
 async fn node_socket(docker: &Docker, container: &str) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
 
-    if std::env::var(KIND_EXEC_ENV).is_ok_and(|v| v == "1") || !crate::engine::is_local_socket(docker) || !ctr_installed() {
+    if std::env::var(KIND_EXEC_ENV).is_ok_and(|v| v == "1")
+        || !crate::engine::is_local_socket(docker)
+        || !ctr_installed()
+    {
         return None;
     }
     let inspected = docker.inspect_container(container, None).await.ok()?;
@@ -702,7 +705,8 @@ async fn keep_as(node: &Reached<'_>, row: &Listed, cache: &str, image_id: &str) 
             return Err(error);
         }
     }
-    let mut args = vec!["images".to_owned(), "label".to_owned(), cache.to_owned(), format!("{IMAGE_ID_LABEL}={image_id}")];
+    let mut args =
+        vec!["images".to_owned(), "label".to_owned(), cache.to_owned(), format!("{IMAGE_ID_LABEL}={image_id}")];
     args.extend(row.labels.get(LAYERS_LABEL).map(|value| format!("{LAYERS_LABEL}={value}")));
     ctr(node, &args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     Ok(())
@@ -884,8 +888,7 @@ async fn stream_into(
         let reference = reference.as_str();
         imports.push(async move {
             let input = Input { chunks: rx, image: reference };
-            let imported =
-                run(node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
+            let imported = run(node, &["images", "import", "--snapshotter=overlayfs", "-"], Some(input), limit).await;
             (imported, started.elapsed())
         });
     }
@@ -902,7 +905,8 @@ async fn stream_into(
                 .map(|()| (image.blobs(), None, image.manifest_digest()))
                 .map_err(store_error),
             Feed::Export => {
-                match archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await {
+                match archive::split(docker.export_image(&reference), &reference, &wanted.image_id, &mut targets).await
+                {
                     Ok(split) => Ok((split.blobs, split.layers, split.manifest)),
                     Err(ArchiveError::Layout { image_id, entries, .. }) => {
                         let engine = engine::describe(docker).await;
@@ -955,7 +959,10 @@ async fn tag_from(node: &Reached<'_>, wanted: &LoadImage, source: &str) -> Resul
         if holds(&rows, wanted) {
             return Ok(true);
         }
-        match rows.iter().find(|row| !tried.contains(&row.name) && same_image(std::slice::from_ref(row), wanted).is_some()) {
+        match rows
+            .iter()
+            .find(|row| !tried.contains(&row.name) && same_image(std::slice::from_ref(row), wanted).is_some())
+        {
             Some(other) => source = other.name.clone(),
             None => return Ok(false),
         }
@@ -1112,17 +1119,20 @@ async fn exec(
     stdin: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<String, ContainerdError> {
     let command = command.to_owned();
-    let output = engine::exec(docker, container, args, stdin, (STDOUT_KEPT, STDERR_KEPT)).await.map_err(|error| {
-        match error {
-            engine::ExecError::Call(source) => ContainerdError::Exec { node: node.to_string(), command: command.clone(), source },
-            engine::ExecError::Detached => ContainerdError::CommandFailed {
-                node: node.to_string(),
-                command: command.clone(),
-                exit_code: None,
-                stderr: "the engine detached the command instead of attaching to it".to_owned(),
+    let output =
+        engine::exec(docker, container, args, stdin, (STDOUT_KEPT, STDERR_KEPT)).await.map_err(
+            |error| match error {
+                engine::ExecError::Call(source) => {
+                    ContainerdError::Exec { node: node.to_string(), command: command.clone(), source }
+                }
+                engine::ExecError::Detached => ContainerdError::CommandFailed {
+                    node: node.to_string(),
+                    command: command.clone(),
+                    exit_code: None,
+                    stderr: "the engine detached the command instead of attaching to it".to_owned(),
+                },
             },
-        }
-    })?;
+        )?;
     if output.exit_code != Some(0) {
         return Err(ContainerdError::CommandFailed {
             node: node.to_string(),

@@ -129,7 +129,9 @@ impl ContentStore {
         let found = tokio::task::spawn_blocking(move || blobs_of(&socket))
             .await
             .map_err(|e| StoreError::Containerd { address: address.to_owned(), problem: e.to_string() })?;
-        found.map(|blobs| Self { blobs }).map_err(|problem| StoreError::Containerd { address: address.to_owned(), problem })
+        found
+            .map(|blobs| Self { blobs })
+            .map_err(|problem| StoreError::Containerd { address: address.to_owned(), problem })
     }
 
     /// The store whose blobs are in `blobs`, unchecked.
@@ -160,11 +162,8 @@ impl ContentStore {
             File::open(self.path(digest)).and_then(|f| f.take(DOCUMENT_LIMIT).read_to_end(&mut bytes)).ok()?;
             (oci::digest_of(&bytes) == digest).then_some(bytes)
         };
-        let format = |problem: String| StoreError::Format {
-            image_id: image_id.to_owned(),
-            path: self.blobs.clone(),
-            problem,
-        };
+        let format =
+            |problem: String| StoreError::Format { image_id: image_id.to_owned(), path: self.blobs.clone(), problem };
         let resolved = oci::resolve(image_id, &[], &document).map_err(format)?;
         for layer in &resolved.layers {
             let path = self.path(&layer.digest);
@@ -172,7 +171,10 @@ impl ContentStore {
                 .map_err(|source| StoreError::Read { image_id: image_id.to_owned(), path: path.clone(), source })?
                 .len();
             if size != layer.size {
-                return Err(format(format!("the layer {} is {size} bytes, its manifest says {}", layer.digest, layer.size)));
+                return Err(format(format!(
+                    "the layer {} is {size} bytes, its manifest says {}",
+                    layer.digest, layer.size
+                )));
             }
         }
         Ok(ContentImage { image_id: image_id.to_owned(), resolved })
@@ -186,7 +188,12 @@ impl ContentStore {
     /// # Errors
     /// [`StoreError`] when a blob cannot be read or has another digest; the
     /// targets' archives are then cut short.
-    pub(crate) async fn send(&self, image: &ContentImage, reference: &str, targets: &mut [Target]) -> Result<(), StoreError> {
+    pub(crate) async fn send(
+        &self,
+        image: &ContentImage,
+        reference: &str,
+        targets: &mut [Target],
+    ) -> Result<(), StoreError> {
         let layers: Vec<(String, u64, (PathBuf, String))> = image
             .resolved
             .layers
@@ -207,7 +214,12 @@ impl ContentStore {
 
 /// Hands the blob at `path` to `emit` in chunks, checking that its digest
 /// is `digest`.
-fn stream_blob(image_id: &str, path: &Path, digest: &str, emit: &mut dyn FnMut(Bytes) -> bool) -> Result<(), StoreError> {
+fn stream_blob(
+    image_id: &str,
+    path: &Path,
+    digest: &str,
+    emit: &mut dyn FnMut(Bytes) -> bool,
+) -> Result<(), StoreError> {
     let read_error = |source| StoreError::Read { image_id: image_id.to_owned(), path: path.to_owned(), source };
     let mut file = File::open(path).map_err(read_error)?;
     let mut hasher = Sha256::new();

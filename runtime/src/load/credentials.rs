@@ -56,7 +56,10 @@ enum Secret {
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the secret itself.
-        f.debug_struct("Credential").field("registry", &self.registry).field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Credential")
+            .field("registry", &self.registry)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +74,8 @@ impl Credential {
 
     /// What the engine's push takes.
     pub fn for_engine(&self) -> DockerCredentials {
-        let mut credentials = DockerCredentials { serveraddress: Some(self.registry.clone()), ..DockerCredentials::default() };
+        let mut credentials =
+            DockerCredentials { serveraddress: Some(self.registry.clone()), ..DockerCredentials::default() };
         match &self.secret {
             Secret::Password { username, password } => {
                 credentials.username = Some(username.clone());
@@ -112,11 +116,7 @@ pub enum CredentialError {
     },
     /// The source `config.json` names for the registry gave no credential.
     #[error("the credential for registry {registry} from {source_tried} could not be had: {problem}; run `docker login {registry}` (or fix {source_tried}) and run again")]
-    Unavailable {
-        registry: String,
-        source_tried: Source,
-        problem: String,
-    },
+    Unavailable { registry: String, source_tried: Source, problem: String },
 }
 
 /// What of `config.json` says where a registry's credential is.
@@ -191,7 +191,8 @@ pub fn lookup_in(dir: &Path, registry: &str) -> Result<Option<Credential>, Crede
             return Ok(None)
         }
         Err(CredentialRetrievalError::HelperFailure { helper, stdout, stderr }) => {
-            let said = [stdout.trim(), stderr.trim()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+            let said =
+                [stdout.trim(), stderr.trim()].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
             return Err(unavailable(format!("`{helper} get` failed: {said}")));
         }
         Err(CredentialRetrievalError::HelperCommunicationError) => {
@@ -244,10 +245,16 @@ mod tests {
         let dir = config(r#"{"auths": {"r:5000": {"auth": "not base64!"}}}"#);
         let error = lookup_in(dir.path(), "r:5000").expect_err("undecodable");
         let text = error.to_string();
-        assert!(text.contains("registry r:5000") && text.contains("`auths` of") && text.contains("docker login r:5000"), "{text}");
+        assert!(
+            text.contains("registry r:5000") && text.contains("`auths` of") && text.contains("docker login r:5000"),
+            "{text}"
+        );
         let broken = config("{ not json");
         let error = lookup_in(broken.path(), "r:5000").expect_err("unparsable");
-        assert!(matches!(error, CredentialError::Config { .. }) && error.to_string().contains("config.json"), "{error}");
+        assert!(
+            matches!(error, CredentialError::Config { .. }) && error.to_string().contains("config.json"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -72,10 +72,8 @@ pub async fn load(docker: &Docker, cluster: &str, images: &[LoadImage]) -> Resul
 /// [`KindError::NoNodes`], listing the clusters present, when none is found.
 pub async fn nodes(docker: &Docker, cluster: &str) -> Result<Vec<Node>, KindError> {
     let list = |filter: String| async move {
-        let options = ListContainersOptions {
-            filters: Some(crate::engine::label_filter(&[filter])),
-            ..Default::default()
-        };
+        let options =
+            ListContainersOptions { filters: Some(crate::engine::label_filter(&[filter])), ..Default::default() };
         docker
             .list_containers(Some(options))
             .await

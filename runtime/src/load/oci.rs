@@ -153,10 +153,9 @@ fn pick_platform(image_id: &str, index: &[u8], blob: &dyn Fn(&str) -> Option<Vec
                 .manifests()
                 .iter()
                 .map(|d| {
-                    d.platform().as_ref().map_or_else(
-                        || "no platform".to_owned(),
-                        |p| format!("{}/{}", p.os(), p.architecture()),
-                    )
+                    d.platform()
+                        .as_ref()
+                        .map_or_else(|| "no platform".to_owned(), |p| format!("{}/{}", p.os(), p.architecture()))
                 })
                 .collect();
             format!("the index {image_id} has no manifest for {os}/{arch} (it has: {})", found.join(", "))
@@ -271,9 +270,10 @@ mod tests {
     fn an_index_id_gives_the_manifest_of_the_nodes_platform() {
         let config = config(&[&fake("d1")]);
         let ours = manifest(&config, &[(GZIP, &fake("c1"), 10)]);
-        let other_config = serde_json::json!({ "os": "linux", "architecture": "s390x", "rootfs": { "diff_ids": [&fake("x")] } })
-            .to_string()
-            .into_bytes();
+        let other_config =
+            serde_json::json!({ "os": "linux", "architecture": "s390x", "rootfs": { "diff_ids": [&fake("x")] } })
+                .to_string()
+                .into_bytes();
         let other = manifest(&other_config, &[(GZIP, &fake("x1"), 10)]);
         let (os, arch) = node_platform();
         let idx = index(&[(&other, Some(("linux", "s390x"))), (&ours, Some((os, arch))), (b"{}", None)]);

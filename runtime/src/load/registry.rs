@@ -36,18 +36,13 @@ pub struct Pushed {
 pub enum LoadError {
     /// The plan delivers images locally; there is nowhere to push them.
     #[error("`{image}` names no registry (the plan was made with Delivery::Local); make the plan with Delivery::Registry(\"host:port\") to push")]
-    NoRegistry {
-        image: ImageRef,
-    },
+    NoRegistry { image: ImageRef },
     /// The registry's credential cannot be had.
     #[error(transparent)]
     Credential(#[from] CredentialError),
     /// Nothing answers at the registry's address.
     #[error("registry {registry} does not answer: {problem}; start it, or set E2E_INFRA_REGISTRY to where it listens")]
-    Unreachable {
-        registry: String,
-        problem: String,
-    },
+    Unreachable { registry: String, problem: String },
     /// The push failed; `hint` says what to do when the cause is known.
     #[error("pushing `{image}` to {registry} failed{hint}")]
     Push {
@@ -59,9 +54,7 @@ pub enum LoadError {
     },
     /// The engine did not report what the registry stored.
     #[error("pushing `{image}` finished but the engine reported no digest for it")]
-    NoDigest {
-        image: ImageRef,
-    },
+    NoDigest { image: ImageRef },
 }
 
 /// Pushes every built image of `plan` to the registry in its reference,
@@ -86,11 +79,7 @@ pub enum LoadError {
 /// }
 /// # Ok(()) }
 /// ```
-pub async fn push_all(
-    docker: &Docker,
-    plan: &Plan,
-    credential: Option<&Credential>,
-) -> Result<Vec<Pushed>, LoadError> {
+pub async fn push_all(docker: &Docker, plan: &Plan, credential: Option<&Credential>) -> Result<Vec<Pushed>, LoadError> {
     let built: Vec<_> = plan.components().iter().filter(|c| c.origin == Origin::Built).collect();
     if let Some(first) = built.first() {
         if first.image.registry() == "localhost" {
@@ -131,7 +120,10 @@ fn hint(registry: &str, said: &str, credential: Option<&Credential>) -> String {
              /etc/docker/certs.d/{registry}/ca.crt on the engine's machine"
         );
     }
-    if ["unauthorized", "authentication required", "no basic auth credentials", "denied"].iter().any(|w| said.contains(w)) {
+    if ["unauthorized", "authentication required", "no basic auth credentials", "denied"]
+        .iter()
+        .any(|w| said.contains(w))
+    {
         return match credential {
             Some(credential) => format!(
                 ": the registry refused the credential from {}; fix it there, or run `docker login {registry}`",

@@ -16,7 +16,9 @@ pub use e2e_infra_core::image::{ImageRef, InvalidImageRef, Origin};
 pub use e2e_infra_core::names::{
     is_safe_name, Consumer, InvalidConsumer, InvalidRegistry, Namespace, Registry, Tag, MAX_NAME_LEN,
 };
-pub use identity::{random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV};
+pub use identity::{
+    random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
+};
 
 /// A planning error.
 #[derive(Debug, thiserror::Error)]
@@ -241,10 +243,8 @@ fn dependency_order(catalog: &Catalog, needs: &[&str]) -> Vec<String> {
             stack.extend(catalog.components()[name].dependencies());
         }
     }
-    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = wanted
-        .iter()
-        .map(|n| (n.as_str(), catalog.components()[n].dependencies().collect()))
-        .collect();
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> =
+        wanted.iter().map(|n| (n.as_str(), catalog.components()[n].dependencies().collect())).collect();
     let mut order = Vec::with_capacity(remaining.len());
     // The catalog is checked for cycles, so some component is always free.
     while let Some(next) = remaining.iter().find(|(_, deps)| deps.is_empty()).map(|(n, _)| *n) {

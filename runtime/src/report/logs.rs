@@ -11,9 +11,9 @@ use kube::api::{ListParams, LogParams};
 use kube::{Api, ResourceExt};
 
 use super::{bounded_call, CALL_LIMIT};
-use crate::record::{Placement, RunKey};
 use crate::labels;
 use crate::plan::Namespace;
+use crate::record::{Placement, RunKey};
 
 /// The logs of a stack could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,10 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
         }
     };
     let docker = bounded_call("connecting to the container engine", connecting).await?;
-    let listing = crate::engine::labelled_containers(&docker, &labels::filter(&RunKey::new(selection.run_id.as_str(), selection.consumer.as_str())));
+    let listing = crate::engine::labelled_containers(
+        &docker,
+        &labels::filter(&RunKey::new(selection.run_id.as_str(), selection.consumer.as_str())),
+    );
     let listed = bounded_call("listing the stack's containers", listing).await?;
     let mut sources = Vec::new();
     for container in listed {

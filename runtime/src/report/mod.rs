@@ -40,11 +40,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::backend::Backend;
-use crate::record::{Placement, RunKey, StackRecord, Witness};
-use crate::plan::{is_safe_name, Plan};
-use crate::state::{Found, RunDir};
-use crate::stack::teardown::RunStack;
 use crate::error::error_chain;
+use crate::plan::{is_safe_name, Plan};
+use crate::record::{Placement, RunKey, StackRecord, Witness};
+use crate::stack::teardown::RunStack;
+use crate::state::{Found, RunDir};
 
 /// Overrides the folder that holds every report (default: `<target>/e2e-infra`).
 pub const REPORT_DIR_ENV: &str = "E2E_INFRA_REPORT_DIR";

@@ -15,13 +15,13 @@ use crate::backend::{Backend, ImageTarget, KubeTarget};
 use crate::build::{self, BuildOptions, BuildOutcome};
 use crate::deploy::{docker as docker_backend, kube as kube_backend};
 use crate::engine;
-use crate::record::{Placement, RunKey, StackRecord};
+use crate::error::error_chain;
 use crate::labels;
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{credentials, kind, registry};
 use crate::plan::{Plan, Tag};
 use crate::record::Witness;
-use crate::error::error_chain;
+use crate::record::{Placement, RunKey, StackRecord};
 
 /// How long removing a stack's containers, networks and markers from the
 /// engine may take in all; a frozen engine fails the teardown with a
@@ -118,7 +118,11 @@ pub async fn up(plan: &Plan, options: &StackOptions) -> Result<StackRecord, Stac
 ///
 /// # Errors
 /// As [`up`].
-pub async fn up_reporting(plan: &Plan, options: &StackOptions, report: Option<&dyn Witness>) -> Result<StackRecord, StackError> {
+pub async fn up_reporting(
+    plan: &Plan,
+    options: &StackOptions,
+    report: Option<&dyn Witness>,
+) -> Result<StackRecord, StackError> {
     let docker = match engine::connect().await {
         Ok(docker) => docker,
         Err(error) => {
@@ -293,7 +297,9 @@ pub async fn explain_pull_failure(docker: &bollard::Docker, nodes: &[Node], erro
     }
     let repository = failure.image.rsplit_once(':').map_or(failure.image.as_str(), |(r, _)| r).to_owned();
     let held = match containerd::node_images(docker, node).await {
-        Ok(held) => held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect(),
+        Ok(held) => {
+            held.into_iter().filter(|r| r.rsplit_once(':').is_some_and(|(repo, _)| repo == repository)).collect()
+        }
         Err(error) => vec![format!("(cannot list: {})", error_chain(&error).replace('\n', " "))],
     };
     failure.node_images = Some((node.to_string(), held));
@@ -330,7 +336,8 @@ fn record_loads(
 pub async fn down(docker: &bollard::Docker, key: &RunKey, kube: Option<&KubeTarget>) -> Result<String, StackError> {
     let filters = labels::filter(key);
     let removing = docker_backend::remove_labelled(docker, &filters);
-    let removed = engine::within(docker, REMOVAL_TIMEOUT, "removing the stack's containers and networks", removing).await??;
+    let removed =
+        engine::within(docker, REMOVAL_TIMEOUT, "removing the stack's containers and networks", removing).await??;
     let mut summary = format!("{} container(s), {} network(s)", removed.containers.len(), removed.networks.len());
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
@@ -362,14 +369,8 @@ fn seconds(d: Option<Duration>) -> String {
 /// hits; `-` for a stage not (yet) done.
 fn table(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
     let width = plan.components().iter().map(|c| c.image.to_string().len()).max().unwrap_or(5);
-    let mut out = format!(
-        "  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n",
-        "component",
-        "image",
-        "build",
-        "load",
-        "ready"
-    );
+    let mut out =
+        format!("  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n", "component", "image", "build", "load", "ready");
     for component in plan.components() {
         let t = timings.get(&component.name);
         let build = t.and_then(|t| t.build);

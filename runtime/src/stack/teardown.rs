@@ -26,11 +26,11 @@ use sha2::{Digest, Sha256};
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
-use crate::{engine, labels};
 use crate::plan::{Launcher, Verdict};
 use crate::record::RunKey;
 use crate::stack::{self, StackError};
 use crate::state::RunDir;
+use crate::{engine, labels};
 
 /// How long a foreign run (one whose launcher cannot be judged from here)
 /// is presumed alive, from its stack's creation: 24 hours, longer than any
@@ -192,10 +192,9 @@ pub async fn mark_kept(
     };
     // Creating a volume that exists returns the existing one: its labels
     // say whose marker it is.
-    let volume = docker
-        .create_volume(request)
-        .await
-        .map_err(|source| StackError::Docker(DockerError::Marker { volume: name.clone(), operation: "creating", source }))?;
+    let volume = docker.create_volume(request).await.map_err(|source| {
+        StackError::Docker(DockerError::Marker { volume: name.clone(), operation: "creating", source })
+    })?;
     let label = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
     let (run_id, consumer) = (label(labels::RUN), label(labels::CONSUMER));
     if run_id != key.run() || consumer != key.consumer() || !volume.labels.contains_key(labels::KEPT) {
@@ -229,7 +228,11 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
     let listing_all = async {
         let containers = docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(managed_filter()), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(managed_filter()),
+                ..Default::default()
+            }))
             .await
             .map_err(|source| listing("containers", source))?;
         let networks = docker
@@ -316,7 +319,8 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
         };
         runs.push(RunStack {
             kept: found.kept.is_some()
-                || RunDir::existing(&RunKey::new(found.run_id.as_str(), found.consumer.as_str())).is_some_and(|d| d.is_kept()),
+                || RunDir::existing(&RunKey::new(found.run_id.as_str(), found.consumer.as_str()))
+                    .is_some_and(|d| d.is_kept()),
             created: found.created,
             launcher: Launcher::from_label(&found.launcher),
             kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),

@@ -44,7 +44,10 @@ fn a_root_owned_by_another_user_is_refused_naming_the_owner() {
     if uid != 0 {
         // Only root can give a directory away; the owner check is then
         // exercised against another uid instead.
-        eprintln!("not root: cannot make a directory owned by another user; checked it against uid {} instead", uid + 1);
+        eprintln!(
+            "not root: cannot make a directory owned by another user; checked it against uid {} instead",
+            uid + 1
+        );
         let err = private_dir(&root, uid + 1).expect_err("owned by another uid");
         assert!(err.to_string().contains(&format!("owned by uid {uid}")), "{err}");
         return;

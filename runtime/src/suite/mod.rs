@@ -21,8 +21,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendError, Declared};
-use crate::catalog::Catalog;
 use crate::background;
+use crate::catalog::Catalog;
 use crate::error::error_chain;
 use crate::handle::Infra;
 use crate::plan::{Launcher, Plan, RunId};
@@ -212,8 +212,8 @@ impl Suite {
             Found::Nothing | Found::Abandoned => {
                 // A reusable stack is kept by design: no teardown, and what
                 // an earlier run left is what setup reuses or replaces.
-                let abandoned = !reuse
-                    && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
+                let abandoned =
+                    !reuse && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
                 if !reuse {
                     let kube = match self.backend()? {
                         Backend::Kubernetes(target) => Some(target),
@@ -262,7 +262,12 @@ impl Suite {
     /// Runs setup on a thread of its own with its own async runtime: the
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
-    fn run_setup(&self, plan: &Plan, abandoned: bool, recorder: &Recorder) -> Result<crate::record::StackRecord, SuiteError> {
+    fn run_setup(
+        &self,
+        plan: &Plan,
+        abandoned: bool,
+        recorder: &Recorder,
+    ) -> Result<crate::record::StackRecord, SuiteError> {
         let options = self.options()?;
         self.in_runtime(|| async {
             let result = self.setup_stages(plan, &options, abandoned, recorder).await;
@@ -352,8 +357,12 @@ impl TestGuard {
     fn report(&self, infra: &Infra) -> String {
         let record = infra.record();
         let case = report::case_dir(&record.consumer, &record.run_id, &self.test);
-        let evidence = Evidence::of_record(record, &format!("test `{}` failed; its panic message is in the test's output", self.test));
-        let written = self.suite.in_runtime(|| async { Ok(report::write_for(case, &evidence, infra.placement()).await) });
+        let evidence = Evidence::of_record(
+            record,
+            &format!("test `{}` failed; its panic message is in the test's output", self.test),
+        );
+        let written =
+            self.suite.in_runtime(|| async { Ok(report::write_for(case, &evidence, infra.placement()).await) });
         match written {
             Ok(outcome) => report::line(&outcome),
             Err(error) => format!("e2e-infra report: none, {}", error_chain(&error).replace('\n', " ")),

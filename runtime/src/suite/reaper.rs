@@ -28,15 +28,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::background;
-use crate::error::error_chain;
-use crate::stack::StackError;
-use crate::deploy::kube::forward;
-use crate::record::{Placement, RunKey, StackRecord};
-use crate::state::RunDir;
-use crate::backend::KubeTarget;
 use super::KEEP_ENV;
+use crate::backend::KubeTarget;
+use crate::background;
+use crate::deploy::kube::forward;
+use crate::error::error_chain;
 use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
+use crate::record::{Placement, RunKey, StackRecord};
+use crate::stack::StackError;
+use crate::state::RunDir;
 
 /// Holds the [`Request`] of a teardown process, as JSON.
 const REQUEST_ENV: &str = "E2E_INFRA_TEARDOWN";
@@ -94,8 +94,12 @@ impl Keeper {
                 record.endpoints = endpoints;
                 record.forwarded_by = Some(keeper);
             }
-            Ok(Forwards::Failed(why)) => tracing::warn!("the run's port-forwards could not be opened; each test process opens its own: {why}"),
-            Err(error) => tracing::warn!("the teardown process gave no port-forwards; each test process opens its own: {error}"),
+            Ok(Forwards::Failed(why)) => {
+                tracing::warn!("the run's port-forwards could not be opened; each test process opens its own: {why}")
+            }
+            Err(error) => {
+                tracing::warn!("the teardown process gave no port-forwards; each test process opens its own: {error}")
+            }
         }
     }
 
@@ -155,7 +159,10 @@ pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) -> Opti
     })();
     started
         .map_err(|error| {
-            tracing::warn!("starting the teardown process failed ({}); remove the stack with `e2e-infra clean`", error_chain(&error));
+            tracing::warn!(
+                "starting the teardown process failed ({}); remove the stack with `e2e-infra clean`",
+                error_chain(&error)
+            );
         })
         .ok()
 }
@@ -178,7 +185,8 @@ fn keep_forwards(kube: Option<&KubeTarget>, components: &[String], key: &RunKey)
         },
         Err(why) => Forwards::Failed(why),
     };
-    let sent = serde_json::to_string(&answer).map_err(std::io::Error::other).and_then(|line| writeln!(&socket, "{line}"));
+    let sent =
+        serde_json::to_string(&answer).map_err(std::io::Error::other).and_then(|line| writeln!(&socket, "{line}"));
     if let Err(error) = sent {
         eprintln!("e2e-infra teardown: answering the setup process failed: {error}");
     }
@@ -191,7 +199,8 @@ fn open_forwards(
 ) -> Result<BTreeMap<String, BTreeMap<u16, SocketAddr>>, String> {
     let Some(target) = kube else { return Err("not a Kubernetes stack".to_owned()) };
     let namespace = key.namespace();
-    let opened = background::block_on(|| forward::forward_all(target.context.as_deref(), namespace.as_str(), components));
+    let opened =
+        background::block_on(|| forward::forward_all(target.context.as_deref(), namespace.as_str(), components));
     match opened {
         Ok(Ok(endpoints)) => Ok(endpoints),
         Ok(Err(error)) => Err(error_chain(&error)),
@@ -266,7 +275,10 @@ fn teardown(request: &str) {
             crate::stack::teardown::mark_kept(&docker, &key, Some(launcher), kube.as_ref(), &why).await
         });
         if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
-            eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", error_chain(&error));
+            eprintln!(
+                "e2e-infra teardown: recording on the engine that the stack is kept failed: {}",
+                error_chain(&error)
+            );
         }
         println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
         return;

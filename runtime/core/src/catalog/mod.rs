@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::names::{Echo, NAME_RULE};
 use crate::suggest::Unknown;
 
-pub use schema::{
-    BuildSpec, Component, DockerSpec, HttpProbe, KubernetesSpec, Probe, ReadySpec, Source,
-};
+pub use schema::{BuildSpec, Component, DockerSpec, HttpProbe, KubernetesSpec, Probe, ReadySpec, Source};
 pub use template::{AddressField, EnvPart, EnvTemplate, LogPattern};
 
 /// The file name looked for when walking up from a directory.
@@ -70,10 +68,7 @@ pub enum CatalogError {
     },
     /// The catalog could not be read.
     #[error("reading catalog {path} failed")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, a duplicate key, an unknown key or a value of the wrong type.
     #[error("{location}: {message}")]
     Syntax {
@@ -172,19 +167,13 @@ impl Catalog {
         let named = given.or_else(|| env.map(|env| (Path::new(env), CATALOG_ENV)));
         if let Some((path, named_by)) = named {
             let path = start.join(path);
-            return if path.is_file() {
-                Ok(path)
-            } else {
-                Err(CatalogError::Missing { path, named_by })
-            };
+            return if path.is_file() { Ok(path) } else { Err(CatalogError::Missing { path, named_by }) };
         }
         start
             .ancestors()
             .map(|dir| dir.join(CATALOG_FILE))
             .find(|candidate| candidate.is_file())
-            .ok_or_else(|| CatalogError::NotFound {
-                start: start.to_owned(),
-            })
+            .ok_or_else(|| CatalogError::NotFound { start: start.to_owned() })
     }
 
     /// Reads and checks the catalog at `path`, every path it names included.
@@ -206,10 +195,8 @@ impl Catalog {
     }
 
     fn read(path: &Path, paths: Paths) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
         Self::parse_checking(path, &text, paths)
     }
 
@@ -224,10 +211,7 @@ impl Catalog {
 
     fn parse_checking(path: &Path, text: &str, paths: Paths) -> Result<Self, CatalogError> {
         if text.len() > MAX_CATALOG_BYTES {
-            return Err(CatalogError::TooManyBytes {
-                path: path.to_owned(),
-                bytes: text.len(),
-            });
+            return Err(CatalogError::TooManyBytes { path: path.to_owned(), bytes: text.len() });
         }
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let raw: schema::RawCatalog = toml::from_str(text).map_err(|e| {
@@ -239,32 +223,18 @@ impl Catalog {
         })?;
         let at = |offset: usize| locate(path, text, offset);
         if raw.components.is_empty() {
-            return Err(CatalogError::Empty {
-                path: path.to_owned(),
-            });
+            return Err(CatalogError::Empty { path: path.to_owned() });
         }
         if raw.components.len() > MAX_COMPONENTS {
-            return Err(CatalogError::TooLarge {
-                path: path.to_owned(),
-                count: raw.components.len(),
-            });
+            return Err(CatalogError::TooLarge { path: path.to_owned(), count: raw.components.len() });
         }
         let ports = raw.first_ports();
         let mut components = BTreeMap::new();
         for (name, raw_component) in raw.components {
-            let component = raw_component.check(
-                name.get_ref(),
-                name.span().start,
-                (&base, paths),
-                &ports,
-                &at,
-            )?;
+            let component = raw_component.check(name.get_ref(), name.span().start, (&base, paths), &ports, &at)?;
             components.insert(name.into_inner(), component);
         }
-        let catalog = Self {
-            path: path.to_owned(),
-            components,
-        };
+        let catalog = Self { path: path.to_owned(), components };
         catalog.check_dependencies(&at)?;
         Ok(catalog)
     }
@@ -291,11 +261,7 @@ impl Catalog {
 
     /// `name`, not a component of this catalog, as messages report it.
     pub fn unknown(&self, name: &str) -> Unknown {
-        Unknown::new(
-            "component",
-            name,
-            self.components.keys().map(String::as_str),
-        )
+        Unknown::new("component", name, self.components.keys().map(String::as_str))
     }
 
     fn check_dependencies(&self, at: &dyn Fn(usize) -> Location) -> Result<(), CatalogError> {
@@ -317,10 +283,7 @@ impl Catalog {
         for root in self.components.keys() {
             if let Some(cycle) = self.find_cycle(root, &mut done) {
                 let first = &self.components[&cycle[0]];
-                return Err(CatalogError::Cycle {
-                    location: at(first.span),
-                    cycle,
-                });
+                return Err(CatalogError::Cycle { location: at(first.span), cycle });
             }
         }
         Ok(())
@@ -362,19 +325,9 @@ fn syntax_message(text: &str, span: std::ops::Range<usize>, message: &str) -> St
         }
         _ => message.to_owned(),
     };
-    let start = text
-        .get(..span.start)
-        .and_then(|t| t.rfind('\n'))
-        .map_or(0, |i| i + 1);
-    let end = text
-        .get(span.start..)
-        .and_then(|t| t.find('\n'))
-        .map_or(text.len(), |i| span.start + i);
-    if let Some(line) = text
-        .get(start..end)
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
+    let start = text.get(..span.start).and_then(|t| t.rfind('\n')).map_or(0, |i| i + 1);
+    let end = text.get(span.start..).and_then(|t| t.find('\n')).map_or(text.len(), |i| span.start + i);
+    if let Some(line) = text.get(start..end).map(str::trim).filter(|l| !l.is_empty()) {
         message = format!("{message} (in `{line}`)");
     }
     message
@@ -385,11 +338,7 @@ fn locate(path: &Path, text: &str, offset: usize) -> Location {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    Location {
-        file: path.to_owned(),
-        line,
-        column,
-    }
+    Location { file: path.to_owned(), line, column }
 }
 
 #[cfg(test)]

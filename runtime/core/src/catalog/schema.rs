@@ -191,47 +191,39 @@ impl RawComponent {
         at: &dyn Fn(usize) -> Location,
     ) -> Result<Component, CatalogError> {
         if !is_valid_name(name) {
-            return Err(CatalogError::InvalidName {
-                location: at(span),
-                name: name.to_owned(),
-            });
+            return Err(CatalogError::InvalidName { location: at(span), name: name.to_owned() });
         }
         let problem = |problem: &str| CatalogError::Source {
             location: at(span),
             component: name.to_owned(),
             problem: problem.to_owned(),
         };
-        let source = match (self.build, self.image) {
-            (Some(_), Some(_)) => {
-                return Err(problem("has both `build` and `image`; keep `build` to build it here or `image` to use an existing image"))
-            }
-            (None, None) => {
-                return Err(problem("has neither `build` nor `image`; add `build = { dockerfile = \"...\" }` or `image = \"name:tag\"`"))
-            }
-            (Some(build), None) => Source::Build(check_build(name, build, (base, paths), at)?),
-            (None, Some(image)) => {
-                let offset = image.span().start;
-                Source::Borrowed(ImageRef::borrowed(image.get_ref()).map_err(|e| CatalogError::Invalid {
-                    location: at(offset),
-                    component: name.to_owned(),
-                    problem: format!("`image`: {e}"),
-                })?)
-            }
-        };
+        let source =
+            match (self.build, self.image) {
+                (Some(_), Some(_)) => return Err(problem(
+                    "has both `build` and `image`; keep `build` to build it here or `image` to use an existing image",
+                )),
+                (None, None) => return Err(problem(
+                    "has neither `build` nor `image`; add `build = { dockerfile = \"...\" }` or `image = \"name:tag\"`",
+                )),
+                (Some(build), None) => Source::Build(check_build(name, build, (base, paths), at)?),
+                (None, Some(image)) => {
+                    let offset = image.span().start;
+                    Source::Borrowed(ImageRef::borrowed(image.get_ref()).map_err(|e| CatalogError::Invalid {
+                        location: at(offset),
+                        component: name.to_owned(),
+                        problem: format!("`image`: {e}"),
+                    })?)
+                }
+            };
         if let Some(twice) = first_repeat(&self.depends_on) {
             return Err(CatalogError::Invalid {
                 location: at(twice.span().start),
                 component: name.to_owned(),
-                problem: format!(
-                    "`depends_on` lists `{}` twice; list each dependency once",
-                    twice.get_ref()
-                ),
+                problem: format!("`depends_on` lists `{}` twice; list each dependency once", twice.get_ref()),
             });
         }
-        let docker = self
-            .docker
-            .map(|d| check_docker(name, d, (&self.depends_on, ports), at))
-            .transpose()?;
+        let docker = self.docker.map(|d| check_docker(name, d, (&self.depends_on, ports), at)).transpose()?;
         let kubernetes = match self.kubernetes {
             None => None,
             Some(k) => {
@@ -251,13 +243,7 @@ impl RawComponent {
                 Some(KubernetesSpec { manifests })
             }
         };
-        Ok(Component {
-            source,
-            depends_on: self.depends_on,
-            docker,
-            kubernetes,
-            span,
-        })
+        Ok(Component { source, depends_on: self.depends_on, docker, kubernetes, span })
     }
 }
 
@@ -270,11 +256,7 @@ fn check_build(
     let build_span = build.span().start;
     let raw = build.into_inner();
     let context = base.join(raw.context.get_ref());
-    let context_span = if raw.context.span().is_empty() {
-        build_span
-    } else {
-        raw.context.span().start
-    };
+    let context_span = if raw.context.span().is_empty() { build_span } else { raw.context.span().start };
     let context_exists = context.is_dir();
     if !context_exists && paths == Paths::All {
         return Err(CatalogError::MissingPath {
@@ -297,12 +279,7 @@ fn check_build(
             tried: dockerfile,
         });
     }
-    Ok(BuildSpec {
-        context,
-        dockerfile,
-        args: raw.args,
-        target: raw.target,
-    })
+    Ok(BuildSpec { context, dockerfile, args: raw.args, target: raw.target })
 }
 
 /// Each component's first port of `docker.ports`; `None` for a component
@@ -316,10 +293,7 @@ impl RawCatalog {
         self.components
             .iter()
             .map(|(name, c)| {
-                let port = c
-                    .docker
-                    .as_ref()
-                    .and_then(|d| d.ports.first().map(|p| *p.get_ref()));
+                let port = c.docker.as_ref().and_then(|d| d.ports.first().map(|p| *p.get_ref()));
                 (name.get_ref().clone(), port)
             })
             .collect()
@@ -349,7 +323,8 @@ fn check_docker(
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
         let offset = value.span().start;
-        let unknown_field = |bad: BadReference| match bad {
+        let unknown_field = |bad: BadReference| {
+            match bad {
             BadReference::UnknownField { reference, dependency: dep } => invalid(
                 offset,
                 format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
@@ -358,6 +333,7 @@ fn check_docker(
                 offset,
                 format!("env `{key}`: `{rest}` has no closing `}}`; a `${{` starts a reference such as `${{db.addr}}`: close it"),
             ),
+        }
         };
         let template = EnvTemplate::parse(value.get_ref()).map_err(unknown_field)?;
         for (dep, field) in template.dependencies() {
@@ -396,10 +372,7 @@ fn check_docker(
             let timeout = match &r.timeout {
                 None => DEFAULT_READY_TIMEOUT,
                 Some(t) => humantime::parse_duration(t).map_err(|e| {
-                    invalid(
-                        offset,
-                        format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""),
-                    )
+                    invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""))
                 })?,
             };
             let mut probes = Vec::new();
@@ -415,27 +388,15 @@ fn check_docker(
                     .port
                     .map(Spanned::into_inner)
                     .or_else(|| raw.ports.first().map(|p| *p.get_ref()))
-                    .ok_or_else(|| {
-                        invalid(
-                            offset,
-                            "ready.http needs `port` (or a port in `ports`)".to_owned(),
-                        )
-                    })?;
+                    .ok_or_else(|| invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned()))?;
                 if !path.starts_with('/') {
-                    return Err(invalid(
-                        offset,
-                        format!("ready.http path `{path}` must start with `/`"),
-                    ));
+                    return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
                 }
                 probes.push(Probe::Http(HttpProbe { port, path }));
             }
             if let Some(pattern) = r.log {
-                let pattern = LogPattern::new(&pattern).map_err(|e| {
-                    invalid(
-                        offset,
-                        format!("ready.log is not a valid regular expression: {e}"),
-                    )
-                })?;
+                let pattern = LogPattern::new(&pattern)
+                    .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
                 probes.push(Probe::Log(pattern));
             }
             if r.completes == Some(true) {
@@ -456,18 +417,10 @@ fn check_docker(
                     "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"`, `completes = true` or `exec = [\"command\", ...]`".to_owned(),
                 ));
             }
-            Some(ReadySpec {
-                probe: probes.remove(0),
-                timeout,
-            })
+            Some(ReadySpec { probe: probes.remove(0), timeout })
         }
     };
-    Ok(DockerSpec {
-        ports: raw.ports.into_iter().map(Spanned::into_inner).collect(),
-        env,
-        command: raw.command,
-        ready,
-    })
+    Ok(DockerSpec { ports: raw.ports.into_iter().map(Spanned::into_inner).collect(), env, command: raw.command, ready })
 }
 
 /// Port 0 asks the system for any free port: a container cannot be reached

@@ -81,19 +81,13 @@ impl EnvTemplate {
             if !literal.is_empty() {
                 parts.push(EnvPart::Text(std::mem::take(&mut literal)));
             }
-            parts.push(EnvPart::Address {
-                dependency: dependency.to_owned(),
-                field,
-            });
+            parts.push(EnvPart::Address { dependency: dependency.to_owned(), field });
             literal.push_str(rest);
         }
         if !literal.is_empty() {
             parts.push(EnvPart::Text(literal));
         }
-        Ok(Self {
-            text: text.to_owned(),
-            parts,
-        })
+        Ok(Self { text: text.to_owned(), parts })
     }
 
     /// The value as written in the catalog.
@@ -117,16 +111,9 @@ impl EnvTemplate {
     /// Fills in each `port` and `addr` reference's port from `port_of`
     /// (a dependency's first port); the first dependency without one is
     /// the error.
-    pub(super) fn with_ports(
-        mut self,
-        port_of: impl Fn(&str) -> Option<u16>,
-    ) -> Result<Self, String> {
+    pub(super) fn with_ports(mut self, port_of: impl Fn(&str) -> Option<u16>) -> Result<Self, String> {
         for part in &mut self.parts {
-            if let EnvPart::Address {
-                dependency,
-                field: AddressField::Port(port) | AddressField::Addr(port),
-            } = part
-            {
+            if let EnvPart::Address { dependency, field: AddressField::Port(port) | AddressField::Addr(port) } = part {
                 *port = port_of(dependency).ok_or_else(|| dependency.clone())?;
             }
         }
@@ -166,9 +153,7 @@ impl LogPattern {
     /// # Errors
     /// The compiler's message when `pattern` is not a regular expression.
     pub fn new(pattern: &str) -> Result<Self, String> {
-        regex::Regex::new(pattern)
-            .map(Self)
-            .map_err(|e| e.to_string())
+        regex::Regex::new(pattern).map(Self).map_err(|e| e.to_string())
     }
 
     /// Whether `line` matches.
@@ -201,10 +186,7 @@ mod tests {
     use super::*;
 
     fn address(dependency: &str, field: AddressField) -> EnvPart {
-        EnvPart::Address {
-            dependency: dependency.to_owned(),
-            field,
-        }
+        EnvPart::Address { dependency: dependency.to_owned(), field }
     }
 
     #[test]
@@ -220,40 +202,24 @@ mod tests {
         );
         assert_eq!(
             parse("${a.host}:${b.port}"),
-            [
-                address("a", AddressField::Host),
-                EnvPart::Text(":".into()),
-                address("b", AddressField::Port(0)),
-            ]
+            [address("a", AddressField::Host), EnvPart::Text(":".into()), address("b", AddressField::Port(0)),]
         );
         assert_eq!(parse("plain value"), [EnvPart::Text("plain value".into())]);
-        assert_eq!(
-            parse("$HOME and {braces}"),
-            [EnvPart::Text("$HOME and {braces}".into())]
-        );
+        assert_eq!(parse("$HOME and {braces}"), [EnvPart::Text("$HOME and {braces}".into())]);
     }
 
     #[test]
     fn an_unknown_field_names_the_reference() {
         assert_eq!(
             EnvTemplate::parse("x ${db.user} y"),
-            Err(BadReference::UnknownField {
-                reference: "db.user".into(),
-                dependency: "db".into()
-            })
+            Err(BadReference::UnknownField { reference: "db.user".into(), dependency: "db".into() })
         );
     }
 
     #[test]
     fn an_unclosed_reference_is_an_error_not_text() {
-        assert_eq!(
-            EnvTemplate::parse("http://${a.addr"),
-            Err(BadReference::Unclosed("${a.addr".into()))
-        );
-        assert_eq!(
-            EnvTemplate::parse("${a.host} ${b"),
-            Err(BadReference::Unclosed("${b".into()))
-        );
+        assert_eq!(EnvTemplate::parse("http://${a.addr"), Err(BadReference::Unclosed("${a.addr".into())));
+        assert_eq!(EnvTemplate::parse("${a.host} ${b"), Err(BadReference::Unclosed("${b".into())));
     }
 
     #[test]
@@ -262,10 +228,7 @@ mod tests {
             .expect("parses")
             .with_ports(|dep| (dep == "db").then_some(5432))
             .expect("db has a port");
-        assert_eq!(
-            template.fill(|dep| format!("run-{dep}")),
-            "run-db run-db:5432 5432"
-        );
+        assert_eq!(template.fill(|dep| format!("run-{dep}")), "run-db run-db:5432 5432");
         let portless = EnvTemplate::parse("${cache.addr}").expect("parses");
         assert_eq!(portless.with_ports(|_| None), Err("cache".to_owned()));
     }

@@ -12,9 +12,7 @@ struct Workspace {
 
 impl Workspace {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("temporary directory"),
-        }
+        Self { dir: tempfile::tempdir().expect("temporary directory") }
     }
 
     /// The seed's layout: the Dockerfile lives in `docker/`, outside the
@@ -51,10 +49,7 @@ impl Workspace {
     /// Loads a catalog that must be rejected and returns the message.
     fn reject(&self, catalog: &str) -> (CatalogError, String) {
         match self.load(catalog) {
-            Ok(c) => panic!(
-                "catalog was accepted: {:?}",
-                c.components().keys().collect::<Vec<_>>()
-            ),
+            Ok(c) => panic!("catalog was accepted: {:?}", c.components().keys().collect::<Vec<_>>()),
             Err(e) => {
                 let message = e.to_string();
                 (e, message)
@@ -70,10 +65,7 @@ impl Workspace {
 
 /// The 1-based line of the first line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
-        .expect("needle in text")
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1).expect("needle in text")
 }
 
 fn assert_contains(message: &str, parts: &[&str]) {
@@ -127,40 +119,21 @@ fn seed_layout_builds_with_a_dockerfile_outside_the_context() {
     let ws = Workspace::seeded();
     let catalog = ws.load(SEED).expect("the seed catalog is valid");
     assert_eq!(catalog.path(), ws.catalog_path());
-    assert_eq!(
-        catalog.unknown("kafka").known,
-        "datastorage, gateway, migrate, postgres, redis"
-    );
+    assert_eq!(catalog.unknown("kafka").known, "datastorage, gateway, migrate, postgres, redis");
 
     let datastorage = catalog.get("datastorage").expect("datastorage");
-    let Source::Build(build) = &datastorage.source else {
-        panic!("datastorage is built: {:?}", datastorage.source)
-    };
+    let Source::Build(build) = &datastorage.source else { panic!("datastorage is built: {:?}", datastorage.source) };
     assert!(build.context.is_absolute(), "{}", build.context.display());
-    assert_eq!(
-        build.context.canonicalize().expect("context exists"),
-        ws.root().canonicalize().expect("root exists")
-    );
-    assert_eq!(
-        build.dockerfile,
-        ws.root().join("docker/data-storage.Dockerfile")
-    );
+    assert_eq!(build.context.canonicalize().expect("context exists"), ws.root().canonicalize().expect("root exists"));
+    assert_eq!(build.dockerfile, ws.root().join("docker/data-storage.Dockerfile"));
     assert!(!build.dockerfile.starts_with(ws.root().join("images")));
-    assert_eq!(
-        build.args.get("GOFLAGS").map(String::as_str),
-        Some("-mod=vendor")
-    );
+    assert_eq!(build.args.get("GOFLAGS").map(String::as_str), Some("-mod=vendor"));
     assert_eq!(build.args.get("VERSION").map(String::as_str), Some("e2e"));
     assert_eq!(build.target.as_deref(), Some("runtime"));
-    assert_eq!(
-        datastorage.dependencies().collect::<Vec<_>>(),
-        ["postgres", "redis", "migrate"]
-    );
+    assert_eq!(datastorage.dependencies().collect::<Vec<_>>(), ["postgres", "redis", "migrate"]);
 
     let gateway = catalog.get("gateway").expect("gateway");
-    let Source::Build(build) = &gateway.source else {
-        panic!("gateway is built")
-    };
+    let Source::Build(build) = &gateway.source else { panic!("gateway is built") };
     assert_eq!(build.context, ws.root().join("images"));
     assert_eq!(build.dockerfile, ws.root().join("images/Dockerfile"));
     assert!(build.args.is_empty());
@@ -170,12 +143,8 @@ fn seed_layout_builds_with_a_dockerfile_outside_the_context() {
 #[test]
 fn dockerfile_defaults_to_the_one_in_the_context() {
     let ws = Workspace::seeded();
-    let catalog = ws
-        .load("[components.gateway]\nbuild = { context = \"images\" }\n")
-        .expect("valid");
-    let Source::Build(build) = &catalog.get("gateway").expect("gateway").source else {
-        panic!("built")
-    };
+    let catalog = ws.load("[components.gateway]\nbuild = { context = \"images\" }\n").expect("valid");
+    let Source::Build(build) = &catalog.get("gateway").expect("gateway").source else { panic!("built") };
     assert_eq!(build.dockerfile, ws.root().join("images/Dockerfile"));
 }
 
@@ -195,17 +164,8 @@ fn borrowed_images_are_canonical() {
 fn every_probe_kind_is_read_with_its_timeout() {
     let ws = Workspace::seeded();
     let catalog = ws.load(SEED).expect("valid");
-    let ready = |name: &str| {
-        catalog
-            .get(name)
-            .expect(name)
-            .docker
-            .as_ref()
-            .expect("docker")
-            .ready
-            .clone()
-            .expect("ready")
-    };
+    let ready =
+        |name: &str| catalog.get(name).expect(name).docker.as_ref().expect("docker").ready.clone().expect("ready");
     assert_eq!(
         ready("postgres"),
         ReadySpec {
@@ -213,105 +173,50 @@ fn every_probe_kind_is_read_with_its_timeout() {
             timeout: Duration::from_secs(90)
         }
     );
-    assert_eq!(
-        ready("redis"),
-        ReadySpec {
-            probe: Probe::Tcp(6379),
-            timeout: Duration::from_secs(60)
-        }
-    );
-    assert_eq!(
-        ready("migrate"),
-        ReadySpec {
-            probe: Probe::Completes,
-            timeout: Duration::from_secs(60)
-        }
-    );
+    assert_eq!(ready("redis"), ReadySpec { probe: Probe::Tcp(6379), timeout: Duration::from_secs(60) });
+    assert_eq!(ready("migrate"), ReadySpec { probe: Probe::Completes, timeout: Duration::from_secs(60) });
     assert_eq!(
         ready("datastorage"),
         ReadySpec {
-            probe: Probe::Http(HttpProbe {
-                port: 8080,
-                path: "/readyz".into()
-            }),
+            probe: Probe::Http(HttpProbe { port: 8080, path: "/readyz".into() }),
             timeout: Duration::from_secs(120)
         }
     );
     // Without `port`, the HTTP probe uses the first published port.
-    assert_eq!(
-        ready("gateway").probe,
-        Probe::Http(HttpProbe {
-            port: 8443,
-            path: "/healthz".into()
-        })
-    );
+    assert_eq!(ready("gateway").probe, Probe::Http(HttpProbe { port: 8443, path: "/healthz".into() }));
 }
 
 #[test]
 fn docker_spec_keeps_ports_env_and_command() {
     let ws = Workspace::seeded();
     let catalog = ws.load(SEED).expect("valid");
-    let docker = catalog
-        .get("datastorage")
-        .expect("datastorage")
-        .docker
-        .clone()
-        .expect("docker");
+    let docker = catalog.get("datastorage").expect("datastorage").docker.clone().expect("docker");
     assert_eq!(docker.ports, [8080, 9090]);
     assert_eq!(docker.env["POSTGRES_HOST"].as_str(), "${postgres.host}");
     assert_eq!(docker.env["REDIS"].as_str(), "${redis.addr}");
     assert_eq!(docker.env["LOG"].as_str(), "debug");
     assert_eq!(docker.command, None);
-    let migrate = catalog
-        .get("migrate")
-        .expect("migrate")
-        .docker
-        .clone()
-        .expect("docker");
-    assert_eq!(
-        migrate.command,
-        Some(vec!["/migrate".to_owned(), "up".to_owned()])
-    );
-    assert!(catalog
-        .get("redis")
-        .expect("redis")
-        .docker
-        .as_ref()
-        .expect("docker")
-        .env
-        .is_empty());
+    let migrate = catalog.get("migrate").expect("migrate").docker.clone().expect("docker");
+    assert_eq!(migrate.command, Some(vec!["/migrate".to_owned(), "up".to_owned()]));
+    assert!(catalog.get("redis").expect("redis").docker.as_ref().expect("docker").env.is_empty());
 }
 
 #[test]
 fn kubernetes_manifests_are_absolute_paths() {
     let ws = Workspace::seeded();
     let catalog = ws.load(SEED).expect("valid");
-    let kubernetes = catalog
-        .get("datastorage")
-        .expect("datastorage")
-        .kubernetes
-        .clone()
-        .expect("kubernetes");
+    let kubernetes = catalog.get("datastorage").expect("datastorage").kubernetes.clone().expect("kubernetes");
     assert_eq!(
         kubernetes.manifests,
-        [
-            ws.root().join("deploy/datastorage.yaml"),
-            ws.root().join("deploy/datastorage-service.yaml")
-        ]
+        [ws.root().join("deploy/datastorage.yaml"), ws.root().join("deploy/datastorage-service.yaml")]
     );
-    assert!(catalog
-        .get("postgres")
-        .expect("postgres")
-        .kubernetes
-        .is_none());
+    assert!(catalog.get("postgres").expect("postgres").kubernetes.is_none());
 }
 
 #[test]
 fn component_without_docker_or_kubernetes_is_valid() {
     let ws = Workspace::new();
-    let catalog = ws
-        .load("[components.tool]\nimage = \"localhost/tool:dev\"\n")
-        .expect("valid");
+    let catalog = ws.load("[components.tool]\nimage = \"localhost/tool:dev\"\n").expect("valid");
     let tool = catalog.get("tool").expect("tool");
     assert!(tool.docker.is_none() && tool.kubernetes.is_none());
     assert_eq!(tool.dependencies().count(), 0);
@@ -323,13 +228,8 @@ fn paths_are_relative_to_the_catalog_not_the_working_directory() {
     ws.file("sub/e2e-infra.toml", "");
     let text = "[components.ds]\nbuild = { context = \"..\", dockerfile = \"../docker/data-storage.Dockerfile\" }\n";
     let catalog = Catalog::parse(&ws.root().join("sub").join(CATALOG_FILE), text).expect("valid");
-    let Source::Build(build) = &catalog.get("ds").expect("ds").source else {
-        panic!("built")
-    };
-    assert_eq!(
-        build.dockerfile,
-        ws.root().join("sub/../docker/data-storage.Dockerfile")
-    );
+    let Source::Build(build) = &catalog.get("ds").expect("ds").source else { panic!("built") };
+    assert_eq!(build.dockerfile, ws.root().join("sub/../docker/data-storage.Dockerfile"));
     assert!(build.dockerfile.is_file());
 }
 
@@ -339,10 +239,7 @@ fn locate_walks_up_from_a_subdirectory() {
     ws.file(CATALOG_FILE, "");
     let deep = ws.root().join("a/b/c");
     std::fs::create_dir_all(&deep).expect("mkdir");
-    assert_eq!(
-        Catalog::locate(None, None, &deep).expect("found"),
-        ws.catalog_path()
-    );
+    assert_eq!(Catalog::locate(None, None, &deep).expect("found"), ws.catalog_path());
 }
 
 #[test]
@@ -356,25 +253,10 @@ fn a_named_catalog_is_relative_to_the_start_and_the_given_path_wins() {
         Catalog::locate(Some((Path::new("x.toml"), "`catalog`")), Some(&env), &sub).expect("given"),
         sub.join("x.toml")
     );
-    assert_eq!(
-        Catalog::locate(None, Some(&env), ws.root()).expect("env"),
-        ws.root().join("other.toml")
-    );
+    assert_eq!(Catalog::locate(None, Some(&env), ws.root()).expect("env"), ws.root().join("other.toml"));
     let missing = Catalog::locate(None, Some(&env), &sub).expect_err("relative to the start");
-    assert!(
-        matches!(
-            missing,
-            CatalogError::Missing {
-                named_by: CATALOG_ENV,
-                ..
-            }
-        ),
-        "{missing:?}"
-    );
-    assert_contains(
-        &missing.to_string(),
-        &[&sub.join("other.toml").display().to_string(), CATALOG_ENV],
-    );
+    assert!(matches!(missing, CatalogError::Missing { named_by: CATALOG_ENV, .. }), "{missing:?}");
+    assert_contains(&missing.to_string(), &[&sub.join("other.toml").display().to_string(), CATALOG_ENV]);
 }
 
 #[test]
@@ -384,13 +266,8 @@ fn locate_reports_where_it_started() {
     std::fs::create_dir_all(&start).expect("mkdir");
     let stray = start.ancestors().any(|d| d.join(CATALOG_FILE).is_file());
     if !stray {
-        let message = Catalog::locate(None, None, &start)
-            .expect_err("no catalog")
-            .to_string();
-        assert_contains(
-            &message,
-            &[&start.display().to_string(), CATALOG_FILE, CATALOG_ENV],
-        );
+        let message = Catalog::locate(None, None, &start).expect_err("no catalog").to_string();
+        assert_contains(&message, &[&start.display().to_string(), CATALOG_FILE, CATALOG_ENV]);
     }
 }
 
@@ -412,17 +289,7 @@ fn unknown_component_key_lists_the_valid_ones() {
     let (err, message) = ws.reject(text);
     assert!(matches!(err, CatalogError::Syntax { .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(3)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`buid`",
-            "`build`",
-            "`image`",
-            "`depends_on`",
-            "`docker`",
-            "`kubernetes`",
-        ],
-    );
+    assert_contains(&message, &["`buid`", "`build`", "`image`", "`depends_on`", "`docker`", "`kubernetes`"]);
 }
 
 #[test]
@@ -431,18 +298,7 @@ fn unknown_ready_key_lists_the_valid_ones() {
     let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = { http_path = \"/readyz\" }\n";
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(4)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`http_path`",
-            "`tcp`",
-            "`http`",
-            "`port`",
-            "`log`",
-            "`completes`",
-            "`timeout`",
-        ],
-    );
+    assert_contains(&message, &["`http_path`", "`tcp`", "`http`", "`port`", "`log`", "`completes`", "`timeout`"]);
 }
 
 #[test]
@@ -472,10 +328,7 @@ fn longer_cycle_and_self_dependency_are_printed() {
                 [components.db]\nimage = \"d:1\"\ndepends_on = [\"web\"]\n";
     let (_, message) = ws.reject(text);
     assert_contains(&message, &["api -> db -> web -> api"]);
-    assert!(
-        message.starts_with(&ws.at_line(line_of(text, "[components.api]"))),
-        "{message}"
-    );
+    assert!(message.starts_with(&ws.at_line(line_of(text, "[components.api]"))), "{message}");
 
     let (_, message) = ws.reject("[components.solo]\nimage = \"s:1\"\ndepends_on = [\"solo\"]\n");
     assert_contains(&message, &["solo -> solo"]);
@@ -486,20 +339,9 @@ fn unknown_dependency_suggests_the_nearest_name() {
     let ws = Workspace::new();
     let text = "[components.postgres]\nimage = \"postgres:16\"\n\n[components.ds]\nimage = \"ds:1\"\ndepends_on = [\"postgress\"]\n";
     let (err, message) = ws.reject(text);
-    assert!(
-        matches!(err, CatalogError::UnknownDependency { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CatalogError::UnknownDependency { .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(6)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`ds`",
-            "`postgress`",
-            "did you mean `postgres`?",
-            "Known: ds, postgres",
-        ],
-    );
+    assert_contains(&message, &["`ds`", "`postgress`", "did you mean `postgres`?", "Known: ds, postgres"]);
 }
 
 #[test]
@@ -515,35 +357,17 @@ fn missing_dockerfile_prints_the_path_tried() {
     let ws = Workspace::seeded();
     let text = "[components.ds]\nbuild = { context = \".\", dockerfile = \"docker/datastorage.Dockerfile\" }\n";
     let (err, message) = ws.reject(text);
-    assert!(
-        matches!(
-            err,
-            CatalogError::MissingPath {
-                what: "Dockerfile",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, CatalogError::MissingPath { what: "Dockerfile", .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(2)), "{message}");
     let tried = ws.root().join("docker/datastorage.Dockerfile");
-    assert_contains(
-        &message,
-        &["`ds`", "Dockerfile not found", &tried.display().to_string()],
-    );
+    assert_contains(&message, &["`ds`", "Dockerfile not found", &tried.display().to_string()]);
 }
 
 #[test]
 fn missing_default_dockerfile_prints_the_path_tried() {
     let ws = Workspace::seeded();
     let (_, message) = ws.reject("[components.ds]\nbuild = { context = \"docker\" }\n");
-    assert_contains(
-        &message,
-        &[
-            "Dockerfile not found",
-            &ws.root().join("docker/Dockerfile").display().to_string(),
-        ],
-    );
+    assert_contains(&message, &["Dockerfile not found", &ws.root().join("docker/Dockerfile").display().to_string()]);
 }
 
 #[test]
@@ -551,24 +375,9 @@ fn missing_context_prints_the_path_tried() {
     let ws = Workspace::seeded();
     let text = "[components.ds]\nbuild = { context = \"src/ds\", dockerfile = \"docker/data-storage.Dockerfile\" }\n";
     let (err, message) = ws.reject(text);
-    assert!(
-        matches!(
-            err,
-            CatalogError::MissingPath {
-                what: "build context",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, CatalogError::MissingPath { what: "build context", .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(2)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "build context not found",
-            &ws.root().join("src/ds").display().to_string(),
-        ],
-    );
+    assert_contains(&message, &["build context not found", &ws.root().join("src/ds").display().to_string()]);
 }
 
 #[test]
@@ -597,47 +406,21 @@ fn neither_build_nor_image_is_rejected() {
     let text = "[components.ds]\ndepends_on = []\n";
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(1)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`ds`",
-            "neither `build` nor `image`",
-            "build = {",
-            "image = \"",
-        ],
-    );
+    assert_contains(&message, &["`ds`", "neither `build` nor `image`", "build = {", "image = \""]);
 }
 
 #[test]
 fn invalid_component_names_are_rejected() {
     let ws = Workspace::new();
     let long = "a".repeat(41);
-    for name in [
-        "DataStorage",
-        "data_storage",
-        "1postgres",
-        "postgres-",
-        &long,
-    ] {
-        let text = format!(
-            "[components.ok]\nimage = \"ok:1\"\n[components.\"{name}\"]\nimage = \"x:1\"\n"
-        );
+    for name in ["DataStorage", "data_storage", "1postgres", "postgres-", &long] {
+        let text = format!("[components.ok]\nimage = \"ok:1\"\n[components.\"{name}\"]\nimage = \"x:1\"\n");
         let (err, message) = ws.reject(&text);
-        assert!(
-            matches!(err, CatalogError::InvalidName { .. }),
-            "{name}: {err:?}"
-        );
+        assert!(matches!(err, CatalogError::InvalidName { .. }), "{name}: {err:?}");
         assert!(message.starts_with(&ws.at_line(3)), "{message}");
-        assert_contains(
-            &message,
-            &[&format!("`{name}`"), "lowercase letters", "at most 40"],
-        );
+        assert_contains(&message, &[&format!("`{name}`"), "lowercase letters", "at most 40"]);
     }
-    ws.load(&format!(
-        "[components.{}]\nimage = \"x:1\"\n",
-        "a".repeat(40)
-    ))
-    .expect("40 characters is fine");
+    ws.load(&format!("[components.{}]\nimage = \"x:1\"\n", "a".repeat(40))).expect("40 characters is fine");
 }
 
 #[test]
@@ -648,21 +431,14 @@ fn ready_with_two_probes_is_rejected() {
     let (err, message) = ws.reject(text);
     assert!(matches!(err, CatalogError::Invalid { .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(5)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`ds`",
-            "exactly one probe",
-            "tcp = PORT",
-            "completes = true",
-        ],
-    );
+    assert_contains(&message, &["`ds`", "exactly one probe", "tcp = PORT", "completes = true"]);
 }
 
 #[test]
 fn an_exec_probe_is_read_and_an_empty_one_rejected() {
     let ws = Workspace::new();
-    let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = { exec = [\"redis-cli\", \"ping\"] }\n";
+    let text =
+        "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = { exec = [\"redis-cli\", \"ping\"] }\n";
     let catalog = ws.load(text).expect("valid");
     let ready = catalog.get("ds").and_then(|c| c.docker.as_ref()).and_then(|d| d.ready.clone());
     assert_eq!(ready.map(|r| r.probe), Some(Probe::Exec(vec!["redis-cli".into(), "ping".into()])));
@@ -677,14 +453,8 @@ fn an_exec_probe_is_read_and_an_empty_one_rejected() {
 #[test]
 fn ready_without_a_probe_is_rejected() {
     let ws = Workspace::new();
-    for ready in [
-        "{}",
-        "{ timeout = \"5s\" }",
-        "{ completes = false }",
-        "{ port = 80 }",
-    ] {
-        let text =
-            format!("[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = {ready}\n");
+    for ready in ["{}", "{ timeout = \"5s\" }", "{ completes = false }", "{ port = 80 }"] {
+        let text = format!("[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = {ready}\n");
         let (_, message) = ws.reject(&text);
         assert!(message.starts_with(&ws.at_line(4)), "{ready}: {message}");
         assert_contains(&message, &["exactly one probe"]);
@@ -734,21 +504,12 @@ fn http_probe_needs_a_port_and_an_absolute_path() {
 #[test]
 fn env_reference_outside_depends_on_is_rejected() {
     let ws = Workspace::new();
-    let text =
-        "[components.postgres]\nimage = \"postgres:16\"\n\n[components.ds]\nimage = \"ds:1\"\n\
+    let text = "[components.postgres]\nimage = \"postgres:16\"\n\n[components.ds]\nimage = \"ds:1\"\n\
                 [components.ds.docker]\nenv = { DB = \"${postgres.addr}\" }\n";
     let (err, message) = ws.reject(text);
     assert!(matches!(err, CatalogError::Invalid { .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(7)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "`ds`",
-            "env `DB`",
-            "${postgres.addr}",
-            "`postgres` is not in depends_on",
-        ],
-    );
+    assert_contains(&message, &["`ds`", "env `DB`", "${postgres.addr}", "`postgres` is not in depends_on"]);
 }
 
 #[test]
@@ -758,15 +519,7 @@ fn env_reference_to_an_unknown_field_is_rejected() {
                 [components.ds.docker]\nenv = { DB = \"${postgres.url}\" }\n";
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(7)), "{message}");
-    assert_contains(
-        &message,
-        &[
-            "${postgres.url}",
-            "${postgres.host}",
-            "${postgres.port}",
-            "${postgres.addr}",
-        ],
-    );
+    assert_contains(&message, &["${postgres.url}", "${postgres.host}", "${postgres.port}", "${postgres.addr}"]);
 }
 
 #[test]
@@ -774,24 +527,11 @@ fn missing_manifest_prints_the_path_tried() {
     let ws = Workspace::seeded();
     let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.kubernetes]\nmanifests = [\n  \"deploy/datastorage.yaml\",\n  \"deploy/missing.yaml\",\n]\n";
     let (err, message) = ws.reject(text);
-    assert!(
-        matches!(
-            err,
-            CatalogError::MissingPath {
-                what: "manifest",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, CatalogError::MissingPath { what: "manifest", .. }), "{err:?}");
     assert!(message.starts_with(&ws.at_line(6)), "{message}");
     assert_contains(
         &message,
-        &[
-            "`ds`",
-            "manifest not found",
-            &ws.root().join("deploy/missing.yaml").display().to_string(),
-        ],
+        &["`ds`", "manifest not found", &ws.root().join("deploy/missing.yaml").display().to_string()],
     );
 }
 
@@ -800,18 +540,8 @@ fn empty_catalog_is_rejected() {
     let ws = Workspace::new();
     for text in ["", "# nothing yet\n", "[components]\n"] {
         let (err, message) = ws.reject(text);
-        assert!(
-            matches!(err, CatalogError::Empty { .. }),
-            "{text:?}: {err:?}"
-        );
-        assert_contains(
-            &message,
-            &[
-                &ws.catalog_path().display().to_string(),
-                "no components",
-                "[components.<name>]",
-            ],
-        );
+        assert!(matches!(err, CatalogError::Empty { .. }), "{text:?}: {err:?}");
+        assert_contains(&message, &[&ws.catalog_path().display().to_string(), "no components", "[components.<name>]"]);
     }
 }
 
@@ -832,10 +562,7 @@ fn wrong_value_types_name_the_line_and_the_expected_type() {
     ];
     for (text, line, key, expected) in cases {
         let (err, message) = ws.reject(text);
-        assert!(
-            matches!(err, CatalogError::Syntax { .. }),
-            "{text}: {err:?}"
-        );
+        assert!(matches!(err, CatalogError::Syntax { .. }), "{text}: {err:?}");
         assert!(message.starts_with(&ws.at_line(line)), "{text}: {message}");
         assert_contains(&message, &[expected, &format!("{key} = ")]);
     }
@@ -871,10 +598,7 @@ fn at_compile_time_a_build_context_may_be_made_later_but_sources_must_exist() {
     let typo = "[components.ds]\nbuild = { context = \"out/ds\", dockerfile = \"docker/data-storge.Dockerfile\" }\n";
     ws.file(CATALOG_FILE, typo);
     let err = Catalog::load_sources(&ws.catalog_path()).expect_err("a Dockerfile of the sources");
-    assert_contains(
-        &err.to_string(),
-        &["Dockerfile not found", "data-storge.Dockerfile"],
-    );
+    assert_contains(&err.to_string(), &["Dockerfile not found", "data-storge.Dockerfile"]);
 }
 
 #[test]

@@ -17,8 +17,8 @@ use bollard::Docker;
 use sha2::{Digest, Sha256};
 
 use super::{
-    call_limit, create_network, docker_spec, find_network, gone, resolve_envs, start_on, DockerError,
-    DockerStack, RunningComponent, Started, ENGINE_CALL_TIMEOUT,
+    call_limit, create_network, docker_spec, find_network, gone, resolve_envs, start_on, DockerError, DockerStack,
+    RunningComponent, Started, ENGINE_CALL_TIMEOUT,
 };
 use crate::engine;
 use crate::labels;
@@ -56,16 +56,17 @@ pub async fn up_reusing(
     let network = plan.namespace().to_string();
     // The containers say which network they are on; only a stack without
     // containers needs to look for it.
-    let attached = existing
-        .iter()
-        .find_map(|c| c.network_settings.as_ref()?.networks.as_ref()?.get(&network)?.network_id.clone());
+    let attached =
+        existing.iter().find_map(|c| c.network_settings.as_ref()?.networks.as_ref()?.get(&network)?.network_id.clone());
     let network_id = match attached {
         Some(id) => id,
         None => match find_network(docker, plan).await? {
             Some(id) => id,
             None => {
                 let network_id = create_network(docker, plan, true).await?;
-                let stack = start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }, report).await?;
+                let stack =
+                    start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }, report)
+                        .await?;
                 return Ok((stack, Vec::new()));
             }
         },
@@ -89,7 +90,8 @@ pub async fn up_reusing(
     let mut removals = strangers;
     removals.extend(found.iter().filter(|(c, _)| replaced.contains(c.as_str())).filter_map(|(_, (c, _))| c.id.clone()));
     for id in &removals {
-        let removing = docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
+        let removing =
+            docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
         match engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)? {
             Ok(()) => {}
             Err(e) if gone(&e) => {}

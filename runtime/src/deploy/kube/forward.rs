@@ -42,11 +42,7 @@ pub enum ForwardError {
     },
     /// No pod behind the Service is ready.
     #[error("no ready pod behind Service `{service}` in namespace `{namespace}` (selector `{selector}`)")]
-    NoPod {
-        service: String,
-        namespace: String,
-        selector: String,
-    },
+    NoPod { service: String, namespace: String, selector: String },
     /// The cluster did not answer the port-forwarding process.
     #[error("port-forwarding needs the cluster")]
     Cluster(#[from] Box<KubeError>),
@@ -55,11 +51,7 @@ pub enum ForwardError {
     KeeperGone { pid: u32, namespace: String },
     /// The cluster's API server accepts no connection.
     #[error("the API server of {context} at {server} accepts no connection: {problem}; start the cluster or pick another context")]
-    Unreachable {
-        context: String,
-        server: String,
-        problem: String,
-    },
+    Unreachable { context: String, server: String, problem: String },
     /// Listing pods or forwarding to one failed.
     #[error("port-forwarding to pod `{pod}` port {port} failed")]
     Pod {
@@ -123,11 +115,8 @@ pub(crate) async fn forward_all(
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let mut forwards = BTreeMap::new();
     for component in components {
-        let service_error = |source| ForwardError::Service {
-            service: component.clone(),
-            namespace: namespace.to_owned(),
-            source,
-        };
+        let service_error =
+            |source| ForwardError::Service { service: component.clone(), namespace: namespace.to_owned(), source };
         let Some(service) = services.get_opt(component).await.map_err(service_error)? else { continue };
         let mut ports = BTreeMap::new();
         for port in target_ports(&service) {
@@ -171,7 +160,8 @@ pub(crate) fn check_recorded(context: Option<&str>, keeper: &Launcher, namespace
         return Err(ForwardError::KeeperGone { pid: keeper.pid, namespace: namespace.to_owned() });
     }
     let described = context.map_or_else(|| "the current context".to_owned(), |c| format!("context `{c}`"));
-    let unreachable = |server: String, problem: String| ForwardError::Unreachable { context: described.clone(), server, problem };
+    let unreachable =
+        |server: String, problem: String| ForwardError::Unreachable { context: described.clone(), server, problem };
     let server = api_server(context).map_err(|problem| unreachable("(unknown)".to_owned(), problem))?;
     let addrs = server.to_socket_addrs().map_err(|e| unreachable(server.clone(), e.to_string()))?;
     let mut last = "no address".to_owned();
@@ -256,7 +246,12 @@ async fn accept(listener: tokio::net::TcpListener, client: Client, target: Targe
                         }
                     }
                     Err(error) => {
-                        tracing::debug!("port-forward to {}:{}: no spare session: {}", target.service, target.port, error_chain(&error));
+                        tracing::debug!(
+                            "port-forward to {}:{}: no spare session: {}",
+                            target.service,
+                            target.port,
+                            error_chain(&error)
+                        );
                         // The next connection opens its own and reports why it cannot.
                         tokio::time::sleep(SPARE_MAX_AGE / 15).await;
                     }
@@ -280,7 +275,9 @@ async fn accept(listener: tokio::net::TcpListener, client: Client, target: Targe
             };
             match session {
                 Ok(session) => relay(session, target.port, socket).await,
-                Err(error) => tracing::warn!("port-forward to {}:{}: {}", target.service, target.port, error_chain(&error)),
+                Err(error) => {
+                    tracing::warn!("port-forward to {}:{}: {}", target.service, target.port, error_chain(&error))
+                }
             }
         });
     }
@@ -310,12 +307,8 @@ async fn open(client: &Client, target: &Target) -> Result<Session, ForwardError>
         move |source| ForwardError::Pod { pod, port, source }
     };
     let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(pod_error("(list)"))?;
-    let pod = listed
-        .items
-        .into_iter()
-        .find(is_ready)
-        .and_then(|p| p.metadata.name)
-        .ok_or_else(|| ForwardError::NoPod {
+    let pod =
+        listed.items.into_iter().find(is_ready).and_then(|p| p.metadata.name).ok_or_else(|| ForwardError::NoPod {
             service: target.service.clone(),
             namespace: target.namespace.clone(),
             selector: selector.clone(),

@@ -75,7 +75,12 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, mut script: Sc
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
         if let Ok(mut log) = log.lock() {
-            log.requests.push(Seen { method: parts.method.clone(), path: path.clone(), query: query.clone(), body: body.clone() });
+            log.requests.push(Seen {
+                method: parts.method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                body: body.clone(),
+            });
         }
         let resource = path.rsplit('/').next().unwrap_or_default();
         let collection = path.split('/').nth_back(if parts.method == Method::GET { 0 } else { 1 }).unwrap_or_default();
@@ -88,7 +93,9 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, mut script: Sc
             Method::DELETE => send.send_response(json_response(&json!({
                 "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": resource }
             }))),
-            Method::GET if resource == "log" => send.send_response(Response::new(Body::from(script.logs.clone().into_bytes()))),
+            Method::GET if resource == "log" => {
+                send.send_response(Response::new(Body::from(script.logs.clone().into_bytes())))
+            }
             Method::GET if query.contains("watch=true") => {
                 match script.watches.get_mut(collection).and_then(VecDeque::pop_front) {
                     Some((delay, events)) => {

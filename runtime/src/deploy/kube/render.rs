@@ -450,7 +450,13 @@ fn check_image_field(plan: &Plan, value: &Value, holder: &str, field: String, re
         }
     };
     if !plan.components().iter().any(|c| c.image.matches(image)) {
-        refused.push(Refused { place: IMAGE_FIELD, holder: holder.to_owned(), field, image: image.to_owned(), reason: None });
+        refused.push(Refused {
+            place: IMAGE_FIELD,
+            holder: holder.to_owned(),
+            field,
+            image: image.to_owned(),
+            reason: None,
+        });
     }
 }
 

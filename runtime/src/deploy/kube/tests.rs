@@ -10,9 +10,7 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use serde_json::json;
 
-use super::mock::{
-    added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script, Seen,
-};
+use super::mock::{added, client_and_server, deployment, job, modified, statefulset, waiting_pod, Log, Script, Seen};
 use super::render::{user_label, USER_LABEL_PREFIX};
 use super::*;
 use crate::{Catalog, Delivery, RunId};
@@ -215,7 +213,8 @@ async fn crash_loop_back_off_carries_the_last_log_lines() {
     assert_eq!(failure.reason, "CrashLoopBackOff");
     assert!(failure.logs.contains("connection refused"), "{}", failure.logs);
     assert!(error.to_string().contains("connection refused"), "{error}");
-    let log_request = seen.lock().expect("log").requests.iter().find(|s| s.path.ends_with("/log")).cloned().expect("logs asked");
+    let log_request =
+        seen.lock().expect("log").requests.iter().find(|s| s.path.ends_with("/log")).cloned().expect("logs asked");
     assert_eq!(log_request.path, format!("/api/v1/namespaces/{ns}/pods/api-7d9f-x2x/log"));
     assert!(
         log_request.query.contains("previous=true") && log_request.query.contains("tailLines=20"),
@@ -581,7 +580,9 @@ fn check_image_field(run: &str, manifest: &str, object: &str, holder: &str, fiel
 
 #[test]
 fn preflight_covers_argo_workflow_container_and_script_templates() {
-    for (template, body) in [("container", "{ image: IMAGE, command: [/app] }"), ("script", "{ image: IMAGE, source: 'echo hi' }")] {
+    for (template, body) in
+        [("container", "{ image: IMAGE, command: [/app] }"), ("script", "{ image: IMAGE, source: 'echo hi' }")]
+    {
         let manifest = format!(
             "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {{ name: api }}\n\
              spec: {{ entrypoint: main, templates: [{{ name: main, {template}: {body} }}] }}\n"
@@ -661,7 +662,11 @@ spec:
     let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!((problems[0].place, problems[0].field.as_str()), ("image field", "spec.server.image"));
-    assert!(problems[0].reason.contains("`spec.server.image` holds a mapping, not an image reference"), "{}", problems[0].reason);
+    assert!(
+        problems[0].reason.contains("`spec.server.image` holds a mapping, not an image reference"),
+        "{}",
+        problems[0].reason
+    );
 }
 
 #[test]

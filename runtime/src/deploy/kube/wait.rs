@@ -208,7 +208,9 @@ impl ready::Watch for NamespaceWatch<'_> {
             // The watcher retries with a backoff; the error matters only if
             // nothing becomes ready before the timeout.
             Some(Err(error)) => progress.last_watch_error = Some(error.to_string()),
-            Some(Ok(Seen::Deployment(event))) => on_event(*event, progress, WorkloadKind::Deployment, deployment_progress),
+            Some(Ok(Seen::Deployment(event))) => {
+                on_event(*event, progress, WorkloadKind::Deployment, deployment_progress)
+            }
             Some(Ok(Seen::StatefulSet(event))) => {
                 on_event(*event, progress, WorkloadKind::StatefulSet, statefulset_progress)
             }
@@ -402,7 +404,8 @@ async fn unready_containers(client: &Client, namespace: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let Ok(listed) = pods.list(&ListParams::default()).await else { return Vec::new() };
     let events: Api<KubeEvent> = Api::namespaced(client.clone(), namespace);
-    let unhealthy = events.list(&ListParams::default().fields("reason=Unhealthy")).await.map(|l| l.items).unwrap_or_default();
+    let unhealthy =
+        events.list(&ListParams::default().fields("reason=Unhealthy")).await.map(|l| l.items).unwrap_or_default();
     let mut lines = Vec::new();
     for pod in &listed.items {
         let name = pod.name_any();
