@@ -465,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn an_up_is_judged_by_its_process_until_it_marks_the_stack_finished() {
+        let here = crate::plan::Host::current();
+        let gone = Launcher { pid: u32::MAX, start_ticks: 1, host: here };
+        let going = Launcher::of(std::process::id()).expect("this process is seen");
+        let killed = RunStack { launcher: Some(gone), ..run(false, None) };
+        assert_eq!(killed.liveness(), if here.is_some() { Liveness::Dead } else { Liveness::Foreign });
+        assert_eq!(RunStack { launcher: Some(going), ..run(false, None) }.liveness(), Liveness::Alive);
+        assert_eq!(RunStack { up_finished: true, ..killed }.liveness(), Liveness::Manual);
+        assert_eq!(run(false, None).liveness(), Liveness::Manual, "an older `up` recorded no launcher");
+    }
+
+    #[test]
     fn engine_timestamps_are_read() {
         assert_eq!(epoch_seconds("1970-01-01T00:01:40Z"), Some(100));
         assert_eq!(epoch_seconds("2026-11-27T22:19:58.123456789Z"), Some(1_795_817_998));
