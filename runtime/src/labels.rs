@@ -17,11 +17,17 @@ pub const CONSUMER: &str = "io.e2e-infra.consumer";
 /// The component.
 pub const COMPONENT: &str = "io.e2e-infra.component";
 /// The launcher (`pid:start_ticks:boot_id:pid_namespace`) whose death ends
-/// the run; empty for stacks brought up by hand (`e2e-infra up`).
+/// the run; for a stack of `e2e-infra up`, the `up` process; empty for
+/// stacks of `up` from before it was recorded.
 pub const LAUNCHER: &str = "io.e2e-infra.launcher";
 /// On a kept stack's marker (a volume on Docker, the namespace on
 /// Kubernetes): why it was kept. `clean` leaves it alone unless asked.
 pub const KEPT: &str = "io.e2e-infra.kept";
+/// On the marker of a stack brought up by `e2e-infra up` (a volume on
+/// Docker, the namespace on Kubernetes), created once `up` finished: the
+/// stack then lives until `down`. Without it, the stack lives only as long
+/// as the `up` process recorded as its launcher.
+pub const UP_FINISHED: &str = "io.e2e-infra.up-finished";
 /// On a reusable stack (`E2E_INFRA_REUSE=1`): it outlives its run and is
 /// reused by the next one while nothing it runs changed.
 pub const REUSE: &str = "io.e2e-infra.reuse";

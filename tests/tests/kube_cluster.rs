@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
-use e2e_infra::deploy::kube::{deploy, forward, mark_kept, KubeError, KubeOptions, PodFailure};
+use e2e_infra::deploy::kube::{deploy, forward, mark, KubeError, KubeOptions, PodFailure};
 use e2e_infra::error::error_chain;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage};
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
@@ -738,7 +738,7 @@ async fn a_kept_stack_is_kept_on_the_cluster_until_clean_kept() {
     let namespace = plan.namespace().as_str();
     // What the teardown of a run with a failed test does; recorded on the
     // cluster, so no local state is needed to honour it.
-    mark_kept(run.cluster.client().await, namespace, "failed: a_test").await.expect("mark kept");
+    mark(run.cluster.client().await, namespace, e2e_infra::labels::KEPT, "failed: a_test").await.expect("mark kept");
 
     assert!(run.status_line(&plan).await.contains(" kept "));
     run.clean(&[]).await;

@@ -486,7 +486,7 @@ struct DownOnDrop<'a>(&'a Fixture);
 impl Drop for DownOnDrop<'_> {
     fn drop(&mut self) {
         let _ = Command::new(e2e_infra_tests::cluster::cli_binary())
-            .args(["down", "--consumer", &self.0.consumer])
+            .args(["down", "--consumer", &self.0.consumer, "--force"])
             .env("E2E_INFRA_STATE_DIR", self.0.state())
             .output();
     }

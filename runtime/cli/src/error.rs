@@ -85,6 +85,14 @@ pub enum CliError {
     /// `up` failed; what it created was removed where it could be.
     #[error("bringing the stack up failed; what this command created was removed where it could be; list what is left with `e2e-infra status`")]
     Up(#[source] StackError),
+    /// The stack is up, but the marker that keeps it until `down` could
+    /// not be made.
+    #[error("the stack is up, but marking it as finished failed, so it counts as dead once this command exits and `e2e-infra clean` may remove it; take it down with `{take_down}` and bring it up again")]
+    MarkUp {
+        take_down: String,
+        /// The engine's or cluster's error.
+        source: StackError,
+    },
     /// `up` got SIGINT or SIGTERM and removed what it had created.
     #[error("`up` was stopped by {signal}; it removed what it had created ({removed})")]
     Interrupted {
@@ -144,9 +152,12 @@ impl CliError {
                 code::HOST
             }
             Self::Engine(_) | Self::List(_) => code::UNREACHABLE,
-            Self::Up(_) | Self::Down { .. } | Self::Clean(_) | Self::Images(_) | Self::Interrupted { .. } => {
-                code::STACK
-            }
+            Self::Up(_)
+            | Self::MarkUp { .. }
+            | Self::Down { .. }
+            | Self::Clean(_)
+            | Self::Images(_)
+            | Self::Interrupted { .. } => code::STACK,
             Self::NoStack { .. } => code::NO_STACK,
             Self::Ambiguous { .. } => code::CONFIG,
             Self::Logs(_) | Self::Report(_) => code::STACK,

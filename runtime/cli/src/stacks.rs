@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use e2e_infra::backend::{self, Backend, Declared};
-use e2e_infra::plan::RunId;
+use e2e_infra::plan::{Launcher, RunId};
 use e2e_infra::stack::teardown::{self, Liveness, RunStack};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{engine, Plan};
@@ -134,8 +134,11 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
             format!("up-{:x}-{random}", now.as_millis())
         }
     };
-    // No launcher: a stack brought up by hand lives until `down`.
-    let run = RunId::explicit(&id, None)?;
+    // This process is the stack's launcher until it finishes and marks the
+    // stack as up: a stack whose `up` was killed half-way is then dead, one
+    // whose `up` finished lives until `down`.
+    let launcher = Launcher::of(std::process::id());
+    let run = RunId::explicit(&id, launcher)?;
     let kubernetes =
         args.cluster.wanted().is_some() || args.kind.is_some() || args.containerd.is_some() || args.registry.is_some();
     // The flags play the part of the environment variables a suite reads.
@@ -188,13 +191,21 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     };
     let record = runtime.block_on(async {
         let signals = interrupted()?;
+        let key = e2e_infra::record::RunKey::new(plan.run().as_str(), &args.consumer);
+        let up = async {
+            let record = stack::up(&plan, &options).await.map_err(CliError::Up)?;
+            let docker = engine::connect().await?;
+            teardown::mark_up_finished(&docker, &key, launcher, kube_target.as_ref())
+                .await
+                .map_err(|source| CliError::MarkUp { take_down: take_down.clone(), source })?;
+            Ok::<_, CliError>(record)
+        };
         tokio::select! {
-            result = stack::up(&plan, &options) => result.map_err(CliError::Up),
+            result = up => result,
             signal = signals => {
                 // `up` is dropped here: it creates nothing more. What it
                 // created so far carries the run's labels.
                 let docker = engine::connect().await?;
-                let key = e2e_infra::record::RunKey::new(plan.run().as_str(), &args.consumer);
                 let removed = stack::down(&docker, &key, kube_target.as_ref()).await.map_err(|source| {
                     CliError::Down { consumer: args.consumer.clone(), run: plan.run().to_string(), source }
                 })?;

@@ -267,3 +267,54 @@ fn a_signal_during_up_removes_what_it_created() {
         assert!(!stdout(&cli(dir.path(), &["status"])).contains(&name), "SIG{signal} left the stack");
     }
 }
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn an_up_killed_half_way_leaves_a_dead_stack_that_clean_removes() {
+    use std::io::BufRead as _;
+    // A finished `up`: its stack lives until `down`, `clean` or not.
+    let finished_dir = project();
+    let finished = consumer("upfinished");
+    assert!(cli(finished_dir.path(), &["up", "--consumer", &finished, "--needs", "web"]).status.success());
+
+    let dir = project();
+    // A probe that never passes: `up` waits until it is killed.
+    let catalog = std::fs::read_to_string(dir.path().join("e2e-infra.toml")).expect("catalog");
+    let waiting =
+        catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
+    std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
+    let killed = consumer("upkilled");
+    let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+        .args(["up", "--consumer", &killed, "--needs", "web"])
+        .current_dir(dir.path())
+        .env("E2E_INFRA_STATE_DIR", dir.path().join("state"))
+        .env_remove("E2E_INFRA_RUN_ID")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("up");
+    let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
+    let mut seen = String::new();
+    // The container exists once its readiness wait begins.
+    while !seen.contains("waiting until ready") {
+        assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
+    }
+    let line = |status: &str, name: &str| status.lines().find(|l| l.starts_with(name)).map(str::to_owned);
+    let status = stdout(&cli(dir.path(), &["status"]));
+    let going = line(&status, &killed).expect("listed while up runs");
+    assert!(going.contains(" alive ") && going.contains("containers: "), "{status}");
+
+    up.kill().expect("SIGKILL");
+    up.wait().expect("wait");
+    let status = stdout(&cli(dir.path(), &["status"]));
+    assert!(line(&status, &killed).is_some_and(|l| l.contains(" dead ")), "{status}");
+    assert!(line(&status, &finished).is_some_and(|l| l.contains(" manual ")), "{status}");
+
+    for name in [&killed, &finished] {
+        let clean = stdout(&cli(dir.path(), &["clean", "--consumer", name]));
+        assert_eq!(clean.contains(&format!("removed {name} run up-")), *name == killed, "{clean}");
+    }
+    let status = stdout(&cli(dir.path(), &["status"]));
+    assert!(line(&status, &killed).is_none() && line(&status, &finished).is_some(), "{status}");
+    assert!(cli(dir.path(), &["down", "--consumer", &finished]).status.success());
+}

@@ -87,7 +87,8 @@ struct Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         for consumer in &self.consumers {
-            let _ = self.project.command(&["down", "--consumer", consumer], &self.project.state(), &[]).output();
+            let _ =
+                self.project.command(&["down", "--consumer", consumer, "--force"], &self.project.state(), &[]).output();
         }
     }
 }
@@ -603,7 +604,8 @@ fn an_error_left_by_an_earlier_use_of_the_run_id_does_not_fail_a_retry() {
     std::env::set_var("E2E_INFRA_RUN_ID", &run);
 
     let outcome = catch_unwind(AssertUnwindSafe(|| suite(&project, &consumer).infra().endpoint("web", 8080).is_some()));
-    let torn_down = project.cli(&["down", "--consumer", &consumer]);
+    // The suite ran in this test process: its launcher (the test runner) still runs.
+    let torn_down = project.cli(&["down", "--consumer", &consumer, "--force"]);
     assert!(matches!(outcome, Ok(true)), "the retry failed with the earlier error");
     assert!(torn_down.status.success());
 }

@@ -167,10 +167,13 @@ pub enum DockerError {
         /// The engine's error.
         source: bollard::errors::Error,
     },
-    /// A volume of a kept marker's name exists but is not that stack's marker.
-    #[error("marking run `{run_id}` of consumer `{consumer}` as kept failed: volume `{volume}` already exists and is not its marker (it is labelled for run `{found_run}` of consumer `{found_consumer}`); the stack is not marked, so `e2e-infra clean` may remove it. Remove that volume if nothing uses it, and keep the stack again")]
+    /// A volume of a marker's name (kept, or `up` finished) exists but is
+    /// not that stack's marker.
+    #[error("marking run `{run_id}` of consumer `{consumer}` with `{label}` failed: volume `{volume}` already exists and is not its marker (it is labelled for run `{found_run}` of consumer `{found_consumer}`); the stack is not marked, so `e2e-infra clean` may remove it. Remove that volume if nothing uses it, and mark the stack again")]
     MarkerTaken {
         volume: String,
+        /// The marker's label.
+        label: &'static str,
         run_id: String,
         consumer: String,
         /// The run its labels name.

@@ -262,10 +262,11 @@ pub enum KubeError {
         /// kube's error.
         source: kube::Error,
     },
-    /// The kept marker could not be put on a namespace.
-    #[error("marking namespace `{namespace}` as kept failed; `e2e-infra clean` may remove it unless the local state folder says it is kept")]
-    MarkKept {
+    /// A marker (kept, or `up` finished) could not be put on a namespace.
+    #[error("marking namespace `{namespace}` with `{annotation}` failed; `e2e-infra clean` may remove it as the stack of a run that is over")]
+    Mark {
         namespace: String,
+        annotation: &'static str,
         /// kube's error.
         source: kube::Error,
     },
@@ -570,6 +571,8 @@ pub(crate) struct RunNamespace {
     pub images: Option<String>,
     /// Why the stack was kept ([`labels::KEPT`]), if it was.
     pub kept: Option<String>,
+    /// The `up` that made it finished ([`labels::UP_FINISHED`]).
+    pub up_finished: bool,
     /// When the namespace was created, in seconds since the Unix epoch.
     pub created: Option<i64>,
     /// A reusable stack's ([`labels::REUSE`]).
@@ -599,6 +602,7 @@ pub(crate) async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, 
                 launcher: annotation(labels::LAUNCHER).unwrap_or_default(),
                 images: annotation(IMAGES_ANNOTATION),
                 kept: annotation(labels::KEPT),
+                up_finished: annotation(labels::UP_FINISHED).is_some(),
                 reused: annotation(labels::REUSE).is_some() || namespace.labels().contains_key(labels::REUSE),
                 created: namespace.creation_timestamp().map(|t| t.0.as_second()),
                 name: namespace.name_any(),
@@ -607,20 +611,20 @@ pub(crate) async fn run_namespaces(client: Client) -> Result<Vec<RunNamespace>, 
         .collect())
 }
 
-/// Records on the namespace that its stack is kept, and why, so that
-/// `clean` from any machine leaves it alone.
+/// Records on the namespace the marker `annotation` (such as
+/// [`labels::KEPT`], with why), so that `clean` from any machine sees it.
 ///
 /// # Errors
-/// [`KubeError::MarkKept`] when the cluster refuses.
-pub async fn mark_kept(client: Client, namespace: &str, why: &str) -> Result<(), KubeError> {
+/// [`KubeError::Mark`] when the cluster refuses.
+pub async fn mark(client: Client, namespace: &str, annotation: &'static str, value: &str) -> Result<(), KubeError> {
     let api: Api<KubeNamespace> = Api::all(client);
-    let patch = json!({ "metadata": { "annotations": { labels::KEPT: why } } });
+    let patch = json!({ "metadata": { "annotations": { annotation: value } } });
     // A merge patch, not the run's apply: the namespace's applied fields
     // stay the run's field manager's.
     api.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
-        .map_err(|source| KubeError::MarkKept { namespace: namespace.to_owned(), source })
+        .map_err(|source| KubeError::Mark { namespace: namespace.to_owned(), annotation, source })
 }
 
 async fn apply_namespace(

@@ -11,8 +11,11 @@
 //! by `e2e-infra clean --foreign`, or automatically once it is older than
 //! [`FOREIGN_TTL`]. Stacks kept on purpose (a failed test,
 //! `E2E_INFRA_KEEP=1`) carry a marker on the engine or cluster and are left
-//! alone unless asked; stacks brought up by hand (`e2e-infra up`, no
-//! launcher) are removed only by `e2e-infra down`.
+//! alone unless asked. A stack brought up by hand (`e2e-infra up`) records
+//! the `up` process as its launcher and gets a marker once `up` finished:
+//! with the marker it is removed only by `e2e-infra down`; without it, it
+//! lives as long as that `up` process, so an `up` killed half-way leaves a
+//! dead stack.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -55,7 +58,8 @@ pub enum Liveness {
     /// Its launcher runs on another host or in another PID namespace, or
     /// was recorded without either: nothing here can tell.
     Foreign,
-    /// Brought up by hand; lives until `e2e-infra down`.
+    /// Brought up by hand by an `up` that finished; lives until
+    /// `e2e-infra down`.
     Manual,
 }
 
@@ -79,6 +83,8 @@ pub struct RunStack {
     pub kept: bool,
     /// A reusable stack: outlives its runs until `down` or `clean --reused`.
     pub reused: bool,
+    /// Brought up by an `e2e-infra up` that finished: lives until `down`.
+    pub up_finished: bool,
     /// When its oldest resource was created, in seconds since the Unix
     /// epoch, if the engine or cluster said.
     pub created: Option<i64>,
@@ -105,6 +111,9 @@ pub struct Scope {
 impl RunStack {
     /// Whether the run is still going.
     pub fn liveness(&self) -> Liveness {
+        if self.up_finished {
+            return Liveness::Manual;
+        }
         match self.launcher.map(|l| l.verdict()) {
             None => Liveness::Manual,
             Some(Verdict::Alive) => Liveness::Alive,
@@ -153,8 +162,13 @@ fn epoch_seconds(rfc3339: &str) -> Option<i64> {
 /// that no two stacks share one (joining the names with `-` would give run
 /// `a-b` of consumer `c` and run `b` of consumer `c-a` the same).
 pub fn kept_marker(key: &RunKey) -> String {
+    marker_name("kept", key)
+}
+
+/// `e2e-infra-{kind}-` and the SHA-256 of the run and consumer.
+fn marker_name(kind: &str, key: &RunKey) -> String {
     let digest = Sha256::digest(format!("{}\0{}", key.run(), key.consumer()));
-    format!("e2e-infra-kept-{}", hex::encode(digest))
+    format!("e2e-infra-{kind}-{}", hex::encode(digest))
 }
 
 /// Records on the engine (a small labelled volume) or the cluster (an
@@ -173,12 +187,40 @@ pub async fn mark_kept(
     kube: Option<&KubeTarget>,
     why: &str,
 ) -> Result<(), StackError> {
+    mark(docker, key, launcher, kube, (labels::KEPT, why), kept_marker(key)).await
+}
+
+/// Records on the engine (a small labelled volume) or the cluster (an
+/// annotation on the namespace) that the `e2e-infra up` of the stack `key`
+/// finished, so that the stack outlives `launcher`, that `up` process,
+/// until `e2e-infra down`.
+///
+/// # Errors
+/// As [`mark_kept`].
+pub async fn mark_up_finished(
+    docker: &Docker,
+    key: &RunKey,
+    launcher: Option<Launcher>,
+    kube: Option<&KubeTarget>,
+) -> Result<(), StackError> {
+    mark(docker, key, launcher, kube, (labels::UP_FINISHED, "true"), marker_name("up", key)).await
+}
+
+/// Puts the marker `label` (with its value) on the stack `key`: as a
+/// volume named `name` on the engine, or an annotation on the cluster.
+async fn mark(
+    docker: &Docker,
+    key: &RunKey,
+    launcher: Option<Launcher>,
+    kube: Option<&KubeTarget>,
+    (label, value): (&'static str, &str),
+    name: String,
+) -> Result<(), StackError> {
     if let Some(target) = kube {
         let client = kube_backend::connect(target.context.as_deref()).await?;
-        kube_backend::mark_kept(client, key.namespace().as_str(), why).await?;
+        kube_backend::mark(client, key.namespace().as_str(), label, value).await?;
         return Ok(());
     }
-    let name = kept_marker(key);
     let request = VolumeCreateRequest {
         name: Some(name.clone()),
         labels: Some(HashMap::from([
@@ -186,7 +228,7 @@ pub async fn mark_kept(
             (labels::RUN.to_owned(), key.run().to_owned()),
             (labels::CONSUMER.to_owned(), key.consumer().to_owned()),
             (labels::LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
-            (labels::KEPT.to_owned(), why.to_owned()),
+            (label.to_owned(), value.to_owned()),
         ])),
         ..Default::default()
     };
@@ -195,11 +237,12 @@ pub async fn mark_kept(
     let volume = docker.create_volume(request).await.map_err(|source| {
         StackError::Docker(DockerError::Marker { volume: name.clone(), operation: "creating", source })
     })?;
-    let label = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
-    let (run_id, consumer) = (label(labels::RUN), label(labels::CONSUMER));
-    if run_id != key.run() || consumer != key.consumer() || !volume.labels.contains_key(labels::KEPT) {
+    let labelled = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
+    let (run_id, consumer) = (labelled(labels::RUN), labelled(labels::CONSUMER));
+    if run_id != key.run() || consumer != key.consumer() || !volume.labels.contains_key(label) {
         return Err(StackError::Docker(DockerError::MarkerTaken {
             volume: name,
+            label,
             run_id: key.run().to_owned(),
             consumer: key.consumer().to_owned(),
             found_run: run_id,
@@ -278,6 +321,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             networks: Vec::new(),
             kube: None,
             reused: false,
+            up_finished: false,
             created: None,
         });
         run.reused |= labels.contains_key(labels::REUSE);
@@ -292,7 +336,10 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
         match kind {
             Kind::Container => run.containers.push(name),
             Kind::Network => run.networks.push(name),
-            Kind::Marker => run.kept |= labels.contains_key(labels::KEPT),
+            Kind::Marker => {
+                run.kept |= labels.contains_key(labels::KEPT);
+                run.up_finished |= labels.contains_key(labels::UP_FINISHED);
+            }
         }
     }
     Ok(runs.into_values().collect())
@@ -329,6 +376,7 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             containers: Vec::new(),
             networks: Vec::new(),
             reused: found.reused,
+            up_finished: found.up_finished,
         });
     }
     Ok(runs)
@@ -377,6 +425,7 @@ mod tests {
             kube: None,
             kept,
             reused: false,
+            up_finished: false,
             created,
         }
     }
@@ -417,6 +466,18 @@ mod tests {
             assert!(!kept.removable(liveness, Scope { kept: false, foreign: true, reused: false }, now));
             assert!(kept.removable(liveness, Scope { kept: true, foreign: true, reused: false }, now));
         }
+    }
+
+    #[test]
+    fn an_up_is_judged_by_its_process_until_it_marks_the_stack_finished() {
+        let here = crate::plan::Host::current();
+        let gone = Launcher { pid: u32::MAX, start_ticks: 1, host: here };
+        let going = Launcher::of(std::process::id()).expect("this process is seen");
+        let killed = RunStack { launcher: Some(gone), ..run(false, None) };
+        assert_eq!(killed.liveness(), if here.is_some() { Liveness::Dead } else { Liveness::Foreign });
+        assert_eq!(RunStack { launcher: Some(going), ..run(false, None) }.liveness(), Liveness::Alive);
+        assert_eq!(RunStack { up_finished: true, ..killed }.liveness(), Liveness::Manual);
+        assert_eq!(run(false, None).liveness(), Liveness::Manual, "an older `up` recorded no launcher");
     }
 
     #[test]
