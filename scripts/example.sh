@@ -21,11 +21,11 @@ bash scripts/base-image.sh >"$log" 2>&1 &
 base=$!
 
 RUSTFLAGS='-C target-feature=+crt-static' \
-  cargo build --quiet --release -p datastorage -p notification-controller --target "$target" --target-dir target/static
+  cargo build --quiet --profile example -p datastorage -p notification-controller --target "$target" --target-dir target/static
 
 mkdir -p "$out"
 for binary in datastorage notification-controller; do
-  built=target/static/$target/release/$binary
+  built=target/static/$target/example/$binary
   # Copy only when changed, so the context (and the images' input digests)
   # stays the same across runs.
   if ! cmp -s "$built" "$out/$binary"; then
