@@ -545,7 +545,11 @@ on_every_socket!(
 
 /// One test per node kind for each test body above.
 macro_rules! on_every_node_kind {
-    ($module:ident, $kind:expr, $($test:ident),+ $(,)?) => {
+    ($($test:ident),+ $(,)?) => {
+        on_every_node_kind!(@kind containerd_1_6, super::NodeKind::Containerd16, $($test),+);
+        on_every_node_kind!(@kind containerd_2, super::NodeKind::Containerd2, $($test),+);
+    };
+    (@kind $module:ident, $kind:expr, $($test:ident),+) => {
         mod $module {
             $(
                 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -559,22 +563,6 @@ macro_rules! on_every_node_kind {
 }
 
 on_every_node_kind!(
-    containerd_1_6,
-    super::NodeKind::Containerd16,
-    loads_every_image_into_every_node_then_skips_a_reload,
-    a_node_is_reached_through_its_own_socket_when_visible_and_through_the_exec_when_asked,
-    a_node_holding_the_image_under_another_tag_gets_the_plans_reference,
-    an_image_retagged_on_the_engine_is_refused_before_any_node_is_touched,
-    no_cluster_names_the_clusters_present,
-    a_rebuild_that_changed_only_the_top_layer_sends_each_node_only_that_layer,
-    a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top,
-    images_loaded_from_the_export_or_the_store_reload_from_the_other_sending_only_the_change,
-    a_cold_load_from_the_store_gives_the_node_the_same_image_as_the_export,
-    runs_that_overlap_on_a_node_never_break_each_others_loads,
-);
-on_every_node_kind!(
-    containerd_2,
-    super::NodeKind::Containerd2,
     loads_every_image_into_every_node_then_skips_a_reload,
     a_node_is_reached_through_its_own_socket_when_visible_and_through_the_exec_when_asked,
     a_node_holding_the_image_under_another_tag_gets_the_plans_reference,

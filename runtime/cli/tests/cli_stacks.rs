@@ -225,7 +225,6 @@ fn environment_values_that_cannot_work_are_refused_with_what_to_do() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn a_signal_during_up_removes_what_it_created() {
-    use std::io::BufRead as _;
     let dir = project();
     // A probe that never passes: `up` waits until it is stopped.
     let catalog = std::fs::read_to_string(dir.path().join("e2e-infra.toml")).expect("catalog");
@@ -234,21 +233,7 @@ fn a_signal_during_up_removes_what_it_created() {
     std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
     for signal in ["INT", "TERM"] {
         let name = consumer(&format!("sig{}", signal.to_lowercase()));
-        let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
-            .args(["up", "--consumer", &name, "--needs", "web"])
-            .current_dir(dir.path())
-            .env("E2E_INFRA_STATE_DIR", dir.path().join("state"))
-            .env_remove("E2E_INFRA_RUN_ID")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("up");
-        let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
-        let mut seen = String::new();
-        // The container exists once its readiness wait begins.
-        while !seen.contains("waiting until ready") {
-            assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
-        }
+        let (mut up, mut stderr, seen) = up_waiting_until_ready(dir.path(), &name);
         assert!(Command::new("kill")
             .args([&format!("-{signal}"), &up.id().to_string()])
             .status()
@@ -271,7 +256,6 @@ fn a_signal_during_up_removes_what_it_created() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[test]
 fn an_up_killed_half_way_leaves_a_dead_stack_that_clean_removes() {
-    use std::io::BufRead as _;
     // A finished `up`: its stack lives until `down`, `clean` or not.
     let finished_dir = project();
     let finished = consumer("upfinished");
@@ -284,21 +268,7 @@ fn an_up_killed_half_way_leaves_a_dead_stack_that_clean_removes() {
         catalog.replace("ready = { tcp = 8080, timeout = \"30s\" }", "ready = { tcp = 9, timeout = \"120s\" }");
     std::fs::write(dir.path().join("e2e-infra.toml"), waiting).expect("catalog");
     let killed = consumer("upkilled");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
-        .args(["up", "--consumer", &killed, "--needs", "web"])
-        .current_dir(dir.path())
-        .env("E2E_INFRA_STATE_DIR", dir.path().join("state"))
-        .env_remove("E2E_INFRA_RUN_ID")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("up");
-    let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
-    let mut seen = String::new();
-    // The container exists once its readiness wait begins.
-    while !seen.contains("waiting until ready") {
-        assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
-    }
+    let (mut up, _stderr, _) = up_waiting_until_ready(dir.path(), &killed);
     let line = |status: &str, name: &str| status.lines().find(|l| l.starts_with(name)).map(str::to_owned);
     let status = stdout(&cli(dir.path(), &["status"]));
     let going = line(&status, &killed).expect("listed while up runs");
@@ -317,4 +287,29 @@ fn an_up_killed_half_way_leaves_a_dead_stack_that_clean_removes() {
     let status = stdout(&cli(dir.path(), &["status"]));
     assert!(line(&status, &killed).is_none() && line(&status, &finished).is_some(), "{status}");
     assert!(cli(dir.path(), &["down", "--consumer", &finished]).status.success());
+}
+
+/// Starts `up` of `name` in `project` and returns once its container waits
+/// for readiness (the container exists then), with the rest of its
+/// standard error and what was read of it.
+fn up_waiting_until_ready(
+    project: &std::path::Path,
+    name: &str,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>, String) {
+    let mut up = Command::new(env!("CARGO_BIN_EXE_e2e-infra"))
+        .args(["up", "--consumer", name, "--needs", "web"])
+        .current_dir(project)
+        .env("E2E_INFRA_STATE_DIR", project.join("state"))
+        .env_remove("E2E_INFRA_RUN_ID")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("up");
+    use std::io::BufRead as _;
+    let mut stderr = std::io::BufReader::new(up.stderr.take().expect("piped"));
+    let mut seen = String::new();
+    while !seen.contains("waiting until ready") {
+        assert!(stderr.read_line(&mut seen).expect("read") > 0, "up ended early: {seen}");
+    }
+    (up, stderr, seen)
 }
