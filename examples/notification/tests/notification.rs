@@ -15,7 +15,7 @@
 )]
 #[cfg_attr(not(e2e_kubernetes), e2e_infra::e2e_infra(consumer = "notification", needs = ["datastorage"]))]
 mod notification_e2e {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use e2e_infra::record::Placement;
     use e2e_infra::Infra;
@@ -171,6 +171,7 @@ mod notification_e2e {
     }
 
     /// The `NotificationRequest`s of the run's namespace.
+    #[cfg(e2e_kubernetes)]
     async fn notification_requests(infra: &Infra) -> Api<kube::api::DynamicObject> {
         use kube::core::{ApiResource, GroupVersionKind};
         let resource = ApiResource::from_gvk_with_plural(
@@ -181,6 +182,7 @@ mod notification_e2e {
     }
 
     /// Creates a request and waits until the controller has decided it.
+    #[cfg(e2e_kubernetes)]
     async fn decided(infra: &Infra, name: &str, spec: Value) -> Value {
         let requests = notification_requests(infra).await;
         let object = serde_json::from_value(json!({
@@ -194,7 +196,7 @@ mod notification_e2e {
         let has_phase =
             |o: Option<&kube::api::DynamicObject>| o.is_some_and(|o| o.data.pointer("/status/phase").is_some());
         let waiting = kube::runtime::wait::await_condition(requests, name, has_phase);
-        let decided = tokio::time::timeout(Duration::from_secs(60), waiting)
+        let decided = tokio::time::timeout(std::time::Duration::from_secs(60), waiting)
             .await
             .unwrap_or_else(|_| panic!("NotificationRequest {name} got no status within 60 s"))
             .expect("watch the NotificationRequest")
@@ -202,10 +204,10 @@ mod notification_e2e {
         decided.data["status"].clone()
     }
 
-    #[cfg_attr(
-        not(all(feature = "e2e", e2e_kubernetes)),
-        ignore = "the controller runs on Kubernetes only: build and run with --features e2e and E2E_INFRA_BACKEND=kubernetes"
-    )]
+    // The controller runs on Kubernetes only: these tests exist in a build
+    // with E2E_INFRA_BACKEND=kubernetes (see build.rs).
+    #[cfg(e2e_kubernetes)]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[tokio::test]
     async fn a_notification_request_is_sent_and_audited(infra: &Infra) {
         let status = decided(
@@ -226,10 +228,10 @@ mod notification_e2e {
         );
     }
 
-    #[cfg_attr(
-        not(all(feature = "e2e", e2e_kubernetes)),
-        ignore = "the controller runs on Kubernetes only: build and run with --features e2e and E2E_INFRA_BACKEND=kubernetes"
-    )]
+    // The controller runs on Kubernetes only: these tests exist in a build
+    // with E2E_INFRA_BACKEND=kubernetes (see build.rs).
+    #[cfg(e2e_kubernetes)]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
     #[tokio::test]
     async fn a_request_the_controller_rejects_is_failed_with_the_reason(infra: &Infra) {
         let status =
