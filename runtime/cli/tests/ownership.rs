@@ -502,8 +502,9 @@ fn two_networks_of_one_name_do_not_make_down_fail() {
     let _cleanup = cleanup(&project, &[&consumer]);
     let run = format!("dup-{consumer}");
     let name = e2e_infra::Namespace::of(&run, &consumer).to_string();
-    runtime().block_on(async {
+    let networks = runtime().block_on(async {
         let docker = docker();
+        let mut created = 0;
         for _ in 0..2 {
             let request = NetworkCreateRequest {
                 name: name.clone(),
@@ -516,14 +517,24 @@ fn two_networks_of_one_name_do_not_make_down_fail() {
                 ])),
                 ..Default::default()
             };
-            docker.create_network(request).await.expect("the engine allows a second network of one name");
+            match docker.create_network(request).await {
+                Ok(_) => created += 1,
+                // Docker 25 and later refuse a second network of one name:
+                // there the case cannot arise, and down removes the one.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) if created == 1 => {
+                    eprintln!("this engine refuses a second network of one name")
+                }
+                Err(error) => panic!("creating network {name}: {error}"),
+            }
         }
+        created
     });
     let started = Instant::now();
     let down = project.cli(&["down", "--consumer", &consumer]);
-    eprintln!("down of two same-named networks took {:?}", started.elapsed());
+    eprintln!("down of {networks} same-named network(s) took {:?}", started.elapsed());
     assert!(down.status.success());
-    assert!(text(&down.stdout).contains("0 container(s), 2 network(s)"), "{}", text(&down.stdout));
+    let removed = format!("0 container(s), {networks} network(s)");
+    assert!(text(&down.stdout).contains(&removed), "{}", text(&down.stdout));
 }
 
 // ---- 5. Kept stacks are known to the engine, not only to one folder.
