@@ -143,6 +143,13 @@ run_pass() {
 }
 
 run_pass "system engine" "" "$always" "$@"
+# The example on the cluster: a build with E2E_INFRA_BACKEND=kubernetes
+# also stands up the notification controller and has its tests (build.rs).
+if ((${#cluster[@]})); then
+  E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT=${E2E_KUBE_CONTEXT:-} \
+    E2E_INFRA_CONTAINERD_SOCKET=$E2E_CONTAINERD_SOCKET \
+    run_pass "example on the cluster" "" "binary_id(notification-e2e::notification)" "$@"
+fi
 if $have_docker29; then
   run_pass "Docker 29 classic" "$docker29_classic" "($always) and ($loads) and not ($example)" "$@"
   if [[ -n "$own_cluster" ]]; then
