@@ -485,15 +485,19 @@ pub async fn load_from(
     for node in nodes {
         check_reachable(node).await?;
     }
-    let reached = futures::future::join_all(nodes.iter().map(|node| Reached::new(docker, node))).await;
-    // Every image is checked on the engine before any node is touched.
-    let engine_images =
-        futures::future::try_join_all(images.iter().map(|wanted| check_engine_image(docker, wanted))).await?;
-    let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
-        let started = Instant::now();
-        list_images(node).await.map(|rows| (rows, started.elapsed()))
-    }))
-    .await?;
+    // Every image is checked on the engine before any node is changed; the
+    // checks and the nodes' routes and listings only read, so they run at once.
+    let checking = futures::future::try_join_all(images.iter().map(|wanted| check_engine_image(docker, wanted)));
+    let listing = async {
+        let reached = futures::future::join_all(nodes.iter().map(|node| Reached::new(docker, node))).await;
+        let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
+            let started = Instant::now();
+            list_images(node).await.map(|rows| (rows, started.elapsed()))
+        }))
+        .await?;
+        Ok::<_, ContainerdError>((reached, listings))
+    };
+    let (engine_images, (reached, listings)) = futures::future::try_join(checking, listing).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "engine images checked and nodes listed");
     // Which layer entries of an export are which layers, from every node's labels.
     let mut known = LayerMap::default();

@@ -18,7 +18,7 @@
 //! configuration file, read through `/proc/<pid>/root` so that the path is
 //! the one that process sees.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -124,14 +124,25 @@ impl ContentStore {
     /// # Errors
     /// [`StoreError::Containerd`] when no process of this machine listens
     /// there, or its blobs cannot be read.
+    ///
+    /// The folder found is kept for the rest of the process: finding it
+    /// walks every process's open files, and a containerd keeps its root
+    /// while it listens. A kept folder that is gone is looked for again.
     pub async fn of_socket(address: &str) -> Result<Self, StoreError> {
+        static FOUND: std::sync::Mutex<BTreeMap<String, PathBuf>> = std::sync::Mutex::new(BTreeMap::new());
+        let kept = FOUND.lock().ok().and_then(|found| found.get(address).cloned());
+        if let Some(blobs) = kept.filter(|blobs| blobs.is_dir()) {
+            return Ok(Self { blobs });
+        }
         let socket = address.trim_start_matches("unix://").to_owned();
         let found = tokio::task::spawn_blocking(move || blobs_of(&socket))
             .await
             .map_err(|e| StoreError::Containerd { address: address.to_owned(), problem: e.to_string() })?;
-        found
-            .map(|blobs| Self { blobs })
-            .map_err(|problem| StoreError::Containerd { address: address.to_owned(), problem })
+        let blobs = found.map_err(|problem| StoreError::Containerd { address: address.to_owned(), problem })?;
+        if let Ok(mut kept) = FOUND.lock() {
+            kept.insert(address.to_owned(), blobs.clone());
+        }
+        Ok(Self { blobs })
     }
 
     /// The store whose blobs are in `blobs`, unchecked.
