@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
         Command::Clean(args) => {
-            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_deref()))
+            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_ref()))
         }
         Command::Logs(args) => report::logs(&args),
         Command::Report(args) => report::report(&args),

@@ -28,7 +28,7 @@ use super::ready::{self, Deadline, Look, Outcome};
 use crate::catalog::{DockerSpec, Probe, ReadySpec};
 use crate::engine::{self, Silent};
 use crate::error::error_chain;
-use crate::labels;
+use crate::labels::{self, StackLabels};
 use crate::plan::{Plan, PlannedComponent};
 use crate::record::Witness;
 
@@ -202,8 +202,8 @@ pub enum DockerError {
 }
 
 /// A container's labels; a reusable stack's also carry the fingerprint.
-fn component_labels(plan: &Plan, component: &str, fingerprint: Option<&str>) -> HashMap<String, String> {
-    let mut labels = labels::for_component(plan, component);
+fn component_labels(stack: &StackLabels, component: &str, fingerprint: Option<&str>) -> HashMap<String, String> {
+    let mut labels = stack.component(component);
     if let Some(fingerprint) = fingerprint {
         labels.extend([labels::reuse(), (labels::FINGERPRINT.to_owned(), fingerprint.to_owned())]);
     }
@@ -215,7 +215,8 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
     format!("{}-{component}", plan.namespace())
 }
 
-/// Creates the run's network and starts every component of `plan`, each once
+/// Creates the run's network and starts every component of `plan`, marked
+/// with `labels`, each once
 /// its dependencies are ready, components whose dependencies are ready
 /// starting together. If a component fails, `report` (if any) writes the
 /// failure report, then what `up` created is removed (the error carries
@@ -230,14 +231,20 @@ pub fn container_name(plan: &Plan, component: &str) -> String {
 /// ```no_run
 /// # async fn demo(plan: e2e_infra::Plan) -> Result<(), Box<dyn std::error::Error>> {
 /// let docker = e2e_infra::engine::connect().await?;
-/// let stack = e2e_infra::deploy::docker::up(&docker, &plan, None).await?;
+/// let labels = e2e_infra::labels::StackLabels::of(&plan);
+/// let stack = e2e_infra::deploy::docker::up(&docker, &plan, &labels, None).await?;
 /// let db = stack.component("postgres").and_then(|c| c.ports.get(&5432));
 /// # Ok(()) }
 /// ```
-pub async fn up(docker: &Docker, plan: &Plan, report: Option<&dyn Witness>) -> Result<DockerStack, DockerError> {
+pub async fn up(
+    docker: &Docker,
+    plan: &Plan,
+    labels: &StackLabels,
+    report: Option<&dyn Witness>,
+) -> Result<DockerStack, DockerError> {
     let envs = resolve_envs(plan)?;
-    let network_id = create_network(docker, plan, false).await?;
-    start_on(docker, plan, &network_id, envs, Started::default(), report).await
+    let network_id = create_network(docker, plan, labels, false).await?;
+    start_on(docker, plan, labels, &network_id, envs, Started::default(), report).await
 }
 
 /// Every component's resolved environment.
@@ -251,7 +258,7 @@ fn resolve_envs(plan: &Plan) -> Result<HashMap<&str, Vec<String>>, DockerError> 
 
 /// Creates the run's network (marked reusable when `reuse`); its id.
 /// Refuses when the run already has one.
-async fn create_network(docker: &Docker, plan: &Plan, reuse: bool) -> Result<String, DockerError> {
+async fn create_network(docker: &Docker, plan: &Plan, stack: &StackLabels, reuse: bool) -> Result<String, DockerError> {
     let network = plan.namespace().to_string();
     // The engine lets two networks share a name; a second stack of one run
     // and consumer would then make both impossible to remove by name.
@@ -267,7 +274,7 @@ async fn create_network(docker: &Docker, plan: &Plan, reuse: bool) -> Result<Str
     let request = NetworkCreateRequest {
         name: network.clone(),
         driver: Some("bridge".to_owned()),
-        labels: Some(labels::for_run(plan).into_iter().chain(reuse.then(labels::reuse)).collect()),
+        labels: Some(stack.run().into_iter().chain(reuse.then(labels::reuse)).collect()),
         ..Default::default()
     };
     let network_id = engine::within(docker, limit, "creating the run's network", docker.create_network(request))
@@ -310,6 +317,7 @@ struct Started {
 async fn start_on(
     docker: &Docker,
     plan: &Plan,
+    labels: &StackLabels,
     network_id: &str,
     envs: HashMap<&str, Vec<String>>,
     started: Started,
@@ -318,7 +326,7 @@ async fn start_on(
     let network = plan.namespace().to_string();
     let whole = started.running.is_empty();
     let created = std::sync::Mutex::new(Vec::new());
-    let outcome = start_all(docker, plan, network_id, envs, started, &created).await;
+    let outcome = start_all(docker, plan, labels, network_id, envs, started, &created).await;
     if let (Err(error), Some(report)) = (&outcome, report) {
         // Before the removal below: the report is the stack's last trace.
         report.capture(&crate::error::error_chain(error)).await;
@@ -452,6 +460,7 @@ fn call_limit(component: &PlannedComponent) -> Duration {
 async fn start_all(
     docker: &Docker,
     plan: &Plan,
+    labels: &StackLabels,
     network: &str,
     mut envs: HashMap<&str, Vec<String>>,
     started: Started,
@@ -468,7 +477,7 @@ async fn start_all(
         for component in free {
             let env = envs.remove(component.name.as_str()).unwrap_or_default();
             let fingerprint = fingerprints.get(&component.name).map(String::as_str);
-            starting.push(start_one(docker, plan, component, network, env, fingerprint, created));
+            starting.push(start_one(docker, plan, labels, component, network, env, fingerprint, created));
         }
         match starting.next().await {
             Some(result) => ready.push(result?),
@@ -490,9 +499,12 @@ fn resolve_env(plan: &Plan, component: &PlannedComponent) -> Result<Vec<String>,
     Ok(spec.env.iter().map(|(key, template)| format!("{key}={}", template.fill(host_of))).collect())
 }
 
+// One argument a part of what a container is made from.
+#[allow(clippy::too_many_arguments)]
 async fn start_one(
     docker: &Docker,
     plan: &Plan,
+    labels: &StackLabels,
     component: &PlannedComponent,
     network: &str,
     env: Vec<String>,
@@ -520,7 +532,7 @@ async fn start_one(
         image: Some(component.image.to_string()),
         env: Some(env),
         cmd: spec.command.clone(),
-        labels: Some(component_labels(plan, &component.name, fingerprint)),
+        labels: Some(component_labels(labels, &component.name, fingerprint)),
         exposed_ports: Some(port_keys),
         host_config: Some(HostConfig {
             network_mode: Some(network.to_owned()),
@@ -842,7 +854,7 @@ fn has_active_endpoints(error: &bollard::errors::Error) -> bool {
 
 /// Removes (forcibly) every container, then every network (by id), then
 /// every marker volume, that carries all
-/// of `filters` (`key=value`, e.g. from [`labels::run_filter`]) and the
+/// of `filters` (`key=value`, e.g. from [`labels::filter`]) and the
 /// managed-by label. Images are never removed.
 ///
 /// # Errors
