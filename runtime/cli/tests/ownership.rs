@@ -184,7 +184,9 @@ fn labels_that_name_no_stack_are_listed_as_unrecognised() {
     let found = listing.unrecognised.iter().find(|u| u.names.contains(&volume));
     let stacks_named = listing.stacks.iter().filter(|s| s.key.run().as_str().contains("escape")).count();
     let status = text(&project.cli(&["status"]).stdout);
-    runtime().block_on(docker().remove_volume(&volume, None)).expect("removing the planted volume");
+    runtime()
+        .block_on(docker().remove_volume(&volume, None::<bollard::query_parameters::RemoveVolumeOptions>))
+        .expect("removing the planted volume");
 
     let found = found.expect("listed as unrecognised");
     assert_eq!((found.run_id.as_str(), found.consumer.as_str()), ("../escape", bad_consumer.as_str()));
