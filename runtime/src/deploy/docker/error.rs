@@ -47,13 +47,15 @@ pub enum DockerError {
         logs: String,
     },
     /// The probe did not succeed within its timeout.
-    #[error("component `{component}` (container `{container}`) was not ready after {timeout:?}: {probe} never succeeded; last log lines:\n{logs}")]
+    #[error("component `{component}` (container `{container}`) was not ready after {timeout:?}: {probe} never succeeded (last answer: {last_answer}); last log lines:\n{logs}")]
     NotReady {
         component: String,
         /// The container name.
         container: String,
         /// The probe, described.
         probe: String,
+        /// What the probe's last attempt got instead.
+        last_answer: String,
         timeout: Duration,
         /// Its last log lines.
         logs: String,

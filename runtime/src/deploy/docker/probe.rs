@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::super::ready::{self, Deadline, Look, Outcome};
@@ -15,6 +17,7 @@ use super::logs::last_logs;
 use super::{DockerError, ENGINE_CALL_TIMEOUT};
 use crate::catalog::{Probe, ReadySpec};
 use crate::engine;
+use crate::error::error_chain;
 use crate::plan::PlannedComponent;
 
 /// How often a starting container's state and probe are checked.
@@ -53,7 +56,8 @@ impl<'a> Prober<'a> {
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
         // Without a probe, running is ready: the first look decides.
         let deadline = Deadline::after(self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout));
-        let mut looking = ContainerWatch { prober: self, docker, id, network, started, looked: false, log: None };
+        let mut looking =
+            ContainerWatch { prober: self, docker, id, network, started, looked: false, log: None, answer: None };
         match ready::until_ready(&mut looking, &deadline).await {
             Outcome::Ready(ports) => Ok(ports),
             Outcome::Failed(error) => Err(error),
@@ -61,28 +65,33 @@ impl<'a> Prober<'a> {
                 component: self.component.to_owned(),
                 container: self.container.to_owned(),
                 probe: self.ready.map_or_else(|| "running".to_owned(), |r| describe(&r.probe)),
+                last_answer: looking.answer.unwrap_or_else(|| "none: no attempt finished".to_owned()),
                 timeout: deadline.timeout(),
                 logs: last_logs(docker, id).await,
             }),
         }
     }
 
-    async fn attempt(&self, docker: &Docker, id: &str, ip: Option<IpAddr>, probe: &Probe) -> bool {
+    /// One attempt of `probe`; on failure, what it got instead.
+    async fn attempt(&self, docker: &Docker, id: &str, ip: Option<IpAddr>, probe: &Probe) -> Result<(), String> {
+        let unreachable = || "the container has no address on the run's network".to_owned();
         match probe {
-            Probe::Tcp(port) => match ip {
-                Some(ip) => tcp_open(SocketAddr::new(ip, *port)).await,
-                None => false,
-            },
-            Probe::Http(http) => match ip {
-                Some(ip) => http_ok(SocketAddr::new(ip, http.port), &http.path).await,
-                None => false,
-            },
+            Probe::Tcp(port) => tcp_open(SocketAddr::new(ip.ok_or_else(unreachable)?, *port)).await,
+            Probe::Http(http) => http_ok(SocketAddr::new(ip.ok_or_else(unreachable)?, http.port), &http.path).await,
             // Followed by the wait ([`follow::LogFollower`]), not polled.
-            Probe::Log(_) | Probe::Completes => false,
+            Probe::Log(_) => Err("no line matched".to_owned()),
+            // Passes when the container exits 0, which the wait sees.
+            Probe::Completes => Err("still running".to_owned()),
             Probe::Exec(argv) => {
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 let running = engine::exec(docker, id, &argv, None, (0, 0));
-                matches!(tokio::time::timeout(ATTEMPT, running).await, Ok(Ok(out)) if out.exit_code == Some(0))
+                match within_attempt(running).await? {
+                    Ok(out) if out.exit_code == Some(0) => Ok(()),
+                    Ok(out) => {
+                        Err(out.exit_code.map_or_else(|| "no exit code".to_owned(), |c| format!("exit code {c}")))
+                    }
+                    Err(error) => Err(error_chain(&error)),
+                }
             }
         }
     }
@@ -99,6 +108,8 @@ struct ContainerWatch<'a> {
     looked: bool,
     /// The followed log, for a `log` probe.
     log: Option<follow::LogFollower>,
+    /// What the probe's last attempt got, for the error when time runs out.
+    answer: Option<String>,
 }
 
 impl ready::Watch for ContainerWatch<'_> {
@@ -143,17 +154,20 @@ impl ready::Watch for ContainerWatch<'_> {
                 logs: last_logs(docker, id).await,
             }),
             Seen::Running(ip) => {
-                let ready = match prober.ready.map(|r| &r.probe) {
-                    None => true,
+                let answer = match prober.ready.map(|r| &r.probe) {
+                    None => Ok(()),
                     Some(Probe::Log(pattern)) => {
-                        self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id)).saw(pattern).await
+                        let follower = self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id));
+                        follower.saw(pattern).await.then_some(()).ok_or_else(|| "no line matched".to_owned())
                     }
                     Some(probe) => prober.attempt(docker, id, ip, probe).await,
                 };
-                if ready {
-                    Look::Ready(ports)
-                } else {
-                    Look::Waiting
+                match answer {
+                    Ok(()) => Look::Ready(ports),
+                    Err(answer) => {
+                        self.answer = Some(answer);
+                        Look::Waiting
+                    }
                 }
             }
         }
@@ -217,51 +231,101 @@ fn describe(probe: &Probe) -> String {
     }
 }
 
-async fn tcp_open(addr: SocketAddr) -> bool {
-    matches!(tokio::time::timeout(ATTEMPT, TcpStream::connect(addr)).await, Ok(Ok(_)))
+/// Bounds one probe attempt by [`ATTEMPT`].
+async fn within_attempt<T>(attempt: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(ATTEMPT, attempt).await.map_err(|_| format!("no answer within {ATTEMPT:?}"))
 }
 
-async fn http_ok(addr: SocketAddr, path: &str) -> bool {
+async fn tcp_open(addr: SocketAddr) -> Result<(), String> {
+    within_attempt(TcpStream::connect(addr)).await?.map(drop).map_err(|e| format!("connecting to {addr}: {e}"))
+}
+
+/// One GET of `path` on a connection of its own, through hyper's HTTP/1
+/// client; a 2xx status passes.
+async fn http_ok(addr: SocketAddr, path: &str) -> Result<(), String> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = [0; 64];
-        let mut read = 0;
-        while read < head.len() {
-            let n = stream.read(&mut head[read..]).await?;
-            if n == 0 || head[..read + n].contains(&b'\n') {
-                read += n;
-                break;
-            }
-            read += n;
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..read]).into_owned())
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let (mut sender, mut connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("the request for {path}: {e}"))?;
+        let answer = sender.send_request(request);
+        tokio::pin!(answer);
+        // The connection does the reading and writing; once it ends, the
+        // answer is either in hand or never comes.
+        let response = tokio::select! {
+            response = &mut answer => response,
+            _ = &mut connection => answer.await,
+        };
+        response.map(|r| r.status()).map_err(|e| e.to_string())
     };
-    match tokio::time::timeout(ATTEMPT, exchange).await {
-        Ok(Ok(head)) => status_is_success(&head),
-        _ => false,
+    let status = within_attempt(exchange).await??;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
     }
-}
-
-/// Whether an HTTP status line says 2xx.
-fn status_is_success(head: &str) -> bool {
-    let mut parts = head.split_whitespace();
-    parts.next().is_some_and(|v| v.starts_with("HTTP/"))
-        && parts.next().is_some_and(|code| code.len() == 3 && code.starts_with('2'))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
 
-    #[test]
-    fn http_status_lines() {
-        assert!(status_is_success("HTTP/1.0 200 OK\r\n"));
-        assert!(status_is_success("HTTP/1.1 204 No Content\r\n"));
-        assert!(!status_is_success("HTTP/1.1 404 Not Found\r\n"));
-        assert!(!status_is_success("HTTP/1.1 500 Oops\r\n"));
-        assert!(!status_is_success("SSH-2.0-OpenSSH\r\n"));
-        assert!(!status_is_success(""));
+    /// A server on loopback that reads one request and answers `answer`;
+    /// its address, and the request it read.
+    async fn answering(answer: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+            }
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (addr, serving)
+    }
+
+    #[tokio::test]
+    async fn an_http_probe_passes_on_2xx_only_and_says_what_it_got() {
+        let (addr, serving) = answering("HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(http_ok(addr, "/healthz").await, Ok(()));
+        let request = serving.await.unwrap();
+        assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
+        assert!(request.to_lowercase().contains(&format!("host: {addr}\r\n")), "{request}");
+
+        let (addr, _) = answering("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        assert_eq!(http_ok(addr, "/").await, Err("HTTP 503 Service Unavailable".to_owned()));
+
+        let (addr, _) = answering("SSH-2.0-OpenSSH\r\n").await;
+        let answer = http_ok(addr, "/").await.unwrap_err();
+        assert!(!answer.is_empty() && !answer.starts_with("HTTP"), "{answer}");
+
+        let (addr, _) = answering("").await;
+        assert!(http_ok(addr, "/").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_a_closed_port_names_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let answer = tcp_open(addr).await.unwrap_err();
+        assert!(answer.contains(&addr.to_string()), "{answer}");
+        let answer = http_ok(addr, "/").await.unwrap_err();
+        assert!(answer.contains(&addr.to_string()), "{answer}");
     }
 }
