@@ -149,7 +149,22 @@ async fn a_component_that_never_opens_its_port_times_out() {
     assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
     assert!(message.contains("`broken`") && message.contains("port 5432"), "{message}");
     assert!(message.contains("waiting-forever"), "logs missing: {message}");
+    assert!(message.contains("(last answer: connecting to "), "the probe's answer missing: {message}");
     assert!(elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(60), "{elapsed:?}");
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn an_http_probe_answered_404_times_out_naming_the_answer() {
+    let (error, _, left) = failing_stack(
+        r#"{ ports = [8080], command = ["httpd", "-f", "-p", "8080", "-h", "/"], ready = { http = "/missing", timeout = "3s" } }"#,
+    )
+    .await;
+    let message = error.to_string();
+    assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
+    assert!(message.contains("`broken`") && message.contains("GET of /missing on port 8080"), "{message}");
+    assert!(message.contains("(last answer: HTTP 404 Not Found)"), "{message}");
+    assert!(left.is_empty(), "up left {left:?} behind");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]

@@ -16,10 +16,10 @@ use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
-use super::{
-    call_limit, create_network, docker_spec, find_network, gone, resolve_envs, start_on, DockerError, DockerStack,
-    RunningComponent, Started, ENGINE_CALL_TIMEOUT,
-};
+use super::network::{create_network, find_network};
+use super::remove::gone;
+use super::start::{call_limit, docker_spec, resolve_envs, start_on, Started};
+use super::{DockerError, DockerStack, RunningComponent, ENGINE_CALL_TIMEOUT};
 use crate::engine;
 use crate::labels::{self, StackLabels};
 use crate::plan::Plan;
