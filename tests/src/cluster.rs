@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use e2e_infra::backend::{Backend, ImageTarget, KubeTarget};
+use e2e_infra::cli_support::state::STATE_DIR_ENV;
 use e2e_infra::deploy::kube::connect;
 use e2e_infra::load::containerd::{node_images, Node};
 use e2e_infra::plan::RunKey;
 use e2e_infra::plan::RUN_ID_ENV;
-use e2e_infra::state::STATE_DIR_ENV;
 use e2e_infra::{stack, Origin, Plan};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -13,8 +13,8 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
-use e2e_infra::build::housekeeping::prune_run_tags;
 use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
+use e2e_infra::cli_support::housekeeping::prune_run_tags;
 use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_within, EngineError};
 use e2e_infra::error::error_chain;
@@ -149,7 +149,7 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
         for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
             assert!(!container_labels.contains_key(membership), "inherited `{membership}`");
         }
-        let stacks = e2e_infra::stack::teardown::list(&docker).await.map_err(|e| e.to_string())?.stacks;
+        let stacks = e2e_infra::cli_support::teardown::list(&docker).await.map_err(|e| e.to_string())?.stacks;
         assert!(
             stacks.iter().all(|s| !s.containers.contains(&name) && s.key.run() != plan.run()),
             "a container started by hand is listed as a stack member: {stacks:?}"
@@ -538,7 +538,7 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
-    use e2e_infra::build::housekeeping::prune_consumer_run_tags;
+    use e2e_infra::cli_support::housekeeping::prune_consumer_run_tags;
     let docker = engine(None).await;
     let project = Project::new();
     let (plan, built) = e2e_infra_tests::busybox_image(&docker, &project, "prune-consumer", "").await;
@@ -626,7 +626,7 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
-    use e2e_infra::build::housekeeping::UNTAGGED;
+    use e2e_infra::cli_support::housekeeping::UNTAGGED;
     let docker = engine(None).await;
     let project = Project::new();
     let catalog = project.unshared_busybox_catalog("abandoned", "");

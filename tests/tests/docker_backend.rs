@@ -285,7 +285,7 @@ async fn frozen_after_ping(path: &std::path::Path) -> (String, tokio::task::Join
 
 #[tokio::test]
 async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_listing_bound() {
-    use e2e_infra::stack::teardown::{self, LISTING_TIMEOUT};
+    use e2e_infra::cli_support::teardown::{self, LISTING_TIMEOUT};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("frozen.sock");
     let (host, engine) = frozen_after_ping(&socket).await;
@@ -314,8 +314,8 @@ async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_list
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
+    use e2e_infra::cli_support::teardown;
     use e2e_infra::plan::RunKey;
-    use e2e_infra::stack::teardown;
     let docker = engine(None).await;
     // `relk` + `a-b` and `relk-a` + `b` join to the same `relk-a-b`.
     let base = e2e_infra_tests::unique("relk");

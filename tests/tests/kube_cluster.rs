@@ -12,13 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
+use e2e_infra::cli_support::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra::deploy::kube::{deploy, forward, mark, KubeError, KubeOptions, PodFailure};
 use e2e_infra::error::error_chain;
 use e2e_infra::labels::StackLabels;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage};
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
 use e2e_infra::record::StackRecord;
-use e2e_infra::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};

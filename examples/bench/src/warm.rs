@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use std::process::{Command, Stdio};
 
-use e2e_infra::build::housekeeping::{self, prune_run_tags};
 use e2e_infra::build::{build_all, input_digest, BuildOptions, BuildOutcome, HashCounts};
 use e2e_infra::catalog::Source;
+use e2e_infra::cli_support::housekeeping::{self, prune_run_tags};
+use e2e_infra::cli_support::state::STATE_DIR_ENV;
 use e2e_infra::load::containerd::{Action, LoadImage};
-use e2e_infra::state::STATE_DIR_ENV;
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::unique;

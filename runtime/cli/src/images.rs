@@ -1,6 +1,6 @@
 //! `e2e-infra clean --images`: the image housekeeping of builds, on demand.
 
-use e2e_infra::build::housekeeping::{self, prune_consumer_run_tags, prune_run_tags};
+use e2e_infra::cli_support::housekeeping::{self, prune_consumer_run_tags, prune_run_tags};
 use e2e_infra::engine;
 use e2e_infra::plan::Consumer;
 

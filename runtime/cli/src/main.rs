@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         }
     };
     // One short line per stage and component; RUST_LOG gives more.
-    e2e_infra::progress::init(
+    e2e_infra::cli_support::progress::init(
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("e2e_infra=info")),
     );

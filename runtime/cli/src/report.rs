@@ -1,9 +1,9 @@
 //! `e2e-infra logs` and `e2e-infra report`: a stack's evidence, live or kept.
 
+use e2e_infra::cli_support::report::{self, logs};
+use e2e_infra::cli_support::teardown::RunStack;
 use e2e_infra::engine;
 use e2e_infra::plan::{Consumer, RunId};
-use e2e_infra::report::{self, logs};
-use e2e_infra::stack::teardown::RunStack;
 
 use crate::error::CliError;
 use crate::output::say;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use e2e_infra::backend::{self, Backend, Declared};
+use e2e_infra::cli_support::teardown::{self, Listing, Liveness, RunStack};
 use e2e_infra::plan::{Consumer, Launcher, RunId};
-use e2e_infra::stack::teardown::{self, Listing, Liveness, RunStack};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{engine, Plan};
 

@@ -19,8 +19,8 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
+use e2e_infra::cli_support::teardown::{self, Liveness, Scope};
 use e2e_infra::plan::{Consumer, Host, Launcher, RunId, RunKey};
-use e2e_infra::stack::teardown::{self, Liveness, Scope};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
 

@@ -12,7 +12,7 @@
 mod context;
 mod dockerignore;
 mod fingerprint;
-pub mod housekeeping;
+pub(crate) mod housekeeping;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

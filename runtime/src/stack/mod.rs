@@ -4,7 +4,7 @@
 //! returns what the next needs; none formats a tag. [`teardown`] finds the
 //! stacks of every run on an engine or cluster, and removes or keeps them.
 
-pub mod teardown;
+pub(crate) mod teardown;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
