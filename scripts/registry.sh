@@ -25,6 +25,8 @@
 #   E2E_REGISTRY_HOSTS_DIR  a containerd hosts folder (config_path) naming
 #                           the CA: `scripts/cluster.sh registry` gives it to
 #                           the node's containerd
+#   E2E_REGISTRY_STORAGE    the registry's storage folder (the benchmark
+#                           empties it between its sides)
 #   E2E_REGISTRY_UNKNOWN_CA host:port of the registry with an unknown CA
 #   E2E_REGISTRY_DEAD       host:port of the dead address
 set -euo pipefail
@@ -144,7 +146,7 @@ TOML
   ln -sfn "$dir/ca.crt" "/etc/docker/certs.d/$registry/ca.crt"
   echo "$registry" >"$dir/trusted"
   echo "export E2E_REGISTRY=$registry E2E_REGISTRY_CA=$dir/ca.crt E2E_REGISTRY_USER=e2e-infra" \
-    "E2E_REGISTRY_PASSWORD=$password E2E_REGISTRY_HOSTS_DIR=$dir/hosts" \
+    "E2E_REGISTRY_PASSWORD=$password E2E_REGISTRY_HOSTS_DIR=$dir/hosts E2E_REGISTRY_STORAGE=$dir/registry-data" \
     "E2E_REGISTRY_UNKNOWN_CA=$unknown_ca E2E_REGISTRY_DEAD=$dead_ip:5000"
 }
 
