@@ -33,6 +33,12 @@
 # all three). Benchmark 9 alone, on the cluster of /tmp/e2e-cluster.env:
 #
 #   source /tmp/e2e-cluster.env && scripts/bench.sh --only 9 --tests 8
+#
+# Benchmark 10 needs a registry the node pulls from: with the cluster it
+# starts, this script starts one (scripts/registry.sh) and gives the node
+# its CA (scripts/cluster.sh registry); with yours, export what
+# `scripts/registry.sh start DIR` prints, else its table says it was not run.
+# It pushes the example's images: run scripts/example.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
@@ -42,8 +48,12 @@ if [[ -n "${KUBECONFIG:-}" ]]; then
   echo "bench.sh: using the cluster of KUBECONFIG=$KUBECONFIG${E2E_CONTAINERD_SOCKET:+, node containerd $E2E_CONTAINERD_SOCKET}" >&2
 elif bash scripts/cluster.sh available; then
   dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
-  trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+  trap 'bash scripts/registry.sh stop "$dir/registry" || true; bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
   eval "$(bash scripts/cluster.sh start "$dir")"
+  if [[ -z "${E2E_REGISTRY:-}" ]]; then
+    eval "$(bash scripts/registry.sh start "$dir/registry")"
+    bash scripts/cluster.sh registry "$dir/debian/node" "$E2E_REGISTRY_HOSTS_DIR" "${E2E_REGISTRY%:*}"
+  fi
 fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in

@@ -10,6 +10,7 @@ mod attach;
 mod delta;
 mod fail_fast;
 mod kind_load;
+mod registry_pull;
 mod report;
 mod reuse;
 mod warm;
@@ -36,8 +37,8 @@ const ENGINES_ENV: &str = "E2E_BENCH_ENGINES";
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 9; 6 and 9 need a cluster: KUBECONFIG, and 9 its node's containerd socket; 8 fetches testcontainers from crates.io).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8, 9])]
+    /// Which benchmarks to run (1 to 10; 6 and 9 need a cluster: KUBECONFIG, and 9 its node's containerd socket; 10 also a registry the node pulls from, from scripts/registry.sh; 8 fetches testcontainers from crates.io).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -186,7 +187,8 @@ async fn section(cli: &Cli, docker: &bollard::Docker, benchmark: u8) -> Res<Sect
         7 => delta::delta_reload(docker, cli.delta_base_mb, cli.delta_top_mb, cli.load_reps).await?,
         8 => reuse::reuse(docker, cli.tests, cli.reps).await?,
         9 => attach::attach(docker, cli.tests).await?,
-        other => return Err(format!("no benchmark {other}; they are 1 to 9").into()),
+        10 => registry_pull::registry_pull(docker, cli.reps).await?,
+        other => return Err(format!("no benchmark {other}; they are 1 to 10").into()),
     })
 }
 
