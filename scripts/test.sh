@@ -148,7 +148,12 @@ fi
 if $have_docker29; then
   # The example's images start FROM the base image, which each engine gets
   # from the cache by an import (no build needs a network).
-  for host in "$docker29_classic" "$docker29"; do DOCKER_HOST=$host bash scripts/base-image.sh >/dev/null; done
+  for host in "$docker29_classic" "$docker29"; do
+    if ! DOCKER_HOST=$host bash scripts/base-image.sh >/dev/null; then
+      failed=true
+      summaries+=("FAILED the base image could not be imported into $host: the example's builds there fail")
+    fi
+  done
   run_pass "Docker 29 classic" "$docker29_classic" "($always) and ($loads)" "$@"
   if [[ -n "$own_cluster" ]]; then
     echo "test.sh: restarting the cluster with its node on containerd 2.3.4"
