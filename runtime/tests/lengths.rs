@@ -10,6 +10,7 @@ use syn::visit::Visit;
 
 /// The most lines a function may take, from `fn` to its closing brace.
 const MOST_LINES: usize = 100;
+
 /// Whether an item is compiled for tests only (`#[cfg(test)]`, `#[test]`).
 fn for_tests(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|attr| {
