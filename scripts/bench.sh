@@ -10,7 +10,19 @@
 # default socket) and Docker 29 on its containerd image store (engine-current,
 # which scripts/engine.sh --all starts). E2E_BENCH_ENGINES overrides the
 # list (DOCKER_HOST addresses separated by commas; `default` is the system
-# engine). The other benchmarks run on the system engine.
+# engine). The other benchmarks run on the system engine. The page and the
+# output open with every target of the list (cold load into 1 and
+# 3 nodes against the pipelines, reload against the change alone, the
+# loader's warm overhead, peak RSS at 2 GiB), one column per engine.
+#
+# The defaults are the full-size case: a 300 MiB image loaded into 1 and 3
+# nodes, a 300 MiB base under the reloaded layer, and the memory measured
+# at 50 MiB and 2 GiB. The loader's figures alone, into a page of their own:
+#
+#   scripts/bench.sh --only 1,2,4,7 --out /tmp/loader-benchmarks.md
+#
+# A quicker look (figures not for the docs): --load-mb 50 --delta-base-mb 50
+# --memory-mb 50 --load-reps 1.
 #
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
 # makes sure of both), cargo-nextest for benchmark 5, and a cluster for

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::plan::Plan;
-use crate::record::RunKey;
+use crate::plan::{Launcher, Plan, RunKey};
 
 /// Present on everything e2e-infra creates.
 pub const MANAGED_BY: &str = "io.e2e-infra.managed-by";
@@ -44,51 +43,74 @@ pub const BUILT_BY_CONSUMER: &str = "io.e2e-infra.built-by.consumer";
 /// The component an image was built for (images only).
 pub const BUILT_FOR_COMPONENT: &str = "io.e2e-infra.built-for.component";
 
-/// Labels for a resource of the run and consumer of `plan`. The launcher
-/// label is always set, empty for a stack brought up by hand: a container
-/// would otherwise inherit one from its image.
-pub fn for_run(plan: &Plan) -> HashMap<String, String> {
-    let mut labels = identity(plan);
-    labels.insert(LAUNCHER.to_owned(), plan.run().launcher().map(|l| l.label()).unwrap_or_default());
-    labels
+/// The labels one stack puts on what it creates, derived once from its key
+/// and its launcher; the stages take these instead of working them out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackLabels {
+    key: RunKey,
+    run: HashMap<String, String>,
+}
+
+impl StackLabels {
+    /// The labels of the stack `key` whose run ends with `launcher`. The
+    /// launcher label is always set, empty for a stack without one (brought
+    /// up by hand, or reusable): a container would otherwise inherit one
+    /// from its image.
+    pub fn new(key: &RunKey, launcher: Option<Launcher>) -> Self {
+        let run = HashMap::from([
+            (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+            (RUN.to_owned(), key.run().to_string()),
+            (CONSUMER.to_owned(), key.consumer().to_string()),
+            (LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
+        ]);
+        Self { key: key.clone(), run }
+    }
+
+    /// The labels of the stack `plan` plans, ended by its run's launcher.
+    pub fn of(plan: &Plan) -> Self {
+        Self::new(plan.key(), plan.run().launcher())
+    }
+
+    /// Which stack.
+    pub fn key(&self) -> &RunKey {
+        &self.key
+    }
+
+    /// Labels for a resource of the whole stack (its network, namespace, marker).
+    pub fn run(&self) -> HashMap<String, String> {
+        self.run.clone()
+    }
+
+    /// Labels for one component's resource.
+    pub fn component(&self, component: &str) -> HashMap<String, String> {
+        let mut labels = self.run();
+        labels.insert(COMPONENT.to_owned(), component.to_owned());
+        labels
+    }
+
+    /// `key=value` filters selecting everything of the stack.
+    pub fn filter(&self) -> Vec<String> {
+        filter(&self.key)
+    }
+}
+
+/// Labels for an image the stack `key` built: where it came from, under
+/// keys of their own. Every container started from the image, or from an
+/// image built `FROM` it, inherits its labels; with the membership keys
+/// ([`MANAGED_BY`], [`RUN`], [`CONSUMER`], [`COMPONENT`]) a stranger's
+/// container would count as part of a stack and be listed and removed
+/// with it.
+pub(crate) fn for_image(key: &RunKey, component: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (BUILT_BY_RUN.to_owned(), key.run().to_string()),
+        (BUILT_BY_CONSUMER.to_owned(), key.consumer().to_string()),
+        (BUILT_FOR_COMPONENT.to_owned(), component.to_owned()),
+    ])
 }
 
 /// The label that marks a reusable stack's resources.
 pub fn reuse() -> (String, String) {
     (REUSE.to_owned(), "1".to_owned())
-}
-
-/// Labels for one component's resource.
-pub fn for_component(plan: &Plan, component: &str) -> HashMap<String, String> {
-    let mut labels = for_run(plan);
-    labels.insert(COMPONENT.to_owned(), component.to_owned());
-    labels
-}
-
-/// Labels for a built image: where it came from, under keys of their own.
-/// Every container started from the image, or from an image built `FROM`
-/// it, inherits its labels; with the membership keys ([`MANAGED_BY`],
-/// [`RUN`], [`CONSUMER`], [`COMPONENT`]) a stranger's container would count
-/// as part of a stack and be listed and removed with it.
-pub(crate) fn for_image(plan: &Plan, component: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (BUILT_BY_RUN.to_owned(), plan.run().as_str().to_owned()),
-        (BUILT_BY_CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
-        (BUILT_FOR_COMPONENT.to_owned(), component.to_owned()),
-    ])
-}
-
-fn identity(plan: &Plan) -> HashMap<String, String> {
-    HashMap::from([
-        (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
-        (RUN.to_owned(), plan.run().as_str().to_owned()),
-        (CONSUMER.to_owned(), plan.consumer().as_str().to_owned()),
-    ])
-}
-
-/// `key=value` filters selecting everything of the run and consumer of `plan`.
-pub fn run_filter(plan: &Plan) -> Vec<String> {
-    filter(&RunKey::of(plan))
 }
 
 /// `key=value` filters selecting everything of one stack.

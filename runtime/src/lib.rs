@@ -20,9 +20,10 @@
 
 // In layers: a module names only modules of layers below its own (the
 // test `layers` in runtime/tests keeps it so; docs/architecture.md says
-// what each layer is for).
+// what each layer is for). Public: what a suite author uses and the guide
+// documents; the command's own needs are in `cli_support`.
 pub mod backend;
-pub mod background;
+mod background;
 pub mod build;
 pub mod deploy;
 pub mod engine;
@@ -31,19 +32,48 @@ pub mod handle;
 pub mod labels;
 pub mod load;
 pub mod plan;
-pub mod progress;
+mod progress;
 pub mod record;
-pub mod report;
+mod report;
 pub mod stack;
-pub mod state;
-pub mod suite;
+mod state;
+mod suite;
 
 pub use catalog::{Catalog, CatalogError};
 pub use e2e_infra_core::catalog;
 pub use e2e_infra_core::Echo;
 pub use e2e_infra_macros::e2e_infra;
 pub use handle::{Endpoint, EndpointError, Infra};
-pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, Tag};
+pub use plan::{Consumer, Delivery, ImageRef, Namespace, Origin, Plan, PlanError, PullPolicy, RunId, RunKey, Tag};
+pub use suite::SuiteError;
+
+/// What the `e2e-infra` command needs beyond the public API, and this
+/// project's own test suites with it: listing and removing the stacks of
+/// every run, the state folder, failure reports on demand, pruning of
+/// images, the progress log. Not a stable API: it changes with the command.
+#[doc(hidden)]
+pub mod cli_support {
+    /// Pruning the images of earlier runs.
+    pub mod housekeeping {
+        pub use crate::build::housekeeping::*;
+    }
+    /// The log of stages.
+    pub mod progress {
+        pub use crate::progress::*;
+    }
+    /// Failure reports, and a stack's logs.
+    pub mod report {
+        pub use crate::report::*;
+    }
+    /// The state folder of this machine.
+    pub mod state {
+        pub use crate::state::*;
+    }
+    /// Listing, marking and removing the stacks of every run.
+    pub mod teardown {
+        pub use crate::stack::teardown::*;
+    }
+}
 
 #[doc(hidden)]
 pub mod __private {

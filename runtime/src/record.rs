@@ -8,46 +8,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::KubeTarget;
-use crate::plan::{Launcher, Namespace, Plan};
-
-/// Which stack: a run and a consumer. A stack's labels, its namespace and
-/// its state folder all follow from it, so removal, marking and lookup take
-/// this, not two strings that could be swapped.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RunKey {
-    run: String,
-    consumer: String,
-}
-
-impl RunKey {
-    /// The stack that `plan` plans.
-    pub fn of(plan: &Plan) -> Self {
-        Self::new(plan.run().as_str(), plan.consumer().as_str())
-    }
-
-    /// The stack of `run` and `consumer` as a record, a label or the
-    /// command line names it. Any text is taken: the labels of stacks that
-    /// are not this user's are only compared and shown, and the state
-    /// folder refuses names it cannot hold.
-    pub fn new(run: impl Into<String>, consumer: impl Into<String>) -> Self {
-        Self { run: run.into(), consumer: consumer.into() }
-    }
-
-    /// The run identity.
-    pub fn run(&self) -> &str {
-        &self.run
-    }
-
-    /// The consumer.
-    pub fn consumer(&self) -> &str {
-        &self.consumer
-    }
-
-    /// The stack's network on Docker, its namespace on Kubernetes.
-    pub fn namespace(&self) -> Namespace {
-        Namespace::of(&self.run, &self.consumer)
-    }
-}
+use crate::plan::{Launcher, RunKey};
 
 /// Where a stack runs, as recorded for the processes that attach to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,9 +35,9 @@ pub enum Placement {
 // Fields named for what they hold carry no doc of their own.
 #[allow(missing_docs)]
 pub struct StackRecord {
-    /// The run identity.
-    pub run_id: String,
-    pub consumer: String,
+    /// Which stack.
+    #[serde(flatten)]
+    pub key: RunKey,
     pub tag: String,
     /// The components, in dependency order, to check that attaching
     /// processes planned the same stack.
@@ -103,13 +64,6 @@ pub struct StackRecord {
     /// Per built component, the last build output, for failure reports.
     #[serde(default)]
     pub builds: BTreeMap<String, String>,
-}
-
-impl StackRecord {
-    /// Which stack this is.
-    pub fn key(&self) -> RunKey {
-        RunKey::new(self.run_id.as_str(), self.consumer.as_str())
-    }
 }
 
 /// What the stages of a setup tell whoever writes its failure report: the

@@ -28,8 +28,8 @@ use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use crate::plan::{is_safe_name, Launcher, Verdict};
-use crate::record::{RunKey, StackRecord};
+use crate::plan::{Launcher, RunKey, Verdict};
+use crate::record::StackRecord;
 
 /// Overrides where run state lives (default: `/tmp/e2e-infra-<uid>`).
 pub const STATE_DIR_ENV: &str = "E2E_INFRA_STATE_DIR";
@@ -64,19 +64,11 @@ pub enum StateError {
         /// This process's user.
         uid: u32,
     },
-    /// A run id or consumer that cannot be one component of a path.
-    #[error("{what} `{name}` cannot name a state directory: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'")]
-    BadName {
-        /// "run id" or "consumer".
-        what: &'static str,
-        /// The value refused.
-        name: String,
-    },
     /// An earlier run that used the same run id kept its stack.
-    #[error("run id `{run_id}` was used by an earlier run whose `{consumer}` stack is kept ({why}); remove it with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
+    #[error("run id `{}` was used by an earlier run whose `{}` stack is kept ({why}); remove it with `e2e-infra down --consumer {} --run {}`, or use another run id", key.run(), key.consumer(), key.consumer(), key.run())]
     KeptByEarlierRun {
-        run_id: String,
-        consumer: String,
+        /// The stack kept.
+        key: RunKey,
         /// Why it was kept.
         why: String,
     },
@@ -222,43 +214,30 @@ pub(crate) enum Claim {
     },
 }
 
-fn checked<'a>(what: &'static str, name: &'a str) -> Result<&'a str, StateError> {
-    if is_safe_name(name) {
-        Ok(name)
-    } else {
-        Err(StateError::BadName { what, name: name.to_owned() })
-    }
-}
-
 impl RunDir {
-    /// The directory for `run_id` and `consumer` (created if missing).
+    /// The directory of the stack `key` (created if missing). Both names
+    /// of a key are safe path components.
     ///
     /// # Errors
-    /// [`StateError::BadName`] for a run id or consumer that is not a safe
-    /// path component, [`StateError::Untrusted`] for a state root that is not
-    /// private, [`StateError::Io`] when it cannot be created.
+    /// [`StateError::Untrusted`] for a state root that is not private,
+    /// [`StateError::Io`] when it cannot be created.
     pub fn open(key: &RunKey) -> Result<Self, StateError> {
-        Self::open_under(&root()?, key.run(), key.consumer())
+        Self::open_under(&root()?, key)
     }
 
-    fn open_under(root: &Path, run_id: &str, consumer: &str) -> Result<Self, StateError> {
-        let (run_id, consumer) = (checked("run id", run_id)?, checked("consumer", consumer)?);
+    fn open_under(root: &Path, key: &RunKey) -> Result<Self, StateError> {
         let uid = current_uid()?;
-        let run = root.join(run_id);
+        let run = root.join(key.run().as_str());
         inner_dir(&run, uid)?;
-        let path = run.join(consumer);
+        let path = run.join(key.consumer().as_str());
         inner_dir(&path, uid)?;
         Ok(Self { path })
     }
 
-    /// The directory, if it exists, without creating it. Names that are not
-    /// safe path components (they may come from labels anyone can set) and
-    /// a root that is not private give `None`.
+    /// The directory, if it exists, without creating it. A root that is not
+    /// private gives `None`.
     pub fn existing(key: &RunKey) -> Option<Self> {
-        if !is_safe_name(key.run()) || !is_safe_name(key.consumer()) {
-            return None;
-        }
-        let path = root().ok()?.join(key.run()).join(key.consumer());
+        let path = root().ok()?.join(key.run().as_str()).join(key.consumer().as_str());
         let meta = fs::symlink_metadata(&path).ok()?;
         meta.is_dir().then_some(Self { path })
     }
@@ -330,7 +309,7 @@ impl RunDir {
     /// [`StateError::KeptByEarlierRun`] when the earlier use kept its stack:
     /// clearing the record would orphan it. [`StateError::Io`] when files
     /// cannot be read, removed or written.
-    pub(crate) fn claim(&self, launcher: Option<Launcher>, run_id: &str, consumer: &str) -> Result<Claim, StateError> {
+    pub(crate) fn claim(&self, launcher: Option<Launcher>, key: &RunKey) -> Result<Claim, StateError> {
         // Without a launcher (no /proc) nothing tells two uses apart.
         let Some(launcher) = launcher else { return Ok(Claim::Ours) };
         let mine = launcher.label();
@@ -349,11 +328,7 @@ impl RunDir {
             return Ok(Claim::Ours);
         }
         if let Some(why) = self.read("kept")? {
-            return Err(StateError::KeptByEarlierRun {
-                run_id: run_id.to_owned(),
-                consumer: consumer.to_owned(),
-                why: why.trim().to_owned(),
-            });
+            return Err(StateError::KeptByEarlierRun { key: key.clone(), why: why.trim().to_owned() });
         }
         let leftovers = self.exists("stack.json") || self.exists("attempt");
         for name in ["stack.json", "error.txt", "attempt", "failed"] {

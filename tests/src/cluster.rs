@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use e2e_infra::backend::{Backend, ImageTarget, KubeTarget};
+use e2e_infra::cli_support::state::STATE_DIR_ENV;
 use e2e_infra::deploy::kube::connect;
 use e2e_infra::load::containerd::{node_images, Node};
+use e2e_infra::plan::RunKey;
 use e2e_infra::plan::RUN_ID_ENV;
-use e2e_infra::record::RunKey;
-use e2e_infra::state::STATE_DIR_ENV;
 use e2e_infra::{stack, Origin, Plan};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -187,8 +187,7 @@ impl KubeconfigCopy {
 /// it built on the engine.
 #[derive(Debug)]
 pub struct StackGuard {
-    run_id: String,
-    consumer: String,
+    key: RunKey,
     target: KubeTarget,
     _images: ImageGuard,
 }
@@ -198,23 +197,16 @@ impl StackGuard {
     /// `deploy`, the CLI with the plan's run id), with the images the plan builds.
     pub fn of(plan: &Plan, target: KubeTarget) -> Self {
         let built = plan.components().iter().filter(|c| c.origin == Origin::Built);
-        Self {
-            run_id: plan.run().as_str().to_owned(),
-            consumer: plan.consumer().as_str().to_owned(),
-            target,
-            _images: ImageGuard(built.map(|c| c.image.to_string()).collect()),
-        }
+        Self { key: plan.key().clone(), target, _images: ImageGuard(built.map(|c| c.image.to_string()).collect()) }
     }
 }
 
 impl Drop for StackGuard {
     fn drop(&mut self) {
-        let (run_id, consumer, target) = (self.run_id.clone(), self.consumer.clone(), self.target.clone());
+        let (key, target) = (self.key.clone(), self.target.clone());
         on_fresh_runtime(move |docker| async move {
-            if let Err(error) =
-                stack::down(&docker, &RunKey::new(run_id.as_str(), consumer.as_str()), Some(&target)).await
-            {
-                eprintln!("taking down run {run_id} of {consumer} failed: {error}");
+            if let Err(error) = stack::down(&docker, &key, Some(&target)).await {
+                eprintln!("taking down {key} failed: {error}");
             }
         });
     }

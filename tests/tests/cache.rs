@@ -13,11 +13,12 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
-use e2e_infra::build::housekeeping::prune_run_tags;
 use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
+use e2e_infra::cli_support::housekeeping::prune_run_tags;
 use e2e_infra::deploy::docker::{remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_within, EngineError};
 use e2e_infra::error::error_chain;
+use e2e_infra::labels::StackLabels;
 use e2e_infra::{labels, Delivery, ImageRef, Plan};
 use e2e_infra_tests::{
     clean_up_after, engine, engine_host, plan, podman_host, remove_built_images, remove_reference, unique,
@@ -148,9 +149,9 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
         for membership in [labels::MANAGED_BY, labels::RUN, labels::CONSUMER, labels::COMPONENT] {
             assert!(!container_labels.contains_key(membership), "inherited `{membership}`");
         }
-        let stacks = e2e_infra::stack::teardown::list(&docker).await.map_err(|e| e.to_string())?;
+        let stacks = e2e_infra::cli_support::teardown::list(&docker).await.map_err(|e| e.to_string())?.stacks;
         assert!(
-            stacks.iter().all(|s| !s.containers.contains(&name) && s.run_id != plan.run().as_str()),
+            stacks.iter().all(|s| !s.containers.contains(&name) && s.key.run() != plan.run()),
             "a container started by hand is listed as a stack member: {stacks:?}"
         );
         Ok::<_, String>(())
@@ -376,7 +377,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         frozen.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, &StackLabels::of(&plan), None))
             .await
             .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
         let elapsed = started.elapsed();
@@ -389,7 +390,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&direct, &labels::filter(plan.key())).await.unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;
@@ -450,7 +451,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
     let body = async {
         build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, None))
+        let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, &StackLabels::of(&plan), None))
             .await
             .map_err(|_| "up still waited on the frozen engine after 60 s".to_owned())?;
         let elapsed = started.elapsed();
@@ -464,7 +465,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&direct, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&direct, &labels::filter(plan.key())).await.unwrap();
         remove_built_images(&direct, &plan).await;
     })
     .await;
@@ -537,7 +538,7 @@ async fn context_file_digests_are_reused_until_a_file_changes() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
-    use e2e_infra::build::housekeeping::prune_consumer_run_tags;
+    use e2e_infra::cli_support::housekeeping::prune_consumer_run_tags;
     let docker = engine(None).await;
     let project = Project::new();
     let (plan, built) = e2e_infra_tests::busybox_image(&docker, &project, "prune-consumer", "").await;
@@ -555,8 +556,14 @@ async fn pruning_one_consumers_run_tags_leaves_other_consumers_tags() {
             let options = TagImageOptionsBuilder::new().repo(&repository).tag(tag).build();
             docker.tag_image(&built.image.to_string(), Some(options)).await.map_err(|e| e.to_string())?;
         }
-        let removed =
-            prune_consumer_run_tags(&docker, &consumer, 0, Duration::ZERO).await.map_err(|e| e.to_string())?;
+        let removed = prune_consumer_run_tags(
+            &docker,
+            &e2e_infra::Consumer::new(&consumer).map_err(|e| e.to_string())?,
+            0,
+            Duration::ZERO,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut gone: Vec<String> = removed.into_iter().map(|r| r.reference).collect();
         gone.sort_unstable();
         assert_eq!(gone, [format!("{repository}:{}", tags[0]), format!("{repository}:{}", tags[1])]);
@@ -619,7 +626,7 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
-    use e2e_infra::build::housekeeping::UNTAGGED;
+    use e2e_infra::cli_support::housekeeping::UNTAGGED;
     let docker = engine(None).await;
     let project = Project::new();
     let catalog = project.unshared_busybox_catalog("abandoned", "");

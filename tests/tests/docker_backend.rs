@@ -7,6 +7,7 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use e2e_infra::deploy::docker::{container_name, remove_labelled, up, DockerError};
 use e2e_infra::engine::{connect_to, EngineError};
+use e2e_infra::labels::StackLabels;
 use e2e_infra::{labels, Delivery, Plan};
 use e2e_infra_tests::{busybox_image, clean_up_after, engine, http_get, plan, remove_built_images, Project};
 
@@ -15,7 +16,7 @@ const WWW: &str = "RUN mkdir /www && echo upstream-ok > /www/index.html\n";
 
 /// Containers of `plan`'s run and consumer the engine still has.
 async fn leftovers(docker: &Docker, plan: &Plan) -> Vec<String> {
-    let filter = HashMap::from([("label", labels::run_filter(plan))]);
+    let filter = HashMap::from([("label", labels::filter(plan.key()))]);
     let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
     let containers = docker.list_containers(Some(options)).await.unwrap();
     containers.into_iter().flat_map(|c| c.names.unwrap_or_default()).collect()
@@ -57,7 +58,7 @@ ready = {{ http = "/upstream", timeout = "30s" }}
     ));
     let plan = plan(&catalog, "stack", &["app"], AREA, &Delivery::Local);
     let body = async {
-        let stack = up(&docker, &plan, None).await.map_err(|e| e.to_string())?;
+        let stack = up(&docker, &plan, &StackLabels::of(&plan), None).await.map_err(|e| e.to_string())?;
         assert_eq!(stack.network, plan.namespace().as_str());
         let order: Vec<&str> = stack.containers.iter().map(|c| c.component.as_str()).collect();
         let at = |name| order.iter().position(|c| *c == name).unwrap();
@@ -76,13 +77,13 @@ ready = {{ http = "/upstream", timeout = "30s" }}
         for running in &stack.containers {
             let inspected = docker.inspect_container(&running.container_id, None).await.map_err(|e| e.to_string())?;
             let got = inspected.config.and_then(|c| c.labels).unwrap_or_default();
-            for (key, value) in labels::for_component(&plan, &running.component) {
+            for (key, value) in labels::StackLabels::of(&plan).component(&running.component) {
                 assert_eq!(got.get(&key), Some(&value), "{} lacks label {key}", running.component);
             }
         }
         let network = docker.inspect_network(&stack.network, None).await.map_err(|e| e.to_string())?;
         let got = network.labels.unwrap_or_default();
-        for (key, value) in labels::for_run(&plan) {
+        for (key, value) in labels::StackLabels::of(&plan).run() {
             assert_eq!(got.get(&key), Some(&value), "network lacks label {key}");
         }
 
@@ -91,7 +92,7 @@ ready = {{ http = "/upstream", timeout = "30s" }}
         let back: e2e_infra::deploy::docker::DockerStack = serde_json::from_str(&json).map_err(|e| e.to_string())?;
         assert_eq!(back, stack);
 
-        let removed = remove_labelled(&docker, &labels::run_filter(&plan)).await.map_err(|e| e.to_string())?;
+        let removed = remove_labelled(&docker, &labels::filter(plan.key())).await.map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 4, "{removed:?}");
         assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         assert!(leftovers(&docker, &plan).await.is_empty());
@@ -99,7 +100,7 @@ ready = {{ http = "/upstream", timeout = "30s" }}
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&docker, &labels::filter(plan.key())).await.unwrap();
         remove_built_images(&docker, &image_plan).await;
     })
     .await;
@@ -113,10 +114,10 @@ async fn failing_stack(docker_section: &str) -> (DockerError, Duration, Vec<Stri
         project.catalog(&format!("[components.broken]\nimage = \"{}\"\ndocker = {docker_section}\n", image.image));
     let plan = plan(&catalog, "failing", &["broken"], AREA, &Delivery::Local);
     let started = Instant::now();
-    let result = up(&docker, &plan, None).await;
+    let result = up(&docker, &plan, &StackLabels::of(&plan), None).await;
     let elapsed = started.elapsed();
     let left = leftovers(&docker, &plan).await;
-    remove_labelled(&docker, &labels::run_filter(&plan)).await.unwrap();
+    remove_labelled(&docker, &labels::filter(plan.key())).await.unwrap();
     remove_built_images(&docker, &image_plan).await;
     let error = result.expect_err("the stack should fail");
     eprintln!("{error}");
@@ -148,7 +149,22 @@ async fn a_component_that_never_opens_its_port_times_out() {
     assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
     assert!(message.contains("`broken`") && message.contains("port 5432"), "{message}");
     assert!(message.contains("waiting-forever"), "logs missing: {message}");
+    assert!(message.contains("(last answer: connecting to "), "the probe's answer missing: {message}");
     assert!(elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(60), "{elapsed:?}");
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn an_http_probe_answered_404_times_out_naming_the_answer() {
+    let (error, _, left) = failing_stack(
+        r#"{ ports = [8080], command = ["httpd", "-f", "-p", "8080", "-h", "/"], ready = { http = "/missing", timeout = "3s" } }"#,
+    )
+    .await;
+    let message = error.to_string();
+    assert!(matches!(error, DockerError::NotReady { .. }), "{message}");
+    assert!(message.contains("`broken`") && message.contains("GET of /missing on port 8080"), "{message}");
+    assert!(message.contains("(last answer: HTTP 404 Not Found)"), "{message}");
+    assert!(left.is_empty(), "up left {left:?} behind");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -269,7 +285,7 @@ async fn frozen_after_ping(path: &std::path::Path) -> (String, tokio::task::Join
 
 #[tokio::test]
 async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_listing_bound() {
-    use e2e_infra::stack::teardown::{self, LISTING_TIMEOUT};
+    use e2e_infra::cli_support::teardown::{self, LISTING_TIMEOUT};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("frozen.sock");
     let (host, engine) = frozen_after_ping(&socket).await;
@@ -298,13 +314,13 @@ async fn listing_stacks_on_an_engine_frozen_after_its_ping_fails_within_the_list
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
-    use e2e_infra::record::RunKey;
-    use e2e_infra::stack::teardown;
+    use e2e_infra::cli_support::teardown;
+    use e2e_infra::plan::RunKey;
     let docker = engine(None).await;
     // `relk` + `a-b` and `relk-a` + `b` join to the same `relk-a-b`.
     let base = e2e_infra_tests::unique("relk");
-    let first = RunKey::new("a-b", base.as_str());
-    let second = RunKey::new("b", format!("{base}-a"));
+    let first = RunKey::parse("a-b", &base).expect("a valid key");
+    let second = RunKey::parse("b", &format!("{base}-a")).expect("a valid key");
     assert_ne!(teardown::kept_marker(&first), teardown::kept_marker(&second));
     for key in [&first, &second] {
         teardown::mark_kept(&docker, key, None, None, "failed: a_test").await.expect("marked kept");
@@ -312,14 +328,15 @@ async fn kept_markers_of_runs_whose_names_join_alike_do_not_collide() {
     let kept: Vec<(String, String)> = teardown::list(&docker)
         .await
         .expect("listed")
+        .stacks
         .into_iter()
-        .filter(|run| run.kept && run.consumer.starts_with(base.as_str()))
-        .map(|run| (run.consumer, run.run_id))
+        .filter(|run| run.kept && run.key.consumer().as_str().starts_with(base.as_str()))
+        .map(|run| (run.key.consumer().to_string(), run.key.run().to_string()))
         .collect();
     assert_eq!(kept, [(base.clone(), "a-b".to_owned()), (format!("{base}-a"), "b".to_owned())]);
 
     // A volume of the marker's name that is not the stack's marker is named, not taken.
-    let third = RunKey::new("c", base.as_str());
+    let third = RunKey::parse("c", &base).expect("a valid key");
     let planted = teardown::kept_marker(&third);
     let labels = HashMap::from([
         (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
@@ -403,7 +420,7 @@ docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; slee
     let plan = plan(&catalog, "log-probe", &["chatty"], AREA, &Delivery::Local);
     let body = async {
         let before = counted.load(std::sync::atomic::Ordering::Relaxed);
-        let stack = up(&through_proxy, &plan, None).await.map_err(|e| e.to_string())?;
+        let stack = up(&through_proxy, &plan, &StackLabels::of(&plan), None).await.map_err(|e| e.to_string())?;
         let read = counted.load(std::sync::atomic::Ordering::Relaxed) - before;
         let ready_after = stack.component("chatty").unwrap().ready_after;
         eprintln!("ready after {ready_after:?}; the engine sent {read} bytes");
@@ -416,7 +433,7 @@ docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; slee
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removed");
+        remove_labelled(&docker, &labels::filter(plan.key())).await.expect("removed");
         remove_built_images(&docker, &image_plan).await;
     })
     .await;

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e_infra::backend::{Backend, CONTAINERD_SOCKET_ENV};
 use e2e_infra::build::{build_all, BuildOptions};
+use e2e_infra::cli_support::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra::deploy::kube::{deploy, forward, mark, KubeError, KubeOptions, PodFailure};
 use e2e_infra::error::error_chain;
+use e2e_infra::labels::StackLabels;
 use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage};
 use e2e_infra::plan::{Host, Launcher, RunId, RUN_ID_ENV};
 use e2e_infra::record::StackRecord;
-use e2e_infra::report::{self as failure_report, Evidence, Recorder};
 use e2e_infra::stack::{self, explain_pull_failure, StackError, StackOptions};
 use e2e_infra::{Catalog, Delivery, Plan};
 use e2e_infra_tests::cluster::{cli, Cluster, StackGuard};
@@ -372,7 +373,7 @@ async fn the_notification_example_runs_on_the_real_node() {
     assert_eq!(status, 200, "{body}");
 
     let docker = engine(None).await;
-    let removed = stack::down(&docker, &record.key(), Some(&cluster.target()))
+    let removed = stack::down(&docker, &record.key, Some(&cluster.target()))
         .await
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     assert!(removed.contains(&format!("{} image reference(s)", plan.components().len())), "{removed}");
@@ -411,7 +412,8 @@ async fn a_planned_image_missing_from_the_node_is_err_image_never_pull() {
     run.cluster.remove_from_node(&run.image());
 
     let client = run.cluster.client().await;
-    let result = deploy(client.clone(), &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await;
+    let result =
+        deploy(client.clone(), &run.plan, &StackLabels::of(&run.plan), &KubeOptions::with_timeout(READY_WITHIN)).await;
     let failed_at = SystemTime::now();
     let mut error = result.expect_err("the image is not on the node");
     // What `stack::up` adds: what the node holds of the repository instead.
@@ -583,7 +585,9 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
 
     // No rights at all: the run's namespace is refused (a namespace is
     // authorized as an object in itself).
-    let error = deploy(restricted.clone(), &run.plan, &options).await.expect_err("the user may do nothing");
+    let error = deploy(restricted.clone(), &run.plan, &StackLabels::of(&run.plan), &options)
+        .await
+        .expect_err("the user may do nothing");
     assert!(matches!(&error, KubeError::Namespace { source, .. } if is_forbidden(source)), "{error}");
     assert!(error_chain(&error).contains(&refused(RESTRICTED, "namespaces", "", run.namespace())), "{error}");
 
@@ -613,7 +617,9 @@ async fn a_forbidden_verb_names_verb_resource_and_namespace() {
         // The API server's authorizer learns of a new binding from its own
         // watch, a moment after the create returns.
         await_granted(&admin_client, RESTRICTED, run.namespace()).await?;
-        let error = deploy(restricted, &run.plan, &options).await.expect_err("deployments are not granted");
+        let error = deploy(restricted, &run.plan, &StackLabels::of(&run.plan), &options)
+            .await
+            .expect_err("deployments are not granted");
         let KubeError::Apply { object, namespace, source, .. } = &error else {
             panic!("expected a refused apply, got: {error}")
         };
@@ -914,7 +920,9 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_laye
         sent.push(report.outcomes[0].sent);
         // The pod becomes ready only if its container found this version's marker.
         let client = run.cluster.client().await;
-        deploy(client, &run.plan, &KubeOptions::with_timeout(READY_WITHIN)).await.unwrap_or_else(|e| panic!("{e}"));
+        deploy(client, &run.plan, &StackLabels::of(&run.plan), &KubeOptions::with_timeout(READY_WITHIN))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     eprintln!("bytes sent: first load {}, reload {}", sent[0], sent[1]);
     assert!(sent[1] < 64 * 1024, "the reload sent {} bytes; the busybox layer is {busybox}", sent[1]);

@@ -15,6 +15,7 @@ use e2e_infra::backend::{Backend, ImageTarget, KubeTarget};
 use e2e_infra::build::{build_all, BuildOptions};
 use e2e_infra::deploy::kube::{deploy, KubeError, KubeOptions, PULL_SECRET};
 use e2e_infra::error::error_chain;
+use e2e_infra::labels::StackLabels;
 use e2e_infra::load::credentials::{self, DOCKER_CONFIG_ENV};
 use e2e_infra::load::registry::{push_all, LoadError};
 use e2e_infra::stack::{self, StackError, StackOptions};
@@ -175,7 +176,7 @@ async fn an_image_missing_from_the_registry_is_err_image_pull_with_the_registry_
     let mut options = KubeOptions::with_timeout(READY_WITHIN);
     options.pull_secret = Some(credential.docker_config_json());
 
-    let result = deploy(cluster.client().await, &plan, &options).await;
+    let result = deploy(cluster.client().await, &plan, &StackLabels::of(&plan), &options).await;
     let failed_at = SystemTime::now();
     let failure = match result {
         Err(KubeError::PodFailed(failure)) => *failure,

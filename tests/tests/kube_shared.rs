@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use e2e_infra::deploy::kube::{connect, delete_namespace, deploy, release_shared, user_label, KubeOptions};
+use e2e_infra::labels::StackLabels;
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::unique;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
@@ -95,8 +96,9 @@ async fn two_runs_share_a_crd_and_the_last_one_out_removes_it() {
     let client = connect(context.as_deref()).await.expect("a cluster: set KUBECONFIG");
     let options = KubeOptions::with_timeout(Duration::from_secs(60));
 
+    let (labels_a, labels_b) = (StackLabels::of(&a), StackLabels::of(&b));
     let (deployed_a, deployed_b) =
-        tokio::join!(deploy(client.clone(), &a, &options), deploy(client.clone(), &b, &options));
+        tokio::join!(deploy(client.clone(), &a, &labels_a, &options), deploy(client.clone(), &b, &labels_b, &options));
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());

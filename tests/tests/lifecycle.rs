@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
-use e2e_infra::record::RunKey;
+use e2e_infra::plan::RunKey;
 use e2e_infra_tests::cluster::cli;
 use e2e_infra_tests::report::ReportFolder;
 use futures::StreamExt;
@@ -392,10 +392,13 @@ async fn a_failed_test_keeps_the_stack_and_says_how_to_remove_it() {
         on_demand.text("summary.txt")
     );
     assert!(on_demand.text("plan.json").contains("\"api\""), "{:?}", on_demand.files());
-    let removed =
-        e2e_infra::stack::down(&docker(), &RunKey::new(run_id.to_string_lossy(), fixture.consumer.as_str()), None)
-            .await
-            .expect("down");
+    let removed = e2e_infra::stack::down(
+        &docker(),
+        &RunKey::parse(&run_id.to_string_lossy(), &fixture.consumer).expect("a valid key"),
+        None,
+    )
+    .await
+    .expect("down");
     assert!(removed.contains("2 container"), "{removed}");
     assert_eq!(leftovers(&fixture.consumer).await, (0, 0));
 }

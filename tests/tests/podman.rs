@@ -8,6 +8,7 @@ use bollard::query_parameters::ListImagesOptionsBuilder;
 use e2e_infra::build::{build_all, cache_ref, BuildOptions};
 use e2e_infra::deploy::docker::{remove_labelled, up};
 use e2e_infra::engine::{kind, EngineKind};
+use e2e_infra::labels::StackLabels;
 use e2e_infra::{labels, Delivery};
 use e2e_infra_tests::{
     clean_up_after, engine, http_get, plan, podman_host, remove_built_images, remove_reference,
@@ -77,17 +78,17 @@ ready = { http = "/upstream", timeout = "30s" }
     let plan = plan(&catalog, "podman", &["app"], AREA, &Delivery::Local);
     let body = async {
         build_all(&podman, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
-        let stack = up(&podman, &plan, None).await.map_err(|e| e.to_string())?;
+        let stack = up(&podman, &plan, &StackLabels::of(&plan), None).await.map_err(|e| e.to_string())?;
         let app = stack.component("app").ok_or("no app")?;
         let (status, body) = http_get(app.ports[&9090], "/upstream").await.map_err(|e| e.to_string())?;
         assert_eq!((status, body.as_str()), (200, "from-web\n"));
-        let removed = remove_labelled(&podman, &labels::run_filter(&plan)).await.map_err(|e| e.to_string())?;
+        let removed = remove_labelled(&podman, &labels::filter(plan.key())).await.map_err(|e| e.to_string())?;
         assert_eq!(removed.containers.len(), 2, "{removed:?}");
         assert_eq!(removed.networks, std::slice::from_ref(&stack.network));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&podman, &labels::run_filter(&plan)).await.unwrap();
+        remove_labelled(&podman, &labels::filter(plan.key())).await.unwrap();
         remove_built_images(&podman, &plan).await;
     })
     .await;
@@ -147,14 +148,14 @@ build = { context = "ctx", dockerfile = "ctx/side.Dockerfile" }
         let rebuilt = build_all(&podman, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
         assert!(!rebuilt[0].cached, "an intermediate image was taken for the cache");
         assert!(left.iter().all(|i| i.id != rebuilt[0].image_id));
-        let stack = up(&podman, &second, None).await.map_err(|e| e.to_string())?;
+        let stack = up(&podman, &second, &StackLabels::of(&second), None).await.map_err(|e| e.to_string())?;
         let web = stack.component("web").ok_or("no web")?;
         let (status, body) = http_get(web.ports[&8080], "/index.html").await.map_err(|e| e.to_string())?;
         assert_eq!((status, body.as_str()), (200, "up\n"));
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&podman, &labels::run_filter(&second)).await.unwrap();
+        remove_labelled(&podman, &labels::filter(second.key())).await.unwrap();
         remove_built_images(&podman, &second).await;
         remove_built_images(&podman, &first).await;
         remove_built_images(&podman, &side).await;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use e2e_infra::backend::Backend;
+use e2e_infra::cli_support::report::{self, Evidence, Recorder};
 use e2e_infra::deploy::docker::remove_labelled;
 use e2e_infra::record::Placement;
-use e2e_infra::report::{self, Evidence, Recorder};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Delivery, Plan};
 use e2e_infra_tests::report::ReportFolder;
@@ -47,7 +47,7 @@ docker = {{ command = ["sleep", "600"] }}
 }
 
 async fn leftovers(docker: &Docker, plan: &Plan) -> usize {
-    let filter = HashMap::from([("label", labels::run_filter(plan))]);
+    let filter = HashMap::from([("label", labels::filter(plan.key()))]);
     let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
     docker.list_containers(Some(options)).await.expect("listing containers").len()
 }
@@ -100,7 +100,7 @@ async fn a_crash_during_setup_leaves_every_components_logs_and_state() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
+        remove_labelled(&docker, &labels::filter(plan.key())).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -123,7 +123,7 @@ async fn a_readiness_timeout_leaves_every_components_logs_and_state() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
+        remove_labelled(&docker, &labels::filter(plan.key())).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -152,7 +152,7 @@ async fn a_report_that_cannot_be_written_leaves_the_failure_as_it_was() {
         Ok::<_, String>(())
     };
     clean_up_after(body, async {
-        remove_labelled(&docker, &labels::run_filter(&plan)).await.expect("removing the stack");
+        remove_labelled(&docker, &labels::filter(plan.key())).await.expect("removing the stack");
         remove_built_images(&docker, &plan).await;
     })
     .await;
@@ -171,13 +171,8 @@ async fn an_engine_that_never_answers_gives_a_short_report_in_bounded_time() {
             open.push(stream);
         }
     });
-    let evidence = Evidence {
-        run_id: "silent-run".to_owned(),
-        consumer: "silent".to_owned(),
-        components: vec!["db".to_owned()],
-        failure: "a test failed".to_owned(),
-        ..Evidence::default()
-    };
+    let key = e2e_infra::plan::RunKey::parse("silent-run", "silent").expect("a valid key");
+    let evidence = Evidence { components: vec!["db".to_owned()], ..Evidence::of_key(key, "a test failed") };
     let placement =
         Placement::Docker { docker_host: Some(format!("unix://{}", socket.display())), network: "none".to_owned() };
     let started = Instant::now();

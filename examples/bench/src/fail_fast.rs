@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use e2e_infra::deploy::kube::mock::{added, client_and_server, deployment, waiting_pod, Script};
 use e2e_infra::deploy::kube::{connect, delete_namespace, deploy, KubeError, KubeOptions};
+use e2e_infra::labels::StackLabels;
 use e2e_infra::{Delivery, Plan};
 use e2e_infra_tests::{plan, Project};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -147,7 +148,7 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
     for _ in 0..reps {
         let (client, log) = client_and_server(stuck(&namespace, WRONG_IMAGE));
         let started = Instant::now();
-        let error = deploy(client, &plan, &KubeOptions::with_timeout(naive_timeout)).await;
+        let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(naive_timeout)).await;
         ours.push(started.elapsed());
         if !matches!(error, Err(KubeError::Preflight { .. })) {
             return Err(format!("expected the preflight to refuse {WRONG_IMAGE}: {error:?}").into());
@@ -177,7 +178,7 @@ pub async fn fail_fast(reps: usize, naive_timeout: Duration) -> Res<Section> {
     let mut ours = Vec::new();
     for _ in 0..reps {
         let (client, log) = client_and_server(stuck(&namespace, &image));
-        let error = deploy(client, &plan, &KubeOptions::with_timeout(naive_timeout)).await;
+        let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(naive_timeout)).await;
         let after_event = since_pod_event(&log, Instant::now()).ok_or("the pod status was never sent")?;
         match error {
             Err(KubeError::PodFailed(failure)) if failure.reason == "ImagePullBackOff" => ours.push(after_event),
@@ -242,7 +243,7 @@ pub async fn fail_fast_real(reps: usize, naive_timeout: Duration) -> Res<Section
         let mut ours = Vec::new();
         for _ in 0..reps {
             let started = Instant::now();
-            let error = deploy(client.clone(), &plan, &options).await;
+            let error = deploy(client.clone(), &plan, &StackLabels::of(&plan), &options).await;
             ours.push(started.elapsed());
             let expected = match &error {
                 Err(KubeError::Preflight { .. }) => image == WRONG_IMAGE,

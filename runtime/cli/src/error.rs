@@ -6,11 +6,11 @@
 use std::process::ExitCode;
 
 use e2e_infra::backend::BackendError;
-use e2e_infra::build::housekeeping::HousekeepingError;
+use e2e_infra::cli_support::housekeeping::HousekeepingError;
+use e2e_infra::cli_support::report::logs::LogsError;
+use e2e_infra::cli_support::report::ReportError;
 use e2e_infra::engine::EngineError;
 use e2e_infra::plan::IdentityError;
-use e2e_infra::report::logs::LogsError;
-use e2e_infra::report::ReportError;
 use e2e_infra::stack::StackError;
 use e2e_infra::{CatalogError, Echo, PlanError};
 

@@ -1,7 +1,8 @@
 //! `e2e-infra clean --images`: the image housekeeping of builds, on demand.
 
-use e2e_infra::build::housekeeping::{self, prune_consumer_run_tags, prune_run_tags};
+use e2e_infra::cli_support::housekeeping::{self, prune_consumer_run_tags, prune_run_tags};
 use e2e_infra::engine;
+use e2e_infra::plan::Consumer;
 
 use crate::error::CliError;
 use crate::output::say;
@@ -24,7 +25,7 @@ pub struct ImagesArgs {
 /// Removes old run tags when `--images` was given, printing each: of
 /// `consumer`'s runs only when one is given (`clean --consumer C`), else of
 /// every consumer's.
-pub fn clean(args: &ImagesArgs, consumer: Option<&str>) -> Result<(), CliError> {
+pub fn clean(args: &ImagesArgs, consumer: Option<&Consumer>) -> Result<(), CliError> {
     if !args.images {
         return Ok(());
     }

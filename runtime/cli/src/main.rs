@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         }
     };
     // One short line per stage and component; RUST_LOG gives more.
-    e2e_infra::progress::init(
+    e2e_infra::cli_support::progress::init(
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("e2e_infra=info")),
     );
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         Command::Down(args) => stacks::down(&args),
         Command::Status(args) => stacks::status(&args),
         Command::Clean(args) => {
-            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_deref()))
+            stacks::clean(&args.stacks).and_then(|()| images::clean(&args.images, args.stacks.consumer.as_ref()))
         }
         Command::Logs(args) => report::logs(&args),
         Command::Report(args) => report::report(&args),

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use e2e_infra::backend::{self, Backend, Declared};
-use e2e_infra::plan::{Launcher, RunId};
-use e2e_infra::stack::teardown::{self, Liveness, RunStack};
+use e2e_infra::cli_support::teardown::{self, Listing, Liveness, RunStack};
+use e2e_infra::plan::{Consumer, Launcher, RunId};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{engine, Plan};
 
@@ -68,10 +68,10 @@ pub struct UpArgs {
 pub struct DownArgs {
     /// Remove this consumer's stacks.
     #[arg(long)]
-    consumer: String,
+    consumer: Consumer,
     /// Only the stack of this run (default: every run of the consumer).
     #[arg(long)]
-    run: Option<String>,
+    run: Option<RunId>,
     /// Also remove stacks of runs that are still going (their launcher runs).
     #[arg(long)]
     force: bool,
@@ -91,7 +91,7 @@ pub struct StatusArgs {
 pub struct CleanArgs {
     /// Only this consumer's stacks (default: every consumer's).
     #[arg(long)]
-    pub(crate) consumer: Option<String>,
+    pub(crate) consumer: Option<Consumer>,
     /// Also remove stacks kept because a test failed or E2E_INFRA_KEEP=1.
     #[arg(long)]
     kept: bool,
@@ -108,13 +108,24 @@ pub struct CleanArgs {
     cluster: ClusterArgs,
 }
 
+/// The stacks on the engine, and on the cluster when one was asked for,
+/// with what carries e2e-infra's labels but names no stack.
+pub async fn listing(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Result<Listing, CliError> {
+    let mut listing = teardown::list(docker).await.map_err(CliError::List)?;
+    if let Some(context) = cluster {
+        listing.extend(teardown::list_kube(context).await.map_err(CliError::List)?);
+    }
+    Ok(listing)
+}
+
 /// The stacks on the engine, and on the cluster when one was asked for.
 pub async fn stacks(docker: &bollard::Docker, cluster: Option<Option<&str>>) -> Result<Vec<RunStack>, CliError> {
-    let mut runs = teardown::list(docker).await.map_err(CliError::List)?;
-    if let Some(context) = cluster {
-        runs.extend(teardown::list_kube(context).await.map_err(CliError::List)?);
-    }
-    Ok(runs)
+    Ok(listing(docker, cluster).await?.stacks)
+}
+
+/// The stacks of `consumer`, only that of `run` when one is given.
+pub fn select(runs: &mut Vec<RunStack>, consumer: &Consumer, run: Option<&RunId>) {
+    runs.retain(|r| r.key.consumer() == consumer && run.is_none_or(|id| id == r.key.run()));
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -176,7 +187,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     runtime.block_on(async {
         let docker = engine::connect().await?;
         let runs = stacks(&docker, kube_context.as_ref().map(Option::as_deref)).await?;
-        match runs.iter().find(|r| r.run_id == plan.run().as_str() && r.consumer == args.consumer) {
+        match runs.iter().find(|r| &r.key == plan.key()) {
             Some(_) => Err(CliError::AlreadyUp {
                 consumer: args.consumer.clone(),
                 run: plan.run().to_string(),
@@ -191,11 +202,11 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
     };
     let record = runtime.block_on(async {
         let signals = interrupted()?;
-        let key = e2e_infra::record::RunKey::new(plan.run().as_str(), &args.consumer);
+        let key = plan.key();
         let up = async {
             let record = stack::up(&plan, &options).await.map_err(CliError::Up)?;
             let docker = engine::connect().await?;
-            teardown::mark_up_finished(&docker, &key, launcher, kube_target.as_ref())
+            teardown::mark_up_finished(&docker, key, launcher, kube_target.as_ref())
                 .await
                 .map_err(|source| CliError::MarkUp { take_down: take_down.clone(), source })?;
             Ok::<_, CliError>(record)
@@ -206,7 +217,7 @@ pub fn up(config: Option<&Path>, args: UpArgs) -> Result<(), CliError> {
                 // `up` is dropped here: it creates nothing more. What it
                 // created so far carries the run's labels.
                 let docker = engine::connect().await?;
-                let removed = stack::down(&docker, &key, kube_target.as_ref()).await.map_err(|source| {
+                let removed = stack::down(&docker, key, kube_target.as_ref()).await.map_err(|source| {
                     CliError::Down { consumer: args.consumer.clone(), run: plan.run().to_string(), source }
                 })?;
                 Err(CliError::Interrupted { signal, removed })
@@ -241,17 +252,17 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let docker = engine::connect().await?;
         let mut runs = stacks(&docker, args.cluster.wanted()).await?;
-        runs.retain(|r| r.consumer == args.consumer && args.run.as_ref().is_none_or(|id| *id == r.run_id));
+        select(&mut runs, &args.consumer, args.run.as_ref());
         // A run still going would lose its stack under its tests: refuse
         // before removing anything, unless told.
         let alive: Vec<String> = runs
             .iter()
             .filter(|r| r.liveness() == Liveness::Alive)
-            .filter_map(|r| r.launcher.map(|l| format!("run {} (launched by {})", r.run_id, launcher_name(l.pid))))
+            .filter_map(|r| r.launcher.map(|l| format!("run {} (launched by {})", r.key.run(), launcher_name(l.pid))))
             .collect();
         if !alive.is_empty() && !args.force {
             return Err(CliError::Alive {
-                consumer: args.consumer.clone(),
+                consumer: args.consumer.to_string(),
                 runs: alive.join(", "),
                 force: format!(
                     "e2e-infra down --consumer {}{} --force{}",
@@ -265,15 +276,15 @@ pub fn down(args: &DownArgs) -> Result<(), CliError> {
         for run in &runs {
             found = true;
             let kube = run.kube.as_ref().map(|(_, target)| target);
-            let summary = stack::down(&docker, &run.key(), kube).await.map_err(|source| CliError::Down {
-                consumer: run.consumer.clone(),
-                run: run.run_id.clone(),
+            let summary = stack::down(&docker, &run.key, kube).await.map_err(|source| CliError::Down {
+                consumer: run.key.consumer().to_string(),
+                run: run.key.run().to_string(),
                 source,
             })?;
-            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
+            say!("removed {}: {summary}", run.key)?;
         }
         if !found {
-            return Err(not_found(&args.consumer, args.run.as_deref(), &args.cluster));
+            return Err(not_found(&args.consumer, args.run.as_ref(), &args.cluster));
         }
         Ok(())
     })
@@ -288,10 +299,10 @@ fn launcher_name(pid: u32) -> String {
 }
 
 /// The error for a consumer (and run) with no stack where it was looked for.
-pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> CliError {
+pub fn not_found(consumer: &Consumer, run: Option<&RunId>, cluster: &ClusterArgs) -> CliError {
     CliError::NoStack {
-        consumer: consumer.to_owned(),
-        run: run.map(|r| format!(" and run `{}`", e2e_infra::Echo(r))).unwrap_or_default(),
+        consumer: consumer.to_string(),
+        run: run.map(|r| format!(" and run `{r}`")).unwrap_or_default(),
         place: if cluster.wanted().is_some() {
             " or cluster"
         } else {
@@ -305,8 +316,8 @@ pub fn not_found(consumer: &str, run: Option<&str>, cluster: &ClusterArgs) -> Cl
 pub fn status(args: &StatusArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
         let docker = engine::connect().await?;
-        let runs = stacks(&docker, args.cluster.wanted()).await?;
-        if runs.is_empty() {
+        let Listing { stacks: runs, unrecognised } = listing(&docker, args.cluster.wanted()).await?;
+        if runs.is_empty() && unrecognised.is_empty() {
             say!(
                 "no e2e-infra stacks on this engine{}",
                 if args.cluster.wanted().is_some() { " or cluster" } else { "" }
@@ -325,18 +336,31 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
-                Some((namespace, target)) => {
-                    say!("{:<14} {:<7} run {}  namespace: {namespace} ({target})", run.consumer, state, run.run_id)?
-                }
+                Some((namespace, target)) => say!(
+                    "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
+                    run.key.consumer(),
+                    state,
+                    run.key.run()
+                )?,
                 None => say!(
                     "{:<14} {:<7} run {}  containers: {}  networks: {}",
-                    run.consumer,
+                    run.key.consumer(),
                     state,
-                    run.run_id,
+                    run.key.run(),
                     list(&run.containers),
                     list(&run.networks)
                 )?,
             }
+        }
+        // Labelled as e2e-infra's, but by no run: shown, never touched.
+        for found in unrecognised {
+            say!(
+                "unrecognised: {}, labelled run `{}` of consumer `{}` ({}); no command removes it",
+                found.names.join(", "),
+                e2e_infra::Echo(&found.run_id),
+                e2e_infra::Echo(&found.consumer),
+                found.why
+            )?;
         }
         Ok(())
     })
@@ -348,13 +372,13 @@ pub fn clean(args: &CleanArgs) -> Result<(), CliError> {
         let docker = engine::connect().await?;
         let mut runs = stacks(&docker, args.cluster.wanted()).await?;
         if let Some(consumer) = &args.consumer {
-            runs.retain(|r| r.consumer == *consumer);
+            select(&mut runs, consumer, None);
         }
         let now = teardown::now();
         let foreign: Vec<String> = runs
             .iter()
             .filter(|r| r.liveness() == Liveness::Foreign && !r.kept && !r.expired(now))
-            .map(|r| format!("{} run {}", r.consumer, r.run_id))
+            .map(|r| r.key.to_string())
             .collect();
         let scope = teardown::Scope { kept: args.kept, foreign: args.foreign, reused: args.reused };
         let removed = teardown::clean_dead(&docker, runs, None, scope).await.map_err(CliError::Clean)?;
@@ -369,7 +393,7 @@ pub fn clean(args: &CleanArgs) -> Result<(), CliError> {
             )?;
         }
         for (run, summary) in removed {
-            say!("removed {} run {}: {summary}", run.consumer, run.run_id)?;
+            say!("removed {}: {summary}", run.key)?;
         }
         Ok(())
     })

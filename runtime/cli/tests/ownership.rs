@@ -14,12 +14,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptions, ListVolumesOptions};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptions, ListVolumesOptions, RemoveContainerOptionsBuilder,
+};
 use bollard::Docker;
 use e2e_infra::__private::{Declared, Suite, SuiteSpec};
-use e2e_infra::plan::{Host, Launcher, RunId};
-use e2e_infra::record::RunKey;
-use e2e_infra::stack::teardown::{self, Liveness, Scope};
+use e2e_infra::cli_support::teardown::{self, Liveness, Scope};
+use e2e_infra::plan::{Consumer, Host, Launcher, RunId, RunKey};
 use e2e_infra::stack::{self, StackOptions};
 use e2e_infra::{labels, Catalog, Delivery, Plan};
 
@@ -160,6 +161,43 @@ fn status_line(project: &Project, consumer: &str) -> Option<String> {
     text(&project.cli(&["status"]).stdout).lines().find(|l| l.starts_with(consumer)).map(str::to_owned)
 }
 
+/// Labels of e2e-infra that hold no valid run id and consumer (written by
+/// hand, or by anything but a run) name no stack: listed as unrecognised,
+/// never a stack: `clean`, `down` and a setup remove only stacks.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[test]
+fn labels_that_name_no_stack_are_listed_as_unrecognised() {
+    let project = Project::new();
+    let bad_consumer = format!("Not_A_Consumer_{}", std::process::id());
+    let volume = format!("e2e-infra-unrecognised-{}", std::process::id());
+    let request = bollard::models::VolumeCreateRequest {
+        name: Some(volume.clone()),
+        labels: Some(HashMap::from([
+            (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+            (labels::RUN.to_owned(), "../escape".to_owned()),
+            (labels::CONSUMER.to_owned(), bad_consumer.clone()),
+            (labels::KEPT.to_owned(), "planted".to_owned()),
+        ])),
+        ..Default::default()
+    };
+    runtime().block_on(docker().create_volume(request)).expect("planted volume");
+
+    let listing = runtime().block_on(teardown::list(&docker())).expect("listed");
+    let found = listing.unrecognised.iter().find(|u| u.names.contains(&volume));
+    let stacks_named = listing.stacks.iter().filter(|s| s.key.run().as_str().contains("escape")).count();
+    let status = text(&project.cli(&["status"]).stdout);
+    runtime()
+        .block_on(docker().remove_volume(&volume, None::<bollard::query_parameters::RemoveVolumeOptions>))
+        .expect("removing the planted volume");
+
+    let found = found.expect("listed as unrecognised");
+    assert_eq!((found.run_id.as_str(), found.consumer.as_str()), ("../escape", bad_consumer.as_str()));
+    assert!(found.why.contains("run id is invalid"), "{}", found.why);
+    assert_eq!(stacks_named, 0, "an invalid run id made a stack");
+    let line = status.lines().find(|l| l.contains(&volume)).expect("status lists it");
+    assert!(line.starts_with("unrecognised:") && line.contains("`../escape`"), "{line}");
+}
+
 // ---- 1. Liveness across PID namespaces.
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -182,8 +220,9 @@ fn a_run_of_another_pid_namespace_is_foreign_and_survives_setup_and_clean() {
     let started = Instant::now();
     let removed = runtime().block_on(async {
         let docker = docker();
-        let runs = teardown::list(&docker).await.expect("list");
-        let run = runs.iter().find(|r| r.consumer == consumer).expect("listed");
+        let runs = teardown::list(&docker).await.expect("list").stacks;
+        let consumer = Consumer::new(&consumer).expect("a valid consumer");
+        let run = runs.iter().find(|r| *r.key.consumer() == consumer).expect("listed");
         assert_eq!(run.liveness(), Liveness::Foreign);
         teardown::clean_dead(&docker, runs, Some(&consumer), Scope::default()).await.expect("clean")
     });
@@ -224,7 +263,8 @@ fn inner_run_in_a_new_pid_namespace() {
     let me = Launcher::of(std::process::id()).expect("in /proc");
     runtime().block_on(async {
         let docker = docker();
-        let runs = teardown::list(&docker).await.expect("list");
+        let runs = teardown::list(&docker).await.expect("list").stacks;
+        let consumer = Consumer::new(&consumer).expect("a valid consumer");
         teardown::clean_dead(&docker, runs, Some(&consumer), Scope::default()).await.expect("clean");
     });
     project.up(&consumer, &run, Some(me));
@@ -362,17 +402,28 @@ fn label_values_that_look_like_paths_are_never_removed_as_directories() {
     eprintln!("clean with path-like labels took {:?}", started.elapsed());
     assert!(clean.status.success());
     assert_eq!(std::fs::read_to_string(victim.join("c/precious")).expect("still there"), "keep me");
-    // The dead stacks themselves did go, found by their labels.
+    // The valid stack went; the two with path-like labels make no stack key,
+    // so no command removes them: `status` lists them as unrecognised.
     assert!(containers_of(&consumer).is_empty());
+    let status = text(&project.cli(&["status"]).stdout);
+    for i in 0..evil.len() {
+        let name = format!("{consumer}-evil-{i}");
+        assert!(status.lines().any(|l| l.starts_with("unrecognised:") && l.contains(&name)), "{name} in:\n{status}");
+    }
     let filters = HashMap::from([("label".to_owned(), vec![format!("io.e2e-infra.test={consumer}")])]);
-    let left = runtime()
-        .block_on(docker().list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        })))
-        .expect("list");
-    assert!(left.is_empty(), "{left:?}");
+    runtime().block_on(async {
+        let docker = docker();
+        let left = docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .expect("list");
+        assert_eq!(left.len(), evil.len(), "{left:?}");
+        for container in left {
+            let id = container.id.expect("id");
+            let force = RemoveContainerOptionsBuilder::new().force(true).build();
+            docker.remove_container(&id, Some(force)).await.expect("remove");
+        }
+    });
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
@@ -553,7 +604,7 @@ fn a_kept_stack_survives_clean_from_a_shell_with_another_state_root() {
     runtime().block_on(async {
         teardown::mark_kept(
             &docker(),
-            &RunKey::new(run.as_str(), consumer.as_str()),
+            &RunKey::parse(&run, &consumer).expect("a valid key"),
             Some(launcher),
             None,
             "failed: some_test",

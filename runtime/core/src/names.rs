@@ -111,10 +111,33 @@ fn example(suggestion: &Option<String>) -> String {
     suggestion.as_ref().map(|s| format!("; e.g. `consumer = \"{s}\"`")).unwrap_or_default()
 }
 
-/// A checked consumer name: the suite's name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
+/// A checked consumer name: the suite's name. Deserialising checks it too,
+/// so a record or a label can only give a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Consumer(String);
+
+impl TryFrom<String> for Consumer {
+    type Error = InvalidConsumer;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Self::new(&name)
+    }
+}
+
+impl From<Consumer> for String {
+    fn from(consumer: Consumer) -> Self {
+        consumer.0
+    }
+}
+
+impl std::str::FromStr for Consumer {
+    type Err = InvalidConsumer;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::new(name)
+    }
+}
 
 impl Consumer {
     /// Checks a consumer name.

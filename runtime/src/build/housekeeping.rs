@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use super::{CACHE_TAG_PREFIX, ENGINE_CALL_TIMEOUT};
 use crate::engine::{self, Silent};
 use crate::labels;
-use crate::plan::ImageRef;
+use crate::plan::{Consumer, ImageRef};
 
 /// How many runs' tags are kept per component by default.
 pub const KEEP_RUNS: usize = 3;
@@ -177,7 +177,7 @@ pub async fn prune_run_tags(
 /// As [`prune_run_tags`].
 pub async fn prune_consumer_run_tags(
     docker: &Docker,
-    consumer: &str,
+    consumer: &Consumer,
     keep: usize,
     grace: Duration,
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {
@@ -186,7 +186,7 @@ pub async fn prune_consumer_run_tags(
 
 async fn prune(
     docker: &Docker,
-    consumer: Option<&str>,
+    consumer: Option<&Consumer>,
     components: Option<&[&str]>,
     keep: usize,
     grace: Duration,
@@ -195,7 +195,7 @@ async fn prune(
     let mut removed = remove_abandoned(docker, consumer, components, grace).await?;
     let mut by_repository: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     let candidates = run_tags(docker, components).await?.into_iter();
-    for candidate in candidates.filter(|c| consumer.is_none_or(|consumer| c.consumer() == consumer)) {
+    for candidate in candidates.filter(|c| consumer.is_none_or(|consumer| c.consumer() == consumer.as_str())) {
         let repository = candidate.reference.rsplit_once(':').map(|(r, _)| r.to_owned()).unwrap_or_default();
         by_repository.entry(repository).or_default().push(candidate);
     }
@@ -324,7 +324,7 @@ pub const UNTAGGED: &str = "<untagged>";
 /// to remove them.
 async fn remove_abandoned(
     docker: &Docker,
-    consumer: Option<&str>,
+    consumer: Option<&Consumer>,
     components: Option<&[&str]>,
     grace: Duration,
 ) -> Result<Vec<RemovedTag>, HousekeepingError> {

@@ -12,7 +12,7 @@
 mod context;
 mod dockerignore;
 mod fingerprint;
-pub mod housekeeping;
+pub(crate) mod housekeeping;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -381,7 +381,7 @@ async fn build_one(
 
     // The semaphore is never closed: acquiring fails only if it were.
     let _place = builds.acquire().await.ok();
-    let mut image_labels = labels::for_image(plan, name);
+    let mut image_labels = labels::for_image(plan.key(), name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
     let build_args: HashMap<&str, &str> = spec.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tag = image.to_string();

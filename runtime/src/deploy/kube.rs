@@ -28,7 +28,7 @@ use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
 use super::ready::Deadline;
-use crate::labels;
+use crate::labels::{self, StackLabels};
 use crate::plan::{Namespace, Plan};
 
 pub use render::{label_value, user_label, ImageProblem, USER_LABEL_PREFIX};
@@ -333,13 +333,19 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
 /// use e2e_infra::deploy::kube::{connect, deploy, KubeOptions};
 ///
 /// let client = connect(Some("kind-notification-e2e")).await?;
-/// let stack = deploy(client, plan, &KubeOptions::default()).await?;
+/// let labels = e2e_infra::labels::StackLabels::of(plan);
+/// let stack = deploy(client, plan, &labels, &KubeOptions::default()).await?;
 /// println!("deployed into {}", stack.namespace);
 /// # Ok(())
 /// # }
 /// ```
-pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Result<KubeStack, KubeError> {
-    let rendered = render(plan)?;
+pub async fn deploy(
+    client: Client,
+    plan: &Plan,
+    labels: &StackLabels,
+    options: &KubeOptions,
+) -> Result<KubeStack, KubeError> {
+    let rendered = render(plan, labels)?;
     let deadline = Deadline::after(options.timeout);
     let namespace = plan.namespace().as_str();
     let shared: Vec<String> = rendered
@@ -351,7 +357,7 @@ pub async fn deploy(client: Client, plan: &Plan, options: &KubeOptions) -> Resul
             format!("{}/{}/{}", a.api_version, a.kind, a.name)
         })
         .collect();
-    apply_namespace(&client, plan, options, &shared).await?;
+    apply_namespace(&client, plan, labels, options, &shared).await?;
     if let Some(config) = &options.pull_secret {
         apply_pull_secret(&client, namespace, config).await?;
     }
@@ -630,11 +636,12 @@ pub async fn mark(client: Client, namespace: &str, annotation: &'static str, val
 async fn apply_namespace(
     client: &Client,
     plan: &Plan,
+    stack: &StackLabels,
     options: &KubeOptions,
     shared: &[String],
 ) -> Result<(), KubeError> {
     let name = plan.namespace().as_str();
-    let mut run_labels = labels::for_run(plan);
+    let mut run_labels = stack.run();
     if options.reuse {
         run_labels.extend([labels::reuse()]);
     }

@@ -165,14 +165,71 @@ pub enum RunSource {
     Nextest,
     /// The launching process (pid, start time, boot).
     Launcher,
+    /// Read back from a record, a label or the command line.
+    Recorded,
 }
 
-/// The identity of one test run, shared by all its processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The identity of one test run, shared by all its processes. Two run ids
+/// are the same run when their text is: where a process learnt it (its
+/// source, the launcher it saw) is not part of it. It serialises as its
+/// text, and deserialises only from a valid one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct RunId {
     id: String,
     source: RunSource,
     launcher: Option<Launcher>,
+}
+
+impl PartialEq for RunId {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for RunId {}
+
+impl std::hash::Hash for RunId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl PartialOrd for RunId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RunId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = IdentityError;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        id.parse()
+    }
+}
+
+impl From<RunId> for String {
+    fn from(run: RunId) -> Self {
+        run.id
+    }
+}
+
+impl std::str::FromStr for RunId {
+    type Err = IdentityError;
+
+    /// A run id read back from a record, a label or the command line: no
+    /// launcher known.
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        let run = Self::explicit(id, None)?;
+        Ok(Self { source: RunSource::Recorded, ..run })
+    }
 }
 
 /// The run identity could not be established.

@@ -4,6 +4,7 @@
 //! Every later stage takes its references from here; none formats a tag.
 
 mod identity;
+mod key;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +20,7 @@ pub use e2e_infra_core::names::{
 pub use identity::{
     random_hex, Host, IdentityError, Launcher, RunId, RunSource, Verdict, NEXTEST_RUN_ID_ENV, RUN_ID_ENV,
 };
+pub use key::{InvalidRunKey, RunKey};
 
 /// A planning error.
 #[derive(Debug, thiserror::Error)]
@@ -105,10 +107,8 @@ pub struct PlannedComponent {
 /// The plan of one run for one consumer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Plan {
-    run_id: String,
-    #[serde(skip)]
-    run: RunId,
-    consumer: Consumer,
+    #[serde(flatten)]
+    key: RunKey,
     tag: Tag,
     namespace: Namespace,
     components: Vec<PlannedComponent>,
@@ -147,7 +147,8 @@ impl Plan {
             Delivery::Local => "localhost".to_owned(),
             Delivery::Registry(host) => Registry::new(host)?.to_string(),
         };
-        let namespace = Namespace::of(run.as_str(), consumer.as_str());
+        let key = RunKey::new(run, consumer);
+        let namespace = key.namespace();
         let tag = Tag::of(&namespace);
         let components = dependency_order(catalog, needs)
             .into_iter()
@@ -173,17 +174,22 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Self { run_id: run.as_str().to_owned(), run, consumer, tag, namespace, components })
+        Ok(Self { key, tag, namespace, components })
+    }
+
+    /// Which stack this plans: its run and consumer.
+    pub fn key(&self) -> &RunKey {
+        &self.key
     }
 
     /// The run.
     pub fn run(&self) -> &RunId {
-        &self.run
+        self.key.run()
     }
 
     /// The consumer.
     pub fn consumer(&self) -> &Consumer {
-        &self.consumer
+        self.key.consumer()
     }
 
     /// The one tag of every built image.

@@ -39,7 +39,7 @@ impl Collect for Collector {
             Ok(docker) => docker,
             Err(problem) => return folder.problem(format!("every container's logs and state: {problem}")),
         };
-        let listing = engine::labelled_containers(docker, &labels::filter(&evidence.key()));
+        let listing = engine::labelled_containers(docker, &labels::filter(&evidence.key));
         let containers = match bounded_call("listing the stack's containers", listing).await {
             Ok(containers) => containers,
             Err(problem) => return folder.problem(problem),

@@ -39,7 +39,7 @@ impl Collector {
 
 impl Collect for Collector {
     async fn collect(&self, folder: &Folder, evidence: &Evidence) {
-        let namespace = Namespace::of(&evidence.run_id, &evidence.consumer);
+        let namespace = evidence.key.namespace();
         match &self.client {
             Ok(client) => {
                 let events = namespace_events(client, namespace.as_str(), folder).await;

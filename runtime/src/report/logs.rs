@@ -12,30 +12,26 @@ use kube::{Api, ResourceExt};
 
 use super::{bounded_call, CALL_LIMIT};
 use crate::labels;
-use crate::plan::Namespace;
-use crate::record::{Placement, RunKey};
+use crate::plan::RunKey;
+use crate::record::Placement;
 
 /// The logs of a stack could not be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogsError {
     /// The engine or cluster did not answer, or refused.
-    #[error("reading the logs of the `{consumer}` stack of run `{run_id}` failed: {problem}")]
+    #[error("reading the logs of the `{}` stack of run `{}` failed: {problem}", key.consumer(), key.run())]
     Source {
-        /// The consumer.
-        consumer: String,
-        /// The run.
-        run_id: String,
+        /// Which stack.
+        key: RunKey,
         /// What failed.
         problem: String,
     },
     /// Nothing of the component runs in the stack.
-    #[error("the `{consumer}` stack of run `{run_id}` has no container of component `{component}`; its components: {}", known.join(", "))]
+    #[error("the `{}` stack of run `{}` has no container of component `{component}`; its components: {}", key.consumer(), key.run(), known.join(", "))]
     NoComponent {
-        /// The consumer.
-        consumer: String,
-        /// The run.
-        run_id: String,
+        /// Which stack.
+        key: RunKey,
         /// The component asked for.
         component: String,
         /// The components it has.
@@ -49,10 +45,8 @@ pub enum LogsError {
 /// Which logs to print.
 #[derive(Debug, Clone)]
 pub struct Selection {
-    /// The run.
-    pub run_id: String,
-    /// The consumer.
-    pub consumer: String,
+    /// Which stack.
+    pub key: RunKey,
     /// Only this component's containers.
     pub component: Option<String>,
     /// Keep printing new lines until the containers end or the process is stopped.
@@ -68,11 +62,7 @@ type Lines = BoxStream<'static, String>;
 /// [`LogsError`] when the engine or cluster does not answer, when the
 /// component has no container, or when `out` refuses.
 pub async fn print(placement: &Placement, selection: &Selection, out: &mut impl Write) -> Result<(), LogsError> {
-    let failed = |problem: String| LogsError::Source {
-        consumer: selection.consumer.clone(),
-        run_id: selection.run_id.clone(),
-        problem,
-    };
+    let failed = |problem: String| LogsError::Source { key: selection.key.clone(), problem };
     let sources = match placement {
         Placement::Docker { docker_host, .. } => docker_lines(docker_host.as_deref(), selection).await,
         Placement::Kubernetes { target } => kube_lines(target.context.as_deref(), selection).await,
@@ -82,12 +72,7 @@ pub async fn print(placement: &Placement, selection: &Selection, out: &mut impl 
         if !sources.iter().any(|(c, _)| c == component) {
             let mut known: Vec<String> = sources.iter().map(|(c, _)| c.clone()).collect();
             known.dedup();
-            return Err(LogsError::NoComponent {
-                consumer: selection.consumer.clone(),
-                run_id: selection.run_id.clone(),
-                component: component.clone(),
-                known,
-            });
+            return Err(LogsError::NoComponent { key: selection.key.clone(), component: component.clone(), known });
         }
     }
     let chosen: Vec<Lines> = sources
@@ -124,10 +109,7 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
         }
     };
     let docker = bounded_call("connecting to the container engine", connecting).await?;
-    let listing = crate::engine::labelled_containers(
-        &docker,
-        &labels::filter(&RunKey::new(selection.run_id.as_str(), selection.consumer.as_str())),
-    );
+    let listing = crate::engine::labelled_containers(&docker, &labels::filter(&selection.key));
     let listed = bounded_call("listing the stack's containers", listing).await?;
     let mut sources = Vec::new();
     for container in listed {
@@ -162,7 +144,7 @@ async fn docker_lines(host: Option<&str>, selection: &Selection) -> Result<Vec<(
 /// the pod's owner) and its lines.
 async fn kube_lines(context: Option<&str>, selection: &Selection) -> Result<Vec<(String, Lines)>, String> {
     let client = bounded_call("connecting to the cluster", crate::deploy::kube::connect(context)).await?;
-    let namespace = Namespace::of(&selection.run_id, &selection.consumer);
+    let namespace = selection.key.namespace();
     let (owners, problems) = super::kube::component_owners(&client, namespace.as_str()).await;
     if !problems.is_empty() {
         return Err(problems.join("; "));

@@ -41,8 +41,8 @@ use futures::future::BoxFuture;
 
 use crate::backend::Backend;
 use crate::error::error_chain;
-use crate::plan::{is_safe_name, Plan};
-use crate::record::{Placement, RunKey, StackRecord, Witness};
+use crate::plan::{is_safe_name, Plan, RunKey};
+use crate::record::{Placement, StackRecord, Witness};
 use crate::stack::teardown::RunStack;
 use crate::state::{Found, RunDir};
 
@@ -89,12 +89,10 @@ pub enum ReportError {
 }
 
 /// What the run knows besides the live stack.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Evidence {
-    /// The run identity.
-    pub run_id: String,
-    /// The consumer.
-    pub consumer: String,
+    /// Which stack.
+    pub key: RunKey,
     /// The planned components, in dependency order.
     pub components: Vec<String>,
     /// What failed, in words: the setup error or the failed test.
@@ -111,8 +109,7 @@ impl Evidence {
     /// What the plan alone tells, for `failure`.
     pub fn of_plan(plan: &Plan, failure: &str) -> Self {
         Self {
-            run_id: plan.run().as_str().to_owned(),
-            consumer: plan.consumer().as_str().to_owned(),
+            key: plan.key().clone(),
             components: plan.components().iter().map(|c| c.name.clone()).collect(),
             failure: failure.to_owned(),
             plan: serde_json::to_value(plan).ok(),
@@ -121,16 +118,23 @@ impl Evidence {
         }
     }
 
-    /// Which stack the evidence is of.
-    pub fn key(&self) -> RunKey {
-        RunKey::new(self.run_id.as_str(), self.consumer.as_str())
+    /// What the key alone tells, for `failure`: a stack found on the engine
+    /// or cluster whose run recorded nothing here.
+    pub fn of_key(key: RunKey, failure: &str) -> Self {
+        Self {
+            key,
+            components: Vec::new(),
+            failure: failure.to_owned(),
+            plan: None,
+            timings: None,
+            builds: BTreeMap::new(),
+        }
     }
 
     /// What a recorded stack tells, for `failure`.
     pub fn of_record(record: &StackRecord, failure: &str) -> Self {
         Self {
-            run_id: record.run_id.clone(),
-            consumer: record.consumer.clone(),
+            key: record.key.clone(),
             components: record.components.clone(),
             failure: failure.to_owned(),
             plan: record.plan.clone(),
@@ -163,10 +167,11 @@ fn root_from(report_dir: Option<PathBuf>, target_dir: Option<PathBuf>, exe: Opti
     from_exe.or_else(from_here).unwrap_or_else(|| here.join("target")).join("e2e-infra")
 }
 
-/// The folder of one report: `<root>/<consumer>/<run>/<case>`. Names that
-/// cannot be one path component are made into one.
-pub fn case_dir(consumer: &str, run_id: &str, case: &str) -> PathBuf {
-    root().join(path_name(consumer)).join(path_name(run_id)).join(path_name(case))
+/// The folder of one report: `<root>/<consumer>/<run>/<case>`. A case
+/// name that cannot be one path component is made into one; the key's
+/// names always are one.
+pub fn case_dir(key: &RunKey, case: &str) -> PathBuf {
+    root().join(key.consumer().as_str()).join(key.run().as_str()).join(path_name(case))
 }
 
 /// `name` as one safe path component: anything but letters, digits, `-`,
@@ -359,8 +364,8 @@ pub(crate) async fn write(dir: PathBuf, evidence: &Evidence, collector: &impl Co
     };
     let mut summary = format!(
         "e2e-infra report of the `{}` stack, run {}\nwritten at {}\n\nwhat failed:\n  {}\n\ncomponents: {components}\n\nfiles:\n",
-        evidence.consumer,
-        evidence.run_id,
+        evidence.key.consumer(),
+        evidence.key.run(),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         evidence.failure.trim_end().replace('\n', "\n  "),
     );
@@ -422,7 +427,7 @@ pub fn line(outcome: &Result<PathBuf, ReportError>) -> String {
 /// record in the run's state directory; one brought up by `e2e-infra up`
 /// has only what the engine or cluster holds.
 pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
-    let record = RunDir::existing(&stack.key()).map(|dir| (dir.found(), dir.failed_tests()));
+    let record = RunDir::existing(&stack.key).map(|dir| (dir.found(), dir.failed_tests()));
     let mut failure = "nothing failed: written on demand by `e2e-infra report`".to_owned();
     if let Some((_, failed)) = &record {
         if !failed.is_empty() {
@@ -433,8 +438,7 @@ pub fn on_demand(stack: &RunStack) -> (Evidence, Placement) {
     if let Some((Ok(Found::Ready(record)), _)) = record {
         return (Evidence::of_record(&record, &failure), record.placement);
     }
-    let evidence =
-        Evidence { run_id: stack.run_id.clone(), consumer: stack.consumer.clone(), failure, ..Evidence::default() };
+    let evidence = Evidence::of_key(stack.key.clone(), &failure);
     let placement = match &stack.kube {
         Some((_, target)) => Placement::Kubernetes { target: target.clone() },
         None => on_this_engine(stack.networks.first().cloned().unwrap_or_default()),

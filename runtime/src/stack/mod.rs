@@ -4,7 +4,7 @@
 //! returns what the next needs; none formats a tag. [`teardown`] finds the
 //! stacks of every run on an engine or cluster, and removes or keeps them.
 
-pub mod teardown;
+pub(crate) mod teardown;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,12 +16,11 @@ use crate::build::{self, BuildOptions, BuildOutcome};
 use crate::deploy::{docker as docker_backend, kube as kube_backend};
 use crate::engine;
 use crate::error::error_chain;
-use crate::labels;
+use crate::labels::{self, StackLabels};
 use crate::load::containerd::{self, LoadImage, LoadReport, Node};
 use crate::load::{credentials, kind, registry};
-use crate::plan::{Plan, Tag};
-use crate::record::Witness;
-use crate::record::{Placement, RunKey, StackRecord};
+use crate::plan::{Plan, RunKey, Tag};
+use crate::record::{Placement, StackRecord, Witness};
 
 /// How long removing a stack's containers, networks and markers from the
 /// engine may take in all; a frozen engine fails the teardown with a
@@ -178,10 +177,12 @@ async fn stages(
         None => Cow::Borrowed(plan),
     };
     let plan = &*plan;
+    // What every stage marks its objects with, worked out once.
+    let labels = StackLabels::of(plan);
     if kube.is_some() {
         // The preflight needs no request: a manifest that cannot be deployed
         // fails before anything is built or loaded into the nodes.
-        kube_backend::render(plan)?;
+        kube_backend::render(plan, &labels)?;
     }
     let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
     let built: Vec<BuildOutcome> = build::build_all(docker, plan, &options.build).await?;
@@ -206,13 +207,13 @@ async fn stages(
         None => {
             let stack = if options.reuse {
                 let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
-                let (stack, kept) = docker_backend::up_reusing(docker, plan, &ids, report).await?;
+                let (stack, kept) = docker_backend::up_reusing(docker, plan, &labels, &ids, report).await?;
                 for component in kept {
                     timings.entry(component).or_default().reused = true;
                 }
                 stack
             } else {
-                docker_backend::up(docker, plan, report).await?
+                docker_backend::up(docker, plan, &labels, report).await?
             };
             for running in &stack.containers {
                 let timing = timings.entry(running.component.clone()).or_default();
@@ -257,7 +258,7 @@ async fn stages(
                 reuse: options.reuse,
                 pull_secret,
             };
-            let mut deployed = kube_backend::deploy(client, plan, &kube_options).await;
+            let mut deployed = kube_backend::deploy(client, plan, &labels, &kube_options).await;
             if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
                 explain_pull_failure(docker, &report.nodes, error).await;
             }
@@ -269,8 +270,7 @@ async fn stages(
         }
     };
     Ok(StackRecord {
-        run_id: plan.run().as_str().to_owned(),
-        consumer: plan.consumer().as_str().to_owned(),
+        key: plan.key().clone(),
         tag: plan.tag().as_str().to_owned(),
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
         placement,

@@ -29,11 +29,12 @@ use sha2::{Digest, Sha256};
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
-use crate::plan::{Launcher, Verdict};
-use crate::record::RunKey;
+use crate::engine;
+use crate::error::error_chain;
+use crate::labels::{self, StackLabels};
+use crate::plan::{Consumer, Launcher, RunKey, Verdict};
 use crate::stack::{self, StackError};
 use crate::state::RunDir;
-use crate::{engine, labels};
 
 /// How long a foreign run (one whose launcher cannot be judged from here)
 /// is presumed alive, from its stack's creation: 24 hours, longer than any
@@ -68,9 +69,8 @@ pub enum Liveness {
 // Fields named for what they hold carry no doc of their own.
 #[allow(missing_docs)]
 pub struct RunStack {
-    /// The run identity.
-    pub run_id: String,
-    pub consumer: String,
+    /// Which stack.
+    pub key: RunKey,
     /// The launcher recorded in the labels.
     pub launcher: Option<Launcher>,
     /// Container names.
@@ -90,10 +90,35 @@ pub struct RunStack {
     pub created: Option<i64>,
 }
 
-impl RunStack {
-    /// Which stack this is.
-    pub fn key(&self) -> RunKey {
-        RunKey::new(self.run_id.as_str(), self.consumer.as_str())
+/// Things labelled as e2e-infra's whose run id or consumer label breaks
+/// its rule: no run made them, so they are never a stack's, never removed,
+/// only listed for people to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecognised {
+    /// The run id label, as found.
+    pub run_id: String,
+    /// The consumer label, as found.
+    pub consumer: String,
+    /// The containers, networks, volumes or namespace that carry them.
+    pub names: Vec<String>,
+    /// Why the two do not make a [`RunKey`].
+    pub why: String,
+}
+
+/// What a listing of an engine or a cluster found.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The stacks of runs.
+    pub stacks: Vec<RunStack>,
+    /// What carries e2e-infra's labels but names no valid stack.
+    pub unrecognised: Vec<Unrecognised>,
+}
+
+impl Listing {
+    /// Adds what another listing found.
+    pub fn extend(&mut self, other: Listing) {
+        self.stacks.extend(other.stacks);
+        self.unrecognised.extend(other.unrecognised);
     }
 }
 
@@ -223,13 +248,9 @@ async fn mark(
     }
     let request = VolumeCreateRequest {
         name: Some(name.clone()),
-        labels: Some(HashMap::from([
-            (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
-            (labels::RUN.to_owned(), key.run().to_owned()),
-            (labels::CONSUMER.to_owned(), key.consumer().to_owned()),
-            (labels::LAUNCHER.to_owned(), launcher.map(|l| l.label()).unwrap_or_default()),
-            (label.to_owned(), value.to_owned()),
-        ])),
+        labels: Some(
+            StackLabels::new(key, launcher).run().into_iter().chain([(label.to_owned(), value.to_owned())]).collect(),
+        ),
         ..Default::default()
     };
     // Creating a volume that exists returns the existing one: its labels
@@ -239,12 +260,12 @@ async fn mark(
     })?;
     let labelled = |key: &str| volume.labels.get(key).cloned().unwrap_or_default();
     let (run_id, consumer) = (labelled(labels::RUN), labelled(labels::CONSUMER));
-    if run_id != key.run() || consumer != key.consumer() || !volume.labels.contains_key(label) {
+    if run_id != key.run().as_str() || consumer != key.consumer().as_str() || !volume.labels.contains_key(label) {
         return Err(StackError::Docker(DockerError::MarkerTaken {
             volume: name,
             label,
-            run_id: key.run().to_owned(),
-            consumer: key.consumer().to_owned(),
+            run_id: key.run().to_string(),
+            consumer: key.consumer().to_string(),
             found_run: run_id,
             found_consumer: consumer,
         }));
@@ -261,14 +282,14 @@ fn listing(what: &'static str, source: bollard::errors::Error) -> StackError {
 }
 
 /// Every run and consumer that owns containers, networks or a kept marker
-/// on the engine. Label values are only compared and shown here; a value
-/// that is not a safe name never reaches a path.
+/// on the engine. Labels that do not make a [`RunKey`] are listed apart,
+/// as [`Unrecognised`].
 ///
 /// # Errors
 /// [`StackError::Docker`] when the engine cannot list them;
 /// [`StackError::Silent`], naming the engine's address, when it has not
 /// answered within [`LISTING_TIMEOUT`].
-pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
+pub async fn list(docker: &Docker) -> Result<Listing, StackError> {
     let listing_all = async {
         let containers = docker
             .list_containers(Some(ListContainersOptions {
@@ -295,7 +316,8 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
         Network,
         Marker,
     }
-    let mut runs: BTreeMap<(String, String), RunStack> = BTreeMap::new();
+    let mut runs: BTreeMap<RunKey, RunStack> = BTreeMap::new();
+    let mut unrecognised: BTreeMap<(String, String), Unrecognised> = BTreeMap::new();
     let owned = containers
         .into_iter()
         .map(|c| (c.labels, c.names.and_then(|n| n.into_iter().next()), c.created, Kind::Container))
@@ -312,10 +334,26 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
         let (Some(run_id), Some(consumer)) = (labels.get(labels::RUN), labels.get(labels::CONSUMER)) else {
             continue;
         };
-        let run = runs.entry((run_id.clone(), consumer.clone())).or_insert_with(|| RunStack {
-            kept: RunDir::existing(&RunKey::new(run_id.as_str(), consumer.as_str())).is_some_and(|d| d.is_kept()),
-            run_id: run_id.clone(),
-            consumer: consumer.clone(),
+        let name = name.unwrap_or_default().trim_start_matches('/').to_owned();
+        let key = match RunKey::parse(run_id, consumer) {
+            Ok(key) => key,
+            Err(invalid) => {
+                unrecognised
+                    .entry((run_id.clone(), consumer.clone()))
+                    .or_insert_with(|| Unrecognised {
+                        run_id: run_id.clone(),
+                        consumer: consumer.clone(),
+                        names: Vec::new(),
+                        why: error_chain(&invalid),
+                    })
+                    .names
+                    .push(name);
+                continue;
+            }
+        };
+        let run = runs.entry(key.clone()).or_insert_with(|| RunStack {
+            kept: RunDir::existing(&key).is_some_and(|d| d.is_kept()),
+            key,
             launcher: None,
             containers: Vec::new(),
             networks: Vec::new(),
@@ -332,7 +370,6 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let name = name.unwrap_or_default().trim_start_matches('/').to_owned();
         match kind {
             Kind::Container => run.containers.push(name),
             Kind::Network => run.networks.push(name),
@@ -342,7 +379,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             }
         }
     }
-    Ok(runs.into_values().collect())
+    Ok(Listing { stacks: runs.into_values().collect(), unrecognised: unrecognised.into_values().collect() })
 }
 
 /// Every run and consumer that owns a namespace on the cluster of
@@ -351,10 +388,22 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
 ///
 /// # Errors
 /// [`StackError::Kube`] when the cluster does not answer or refuses.
-pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackError> {
+pub async fn list_kube(context: Option<&str>) -> Result<Listing, StackError> {
     let client = kube_backend::connect(context).await?;
-    let mut runs = Vec::new();
+    let mut listing = Listing::default();
     for found in kube_backend::run_namespaces(client).await? {
+        let key = match RunKey::parse(&found.run_id, &found.consumer) {
+            Ok(key) => key,
+            Err(invalid) => {
+                listing.unrecognised.push(Unrecognised {
+                    why: error_chain(&invalid),
+                    run_id: found.run_id,
+                    consumer: found.consumer,
+                    names: vec![found.name],
+                });
+                continue;
+            }
+        };
         let Some(images) = found.images.as_deref().and_then(|i| serde_json::from_str::<ImageTarget>(i).ok()) else {
             tracing::warn!(
                 "namespace `{}` of run {} does not record where its images went; remove it with `kubectl delete namespace {}`",
@@ -364,22 +413,19 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             );
             continue;
         };
-        runs.push(RunStack {
-            kept: found.kept.is_some()
-                || RunDir::existing(&RunKey::new(found.run_id.as_str(), found.consumer.as_str()))
-                    .is_some_and(|d| d.is_kept()),
+        listing.stacks.push(RunStack {
+            kept: found.kept.is_some() || RunDir::existing(&key).is_some_and(|d| d.is_kept()),
+            key,
             created: found.created,
             launcher: Launcher::from_label(&found.launcher),
             kube: Some((found.name, KubeTarget { context: context.map(str::to_owned), images })),
-            run_id: found.run_id,
-            consumer: found.consumer,
             containers: Vec::new(),
             networks: Vec::new(),
             reused: found.reused,
             up_finished: found.up_finished,
         });
     }
-    Ok(runs)
+    Ok(listing)
 }
 
 /// Removes the stacks among `runs` (of `consumer` only, when given) that
@@ -391,19 +437,19 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
 pub async fn clean_dead(
     docker: &Docker,
     runs: Vec<RunStack>,
-    consumer: Option<&str>,
+    consumer: Option<&Consumer>,
     scope: Scope,
 ) -> Result<Vec<(RunStack, String)>, StackError> {
     let mut removed = Vec::new();
     let now = now();
     for run in runs {
-        let ours = consumer.is_none_or(|c| c == run.consumer);
+        let ours = consumer.is_none_or(|c| c == run.key.consumer());
         if !ours || !run.removable(run.liveness(), scope, now) {
             continue;
         }
         let kube = run.kube.as_ref().map(|(_, target)| target);
-        let summary = stack::down(docker, &run.key(), kube).await?;
-        if let Some(dir) = RunDir::existing(&run.key()) {
+        let summary = stack::down(docker, &run.key, kube).await?;
+        if let Some(dir) = RunDir::existing(&run.key) {
             let _ = dir.remove();
         }
         removed.push((run, summary));
@@ -417,8 +463,7 @@ mod tests {
 
     fn run(kept: bool, created: Option<i64>) -> RunStack {
         RunStack {
-            run_id: "r".to_owned(),
-            consumer: "c".to_owned(),
+            key: RunKey::parse("r", "c").expect("a valid key"),
             launcher: None,
             containers: Vec::new(),
             networks: Vec::new(),

@@ -1,6 +1,11 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
+use crate::plan::InvalidRunKey;
+
+fn key(run: &str, consumer: &str) -> RunKey {
+    RunKey::parse(run, consumer).expect("a valid key")
+}
 
 fn private_root() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -15,7 +20,7 @@ fn a_new_root_is_created_private() {
     let meta = fs::symlink_metadata(&root).expect("created");
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert_eq!(meta.uid(), current_uid().expect("uid"));
-    let run = RunDir::open_under(&root, "run-1", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("run-1", "svc")).expect("opens");
     assert_eq!(fs::metadata(run.path()).expect("dir").mode() & 0o777, 0o700);
 }
 
@@ -62,20 +67,20 @@ fn names_from_labels_or_the_environment_never_become_paths_outside_the_root() {
     let (dir, root) = private_root();
     let victim = dir.path().join("x");
     fs::create_dir(&victim).expect("victim");
+    // A state folder takes a key, and no key holds these.
     for bad in ["..", "../x", "../../../tmp/x", ".", ""] {
-        let err = RunDir::open_under(&root, bad, "svc").expect_err(bad);
-        assert!(matches!(err, StateError::BadName { what: "run id", .. }), "{err}");
-        let err = RunDir::open_under(&root, "run", bad).expect_err(bad);
-        assert!(matches!(err, StateError::BadName { what: "consumer", .. }), "{err}");
-        assert!(RunDir::existing(&RunKey::new(bad, "x")).is_none());
+        assert!(matches!(RunKey::parse(bad, "svc"), Err(InvalidRunKey::Run(_))), "{bad}");
+        assert!(matches!(RunKey::parse("run", bad), Err(InvalidRunKey::Consumer(_))), "{bad}");
     }
+    let _ = RunDir::open_under(&root, &key("run", "svc")).expect("opens");
     assert!(victim.is_dir());
+    assert!(!root.join("x").exists());
 }
 
 #[test]
 fn state_files_are_never_opened_through_a_symlink() {
     let (dir, root) = private_root();
-    let run = RunDir::open_under(&root, "run-1", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("run-1", "svc")).expect("opens");
     let outside = dir.path().join("outside");
     fs::write(&outside, "{\"planted\": true}").expect("outside file");
     std::os::unix::fs::symlink(&outside, run.file("stack.json")).expect("symlink");
@@ -98,51 +103,51 @@ fn launcher(pid: u32, alive: bool) -> Launcher {
 #[test]
 fn state_of_an_earlier_finished_use_of_the_run_id_is_cleared() {
     let (_dir, root) = private_root();
-    let run = RunDir::open_under(&root, "ci-42", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("ci-42", "svc")).expect("opens");
     let earlier = launcher(1, false);
     run.write("launcher", &earlier.label()).expect("earlier launcher");
     run.record_failure("build failed last time").expect("error");
     run.record_failed_test("old_test").expect("failed");
     let me = launcher(0, true);
-    assert_eq!(run.claim(Some(me), "ci-42", "svc").expect("claims"), Claim::Reset { leftovers: false });
+    assert_eq!(run.claim(Some(me), &key("ci-42", "svc")).expect("claims"), Claim::Reset { leftovers: false });
     assert!(matches!(run.found().expect("reads"), Found::Nothing));
     assert!(run.failed_tests().is_empty());
     // Now it is this run's: a second process of the run keeps what it finds.
     run.record_failure("this run's error").expect("error");
-    assert_eq!(run.claim(Some(me), "ci-42", "svc").expect("claims"), Claim::Ours);
+    assert_eq!(run.claim(Some(me), &key("ci-42", "svc")).expect("claims"), Claim::Ours);
     assert!(matches!(run.found().expect("reads"), Found::Failed(m) if m == "this run's error"));
 }
 
 #[test]
 fn an_earlier_use_that_got_as_far_as_setup_leaves_leftovers_to_remove() {
     let (_dir, root) = private_root();
-    let run = RunDir::open_under(&root, "ci-43", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("ci-43", "svc")).expect("opens");
     run.write("launcher", &launcher(1, false).label()).expect("earlier launcher");
     run.begin_attempt().expect("attempt");
-    let claim = run.claim(Some(launcher(0, true)), "ci-43", "svc").expect("claims");
+    let claim = run.claim(Some(launcher(0, true)), &key("ci-43", "svc")).expect("claims");
     assert_eq!(claim, Claim::Reset { leftovers: true });
 }
 
 #[test]
 fn a_live_or_foreign_launcher_shares_the_directory() {
     let (_dir, root) = private_root();
-    let run = RunDir::open_under(&root, "ci-44", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("ci-44", "svc")).expect("opens");
     let mut foreign = launcher(0, true);
     foreign.host = foreign.host.map(|h| crate::plan::Host { pid_ns: h.pid_ns + 1, ..h });
     run.write("launcher", &foreign.label()).expect("foreign launcher");
     run.record_failure("theirs").expect("error");
     let me = Launcher { start_ticks: 1, ..launcher(0, true) };
-    assert_eq!(run.claim(Some(me), "ci-44", "svc").expect("claims"), Claim::Ours);
+    assert_eq!(run.claim(Some(me), &key("ci-44", "svc")).expect("claims"), Claim::Ours);
     assert!(matches!(run.found().expect("reads"), Found::Failed(_)));
 }
 
 #[test]
 fn a_kept_stack_of_an_earlier_use_is_not_silently_orphaned() {
     let (_dir, root) = private_root();
-    let run = RunDir::open_under(&root, "ci-45", "svc").expect("opens");
+    let run = RunDir::open_under(&root, &key("ci-45", "svc")).expect("opens");
     run.write("launcher", &launcher(1, false).label()).expect("earlier launcher");
     run.mark_kept("failed: t").expect("kept");
-    let err = run.claim(Some(launcher(0, true)), "ci-45", "svc").expect_err("kept");
+    let err = run.claim(Some(launcher(0, true)), &key("ci-45", "svc")).expect_err("kept");
     let text = err.to_string();
     assert!(text.contains("e2e-infra down --consumer svc --run ci-45") && text.contains("failed: t"), "{text}");
 }

@@ -25,8 +25,8 @@ use crate::background;
 use crate::catalog::Catalog;
 use crate::error::error_chain;
 use crate::handle::Infra;
-use crate::plan::{Launcher, Plan, RunId};
-use crate::record::{RunKey, Witness};
+use crate::plan::{Consumer, Launcher, Plan, RunId, RunKey};
+use crate::record::Witness;
 use crate::report::{self, Evidence, Recorder};
 use crate::stack::{self, teardown, StackError, StackOptions};
 use crate::state::{self, Claim, Found, RunDir};
@@ -196,12 +196,12 @@ impl Suite {
         let (run, launcher) = self.identity()?;
         let reuse = reuse_requested();
         let plan = self.plan(run)?;
-        let dir = RunDir::open(&RunKey::of(&plan))?;
+        let dir = RunDir::open(plan.key())?;
         let _lock = dir.lock_setup()?;
         // An earlier use of this run id (a retry with the same
         // E2E_INFRA_RUN_ID, or the previous run of a reusable stack) must
         // not hand its error or stack to this run.
-        let claim = dir.claim(launcher, plan.run().as_str(), plan.consumer().as_str())?;
+        let claim = dir.claim(launcher, plan.key())?;
         let found = dir.found()?;
         let mut keeper = None;
         let record = match found {
@@ -222,7 +222,7 @@ impl Suite {
                     keeper = reaper::spawn(&plan, kube, &dir);
                 }
                 dir.begin_attempt()?;
-                let case = report::case_dir(plan.consumer().as_str(), plan.run().as_str(), report::SETUP);
+                let case = report::case_dir(plan.key(), report::SETUP);
                 let recorder = Recorder::new(case, &plan, &self.backend()?);
                 match self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder)) {
                     Ok(mut record) => {
@@ -294,17 +294,19 @@ impl Suite {
         };
         if abandoned {
             tracing::info!("{}: a setup process died half-way; removing what it left", plan.consumer());
-            stack::down(&docker, &RunKey::of(plan), kube).await?;
+            stack::down(&docker, plan.key(), kube).await?;
         }
         // Leftovers of this consumer's runs that ended without
         // their teardown; other suites' stacks are theirs.
-        let consumer = Some(plan.consumer().as_str());
-        let mut runs = teardown::list(&docker).await?;
+        let mut listing = teardown::list(&docker).await?;
         if let Some(target) = kube {
-            runs.extend(teardown::list_kube(target.context.as_deref()).await?);
+            listing.extend(teardown::list_kube(target.context.as_deref()).await?);
         }
-        for (dead, removed) in teardown::clean_dead(&docker, runs, consumer, teardown::Scope::default()).await? {
-            tracing::info!("removed the `{}` stack of finished run {}: {removed}", dead.consumer, dead.run_id);
+        let consumer = Some(plan.consumer());
+        for (dead, removed) in
+            teardown::clean_dead(&docker, listing.stacks, consumer, teardown::Scope::default()).await?
+        {
+            tracing::info!("removed the stack of finished run {}: {removed}", dead.key);
         }
         Ok(stack::up_on(&docker, plan, options, Some(recorder)).await?)
     }
@@ -318,7 +320,7 @@ impl Suite {
                 Backend::Kubernetes(target) => Some(target),
                 Backend::Docker => None,
             };
-            Ok(stack::down(&docker, &RunKey::of(plan), kube.as_ref()).await?)
+            Ok(stack::down(&docker, plan.key(), kube.as_ref()).await?)
         });
         SuiteError::Unrecorded {
             consumer: plan.consumer().as_str().to_owned(),
@@ -341,7 +343,7 @@ impl Suite {
     /// The state directory of this process's run, if it exists.
     fn run_dir(&self) -> Option<RunDir> {
         let (run, _) = self.identity().ok()?;
-        RunDir::existing(&RunKey::new(run.as_str(), self.spec.consumer))
+        RunDir::existing(&RunKey::new(run, Consumer::new(self.spec.consumer).ok()?))
     }
 }
 
@@ -356,7 +358,7 @@ impl TestGuard {
     /// Writes the report of this failed test; one line saying where.
     fn report(&self, infra: &Infra) -> String {
         let record = infra.record();
-        let case = report::case_dir(&record.consumer, &record.run_id, &self.test);
+        let case = report::case_dir(&record.key, &self.test);
         let evidence = Evidence::of_record(
             record,
             &format!("test `{}` failed; its panic message is in the test's output", self.test),

@@ -33,8 +33,8 @@ use crate::backend::KubeTarget;
 use crate::background;
 use crate::deploy::kube::forward;
 use crate::error::error_chain;
-use crate::plan::{Launcher, Plan, RunId, RUN_ID_ENV};
-use crate::record::{Placement, RunKey, StackRecord};
+use crate::plan::{Consumer, Launcher, Plan, RunId, RunKey, RUN_ID_ENV};
+use crate::record::{Placement, StackRecord};
 use crate::stack::StackError;
 use crate::state::RunDir;
 
@@ -56,7 +56,7 @@ const FORWARD_REQUEST: &str = "forward";
 /// travels in [`RUN_ID_ENV`], as in every process of the run.
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
-    consumer: String,
+    consumer: Consumer,
     /// [`Launcher::label`] of the run's launcher.
     launcher: String,
     /// The cluster of a Kubernetes suite, from the suite rather than from a
@@ -136,7 +136,7 @@ pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) -> Opti
         return None;
     };
     let request = Request {
-        consumer: plan.consumer().as_str().to_owned(),
+        consumer: plan.consumer().clone(),
         launcher: launcher.label(),
         kube,
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
@@ -225,9 +225,8 @@ fn teardown(request: &str) {
         eprintln!("e2e-infra teardown: {}", error_chain(&error));
         return;
     }
-    let consumer = request.consumer.as_str();
     let Ok(run) = RunId::detect() else { return };
-    let key = RunKey::new(run.as_str(), consumer);
+    let key = RunKey::new(run, request.consumer);
     let Some(dir) = RunDir::existing(&key) else { return };
     let _reaper = match dir.try_lock_reaper() {
         Ok(Some(lock)) => lock,
@@ -280,7 +279,7 @@ fn teardown(request: &str) {
                 error_chain(&error)
             );
         }
-        println!("e2e-infra: kept the `{consumer}` stack of run {run} ({why})");
+        println!("e2e-infra: kept the `{}` stack of run {} ({why})", key.consumer(), key.run());
         return;
     }
     let removed = background::block_on(|| async {
@@ -289,13 +288,13 @@ fn teardown(request: &str) {
     });
     match removed.map_err(StackError::from).and_then(|removed| removed) {
         Ok(summary) => {
-            println!("e2e-infra: removed the `{consumer}` stack of run {run}: {summary}");
+            println!("e2e-infra: removed the `{}` stack of run {}: {summary}", key.consumer(), key.run());
             drop(setup_lock);
             if let Err(error) = dir.remove() {
                 eprintln!("e2e-infra teardown: {}", error_chain(&error));
             }
         }
-        Err(error) => eprintln!("e2e-infra teardown of `{consumer}` failed: {}", error_chain(&error)),
+        Err(error) => eprintln!("e2e-infra teardown of `{}` failed: {}", key.consumer(), error_chain(&error)),
     }
 }
 

@@ -16,12 +16,12 @@ use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
-use super::{
-    call_limit, create_network, docker_spec, find_network, gone, resolve_envs, start_on, DockerError, DockerStack,
-    RunningComponent, Started, ENGINE_CALL_TIMEOUT,
-};
+use super::network::{create_network, find_network};
+use super::remove::gone;
+use super::start::{call_limit, docker_spec, resolve_envs, start_on, Started};
+use super::{DockerError, DockerStack, RunningComponent, ENGINE_CALL_TIMEOUT};
 use crate::engine;
-use crate::labels;
+use crate::labels::{self, StackLabels};
 use crate::plan::Plan;
 use crate::record::Witness;
 
@@ -36,6 +36,7 @@ use crate::record::Witness;
 pub async fn up_reusing(
     docker: &Docker,
     plan: &Plan,
+    labels: &StackLabels,
     image_ids: &HashMap<String, String>,
     report: Option<&dyn Witness>,
 ) -> Result<(DockerStack, Vec<String>), DockerError> {
@@ -48,11 +49,11 @@ pub async fn up_reusing(
     }
     let limit = plan.components().iter().map(call_limit).max().unwrap_or(ENGINE_CALL_TIMEOUT);
     let silent = |source| DockerError::Silent { component: format!("the reusable stack {}", plan.namespace()), source };
-    let listing = engine::labelled_containers(docker, &labels::run_filter(plan));
+    let listing = engine::labelled_containers(docker, &labels.filter());
     let existing = engine::within(docker, limit, "listing the reusable stack's containers", listing)
         .await
         .map_err(silent)?
-        .map_err(|source| DockerError::List { what: "containers", filters: labels::run_filter(plan), source })?;
+        .map_err(|source| DockerError::List { what: "containers", filters: labels.filter(), source })?;
     let network = plan.namespace().to_string();
     // The containers say which network they are on; only a stack without
     // containers needs to look for it.
@@ -63,10 +64,17 @@ pub async fn up_reusing(
         None => match find_network(docker, plan).await? {
             Some(id) => id,
             None => {
-                let network_id = create_network(docker, plan, true).await?;
-                let stack =
-                    start_on(docker, plan, &network_id, envs, Started { running: Vec::new(), fingerprints }, report)
-                        .await?;
+                let network_id = create_network(docker, plan, labels, true).await?;
+                let stack = start_on(
+                    docker,
+                    plan,
+                    labels,
+                    &network_id,
+                    envs,
+                    Started { running: Vec::new(), fingerprints },
+                    report,
+                )
+                .await?;
                 return Ok((stack, Vec::new()));
             }
         },
@@ -124,7 +132,7 @@ pub async fn up_reusing(
     }
     let kept: Vec<String> = running.iter().map(|r| r.component.clone()).collect();
     tracing::info!(consumer = %plan.consumer(), ?kept, ?replaced, "reusing the stack");
-    let stack = start_on(docker, plan, &network_id, envs, Started { running, fingerprints }, report).await?;
+    let stack = start_on(docker, plan, labels, &network_id, envs, Started { running, fingerprints }, report).await?;
     Ok((stack, kept))
 }
 

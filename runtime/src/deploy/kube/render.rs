@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::KubeError;
-use crate::labels;
+use crate::labels::{self, StackLabels};
 use crate::plan::{Namespace, Origin, Plan, PlannedComponent};
 
 /// How a manifest names the image of a component: `${image:<component>}`.
@@ -126,7 +126,7 @@ pub fn user_label(namespace: &Namespace) -> String {
 /// `${image:<component>}` becomes the plan's reference of that component and
 /// `${namespace}` the plan's namespace; `imagePullPolicy` (`pullPolicy` of an
 /// image volume) is set from the plan. Every namespaced object goes into the
-/// plan's namespace and carries the run's labels. A cluster-scoped object (a
+/// plan's namespace and carries `labels`, the stack's. A cluster-scoped object (a
 /// built-in cluster-scoped kind, or a custom kind whose
 /// CustomResourceDefinition with `scope: Cluster` is among the plan's
 /// manifests) gets no namespace and, instead of the run's labels, the
@@ -142,7 +142,7 @@ pub fn user_label(namespace: &Namespace) -> String {
 /// `${image:...}`), or an `image` field holds no reference to check,
 /// listing every such image with its field's path and the planned
 /// references.
-pub(crate) fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
+pub(crate) fn render(plan: &Plan, labels: &StackLabels) -> Result<Vec<RenderedManifest>, KubeError> {
     let parsed = parse_manifests(plan)?;
     // A custom resource's scope is known only from its definition, which may
     // come from any component's manifests, including a later one.
@@ -151,7 +151,7 @@ pub(crate) fn render(plan: &Plan) -> Result<Vec<RenderedManifest>, KubeError> {
     let mut rendered = Vec::new();
     let mut problems = Vec::new();
     for (component, file, objects) in parsed {
-        let namespaced = kube_labels(labels::for_component(plan, &component.name));
+        let namespaced = kube_labels(labels.component(&component.name));
         let shared = shared_labels(plan, &component.name);
         let mut bound = Vec::new();
         for mut object in objects {

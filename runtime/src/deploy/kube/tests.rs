@@ -110,7 +110,9 @@ async fn applies_in_dependency_order_with_planned_images_then_waits_until_ready(
     let ns = plan.namespace().as_str().to_owned();
     let (client, seen) = client_and_server(healthy(&ns));
 
-    let stack = deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(60))).await.expect("deploy");
+    let stack = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(Duration::from_secs(60)))
+        .await
+        .expect("deploy");
 
     assert_eq!(&stack.namespace, plan.namespace());
     let applied: Vec<String> = stack.objects.iter().map(|o| format!("{}/{}", o.kind, o.name)).collect();
@@ -171,8 +173,9 @@ async fn image_pull_back_off_ends_the_wait_at_once_naming_the_image() {
     let (client, seen) = client_and_server(script);
 
     let started = Instant::now();
-    let error =
-        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(120))).await.expect_err("must fail");
+    let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(Duration::from_secs(120)))
+        .await
+        .expect_err("must fail");
 
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     let KubeError::PodFailed(failure) = &error else { panic!("unexpected error: {error}") };
@@ -206,8 +209,9 @@ async fn crash_loop_back_off_carries_the_last_log_lines() {
     script.logs = "starting api\nconnecting to postgres:5432: connection refused\n".to_owned();
     let (client, seen) = client_and_server(script);
 
-    let error =
-        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(120))).await.expect_err("must fail");
+    let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(Duration::from_secs(120)))
+        .await
+        .expect_err("must fail");
 
     let KubeError::PodFailed(failure) = &error else { panic!("unexpected error: {error}") };
     assert_eq!(failure.reason, "CrashLoopBackOff");
@@ -231,8 +235,9 @@ async fn a_timeout_names_what_is_still_not_ready() {
     script.watches.insert("deployments", VecDeque::from([(Duration::ZERO, vec![added(deployment(&ns, "api", 0))])]));
     let (client, _seen) = client_and_server(script);
 
-    let error =
-        deploy(client, &plan, &KubeOptions::with_timeout(Duration::from_secs(2))).await.expect_err("must time out");
+    let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::with_timeout(Duration::from_secs(2)))
+        .await
+        .expect_err("must time out");
 
     let KubeError::NotReady { pending, namespace, .. } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(namespace, &ns);
@@ -245,7 +250,7 @@ async fn preflight_refuses_a_hard_coded_image_before_any_request() {
     let (dir, plan) = fixture(&hard_coded, "kube-preflight");
     let (client, seen) = client_and_server(healthy(plan.namespace().as_str()));
 
-    let error = deploy(client, &plan, &KubeOptions::default()).await.expect_err("must refuse");
+    let error = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::default()).await.expect_err("must refuse");
 
     let KubeError::Preflight { problems, planned } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(problems.len(), 1, "{problems:?}");
@@ -270,7 +275,9 @@ fn preflight_refuses_a_stale_tag_and_an_unknown_component() {
         1,
     );
     let (_dir, plan) = fixture(&stale, "kube-stale");
-    let Err(KubeError::Preflight { problems, .. }) = render(&plan) else { panic!("must refuse") };
+    let Err(KubeError::Preflight { problems, .. }) = render(&plan, &StackLabels::of(&plan)) else {
+        panic!("must refuse")
+    };
     let images: Vec<&str> = problems.iter().map(|p| p.image.as_str()).collect();
     assert_eq!(images, ["localhost/api:notification-deadbeef", "${image:datastorage}"]);
     assert!(problems[1].reason.contains("`datastorage` is not a component of this plan"), "{}", problems[1].reason);
@@ -281,7 +288,7 @@ fn a_borrowed_image_may_be_written_literally() {
     let literal = POSTGRES_MANIFEST.replace("${image:postgres}", "postgres:16");
     let (dir, plan) = fixture(API_MANIFEST, "kube-literal");
     std::fs::write(dir.path().join("postgres.yaml"), literal).expect("write");
-    let rendered = render(&plan).expect("render");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("render");
     assert_eq!(rendered.len(), 2);
     assert_eq!(rendered[0].component, "postgres");
 }
@@ -296,7 +303,7 @@ fn a_pinned_plan_renders_what_was_pushed_by_digest() {
     assert_eq!(plan.image("api").expect("planned").to_string(), pinned);
     // Only what the run builds is pinned; a borrowed image stays as written.
     assert_eq!(plan.image("postgres").expect("planned").to_string(), "docker.io/library/postgres:16");
-    let rendered = render(&plan).expect("a pinned reference is the planned one");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("a pinned reference is the planned one");
     let text = serde_json::to_string(&rendered.iter().flat_map(|m| &m.objects).collect::<Vec<_>>()).expect("json");
     assert_eq!(text.matches(&format!("\"{pinned}\"")).count(), 3, "{text}");
 }
@@ -368,7 +375,7 @@ fn check_shape(run: &str, shape: &Shape<'_>) {
         if shape.place == "image volume" { ("reference", "pullPolicy") } else { ("image", "imagePullPolicy") };
 
     let (dir, plan) = fixture(&shape.manifest.replace("IMAGE", FOREIGN), run);
-    let error = render(&plan).expect_err("a foreign image must be refused");
+    let error = render(&plan, &StackLabels::of(&plan)).expect_err("a foreign image must be refused");
     let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
     let refused: Vec<(&str, &str, &str, &str)> =
         problems.iter().map(|p| (p.object.as_str(), p.place, p.container.as_str(), p.image.as_str())).collect();
@@ -381,7 +388,7 @@ fn check_shape(run: &str, shape: &Shape<'_>) {
     );
 
     let (_dir, plan) = fixture(&shape.manifest.replace("IMAGE", "${image:api}"), run);
-    let rendered = render(&plan).expect("a planned image must be accepted");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("a planned image must be accepted");
     let api = rendered.iter().find(|m| m.component == "api").expect("api rendered");
     let holder = api.objects[0].pointer(shape.at).unwrap_or_else(|| panic!("nothing at {}", shape.at));
     assert_eq!(holder[image_key], json!(plan.image("api").expect("api planned").to_string()));
@@ -586,7 +593,7 @@ spec:
 /// naming the holder and the field's path; `${image:api}` there is accepted.
 fn check_image_field(run: &str, manifest: &str, object: &str, holder: &str, field: &str) {
     let (_dir, plan) = fixture(&manifest.replace("IMAGE", FOREIGN), run);
-    let error = render(&plan).expect_err("a foreign image must be refused");
+    let error = render(&plan, &StackLabels::of(&plan)).expect_err("a foreign image must be refused");
     let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
     let refused: Vec<(&str, &str, &str, &str, &str)> = problems
         .iter()
@@ -597,7 +604,7 @@ fn check_image_field(run: &str, manifest: &str, object: &str, holder: &str, fiel
     assert!(line.contains(&format!("uses image `{FOREIGN}` at `{field}`")), "{line}");
 
     let (_dir, plan) = fixture(&manifest.replace("IMAGE", "${image:api}"), run);
-    let rendered = render(&plan).expect("a planned image must be accepted");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("a planned image must be accepted");
     let api = rendered.iter().find(|m| m.component == "api").expect("api rendered");
     let pointer = format!("/{}", field.replace(['.', '['], "/").replace(']', ""));
     assert_eq!(api.objects[0].pointer(&pointer), Some(&json!(plan.image("api").expect("api planned").to_string())));
@@ -683,7 +690,7 @@ spec:
   server: { name: cache, image: { repository: localhost/cache, tag: v1 } }
 ";
     let (_dir, plan) = fixture(manifest, "shape-image-map");
-    let error = render(&plan).expect_err("an image that cannot be checked must be refused");
+    let error = render(&plan, &StackLabels::of(&plan)).expect_err("an image that cannot be checked must be refused");
     let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!((problems[0].place, problems[0].field.as_str()), ("image field", "spec.server.image"));
@@ -716,7 +723,7 @@ spec:
       schema: { openAPIV3Schema: { type: object, properties: { image: { type: string } } } }
 ";
     let (_dir, plan) = fixture(manifest, "shape-imageless");
-    render(&plan).expect("no image to check");
+    render(&plan, &StackLabels::of(&plan)).expect("no image to check");
 }
 
 #[test]
@@ -737,7 +744,7 @@ spec: {{ template: {{ spec: {{ containers: [{{ name: api, image: {FOREIGN} }}] }
 "
     );
     let (_dir, plan) = fixture(&manifest, "kube-every-problem");
-    let error = render(&plan).expect_err("must refuse");
+    let error = render(&plan, &StackLabels::of(&plan)).expect_err("must refuse");
     let KubeError::Preflight { problems, .. } = &error else { panic!("unexpected error: {error}") };
     let refused: Vec<String> = problems.iter().map(|p| format!("{} {} {}", p.object, p.place, p.container)).collect();
     assert_eq!(refused, ["Pod/api image volume models", "Rollout/api container api"]);
@@ -762,7 +769,7 @@ subjects: [{ kind: ServiceAccount, name: api, namespace: '${namespace}' }]
 ";
     let (_dir, plan) = fixture(manifest, "kube-namespace-placeholder");
     let ns = plan.namespace().as_str();
-    let rendered = render(&plan).expect("render");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("render");
     let objects = &rendered.iter().find(|m| m.component == "api").expect("api rendered").objects;
     assert_eq!(objects[0]["data"]["peers"], json!(format!("postgres.{ns}.svc")));
     assert_eq!(objects[1]["metadata"]["name"], json!(format!("notification-reader-{ns}")));
@@ -819,7 +826,7 @@ fn cluster_scoped_objects_get_no_namespace_and_only_shared_labels() {
     std::fs::write(dir.path().join("postgres.yaml"), format!("{POSTGRES_MANIFEST}---\n{widget}")).expect("write");
     let ns = plan.namespace().as_str();
 
-    let rendered = render(&plan).expect("render");
+    let rendered = render(&plan, &StackLabels::of(&plan)).expect("render");
 
     let objects: Vec<(&str, &Value)> =
         rendered.iter().flat_map(|m| m.objects.iter().map(move |o| (m.component.as_str(), o))).collect();
@@ -855,7 +862,7 @@ fn cluster_scoped_objects_get_no_namespace_and_only_shared_labels() {
         let metadata = &object["metadata"];
         if metadata.get("namespace").is_some() {
             // Namespaced objects carry exactly the run's labels, full values as annotations.
-            let expected = render::kube_labels(labels::for_component(&plan, component));
+            let expected = render::kube_labels(StackLabels::of(&plan).component(component));
             assert_eq!(metadata["labels"], json!(expected.labels), "{object}");
             assert_eq!(metadata["annotations"], json!(expected.annotations), "{object}");
         } else {
@@ -882,7 +889,7 @@ fn namespace_and_node_objects_are_refused() {
         ),
     ] {
         let (_dir, plan) = fixture(&format!("{API_MANIFEST}---\n{object}"), "kube-refused-kinds");
-        let error = render(&plan).expect_err("must refuse");
+        let error = render(&plan, &StackLabels::of(&plan)).expect_err("must refuse");
         assert!(matches!(&error, KubeError::InvalidObject { problem, .. } if problem.contains(expected)), "{error}");
     }
 }
@@ -896,7 +903,7 @@ async fn the_namespace_carries_legal_labels_and_the_full_values_as_annotations()
         .expect("write");
     let (client, seen) = client_and_server(Script::default());
 
-    let stack = deploy(client, &plan, &KubeOptions::default()).await.expect("deploy");
+    let stack = deploy(client, &plan, &StackLabels::of(&plan), &KubeOptions::default()).await.expect("deploy");
 
     assert_eq!(stack.objects.len(), 2);
     let namespace = patches(&seen).into_iter().next().expect("namespace applied");
