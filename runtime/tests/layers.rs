@@ -267,6 +267,44 @@ impl Reexports {
     }
 }
 
+/// What breaks the layers in one file of module `module` (`shown` names
+/// the file), whose code is `text` at module depth `depth`.
+fn broken_in(shown: &str, module: &str, own: usize, text: &str, depth: usize, reexports: &Reexports) -> Vec<String> {
+    let mut broken = Vec::new();
+    let text = supers_as_crate(&code(text), depth);
+    if aliases_the_root(&text) {
+        broken.push(format!(
+            "{shown}: `crate as ...` names the crate root anew, and every module with it; write `crate::` paths"
+        ));
+    }
+    for path in crate_paths(&text) {
+        let target = match reexports.module_of(&path) {
+            Ok(None) => continue,
+            Ok(Some(target)) => target,
+            Err(why) => {
+                broken.push(format!("{shown}: {why}"));
+                continue;
+            }
+        };
+        if target == module {
+            continue;
+        }
+        let name = match &path {
+            RootPath::Named(first, second) if first == "__private" => format!("{first}::{second}"),
+            RootPath::Named(first, _) => first.clone(),
+            RootPath::Glob => continue,
+        };
+        match layer_of(&target) {
+            Some(layer) if layer < own => {}
+            Some(layer) => broken.push(format!(
+                "{shown}: module `{module}` (layer {own}) names `crate::{name}` of module `{target}` (layer {layer}); a module may name only modules of lower layers"
+            )),
+            None => broken.push(format!("{shown}: `crate::{name}` is neither a module with a layer nor a re-export of lib.rs")),
+        }
+    }
+    broken
+}
+
 #[test]
 fn every_module_names_only_modules_of_lower_layers() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -281,47 +319,60 @@ fn every_module_names_only_modules_of_lower_layers() {
     for file in &files {
         let Some(module) = module_of(&src, file) else { continue };
         modules.insert(module.clone());
-        let shown = file.strip_prefix(&src).unwrap_or(file).display();
+        let shown = file.strip_prefix(&src).unwrap_or(file).display().to_string();
         let Some(own) = layer_of(&module) else {
             broken.push(format!("module `{module}` has no layer: add it to LAYERS in {}", file!()));
             continue;
         };
-        let text =
-            supers_as_crate(&code(&std::fs::read_to_string(file).expect("read a source file")), depth_of(&src, file));
-        if aliases_the_root(&text) {
-            broken.push(format!(
-                "{shown}: `crate as ...` names the crate root anew, and every module with it; write `crate::` paths"
-            ));
-        }
-        for path in crate_paths(&text) {
-            let target = match reexports.module_of(&path) {
-                Ok(None) => continue,
-                Ok(Some(target)) => target,
-                Err(why) => {
-                    broken.push(format!("{shown}: {why}"));
-                    continue;
-                }
-            };
-            if target == module {
-                continue;
-            }
-            let name = match &path {
-                RootPath::Named(first, second) if first == "__private" => format!("{first}::{second}"),
-                RootPath::Named(first, _) => first.clone(),
-                RootPath::Glob => continue,
-            };
-            match layer_of(&target) {
-                Some(layer) if layer < own => {}
-                Some(layer) => broken.push(format!(
-                    "{shown}: module `{module}` (layer {own}) names `crate::{name}` of module `{target}` (layer {layer}); a module may name only modules of lower layers"
-                )),
-                None => broken.push(format!("{shown}: `crate::{name}` is neither a module with a layer nor a re-export of lib.rs")),
-            }
-        }
+        let text = std::fs::read_to_string(file).expect("read a source file");
+        broken.extend(broken_in(&shown, &module, own, &text, depth_of(&src, file), &reexports));
     }
     assert!(broken.is_empty(), "the runtime's layers are broken:\n{}", broken.join("\n"));
     let listed: BTreeSet<String> = LAYERS.iter().flat_map(|l| l.iter().map(|m| (*m).to_owned())).collect();
     assert_eq!(listed, modules, "LAYERS lists modules the crate does not have, or misses some");
+}
+
+/// What [`broken_in`] finds in `text`, a file of module `plan` (the lowest
+/// layer) at `depth`, with a `lib.rs` that re-exports `Infra` at the root
+/// and in `__private`.
+fn caught_in_plan(text: &str, depth: usize) -> Vec<String> {
+    let lib = "pub use handle::Infra;\npub use e2e_infra_core::catalog;\n\
+               pub mod __private {\n    pub use crate::handle::Infra;\n}";
+    broken_in("plan/x.rs", "plan", 0, text, depth, &Reexports::of(lib))
+}
+
+#[test]
+fn an_item_reached_through_a_re_export_counts_as_its_module() {
+    let caught = caught_in_plan("use crate::Infra;", 2);
+    assert!(caught.len() == 1 && caught[0].contains("of module `handle`"), "{caught:?}");
+    let caught = caught_in_plan("fn f(_: &crate::__private::Infra) {}", 2);
+    assert!(caught.len() == 1 && caught[0].contains("of module `handle`"), "{caught:?}");
+    // Another crate's item re-exported at the root is no module's.
+    assert!(caught_in_plan("use crate::catalog::Catalog;", 2).is_empty());
+}
+
+#[test]
+fn a_super_path_out_of_a_top_level_module_is_caught() {
+    let caught = caught_in_plan("use super::handle::Infra;", 1);
+    assert!(caught.len() == 1 && caught[0].contains("names `crate::handle`"), "{caught:?}");
+    let caught = caught_in_plan("mod tests {\n    use super::super::stack::up;\n}", 1);
+    assert!(caught.len() == 1 && caught[0].contains("names `crate::stack`"), "{caught:?}");
+    // Within the module, `super::` is its own.
+    assert!(caught_in_plan("use super::Tag;", 2).is_empty());
+}
+
+#[test]
+fn a_glob_of_the_root_is_caught() {
+    let caught = caught_in_plan("use crate::*;", 2);
+    assert!(caught.len() == 1 && caught[0].contains("`crate::*`"), "{caught:?}");
+    assert_eq!(caught_in_plan("use crate::{plan::Plan, *};", 2).len(), 1);
+}
+
+#[test]
+fn a_new_name_for_the_root_is_caught() {
+    let caught = caught_in_plan("use crate as root;\nfn f() -> root::stack::Stack { todo!() }", 2);
+    assert!(caught.iter().any(|c| c.contains("`crate as ...`")), "{caught:?}");
+    assert!(caught_in_plan("pub(crate) use crate::plan::Tag as Label;", 2).is_empty());
 }
 
 #[test]

@@ -455,9 +455,7 @@ async fn an_image_with_a_zstd_layer_reaches_the_node_unpacked(kind: NodeKind) {
     }
     if let Some(error) = refused {
         let version = docker.version().await.ok().and_then(|v| v.version).unwrap_or_default();
-        panic!(
-            "the engine (Docker {version}) cannot load an image with a zstd layer (Docker 29 can): {error}"
-        );
+        panic!("the engine (Docker {version}) cannot load an image with a zstd layer (Docker 29 can): {error}");
     }
     let image_id = docker.inspect_image(&image.to_string()).await.expect("the engine holds the image").id.expect("id");
     let images = [LoadImage { image: image.clone(), image_id: image_id.clone() }];

@@ -321,66 +321,107 @@ async fn build_one(
     let started = Instant::now();
     let name = component.name.as_str();
     let image = &component.image;
-    let engine_error = |operation, source| BuildError::Engine {
-        component: name.to_owned(),
-        image: image.to_string(),
-        operation,
-        source,
-    };
-    let worker_error = |source| BuildError::Worker { component: name.to_owned(), source };
-    let scan_spec = spec.clone();
-    let scan_name = name.to_owned();
-    let ctx = tokio::task::spawn_blocking(move || Context::scan(&scan_name, &scan_spec))
-        .await
-        .map_err(worker_error)?
-        .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
-
+    let ctx = scan_context(name, spec).await?;
     let hashing = ctx.counts;
     tracing::debug!(component = name, elapsed = ?started.elapsed(), "input digest");
-    let silent = |source| BuildError::Silent { component: name.to_owned(), source };
     let cache = cache_ref(image, &ctx.digest);
-    let repo = image.name();
-    let run_tag = image.tag().unwrap_or("latest");
+    let outcome = |image_id, cached, output| BuildOutcome {
+        component: name.to_owned(),
+        image: image.clone(),
+        image_id,
+        cached,
+        elapsed: started.elapsed(),
+        output,
+        hashing,
+    };
     if !opts.force {
-        let found = engine::within(
-            docker,
-            ENGINE_CALL_TIMEOUT,
-            "looking up the cache reference",
-            find_cached(docker, &cache, name, &ctx.digest),
-        )
-        .await
-        .map_err(silent)?
-        .map_err(|e| engine_error("looking up the cache reference", e))?;
-        tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
-        let record = ServedIds::of(docker, &cache);
-        let found = found.filter(|cached| record.confirms(&cached.id));
-        if let Some(Cached { id, references }) = found {
-            // A run id used again (a reusable stack) finds its tag in place.
-            if !references.contains(&image.to_string()) {
-                let tagging =
-                    docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
-                engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
-                    .await
-                    .map_err(silent)?
-                    .map_err(|e| engine_error("tagging the image built earlier from the same inputs", e))?;
-            }
-            tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
+        if let Some(id) = reuse_cached(docker, component, &cache, &ctx.digest, started).await? {
             let output =
                 format!("no build ran: image `{id}`, built earlier from the same inputs, was tagged `{image}`\n");
-            return Ok(BuildOutcome {
-                component: name.to_owned(),
-                image: image.clone(),
-                image_id: id,
-                cached: true,
-                elapsed: started.elapsed(),
-                output,
-                hashing,
-            });
+            return Ok(outcome(id, true, output));
         }
     }
-
     // The semaphore is never closed: acquiring fails only if it were.
     let _place = builds.acquire().await.ok();
+    let tail = run_build(docker, plan, component, spec, opts, ctx).await?;
+    let image_id = tag_as_cache(docker, component, &cache).await?;
+    tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
+    Ok(outcome(image_id, false, Vec::from(tail).join("\n")))
+}
+
+/// How an engine call of `component`'s build failed.
+fn engine_error<'a>(
+    component: &'a PlannedComponent,
+    operation: &'static str,
+) -> impl FnOnce(bollard::errors::Error) -> BuildError + 'a {
+    move |source| BuildError::Engine {
+        component: component.name.clone(),
+        image: component.image.to_string(),
+        operation,
+        source,
+    }
+}
+
+/// An engine call of `component`'s build that got no answer in time.
+fn silent(component: &PlannedComponent) -> impl FnOnce(Silent) -> BuildError + '_ {
+    move |source| BuildError::Silent { component: component.name.clone(), source }
+}
+
+/// The build context, read and hashed off the async threads.
+async fn scan_context(name: &str, spec: &BuildSpec) -> Result<Context, BuildError> {
+    let scan_spec = spec.clone();
+    let scan_name = name.to_owned();
+    tokio::task::spawn_blocking(move || Context::scan(&scan_name, &scan_spec))
+        .await
+        .map_err(|source| BuildError::Worker { component: name.to_owned(), source })?
+        .map_err(|source| BuildError::Context { component: name.to_owned(), source })
+}
+
+/// The id of the image built earlier from the same inputs (`digest`), now
+/// tagged with the run's tag too; `None` when there is none this machine
+/// can trust.
+async fn reuse_cached(
+    docker: &Docker,
+    component: &PlannedComponent,
+    cache: &str,
+    digest: &str,
+    started: Instant,
+) -> Result<Option<String>, BuildError> {
+    let name = component.name.as_str();
+    let image = &component.image;
+    let looking_up = find_cached(docker, cache, name, digest);
+    let found = engine::within(docker, ENGINE_CALL_TIMEOUT, "looking up the cache reference", looking_up)
+        .await
+        .map_err(silent(component))?
+        .map_err(engine_error(component, "looking up the cache reference"))?;
+    tracing::debug!(component = name, elapsed = ?started.elapsed(), "cache lookup");
+    let record = ServedIds::of(docker, cache);
+    let Some(Cached { id, references }) = found.filter(|cached| record.confirms(&cached.id)) else { return Ok(None) };
+    // A run id used again (a reusable stack) finds its tag in place.
+    if !references.contains(&image.to_string()) {
+        let (repo, run_tag) = (image.name(), image.tag().unwrap_or("latest"));
+        let tagging = docker.tag_image(&id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(run_tag).build()));
+        engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cached image", tagging)
+            .await
+            .map_err(silent(component))?
+            .map_err(engine_error(component, "tagging the image built earlier from the same inputs"))?;
+    }
+    tracing::info!(component = name, %image, image_id = %id, "inputs unchanged: reused the image built earlier");
+    Ok(Some(id))
+}
+
+/// Builds `ctx` on the engine as the component's image (the run's tag);
+/// the last lines of the build's output.
+async fn run_build(
+    docker: &Docker,
+    plan: &Plan,
+    component: &PlannedComponent,
+    spec: &BuildSpec,
+    opts: &BuildOptions,
+    ctx: Context,
+) -> Result<VecDeque<String>, BuildError> {
+    let name = component.name.as_str();
+    let image = &component.image;
     let mut image_labels = labels::for_image(plan.key(), name);
     image_labels.insert(labels::INPUT_DIGEST.to_owned(), ctx.digest.clone());
     let build_args: HashMap<&str, &str> = spec.args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -397,41 +438,8 @@ async fn build_one(
         .build();
 
     let (body, writer) = tar_stream(ctx);
-    let mut progress = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
-    let mut tail = VecDeque::with_capacity(REPORT_TAIL);
-    let mut step = None;
-    let mut failure = None;
-    let mut quiet = false;
-    loop {
-        let Ok(next) = tokio::time::timeout(opts.silence, progress.next()).await else {
-            quiet = true;
-            break;
-        };
-        let Some(item) = next else { break };
-        match item {
-            Ok(info) => {
-                for line in info.stream.iter().chain(info.status.iter()).flat_map(|s| s.lines()) {
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    tracing::debug!(target: "e2e_infra::build", component = name, "{line}");
-                    if is_step(line) {
-                        step = Some(line.trim().to_owned());
-                    }
-                    if tail.len() == REPORT_TAIL {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.to_owned());
-                }
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    drop(progress);
+    let progress = docker.build_image(options, None, Some(bollard::body_try_stream(body)));
+    let Progress { mut tail, step, failure, quiet } = read_progress(progress, opts.silence, name).await;
     if quiet {
         return Err(BuildError::Quiet {
             component: name.to_owned(),
@@ -443,7 +451,10 @@ async fn build_one(
     }
     // An unreadable context file is the cause to report, not the broken
     // stream the engine saw because of it.
-    writer.await.map_err(worker_error)?.map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
+    writer
+        .await
+        .map_err(|source| BuildError::Worker { component: name.to_owned(), source })?
+        .map_err(|source| BuildError::Context { component: name.to_owned(), source })?;
     if let Some(source) = failure {
         return Err(BuildError::Failed {
             component: name.to_owned(),
@@ -453,32 +464,77 @@ async fn build_one(
             source,
         });
     }
-    let inspected =
-        engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", docker.inspect_image(&tag))
-            .await
-            .map_err(silent)?
-            .map_err(|e| engine_error("inspecting the built image", e))?;
+    Ok(tail)
+}
+
+/// What a build's progress said: its last lines, the last step begun,
+/// and how it ended.
+struct Progress {
+    tail: VecDeque<String>,
+    step: Option<String>,
+    failure: Option<bollard::errors::Error>,
+    /// Nothing came for `silence`.
+    quiet: bool,
+}
+
+/// Reads a build's progress until it ends, fails, or is quiet for `silence`.
+async fn read_progress(
+    mut progress: impl futures::Stream<Item = Result<bollard::models::BuildInfo, bollard::errors::Error>> + Unpin,
+    silence: Duration,
+    name: &str,
+) -> Progress {
+    let mut read = Progress { tail: VecDeque::with_capacity(REPORT_TAIL), step: None, failure: None, quiet: false };
+    loop {
+        let Ok(next) = tokio::time::timeout(silence, progress.next()).await else {
+            read.quiet = true;
+            return read;
+        };
+        match next {
+            None => return read,
+            Some(Err(e)) => {
+                read.failure = Some(e);
+                return read;
+            }
+            Some(Ok(info)) => {
+                for line in info.stream.iter().chain(info.status.iter()).flat_map(|s| s.lines()) {
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    tracing::debug!(target: "e2e_infra::build", component = name, "{line}");
+                    if is_step(line) {
+                        read.step = Some(line.trim().to_owned());
+                    }
+                    if read.tail.len() == REPORT_TAIL {
+                        read.tail.pop_front();
+                    }
+                    read.tail.push_back(line.to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// Tags the image just built as the cache reference `cache`; its id.
+async fn tag_as_cache(docker: &Docker, component: &PlannedComponent, cache: &str) -> Result<String, BuildError> {
+    let tag = component.image.to_string();
+    let inspecting = docker.inspect_image(&tag);
+    let inspected = engine::within(docker, ENGINE_CALL_TIMEOUT, "inspecting the built image", inspecting)
+        .await
+        .map_err(silent(component))?
+        .map_err(engine_error(component, "inspecting the built image"))?;
     let image_id = inspected.id.unwrap_or_default();
     // Tagged after the build, by id: only this image, never one of the
     // build's intermediates, can then be found as the cache.
     let cache_tag = cache.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+    let repo = component.image.name();
     let tagging = docker.tag_image(&image_id, Some(TagImageOptionsBuilder::new().repo(&repo).tag(cache_tag).build()));
     engine::within(docker, ENGINE_CALL_TIMEOUT, "tagging the cache reference", tagging)
         .await
-        .map_err(silent)?
-        .map_err(|e| engine_error("tagging the cache reference", e))?;
-    ServedIds::of(docker, &cache).record(&image_id);
-    tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
-    let output = Vec::from(tail).join("\n");
-    Ok(BuildOutcome {
-        component: name.to_owned(),
-        image: image.clone(),
-        image_id,
-        cached: false,
-        elapsed: started.elapsed(),
-        output,
-        hashing,
-    })
+        .map_err(silent(component))?
+        .map_err(engine_error(component, "tagging the cache reference"))?;
+    ServedIds::of(docker, cache).record(&image_id);
+    Ok(image_id)
 }
 
 /// The folder, beside the state root, of the image id each cache reference

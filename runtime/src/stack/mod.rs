@@ -184,103 +184,148 @@ async fn stages(
         // fails before anything is built or loaded into the nodes.
         kube_backend::render(plan, &labels)?;
     }
-    let mut timings: BTreeMap<String, Timings> = BTreeMap::new();
-    let built: Vec<BuildOutcome> = build::build_all(docker, plan, &options.build).await?;
-    for outcome in &built {
-        timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
-    }
-    let note = |timings: &BTreeMap<String, Timings>| {
-        if let Some(report) = report {
-            report.timings(table(plan, timings));
-        }
-    };
-    if let Some(report) = report {
-        for outcome in &built {
-            report.build(&outcome.component, &outcome.output);
-        }
-    }
-    note(&timings);
-    let mut endpoints = BTreeMap::new();
-    let mut digests = BTreeMap::new();
-    let mut pull_secret = None;
-    let placement = match kube {
-        None => {
-            let stack = if options.reuse {
-                let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
-                let (stack, kept) = docker_backend::up_reusing(docker, plan, &labels, &ids, report).await?;
-                for component in kept {
-                    timings.entry(component).or_default().reused = true;
-                }
-                stack
-            } else {
-                docker_backend::up(docker, plan, &labels, report).await?
-            };
-            for running in &stack.containers {
-                let timing = timings.entry(running.component.clone()).or_default();
-                if !timing.reused {
-                    timing.ready = Some(running.ready_after);
-                }
-                endpoints.insert(running.component.clone(), running.ports.clone());
-            }
-            Placement::Docker { docker_host: std::env::var("DOCKER_HOST").ok(), network: stack.network }
-        }
-        Some((target, client)) => {
-            let started = Instant::now();
-            let images: Vec<LoadImage> =
-                built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
-            let loaded = match &target.images {
-                ImageTarget::Registry { host } => {
-                    let credential = credentials::lookup(host).map_err(registry::LoadError::from)?;
-                    let pushed = registry::push_all(docker, plan, credential.as_ref()).await?;
-                    pull_secret = credential.as_ref().map(credentials::Credential::docker_config_json);
-                    digests = registry::digests(plan, &pushed);
-                    None
-                }
-                ImageTarget::KindNodes { cluster } => Some(kind::load(docker, cluster, &images).await?),
-                ImageTarget::Containerd { socket } => {
-                    Some(containerd::load(docker, &[Node::Socket { path: socket.clone() }], &images).await?)
-                }
-            };
-            record_loads(plan, loaded.as_ref(), started.elapsed(), &built, &mut timings);
-            note(&timings);
-            // What is deployed names what was pushed: `name:tag@sha256:...`.
-            let mut pinned = plan.clone();
-            pinned.pin(&digests);
-            let plan = &pinned;
-            let started = Instant::now();
-            let kube_options = kube_backend::KubeOptions {
-                timeout: options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
-                images: serde_json::to_string(&target.images).ok(),
-                image_ids: built
-                    .iter()
-                    .filter_map(|b| Some((plan.image(&b.component)?.to_string(), b.image_id.clone())))
-                    .collect(),
-                reuse: options.reuse,
-                pull_secret,
-            };
-            let mut deployed = kube_backend::deploy(client, plan, &labels, &kube_options).await;
-            if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
-                explain_pull_failure(docker, &report.nodes, error).await;
-            }
-            deployed?;
-            for component in plan.components() {
-                timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
-            }
-            Placement::Kubernetes { target: target.clone() }
-        }
+    let mut setup = Setup { docker, plan, labels: &labels, options, report, timings: BTreeMap::new() };
+    let built = setup.build().await?;
+    let deployed = match kube {
+        None => setup.up_on_docker(&built).await?,
+        Some((target, client)) => setup.up_on_kubernetes(&built, target, client).await?,
     };
     Ok(StackRecord {
         key: plan.key().clone(),
         tag: plan.tag().as_str().to_owned(),
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
-        placement,
-        endpoints,
+        placement: deployed.placement,
+        endpoints: deployed.endpoints,
         forwarded_by: None,
-        digests,
-        summary: format!("e2e-infra: `{}` ready, tag {}\n{}", plan.consumer(), plan.tag(), table(plan, &timings)),
+        digests: deployed.digests,
+        summary: format!("e2e-infra: `{}` ready, tag {}\n{}", plan.consumer(), plan.tag(), table(plan, &setup.timings)),
         plan: serde_json::to_value(plan).ok(),
         builds: built.into_iter().map(|b| (b.component, b.output)).collect(),
     })
+}
+
+/// One stack's setup as its stages go: what they share, and the time each
+/// component spent in each.
+struct Setup<'a> {
+    docker: &'a bollard::Docker,
+    plan: &'a Plan,
+    labels: &'a StackLabels,
+    options: &'a StackOptions,
+    report: Option<&'a dyn Witness>,
+    timings: BTreeMap<String, Timings>,
+}
+
+/// Where the deploy stage put the stack, for its record.
+struct Deployed {
+    placement: Placement,
+    endpoints: BTreeMap<String, BTreeMap<u16, std::net::SocketAddr>>,
+    digests: BTreeMap<String, String>,
+}
+
+impl Setup<'_> {
+    /// Gives the failure report the timings so far.
+    fn note(&self) {
+        if let Some(report) = self.report {
+            report.timings(table(self.plan, &self.timings));
+        }
+    }
+
+    /// Builds every image, and tells the report each build's output.
+    async fn build(&mut self) -> Result<Vec<BuildOutcome>, StackError> {
+        let built: Vec<BuildOutcome> = build::build_all(self.docker, self.plan, &self.options.build).await?;
+        for outcome in &built {
+            self.timings.entry(outcome.component.clone()).or_default().build = Some((outcome.elapsed, outcome.cached));
+        }
+        if let Some(report) = self.report {
+            for outcome in &built {
+                report.build(&outcome.component, &outcome.output);
+            }
+        }
+        self.note();
+        Ok(built)
+    }
+
+    /// Starts the stack on the Docker engine (a reusable one keeps what
+    /// still matches).
+    async fn up_on_docker(&mut self, built: &[BuildOutcome]) -> Result<Deployed, StackError> {
+        let (docker, plan, report) = (self.docker, self.plan, self.report);
+        let stack = if self.options.reuse {
+            let ids = built.iter().map(|b| (b.component.clone(), b.image_id.clone())).collect();
+            let (stack, kept) = docker_backend::up_reusing(docker, plan, self.labels, &ids, report).await?;
+            for component in kept {
+                self.timings.entry(component).or_default().reused = true;
+            }
+            stack
+        } else {
+            docker_backend::up(docker, plan, self.labels, report).await?
+        };
+        let mut endpoints = BTreeMap::new();
+        for running in &stack.containers {
+            let timing = self.timings.entry(running.component.clone()).or_default();
+            if !timing.reused {
+                timing.ready = Some(running.ready_after);
+            }
+            endpoints.insert(running.component.clone(), running.ports.clone());
+        }
+        let placement = Placement::Docker { docker_host: std::env::var("DOCKER_HOST").ok(), network: stack.network };
+        Ok(Deployed { placement, endpoints, digests: BTreeMap::new() })
+    }
+
+    /// Gets the images to the cluster's nodes (or its registry), then
+    /// deploys and waits until ready.
+    async fn up_on_kubernetes(
+        &mut self,
+        built: &[BuildOutcome],
+        target: &KubeTarget,
+        client: kube::Client,
+    ) -> Result<Deployed, StackError> {
+        let docker = self.docker;
+        let started = Instant::now();
+        let images: Vec<LoadImage> =
+            built.iter().map(|b| LoadImage { image: b.image.clone(), image_id: b.image_id.clone() }).collect();
+        let mut digests = BTreeMap::new();
+        let mut pull_secret = None;
+        let loaded = match &target.images {
+            ImageTarget::Registry { host } => {
+                let credential = credentials::lookup(host).map_err(registry::LoadError::from)?;
+                let pushed = registry::push_all(docker, self.plan, credential.as_ref()).await?;
+                pull_secret = credential.as_ref().map(credentials::Credential::docker_config_json);
+                digests = registry::digests(self.plan, &pushed);
+                None
+            }
+            ImageTarget::KindNodes { cluster } => Some(kind::load(docker, cluster, &images).await?),
+            ImageTarget::Containerd { socket } => {
+                Some(containerd::load(docker, &[Node::Socket { path: socket.clone() }], &images).await?)
+            }
+        };
+        record_loads(self.plan, loaded.as_ref(), started.elapsed(), built, &mut self.timings);
+        self.note();
+        // What is deployed names what was pushed: `name:tag@sha256:...`.
+        let mut pinned = self.plan.clone();
+        pinned.pin(&digests);
+        let plan = &pinned;
+        let started = Instant::now();
+        let kube_options = kube_backend::KubeOptions {
+            timeout: self.options.ready_timeout.unwrap_or(kube_backend::DEFAULT_TIMEOUT),
+            images: serde_json::to_string(&target.images).ok(),
+            image_ids: built
+                .iter()
+                .filter_map(|b| Some((plan.image(&b.component)?.to_string(), b.image_id.clone())))
+                .collect(),
+            reuse: self.options.reuse,
+            pull_secret,
+        };
+        let mut deployed = kube_backend::deploy(client, plan, self.labels, &kube_options).await;
+        if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
+            explain_pull_failure(docker, &report.nodes, error).await;
+        }
+        deployed?;
+        for component in plan.components() {
+            self.timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
+        }
+        let placement = Placement::Kubernetes { target: target.clone() };
+        Ok(Deployed { placement, endpoints: BTreeMap::new(), digests })
+    }
 }
 
 /// Waiting reasons of a container whose image the node cannot give it.

@@ -322,105 +322,118 @@ fn check_docker(
     }
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
-        let offset = value.span().start;
-        let unknown_field = |bad: BadReference| {
-            match bad {
-            BadReference::UnknownField { reference, dependency: dep } => invalid(
-                offset,
-                format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
-            ),
-            BadReference::Unclosed(rest) => invalid(
-                offset,
-                format!("env `{key}`: `{rest}` has no closing `}}`; a `${{` starts a reference such as `${{db.addr}}`: close it"),
-            ),
-        }
-        };
-        let template = EnvTemplate::parse(value.get_ref()).map_err(unknown_field)?;
-        for (dep, field) in template.dependencies() {
-            if !depends_on.iter().any(|d| d.get_ref() == dep) {
-                let reference = match field {
-                    AddressField::Host => "host",
-                    AddressField::Port(_) => "port",
-                    AddressField::Addr(_) => "addr",
-                };
-                return Err(invalid(
-                    offset,
-                    format!("env `{key}` refers to `${{{dep}.{reference}}}` but `{dep}` is not in depends_on; add it there so it starts first"),
-                ));
-            }
-        }
-        // A dependency the catalog lacks is reported by the dependency
-        // check, with its suggestion; here only a known one without ports.
-        let template = template
-            .with_ports(|dep| match ports.get(dep) {
-                Some(port) => *port,
-                None => Some(0),
-            })
-            .map_err(|dep| {
-                invalid(
-                    offset,
-                    format!("env `{key}` uses the port of `{dep}`, but `{dep}` lists no `ports` in its `docker` section; add the port it listens on there"),
-                )
-            })?;
+        let template = check_env(&key, &value, (depends_on, ports), &invalid)?;
         env.insert(key, template);
     }
-    let ready = match raw.ready {
-        None => None,
-        Some(ready) => {
-            let offset = ready.span().start;
-            let r = ready.into_inner();
-            let timeout = match &r.timeout {
-                None => DEFAULT_READY_TIMEOUT,
-                Some(t) => humantime::parse_duration(t).map_err(|e| {
-                    invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\""))
-                })?,
-            };
-            let mut probes = Vec::new();
-            if let Some(port) = &r.tcp {
-                check_port(port, "`ready.tcp`", &invalid)?;
-                probes.push(Probe::Tcp(*port.get_ref()));
-            }
-            if let Some(port) = &r.port {
-                check_port(port, "`ready.port`", &invalid)?;
-            }
-            if let Some(path) = r.http {
-                let port = r
-                    .port
-                    .map(Spanned::into_inner)
-                    .or_else(|| raw.ports.first().map(|p| *p.get_ref()))
-                    .ok_or_else(|| invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned()))?;
-                if !path.starts_with('/') {
-                    return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
-                }
-                probes.push(Probe::Http(HttpProbe { port, path }));
-            }
-            if let Some(pattern) = r.log {
-                let pattern = LogPattern::new(&pattern)
-                    .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
-                probes.push(Probe::Log(pattern));
-            }
-            if r.completes == Some(true) {
-                probes.push(Probe::Completes);
-            }
-            if let Some(argv) = r.exec {
-                if argv.first().is_none_or(String::is_empty) {
-                    return Err(invalid(
-                        offset,
-                        "ready.exec needs a command: `exec = [\"redis-cli\", \"ping\"]`".to_owned(),
-                    ));
-                }
-                probes.push(Probe::Exec(argv));
-            }
-            if probes.len() != 1 {
-                return Err(invalid(
-                    offset,
-                    "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"`, `completes = true` or `exec = [\"command\", ...]`".to_owned(),
-                ));
-            }
-            Some(ReadySpec { probe: probes.remove(0), timeout })
-        }
-    };
+    let first_port = raw.ports.first().map(|p| *p.get_ref());
+    let ready = raw.ready.map(|ready| check_ready(ready, first_port, &invalid)).transpose()?;
     Ok(DockerSpec { ports: raw.ports.into_iter().map(Spanned::into_inner).collect(), env, command: raw.command, ready })
+}
+
+/// One env value: its references name dependencies, and a port only of one
+/// that lists ports.
+fn check_env(
+    key: &str,
+    value: &Spanned<String>,
+    (depends_on, ports): (&[Spanned<String>], &FirstPorts),
+    invalid: &dyn Fn(usize, String) -> CatalogError,
+) -> Result<EnvTemplate, CatalogError> {
+    let offset = value.span().start;
+    let unknown_field = |bad: BadReference| {
+        match bad {
+        BadReference::UnknownField { reference, dependency: dep } => invalid(
+            offset,
+            format!("env `{key}`: unknown reference `${{{reference}}}`; use `${{{dep}.host}}`, `${{{dep}.port}}` or `${{{dep}.addr}}`"),
+        ),
+        BadReference::Unclosed(rest) => invalid(
+            offset,
+            format!("env `{key}`: `{rest}` has no closing `}}`; a `${{` starts a reference such as `${{db.addr}}`: close it"),
+        ),
+    }
+    };
+    let template = EnvTemplate::parse(value.get_ref()).map_err(unknown_field)?;
+    for (dep, field) in template.dependencies() {
+        if !depends_on.iter().any(|d| d.get_ref() == dep) {
+            let reference = match field {
+                AddressField::Host => "host",
+                AddressField::Port(_) => "port",
+                AddressField::Addr(_) => "addr",
+            };
+            return Err(invalid(
+                offset,
+                format!("env `{key}` refers to `${{{dep}.{reference}}}` but `{dep}` is not in depends_on; add it there so it starts first"),
+            ));
+        }
+    }
+    // A dependency the catalog lacks is reported by the dependency
+    // check, with its suggestion; here only a known one without ports.
+    template
+        .with_ports(|dep| match ports.get(dep) {
+            Some(port) => *port,
+            None => Some(0),
+        })
+        .map_err(|dep| {
+            invalid(
+                offset,
+                format!("env `{key}` uses the port of `{dep}`, but `{dep}` lists no `ports` in its `docker` section; add the port it listens on there"),
+            )
+        })
+}
+
+/// The `ready` section: its timeout and exactly one probe. An HTTP probe
+/// without a `port` probes `first_port`, the first of `ports`.
+fn check_ready(
+    ready: Spanned<RawReady>,
+    first_port: Option<u16>,
+    invalid: &dyn Fn(usize, String) -> CatalogError,
+) -> Result<ReadySpec, CatalogError> {
+    let offset = ready.span().start;
+    let r = ready.into_inner();
+    let timeout = match &r.timeout {
+        None => DEFAULT_READY_TIMEOUT,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| invalid(offset, format!("ready.timeout `{t}`: {e}; write it like \"30s\" or \"2m\"")))?,
+    };
+    let mut probes = Vec::new();
+    if let Some(port) = &r.tcp {
+        check_port(port, "`ready.tcp`", invalid)?;
+        probes.push(Probe::Tcp(*port.get_ref()));
+    }
+    if let Some(port) = &r.port {
+        check_port(port, "`ready.port`", invalid)?;
+    }
+    if let Some(path) = r.http {
+        let port = r
+            .port
+            .map(Spanned::into_inner)
+            .or(first_port)
+            .ok_or_else(|| invalid(offset, "ready.http needs `port` (or a port in `ports`)".to_owned()))?;
+        if !path.starts_with('/') {
+            return Err(invalid(offset, format!("ready.http path `{path}` must start with `/`")));
+        }
+        probes.push(Probe::Http(HttpProbe { port, path }));
+    }
+    if let Some(pattern) = r.log {
+        let pattern = LogPattern::new(&pattern)
+            .map_err(|e| invalid(offset, format!("ready.log is not a valid regular expression: {e}")))?;
+        probes.push(Probe::Log(pattern));
+    }
+    if r.completes == Some(true) {
+        probes.push(Probe::Completes);
+    }
+    if let Some(argv) = r.exec {
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(invalid(offset, "ready.exec needs a command: `exec = [\"redis-cli\", \"ping\"]`".to_owned()));
+        }
+        probes.push(Probe::Exec(argv));
+    }
+    if probes.len() != 1 {
+        return Err(invalid(
+            offset,
+            "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"`, `completes = true` or `exec = [\"command\", ...]`".to_owned(),
+        ));
+    }
+    Ok(ReadySpec { probe: probes.remove(0), timeout })
 }
 
 /// Port 0 asks the system for any free port: a container cannot be reached

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
@@ -97,7 +98,35 @@ pub async fn up_reusing(
     let replaced = replaced(plan, &found);
     let mut removals = strangers;
     removals.extend(found.iter().filter(|(c, _)| replaced.contains(c.as_str())).filter_map(|(_, (c, _))| c.id.clone()));
-    for id in &removals {
+    remove_changed(docker, plan, limit, &removals).await?;
+    let mut running = Vec::new();
+    for component in plan.components().iter().filter(|c| !replaced.contains(c.name.as_str())) {
+        let Some((container, _)) = found.get(&component.name) else { continue };
+        let declared = &docker_spec(component)?.ports;
+        running.push(RunningComponent {
+            component: component.name.clone(),
+            container_id: container.id.clone().unwrap_or_default(),
+            container_name: container
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default(),
+            ports: published(container).into_iter().filter(|(port, _)| declared.contains(port)).collect(),
+            ready_after: Duration::ZERO,
+        });
+    }
+    let kept: Vec<String> = running.iter().map(|r| r.component.clone()).collect();
+    tracing::info!(consumer = %plan.consumer(), ?kept, ?replaced, "reusing the stack");
+    let stack = start_on(docker, plan, labels, &network_id, envs, Started { running, fingerprints }, report).await?;
+    Ok((stack, kept))
+}
+
+/// Removes the containers `ids` of the reusable stack that changed or that
+/// no component claims; one already gone is no error.
+async fn remove_changed(docker: &Docker, plan: &Plan, limit: Duration, ids: &[String]) -> Result<(), DockerError> {
+    let silent = |source| DockerError::Silent { component: format!("the reusable stack {}", plan.namespace()), source };
+    for id in ids {
         let removing =
             docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
         match engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)? {
@@ -113,27 +142,7 @@ pub async fn up_reusing(
             }
         }
     }
-    let mut running = Vec::new();
-    for component in plan.components().iter().filter(|c| !replaced.contains(c.name.as_str())) {
-        let Some((container, _)) = found.get(&component.name) else { continue };
-        let declared = &docker_spec(component)?.ports;
-        running.push(RunningComponent {
-            component: component.name.clone(),
-            container_id: container.id.clone().unwrap_or_default(),
-            container_name: container
-                .names
-                .as_ref()
-                .and_then(|n| n.first())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_default(),
-            ports: published(container).into_iter().filter(|(port, _)| declared.contains(port)).collect(),
-            ready_after: std::time::Duration::ZERO,
-        });
-    }
-    let kept: Vec<String> = running.iter().map(|r| r.component.clone()).collect();
-    tracing::info!(consumer = %plan.consumer(), ?kept, ?replaced, "reusing the stack");
-    let stack = start_on(docker, plan, labels, &network_id, envs, Started { running, fingerprints }, report).await?;
-    Ok((stack, kept))
+    Ok(())
 }
 
 /// The components to (re)create: those without a matching running
