@@ -188,6 +188,7 @@ async fn an_image_missing_from_the_registry_is_err_image_pull_with_the_registry_
     assert_eq!(failure.image, missing, "{failure}");
     // The registry's answer, through containerd: the manifest is unknown.
     assert!(failure.to_string().contains(&format!("{missing}: not found")), "{failure}");
+    assert!(failure.pull_hint().is_some_and(|hint| hint.contains("never pushed")), "{failure}");
 
     let events: Api<Event> = Api::namespaced(cluster.client().await, plan.namespace().as_str());
     let selector = format!("involvedObject.name={},reason=Failed", failure.pod);

@@ -327,6 +327,31 @@ fn every_pod_spec_names_the_pull_secret_once() {
     assert_eq!(named, service, "no pod spec, nothing to name");
 }
 
+#[test]
+fn a_pull_the_registry_refused_says_what_to_do() {
+    let failure = |reason: &str, said: &str| PodFailure {
+        namespace: "ns".to_owned(),
+        pod: "app-1".to_owned(),
+        container: "app".to_owned(),
+        image: "r:5000/app:t".to_owned(),
+        reason: reason.to_owned(),
+        message: String::new(),
+        events: vec![format!("Warning Failed: Failed to pull image \"r:5000/app:t\": {said}")],
+        logs: String::new(),
+        node_images: None,
+    };
+    let hint = |reason: &str, said: &str| failure(reason, said).pull_hint().unwrap_or_default();
+    assert!(hint("ErrImagePull", "x509: certificate signed by unknown authority").contains("config_path"));
+    assert!(hint("ImagePullBackOff", "failed with status code [manifests t]: 401 Unauthorized").contains(PULL_SECRET));
+    assert!(hint("ErrImagePull", "r:5000/app:t: not found").contains("never pushed"));
+    assert_eq!(failure("CrashLoopBackOff", "x509:").pull_hint(), None);
+    let shown = failure("ErrImagePull", "r:5000/app:t: not found").to_string();
+    assert!(
+        shown.contains("cannot start: ErrImagePull for image `r:5000/app:t`\nthe registry does not have"),
+        "{shown}"
+    );
+}
+
 /// The image the preflight must refuse: a tag written by hand for another project.
 const FOREIGN: &str = "localhost/kubernaut-datastorage:e2e-test-datastorage";
 

@@ -74,6 +74,9 @@ impl fmt::Display for PodFailure {
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
+        if let Some(hint) = self.pull_hint() {
+            write!(f, "\n{hint}")?;
+        }
         if !self.events.is_empty() {
             write!(f, "\nrecent events of the pod:")?;
             for event in &self.events {
@@ -89,6 +92,28 @@ impl fmt::Display for PodFailure {
             write!(f, "\n{node} holds of `{repository}`: {held}")?;
         }
         Ok(())
+    }
+}
+
+impl PodFailure {
+    /// What to do about an image a registry would not give the node, from
+    /// what containerd said of the registry's answer.
+    pub fn pull_hint(&self) -> Option<&'static str> {
+        if !["ErrImagePull", "ImagePullBackOff"].contains(&self.reason.as_str()) {
+            return None;
+        }
+        let said = |words: &[&str]| {
+            std::iter::once(&self.message).chain(&self.events).any(|text| words.iter().any(|w| text.contains(w)))
+        };
+        if said(&["x509:", "certificate signed by unknown authority"]) {
+            Some("the node does not trust the registry's certificate: give the node's containerd the CA that signed it (a hosts.toml in the CRI plugin's registry config_path; see docs/kubernetes.md)")
+        } else if said(&["401 Unauthorized", "403 Forbidden", "authorization failed", "no basic auth credentials"]) {
+            Some("the registry refused the node's pull: the run's pull secret `e2e-infra-registry` holds the credential found in DOCKER_CONFIG (else ~/.docker/config.json) for the registry, or there was none; run `docker login <registry>` there with a credential that may pull")
+        } else if said(&[": not found", "manifest unknown"]) {
+            Some("the registry does not have this image: it was never pushed there, or was deleted since")
+        } else {
+            None
+        }
     }
 }
 
