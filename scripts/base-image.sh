@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Makes the Debian base image the notification example's images are built
-# FROM: `localhost/e2e-infra-debian:bookworm`, a minbase bookworm made by
-# debootstrap from Debian's packages (no registry needed).
+# Makes the Debian base image the notification example's postgres and redis
+# images are built FROM: `localhost/e2e-infra-debian:bookworm-postgres-redis`,
+# a minbase bookworm with PostgreSQL 15 and Redis 7, made by debootstrap from
+# Debian's packages. The images on top only configure: no build step needs
+# a network, so they build on every engine, and both share this one layer.
 #
 # It is built once per set of inputs and never again because a run starts:
 # - the inputs (suite, variant, mirror, packages, slimming steps) have a
@@ -17,12 +19,10 @@
 # E2E_INFRA_BASE_CACHE. Prints the image reference.
 set -euo pipefail
 
-image=localhost/e2e-infra-debian:bookworm
+image=localhost/e2e-infra-debian:bookworm-postgres-redis
 suite=bookworm
 variant=minbase
-# Nothing beyond minbase: the example's Dockerfiles install what each image
-# needs (postgresql-15, redis-server), so every image holds only its own.
-include=""
+include=postgresql-15,redis-server
 label=io.e2e-infra.base.inputs
 cache=${E2E_INFRA_BASE_CACHE:-/var/tmp/e2e-infra-base}
 
@@ -37,10 +37,19 @@ mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# What the image holds beyond debootstrap's output: apt and dpkg set up to
-# install without recommends, documentation, manuals or translations.
+# What the image holds beyond debootstrap's output: no documentation,
+# manuals or translations, and apt and dpkg set up to install none of them
+# nor recommends. PostgreSQL without JIT (LLVM, Z3), the Perl of Debian's
+# cluster wrappers (the server and psql run from their own folder, with JIT
+# off) or the `main` cluster its package creates (the image initialises its
+# own in $PGDATA); no `locales` either (C.UTF-8 is libc's own).
 slim() {
   local root=$1
+  dpkg --root="$root" --purge --force-depends libllvm14 libz3-4 perl perl-modules-5.36 libperl5.36 \
+    locales libc-l10n
+  rm -rf "$root"/usr/lib/postgresql/15/lib/llvmjit* "$root"/usr/lib/postgresql/15/lib/bitcode \
+    "$root"/var/lib/postgresql/15 "$root"/etc/postgresql/15
+  chroot "$root" install -d -o postgres -g postgres /run/postgresql /var/lib/postgresql/data
   rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
   find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
@@ -57,6 +66,7 @@ source=$(mirror)
 inputs=$(printf 'suite=%s\nvariant=%s\nmirror=%s\ninclude=%s\n%s\n' \
   "$suite" "$variant" "$source" "$include" "$(declare -f slim)" | sha256sum | cut -c1-16)
 tarball=$cache/debian-$suite-$inputs.tar
+log=$cache/debian-$suite-$inputs.log
 
 if [[ "$(docker image inspect --format "{{index .Config.Labels \"$label\"}}" "$image" 2>/dev/null)" == "$inputs" ]]; then
   echo "$image"
@@ -67,13 +77,13 @@ if [[ ! -s "$tarball" ]]; then
   command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
   mkdir -p "$cache"
   root=$(mktemp -d "$cache/root.XXXXXX")
-  trap 'rm -rf "$root" "$tarball.partial"' EXIT
+  trap 'status=$?; rm -rf "$root" "$tarball.partial"
+    if ((status)); then tail -n 20 "$log" >&2; echo "base-image: debootstrap or slimming failed (log: $log)" >&2; fi' EXIT
   started=$SECONDS
   args=(--variant="$variant")
   [[ -n "$include" ]] && args+=(--include="$include")
-  debootstrap "${args[@]}" "$suite" "$root" "$source" >"$cache/debootstrap.log" 2>&1 \
-    || { tail -n 20 "$cache/debootstrap.log" >&2; echo "base-image: debootstrap failed (log: $cache/debootstrap.log)" >&2; exit 1; }
-  slim "$root"
+  debootstrap "${args[@]}" "$suite" "$root" "$source" >"$log" 2>&1
+  slim "$root" >>"$log" 2>&1
   tar -C "$root" --numeric-owner -cf "$tarball.partial" .
   mv "$tarball.partial" "$tarball"
   printf 'suite=%s\nvariant=%s\nmirror=%s\ninclude=%s\ndigest=%s\nbuilt=%s\nseconds=%s\n' \

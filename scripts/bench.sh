@@ -10,7 +10,19 @@
 # default socket) and Docker 29 on its containerd image store (engine-current,
 # which scripts/engine.sh --all starts). E2E_BENCH_ENGINES overrides the
 # list (DOCKER_HOST addresses separated by commas; `default` is the system
-# engine). The other benchmarks run on the system engine.
+# engine). The other benchmarks run on the system engine. The page and the
+# output open with every target of the issue's list (cold load into 1 and
+# 3 nodes against the pipelines, reload against the change alone, the
+# loader's warm overhead, peak RSS at 2 GiB), one column per engine.
+#
+# The defaults are the full-size case: a 300 MiB image loaded into 1 and 3
+# nodes, a 300 MiB base under the reloaded layer, and the memory measured
+# at 50 MiB and 2 GiB. The loader's figures alone, into a page of their own:
+#
+#   scripts/bench.sh --only 1,2,4,7 --out /tmp/loader-benchmarks.md
+#
+# A quicker look (figures not for the docs): --load-mb 50 --delta-base-mb 50
+# --memory-mb 50 --load-reps 1.
 #
 # Needs the Docker engine and the static busybox (scripts/engine.sh --all
 # makes sure of both), cargo-nextest for benchmark 5, and a cluster for
@@ -21,6 +33,12 @@
 # all three). Benchmark 9 alone, on the cluster of /tmp/e2e-cluster.env:
 #
 #   source /tmp/e2e-cluster.env && scripts/bench.sh --only 9 --tests 8
+#
+# Benchmark 10 needs a registry the node pulls from: with the cluster it
+# starts, this script starts one (scripts/registry.sh) and gives the node
+# its CA (scripts/cluster.sh registry); with yours, export what
+# `scripts/registry.sh start DIR` prints, else its table says it was not run.
+# It pushes the example's images: run scripts/example.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
@@ -30,8 +48,12 @@ if [[ -n "${KUBECONFIG:-}" ]]; then
   echo "bench.sh: using the cluster of KUBECONFIG=$KUBECONFIG${E2E_CONTAINERD_SOCKET:+, node containerd $E2E_CONTAINERD_SOCKET}" >&2
 elif bash scripts/cluster.sh available; then
   dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
-  trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+  trap 'bash scripts/registry.sh stop "$dir/registry" || true; bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
   eval "$(bash scripts/cluster.sh start "$dir")"
+  if [[ -z "${E2E_REGISTRY:-}" ]]; then
+    eval "$(bash scripts/registry.sh start "$dir/registry")"
+    bash scripts/cluster.sh registry "$dir/debian/node" "$E2E_REGISTRY_HOSTS_DIR" "${E2E_REGISTRY%:*}"
+  fi
 fi
 cargo build --quiet -p e2e-infra-bench
 # Run the binary itself rather than `cargo run`: benchmark 5 runs cargo in

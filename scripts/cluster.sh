@@ -13,6 +13,18 @@
 #   scripts/cluster.sh stop DIR    stops what `start DIR` started
 #   scripts/cluster.sh available [current]
 #       whether kube-local (and, with `current`, engine-current) is at hand
+#   scripts/cluster.sh registry NODE_DIR HOSTS_DIR ADDRESS
+#       lets the real node of NODE_DIR (DIR/<containerd>/node, or the node
+#       folder of any kube-local real node) pull from the registry at ADDRESS
+#       (an IP, or a CIDR): its containerd gets HOSTS_DIR as the CRI's
+#       registry `config_path` (one `<host:port>/hosts.toml` per registry,
+#       naming its CA; scripts/registry.sh writes one) and ADDRESS in
+#       NO_PROXY, every other pull still going to kube-local's dead proxy.
+#       Only the node's containerd process is restarted, as the same binary
+#       with the same environment otherwise; the kubelet and the running
+#       containers stay. Nothing is restarted when that containerd already
+#       runs so. Credentials are not the node's: pods name an image pull
+#       secret.
 #
 # kube-local is looked for in $KUBE_LOCAL, engine-current in $E2E_ENGINE_CURRENT,
 # else next to the checkout (../shared/NAME). Ports are fixed: one cluster
@@ -68,8 +80,57 @@ stop() { # stop DIR: every cluster `start DIR` made, each node with its own cont
   done
 }
 
+# registry NODE_DIR HOSTS_DIR ADDRESS: see the top of this file.
+registry() {
+  local node hosts=$2 address=$3 pid exe config env=() var section
+  node=$(realpath -m "$1")
+  hosts=$(realpath -m "$hosts")
+  [[ -d "$hosts" ]] || die "no hosts folder at $hosts (scripts/registry.sh start makes one)"
+  [[ -f "$node/containerd.pid" && -f "$node/config.toml" ]] \
+    || die "$node is not the folder of a real node (no containerd.pid and config.toml)"
+  pid=$(cat "$node/containerd.pid")
+  [[ -r /proc/$pid/environ ]] || die "the node's containerd (pid $pid of $node/containerd.pid) does not run"
+  exe=$(readlink "/proc/$pid/exe")
+  config=$node/config-registry.toml
+  # The running process's environment, NO_PROXY replaced.
+  while IFS= read -r -d '' var; do
+    case "$var" in NO_PROXY=* | no_proxy=*) ;; *) env+=("$var") ;; esac
+  done <"/proc/$pid/environ"
+  env+=("NO_PROXY=$address" "no_proxy=$address")
+  if [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline")" == *"--config $config "* ]] \
+    && grep -qxF "NO_PROXY=$address" <(tr '\0' '\n' <"/proc/$pid/environ") \
+    && grep -qF "config_path = \"$hosts\"" "$config"; then
+    echo "cluster.sh: the node's containerd already pulls through $hosts"
+    return 0
+  fi
+  # containerd 2 (config version 3) keeps the registry under the images plugin.
+  if grep -qx 'version = 3' "$node/config.toml"; then
+    section="[plugins.'io.containerd.cri.v1.images'.registry]"
+  else
+    section='[plugins."io.containerd.grpc.v1.cri".registry]'
+  fi
+  printf '%s\n%s\n  config_path = "%s"\n' "$(cat "$node/config.toml")" "$section" "$hosts" >"$config"
+  kill "$pid"
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [[ -d /proc/$pid ]] || break
+    sleep 0.1
+  done
+  [[ ! -d /proc/$pid ]] || die "the node's containerd (pid $pid) did not stop within 10 s"
+  env -i "${env[@]}" "$exe" --config "$config" >>"$node/containerd.log" 2>&1 &
+  echo $! >"$node/containerd.pid"
+  for ((i = 0; i < 100; i++)); do
+    if ctr -a "$node/containerd.sock" version >/dev/null 2>&1; then
+      echo "cluster.sh: the node's containerd pulls through $hosts (NO_PROXY=$address)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "the node's containerd did not answer within 10 s after its restart; see $node/containerd.log"
+}
+
 cmd=${1:-}; dir=${2:-}
-usage="usage: scripts/cluster.sh start|restart DIR [debian|current] | stop DIR | available [current]"
+usage="usage: scripts/cluster.sh start|restart DIR [debian|current] | stop DIR | available [current] | registry NODE_DIR HOSTS_DIR ADDRESS"
 case "$cmd" in
   available)
     kube_local >/dev/null || exit 1
@@ -84,5 +145,8 @@ case "$cmd" in
   stop)
     [[ -n "$dir" ]] || die "$usage"
     stop "$dir" ;;
+  registry)
+    [[ -n "$dir" && -n "${3:-}" && -n "${4:-}" ]] || die "$usage"
+    registry "$dir" "$3" "$4" ;;
   *) die "$usage" ;;
 esac

@@ -67,6 +67,9 @@ ensure_tools() {
   command -v podman >/dev/null || missing+=(podman)
   command -v docker-registry >/dev/null || missing+=(docker-registry)
   command -v ctr >/dev/null || missing+=(containerd)
+  # scripts/registry.sh: the registry's CA and its bcrypt htpasswd.
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 

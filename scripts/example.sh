@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes what the notification example's images are built from, before a run:
-# - the Debian base image its postgres and redis images start FROM
-#   (scripts/base-image.sh: built once per set of inputs, cached on disk);
+# - the Debian base image, PostgreSQL and Redis included, that its postgres
+#   and redis images start FROM (scripts/base-image.sh: built once per set
+#   of inputs, cached on disk), on the engine of DOCKER_HOST;
 # - the static binaries of DataStorage (which also applies the migrations)
 #   and of the notification controller, in examples/notification/images
 #   (not committed).

@@ -3,7 +3,13 @@
 # stack, from a fresh machine.
 #
 #   scripts/main-job.sh              on the Docker backend
-#   scripts/main-job.sh --kube-local on a kube-local cluster with a real node,
+#   scripts/main-job.sh --kube-local on a real Kubernetes cluster with a real
+#                                    node: the one KUBECONFIG and
+#                                    E2E_CONTAINERD_SOCKET (its node's
+#                                    containerd socket) name, used as it is,
+#                                    in the context E2E_KUBE_CONTEXT (default:
+#                                    the kubeconfig's current one); when they
+#                                    are unset, kube-local with a real node,
 #                                    started here and stopped at the end
 #   scripts/main-job.sh --kind C     on the Kind cluster C
 #
@@ -11,9 +17,9 @@
 # started; else Debian's (installed and started if needed), or with
 #   --engine current                 Docker 29.7.2 on its containerd image
 #                                    store, from engine-current (started if
-#                                    needed, see docs/engines.md); with
-#                                    --kube-local the node runs its
-#                                    containerd 2.3.4 too
+#                                    needed, see docs/engines.md); a
+#                                    kube-local started here then runs its
+#                                    node on containerd 2.3.4 too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
@@ -58,15 +64,27 @@ case "$target" in
       $installs || { echo "main-job.sh: --kube-local needs ctr on the PATH (Debian's containerd package)" >&2; exit 1; }
       bash scripts/engine.sh --all
     fi
-    dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
-    trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
-    eval "$(bash scripts/cluster.sh start "$dir" "$node_containerd")"
-    export E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT="$E2E_KUBE_CONTEXT" \
-      E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET"
-    echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)" ;;
+    if [[ -n "${KUBECONFIG:-}" && -n "${E2E_CONTAINERD_SOCKET:-}" ]]; then
+      node=$(ctr -a "$E2E_CONTAINERD_SOCKET" version 2>/dev/null \
+        | awk '/^Server:/ { server = 1 } server && $1 == "Version:" { print $2; exit }') \
+        || { echo "main-job.sh: no containerd answers at E2E_CONTAINERD_SOCKET=$E2E_CONTAINERD_SOCKET" >&2; exit 1; }
+      echo "main-job: on the cluster of KUBECONFIG=$KUBECONFIG${E2E_KUBE_CONTEXT:+ (context $E2E_KUBE_CONTEXT)}, used as it is; node containerd $node at $E2E_CONTAINERD_SOCKET"
+    else
+      dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
+      trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+      eval "$(bash scripts/cluster.sh start "$dir" "$node_containerd")"
+      echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)"
+    fi
+    export E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT="${E2E_KUBE_CONTEXT:-}" \
+      E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET" ;;
   docker) ;;
 esac
 
+if [[ "$target" == kube-local ]]; then
+  # A run id of its own, so that the check below looks at this run's
+  # namespace and tag alone on a cluster that others may share.
+  export E2E_INFRA_RUN_ID="main-job-$(date +%s)-$$"
+fi
 cargo test -p notification-e2e --features e2e -- --nocapture
 
 if [[ "$target" == kube-local ]]; then
@@ -74,9 +92,13 @@ if [[ "$target" == kube-local ]]; then
   # over when the cluster holds nothing of it: no namespace, and no image
   # reference of its tag on the node.
   cargo build --quiet -p e2e-infra-cli
+  tag=$(target/debug/e2e-infra plan --config examples/notification/e2e-infra.toml --consumer notification \
+    --needs datastorage --format json | jq -r .tag)
+  cluster_flag=(--kubernetes)
+  [[ -n "$E2E_INFRA_KUBE_CONTEXT" ]] && cluster_flag=(--context "$E2E_INFRA_KUBE_CONTEXT")
   leftovers() {
-    target/debug/e2e-infra status --context "$E2E_INFRA_KUBE_CONTEXT" 2>&1 | grep '^notification ' || true
-    ctr -a "$E2E_CONTAINERD_SOCKET" -n k8s.io images ls -q | grep -E '^localhost/.*:notification-' || true
+    target/debug/e2e-infra status "${cluster_flag[@]}" 2>&1 | grep -F "namespace: $tag " || true
+    ctr -a "$E2E_CONTAINERD_SOCKET" -n k8s.io images ls -q | grep -E "^localhost/.*:$tag\$" || true
   }
   for _ in $(seq 1 240); do
     left=$(leftovers)
@@ -88,5 +110,5 @@ if [[ "$target" == kube-local ]]; then
     echo "$left" >&2
     exit 1
   fi
-  echo "main-job: teardown left nothing of the run: no namespace, no image reference of its tag on the node"
+  echo "main-job: teardown left nothing of the run: no namespace $tag, no image reference of that tag on the node"
 fi

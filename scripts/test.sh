@@ -22,6 +22,14 @@
 # KUBECONFIG and E2E_CONTAINERD_SOCKET (its node's containerd socket) are
 # set; yours is used as it is by every pass, its node never restarted. In
 # CI (CI set) a missing cluster or a missing Docker 29 is an error, not a skip.
+#
+# The tests of a cluster that pulls (tests/tests/kube_registry.rs) need a TLS
+# registry with basic auth that the node trusts: with its own cluster, this
+# script starts one on a test host of its own (scripts/registry.sh) and
+# gives the node's containerd its CA (scripts/cluster.sh registry), again
+# after the node moves to containerd 2.3.4. With yours, set the variables
+# scripts/registry.sh prints (E2E_REGISTRY, ...) for a registry your node
+# pulls from; without them those tests are left out, and say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh
@@ -39,7 +47,8 @@ if [[ -n "${E2E_CONTAINERD_SOCKET:-}" && -n "${KUBECONFIG:-}" ]]; then
   cluster=(--run-ignored all)
 elif bash scripts/cluster.sh available; then
   dir=$(mktemp -d /tmp/e2e-infra-cluster.XXXXXX)
-  trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+  registry_dir=$dir/registry
+  trap 'bash scripts/registry.sh stop "$registry_dir" || true; bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
   eval "$(bash scripts/cluster.sh start "$dir" debian)"
   echo "test.sh: started kube-local with a real node in $dir"
   cluster=(--run-ignored all)
@@ -66,6 +75,32 @@ fi
 # With --run-ignored all, the inside of the unshare tests stays out: it runs
 # only when the test that drives it starts it, never as a test of its own.
 always='not test(=inner_run_in_a_new_pid_namespace)'
+
+# The registry the node pulls from (see the top of this file).
+pulls=""
+# pull_from_registry CONTAINERD: gives the own cluster's node on CONTAINERD
+# the registry's CA; says why not and fails when it cannot.
+pull_from_registry() {
+  bash scripts/cluster.sh registry "$own_cluster/$1/node" "$E2E_REGISTRY_HOSTS_DIR" "${E2E_REGISTRY%:*}"
+}
+if ((${#cluster[@]})) && [[ -n "${E2E_REGISTRY:-}" ]]; then
+  echo "test.sh: the cluster pulls from the registry at $E2E_REGISTRY"
+elif [[ -n "$own_cluster" ]]; then
+  if started=$(bash scripts/registry.sh start "$registry_dir") && eval "$started" && pull_from_registry debian; then
+    echo "test.sh: started a TLS registry at $E2E_REGISTRY on a host of its own; the node pulls from it"
+  elif [[ -n "${CI:-}" ]]; then
+    echo "test.sh: CI is set but the registry the node pulls from did not start" >&2
+    exit 1
+  else
+    pulls="the registry the node pulls from did not start"
+  fi
+elif ((${#cluster[@]})); then
+  pulls="E2E_REGISTRY is unset: your cluster is used as it is, and no registry its node pulls from is known"
+fi
+if [[ -n "$pulls" ]]; then
+  echo "test.sh: $pulls: the tests of a cluster that pulls (kube_registry) are left out"
+  always+=' and not binary_id(e2e-infra-tests::kube_registry)'
+fi
 # The tests that talk to no engine: unit tests, and the suites that read
 # files, run the compiler, or run the CLI where it asks no engine.
 no_engine='kind(lib) or kind(bin) or kind(proc-macro)
@@ -73,11 +108,6 @@ no_engine='kind(lib) or kind(bin) or kind(proc-macro)
   or binary_id(e2e-infra-tests::quickstart) or binary_id(e2e-infra-cli::cli_plan)
   or binary_id(e2e-infra-cli::cli_images) or binary_id(e2e-infra::layers) or binary_id(e2e-infra::attach)'
 podman='binary_id(e2e-infra-tests::podman) or test(/podman/)'
-# The example's postgres and redis images install Debian's packages in a
-# RUN step; engine-current's Docker 29 gives its containers no outbound NAT,
-# so those builds cannot reach Debian's mirror there. The example runs on
-# the system engine's pass (Docker and the real cluster).
-example='package(notification-e2e) or test(=the_notification_example_runs_on_the_real_node)'
 # Loads into Kind nodes, and the real-cluster tests, whose stacks are loaded
 # into the node's containerd socket; and the test that names the engine.
 loads='binary_id(e2e-infra-tests::kind_load) or binary_id(e2e-infra-tests::kube_cluster)
@@ -87,6 +117,7 @@ color=auto
 [[ -t 1 ]] && color=always
 summaries=()
 failed=false
+if [[ -n "$pulls" ]]; then summaries+=("SKIPPED the tests of a cluster that pulls (kube_registry): $pulls"); fi
 
 # in_scope FILTER ARGS...: how many tests FILTER selects, ignored ones too.
 in_scope() {
@@ -151,18 +182,30 @@ if ((${#cluster[@]})); then
     run_pass "example on the cluster" "" "binary_id(notification-e2e::notification)" "$@"
 fi
 if $have_docker29; then
-  run_pass "Docker 29 classic" "$docker29_classic" "($always) and ($loads) and not ($example)" "$@"
+  # The example's images start FROM the base image, which each engine gets
+  # from the cache by an import (no build needs a network).
+  for host in "$docker29_classic" "$docker29"; do
+    if ! DOCKER_HOST=$host bash scripts/base-image.sh >/dev/null; then
+      failed=true
+      summaries+=("FAILED the base image could not be imported into $host: the example's builds there fail")
+    fi
+  done
+  run_pass "Docker 29 classic" "$docker29_classic" "($always) and ($loads)" "$@"
   if [[ -n "$own_cluster" ]]; then
     echo "test.sh: restarting the cluster with its node on containerd 2.3.4"
     if restarted=$(bash scripts/cluster.sh restart "$own_cluster" current); then
       eval "$restarted"
+      if [[ -z "$pulls" ]] && ! pull_from_registry current; then
+        failed=true
+        summaries+=("FAILED the node on containerd 2.3.4 could not be given the registry's CA")
+      fi
     else
       failed=true
       summaries+=("FAILED the real node did not start on containerd 2.3.4: the next pass runs without a cluster")
       cluster=()
     fi
   fi
-  run_pass "Docker 29 containerd store" "$docker29" "($always) and not ($no_engine) and not ($podman) and not ($example)" "$@"
+  run_pass "Docker 29 containerd store" "$docker29" "($always) and not ($no_engine) and not ($podman)" "$@"
 fi
 
 echo

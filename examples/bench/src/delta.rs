@@ -17,7 +17,7 @@ use e2e_infra_tests::kind_node::{ImageGuard, StandInCluster};
 use e2e_infra_tests::{busybox_dockerfile, plan, unique, Project};
 
 use crate::kind_load::{clear, cli_load, random_file, read_from};
-use crate::report::{median, median_of, ratio_of, target, Res, Section};
+use crate::report::{median, median_of, ratio_of, Res, Section};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -277,11 +277,11 @@ pub async fn delta_reload(docker: &Docker, base_mb: u64, top_mb: u64, reps: usiz
             of(&cli, &alone),
         ]);
         let share = median(&reload).as_secs_f64() / median(&alone).as_secs_f64().max(f64::EPSILON);
-        section.note(&target(
+        section.target(
             &format!("{describe}: reload ≤ 1.5× loading the change alone"),
             &format!("{share:.2}×"),
             share <= 1.5,
-        ));
+        );
         section.row(vec![
             describe,
             format!("cold load of a {top_mb} MiB image (the change alone)"),

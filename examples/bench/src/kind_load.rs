@@ -15,7 +15,7 @@ use e2e_infra_tests::unique;
 use e2e_infra_tests::{busybox_image, Project};
 use futures::StreamExt;
 
-use crate::report::{median, median_of, middle, ratio, ratio_of, target, Res, Section};
+use crate::report::{median, median_of, middle, ratio, ratio_of, Res, Section};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -243,11 +243,11 @@ pub async fn load_times(docker: &Docker, mb: u64, reps: usize) -> Res<Section> {
         // The cold-load targets: at most 1.0× the pipeline into one node, 0.7× into three.
         let bound = if nodes > 1 { 0.7 } else { 1.0 };
         let share = median(&samples[0]).as_secs_f64() / median(&samples[1]).as_secs_f64().max(f64::EPSILON);
-        section.note(&target(
+        section.target(
             &format!("cold load into {nodes} node(s) ≤ {bound:.1}× the pipelines one after another"),
             &format!("{share:.2}×"),
             share <= bound,
-        ));
+        );
         read.sort();
         read.dedup();
         section.note(&format!("{nodes} node(s): e2e-infra's cold loads read the image from: {}", read.join("; ")));
@@ -311,11 +311,11 @@ pub async fn peak_memory(docker: &Docker, sizes_mb: &[u64], reps: usize) -> Res<
     // The memory target, stated at 2 GiB: a peak resident set of at most 32 MiB.
     if let Some(&(mb, peak)) = peaks.iter().max_by_key(|(mb, _)| *mb) {
         let peak_mib = peak as f64 / 1024.0;
-        section.note(&target(
+        section.target(
             &format!("peak RSS ≤ 32 MiB at 2048 MiB (measured at {mb} MiB)"),
             &format!("{peak_mib:.1} MiB"),
             peak_mib <= 32.0,
-        ));
+        );
     }
     if let [(small_mb, small), .., (big_mb, big)] = peaks[..] {
         section.note(&format!(

@@ -63,8 +63,20 @@ pub fn ratio_of(baseline: f64, ours: f64) -> String {
 }
 
 /// A target and whether a figure meets it, for a note under a table.
-pub fn target(what: &str, measured: &str, met: bool) -> String {
+fn target(what: &str, measured: &str, met: bool) -> String {
     format!("target {what}: {measured}, {}", if met { "met" } else { "**not met**" })
+}
+
+/// A target of the project and the figure measured against it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    /// The engine it was measured on; empty until [`Section::per_engine`] names it.
+    engine: String,
+    /// The target.
+    what: String,
+    /// The figure measured.
+    measured: String,
+    met: bool,
 }
 
 /// One benchmark's table, printed row by row as figures come in.
@@ -75,6 +87,8 @@ pub struct Section {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     notes: Vec<String>,
+    /// The targets this benchmark measured, gathered in [`targets`].
+    targets: Vec<Target>,
 }
 
 impl Section {
@@ -87,6 +101,7 @@ impl Section {
             header: header.iter().map(|h| (*h).to_owned()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
@@ -102,6 +117,13 @@ impl Section {
         self.notes.push(text.to_owned());
     }
 
+    /// Adds and prints, as a note, a target and the figure measured against
+    /// it; [`targets`] gathers them.
+    pub fn target(&mut self, what: &str, measured: &str, met: bool) {
+        self.note(&target(what, measured, met));
+        self.targets.push(Target { engine: String::new(), what: what.to_owned(), measured: measured.to_owned(), met });
+    }
+
     /// One table of the same benchmark measured on several engines: each
     /// engine's rows and notes, labelled with the engine, in turn.
     pub fn per_engine(measured: Vec<(String, Section)>) -> Option<Section> {
@@ -111,12 +133,14 @@ impl Section {
             header: std::iter::once("engine".to_owned()).chain(first.header.iter().cloned()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            targets: Vec::new(),
             title: first.title.clone(),
             intro: first.intro.clone(),
         };
         for (label, section) in std::iter::once((label, first)).chain(measured) {
             merged.rows.extend(section.rows.into_iter().map(|row| std::iter::once(label.clone()).chain(row).collect()));
             merged.notes.extend(section.notes.into_iter().map(|note| format!("{label}: {note}")));
+            merged.targets.extend(section.targets.into_iter().map(|t| Target { engine: label.clone(), ..t }));
         }
         Some(merged)
     }
@@ -138,6 +162,42 @@ impl Section {
         out.push('\n');
         out
     }
+}
+
+/// Every target the sections measured, one row per target and one column
+/// per engine (`engines`, in order; a target measured without an engine
+/// label goes under the first), printed as it is made; `None` when no
+/// section measured a target.
+pub fn targets(sections: &[Section], engines: &[String]) -> Option<Section> {
+    let measured: Vec<&Target> = sections.iter().flat_map(|s| &s.targets).collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let header: Vec<&str> = std::iter::once("target").chain(engines.iter().map(String::as_str)).collect();
+    let mut summary = Section::new(
+        "Targets, engine by engine",
+        "Each target of the load and warm benchmarks below, with the figure measured on each engine of this run.",
+        &header,
+    );
+    let mut whats: Vec<&str> = Vec::new();
+    for t in &measured {
+        if !whats.contains(&t.what.as_str()) {
+            whats.push(&t.what);
+        }
+    }
+    for what in whats {
+        let cells = engines.iter().enumerate().map(|(e, engine)| {
+            measured
+                .iter()
+                .find(|t| t.what == what && (t.engine == *engine || (e == 0 && t.engine.is_empty())))
+                .map_or_else(
+                    || "-".to_owned(),
+                    |t| format!("{}, {}", t.measured, if t.met { "met" } else { "**not met**" }),
+                )
+        });
+        summary.row(std::iter::once(what.to_owned()).chain(cells).collect());
+    }
+    Some(summary)
 }
 
 /// The machine a run measured.

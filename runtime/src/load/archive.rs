@@ -475,7 +475,22 @@ where
             engine: String::new(),
         });
     }
-    let image = read_image(image_id, &jsons, &sizes, &links).map_err(format)?;
+    finish_docker(reference, image_id, &jsons, &sizes, &links, targets).await
+}
+
+/// Ends the split of a docker-format archive: checks the nodes' layer
+/// labels against the export's entries, then sends the config, a manifest
+/// and an index naming `reference`.
+async fn finish_docker(
+    reference: &str,
+    image_id: &str,
+    jsons: &HashMap<String, Vec<u8>>,
+    sizes: &HashMap<String, u64>,
+    links: &HashMap<String, String>,
+    targets: &mut [Target],
+) -> Result<Split, ArchiveError> {
+    let format = |problem: String| ArchiveError::Format { image_id: image_id.to_owned(), problem };
+    let image = read_image(image_id, jsons, sizes, links).map_err(format)?;
     let mut layers = LayerMap::default();
     for (path, digest) in image.paths.iter().zip(&image.diff_ids) {
         let name = short_name(links.get(path).unwrap_or(path));

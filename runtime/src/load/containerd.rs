@@ -418,12 +418,16 @@ pub enum ContainerdError {
 /// nodes at once, each node only the layers its content store lacks.
 /// Afterwards every node that was streamed an image must list every
 /// reference; on the others the first listing and the tags' exit codes
-/// already prove it, so a warm load costs one listing and one round of tags.
+/// already prove it, so a warm load costs one listing of each node and one
+/// round of tags. Only the images some node lacks are inspected on the
+/// engine: a node's image carries the engine id of its verified load in
+/// [`IMAGE_ID_LABEL`], which is what proves it is the build's.
 ///
 /// # Errors
 /// [`ContainerdError::NoSocket`] or [`ContainerdError::Socket`] for a
 /// socket that is missing or not writable; [`ContainerdError::ImageChanged`]
-/// when the engine's image under a reference is not the one built;
+/// when the engine's image under the reference of an image to stream is
+/// not the one built, found before any node is changed;
 /// [`ContainerdError::Export`], [`ContainerdError::Exec`],
 /// [`ContainerdError::CommandFailed`] (with the command's standard error)
 /// when streaming or importing fails; [`ContainerdError::Timeout`] when a
@@ -485,149 +489,34 @@ pub async fn load_from(
     for node in nodes {
         check_reachable(node).await?;
     }
-    // Every image is checked on the engine before any node is changed; the
-    // checks and the nodes' routes and listings only read, so they run at once.
-    let checking = futures::future::try_join_all(images.iter().map(|wanted| check_engine_image(docker, wanted)));
-    let listing = async {
-        let reached = futures::future::join_all(nodes.iter().map(|node| Reached::new(docker, node))).await;
-        let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
-            let started = Instant::now();
-            list_images(node).await.map(|rows| (rows, started.elapsed()))
-        }))
-        .await?;
-        Ok::<_, ContainerdError>((reached, listings))
-    };
-    let (engine_images, (reached, listings)) = futures::future::try_join(checking, listing).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "engine images checked and nodes listed");
-    // Which layer entries of an export are which layers, from every node's labels.
-    let mut known = LayerMap::default();
-    for row in listings.iter().flat_map(|(rows, _)| rows) {
-        if let Some(value) = row.labels.get(LAYERS_LABEL) {
-            known.add_label(value);
-        }
-    }
-    // The short digests of each node's blobs, listed when it first needs a stream.
-    let mut held: HashMap<usize, BTreeSet<String>> = HashMap::new();
-    // The labels each (node, image) loaded gets once every image is on every node.
-    // with the digest of the manifest it was given.
-    let mut labels: HashMap<(usize, usize), (Vec<String>, String)> = HashMap::new();
-
-    // What each (image, node) needs: nothing, a tag, or a stream.
-    let mut outcomes = Vec::new();
-    let mut tags = Vec::new();
-    let mut tag_keys = Vec::new();
-    let mut streams: Vec<Vec<usize>> = vec![Vec::new(); images.len()];
-    for (i, wanted) in images.iter().enumerate() {
-        for (n, (rows, checked_in)) in listings.iter().enumerate() {
-            match need(rows, wanted) {
-                Need::Nothing => outcomes.push(NodeOutcome {
-                    node: nodes[n].name(),
-                    image: wanted.image.clone(),
-                    action: Action::Skipped,
-                    elapsed: *checked_in,
-                    sent: 0,
-                    source: None,
-                }),
-                Need::Tag(source) => {
-                    tags.push((n, wanted, source, *checked_in));
-                    tag_keys.push((i, n));
-                }
-                Need::Stream => streams[i].push(n),
-            }
-        }
-    }
-    // `ctr images tag` copies the source's labels: the image id and layer
-    // map come along, so a tagged image needs no labelling.
-    let reached = &reached;
-    let tagged = futures::future::try_join_all(tags.into_iter().map(|(n, wanted, source, checked_in)| async move {
-        let started = Instant::now();
-        let done = tag_from(&reached[n], wanted, source).await?;
-        Ok::<_, ContainerdError>(done.then(|| NodeOutcome {
-            node: nodes[n].name(),
-            image: wanted.image.clone(),
-            action: Action::Tagged,
-            elapsed: checked_in + started.elapsed(),
-            sent: 0,
-            source: None,
-        }))
-    }))
-    .await?;
-    for (outcome, (i, n)) in tagged.into_iter().zip(tag_keys) {
-        match outcome {
-            Some(outcome) => outcomes.push(outcome),
-            // The image left the node meanwhile: it is streamed.
-            None => streams[i].push(n),
-        }
-    }
+    let (reached, listings) = list_nodes(docker, nodes, images).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "nodes listed");
+    let mut needs = Needs::of(nodes, images, &listings);
+    // Only an image some node lacks is read from the engine, so only such
+    // an image is checked there, and before any node is changed. An image
+    // the nodes hold (or that is tagged on them) is the build's by the
+    // node's own label, which only a verified load sets.
+    let mut engine_images: Vec<Option<EngineImage>> = images.iter().map(|_| None).collect();
+    check_engine_images(docker, images, &needs.streams, &mut engine_images).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "engine images checked");
+    needs.tag(images, &reached, nodes).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "tagged");
-
-    // The engine's own files, when they can be read: no export to wait for.
-    let store = match (from, streams.iter().any(|s| !s.is_empty())) {
-        (ReadFrom::StoreIfLocal, true) => {
-            Some(EngineStore::open(docker).await.map_err(|why| error_chain(&why).replace('\n', " ")))
-        }
-        (ReadFrom::Export, _) => Some(Err("the caller asked for the export".to_owned())),
-        (_, false) => None,
-    };
-    for (i, ((wanted, engine_image), targets)) in images.iter().zip(&engine_images).zip(streams).enumerate() {
-        if targets.is_empty() {
-            continue;
-        }
-        let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !held.contains_key(n)).collect();
-        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(&reached[n]))).await?;
-        held.extend(unlisted.into_iter().zip(listed));
-        let why = |e: StoreError| error_chain(&e).replace('\n', " ");
-        let stored = match &store {
-            Some(Ok(EngineStore::Overlay2(store))) => {
-                store.image(&wanted.image_id).await.map(|image| (Source::Store, Feed::Store(image))).map_err(why)
-            }
-            Some(Ok(EngineStore::Content(store))) => store
-                .image(&wanted.image_id)
-                .await
-                .map(|image| (Source::ContentStore, Feed::Content(store, image)))
-                .map_err(why),
-            Some(Err(why)) => Err(why.clone()),
-            None => Err("no store was opened".to_owned()),
-        };
-        let (source, feed) = stored.unwrap_or_else(|reason| {
-            tracing::debug!(image = %wanted.image, %reason, "exporting the image instead of reading the engine's store");
-            (Source::Export { reason }, Feed::Export)
-        });
-        let no_blobs = BTreeSet::new();
-        let shares: Vec<(&Reached, BTreeMap<String, String>, BTreeSet<String>)> = targets
-            .iter()
-            .map(|n| {
-                let blobs = held.get(n).unwrap_or(&no_blobs);
-                let entries = match &feed {
-                    Feed::Export => known.held_entries(&engine_image.layers, blobs),
-                    Feed::Store(_) | Feed::Content(..) => BTreeMap::new(),
-                };
-                (&reached[*n], entries, blobs.clone())
-            })
-            .collect();
-        let streamed = stream_into(docker, wanted, engine_image.size, shares, &feed).await?;
-        // Only a docker-format export names its entries: keep what the nodes' labels knew of them.
-        let layers = streamed.layers.unwrap_or_else(|| known.of_layers(&engine_image.layers));
-        let label = layers.label();
-        known.extend(&layers);
-        for (n, (elapsed, sent)) in targets.into_iter().zip(streamed.nodes) {
-            held.entry(n).or_default().extend(streamed.blobs.iter().map(|d| archive::short_digest(d)));
-            labels.insert((n, i), (loaded_labels(wanted, label.clone()), streamed.manifest.clone()));
-            outcomes.push(NodeOutcome {
-                node: nodes[n].name(),
-                image: wanted.image.clone(),
-                action: Action::Loaded,
-                elapsed,
-                sent,
-                source: Some(source.clone()),
-            });
+    if needs.streams.iter().all(Vec::is_empty) {
+        return Ok(LoadReport { nodes: nodes.to_vec(), outcomes: needs.outcomes });
+    }
+    // An image whose tag found it gone meanwhile is streamed: checked now.
+    check_engine_images(docker, images, &needs.streams, &mut engine_images).await?;
+    let mut streaming = Streaming::new(docker, from, &reached).await?;
+    for (i, targets) in std::mem::take(&mut needs.streams).into_iter().enumerate() {
+        if let Some(engine_image) = engine_images[i].as_ref().filter(|_| !targets.is_empty()) {
+            needs.outcomes.extend(streaming.stream(i, &images[i], engine_image, targets).await?);
         }
     }
-
     // Only a node that had an image streamed is listed again. On the others
     // the first listing showed every image skipped, with its id, and the
     // reference of every image tagged; `ctr images tag` exiting 0 made the
     // new reference, with the target and labels of that one.
+    let labels = &streaming.labels;
     futures::future::try_join_all(reached.iter().enumerate().filter_map(|(n, node)| {
         let to_label: Vec<(&LoadImage, &[String], &str)> = images
             .iter()
@@ -637,8 +526,225 @@ pub async fn load_from(
         (!to_label.is_empty()).then(|| label_and_verify(node, images, to_label))
     }))
     .await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "labelled and verified");
-    Ok(LoadReport { nodes: nodes.to_vec(), outcomes })
+    tracing::debug!(elapsed = ?started.elapsed(), "streamed, labelled and verified");
+    Ok(LoadReport { nodes: nodes.to_vec(), outcomes: needs.outcomes })
+}
+
+/// Finds how to reach every node and lists the images of it that matter
+/// to `images` ([`list_wanted`]), all nodes at once: the one listing of
+/// each node a warm load makes.
+async fn list_nodes<'a>(
+    docker: &'a Docker,
+    nodes: &'a [Node],
+    images: &[LoadImage],
+) -> Result<(Vec<Reached<'a>>, Vec<(Vec<Listed>, Duration)>), ContainerdError> {
+    let reached = futures::future::join_all(nodes.iter().map(|node| async move {
+        let started = Instant::now();
+        let reached = Reached::new(docker, node).await;
+        tracing::debug!(%node, route = ?reached.route, elapsed = ?started.elapsed(), "route found");
+        reached
+    }))
+    .await;
+    let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
+        let started = Instant::now();
+        let rows = list_wanted(node, images).await?;
+        tracing::debug!(node = %node.node, elapsed = ?started.elapsed(), images = rows.len(), "node listed");
+        Ok::<_, ContainerdError>((rows, started.elapsed()))
+    }))
+    .await?;
+    Ok((reached, listings))
+}
+
+/// What each (image, node) needs, from the nodes' first listings: nothing
+/// (its outcome is already known), a tag, or a stream.
+struct Needs<'r> {
+    /// The outcomes known so far.
+    outcomes: Vec<NodeOutcome>,
+    /// (image, node, the reference on the node to tag from, time the listing took).
+    tags: Vec<(usize, usize, &'r str, Duration)>,
+    /// For each image, the nodes it is streamed into.
+    streams: Vec<Vec<usize>>,
+}
+
+impl<'r> Needs<'r> {
+    fn of(nodes: &[Node], images: &'r [LoadImage], listings: &'r [(Vec<Listed>, Duration)]) -> Self {
+        let mut needs = Self { outcomes: Vec::new(), tags: Vec::new(), streams: vec![Vec::new(); images.len()] };
+        for (i, wanted) in images.iter().enumerate() {
+            for (n, (rows, checked_in)) in listings.iter().enumerate() {
+                match need(rows, wanted) {
+                    Need::Nothing => needs.outcomes.push(NodeOutcome {
+                        node: nodes[n].name(),
+                        image: wanted.image.clone(),
+                        action: Action::Skipped,
+                        elapsed: *checked_in,
+                        sent: 0,
+                        source: None,
+                    }),
+                    Need::Tag(source) => needs.tags.push((i, n, source, *checked_in)),
+                    Need::Stream => needs.streams[i].push(n),
+                }
+            }
+        }
+        needs
+    }
+
+    /// Runs every tag at once. `ctr images tag` copies the source's labels:
+    /// the image id and layer map come along, so a tagged image needs no
+    /// labelling. An image that left its node meanwhile is streamed.
+    async fn tag(
+        &mut self,
+        images: &[LoadImage],
+        reached: &[Reached<'_>],
+        nodes: &[Node],
+    ) -> Result<(), ContainerdError> {
+        let tags = std::mem::take(&mut self.tags);
+        let tagged = futures::future::try_join_all(tags.iter().map(|&(i, n, source, checked_in)| async move {
+            let started = Instant::now();
+            let done = tag_from(&reached[n], &images[i], source).await?;
+            Ok::<_, ContainerdError>(done.then(|| NodeOutcome {
+                node: nodes[n].name(),
+                image: images[i].image.clone(),
+                action: Action::Tagged,
+                elapsed: checked_in + started.elapsed(),
+                sent: 0,
+                source: None,
+            }))
+        }))
+        .await?;
+        for (outcome, (i, n, ..)) in tagged.into_iter().zip(tags) {
+            match outcome {
+                Some(outcome) => self.outcomes.push(outcome),
+                None => self.streams[i].push(n),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks on the engine every image of `streams` not checked yet
+/// (`checked`), all at once, and keeps what the engine says of it.
+async fn check_engine_images(
+    docker: &Docker,
+    images: &[LoadImage],
+    streams: &[Vec<usize>],
+    checked: &mut [Option<EngineImage>],
+) -> Result<(), ContainerdError> {
+    let unchecked: Vec<usize> = (0..images.len()).filter(|&i| !streams[i].is_empty() && checked[i].is_none()).collect();
+    let found =
+        futures::future::try_join_all(unchecked.iter().map(|&i| check_engine_image(docker, &images[i]))).await?;
+    for (i, engine_image) in unchecked.into_iter().zip(found) {
+        checked[i] = Some(engine_image);
+    }
+    Ok(())
+}
+
+/// The state of the streams of one load: where images are read, what each
+/// node holds, and the labels each streamed image gets once every image is
+/// on every node.
+struct Streaming<'a> {
+    docker: &'a Docker,
+    reached: &'a [Reached<'a>],
+    /// The engine's own files, when they can be read (no export to wait
+    /// for), else why not.
+    store: Result<EngineStore, String>,
+    /// Which layer entries of an export are which layers, from every node's labels.
+    known: LayerMap,
+    /// The short digests of each node's blobs, listed when it first needs a stream.
+    held: HashMap<usize, BTreeSet<String>>,
+    /// For each (node, image) streamed, its labels and the digest of the manifest it was given.
+    labels: HashMap<(usize, usize), (Vec<String>, String)>,
+}
+
+impl<'a> Streaming<'a> {
+    /// Opens the engine's store (unless `from` rules it out) and learns the
+    /// layer maps of every image on the nodes, with one full listing of each.
+    async fn new(docker: &'a Docker, from: ReadFrom, reached: &'a [Reached<'a>]) -> Result<Self, ContainerdError> {
+        let store = async {
+            match from {
+                ReadFrom::StoreIfLocal => {
+                    EngineStore::open(docker).await.map_err(|why| error_chain(&why).replace('\n', " "))
+                }
+                ReadFrom::Export => Err("the caller asked for the export".to_owned()),
+            }
+        };
+        let listings = futures::future::try_join_all(reached.iter().map(list_images));
+        let (store, listings) = tokio::join!(store, listings);
+        let mut known = LayerMap::default();
+        for row in listings?.iter().flatten() {
+            if let Some(value) = row.labels.get(LAYERS_LABEL) {
+                known.add_label(value);
+            }
+        }
+        Ok(Self { docker, reached, store, known, held: HashMap::new(), labels: HashMap::new() })
+    }
+
+    /// Streams image `i` (`wanted`) into the nodes `targets`, each getting
+    /// only the layers its content store lacks.
+    async fn stream(
+        &mut self,
+        i: usize,
+        wanted: &LoadImage,
+        engine_image: &EngineImage,
+        targets: Vec<usize>,
+    ) -> Result<Vec<NodeOutcome>, ContainerdError> {
+        let unlisted: Vec<usize> = targets.iter().copied().filter(|n| !self.held.contains_key(n)).collect();
+        let reached = self.reached;
+        let listed = futures::future::try_join_all(unlisted.iter().map(|&n| list_content(&reached[n]))).await?;
+        self.held.extend(unlisted.into_iter().zip(listed));
+        let (source, feed) = self.feed(wanted).await;
+        let no_blobs = BTreeSet::new();
+        let shares: Vec<(&Reached, BTreeMap<String, String>, BTreeSet<String>)> = targets
+            .iter()
+            .map(|n| {
+                let blobs = self.held.get(n).unwrap_or(&no_blobs);
+                let entries = match &feed {
+                    Feed::Export => self.known.held_entries(&engine_image.layers, blobs),
+                    Feed::Store(_) | Feed::Content(..) => BTreeMap::new(),
+                };
+                (&reached[*n], entries, blobs.clone())
+            })
+            .collect();
+        let streamed = stream_into(self.docker, wanted, engine_image.size, shares, &feed).await?;
+        // Only a docker-format export names its entries: keep what the nodes' labels knew of them.
+        let layers = streamed.layers.unwrap_or_else(|| self.known.of_layers(&engine_image.layers));
+        let label = layers.label();
+        self.known.extend(&layers);
+        let mut outcomes = Vec::new();
+        for (n, (elapsed, sent)) in targets.into_iter().zip(streamed.nodes) {
+            self.held.entry(n).or_default().extend(streamed.blobs.iter().map(|d| archive::short_digest(d)));
+            self.labels.insert((n, i), (loaded_labels(wanted, label.clone()), streamed.manifest.clone()));
+            outcomes.push(NodeOutcome {
+                node: reached[n].node.name(),
+                image: wanted.image.clone(),
+                action: Action::Loaded,
+                elapsed,
+                sent,
+                source: Some(source.clone()),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Where `wanted` is read: the engine's store when it holds the image,
+    /// else the export, with the reason.
+    async fn feed(&self, wanted: &LoadImage) -> (Source, Feed<'_>) {
+        let why = |e: StoreError| error_chain(&e).replace('\n', " ");
+        let stored = match &self.store {
+            Ok(EngineStore::Overlay2(store)) => {
+                store.image(&wanted.image_id).await.map(|image| (Source::Store, Feed::Store(image))).map_err(why)
+            }
+            Ok(EngineStore::Content(store)) => store
+                .image(&wanted.image_id)
+                .await
+                .map(|image| (Source::ContentStore, Feed::Content(store, image)))
+                .map_err(why),
+            Err(why) => Err(why.clone()),
+        };
+        stored.unwrap_or_else(|reason| {
+            tracing::debug!(image = %wanted.image, %reason, "exporting the image instead of reading the engine's store");
+            (Source::Export { reason }, Feed::Export)
+        })
+    }
 }
 
 /// The labels an image loaded on a node gets: its engine id and, when
@@ -841,6 +947,25 @@ fn holds(rows: &[Listed], wanted: &LoadImage) -> bool {
 
 async fn list_images(node: &Reached<'_>) -> Result<Vec<Listed>, ContainerdError> {
     Ok(parse_listing(&ctr(node, &["images", "ls"]).await?))
+}
+
+/// The images of `node` that [`need`] looks at for `images`: those under
+/// one of their references, and those labelled with one of their engine
+/// ids. `ctr images ls` reads every image it lists to sum its size, so a
+/// node holding many images is listed far faster this way.
+async fn list_wanted(node: &Reached<'_>, images: &[LoadImage]) -> Result<Vec<Listed>, ContainerdError> {
+    let quoted = |value: &str| format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+    let filters: Vec<String> = images
+        .iter()
+        .flat_map(|wanted| {
+            [
+                format!("name=={}", quoted(&wanted.image.to_string())),
+                format!("labels.{}=={}", quoted(IMAGE_ID_LABEL), quoted(&wanted.image_id)),
+            ]
+        })
+        .collect();
+    let args: Vec<&str> = ["images", "ls"].into_iter().chain(filters.iter().map(String::as_str)).collect();
+    Ok(parse_listing(&ctr(node, &args).await?))
 }
 
 /// The blobs in `node`'s content store, as short digests.

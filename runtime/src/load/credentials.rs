@@ -138,6 +138,18 @@ pub fn config_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker")))
 }
 
+/// What a push to `registry` went with, for its errors: `credential`'s
+/// source, or where none was found.
+pub fn tried(registry: &str, credential: Option<&Credential>) -> String {
+    match credential {
+        Some(credential) => format!("the credential from {}", credential.source),
+        None => match config_dir() {
+            Some(dir) => format!("no credential ({} has none for {registry})", dir.join("config.json").display()),
+            None => format!("no credential (neither {DOCKER_CONFIG_ENV} nor HOME is set)"),
+        },
+    }
+}
+
 /// The credential for `registry` (`host:port`) in Docker's configuration
 /// folder ([`config_dir`]); `None` when none is configured, and the
 /// registry is then used without one.

@@ -41,13 +41,20 @@ pub enum LoadError {
     #[error(transparent)]
     Credential(#[from] CredentialError),
     /// Nothing answers at the registry's address.
-    #[error("registry {registry} does not answer: {problem}; start it, or set E2E_INFRA_REGISTRY to where it listens")]
-    Unreachable { registry: String, problem: String },
+    #[error("registry {registry} does not answer: {problem} (credential: {tried}); start it, or set E2E_INFRA_REGISTRY to where it listens")]
+    Unreachable {
+        registry: String,
+        problem: String,
+        /// The credential the push would have used ([`credentials::tried`]).
+        tried: String,
+    },
     /// The push failed; `hint` says what to do when the cause is known.
-    #[error("pushing `{image}` to {registry} failed{hint}")]
+    #[error("pushing `{image}` to registry {registry} with {tried} failed{hint}")]
     Push {
         image: ImageRef,
         registry: String,
+        /// The credential the push used ([`credentials::tried`]).
+        tried: String,
         hint: String,
         /// The engine's error.
         source: bollard::errors::Error,
@@ -85,7 +92,7 @@ pub async fn push_all(docker: &Docker, plan: &Plan, credential: Option<&Credenti
         if first.image.registry() == "localhost" {
             return Err(LoadError::NoRegistry { image: first.image.clone() });
         }
-        answers(first.image.registry()).await?;
+        answers(first.image.registry(), credential).await?;
     }
     futures::stream::iter(built.into_iter().map(|c| push_one(docker, &c.image, credential)))
         .buffered(PUSHES_AT_ONCE)
@@ -102,8 +109,12 @@ pub(crate) fn digests(plan: &Plan, pushed: &[Pushed]) -> std::collections::BTree
 }
 
 /// Whether something accepts a connection at `registry` (`host:port`).
-async fn answers(registry: &str) -> Result<(), LoadError> {
-    let unreachable = |problem: String| LoadError::Unreachable { registry: registry.to_owned(), problem };
+async fn answers(registry: &str, credential: Option<&Credential>) -> Result<(), LoadError> {
+    let unreachable = |problem: String| LoadError::Unreachable {
+        registry: registry.to_owned(),
+        problem,
+        tried: credentials::tried(registry, credential),
+    };
     match tokio::time::timeout(ANSWER_WITHIN, tokio::net::TcpStream::connect(registry)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(unreachable(error.to_string())),
@@ -117,7 +128,7 @@ fn hint(registry: &str, said: &str, credential: Option<&Credential>) -> String {
     if said.contains("x509") || said.contains("certificate") {
         return format!(
             ": the engine does not trust the registry's certificate; put the CA that signed it in \
-             /etc/docker/certs.d/{registry}/ca.crt on the engine's machine"
+             /etc/docker/certs.d/{registry}/ca.crt on the engine's machine (read at every push)"
         );
     }
     if ["unauthorized", "authentication required", "no basic auth credentials", "denied"]
@@ -126,13 +137,14 @@ fn hint(registry: &str, said: &str, credential: Option<&Credential>) -> String {
     {
         return match credential {
             Some(credential) => format!(
-                ": the registry refused the credential from {}; fix it there, or run `docker login {registry}`",
+                ": the registry refused the credential; fix it in {}, or run `docker login {registry}`",
                 credential.source
             ),
-            None => {
-                let dir = credentials::config_dir().map_or_else(|| "~/.docker".to_owned(), |d| d.display().to_string());
-                format!(": the registry wants a credential and {dir}/config.json has none for it; run `docker login {registry}` (or set DOCKER_CONFIG)")
-            }
+            None => format!(
+                ": the registry wants a credential; run `docker login {registry}`, or set {} to a folder \
+                 whose config.json has one",
+                credentials::DOCKER_CONFIG_ENV
+            ),
         };
     }
     String::new()
@@ -143,6 +155,7 @@ async fn push_one(docker: &Docker, image: &ImageRef, credential: Option<&Credent
     let push_error = |source: bollard::errors::Error| LoadError::Push {
         image: image.clone(),
         registry: registry.to_owned(),
+        tried: credentials::tried(registry, credential),
         hint: hint(registry, &source.to_string(), credential),
         source,
     };
