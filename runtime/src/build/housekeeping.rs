@@ -139,7 +139,7 @@ impl Candidate {
 
 /// Removes the run tags of all but the newest `keep` runs of each built
 /// component (all components when `components` is `None`), sparing what
-/// the [module documentation](self) lists, the references in `protect`, and
+/// the module documentation lists, the references in `protect`, and
 /// the tags of images created or tagged within `grace` ([`GRACE`] unless a
 /// caller knows better). Returns what was removed.
 ///
@@ -151,9 +151,9 @@ impl Candidate {
 /// # Example
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use e2e_infra::build::housekeeping::prune_run_tags;
+/// use e2e_infra::cli_support::housekeeping::prune_run_tags;
 /// let docker = e2e_infra::engine::connect().await?;
-/// use e2e_infra::build::housekeeping::GRACE;
+/// use e2e_infra::cli_support::housekeeping::GRACE;
 /// for removed in prune_run_tags(&docker, None, 3, GRACE, &[]).await? {
 ///     println!("removed {}", removed.reference);
 /// }

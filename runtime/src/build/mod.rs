@@ -89,7 +89,7 @@ pub struct BuildOptions {
     /// How many images build at once (at least one).
     pub concurrency: usize,
     /// After a successful build, keep the run tags of this many newest runs
-    /// per built component and remove older ones (see [`housekeeping`]:
+    /// per built component and remove older ones (see `housekeeping`:
     /// after a run that reused every image, at most every
     /// [`housekeeping::REUSE_PRUNE_EVERY`]); 0 keeps them all. Default
     /// [`housekeeping::KEEP_RUNS`], or `E2E_INFRA_KEEP_IMAGE_RUNS`.

@@ -433,3 +433,32 @@ fn random_hex_differs_every_time() {
     assert_eq!(a.len(), 16);
     assert_ne!(a, random_hex(8).expect("urandom"));
 }
+
+// ---- Stack identity.
+
+#[test]
+fn a_run_key_deserialises_only_from_valid_names() {
+    let key = RunKey::parse("ci-42", "notification").expect("valid");
+    let json = serde_json::to_value(&key).expect("serialises");
+    assert_eq!(json, serde_json::json!({ "run_id": "ci-42", "consumer": "notification" }));
+    let back: RunKey = serde_json::from_value(json).expect("deserialises");
+    assert_eq!(back, key);
+    assert_eq!(back.run().source(), RunSource::Recorded);
+    for (run, consumer) in [("../x", "notification"), ("", "notification"), ("ci-42", "Not-A-Name"), ("ci-42", "")] {
+        let json = serde_json::json!({ "run_id": run, "consumer": consumer });
+        assert!(serde_json::from_value::<RunKey>(json).is_err(), "{run:?} {consumer:?}");
+        assert!(RunKey::parse(run, consumer).is_err(), "{run:?} {consumer:?}");
+    }
+}
+
+#[test]
+fn a_run_id_is_its_text_wherever_it_was_learnt() {
+    let me = Launcher::of(std::process::id()).expect("this process is in /proc");
+    let detected = RunId::explicit("ci-42", Some(me)).expect("valid");
+    let recorded: RunId = "ci-42".parse().expect("valid");
+    assert_eq!(detected, recorded);
+    let consumer = Consumer::new("notification").expect("valid");
+    let plan_key = RunKey::new(detected, consumer.clone());
+    assert_eq!(plan_key, RunKey::new(recorded, consumer));
+    assert_eq!(plan_key.namespace(), Namespace::of("ci-42", "notification"));
+}

@@ -1,7 +1,7 @@
 //! One stack, end to end: build, load, deploy, ready; and its removal.
 //!
 //! This is where the stages meet. Each takes the plan's references and
-//! returns what the next needs; none formats a tag. [`teardown`] finds the
+//! returns what the next needs; none formats a tag. `teardown` finds the
 //! stacks of every run on an engine or cluster, and removes or keeps them.
 
 pub(crate) mod teardown;

@@ -76,7 +76,7 @@ pub struct Target {
 }
 
 /// Opens a local listener and forwards its connections to `target` on the
-/// process's [background runtime](crate::background), for the rest of the
+/// process's background runtime, for the rest of the
 /// process; returns the local address.
 ///
 /// # Errors
