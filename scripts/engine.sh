@@ -70,6 +70,7 @@ ensure_tools() {
   # scripts/registry.sh: the registry's CA and its bcrypt htpasswd.
   command -v openssl >/dev/null || missing+=(openssl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v zstd >/dev/null || missing+=(zstd)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 

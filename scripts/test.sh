@@ -75,6 +75,10 @@ fi
 # With --run-ignored all, the inside of the unshare tests stays out: it runs
 # only when the test that drives it starts it, never as a test of its own.
 always='not test(=inner_run_in_a_new_pid_namespace)'
+# Docker 20.10 cannot load an image with zstd-compressed layers (its `docker
+# load` stops at "unexpected EOF"): the zstd load test runs in the Docker 29
+# passes, whose engines can.
+zstd='test(/zstd_layer/)'
 
 # The registry the node pulls from (see the top of this file).
 pulls=""
@@ -173,7 +177,7 @@ run_pass() {
   summaries+=("$line")
 }
 
-run_pass "system engine" "" "$always" "$@"
+run_pass "system engine" "" "($always) and not ($zstd)" "$@"
 # The example on the cluster: a build with E2E_INFRA_BACKEND=kubernetes
 # also stands up the notification controller and has its tests (build.rs).
 if ((${#cluster[@]})); then
