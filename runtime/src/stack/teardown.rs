@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
+use crate::deploy::kube::shard::ShardLease;
 use crate::plan::{Launcher, Verdict};
 use crate::record::RunKey;
 use crate::stack::{self, StackError};
@@ -88,6 +89,9 @@ pub struct RunStack {
     /// When its oldest resource was created, in seconds since the Unix
     /// epoch, if the engine or cluster said.
     pub created: Option<i64>,
+    /// For a stack the CI shards of a run share, its Lease: the stack
+    /// lives while a shard does, whatever its launcher.
+    pub shards: Option<ShardLease>,
 }
 
 impl RunStack {
@@ -113,6 +117,11 @@ impl RunStack {
     pub fn liveness(&self) -> Liveness {
         if self.up_finished {
             return Liveness::Manual;
+        }
+        if let Some(lease) = &self.shards {
+            // Its launcher is the set-up shard's, which may be gone while
+            // other shards still test; the shards' renewals tell.
+            return if lease.expired(kube_backend::shard::now_ms()) { Liveness::Dead } else { Liveness::Alive };
         }
         match self.launcher.map(|l| l.verdict()) {
             None => Liveness::Manual,
@@ -323,6 +332,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
             reused: false,
             up_finished: false,
             created: None,
+            shards: None,
         });
         run.reused |= labels.contains_key(labels::REUSE);
         if run.launcher.is_none() {
@@ -353,6 +363,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<RunStack>, StackError> {
 /// [`StackError::Kube`] when the cluster does not answer or refuses.
 pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackError> {
     let client = kube_backend::connect(context).await?;
+    let mut leases = kube_backend::shard::all(&client).await.map_err(kube_backend::KubeError::from)?;
     let mut runs = Vec::new();
     for found in kube_backend::run_namespaces(client).await? {
         let Some(images) = found.images.as_deref().and_then(|i| serde_json::from_str::<ImageTarget>(i).ok()) else {
@@ -364,7 +375,9 @@ pub async fn list_kube(context: Option<&str>) -> Result<Vec<RunStack>, StackErro
             );
             continue;
         };
+        let shards = leases.remove(&found.name);
         runs.push(RunStack {
+            shards,
             kept: found.kept.is_some()
                 || RunDir::existing(&RunKey::new(found.run_id.as_str(), found.consumer.as_str()))
                     .is_some_and(|d| d.is_kept()),
@@ -427,6 +440,7 @@ mod tests {
             reused: false,
             up_finished: false,
             created,
+            shards: None,
         }
     }
 
