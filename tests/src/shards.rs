@@ -193,12 +193,19 @@ impl ShardSuite {
         command.spawn().expect("unshare (util-linux)")
     }
 
-    /// Runs `count` shards of run `run` at once, shard i on engine
+    /// Runs one shard per run id of `runs` at once (the same id for shards
+    /// of one stack, distinct ones for a stack each), shard i on engine
     /// `engines[i % engines.len()]`; returns each shard's run.
-    pub fn run_shards(&self, cluster: &Cluster, run: &str, count: usize, engines: &[String]) -> Vec<ShardRun> {
+    pub fn run_shards(&self, cluster: &Cluster, runs: &[String], engines: &[String]) -> Vec<ShardRun> {
         let started = Instant::now();
-        let children: Vec<_> = (1..=count)
-            .map(|i| self.start(cluster, run, (i, count), &engines[(i - 1) % engines.len()], Duration::from_secs(60)))
+        let count = runs.len();
+        let children: Vec<_> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| {
+                let engine = &engines[i % engines.len()];
+                self.start(cluster, run, (i + 1, count), engine, Duration::from_secs(60))
+            })
             .collect();
         children
             .into_iter()
@@ -210,4 +217,12 @@ impl ShardSuite {
             })
             .collect()
     }
+}
+
+/// How many setups (build, delivery, deploy) `runs` did: every shard's
+/// entering process prints the stack's summary, and one that attached to
+/// another shard's stack also [`ATTACHED`].
+pub fn setups(runs: &[ShardRun]) -> usize {
+    let count = |needle: &str| runs.iter().map(|r| r.text.matches(needle).count()).sum::<usize>();
+    count("` ready, tag ").saturating_sub(count(ATTACHED))
 }

@@ -255,14 +255,14 @@ fn teardown(request: &str) {
     // Detached: a setup process that never asks must not hold teardown up.
     let (asked, kube, components) = (key.clone(), request.kube.clone(), request.components.clone());
     std::thread::spawn(move || keep_forwards(kube.as_ref(), &components, &asked));
-    // This process descends from the launcher: same PID namespace, so
-    // the pid alone tells, even where the namespace cannot be read.
     let mut renewal = request.shard.as_ref().zip(request.kube.as_ref()).map(|(shard, target)| Renewal {
         shard,
         context: target.context.as_deref(),
         namespace: key.namespace().to_string(),
         next: Instant::now(),
     });
+    // This process descends from the launcher: same PID namespace, so
+    // the pid alone tells, even where the namespace cannot be read.
     while launcher.runs_in_this_namespace() {
         if let Some(renewal) = &mut renewal {
             renewal.tick();

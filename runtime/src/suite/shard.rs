@@ -23,7 +23,7 @@ use crate::backend::{Backend, KubeTarget};
 use crate::deploy::kube::shard::{self as lease, Claim, Phase, PlanPrint, ShardError};
 use crate::deploy::kube::{self as kube_backend};
 use crate::plan::{Plan, RunId, RunSource};
-use crate::record::StackRecord;
+use crate::record::{Placement, StackRecord};
 use crate::stack::StackError;
 
 pub(crate) use crate::deploy::kube::shard::SHARD_ENV;
@@ -120,6 +120,8 @@ impl Shard {
                     value: e.to_string(),
                     expected: "the record of a stack, as JSON: the shards run different versions of e2e-infra",
                 })?;
+                // This machine reaches the cluster through its own context.
+                let record = StackRecord { placement: Placement::Kubernetes { target: self.target.clone() }, ..record };
                 Ok(Entered::Attached { holder: settled.holder, record: Box::new(record) })
             }
             (_, _, error) => Err(SuiteError::FailedInShard {

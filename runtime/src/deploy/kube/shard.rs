@@ -386,6 +386,10 @@ pub async fn claim(
     match api(client, namespace).create(&PostParams::default(), &fresh.write()).await {
         Ok(_) => return Ok(Claim::SetUp),
         Err(kube::Error::Api(status)) if status.code == 409 => {}
+        // The last shard out is deleting the namespace.
+        Err(kube::Error::Api(status)) if status.code == 403 && status.message.contains("terminat") => {
+            return Err(ShardError::TornDown { shard: shard.to_owned(), namespace: namespace.to_owned() })
+        }
         Err(source) => return Err(failed("creating", namespace)(source)),
     }
     let joined = update(client, namespace, |lease| {
@@ -532,7 +536,8 @@ pub enum Left {
         /// Every failed test of every shard.
         failed: Vec<String>,
     },
-    /// There is no Lease: the stack is already gone.
+    /// There is no Lease, or another shard went last: the stack is gone
+    /// or going.
     Gone,
 }
 
@@ -544,20 +549,20 @@ pub enum Left {
 /// # Errors
 /// [`ShardError::Lease`] when the cluster refuses.
 pub async fn leave(client: &Client, namespace: &str, shard: &str, failed: &[String]) -> Result<Left, ShardError> {
-    let mut others = Vec::new();
+    let (mut others, mut torn_down) = (Vec::new(), false);
     let written = update(client, namespace, |lease| {
         if lease.phase == Phase::TearingDown {
             // Another shard saw this one silent and went last.
-            others.clear();
+            torn_down = true;
             return Ok(false);
         }
         let now = now_ms();
-        let member = lease.members.entry(shard.to_owned()).or_insert(Member {
-            joined: now,
-            renewed: now,
-            left: true,
-            failed: Vec::new(),
-        });
+        // A shard that was refused never joined: it leaves nothing.
+        let Some(member) = lease.members.get_mut(shard) else {
+            others = lease.live(now).into_iter().map(str::to_owned).collect();
+            others.push(String::new());
+            return Ok(false);
+        };
         member.left = true;
         member.failed = failed.to_vec();
         others = lease.live(now).into_iter().map(str::to_owned).collect();
@@ -569,11 +574,11 @@ pub async fn leave(client: &Client, namespace: &str, shard: &str, failed: &[Stri
     .await?;
     Ok(match written {
         None => Left::Gone,
+        Some(_) if torn_down => Left::Gone,
         Some(lease) if lease.phase == Phase::TearingDown && others.is_empty() => {
             Left::LastOut { failed: lease.failed_tests() }
         }
-        Some(_) if others.is_empty() => Left::Others(Vec::new()),
-        Some(_) => Left::Others(others),
+        Some(_) => Left::Others(others.into_iter().filter(|o| !o.is_empty()).collect()),
     })
 }
 
