@@ -16,7 +16,7 @@ fn engines() -> Res<Vec<String>> {
     let docker29 = format!("{folder}/docker29/docker.sock");
     if !std::path::Path::new(&docker29).exists() {
         return Err(format!(
-            "benchmark 10 runs every other shard on Docker 29 at {docker29}: start it with scripts/engine.sh --all"
+            "benchmark 11 runs every other shard on Docker 29 at {docker29}: start it with scripts/engine.sh --all"
         )
         .into());
     }
@@ -38,15 +38,15 @@ fn measure(runs: &[ShardRun]) -> Res<Measured> {
     Ok(Measured { setups: setups(runs), wall: runs.iter().map(|r| r.wall).max().unwrap_or_default() })
 }
 
-/// Benchmark 10.
+/// Benchmark 11.
 pub fn shards(tests: usize) -> Res<Section> {
     std::env::var("E2E_CONTAINERD_SOCKET").map_err(|_| {
-        "benchmark 10 needs a cluster and its node's containerd: set KUBECONFIG and E2E_CONTAINERD_SOCKET"
+        "benchmark 11 needs a cluster and its node's containerd: set KUBECONFIG and E2E_CONTAINERD_SOCKET"
     })?;
     let cluster = Cluster::from_env();
     let engines = engines()?;
     let mut section = Section::new(
-        "10. CI shards on one cluster",
+        "11. CI shards on one cluster",
         &format!(
             "One generated suite of {tests} tests (each reads a page of the run's `web`, a busybox httpd), run as \
              N `cargo nextest run --partition count:i/N` commands at once, each in a PID namespace of its own \
