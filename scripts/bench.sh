@@ -39,6 +39,13 @@
 # its CA (scripts/cluster.sh registry); with yours, export what
 # `scripts/registry.sh start DIR` prints, else its table says it was not run.
 # It pushes the example's images: run scripts/example.sh first.
+#
+# Benchmark 11 runs CI shards: 2 and 4 `cargo nextest run --partition`
+# commands, each in a PID namespace of its own (unshare) with its own state
+# root, taking turns on the system engine and Docker 29, sharing one stack
+# on the cluster against a stack each; it counts setups and wall time:
+#
+#   source /tmp/e2e-cluster.env && scripts/bench.sh --only 11 --out /tmp/shards.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/kits.sh

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod guide;
 pub mod kind_node;
 pub mod report;
+pub mod shards;
 
 use std::fs;
 use std::net::SocketAddr;

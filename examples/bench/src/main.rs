@@ -13,6 +13,7 @@ mod kind_load;
 mod registry_pull;
 mod report;
 mod reuse;
+mod shards;
 mod warm;
 
 use std::path::PathBuf;
@@ -37,8 +38,8 @@ const ENGINES_ENV: &str = "E2E_BENCH_ENGINES";
 struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
-    /// Which benchmarks to run (1 to 10; 6 and 9 need a cluster: KUBECONFIG, and 9 its node's containerd socket; 10 also a registry the node pulls from, from scripts/registry.sh; 8 fetches testcontainers from crates.io).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])]
+    /// Which benchmarks to run (1 to 11; 6, 9 and 11 need a cluster: KUBECONFIG, and 9 and 11 its node's containerd socket; 10 also a registry the node pulls from, from scripts/registry.sh; 11 also Docker 29 and unshare; 8 fetches testcontainers from crates.io).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])]
     only: Vec<u8>,
     /// Repetitions of each cheap measurement; tables show the median.
     #[arg(long, default_value_t = 3)]
@@ -71,6 +72,9 @@ struct Cli {
     /// Tests in each generated suite of benchmarks 5, 8 and 9.
     #[arg(long, default_value_t = 16)]
     tests: usize,
+    /// Tests in the generated suite of benchmark 11, split across its shards.
+    #[arg(long, default_value_t = 8)]
+    shard_tests: usize,
     /// Where the page goes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md"))]
     out: PathBuf,
@@ -188,7 +192,8 @@ async fn section(cli: &Cli, docker: &bollard::Docker, benchmark: u8) -> Res<Sect
         8 => reuse::reuse(docker, cli.tests, cli.reps).await?,
         9 => attach::attach(docker, cli.tests).await?,
         10 => registry_pull::registry_pull(docker, cli.reps).await?,
-        other => return Err(format!("no benchmark {other}; they are 1 to 10").into()),
+        11 => shards::shards(cli.shard_tests)?,
+        other => return Err(format!("no benchmark {other}; they are 1 to 11").into()),
     })
 }
 

@@ -336,12 +336,17 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
                 (Liveness::Manual, _) => "manual",
             };
             match &run.kube {
-                Some((namespace, target)) => say!(
-                    "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
-                    run.key.consumer(),
-                    state,
-                    run.key.run()
-                )?,
+                Some((namespace, target)) => {
+                    say!(
+                        "{:<14} {:<7} run {}  namespace: {namespace} ({target})",
+                        run.key.consumer(),
+                        state,
+                        run.key.run()
+                    )?;
+                    if let Some(lease) = &run.shards {
+                        say!("{:<22} {}", "", shards_line(lease))?;
+                    }
+                }
                 None => say!(
                     "{:<14} {:<7} run {}  containers: {}  networks: {}",
                     run.key.consumer(),
@@ -364,6 +369,34 @@ pub fn status(args: &StatusArgs) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+/// The shards of a shared stack: the phase, then each shard with whether
+/// it set up, still counts, left or went silent.
+fn shards_line(lease: &e2e_infra::deploy::kube::shard::ShardLease) -> String {
+    let now = e2e_infra::deploy::kube::shard::now_ms();
+    let shards: Vec<String> = lease
+        .members
+        .iter()
+        .map(|(name, member)| {
+            let mut state = Vec::new();
+            if *name == lease.holder {
+                state.push("set up".to_owned());
+            }
+            state.push(if member.left {
+                "left".to_owned()
+            } else if lease.is_live(name, now) {
+                format!("attached, renewed {}s ago", (now - member.renewed).max(0) / 1000)
+            } else {
+                "silent past its time to live".to_owned()
+            });
+            if !member.failed.is_empty() {
+                state.push(format!("{} failed test(s)", member.failed.len()));
+            }
+            format!("{name} ({})", state.join(", "))
+        })
+        .collect();
+    format!("shards ({}, time to live {}s): {}", lease.phase, lease.ttl.as_secs(), shards.join("; "))
 }
 
 /// Runs `clean`.

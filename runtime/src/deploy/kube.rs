@@ -13,6 +13,7 @@ pub mod forward;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
 mod render;
+pub mod shard;
 mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -270,6 +271,9 @@ pub enum KubeError {
         /// kube's error.
         source: kube::Error,
     },
+    /// The Lease of the run's shards could not be used.
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
     /// The run's namespaces could not be listed.
     #[error("listing the namespaces of e2e-infra runs failed")]
     ListNamespaces {
@@ -631,6 +635,25 @@ pub async fn mark(client: Client, namespace: &str, annotation: &'static str, val
         .await
         .map(|_| ())
         .map_err(|source| KubeError::Mark { namespace: namespace.to_owned(), annotation, source })
+}
+
+/// Creates the run's namespace, labelled as [`deploy`] labels it, unless
+/// it exists: the shards of a run coordinate through a Lease in it before
+/// anything is deployed.
+///
+/// # Errors
+/// [`KubeError::Namespace`] when the cluster refuses.
+pub async fn ensure_namespace(client: &Client, plan: &Plan, images: Option<String>) -> Result<(), KubeError> {
+    let api: Api<KubeNamespace> = Api::all(client.clone());
+    let name = plan.namespace().as_str();
+    match api.get_opt(name).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let options = KubeOptions { images, ..KubeOptions::default() };
+            apply_namespace(client, plan, &StackLabels::of(plan), &options, &[]).await
+        }
+        Err(source) => Err(KubeError::Namespace { namespace: name.to_owned(), source }),
+    }
 }
 
 async fn apply_namespace(

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{ImageTarget, KubeTarget};
 use crate::deploy::docker::DockerError;
 use crate::deploy::kube as kube_backend;
+use crate::deploy::kube::shard::ShardLease;
 use crate::engine;
 use crate::error::error_chain;
 use crate::labels::{self, StackLabels};
@@ -88,6 +89,9 @@ pub struct RunStack {
     /// When its oldest resource was created, in seconds since the Unix
     /// epoch, if the engine or cluster said.
     pub created: Option<i64>,
+    /// For a stack the CI shards of a run share, its Lease: the stack
+    /// lives while a shard does, whatever its launcher.
+    pub shards: Option<ShardLease>,
 }
 
 /// Things labelled as e2e-infra's whose run id or consumer label breaks
@@ -138,6 +142,11 @@ impl RunStack {
     pub fn liveness(&self) -> Liveness {
         if self.up_finished {
             return Liveness::Manual;
+        }
+        if let Some(lease) = &self.shards {
+            // Its launcher is the set-up shard's, which may be gone while
+            // other shards still test; the shards' renewals tell.
+            return if lease.expired(kube_backend::shard::now_ms()) { Liveness::Dead } else { Liveness::Alive };
         }
         match self.launcher.map(|l| l.verdict()) {
             None => Liveness::Manual,
@@ -361,6 +370,7 @@ pub async fn list(docker: &Docker) -> Result<Listing, StackError> {
             reused: false,
             up_finished: false,
             created: None,
+            shards: None,
         });
         run.reused |= labels.contains_key(labels::REUSE);
         if run.launcher.is_none() {
@@ -390,6 +400,7 @@ pub async fn list(docker: &Docker) -> Result<Listing, StackError> {
 /// [`StackError::Kube`] when the cluster does not answer or refuses.
 pub async fn list_kube(context: Option<&str>) -> Result<Listing, StackError> {
     let client = kube_backend::connect(context).await?;
+    let mut leases = kube_backend::shard::all(&client).await.map_err(kube_backend::KubeError::from)?;
     let mut listing = Listing::default();
     for found in kube_backend::run_namespaces(client).await? {
         let key = match RunKey::parse(&found.run_id, &found.consumer) {
@@ -413,7 +424,9 @@ pub async fn list_kube(context: Option<&str>) -> Result<Listing, StackError> {
             );
             continue;
         };
+        let shards = leases.remove(&found.name);
         listing.stacks.push(RunStack {
+            shards,
             kept: found.kept.is_some() || RunDir::existing(&key).is_some_and(|d| d.is_kept()),
             key,
             created: found.created,
@@ -472,6 +485,7 @@ mod tests {
             reused: false,
             up_finished: false,
             created,
+            shards: None,
         }
     }
 

@@ -16,6 +16,7 @@
 //! `E2E_INFRA_KEEP=1`.
 
 mod reaper;
+mod shard;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -80,6 +81,18 @@ pub enum SuiteError {
         /// That process's error.
         message: String,
     },
+    /// Another CI shard of the run set the stack up, and that failed.
+    #[error("setting up `{consumer}` failed in shard `{holder}` of this run:\n{message}")]
+    FailedInShard {
+        consumer: String,
+        /// The shard that set up.
+        holder: String,
+        /// Its error, as recorded on the Lease.
+        message: String,
+    },
+    /// The shards of the run could not share the stack.
+    #[error(transparent)]
+    Shard(#[from] crate::deploy::kube::shard::ShardError),
     /// Another test binary of the run set the consumer's stack up with
     /// other components.
     #[error("the `{consumer}` stack of this run was set up by another test binary with components [{}], but this suite plans [{}]; one consumer has one set of needs per run: give these suites different consumer names", recorded.join(", "), planned.join(", "))]
@@ -210,26 +223,64 @@ impl Suite {
                 return Err(SuiteError::FailedElsewhere { consumer: self.spec.consumer.to_owned(), message })
             }
             Found::Nothing | Found::Abandoned => {
+                let shard = shard::Shard::of(&self.backend()?, plan.run(), reuse)?;
                 // A reusable stack is kept by design: no teardown, and what
-                // an earlier run left is what setup reuses or replaces.
-                let abandoned =
-                    !reuse && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
+                // an earlier run left is what setup reuses or replaces. A
+                // shared stack is the Lease's to judge, not this machine's.
+                let abandoned = !reuse
+                    && shard.is_none()
+                    && (matches!(found, Found::Abandoned) || matches!(claim, Claim::Reset { leftovers: true }));
                 if !reuse {
                     let kube = match self.backend()? {
                         Backend::Kubernetes(target) => Some(target),
                         Backend::Docker => None,
                     };
-                    keeper = reaper::spawn(&plan, kube, &dir);
+                    keeper = reaper::spawn(&plan, kube, &dir, shard.as_ref());
                 }
                 dir.begin_attempt()?;
-                let case = report::case_dir(plan.key(), report::SETUP);
-                let recorder = Recorder::new(case, &plan, &self.backend()?);
-                match self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder)) {
+                let entered = match &shard {
+                    Some(shard) => {
+                        let print = shard::print(&plan, self.spec.needs, std::path::Path::new(self.spec.catalog));
+                        self.in_runtime(|| shard.enter(&plan, &print))
+                    }
+                    None => Ok(shard::Entered::SetUp),
+                };
+                let set_up = match entered {
+                    Ok(shard::Entered::SetUp) => {
+                        let case = report::case_dir(plan.key(), report::SETUP);
+                        let recorder = Recorder::new(case, &plan, &self.backend()?);
+                        let result =
+                            self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder));
+                        if let Some(shard) = &shard {
+                            let outcome = result.as_ref().map_err(|e| error_chain(e));
+                            if let Err(error) = self.in_runtime(|| shard.publish(&plan, outcome)) {
+                                // The waiting shards then fail when this
+                                // one's teardown leaves; this error counts.
+                                eprintln!(
+                                    "e2e-infra: recording the setup on the shards' Lease failed: {}",
+                                    error_chain(&error)
+                                );
+                            }
+                        }
+                        result
+                    }
+                    Ok(shard::Entered::Attached { holder, record }) => {
+                        eprintln!("e2e-infra: `{}` attached to the stack shard `{holder}` set up", plan.consumer());
+                        Ok(*record)
+                    }
+                    Err(error) => Err(error),
+                };
+                match set_up {
                     Ok(mut record) => {
                         if let Some(keeper) = keeper.take() {
                             keeper.forward_into(&mut record);
                         }
                         if let Err(source) = dir.record_ready(&record) {
+                            if shard.is_some() {
+                                // The stack is the shards', not this machine's
+                                // to remove: the last shard out does.
+                                return Err(source.into());
+                            }
                             return Err(self.unrecorded(&plan, &dir, source));
                         }
                         // Once per run. Test harnesses capture it: it shows

@@ -24,14 +24,16 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::shard::Shard;
 use super::KEEP_ENV;
 use crate::backend::KubeTarget;
 use crate::background;
 use crate::deploy::kube::forward;
+use crate::deploy::kube::shard::{self, Left};
 use crate::error::error_chain;
 use crate::plan::{Consumer, Launcher, Plan, RunId, RunKey, RUN_ID_ENV};
 use crate::record::{Placement, StackRecord};
@@ -65,6 +67,17 @@ struct Request {
     kube: Option<KubeTarget>,
     /// The run's components, whose Services get port-forwards on request.
     components: Vec<String>,
+    /// This machine's shard of a stack the run's shards share: renewed
+    /// while the run lasts, then left; only the last shard out tears down.
+    #[serde(default)]
+    shard: Option<ShardRequest>,
+}
+
+/// A shard, as its teardown process needs it.
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardRequest {
+    name: String,
+    ttl_secs: u64,
 }
 
 /// The teardown process's answer to [`FORWARD_REQUEST`], on one line.
@@ -130,7 +143,7 @@ ctor::declarative::ctor! {
 
 /// Starts the teardown process for this run and consumer; returns the
 /// socket to ask it for port-forwards through.
-pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) -> Option<Keeper> {
+pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir, shard: Option<&Shard>) -> Option<Keeper> {
     let Some(launcher) = plan.run().launcher() else {
         tracing::warn!("no launcher process known: the stack stays until `e2e-infra clean`");
         return None;
@@ -140,6 +153,7 @@ pub(super) fn spawn(plan: &Plan, kube: Option<KubeTarget>, dir: &RunDir) -> Opti
         launcher: launcher.label(),
         kube,
         components: plan.components().iter().map(|c| c.name.clone()).collect(),
+        shard: shard.map(|s| ShardRequest { name: s.name.clone(), ttl_secs: s.ttl.as_secs() }),
     };
     let started = (|| -> std::io::Result<Keeper> {
         let log = dir.open_reaper_log()?;
@@ -240,9 +254,18 @@ fn teardown(request: &str) {
     // Detached: a setup process that never asks must not hold teardown up.
     let (asked, kube, components) = (key.clone(), request.kube.clone(), request.components.clone());
     std::thread::spawn(move || keep_forwards(kube.as_ref(), &components, &asked));
+    let mut renewal = request.shard.as_ref().zip(request.kube.as_ref()).map(|(shard, target)| Renewal {
+        shard,
+        context: target.context.as_deref(),
+        namespace: key.namespace().to_string(),
+        next: Instant::now(),
+    });
     // This process descends from the launcher: same PID namespace, so
     // the pid alone tells, even where the namespace cannot be read.
     while launcher.runs_in_this_namespace() {
+        if let Some(renewal) = &mut renewal {
+            renewal.tick();
+        }
         std::thread::sleep(POLL);
     }
     // A setup still running in a lingering test process finishes first.
@@ -253,7 +276,29 @@ fn teardown(request: &str) {
             return;
         }
     };
-    let failed = dir.failed_tests();
+    let mut failed = dir.failed_tests();
+    if let (Some(shard), Some(target)) = (&request.shard, &request.kube) {
+        match leave(target, &key, &shard.name, &failed) {
+            Some(Left::LastOut { failed: every }) => failed = every,
+            Some(Left::Others(others)) => {
+                println!(
+                    "e2e-infra: shard `{}` left the `{}` stack of run {}; still used by shard(s) {}",
+                    shard.name,
+                    key.consumer(),
+                    key.run(),
+                    others.join(", ")
+                );
+                drop(setup_lock);
+                let _ = dir.remove();
+                return;
+            }
+            Some(Left::Gone) | None => {
+                drop(setup_lock);
+                let _ = dir.remove();
+                return;
+            }
+        }
+    }
     let keep = match std::env::var(KEEP_ENV).as_deref() {
         Ok("1") => true,
         Ok("0") => false,
@@ -298,6 +343,47 @@ fn teardown(request: &str) {
     }
 }
 
+/// Renews this machine's shard on the Lease every third of its time to live.
+struct Renewal<'a> {
+    shard: &'a ShardRequest,
+    context: Option<&'a str>,
+    namespace: String,
+    next: Instant,
+}
+
+impl Renewal<'_> {
+    fn tick(&mut self) {
+        if Instant::now() < self.next {
+            return;
+        }
+        self.next = Instant::now() + Duration::from_secs(self.shard.ttl_secs) / 3;
+        let renewed = background::block_on(|| async {
+            let client = crate::deploy::kube::connect(self.context).await.map_err(StackError::from)?;
+            Ok::<_, TeardownError>(shard::renew(&client, &self.namespace, &self.shard.name).await?)
+        });
+        if let Err(error) = renewed.map_err(TeardownError::from).and_then(|r| r) {
+            eprintln!("e2e-infra teardown: renewing shard `{}` failed: {}", self.shard.name, error_chain(&error));
+        }
+    }
+}
+
+/// Leaves the shared stack; `None` (after saying why) when the cluster
+/// cannot be told: the Lease's time to live then ends this shard.
+fn leave(target: &KubeTarget, key: &RunKey, shard: &str, failed: &[String]) -> Option<Left> {
+    let namespace = key.namespace().to_string();
+    let left = background::block_on(|| async {
+        let client = crate::deploy::kube::connect(target.context.as_deref()).await.map_err(StackError::from)?;
+        Ok::<_, TeardownError>(shard::leave(&client, &namespace, shard, failed).await?)
+    });
+    match left.map_err(TeardownError::from).and_then(|l| l) {
+        Ok(left) => Some(left),
+        Err(error) => {
+            eprintln!("e2e-infra teardown: shard `{shard}` could not leave: {}", error_chain(&error));
+            None
+        }
+    }
+}
+
 /// Rust's `main` ignores SIGPIPE, so that writing to a closed socket is an
 /// error rather than death; this process never reaches `main`. Listening
 /// for the signal replaces its default action for the rest of the process.
@@ -313,4 +399,8 @@ enum TeardownError {
     Runtime(#[from] background::RuntimeError),
     #[error("listening for SIGPIPE failed")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
 }
