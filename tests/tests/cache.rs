@@ -655,3 +655,46 @@ async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
     };
     clean_up_after(body, remove_built_images(&docker, &run)).await;
 }
+
+/// A base image rebuilt under the same reference, as a base-image script
+/// does when its inputs change, rebuilds the image built `FROM` it; the
+/// base left as it is lets the image be reused.
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn a_base_rebuilt_under_the_same_reference_rebuilds_its_dependent() {
+    let docker = engine(None).await;
+    let project = Project::new();
+    let base = format!("localhost/{}:base", unique("rebased"));
+    let other = format!("localhost/{}:other", unique("rebased"));
+    project.busybox_context("dependent");
+    project.write("dependent/Dockerfile", format!("ARG BASE={base}\nFROM ${{BASE}}\nCOPY nonce /nonce\n"));
+    let catalog = project.catalog("[components.dependent]\nbuild = { context = \"dependent\" }\n");
+    let runs: Vec<Plan> = (0..3).map(|_| plan(&catalog, "rebase", &["dependent"], AREA, &Delivery::Local)).collect();
+    let body = async {
+        // Layerless images of this test's own: nothing shared to remove.
+        let layerless = |marker: &str| format!("FROM scratch\nLABEL marker={marker}\n");
+        build_by_hand(&docker, &base, &layerless(&base)).await?;
+        let first = build_all(&docker, &runs[0], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let same = build_all(&docker, &runs[1], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert!(same[0].cached, "the base is unchanged, yet the dependent was built: {}", same[0].output);
+        assert_eq!(same[0].image_id, first[0].image_id);
+
+        // Another image under the base's reference.
+        build_by_hand(&docker, &other, &layerless(&other)).await?;
+        let (repo, tag) = base.rsplit_once(':').unwrap();
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        docker.tag_image(&other, Some(options)).await.map_err(|e| e.to_string())?;
+        let rebuilt = build_all(&docker, &runs[2], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        assert!(!rebuilt[0].cached, "the base changed, yet the dependent was reused: {}", rebuilt[0].output);
+        assert_ne!(rebuilt[0].image_id, first[0].image_id);
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        for run in &runs {
+            remove_built_images(&docker, run).await;
+        }
+        remove_reference(&docker, &base).await;
+        remove_reference(&docker, &other).await;
+    })
+    .await;
+}

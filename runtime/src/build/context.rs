@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::bases;
 use super::dockerignore::{DockerIgnore, InvalidPattern};
 use super::fingerprint::{self, HashCounts, Stamp};
 use crate::catalog::BuildSpec;
@@ -119,10 +120,13 @@ pub(crate) struct Context {
     /// text of the `.dockerignore` sent with it.
     generated_ignore: Option<String>,
     /// sha256 of the Dockerfile, the context files after `.dockerignore`
-    /// (paths, kinds, modes, contents), the build args and the target.
+    /// (paths, kinds, modes, contents), the build args and the target;
+    /// the build then adds the ids of the base images.
     pub(crate) digest: String,
     /// How many files were read for the digest, and how many were known.
     pub(crate) counts: HashCounts,
+    /// The images the Dockerfile is built `FROM` (see [`bases::references`]).
+    pub(crate) bases: Vec<String>,
 }
 
 impl Context {
@@ -159,7 +163,8 @@ impl Context {
         };
         let key = format!("{component}\0{}", root.canonicalize().map_err(read_error(root))?.display());
         let (digest, counts) = input_digest(&key, component, &dockerfile, &entries, spec)?;
-        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest, counts })
+        let bases = bases::references(&String::from_utf8_lossy(&dockerfile), &spec.args);
+        Ok(Self { entries, dockerfile, dockerfile_name, generated_ignore, digest, counts, bases })
     }
 
     /// Writes the context as an uncompressed tar to `out`.

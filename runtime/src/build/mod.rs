@@ -9,6 +9,7 @@
 //! labels: an image that merely inherited the labels (one built `FROM` a
 //! cached image, or an intermediate image of a Podman build) never does.
 
+mod bases;
 mod context;
 mod dockerignore;
 mod fingerprint;
@@ -59,9 +60,11 @@ pub fn cache_ref(image: &ImageRef, digest: &str) -> String {
     format!("{}:{CACHE_TAG_PREFIX}{short}", image.name())
 }
 
-/// The digest of `component`'s build inputs: its Dockerfile, the context's
-/// files after `.dockerignore` (paths, kinds, modes, contents), the build
-/// arguments and the target. This is what a cache reference is keyed by.
+/// The digest of `component`'s own build inputs: its Dockerfile, the
+/// context's files after `.dockerignore` (paths, kinds, modes, contents),
+/// the build arguments and the target. A cache reference is keyed by this
+/// digest combined with the engine's image id of every image the
+/// Dockerfile is built `FROM`, which [`build_all`] inspects.
 /// The digests of files unchanged since an earlier call are reused; the
 /// counts say how many files were read.
 ///
@@ -183,6 +186,16 @@ pub enum BuildError {
         image: String,
         /// What was asked of the engine.
         operation: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// The engine could not say which image a base reference of the
+    /// component's Dockerfile names.
+    #[error("inspecting base image `{base}` of `{component}` failed")]
+    Base {
+        component: String,
+        /// The reference in the Dockerfile's `FROM`.
+        base: String,
         /// The engine's error.
         source: bollard::errors::Error,
     },
@@ -321,9 +334,12 @@ async fn build_one(
     let started = Instant::now();
     let name = component.name.as_str();
     let image = &component.image;
-    let ctx = scan_context(name, spec).await?;
+    let mut ctx = scan_context(name, spec).await?;
     let hashing = ctx.counts;
     tracing::debug!(component = name, elapsed = ?started.elapsed(), "input digest");
+    let base_ids = bases::identify(docker, component, &ctx.bases).await?;
+    ctx.digest = bases::with_bases(&ctx.digest, &ctx.bases, &base_ids);
+    tracing::debug!(component = name, bases = ?ctx.bases, elapsed = ?started.elapsed(), "base image ids");
     let cache = cache_ref(image, &ctx.digest);
     let outcome = |image_id, cached, output| BuildOutcome {
         component: name.to_owned(),
