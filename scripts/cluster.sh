@@ -117,7 +117,8 @@ registry() {
     sleep 0.1
   done
   [[ ! -d /proc/$pid ]] || die "the node's containerd (pid $pid) did not stop within 10 s"
-  env -i "${env[@]}" "$exe" --config "$config" >>"$node/containerd.log" 2>&1 &
+  # A session of its own: it outlives the shell that restarted it.
+  setsid env -i "${env[@]}" "$exe" --config "$config" >>"$node/containerd.log" 2>&1 &
   echo $! >"$node/containerd.pid"
   for ((i = 0; i < 100; i++)); do
     if ctr -a "$node/containerd.sock" version >/dev/null 2>&1; then
