@@ -123,11 +123,7 @@ pub(super) async fn identify(
         match inspected {
             Ok(image) => Ok(image.id),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
-            Err(source) => Err(BuildError::Base {
-                component: component.name.clone(),
-                base: reference.clone(),
-                source,
-            }),
+            Err(source) => Err(BuildError::Base { component: component.name.clone(), base: reference.clone(), source }),
         }
     }))
     .await

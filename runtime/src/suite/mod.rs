@@ -27,7 +27,7 @@ use crate::catalog::Catalog;
 use crate::error::error_chain;
 use crate::handle::Infra;
 use crate::plan::{Consumer, Launcher, Plan, RunId, RunKey};
-use crate::record::Witness;
+use crate::record::{StackRecord, Witness};
 use crate::report::{self, Evidence, Recorder};
 use crate::stack::{self, teardown, StackError, StackOptions};
 use crate::state::{self, Claim, Found, RunDir};
@@ -238,38 +238,7 @@ impl Suite {
                     keeper = reaper::spawn(&plan, kube, &dir, shard.as_ref());
                 }
                 dir.begin_attempt()?;
-                let entered = match &shard {
-                    Some(shard) => {
-                        let print = shard::print(&plan, self.spec.needs, std::path::Path::new(self.spec.catalog));
-                        self.in_runtime(|| shard.enter(&plan, &print))
-                    }
-                    None => Ok(shard::Entered::SetUp),
-                };
-                let set_up = match entered {
-                    Ok(shard::Entered::SetUp) => {
-                        let case = report::case_dir(plan.key(), report::SETUP);
-                        let recorder = Recorder::new(case, &plan, &self.backend()?);
-                        let result =
-                            self.run_setup(&plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder));
-                        if let Some(shard) = &shard {
-                            let outcome = result.as_ref().map_err(|e| error_chain(e));
-                            if let Err(error) = self.in_runtime(|| shard.publish(&plan, outcome)) {
-                                // The waiting shards then fail when this
-                                // one's teardown leaves; this error counts.
-                                eprintln!(
-                                    "e2e-infra: recording the setup on the shards' Lease failed: {}",
-                                    error_chain(&error)
-                                );
-                            }
-                        }
-                        result
-                    }
-                    Ok(shard::Entered::Attached { holder, record }) => {
-                        eprintln!("e2e-infra: `{}` attached to the stack shard `{holder}` set up", plan.consumer());
-                        Ok(*record)
-                    }
-                    Err(error) => Err(error),
-                };
+                let set_up = self.set_up_or_attach(&plan, shard.as_ref(), abandoned);
                 match set_up {
                     Ok(mut record) => {
                         if let Some(keeper) = keeper.take() {
@@ -310,15 +279,52 @@ impl Suite {
         Ok(Infra::new(plan, record))
     }
 
+    /// Sets the stack up, or, as a CI shard that another shard beat to it,
+    /// attaches to the stack that shard set up (and publishes a setup's
+    /// outcome on the shards' Lease for the others).
+    fn set_up_or_attach(
+        &self,
+        plan: &Plan,
+        shard: Option<&shard::Shard>,
+        abandoned: bool,
+    ) -> Result<StackRecord, SuiteError> {
+        let entered = match shard {
+            Some(shard) => {
+                let print = shard::print(plan, self.spec.needs, std::path::Path::new(self.spec.catalog));
+                self.in_runtime(|| shard.enter(plan, &print))
+            }
+            None => Ok(shard::Entered::SetUp),
+        };
+        match entered {
+            Ok(shard::Entered::SetUp) => {
+                let case = report::case_dir(plan.key(), report::SETUP);
+                let recorder = Recorder::new(case, plan, &self.backend()?);
+                let result = self.run_setup(plan, abandoned, &recorder).map_err(|error| reported(&error, &recorder));
+                if let Some(shard) = shard {
+                    let outcome = result.as_ref().map_err(|e| error_chain(e));
+                    if let Err(error) = self.in_runtime(|| shard.publish(plan, outcome)) {
+                        // The waiting shards then fail when this
+                        // one's teardown leaves; this error counts.
+                        eprintln!(
+                            "e2e-infra: recording the setup on the shards' Lease failed: {}",
+                            error_chain(&error)
+                        );
+                    }
+                }
+                result
+            }
+            Ok(shard::Entered::Attached { holder, record }) => {
+                eprintln!("e2e-infra: `{}` attached to the stack shard `{holder}` set up", plan.consumer());
+                Ok(*record)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Runs setup on a thread of its own with its own async runtime: the
     /// caller may be a `#[tokio::test]` whose runtime must not be blocked on
     /// from inside, and whose runtime ends with that test.
-    fn run_setup(
-        &self,
-        plan: &Plan,
-        abandoned: bool,
-        recorder: &Recorder,
-    ) -> Result<crate::record::StackRecord, SuiteError> {
+    fn run_setup(&self, plan: &Plan, abandoned: bool, recorder: &Recorder) -> Result<StackRecord, SuiteError> {
         let options = self.options()?;
         self.in_runtime(|| async {
             let result = self.setup_stages(plan, &options, abandoned, recorder).await;
@@ -337,7 +343,7 @@ impl Suite {
         options: &StackOptions,
         abandoned: bool,
         recorder: &Recorder,
-    ) -> Result<crate::record::StackRecord, SuiteError> {
+    ) -> Result<StackRecord, SuiteError> {
         let docker = stack::engine_of(None).await?;
         let kube = match &options.backend {
             Backend::Kubernetes(target) => Some(target),

@@ -278,21 +278,9 @@ fn teardown(request: &str) {
     };
     let mut failed = dir.failed_tests();
     if let (Some(shard), Some(target)) = (&request.shard, &request.kube) {
-        match leave(target, &key, &shard.name, &failed) {
-            Some(Left::LastOut { failed: every }) => failed = every,
-            Some(Left::Others(others)) => {
-                println!(
-                    "e2e-infra: shard `{}` left the `{}` stack of run {}; still used by shard(s) {}",
-                    shard.name,
-                    key.consumer(),
-                    key.run(),
-                    others.join(", ")
-                );
-                drop(setup_lock);
-                let _ = dir.remove();
-                return;
-            }
-            Some(Left::Gone) | None => {
+        match last_out(shard, target, &key, &failed) {
+            Some(every) => failed = every,
+            None => {
                 drop(setup_lock);
                 let _ = dir.remove();
                 return;
@@ -310,21 +298,7 @@ fn teardown(request: &str) {
     };
     let kube = request.kube;
     if keep {
-        let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
-        let _ = dir.mark_kept(&why);
-        // The local folder is seen only by shells with this state root;
-        // the engine or cluster is seen by every `clean`.
-        let marked = background::block_on(|| async {
-            let docker = crate::stack::engine_of(placement.as_ref()).await?;
-            crate::stack::teardown::mark_kept(&docker, &key, Some(launcher), kube.as_ref(), &why).await
-        });
-        if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
-            eprintln!(
-                "e2e-infra teardown: recording on the engine that the stack is kept failed: {}",
-                error_chain(&error)
-            );
-        }
-        println!("e2e-infra: kept the `{}` stack of run {} ({why})", key.consumer(), key.run());
+        keep_stack(&dir, &key, launcher, kube.as_ref(), placement.as_ref(), &failed);
         return;
     }
     let removed = background::block_on(|| async {
@@ -341,6 +315,50 @@ fn teardown(request: &str) {
         }
         Err(error) => eprintln!("e2e-infra teardown of `{}` failed: {}", key.consumer(), error_chain(&error)),
     }
+}
+
+/// As a CI shard, leaves the shared stack: every shard's failed tests when
+/// this one was the last out and so tears the stack down; `None` when other
+/// shards still use it, or it is gone.
+fn last_out(shard: &ShardRequest, target: &KubeTarget, key: &RunKey, failed: &[String]) -> Option<Vec<String>> {
+    match leave(target, key, &shard.name, failed) {
+        Some(Left::LastOut { failed: every }) => Some(every),
+        Some(Left::Others(others)) => {
+            println!(
+                "e2e-infra: shard `{}` left the `{}` stack of run {}; still used by shard(s) {}",
+                shard.name,
+                key.consumer(),
+                key.run(),
+                others.join(", ")
+            );
+            None
+        }
+        Some(Left::Gone) | None => None,
+    }
+}
+
+/// Keeps the stack (a test failed, or it was asked for), marked as kept
+/// both in the state folder and on the engine or cluster.
+fn keep_stack(
+    dir: &RunDir,
+    key: &RunKey,
+    launcher: Launcher,
+    kube: Option<&KubeTarget>,
+    placement: Option<&Placement>,
+    failed: &[String],
+) {
+    let why = if failed.is_empty() { format!("{KEEP_ENV}=1") } else { format!("failed: {}", failed.join(", ")) };
+    let _ = dir.mark_kept(&why);
+    // The local folder is seen only by shells with this state root;
+    // the engine or cluster is seen by every `clean`.
+    let marked = background::block_on(|| async {
+        let docker = crate::stack::engine_of(placement).await?;
+        crate::stack::teardown::mark_kept(&docker, key, Some(launcher), kube, &why).await
+    });
+    if let Err(error) = marked.map_err(StackError::from).and_then(|marked| marked) {
+        eprintln!("e2e-infra teardown: recording on the engine that the stack is kept failed: {}", error_chain(&error));
+    }
+    println!("e2e-infra: kept the `{}` stack of run {} ({why})", key.consumer(), key.run());
 }
 
 /// Renews this machine's shard on the Lease every third of its time to live.
