@@ -23,6 +23,20 @@ pub struct Removed {
     pub markers: Vec<String>,
 }
 
+/// What the engine's answer to removing container `id` means: one already
+/// gone is removed too.
+pub(super) fn removed(id: &str, answer: Result<(), bollard::errors::Error>) -> Result<(), DockerError> {
+    match answer {
+        Err(e) if !gone(&e) => Err(DockerError::Container {
+            component: String::new(),
+            container: id.to_owned(),
+            operation: "removing",
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Removes containers and a network by id, as created by one [`super::up`].
 pub(super) async fn remove_created(
     docker: &Docker,
@@ -30,19 +44,9 @@ pub(super) async fn remove_created(
     network_id: Option<&str>,
 ) -> Result<(), DockerError> {
     for id in containers {
-        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await
-        {
-            Ok(()) => {}
-            Err(e) if gone(&e) => {}
-            Err(source) => {
-                return Err(DockerError::Container {
-                    component: String::new(),
-                    container: id.clone(),
-                    operation: "removing",
-                    source,
-                })
-            }
-        }
+        let removing =
+            docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build())).await;
+        removed(id, removing)?;
     }
     match network_id {
         Some(id) => remove_network(docker, id, id).await.map(|_| ()),

@@ -18,7 +18,7 @@ use bollard::Docker;
 use sha2::{Digest, Sha256};
 
 use super::network::{create_network, find_network};
-use super::remove::gone;
+use super::remove::removed;
 use super::start::{call_limit, docker_spec, resolve_envs, start_on, Started};
 use super::{DockerError, DockerStack, RunningComponent, ENGINE_CALL_TIMEOUT};
 use crate::engine;
@@ -129,18 +129,7 @@ async fn remove_changed(docker: &Docker, plan: &Plan, limit: Duration, ids: &[St
     for id in ids {
         let removing =
             docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()));
-        match engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)? {
-            Ok(()) => {}
-            Err(e) if gone(&e) => {}
-            Err(source) => {
-                return Err(DockerError::Container {
-                    component: String::new(),
-                    container: id.clone(),
-                    operation: "removing",
-                    source,
-                })
-            }
-        }
+        removed(id, engine::within(docker, limit, "removing a changed container", removing).await.map_err(silent)?)?;
     }
     Ok(())
 }
