@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use e2e_infra::build::{build_all, BuildError, BuildOptions};
+use e2e_infra::error::error_chain;
 use e2e_infra::{labels, Delivery};
 use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project};
 
@@ -86,7 +87,7 @@ async fn the_input_digest_decides_whether_to_build() {
             let docker = docker.clone();
             let opts = BuildOptions { force, ..opts.clone() };
             async move {
-                let built = build_all(&docker, &p, &opts).await.map_err(|e| e.to_string())?;
+                let built = build_all(&docker, &p, &opts).await.map_err(|e| error_chain(&e))?;
                 let tagged =
                     docker.inspect_image(&p.image("app").unwrap().to_string()).await.map_err(|e| e.to_string())?;
                 assert_eq!(tagged.id.as_deref(), Some(built[0].image_id.as_str()), "the run's own tag names the image");

@@ -81,7 +81,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
     let third = plan(&catalog, "derived", &["app"], AREA, &Delivery::Local);
     let derived = format!("localhost/{}:mine", unique("derived"));
     let body = async {
-        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         let original = built[0].image_id.clone();
         let digest = digest_of(&docker, &built[0].image).await?;
         build_by_hand(
@@ -98,7 +98,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
             "the derived image should inherit the digest label for this test to mean anything"
         );
 
-        let hit = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let hit = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert!(hit[0].cached);
         assert_eq!(hit[0].image_id, original, "the derived image was taken for the cache");
         assert_ne!(hit[0].image_id, derived_id);
@@ -107,7 +107,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
         remove_reference(&docker, &first.image("app").unwrap().to_string()).await;
         remove_reference(&docker, &second.image("app").unwrap().to_string()).await;
         remove_reference(&docker, &cache_ref(&built[0].image, &digest)).await;
-        let rebuilt = build_all(&docker, &third, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let rebuilt = build_all(&docker, &third, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert!(!rebuilt[0].cached, "an image found only by its labels counted as a hit");
         assert_ne!(rebuilt[0].image_id, derived_id);
         Ok::<_, String>(())
@@ -132,7 +132,7 @@ async fn a_container_started_by_hand_from_a_built_image_is_not_a_stack_member() 
     let plan = plan(&catalog, "stranger", &["app"], AREA, &Delivery::Local);
     let name = unique("by-hand");
     let body = async {
-        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         let body = ContainerCreateBody { image: Some(plan.image("app").unwrap().to_string()), ..Default::default() };
         docker
             .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
@@ -374,7 +374,7 @@ async fn a_frozen_engine_fails_setup_within_the_readiness_timeout() {
     let direct = engine(None).await;
     let (_project, plan) = frozen_engine_project();
     let body = async {
-        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        build_all(&docker, &plan, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         frozen.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, &StackLabels::of(&plan), None))
@@ -449,7 +449,7 @@ async fn an_engine_frozen_at_container_creation_fails_within_the_readiness_timeo
     let direct = engine(None).await;
     let (_project, plan) = frozen_engine_project();
     let body = async {
-        build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        build_all(&direct, &plan, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         let started = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(60), up(&docker, &plan, &StackLabels::of(&plan), None))
             .await
@@ -600,7 +600,7 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
     let second = plan(&catalog, "retag", &["retagged"], AREA, &Delivery::Local);
     let derived = format!("localhost/{}:derived", unique("retag"));
     let body = async {
-        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let built = build_all(&docker, &first, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         let cache = cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?);
         // Built FROM the cached image: it inherits every label, the input
         // digest included, and is then tagged onto the cache reference.
@@ -610,7 +610,7 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         docker.tag_image(&derived, Some(options)).await.map_err(|e| e.to_string())?;
 
-        let again = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let again = build_all(&docker, &second, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert_ne!(again[0].image_id, derived_id, "the retagged image was served as the cache: {}", again[0].output);
         assert_eq!(image_id(&docker, &cache).await?, again[0].image_id, "the cache reference was not moved back");
         Ok::<_, String>(())
@@ -632,12 +632,12 @@ async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
     let catalog = project.unshared_busybox_catalog("abandoned", "");
     let run = plan(&catalog, "abandon", &["abandoned"], AREA, &Delivery::Local);
     let body = async {
-        let first = build_all(&docker, &run, &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let first = build_all(&docker, &run, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         // A forced build moves the run tag and the cache reference to a new
         // image: the first is left with its labels and no reference, as a
         // build killed before its tag leaves one.
         let forced = BuildOptions { force: true, ..BuildOptions::default() };
-        let second = build_all(&docker, &run, &forced).await.map_err(|e| e.to_string())?;
+        let second = build_all(&docker, &run, &forced).await.map_err(|e| error_chain(&e))?;
         assert_ne!(first[0].image_id, second[0].image_id);
         let abandoned = docker.inspect_image(&first[0].image_id).await.map_err(|e| e.to_string())?;
         assert!(abandoned.repo_tags.unwrap_or_default().is_empty(), "the first image still has references");
@@ -674,8 +674,8 @@ async fn a_base_rebuilt_under_the_same_reference_rebuilds_its_dependent() {
         // Layerless images of this test's own: nothing shared to remove.
         let layerless = |marker: &str| format!("FROM scratch\nLABEL marker={marker}\n");
         build_by_hand(&docker, &base, &layerless(&base)).await?;
-        let first = build_all(&docker, &runs[0], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
-        let same = build_all(&docker, &runs[1], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let first = build_all(&docker, &runs[0], &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
+        let same = build_all(&docker, &runs[1], &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert!(same[0].cached, "the base is unchanged, yet the dependent was built: {}", same[0].output);
         assert_eq!(same[0].image_id, first[0].image_id);
 
@@ -684,7 +684,7 @@ async fn a_base_rebuilt_under_the_same_reference_rebuilds_its_dependent() {
         let (repo, tag) = base.rsplit_once(':').unwrap();
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         docker.tag_image(&other, Some(options)).await.map_err(|e| e.to_string())?;
-        let rebuilt = build_all(&docker, &runs[2], &BuildOptions::default()).await.map_err(|e| e.to_string())?;
+        let rebuilt = build_all(&docker, &runs[2], &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert!(!rebuilt[0].cached, "the base changed, yet the dependent was reused: {}", rebuilt[0].output);
         assert_ne!(rebuilt[0].image_id, first[0].image_id);
         Ok::<_, String>(())
