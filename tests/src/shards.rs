@@ -21,8 +21,11 @@ build = { context = "image", dockerfile = "web.Dockerfile" }
 manifests = ["web.yaml"]
 "#;
 
+/// `suite` holds the suite's name and when it was laid out, so that every
+/// suite's image has inputs of its own: no engine holds it from an earlier
+/// run, and the one build the shards do is a real one.
 const DOCKERFILE: &str =
-    "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/www\"]\n";
+    "FROM scratch\nCOPY busybox /bin/busybox\nCOPY suite /suite\nRUN [\"/bin/busybox\", \"mkdir\", \"-p\", \"/www\"]\n";
 
 const MANIFEST: &str = r#"apiVersion: apps/v1
 kind: Deployment
@@ -91,6 +94,8 @@ impl ShardSuite {
         write("web.yaml", MANIFEST);
         std::fs::create_dir_all(dir.path().join("image")).expect("image folder");
         std::fs::copy(crate::BUSYBOX, dir.path().join("image/busybox")).expect("busybox: install busybox-static");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        write("image/suite", &format!("{consumer} {}\n", now.as_nanos()));
         std::fs::copy(workspace().join("Cargo.lock"), dir.path().join("Cargo.lock")).expect("lock");
         write(
             "Cargo.toml",
