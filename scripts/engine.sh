@@ -118,6 +118,11 @@ ensure_current() {
   command -v python3 >/dev/null || missing+=(python3)
   if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
   echo "engine.sh: starting Docker 29 ($mode) on unix://$dir/docker.sock (logs: $dir/logs)"
+  # What an earlier start left in DIR goes first: a half-started engine's
+  # processes, and sockets nobody serves (engine-current's start takes an
+  # existing containerd socket for a ready containerd).
+  env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" stop "$dir" >/dev/null 2>&1 || true
+  rm -f "$dir"/*.sock "$dir"/*.sock.ttrpc
   env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
     || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
 }

@@ -2,10 +2,14 @@
 
 use std::time::Duration;
 
+use bollard::query_parameters::RemoveImageOptionsBuilder;
 use e2e_infra::build::{build_all, BuildError, BuildOptions};
 use e2e_infra::error::error_chain;
 use e2e_infra::{labels, Delivery};
-use e2e_infra_tests::{busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, Project};
+use e2e_infra_tests::{
+    busybox_dockerfile, clean_up_after, engine, plan, remove_built_images, unshared_busybox_dockerfile, Project,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const AREA: &str = "docker-build";
 
@@ -220,4 +224,70 @@ async fn one_failure_stops_the_other_builds() {
     assert!(matches!(&error, BuildError::Failed { component, .. } if component == "fails"), "{error}");
     assert!(elapsed < Duration::from_secs(60), "waited {elapsed:?} for the slow build");
     assert!(!slow_tagged, "the cancelled build still produced its image");
+}
+
+/// A clean-up on the same engine that removes an old image, and with it the
+/// untagged parents a running build has just taken from the cache, does not
+/// fail that build: it is built again without the cache. The build is held
+/// between its cached steps and the next one by an `ADD` of a URL that
+/// answers only once the old image's tags are removed. (Docker 29's
+/// containerd store then removes the cached parents under the build;
+/// the classic store keeps them.)
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
+async fn a_cached_step_removed_during_the_build_is_built_again() {
+    let docker = engine(None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/payload", listener.local_addr().expect("address"));
+    let (asked, mut first_asked) = tokio::sync::mpsc::channel::<()>(1);
+    let (answer, mut may_answer) = tokio::sync::mpsc::channel::<()>(1);
+    let server = tokio::spawn(async move {
+        let mut held = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0_u8; 4096];
+            let _ = stream.read(&mut request).await;
+            if std::mem::take(&mut held) {
+                let _ = asked.send(()).await;
+                may_answer.recv().await;
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\npayload\n").await;
+        }
+    });
+    let project = Project::new();
+    project.busybox_context("ctx");
+    project.write("old.Dockerfile", unshared_busybox_dockerfile("LABEL which=old\n"));
+    project.write("new.Dockerfile", unshared_busybox_dockerfile(&format!("ADD {url} /payload\nLABEL which=new\n")));
+    let catalog = project.catalog(
+        "[components.old]\nbuild = { context = \"ctx\", dockerfile = \"old.Dockerfile\" }\n\
+         [components.new]\nbuild = { context = \"ctx\", dockerfile = \"new.Dockerfile\" }\n",
+    );
+    let old = plan(&catalog, "lost-step", &["old"], AREA, &Delivery::Local);
+    let new = plan(&catalog, "lost-step", &["new"], AREA, &Delivery::Local);
+    let body = async {
+        let old_built = build_all(&docker, &old, &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
+        let building = tokio::spawn({
+            let (docker, new) = (docker.clone(), new.clone());
+            async move { build_all(&docker, &new, &BuildOptions::default()).await.map_err(|e| error_chain(&e)) }
+        });
+        first_asked.recv().await.ok_or("the build never fetched its URL")?;
+        // The old image and its untagged parents: the new build's cached steps.
+        let removal = RemoveImageOptionsBuilder::new().force(false).noprune(false).build();
+        let image = docker.inspect_image(&old_built[0].image_id).await.map_err(|e| e.to_string())?;
+        for reference in image.repo_tags.unwrap_or_default() {
+            docker.remove_image(&reference, Some(removal.clone()), None).await.map_err(|e| e.to_string())?;
+        }
+        answer.send(()).await.map_err(|e| e.to_string())?;
+        let built = building.await.map_err(|e| e.to_string())??;
+        assert!(!built[0].cached);
+        let image = docker.inspect_image(&new.image("new").unwrap().to_string()).await.map_err(|e| e.to_string())?;
+        let which = image.config.and_then(|c| c.labels).and_then(|l| l.get("which").cloned());
+        assert_eq!(which.as_deref(), Some("new"));
+        Ok::<_, String>(())
+    };
+    clean_up_after(body, async {
+        server.abort();
+        remove_built_images(&docker, &old).await;
+        remove_built_images(&docker, &new).await;
+    })
+    .await;
 }

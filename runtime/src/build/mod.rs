@@ -359,7 +359,19 @@ async fn build_one(
     }
     // The semaphore is never closed: acquiring fails only if it were.
     let _place = builds.acquire().await.ok();
-    let tail = run_build(docker, plan, component, spec, opts, ctx).await?;
+    let digest = ctx.digest.clone();
+    let tail = match run_build(docker, plan, component, spec, opts, opts.force, ctx).await {
+        Err(error) if lost_a_cached_step(&error) => {
+            tracing::warn!(
+                component = name,
+                "the engine lost a cached step while the build used it (a clean-up on the same engine removed it); building again without the engine's cache"
+            );
+            let mut ctx = scan_context(name, spec).await?;
+            ctx.digest = digest;
+            run_build(docker, plan, component, spec, opts, true, ctx).await?
+        }
+        built => built?,
+    };
     let image_id = tag_as_cache(docker, component, &cache).await?;
     tracing::info!(component = name, %image, %image_id, elapsed = ?started.elapsed(), "built");
     Ok(outcome(image_id, false, Vec::from(tail).join("\n")))
@@ -426,14 +438,27 @@ async fn reuse_cached(
     Ok(Some(id))
 }
 
-/// Builds `ctx` on the engine as the component's image (the run's tag);
-/// the last lines of the build's output.
+/// Whether a build failed because an image its cached steps stood on went
+/// away during the build: another run's clean-up on the same engine removed
+/// an old image, and with it the untagged parents this build had just
+/// taken from the cache. A build without the cache makes images of its own.
+fn lost_a_cached_step(error: &BuildError) -> bool {
+    let BuildError::Failed { source: bollard::errors::Error::DockerStreamError { error }, .. } = error else {
+        return false;
+    };
+    error.contains("sha256:") && (error.contains("No such image") || error.contains("unable to find image"))
+}
+
+/// Builds `ctx` on the engine as the component's image (the run's tag),
+/// without the engine's layer cache when `nocache`; the last lines of the
+/// build's output.
 async fn run_build(
     docker: &Docker,
     plan: &Plan,
     component: &PlannedComponent,
     spec: &BuildSpec,
     opts: &BuildOptions,
+    nocache: bool,
     ctx: Context,
 ) -> Result<VecDeque<String>, BuildError> {
     let name = component.name.as_str();
@@ -447,7 +472,7 @@ async fn run_build(
         .t(&tag)
         .rm(true)
         .forcerm(true)
-        .nocache(opts.force)
+        .nocache(nocache)
         .buildargs(&build_args)
         .labels(&image_labels)
         .target(spec.target.as_deref().unwrap_or_default())
@@ -703,7 +728,7 @@ impl std::io::Write for ChunkWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::is_step;
+    use super::{is_step, lost_a_cached_step, BuildError, ImageRef};
 
     #[test]
     fn recognises_docker_and_podman_steps() {
@@ -712,5 +737,28 @@ mod tests {
         assert!(!is_step("Stepping 2/3"));
         assert!(!is_step(" ---> Running in 1234"));
         assert!(!is_step("step a/b: x"));
+    }
+
+    fn failed(message: &str) -> BuildError {
+        BuildError::Failed {
+            component: "app".to_owned(),
+            image: ImageRef::borrowed("localhost/app:t").expect("ref"),
+            step: None,
+            output: String::new(),
+            source: bollard::errors::Error::DockerStreamError { error: message.to_owned() },
+        }
+    }
+
+    /// The two ways Docker 29's containerd store reports a cached parent
+    /// that another clean-up removed during the build; an ordinary failed
+    /// step is not one.
+    #[test]
+    fn a_removed_cached_parent_is_told_from_a_failed_step() {
+        let id = "sha256:b136163cf8cd0b69ac9a4c89d476a6cfbf0ac8c07f45d4f543365ff714ba57e1";
+        assert!(lost_a_cached_step(&failed(&format!("failed to get destination image \"{id}\": No such image: {id}"))));
+        assert!(lost_a_cached_step(&failed(&format!("unable to find image \"{id}\""))));
+        assert!(lost_a_cached_step(&failed(&format!("No such image: {id}"))));
+        assert!(!lost_a_cached_step(&failed("The command '/bin/sh -c false' returned a non-zero code: 1")));
+        assert!(!lost_a_cached_step(&failed("pull access denied for nosuch, repository does not exist")));
     }
 }
