@@ -140,12 +140,17 @@ pub async fn build(
     }
     let context = context.into_inner().expect("build context");
     let options = BuildImageOptions { t: Some(tag.to_owned()), labels: Some(labels), ..Default::default() };
-    let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    while let Some(step) = progress.next().await {
-        let step = step.unwrap_or_else(|e| panic!("building {tag} failed: {e}"));
-        if let Some(detail) = step.error_detail {
-            panic!("building {tag} failed: {detail:?}");
+    if let Err(error) = build_once(docker, options.clone(), context.clone()).await {
+        // Docker 29's containerd store removes the cached parents of a
+        // build when another test removes an image above them; without
+        // the cache the build makes parents of its own.
+        let lost_parent =
+            error.contains("sha256:") && ["No such image", "unable to find image"].iter().any(|m| error.contains(m));
+        if !lost_parent {
+            panic!("building {tag} failed: {error}");
         }
+        let options = BuildImageOptions { nocache: true, ..options };
+        build_once(docker, options, context).await.unwrap_or_else(|e| panic!("building {tag} again failed: {e}"));
     }
     docker
         .inspect_image(tag)
@@ -153,6 +158,18 @@ pub async fn build(
         .unwrap_or_else(|e| panic!("inspecting {tag} after its build failed: {e}"))
         .id
         .expect("image id")
+}
+
+/// One build of `context`; the engine's error, if it failed.
+async fn build_once(docker: &Docker, options: BuildImageOptions, context: Vec<u8>) -> Result<(), String> {
+    let mut progress = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(step) = progress.next().await {
+        let step = step.map_err(|e| e.to_string())?;
+        if let Some(detail) = step.error_detail {
+            return Err(format!("{detail:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the stand-in image of `kind` unless the engine already has it.

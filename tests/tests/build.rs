@@ -160,19 +160,21 @@ async fn a_failing_run_step_is_named() {
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
 async fn a_silent_build_is_given_up_after_the_silence_bound() {
-    let silence = Duration::from_secs(1);
+    // Steps that print nothing for a while are normal on a busy engine
+    // (Docker 29's containerd store commits a step in seconds then).
+    let silence = Duration::from_secs(6);
     let started = std::time::Instant::now();
     let error = failing_build_with(
-        "RUN echo going-quiet\nRUN /bin/busybox sleep 20\n",
+        "RUN echo going-quiet\nRUN /bin/busybox sleep 120\n",
         BuildOptions { force: true, silence, ..BuildOptions::default() },
     )
     .await;
     let elapsed = started.elapsed();
     let message = error.to_string();
     assert!(matches!(error, BuildError::Quiet { .. }), "{message}");
-    assert!(message.contains("RUN /bin/busybox sleep 20"), "{message}");
+    assert!(message.contains("RUN /bin/busybox sleep 120"), "{message}");
     assert!(message.contains("E2E_INFRA_BUILD_SILENCE"), "{message}");
-    assert!(elapsed < Duration::from_secs(15), "given up after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(60), "given up after {elapsed:?}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]

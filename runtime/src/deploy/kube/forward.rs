@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Portforwarder};
@@ -218,10 +219,11 @@ async fn serve(listener: std::net::TcpListener, client: Client, target: Target) 
 }
 
 /// Port-forward sessions kept open ahead of the connections that will use
-/// them, per forwarded port: opening one (a pod lookup, a WebSocket to the
-/// API server, the kubelet's dial into the pod) takes a few hundred
-/// milliseconds, which a test should not wait for.
-const SPARES: usize = 2;
+/// them, per forwarded port, and as many again being opened at once:
+/// opening one (a pod lookup, a WebSocket to the API server, the kubelet's
+/// dial into the pod) takes a few hundred milliseconds, which a test should
+/// not wait for, and test processes connect several at a time.
+const SPARES: usize = 4;
 /// A spare older than this is dropped unused: the server in the pod may
 /// have given up on a connection that sent nothing, or the pod may be gone.
 const SPARE_MAX_AGE: Duration = Duration::from_secs(15);
@@ -238,8 +240,14 @@ async fn accept(listener: tokio::net::TcpListener, client: Client, target: Targe
     let opener = {
         let (client, target) = (client.clone(), target.clone());
         tokio::spawn(async move {
-            loop {
-                match open(&client, &target).await {
+            let opening = futures::stream::repeat_with(|| {
+                let (client, target) = (client.clone(), target.clone());
+                async move { open(&client, &target).await }
+            })
+            .buffer_unordered(SPARES);
+            futures::pin_mut!(opening);
+            while let Some(opened) = opening.next().await {
+                match opened {
                     Ok(session) => {
                         if spares.send(session).await.is_err() {
                             return;
