@@ -157,6 +157,11 @@ pub async fn attach(docker: &Docker, tests: usize) -> Res<Section> {
         secs(on_kube.wall),
         ratio(on_kube.wall, on_docker.wall),
     ]);
+    section.target(
+        "per attached test process (median) ≤ 100 ms over Docker's",
+        &over(kube_median, docker_median),
+        kube_median <= docker_median + Duration::from_millis(100),
+    );
     section.note(&format!(
         "attached processes counted: {} on Docker, {} on Kubernetes. A client that instead reads until the \
          server closes waits about 1 s more on Kubernetes: containerd's port-forward keeps a connection the \
