@@ -56,9 +56,12 @@ if [[ -n "${KUBECONFIG:-}" ]]; then
 elif bash scripts/cluster.sh available; then
   dir=$(mktemp -d /tmp/e2e-infra-bench.XXXXXX)
   trap 'bash scripts/registry.sh stop "$dir/registry" || true; bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
-  eval "$(bash scripts/cluster.sh start "$dir")"
+  # Assigned first: a failed start then stops this script (eval would not).
+  started=$(bash scripts/cluster.sh start "$dir")
+  eval "$started"
   if [[ -z "${E2E_REGISTRY:-}" ]]; then
-    eval "$(bash scripts/registry.sh start "$dir/registry")"
+    started=$(bash scripts/registry.sh start "$dir/registry")
+    eval "$started"
     bash scripts/cluster.sh registry "$dir/debian/node" "$E2E_REGISTRY_HOSTS_DIR" "${E2E_REGISTRY%:*}"
   fi
 fi

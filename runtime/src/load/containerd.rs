@@ -50,7 +50,7 @@ pub const IMAGE_ID_LABEL: &str = "io.e2e-infra.image-id";
 /// The containerd namespace the kubelet uses.
 const NAMESPACE_ARG: &str = "--namespace=k8s.io";
 /// Chunks of an export waiting for one node: bounds memory per node.
-const CHUNKS_IN_FLIGHT: usize = 8;
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// What is kept of a command's standard error for messages.
 const STDERR_KEPT: usize = 16 * 1024;
 /// What is kept of a command's standard output; listings are far smaller.

@@ -46,7 +46,7 @@ const DRIVER: &str = "overlay2";
 /// Bytes read from the store per chunk sent on.
 const CHUNK: usize = 256 * 1024;
 /// Chunks read ahead of the slowest node: bounds memory.
-const CHUNKS_AHEAD: usize = 4;
+const CHUNKS_AHEAD: usize = 2;
 /// The longest tar-split line read; a line holds one header or one file's
 /// name, so real ones are a few KiB.
 const LINE_LIMIT: u64 = 16 * 1024 * 1024;
