@@ -43,7 +43,7 @@ const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
 /// The largest index, manifest or config read; real ones are a few KiB.
 const DOCUMENT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Bytes read from a blob per chunk sent on.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 /// Whether the engine that gave `info` keeps its images in containerd's
 /// content store.

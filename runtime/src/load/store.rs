@@ -44,7 +44,7 @@ use super::archive::{self, Held, ImageConfig, Target};
 /// The only storage driver whose files this module reads.
 const DRIVER: &str = "overlay2";
 /// Bytes read from the store per chunk sent on.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 /// Chunks read ahead of the slowest node: bounds memory.
 const CHUNKS_AHEAD: usize = 2;
 /// The longest tar-split line read; a line holds one header or one file's
