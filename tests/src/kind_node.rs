@@ -207,6 +207,17 @@ pub async fn busybox_image(docker: &Docker, image: &ImageRef, marker: &str) -> S
     .await
 }
 
+/// Builds under `image` the image `base` with another `/marker` on top: a
+/// rebuild that changed only its top layer, whatever the engine's build
+/// cache still holds (a busybox layer built again has a new `/bin`).
+/// Returns the image id.
+pub async fn marker_on_top(docker: &Docker, image: &ImageRef, base: &str, marker: &str) -> String {
+    let labels = HashMap::from([(TEST_LABEL.to_owned(), "kind-load".to_owned())]);
+    let dockerfile = format!("FROM {base}\nCOPY marker /marker\n");
+    let files = vec![("marker".to_owned(), marker.as_bytes().to_vec(), 0o644)];
+    build(docker, &image.to_string(), &dockerfile, files, labels).await
+}
+
 /// Runs `args` in the node container `node` through the engine; returns its
 /// standard output, or what went wrong.
 pub async fn node_exec(docker: &Docker, node: &str, args: &[&str]) -> Result<String, String> {

@@ -11,7 +11,7 @@ use e2e_infra::load::containerd::{self, Action, ContainerdError, LoadImage, Node
 use e2e_infra::load::kind::{self, KindError};
 use e2e_infra::{Catalog, Delivery, Plan, RunId};
 use e2e_infra_tests::kind_node::{
-    busybox_image, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster,
+    busybox_image, marker_on_top, read_in_image, ContainerdDaemon, ImageGuard, NodeKind, StandInCluster,
 };
 use e2e_infra_tests::{engine, unique};
 
@@ -181,10 +181,11 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_each_node_only_that_lay
     let second = plan(dir.path(), &["alpha"], &unique("kind-delta-second"));
     let mut guard = ImageGuard::default();
     let before = build_all(&docker, &first, &mut guard).await;
-    // Same busybox layer below, another marker on top: a rebuild after an edit.
+    // The same layers below, another marker on top: a rebuild after an edit.
     let image = second.image("alpha").expect("planned").clone();
     guard.0.push(image.to_string());
-    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
+    let edited = marker_on_top(&docker, &image, &before[0].image.to_string(), "edited").await;
+    let after = [LoadImage { image: image.clone(), image_id: edited }];
     assert_ne!(before[0].image_id, after[0].image_id);
     // The busybox layer as the engine keeps it: a tar, or gzip at about half the size.
     let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len() / 3;
@@ -218,7 +219,8 @@ async fn a_node_that_lacks_the_layers_gets_them_while_another_gets_only_the_top(
     let before = build_all(&docker, &first, &mut guard).await;
     let image = second.image("alpha").expect("planned").clone();
     guard.0.push(image.to_string());
-    let after = [LoadImage { image: image.clone(), image_id: busybox_image(&docker, &image, "edited").await }];
+    let edited = marker_on_top(&docker, &image, &before[0].image.to_string(), "edited").await;
+    let after = [LoadImage { image: image.clone(), image_id: edited }];
     // The busybox layer as the engine keeps it: a tar, or gzip at about half the size.
     let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len() / 3;
     let warm = StandInCluster::start_with(&docker, &unique("e2e-kind-warm"), 0, kind).await;

@@ -902,7 +902,7 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_laye
     let docker = engine(None).await;
     let mut guard = ImageGuard::default();
     let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len();
-    let mut sent = Vec::new();
+    let (mut sent, mut base) = (Vec::new(), None::<String>);
     for version in ["first", "second"] {
         // A marker of this run's own: the top layer is new to the node.
         let marker = unique(version);
@@ -911,8 +911,12 @@ async fn a_rebuild_that_changed_only_the_top_layer_sends_the_node_only_that_laye
         let run = AppRun::new(&format!("kube-delta-{version}"), &[deployment(checks_marker)]);
         let image = run.plan.image(APP).expect("planned").clone();
         guard.0.push(image.to_string());
-        // The busybox layer below is the same in every build.
-        let image_id = kind_node::busybox_image(&docker, &image, &marker).await;
+        // The second is the first with another marker on top.
+        let image_id = match &base {
+            None => kind_node::busybox_image(&docker, &image, &marker).await,
+            Some(first) => kind_node::marker_on_top(&docker, &image, first, &marker).await,
+        };
+        base = Some(image.to_string());
         let report = containerd::load(&docker, &[run.cluster.node()], &[LoadImage { image, image_id }])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
