@@ -185,6 +185,17 @@ if ((${#cluster[@]})); then
     E2E_INFRA_CONTAINERD_SOCKET=$E2E_CONTAINERD_SOCKET \
     run_pass "example on the cluster" "" "binary_id(notification-e2e::notification)" "$@"
 fi
+# The example on the cluster again, its images pushed to the registry and
+# pulled by the node, with the credential where Docker users keep it.
+if ((${#cluster[@]})) && [[ -z "$pulls" && -n "${E2E_REGISTRY_USER:-}" ]]; then
+  docker_config=$(mktemp -d /tmp/e2e-infra-docker-config.XXXXXX)
+  auth=$(printf '%s:%s' "$E2E_REGISTRY_USER" "${E2E_REGISTRY_PASSWORD:-}" | base64 -w0)
+  printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$E2E_REGISTRY" "$auth" >"$docker_config/config.json"
+  DOCKER_CONFIG=$docker_config E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT=${E2E_KUBE_CONTEXT:-} \
+    E2E_INFRA_REGISTRY=$E2E_REGISTRY \
+    run_pass "example on the cluster, through the registry" "" "binary_id(notification-e2e::notification)" "$@"
+  rm -rf "$docker_config"
+fi
 if $have_docker29; then
   # The example's images start FROM the base image, which each engine gets
   # from the cache by an import (no build needs a network).
