@@ -144,9 +144,7 @@ pub async fn build(
         // Docker 29's containerd store removes the cached parents of a
         // build when another test removes an image above them; without
         // the cache the build makes parents of its own.
-        let lost_parent =
-            error.contains("sha256:") && ["No such image", "unable to find image"].iter().any(|m| error.contains(m));
-        if !lost_parent {
+        if !e2e_infra::build::names_a_lost_parent(&error) {
             panic!("building {tag} failed: {error}");
         }
         let options = BuildImageOptions { nocache: true, ..options };

@@ -446,7 +446,15 @@ fn lost_a_cached_step(error: &BuildError) -> bool {
     let BuildError::Failed { source: bollard::errors::Error::DockerStreamError { error }, .. } = error else {
         return false;
     };
-    error.contains("sha256:") && (error.contains("No such image") || error.contains("unable to find image"))
+    names_a_lost_parent(error)
+}
+
+/// Whether the engine's message of a failed build names an image by id that
+/// it no longer has: how Docker 29's containerd store reports a cached
+/// parent removed during the build (see `lost_a_cached_step`).
+#[doc(hidden)]
+pub fn names_a_lost_parent(message: &str) -> bool {
+    message.contains("sha256:") && (message.contains("No such image") || message.contains("unable to find image"))
 }
 
 /// Builds `ctx` on the engine as the component's image (the run's tag),
