@@ -121,7 +121,7 @@ color=auto
 [[ -t 1 ]] && color=always
 summaries=()
 failed=false
-if [[ -n "$pulls" ]]; then summaries+=("SKIPPED the tests of a cluster that pulls (kube_registry): $pulls"); fi
+if [[ -n "$pulls" ]]; then summaries+=("SKIPPED the tests of a cluster that pulls (kube_registry, and the example through the registry): $pulls"); fi
 
 # in_scope FILTER ARGS...: how many tests FILTER selects, ignored ones too.
 in_scope() {
@@ -195,6 +195,8 @@ if ((${#cluster[@]})) && [[ -z "$pulls" && -n "${E2E_REGISTRY_USER:-}" ]]; then
     E2E_INFRA_REGISTRY=$E2E_REGISTRY \
     run_pass "example on the cluster, through the registry" "" "binary_id(notification-e2e::notification)" "$@"
   rm -rf "$docker_config"
+elif ((${#cluster[@]})) && [[ -z "$pulls" ]]; then
+  summaries+=("SKIPPED the example through the registry: E2E_REGISTRY_USER is unset, so no credential for $E2E_REGISTRY is known")
 fi
 if $have_docker29; then
   # The example's images start FROM the base image, which each engine gets
