@@ -52,10 +52,13 @@ elif [[ "$engine" == current ]]; then
 else
   bash scripts/engine.sh
 fi
-bash scripts/example.sh
 # One line per stage and component, and the summary table of the run.
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
+# A kube-local started here comes up, and the suite compiles, while
+# scripts/example.sh makes the images' inputs: on a fresh machine these
+# are minutes each, mostly waiting on one core or on the network.
+cluster_dir="" cluster_start=""
 case "$target" in
   kind)
     export E2E_INFRA_BACKEND=kind E2E_INFRA_KIND_CLUSTER="$kind_cluster" ;;
@@ -70,17 +73,36 @@ case "$target" in
         || { echo "main-job.sh: no containerd answers at E2E_CONTAINERD_SOCKET=$E2E_CONTAINERD_SOCKET" >&2; exit 1; }
       echo "main-job: on the cluster of KUBECONFIG=$KUBECONFIG${E2E_KUBE_CONTEXT:+ (context $E2E_KUBE_CONTEXT)}, used as it is; node containerd $node at $E2E_CONTAINERD_SOCKET"
     else
-      dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
-      trap 'bash scripts/cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
-      eval "$(bash scripts/cluster.sh start "$dir" "$node_containerd")"
-      echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)"
+      cluster_dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
+      # A start still under way when the job fails is let finish, then stopped.
+      trap 'wait "$cluster_start" 2>/dev/null; bash scripts/cluster.sh stop "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
+      bash scripts/cluster.sh start "$cluster_dir" "$node_containerd" >"$cluster_dir/env" &
+      cluster_start=$!
     fi
-    export E2E_INFRA_BACKEND=kubernetes E2E_INFRA_KUBE_CONTEXT="${E2E_KUBE_CONTEXT:-}" \
-      E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET" ;;
+    export E2E_INFRA_BACKEND=kubernetes ;;
   docker) ;;
 esac
-
+compile_log=$(mktemp /tmp/e2e-infra-main-compile.XXXXXX)
+# Under --kube-local the CLI checks the cluster after the run.
+{
+  cargo test -p notification-e2e --features e2e --no-run
+  if [[ "$target" == kube-local ]]; then cargo build -p e2e-infra-cli; fi
+} >"$compile_log" 2>&1 &
+compiling=$!
+bash scripts/example.sh
+if ! wait "$compiling"; then
+  cat "$compile_log" >&2
+  echo "main-job.sh: the suite did not compile" >&2
+  exit 1
+fi
+rm -f "$compile_log"
+if [[ -n "$cluster_start" ]]; then
+  wait "$cluster_start" || { echo "main-job.sh: kube-local did not start" >&2; exit 1; }
+  eval "$(cat "$cluster_dir/env")"
+  echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)"
+fi
 if [[ "$target" == kube-local ]]; then
+  export E2E_INFRA_KUBE_CONTEXT="${E2E_KUBE_CONTEXT:-}" E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET"
   # A run id of its own, so that the check below looks at this run's
   # namespace and tag alone on a cluster that others may share.
   export E2E_INFRA_RUN_ID="main-job-$(date +%s)-$$"
@@ -91,7 +113,6 @@ if [[ "$target" == kube-local ]]; then
   # Teardown runs in a process of its own once cargo has exited; the run is
   # over when the cluster holds nothing of it: no namespace, and no image
   # reference of its tag on the node.
-  cargo build --quiet -p e2e-infra-cli
   tag=$(target/debug/e2e-infra plan --config examples/notification/e2e-infra.toml --consumer notification \
     --needs datastorage --format json | jq -r .tag)
   cluster_flag=(--kubernetes)

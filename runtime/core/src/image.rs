@@ -111,6 +111,11 @@ impl ImageRef {
         self.tag.as_deref()
     }
 
+    /// The digest, if any (`sha256:...`).
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
     /// `registry/repository` without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

@@ -412,14 +412,17 @@ pub enum ContainerdError {
 
 /// Loads `images` into every node of `nodes`.
 ///
-/// Nodes that already hold an image under its plan reference (same image id)
-/// are skipped; nodes that hold it under another reference get the plan's
+/// First every image is tagged on every node from the cache reference an
+/// earlier run's teardown left ([`CACHE_TAG`], named by the engine id),
+/// all at once; for the next run of an unchanged build that is the whole
+/// load, one round of tags and no listing. For the rest: nodes that
+/// already hold an image under its plan reference (same image id) are
+/// skipped; nodes that hold it under another reference get the plan's
 /// reference as a tag; the others get it streamed from the engine, all
 /// nodes at once, each node only the layers its content store lacks.
 /// Afterwards every node that was streamed an image must list every
-/// reference; on the others the first listing and the tags' exit codes
-/// already prove it, so a warm load costs one listing of each node and one
-/// round of tags. Only the images some node lacks are inspected on the
+/// reference; on the others the listing and the tags' exit codes already
+/// prove it. Only the images some node lacks are inspected on the
 /// engine: a node's image carries the engine id of its verified load in
 /// [`IMAGE_ID_LABEL`], which is what proves it is the build's.
 ///
@@ -489,9 +492,12 @@ pub async fn load_from(
     for node in nodes {
         check_reachable(node).await?;
     }
-    let (reached, listings) = list_nodes(docker, nodes, images).await?;
+    let reached = reach(docker, nodes).await;
+    let from_cache = tag_from_cache(&reached, images).await;
+    tracing::debug!(elapsed = ?started.elapsed(), "tagged from cache references");
+    let listings = list_unsettled(&reached, images, &from_cache).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "nodes listed");
-    let mut needs = Needs::of(nodes, images, &listings);
+    let mut needs = Needs::of(nodes, images, &from_cache, &listings);
     // Only an image some node lacks is read from the engine, so only such
     // an image is checked there, and before any node is changed. An image
     // the nodes hold (or that is tagged on them) is the build's by the
@@ -530,29 +536,65 @@ pub async fn load_from(
     Ok(LoadReport { nodes: nodes.to_vec(), outcomes: needs.outcomes })
 }
 
-/// Finds how to reach every node and lists the images of it that matter
-/// to `images` ([`list_wanted`]), all nodes at once: the one listing of
-/// each node a warm load makes.
-async fn list_nodes<'a>(
-    docker: &'a Docker,
-    nodes: &'a [Node],
-    images: &[LoadImage],
-) -> Result<(Vec<Reached<'a>>, Vec<(Vec<Listed>, Duration)>), ContainerdError> {
-    let reached = futures::future::join_all(nodes.iter().map(|node| async move {
+/// Finds how to reach every node, all nodes at once.
+async fn reach<'a>(docker: &'a Docker, nodes: &'a [Node]) -> Vec<Reached<'a>> {
+    futures::future::join_all(nodes.iter().map(|node| async move {
         let started = Instant::now();
         let reached = Reached::new(docker, node).await;
         tracing::debug!(%node, route = ?reached.route, elapsed = ?started.elapsed(), "route found");
         reached
     }))
-    .await;
-    let listings = futures::future::try_join_all(reached.iter().map(|node| async move {
+    .await
+}
+
+/// Tags every image on every node from its cache reference, all at once,
+/// before any listing: a run's teardown leaves each image on the node
+/// under that reference ([`remove_tagged`]), so for the next run of an
+/// unchanged build this is the whole load. The reference names the
+/// engine id it holds and the tag copies its labels, as a tag from a
+/// listed reference does. It never replaces a reference (no `--force`):
+/// one already there is looked at by the listing. For each image, for
+/// each node: how long its tag took, or `None` when it did not settle the
+/// pair (no cache reference, the run's reference already there, or `ctr`
+/// failing, which the listing then reports).
+async fn tag_from_cache(reached: &[Reached<'_>], images: &[LoadImage]) -> Vec<Vec<Option<Duration>>> {
+    futures::future::join_all(images.iter().map(|wanted| async move {
+        if wanted.image.tag().is_none() || wanted.image.digest().is_some() {
+            return vec![None; reached.len()];
+        }
+        let cache = cache_reference(&wanted.image.name(), &wanted.image_id);
+        let reference = wanted.image.to_string();
+        futures::future::join_all(reached.iter().map(|node| async {
+            let started = Instant::now();
+            let tagged = ctr(node, &["images", "tag", &cache, &reference]).await;
+            tagged.is_ok().then(|| started.elapsed())
+        }))
+        .await
+    }))
+    .await
+}
+
+/// Lists, all nodes at once, the images of each node that matter to the
+/// images [`tag_from_cache`] did not settle there ([`list_wanted`]); a
+/// node with none is not listed. For each node, its listing and the time
+/// it took.
+async fn list_unsettled(
+    reached: &[Reached<'_>],
+    images: &[LoadImage],
+    settled: &[Vec<Option<Duration>>],
+) -> Result<Vec<(Vec<Listed>, Duration)>, ContainerdError> {
+    futures::future::try_join_all(reached.iter().enumerate().map(|(n, node)| async move {
+        let unsettled: Vec<LoadImage> =
+            images.iter().zip(settled).filter(|(_, by_node)| by_node[n].is_none()).map(|(w, _)| w.clone()).collect();
+        if unsettled.is_empty() {
+            return Ok((Vec::new(), Duration::ZERO));
+        }
         let started = Instant::now();
-        let rows = list_wanted(node, images).await?;
+        let rows = list_wanted(node, &unsettled).await?;
         tracing::debug!(node = %node.node, elapsed = ?started.elapsed(), images = rows.len(), "node listed");
         Ok::<_, ContainerdError>((rows, started.elapsed()))
     }))
-    .await?;
-    Ok((reached, listings))
+    .await
 }
 
 /// What each (image, node) needs, from the nodes' first listings: nothing
@@ -567,10 +609,26 @@ struct Needs<'r> {
 }
 
 impl<'r> Needs<'r> {
-    fn of(nodes: &[Node], images: &'r [LoadImage], listings: &'r [(Vec<Listed>, Duration)]) -> Self {
+    fn of(
+        nodes: &[Node],
+        images: &'r [LoadImage],
+        from_cache: &[Vec<Option<Duration>>],
+        listings: &'r [(Vec<Listed>, Duration)],
+    ) -> Self {
         let mut needs = Self { outcomes: Vec::new(), tags: Vec::new(), streams: vec![Vec::new(); images.len()] };
         for (i, wanted) in images.iter().enumerate() {
             for (n, (rows, checked_in)) in listings.iter().enumerate() {
+                if let Some(elapsed) = from_cache[i][n] {
+                    needs.outcomes.push(NodeOutcome {
+                        node: nodes[n].name(),
+                        image: wanted.image.clone(),
+                        action: Action::Tagged,
+                        elapsed,
+                        sent: 0,
+                        source: None,
+                    });
+                    continue;
+                }
                 match need(rows, wanted) {
                     Need::Nothing => needs.outcomes.push(NodeOutcome {
                         node: nodes[n].name(),
