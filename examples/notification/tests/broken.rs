@@ -46,6 +46,9 @@ async fn postgres_with_the_wrong_password_names_component_probe_and_its_last_log
     assert!(error.contains(r#"the command ["psql", "postgresql://datastorage:datastorage@127.0.0.1:5432/audit", "-c", "SELECT 1"] exiting 0"#), "{error}");
     // Postgres's own words, from its log.
     assert!(error.contains(r#"password authentication failed for user "datastorage""#), "{error}");
+    // Its first refusal ended the wait (`fails_on`), not the timeout.
+    assert!(error.contains("which matches `ready.fails_on`"), "{error}");
+    assert!(!error.contains("was not ready after"), "{error}");
 }
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]

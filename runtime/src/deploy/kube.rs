@@ -18,7 +18,7 @@ mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -112,6 +112,11 @@ pub struct KubeStack {
     pub namespace: Namespace,
     /// The objects applied, in order.
     pub objects: Vec<AppliedObject>,
+    /// For each component with manifests, the time from the apply of its
+    /// objects to its readiness. Components go in waves (each once what it
+    /// depends on is ready) and a wave is awaited as a whole, so the
+    /// components of one wave share this time.
+    pub ready_after: BTreeMap<String, Duration>,
 }
 
 /// A failure of the Kubernetes stage.
@@ -306,7 +311,7 @@ pub async fn connect(context: Option<&str>) -> Result<Client, KubeError> {
     let client = Client::try_from(config).map_err(|source| KubeError::Client { context: described.clone(), source })?;
     let unreachable =
         |problem: String| KubeError::Unreachable { context: described.clone(), server: server.clone(), problem };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(client),
         // The client's own connect timeout ends a server that accepts but
@@ -371,6 +376,7 @@ pub async fn deploy(
     // schema starts, and a failed one stops its dependents from being applied.
     let with_manifests: BTreeSet<&str> = rendered.iter().map(|m| m.component.as_str()).collect();
     let mut ready: BTreeSet<&str> = BTreeSet::new();
+    let mut ready_after = BTreeMap::new();
     let mut pending: Vec<&str> =
         plan.components().iter().map(|c| c.name.as_str()).filter(|c| with_manifests.contains(c)).collect();
     while !pending.is_empty() {
@@ -385,6 +391,7 @@ pub async fn deploy(
             .collect();
         let manifests: Vec<&RenderedManifest> =
             rendered.iter().filter(|m| wave.contains(&m.component.as_str())).collect();
+        let started = Instant::now();
         for manifest in &manifests {
             // Definitions and cluster-wide RBAC first: the namespaced
             // objects of the same component may be custom resources of them.
@@ -402,12 +409,13 @@ pub async fn deploy(
         let awaited = wait::workloads(manifests.iter().copied());
         wait::until_ready(&client, namespace, awaited, &deadline).await?;
         for name in &wave {
-            tracing::info!(component = %name, %namespace, "ready");
+            tracing::info!(component = %name, %namespace, ready_after = ?started.elapsed(), "ready");
+            ready_after.insert((*name).to_owned(), started.elapsed());
         }
         ready.extend(wave.iter().copied());
         pending.retain(|name| !wave.contains(name));
     }
-    Ok(KubeStack { namespace: plan.namespace().clone(), objects })
+    Ok(KubeStack { namespace: plan.namespace().clone(), objects, ready_after })
 }
 
 /// Applies one rendered object by server-side apply; waits until a

@@ -319,9 +319,11 @@ impl Setup<'_> {
         if let (Err(error), Some(report)) = (&mut deployed, &loaded) {
             explain_pull_failure(docker, &report.nodes, error).await;
         }
-        deployed?;
+        // A component without manifests of its own is ready when the stack is.
+        let stack = deployed?;
         for component in plan.components() {
-            self.timings.entry(component.name.clone()).or_default().ready = Some(started.elapsed());
+            let ready = stack.ready_after.get(&component.name).copied().unwrap_or_else(|| started.elapsed());
+            self.timings.entry(component.name.clone()).or_default().ready = Some(ready);
         }
         let placement = Placement::Kubernetes { target: target.clone() };
         Ok(Deployed { placement, endpoints: BTreeMap::new(), digests })
@@ -413,9 +415,10 @@ fn seconds(d: Option<Duration>) -> String {
 /// The per-run table: component, image, build / load / ready times, cache
 /// hits; `-` for a stage not (yet) done.
 fn table(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
+    let names = plan.components().iter().map(|c| c.name.len()).max().unwrap_or(0).max(16);
     let width = plan.components().iter().map(|c| c.image.to_string().len()).max().unwrap_or(5);
     let mut out =
-        format!("  {:<16} {:<width$} {:>7} {:>7} {:>7}  cache\n", "component", "image", "build", "load", "ready");
+        format!("  {:<names$} {:<width$} {:>7} {:>7} {:>7}  cache\n", "component", "image", "build", "load", "ready");
     for component in plan.components() {
         let t = timings.get(&component.name);
         let build = t.and_then(|t| t.build);
@@ -427,7 +430,7 @@ fn table(plan: &Plan, timings: &BTreeMap<String, Timings>) -> String {
         let cache = if t.is_some_and(|t| t.reused) { format!("{cache}, container reused") } else { cache.to_owned() };
         let _ = writeln!(
             out,
-            "  {:<16} {:<width$} {:>7} {:>7} {:>7}  {cache}",
+            "  {:<names$} {:<width$} {:>7} {:>7} {:>7}  {cache}",
             component.name,
             component.image.to_string(),
             seconds(build.map(|b| b.0)),

@@ -67,6 +67,7 @@ struct RawReady {
     log: Option<String>,
     completes: Option<bool>,
     exec: Option<Vec<String>>,
+    fails_on: Option<String>,
     timeout: Option<String>,
 }
 
@@ -146,6 +147,10 @@ pub struct ReadySpec {
     pub probe: Probe,
     /// How long to wait before giving up.
     pub timeout: Duration,
+    /// A log line matching this means the component will never be ready
+    /// (`password authentication failed`): the wait fails at once, quoting
+    /// the line, instead of running out its timeout.
+    pub fails_on: Option<LogPattern>,
 }
 
 /// The readiness probes. Exhaustive: the backends implement each.
@@ -427,13 +432,20 @@ fn check_ready(
         }
         probes.push(Probe::Exec(argv));
     }
+    let fails_on = r
+        .fails_on
+        .map(|pattern| {
+            LogPattern::new(&pattern)
+                .map_err(|e| invalid(offset, format!("ready.fails_on is not a valid regular expression: {e}")))
+        })
+        .transpose()?;
     if probes.len() != 1 {
         return Err(invalid(
             offset,
             "`ready` takes exactly one probe: `tcp = PORT`, `http = \"/path\"` (with `port`), `log = \"regex\"`, `completes = true` or `exec = [\"command\", ...]`".to_owned(),
         ));
     }
-    Ok(ReadySpec { probe: probes.remove(0), timeout })
+    Ok(ReadySpec { probe: probes.remove(0), timeout, fails_on })
 }
 
 /// Port 0 asks the system for any free port: a container cannot be reached

@@ -170,16 +170,21 @@ fn every_probe_kind_is_read_with_its_timeout() {
         ready("postgres"),
         ReadySpec {
             probe: Probe::Log(LogPattern::new("ready to accept connections").expect("a pattern")),
-            timeout: Duration::from_secs(90)
+            timeout: Duration::from_secs(90),
+            fails_on: None,
         }
     );
-    assert_eq!(ready("redis"), ReadySpec { probe: Probe::Tcp(6379), timeout: Duration::from_secs(60) });
-    assert_eq!(ready("migrate"), ReadySpec { probe: Probe::Completes, timeout: Duration::from_secs(60) });
+    assert_eq!(ready("redis"), ReadySpec { probe: Probe::Tcp(6379), timeout: Duration::from_secs(60), fails_on: None });
+    assert_eq!(
+        ready("migrate"),
+        ReadySpec { probe: Probe::Completes, timeout: Duration::from_secs(60), fails_on: None }
+    );
     assert_eq!(
         ready("datastorage"),
         ReadySpec {
             probe: Probe::Http(HttpProbe { port: 8080, path: "/readyz".into() }),
-            timeout: Duration::from_secs(120)
+            timeout: Duration::from_secs(120),
+            fails_on: None,
         }
     );
     // Without `port`, the HTTP probe uses the first published port.
@@ -298,7 +303,10 @@ fn unknown_ready_key_lists_the_valid_ones() {
     let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nready = { http_path = \"/readyz\" }\n";
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(4)), "{message}");
-    assert_contains(&message, &["`http_path`", "`tcp`", "`http`", "`port`", "`log`", "`completes`", "`timeout`"]);
+    assert_contains(
+        &message,
+        &["`http_path`", "`tcp`", "`http`", "`port`", "`log`", "`completes`", "`fails_on`", "`timeout`"],
+    );
 }
 
 #[test]
@@ -468,6 +476,25 @@ fn ready_with_a_bad_regex_is_rejected() {
     let (_, message) = ws.reject(text);
     assert!(message.starts_with(&ws.at_line(4)), "{message}");
     assert_contains(&message, &["`ds`", "ready.log", "regular expression"]);
+}
+
+#[test]
+fn a_line_that_fails_readiness_is_read_beside_the_probe_and_a_bad_one_rejected() {
+    let ws = Workspace::new();
+    let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nports = [5432]\n\
+                ready = { tcp = 5432, fails_on = \"FATAL: +password authentication failed\" }\n";
+    let catalog = ws.load(text).expect("valid");
+    let ready = catalog.get("ds").and_then(|c| c.docker.as_ref()).and_then(|d| d.ready.clone()).expect("ready");
+    assert_eq!(ready.probe, Probe::Tcp(5432));
+    let pattern = ready.fails_on.expect("fails_on");
+    assert!(pattern.is_match(r#"FATAL:  password authentication failed for user "ds""#));
+    assert!(!pattern.is_match("database system is ready to accept connections"));
+
+    let text = "[components.ds]\nimage = \"ds:1\"\n[components.ds.docker]\nports = [5432]\n\
+                ready = { tcp = 5432, fails_on = \"FATAL (\" }\n";
+    let (_, message) = ws.reject(text);
+    assert!(message.starts_with(&ws.at_line(5)), "{message}");
+    assert_contains(&message, &["`ds`", "ready.fails_on", "regular expression"]);
 }
 
 #[test]

@@ -60,6 +60,24 @@ pub enum DockerError {
         /// Its last log lines.
         logs: String,
     },
+    /// A log line matched the component's `ready.fails_on`: it will never
+    /// be ready, so the wait stopped before its timeout.
+    #[error("component `{component}` (container `{container}`) will not become ready: {after:.1?} after start, while waiting for {probe}, its log has the line `{line}`, which matches `ready.fails_on` (`{pattern}`); fix what the line says, or change `fails_on` if the line is harmless; last log lines:\n{logs}")]
+    FailedOn {
+        component: String,
+        /// The container name.
+        container: String,
+        /// The probe, described.
+        probe: String,
+        /// The `fails_on` pattern.
+        pattern: String,
+        /// The log line that matched.
+        line: String,
+        /// Time from start to the line seen.
+        after: Duration,
+        /// Its last log lines.
+        logs: String,
+    },
     /// A stack of the same run and consumer is already on the engine.
     #[error("the engine already holds a stack of run `{run_id}` and consumer `{consumer}` (network `{network}`); this call left nothing behind. Take it down with `e2e-infra down --consumer {consumer} --run {run_id}`, or use another run id")]
     StackExists {

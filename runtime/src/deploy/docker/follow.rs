@@ -38,18 +38,19 @@ impl LogFollower {
         Self { stream: docker.logs(id, Some(options)).boxed(), partial: [Vec::new(), Vec::new()], ended: false }
     }
 
-    /// Whether a line read so far, the one being written included, matches
-    /// `pattern`. Reads what the engine has sent since the last call, until
-    /// it pauses for [`IDLE`], for [`READ_PER_LOOK`] at most.
-    pub(super) async fn saw(&mut self, pattern: &LogPattern) -> bool {
+    /// The first line read since the last call, the one being written
+    /// included, that matches `pattern`. Reads what the engine has sent
+    /// since the last call, until it pauses for [`IDLE`], for
+    /// [`READ_PER_LOOK`] at most.
+    pub(super) async fn saw(&mut self, pattern: &LogPattern) -> Option<String> {
         let started = tokio::time::Instant::now();
         while !self.ended && started.elapsed() < READ_PER_LOOK {
             match tokio::time::timeout(IDLE, self.stream.next()).await {
                 // Nothing new for a moment: the rest comes at a later look.
                 Err(_) => break,
                 Ok(Some(Ok(output))) => {
-                    if self.take(&output, pattern) {
-                        return true;
+                    if let Some(line) = self.take(&output, pattern) {
+                        return Some(line);
                     }
                 }
                 Ok(Some(Err(error))) => {
@@ -59,23 +60,26 @@ impl LogFollower {
                 Ok(None) => self.ended = true,
             }
         }
-        self.partial.iter().any(|line| pattern.is_match(&String::from_utf8_lossy(line)))
+        self.partial.iter().map(|line| String::from_utf8_lossy(line).into_owned()).find(|line| pattern.is_match(line))
     }
 
-    /// Adds one chunk of output; whether a line it finished matches.
-    fn take(&mut self, output: &LogOutput, pattern: &LogPattern) -> bool {
+    /// Adds one chunk of output; the first line it finished that matches.
+    fn take(&mut self, output: &LogOutput, pattern: &LogPattern) -> Option<String> {
         let (index, bytes) = match output {
             LogOutput::StdErr { message } => (1, message),
             LogOutput::StdOut { message } | LogOutput::Console { message } => (0, message),
-            LogOutput::StdIn { .. } => return false,
+            LogOutput::StdIn { .. } => return None,
         };
         let partial = &mut self.partial[index];
-        let mut matched = false;
+        let mut matched = None;
         for piece in bytes.split_inclusive(|b| *b == b'\n') {
             partial.extend_from_slice(piece);
             if partial.ends_with(b"\n") {
                 let line = String::from_utf8_lossy(&partial[..partial.len() - 1]);
-                matched |= pattern.is_match(line.trim_end_matches('\r'));
+                let line = line.trim_end_matches('\r');
+                if matched.is_none() && pattern.is_match(line) {
+                    matched = Some(line.to_owned());
+                }
                 partial.clear();
             }
         }
@@ -97,10 +101,10 @@ mod tests {
         let mut log = follower();
         let out = |text: &str| LogOutput::StdOut { message: text.as_bytes().to_vec().into() };
         let err = |text: &str| LogOutput::StdErr { message: text.as_bytes().to_vec().into() };
-        assert!(!log.take(&out("starting\nready on "), &pattern));
+        assert_eq!(log.take(&out("starting\nready on "), &pattern), None);
         // A line of standard error in between does not join the other's.
-        assert!(!log.take(&err("warning: slow disk\n"), &pattern));
-        assert!(log.take(&out("port 8080\nserving\n"), &pattern));
-        assert!(!log.take(&out("serving\n"), &pattern));
+        assert_eq!(log.take(&err("warning: slow disk\n"), &pattern), None);
+        assert_eq!(log.take(&out("port 8080\nserving\n"), &pattern).as_deref(), Some("ready on port 8080"));
+        assert_eq!(log.take(&out("serving\n"), &pattern), None);
     }
 }

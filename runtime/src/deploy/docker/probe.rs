@@ -56,8 +56,17 @@ impl<'a> Prober<'a> {
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
         // Without a probe, running is ready: the first look decides.
         let deadline = Deadline::after(self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout));
-        let mut looking =
-            ContainerWatch { prober: self, docker, id, network, started, looked: false, log: None, answer: None };
+        let mut looking = ContainerWatch {
+            prober: self,
+            docker,
+            id,
+            network,
+            started,
+            looked: false,
+            log: None,
+            fatal: None,
+            answer: None,
+        };
         match ready::until_ready(&mut looking, &deadline).await {
             Outcome::Ready(ports) => Ok(ports),
             Outcome::Failed(error) => Err(error),
@@ -108,6 +117,8 @@ struct ContainerWatch<'a> {
     looked: bool,
     /// The followed log, for a `log` probe.
     log: Option<follow::LogFollower>,
+    /// The followed log, for `fails_on`.
+    fatal: Option<follow::LogFollower>,
     /// What the probe's last attempt got, for the error when time runs out.
     answer: Option<String>,
 }
@@ -154,11 +165,25 @@ impl ready::Watch for ContainerWatch<'_> {
                 logs: last_logs(docker, id).await,
             }),
             Seen::Running(ip) => {
+                if let Some((ready, pattern)) = prober.ready.and_then(|r| Some((r, r.fails_on.as_ref()?))) {
+                    let follower = self.fatal.get_or_insert_with(|| follow::LogFollower::new(docker, id));
+                    if let Some(line) = follower.saw(pattern).await {
+                        return Look::Failed(DockerError::FailedOn {
+                            component: prober.component.to_owned(),
+                            container: prober.container.to_owned(),
+                            probe: describe(&ready.probe),
+                            pattern: pattern.to_string(),
+                            line,
+                            after: self.started.elapsed(),
+                            logs: last_logs(docker, id).await,
+                        });
+                    }
+                }
                 let answer = match prober.ready.map(|r| &r.probe) {
                     None => Ok(()),
                     Some(Probe::Log(pattern)) => {
                         let follower = self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id));
-                        follower.saw(pattern).await.then_some(()).ok_or_else(|| "no line matched".to_owned())
+                        follower.saw(pattern).await.map(|_| ()).ok_or_else(|| "no line matched".to_owned())
                     }
                     Some(probe) => prober.attempt(docker, id, ip, probe).await,
                 };
