@@ -55,9 +55,8 @@ fi
 # One line per stage and component, and the summary table of the run.
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
-# A kube-local started here comes up, and the suite compiles, while
-# scripts/example.sh makes the images' inputs: on a fresh machine these
-# are minutes each, mostly waiting on one core or on the network.
+# A kube-local started here comes up while scripts/example.sh makes the
+# images' inputs.
 cluster_dir="" cluster_start=""
 case "$target" in
   kind)
@@ -82,20 +81,7 @@ case "$target" in
     export E2E_INFRA_BACKEND=kubernetes ;;
   docker) ;;
 esac
-compile_log=$(mktemp /tmp/e2e-infra-main-compile.XXXXXX)
-# Under --kube-local the CLI checks the cluster after the run.
-{
-  cargo test -p notification-e2e --features e2e --no-run
-  if [[ "$target" == kube-local ]]; then cargo build -p e2e-infra-cli; fi
-} >"$compile_log" 2>&1 &
-compiling=$!
 bash scripts/example.sh
-if ! wait "$compiling"; then
-  cat "$compile_log" >&2
-  echo "main-job.sh: the suite did not compile" >&2
-  exit 1
-fi
-rm -f "$compile_log"
 if [[ -n "$cluster_start" ]]; then
   wait "$cluster_start" || { echo "main-job.sh: kube-local did not start" >&2; exit 1; }
   eval "$(cat "$cluster_dir/env")"
@@ -113,6 +99,7 @@ if [[ "$target" == kube-local ]]; then
   # Teardown runs in a process of its own once cargo has exited; the run is
   # over when the cluster holds nothing of it: no namespace, and no image
   # reference of its tag on the node.
+  cargo build --quiet -p e2e-infra-cli
   tag=$(target/debug/e2e-infra plan --config examples/notification/e2e-infra.toml --consumer notification \
     --needs datastorage --format json | jq -r .tag)
   cluster_flag=(--kubernetes)

@@ -648,7 +648,9 @@ async fn an_untagged_image_a_forced_build_left_is_removed_by_housekeeping() {
             .map_err(|e| e.to_string())?;
         let untagged: Vec<&str> =
             removed.iter().filter(|r| r.reference == UNTAGGED).map(|r| r.image_id.as_str()).collect();
-        assert_eq!(untagged, [first[0].image_id.as_str()]);
+        // Untagged images an earlier run of this test left under the same
+        // component name go too.
+        assert!(untagged.contains(&first[0].image_id.as_str()), "{untagged:?}");
         assert!(docker.inspect_image(&first[0].image_id).await.is_err(), "the untagged image is still there");
         image_id(&docker, &second[0].image.to_string()).await?;
         Ok::<_, String>(())

@@ -262,8 +262,8 @@ pub async fn warm_rerun(docker: &Docker, count: usize, mb: u64, reps: usize) -> 
     }
     let on_engine = docker.list_images(None::<bollard::query_parameters::ListImagesOptions>).await?.len();
     section.note(&format!(
-        "the warm rows do not include housekeeping (removing the image tags of older runs): it lists every image \
-         on the engine, {} here with {on_engine} images, and runs after every run that built an image but at most \
+        "the warm rows do not include housekeeping (removing the image tags of older runs): it lists the images \
+         of the run's components by name and every untagged image, {} here with {on_engine} images on the engine, and runs after every run that built an image but at most \
          every {} after runs that reused every image",
         secs(median(&pruning)),
         humantime::format_duration(housekeeping::REUSE_PRUNE_EVERY)

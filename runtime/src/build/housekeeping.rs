@@ -366,7 +366,18 @@ async fn remove_abandoned(
 
 /// Every run tag on an image this project built, of `components` if given.
 async fn run_tags(docker: &Docker, components: Option<&[&str]>) -> Result<Vec<Candidate>, HousekeepingError> {
-    let filter = HashMap::from([("label", vec![labels::BUILT_FOR_COMPONENT])]);
+    // Known components are listed by name, and their label checked below:
+    // Docker's containerd image store reads every image's configuration to
+    // match a label, which took 7 s with 600 images, against 0.2 s by name.
+    // One pattern per depth of `<registry>/<component>`, as engines differ
+    // in which spelling of a reference they match.
+    let filter = match components {
+        Some(components) => HashMap::from([(
+            "reference",
+            components.iter().flat_map(|c| [format!("{c}:*"), format!("*/{c}:*"), format!("*/*/{c}:*")]).collect(),
+        )]),
+        None => HashMap::from([("label", vec![labels::BUILT_FOR_COMPONENT.to_owned()])]),
+    };
     let listing = docker.list_images(Some(ListImagesOptionsBuilder::new().filters(&filter).build()));
     let images = engine::within(docker, ENGINE_CALL_TIMEOUT, "listing images", listing)
         .await?
