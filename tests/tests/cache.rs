@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder};
 use bollard::Docker;
 use e2e_infra::build::{build_all, cache_ref, BuildError, BuildOptions, ContextError};
 use e2e_infra::cli_support::housekeeping::prune_run_tags;
@@ -24,7 +22,6 @@ use e2e_infra_tests::{
     clean_up_after, engine, engine_host, plan, podman_host, remove_built_images, remove_reference, unique,
     unshared_busybox_dockerfile, Project,
 };
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
@@ -32,20 +29,8 @@ const AREA: &str = "docker-cache";
 
 /// Builds `dockerfile` (which may name local images in `FROM`) as `tag`,
 /// the way a user would with `docker build`.
-async fn build_by_hand(docker: &Docker, tag: &str, dockerfile: &str) -> Result<(), String> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes()).map_err(|e| e.to_string())?;
-    let body = tar.into_inner().map_err(|e| e.to_string())?;
-    let options = BuildImageOptionsBuilder::new().t(tag).rm(true).build();
-    let mut progress = docker.build_image(options, None, Some(bollard::body_full(body.into())));
-    while let Some(item) = progress.next().await {
-        item.map_err(|e| format!("building {tag}: {e}"))?;
-    }
-    Ok(())
+async fn build_by_hand(docker: &Docker, tag: &str, dockerfile: &str) {
+    e2e_infra_tests::kind_node::build(docker, tag, dockerfile, Vec::new(), HashMap::new()).await;
 }
 
 async fn image_id(docker: &Docker, reference: &str) -> Result<String, String> {
@@ -89,7 +74,7 @@ async fn a_derived_image_that_inherits_the_labels_is_not_a_cache_hit() {
             &derived,
             &format!("FROM {}\nLABEL owner=someone-else\nCMD [\"true\"]\n", built[0].image),
         )
-        .await?;
+        .await;
         let derived_id = image_id(&docker, &derived).await?;
         let inherited = docker.inspect_image(&derived).await.map_err(|e| e.to_string())?;
         assert_eq!(
@@ -604,7 +589,7 @@ async fn another_image_tagged_onto_a_cache_reference_is_not_served() {
         let cache = cache_ref(&built[0].image, &digest_of(&docker, &built[0].image).await?);
         // Built FROM the cached image: it inherits every label, the input
         // digest included, and is then tagged onto the cache reference.
-        build_by_hand(&docker, &derived, &format!("FROM {}\nLABEL derived=yes\n", built[0].image)).await?;
+        build_by_hand(&docker, &derived, &format!("FROM {}\nLABEL derived=yes\n", built[0].image)).await;
         let derived_id = image_id(&docker, &derived).await?;
         let (repo, tag) = cache.rsplit_once(':').unwrap();
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
@@ -675,14 +660,14 @@ async fn a_base_rebuilt_under_the_same_reference_rebuilds_its_dependent() {
     let body = async {
         // Layerless images of this test's own: nothing shared to remove.
         let layerless = |marker: &str| format!("FROM scratch\nLABEL marker={marker}\n");
-        build_by_hand(&docker, &base, &layerless(&base)).await?;
+        build_by_hand(&docker, &base, &layerless(&base)).await;
         let first = build_all(&docker, &runs[0], &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         let same = build_all(&docker, &runs[1], &BuildOptions::default()).await.map_err(|e| error_chain(&e))?;
         assert!(same[0].cached, "the base is unchanged, yet the dependent was built: {}", same[0].output);
         assert_eq!(same[0].image_id, first[0].image_id);
 
         // Another image under the base's reference.
-        build_by_hand(&docker, &other, &layerless(&other)).await?;
+        build_by_hand(&docker, &other, &layerless(&other)).await;
         let (repo, tag) = base.rsplit_once(':').unwrap();
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         docker.tag_image(&other, Some(options)).await.map_err(|e| e.to_string())?;
