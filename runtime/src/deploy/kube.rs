@@ -408,9 +408,10 @@ pub async fn deploy(
         }
         let awaited = wait::workloads(manifests.iter().copied());
         wait::until_ready(&client, namespace, awaited, &deadline).await?;
+        let took = started.elapsed();
         for name in &wave {
-            tracing::info!(component = %name, %namespace, ready_after = ?started.elapsed(), "ready");
-            ready_after.insert((*name).to_owned(), started.elapsed());
+            tracing::info!(component = %name, %namespace, ready_after = ?took, "ready");
+            ready_after.insert((*name).to_owned(), took);
         }
         ready.extend(wave.iter().copied());
         pending.retain(|name| !wave.contains(name));
