@@ -168,16 +168,22 @@ struct EventLog {
 impl EventLog {
     fn start() -> Self {
         let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned(), "image".to_owned()])]);
-        // From this second on, whenever the subscription reaches the engine:
-        // what happened meanwhile is still in its recent-events buffer.
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-        let options = EventsOptions { since: Some(since.to_string()), until: None, filters: Some(filters) };
+        // From now on, whenever the subscription reaches the engine: what
+        // happened meanwhile is still in its recent-events buffer. `since`
+        // counts whole seconds, so what happened earlier in this second (the
+        // end of the previous run) is left out by its own time.
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+        let start_nanos = i64::try_from(start.as_nanos()).expect("nanoseconds fit in i64");
+        let since = start.as_secs().to_string();
+        let options = EventsOptions { since: Some(since), until: None, filters: Some(filters) };
         let mut stream = Box::pin(docker().events(Some(options)));
         let seen: std::sync::Arc<std::sync::Mutex<Vec<_>>> = std::sync::Arc::default();
         let sink = std::sync::Arc::clone(&seen);
         let follower = tokio::spawn(async move {
             while let Some(Ok(event)) = stream.next().await {
-                sink.lock().expect("event log").push(event);
+                if event.time_nano.is_none_or(|t| t >= start_nanos) {
+                    sink.lock().expect("event log").push(event);
+                }
             }
         });
         Self { seen, follower }
