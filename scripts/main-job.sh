@@ -56,7 +56,7 @@ fi
 export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
 # A kube-local started here comes up while scripts/example.sh makes the
-# images' inputs.
+# images' inputs and compiles the suite with them.
 cluster_dir="" cluster_start=""
 case "$target" in
   kind)
@@ -81,7 +81,7 @@ case "$target" in
     export E2E_INFRA_BACKEND=kubernetes ;;
   docker) ;;
 esac
-bash scripts/example.sh
+bash scripts/example.sh --suite
 if [[ -n "$cluster_start" ]]; then
   wait "$cluster_start" || { echo "main-job.sh: kube-local did not start" >&2; exit 1; }
   eval "$(cat "$cluster_dir/env")"

@@ -36,7 +36,8 @@ source scripts/kits.sh
 # Formatting first: it takes a second and needs no engine.
 cargo fmt --all -- --check
 bash scripts/engine.sh --all
-# The example's images start FROM a Debian base image and hold static binaries.
+# The example's images start FROM a Debian base image or hold the services'
+# binaries.
 bash scripts/example.sh
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
