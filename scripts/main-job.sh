@@ -57,7 +57,7 @@ export RUST_LOG="${RUST_LOG:-e2e_infra=info}"
 
 # A kube-local started here comes up while scripts/example.sh makes the
 # images' inputs and compiles the suite with them.
-cluster_dir="" cluster_start=""
+cluster_dir="" cluster_start="" example=""
 case "$target" in
   kind)
     export E2E_INFRA_BACKEND=kind E2E_INFRA_KIND_CLUSTER="$kind_cluster" ;;
@@ -73,19 +73,28 @@ case "$target" in
       echo "main-job: on the cluster of KUBECONFIG=$KUBECONFIG${E2E_KUBE_CONTEXT:+ (context $E2E_KUBE_CONTEXT)}, used as it is; node containerd $node at $E2E_CONTAINERD_SOCKET"
     else
       cluster_dir=$(mktemp -d /tmp/e2e-infra-main.XXXXXX)
-      # A start still under way when the job fails is let finish, then stopped.
-      trap 'wait "$cluster_start" 2>/dev/null; bash scripts/cluster.sh stop "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
+      # When the job ends: a build still under way is stopped; a start
+      # still under way is let finish, then stopped.
+      trap '[[ -n "$example" ]] && kill -- -"$example" 2>/dev/null
+        wait "$cluster_start" 2>/dev/null; bash scripts/cluster.sh stop "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
       bash scripts/cluster.sh start "$cluster_dir" "$node_containerd" >"$cluster_dir/env" &
       cluster_start=$!
     fi
     export E2E_INFRA_BACKEND=kubernetes ;;
   docker) ;;
 esac
-bash scripts/example.sh --suite
-if [[ -n "$cluster_start" ]]; then
-  wait "$cluster_start" || { echo "main-job.sh: kube-local did not start" >&2; exit 1; }
+if [[ -z "$cluster_start" ]]; then
+  bash scripts/example.sh --suite
+else
+  # The build in a process group of its own, so that a cluster that cannot
+  # start ends the job at once, the build with it.
+  setsid bash scripts/example.sh --suite &
+  example=$!
+  wait "$cluster_start" || { echo "main-job.sh: kube-local did not start (see above)" >&2; exit 1; }
   eval "$(cat "$cluster_dir/env")"
   echo "main-job: kube-local is up (KUBECONFIG=$KUBECONFIG, node containerd $E2E_CONTAINERD_SOCKET)"
+  wait "$example" || exit 1
+  example=""
 fi
 if [[ "$target" == kube-local ]]; then
   export E2E_INFRA_KUBE_CONTEXT="${E2E_KUBE_CONTEXT:-}" E2E_INFRA_CONTAINERD_SOCKET="$E2E_CONTAINERD_SOCKET"
