@@ -76,7 +76,14 @@ stop() { # stop DIR: every cluster `start DIR` made, each node with its own cont
       cdir=$(containerd_dir "$containerd") || exit 1
       CONTAINERD_DIR=$cdir "$kl/real-node.sh" stop "$here/cluster" "$here/node" >/dev/null 2>&1 || true
     fi
-    if [[ -d "$here/cluster" ]]; then "$kl/cluster.sh" stop "$here/cluster" >/dev/null 2>&1 || true; fi
+    if [[ -d "$here/cluster" ]]; then
+      # kube-apiserver answers SIGTERM with a graceful shutdown of about a
+      # minute here, which kube-local's stop waits 20 s for before it kills
+      # it. The cluster's state is etcd's, and etcd is stopped as kube-local
+      # does: the API server has nothing to save and is killed outright.
+      if [[ -f "$here/cluster/apiserver.pid" ]]; then kill -KILL "$(cat "$here/cluster/apiserver.pid")" 2>/dev/null || true; fi
+      "$kl/cluster.sh" stop "$here/cluster" >/dev/null 2>&1 || true
+    fi
   done
 }
 
