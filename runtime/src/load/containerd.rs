@@ -266,6 +266,13 @@ pub struct NodeOutcome {
     pub source: Option<Source>,
 }
 
+impl NodeOutcome {
+    /// The outcome of an image that cost its node no bytes: skipped or tagged.
+    fn unsent(node: &Node, image: &LoadImage, action: Action, elapsed: Duration) -> Self {
+        Self { node: node.name(), image: image.image.clone(), action, elapsed, sent: 0, source: None }
+    }
+}
+
 /// What [`load`] did, per node and image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadReport {
@@ -619,25 +626,13 @@ impl<'r> Needs<'r> {
         for (i, wanted) in images.iter().enumerate() {
             for (n, (rows, checked_in)) in listings.iter().enumerate() {
                 if let Some(elapsed) = from_cache[i][n] {
-                    needs.outcomes.push(NodeOutcome {
-                        node: nodes[n].name(),
-                        image: wanted.image.clone(),
-                        action: Action::Tagged,
-                        elapsed,
-                        sent: 0,
-                        source: None,
-                    });
+                    needs.outcomes.push(NodeOutcome::unsent(&nodes[n], wanted, Action::Tagged, elapsed));
                     continue;
                 }
                 match need(rows, wanted) {
-                    Need::Nothing => needs.outcomes.push(NodeOutcome {
-                        node: nodes[n].name(),
-                        image: wanted.image.clone(),
-                        action: Action::Skipped,
-                        elapsed: *checked_in,
-                        sent: 0,
-                        source: None,
-                    }),
+                    Need::Nothing => {
+                        needs.outcomes.push(NodeOutcome::unsent(&nodes[n], wanted, Action::Skipped, *checked_in));
+                    }
                     Need::Tag(source) => needs.tags.push((i, n, source, *checked_in)),
                     Need::Stream => needs.streams[i].push(n),
                 }
@@ -656,19 +651,15 @@ impl<'r> Needs<'r> {
         nodes: &[Node],
     ) -> Result<(), ContainerdError> {
         let tags = std::mem::take(&mut self.tags);
-        let tagged = futures::future::try_join_all(tags.iter().map(|&(i, n, source, checked_in)| async move {
-            let started = Instant::now();
-            let done = tag_from(&reached[n], &images[i], source).await?;
-            Ok::<_, ContainerdError>(done.then(|| NodeOutcome {
-                node: nodes[n].name(),
-                image: images[i].image.clone(),
-                action: Action::Tagged,
-                elapsed: checked_in + started.elapsed(),
-                sent: 0,
-                source: None,
+        let tagged =
+            futures::future::try_join_all(tags.iter().map(|&(i, n, source, checked_in)| async move {
+                let started = Instant::now();
+                let done = tag_from(&reached[n], &images[i], source).await?;
+                Ok::<_, ContainerdError>(done.then(|| {
+                    NodeOutcome::unsent(&nodes[n], &images[i], Action::Tagged, checked_in + started.elapsed())
+                }))
             }))
-        }))
-        .await?;
+            .await?;
         for (outcome, (i, n, ..)) in tagged.into_iter().zip(tags) {
             match outcome {
                 Some(outcome) => self.outcomes.push(outcome),
