@@ -169,6 +169,20 @@ async fn an_http_probe_answered_404_times_out_naming_the_answer() {
 
 #[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
 #[tokio::test]
+async fn a_fails_on_line_before_the_awaited_one_ends_a_log_probe_at_once() {
+    let (error, elapsed, left) = failing_stack(
+        r#"{ command = ["sh", "-c", "echo FATAL: no disk; echo broken is ready; exec sleep 600"], ready = { log = "ready$", fails_on = "^FATAL: ", timeout = "120s" } }"#,
+    )
+    .await;
+    let message = error.to_string();
+    assert!(matches!(error, DockerError::FailedOn { .. }), "{message}");
+    assert!(message.contains("`FATAL: no disk`") && message.contains("a log line matching `ready$`"), "{message}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?} of a 120 s timeout");
+    assert!(left.is_empty(), "up left {left:?} behind");
+}
+
+#[cfg_attr(not(feature = "e2e"), ignore = "needs a container engine: run with --features e2e")]
+#[tokio::test]
 async fn a_failing_one_shot_component_is_reported() {
     let (error, _, _) = failing_stack(
         r#"{ command = ["sh", "-c", "echo migration failed >&2; exit 1"], ready = { completes = true } }"#,
@@ -408,12 +422,13 @@ async fn a_log_probe_reads_a_long_log_once() {
     let (proxy, counted, task) = counting_proxy(&dir.path().join("engine.sock"), socket).await;
     let through_proxy = connect_to(&proxy).await.expect("the proxy answers");
     // About 2 MB of log with its frames, then the ready line 3 s later: a probe that read
-    // the whole log at every look (every 250 ms) would read it a dozen times.
+    // the whole log at every look (every 250 ms) would read it a dozen times, and one that
+    // followed it apart for `fails_on` twice.
     let catalog = project.catalog(&format!(
         r#"
 [components.chatty]
 image = "{image}"
-docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; sleep 3; echo chatty is ready; exec sleep 3600"], ready = {{ log = "^chatty is ready$", timeout = "60s" }} }}
+docker = {{ command = ["sh", "-c", "seq 1 100000 | sed 's/^/filler line /'; sleep 3; echo chatty is ready; exec sleep 3600"], ready = {{ log = "^chatty is ready$", fails_on = "^chatty gives up$", timeout = "60s" }} }}
 "#,
         image = image.image
     ));

@@ -1,6 +1,6 @@
-//! The `log` readiness probe: the container's log is followed from its
-//! start, and each line is read and matched once, however often the probe
-//! looks. Reading the whole log again at every look would cost in
+//! The `log` readiness probe and `fails_on`: the container's log is
+//! followed from its start, once for both, and each line is read and
+//! matched once, however often the probe looks. Reading the whole log again at every look would cost in
 //! proportion to its length each time: a container that writes a million
 //! lines before it is ready kept a core busy until the deadline.
 
@@ -39,18 +39,19 @@ impl LogFollower {
     }
 
     /// The first line read since the last call, the one being written
-    /// included, that matches `pattern`. Reads what the engine has sent
-    /// since the last call, until it pauses for [`IDLE`], for
-    /// [`READ_PER_LOOK`] at most.
-    pub(super) async fn saw(&mut self, pattern: &LogPattern) -> Option<String> {
+    /// included, that matches one of `patterns`, with the index of the
+    /// first pattern it matches. Reads what the engine has sent since the
+    /// last call, until it pauses for [`IDLE`], for [`READ_PER_LOOK`] at
+    /// most.
+    pub(super) async fn saw(&mut self, patterns: &[&LogPattern]) -> Option<(usize, String)> {
         let started = tokio::time::Instant::now();
         while !self.ended && started.elapsed() < READ_PER_LOOK {
             match tokio::time::timeout(IDLE, self.stream.next()).await {
                 // Nothing new for a moment: the rest comes at a later look.
                 Err(_) => break,
                 Ok(Some(Ok(output))) => {
-                    if let Some(line) = self.take(&output, pattern) {
-                        return Some(line);
+                    if let Some(seen) = self.take(&output, patterns) {
+                        return Some(seen);
                     }
                 }
                 Ok(Some(Err(error))) => {
@@ -60,11 +61,11 @@ impl LogFollower {
                 Ok(None) => self.ended = true,
             }
         }
-        self.partial.iter().map(|line| String::from_utf8_lossy(line).into_owned()).find(|line| pattern.is_match(line))
+        self.partial.iter().find_map(|line| matching(&String::from_utf8_lossy(line), patterns))
     }
 
     /// Adds one chunk of output; the first line it finished that matches.
-    fn take(&mut self, output: &LogOutput, pattern: &LogPattern) -> Option<String> {
+    fn take(&mut self, output: &LogOutput, patterns: &[&LogPattern]) -> Option<(usize, String)> {
         let (index, bytes) = match output {
             LogOutput::StdErr { message } => (1, message),
             LogOutput::StdOut { message } | LogOutput::Console { message } => (0, message),
@@ -77,14 +78,19 @@ impl LogFollower {
             if partial.ends_with(b"\n") {
                 let line = String::from_utf8_lossy(&partial[..partial.len() - 1]);
                 let line = line.trim_end_matches('\r');
-                if matched.is_none() && pattern.is_match(line) {
-                    matched = Some(line.to_owned());
+                if matched.is_none() {
+                    matched = matching(line, patterns);
                 }
                 partial.clear();
             }
         }
         matched
     }
+}
+
+/// `line` with the index of the first of `patterns` it matches.
+fn matching(line: &str, patterns: &[&LogPattern]) -> Option<(usize, String)> {
+    patterns.iter().position(|pattern| pattern.is_match(line)).map(|index| (index, line.to_owned()))
 }
 
 #[cfg(test)]
@@ -97,14 +103,20 @@ mod tests {
 
     #[test]
     fn lines_are_matched_once_whole_across_chunks_and_apart_per_stream() {
-        let pattern = LogPattern::new("^ready on port \\d+$").unwrap();
+        let fatal = LogPattern::new("^FATAL: ").unwrap();
+        let ready = LogPattern::new("^ready on port \\d+$").unwrap();
+        let patterns = [&fatal, &ready];
         let mut log = follower();
         let out = |text: &str| LogOutput::StdOut { message: text.as_bytes().to_vec().into() };
         let err = |text: &str| LogOutput::StdErr { message: text.as_bytes().to_vec().into() };
-        assert_eq!(log.take(&out("starting\nready on "), &pattern), None);
+        assert_eq!(log.take(&out("starting\nready on "), &patterns), None);
         // A line of standard error in between does not join the other's.
-        assert_eq!(log.take(&err("warning: slow disk\n"), &pattern), None);
-        assert_eq!(log.take(&out("port 8080\nserving\n"), &pattern).as_deref(), Some("ready on port 8080"));
-        assert_eq!(log.take(&out("serving\n"), &pattern), None);
+        assert_eq!(log.take(&err("warning: slow disk\n"), &patterns), None);
+        let seen = log.take(&out("port 8080\nserving\n"), &patterns);
+        assert_eq!(seen, Some((1, "ready on port 8080".to_owned())));
+        assert_eq!(log.take(&out("serving\n"), &patterns), None);
+        // The first line that matches decides, whichever pattern it matches.
+        let seen = log.take(&err("FATAL: no disk\nready on port 8080\n"), &patterns);
+        assert_eq!(seen, Some((0, "FATAL: no disk".to_owned())));
     }
 }

@@ -15,7 +15,7 @@ use super::super::ready::{self, Deadline, Look, Outcome};
 use super::follow;
 use super::logs::last_logs;
 use super::{DockerError, ENGINE_CALL_TIMEOUT};
-use crate::catalog::{Probe, ReadySpec};
+use crate::catalog::{LogPattern, Probe, ReadySpec};
 use crate::engine;
 use crate::error::error_chain;
 use crate::plan::PlannedComponent;
@@ -56,17 +56,8 @@ impl<'a> Prober<'a> {
     ) -> Result<BTreeMap<u16, SocketAddr>, DockerError> {
         // Without a probe, running is ready: the first look decides.
         let deadline = Deadline::after(self.ready.map_or(ENGINE_CALL_TIMEOUT, |r| r.timeout));
-        let mut looking = ContainerWatch {
-            prober: self,
-            docker,
-            id,
-            network,
-            started,
-            looked: false,
-            log: None,
-            fatal: None,
-            answer: None,
-        };
+        let mut looking =
+            ContainerWatch { prober: self, docker, id, network, started, looked: false, log: None, answer: None };
         match ready::until_ready(&mut looking, &deadline).await {
             Outcome::Ready(ports) => Ok(ports),
             Outcome::Failed(error) => Err(error),
@@ -115,10 +106,8 @@ struct ContainerWatch<'a> {
     network: &'a str,
     started: Instant,
     looked: bool,
-    /// The followed log, for a `log` probe.
+    /// The followed log, for a `log` probe and for `fails_on`.
     log: Option<follow::LogFollower>,
-    /// The followed log, for `fails_on`.
-    fatal: Option<follow::LogFollower>,
     /// What the probe's last attempt got, for the error when time runs out.
     answer: Option<String>,
 }
@@ -165,26 +154,34 @@ impl ready::Watch for ContainerWatch<'_> {
                 logs: last_logs(docker, id).await,
             }),
             Seen::Running(ip) => {
-                if let Some((ready, pattern)) = prober.ready.and_then(|r| Some((r, r.fails_on.as_ref()?))) {
-                    let follower = self.fatal.get_or_insert_with(|| follow::LogFollower::new(docker, id));
-                    if let Some(line) = follower.saw(pattern).await {
-                        return Look::Failed(DockerError::FailedOn {
-                            component: prober.component.to_owned(),
-                            container: prober.container.to_owned(),
-                            probe: describe(&ready.probe),
-                            pattern: pattern.to_string(),
-                            line,
-                            after: self.started.elapsed(),
-                            logs: last_logs(docker, id).await,
-                        });
-                    }
+                let probe = prober.ready.map(|r| &r.probe);
+                let fails_on = prober.ready.and_then(|r| r.fails_on.as_ref());
+                let awaited = match probe {
+                    Some(Probe::Log(pattern)) => Some(pattern),
+                    _ => None,
+                };
+                // One follower reads the log for both patterns; `fails_on`
+                // comes first, so a line that matches both ends the wait.
+                let patterns: Vec<&LogPattern> = fails_on.into_iter().chain(awaited).collect();
+                let mut logged = None;
+                if !patterns.is_empty() {
+                    let follower = self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id));
+                    logged = follower.saw(&patterns).await;
                 }
-                let answer = match prober.ready.map(|r| &r.probe) {
+                if let (Some(ready), Some(pattern), Some((0, line))) = (prober.ready, fails_on, &logged) {
+                    return Look::Failed(DockerError::FailedOn {
+                        component: prober.component.to_owned(),
+                        container: prober.container.to_owned(),
+                        probe: describe(&ready.probe),
+                        pattern: pattern.to_string(),
+                        line: line.clone(),
+                        after: self.started.elapsed(),
+                        logs: last_logs(docker, id).await,
+                    });
+                }
+                let answer = match probe {
                     None => Ok(()),
-                    Some(Probe::Log(pattern)) => {
-                        let follower = self.log.get_or_insert_with(|| follow::LogFollower::new(docker, id));
-                        follower.saw(pattern).await.map(|_| ()).ok_or_else(|| "no line matched".to_owned())
-                    }
+                    Some(Probe::Log(_)) => logged.map(|_| ()).ok_or_else(|| "no line matched".to_owned()),
                     Some(probe) => prober.attempt(docker, id, ip, probe).await,
                 };
                 match answer {
