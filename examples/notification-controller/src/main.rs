@@ -7,6 +7,11 @@
 //! Environment: `WATCH_NAMESPACE` (the namespace to serve), `DATASTORAGE_URL`
 //! (`http://host:port`). The API server is found the usual way (in-cluster
 //! service account, or a kubeconfig).
+//!
+//! Once it has listed the requests it serves, it creates [`READY_FILE`];
+//! `notification-controller ready` exits 0 when that file is there, which
+//! is its pod's readiness probe: until then a request would wait for the
+//! controller's first list.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +32,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// The channels a notification can go out on.
 const CHANNELS: &[&str] = &["email", "slack", "pagerduty"];
+/// Created once the controller has listed its namespace's requests.
+const READY_FILE: &str = "/ready";
 /// How long a request waits before another try when DataStorage did not take its event.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -77,6 +84,13 @@ struct Context {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("ready") {
+        return if std::path::Path::new(READY_FILE).exists() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -107,18 +121,29 @@ async fn run() -> Result<(), Error> {
         datastorage: datastorage.trim_end_matches('/').to_owned(),
     });
     println!("notification-controller: serving NotificationRequests in {namespace}, DataStorage at {datastorage}");
-    let controller = Controller::new_with(requests, watcher::Config::default(), resource)
-        .run(reconcile, |_, error, _| retry(error), context)
-        .for_each(|result| async move {
-            match result {
-                Ok((request, _)) => println!("notification-controller: reconciled {}", request.name),
-                Err(error) => eprintln!("notification-controller: {error}"),
-            }
-        });
+    let controller = Controller::new_with(requests, watcher::Config::default(), resource);
+    // Marks the controller ready beside its run.
+    let listed = controller.store();
+    let ready = async move {
+        let marked = match listed.wait_until_ready().await {
+            Ok(()) => std::fs::write(READY_FILE, "").map_err(|e| format!("creating {READY_FILE}: {e}")),
+            Err(error) => Err(error.to_string()),
+        };
+        match marked {
+            Ok(()) => println!("notification-controller: ready, the requests of {namespace} listed"),
+            Err(error) => eprintln!("notification-controller: not ready: {error}"),
+        }
+    };
+    let controller = controller.run(reconcile, |_, error, _| retry(error), context).for_each(|result| async move {
+        match result {
+            Ok((request, _)) => println!("notification-controller: reconciled {}", request.name),
+            Err(error) => eprintln!("notification-controller: {error}"),
+        }
+    });
     // PID 1 in its container: without a handler, SIGTERM would be ignored.
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     tokio::select! {
-        () = controller => {}
+        _ = futures::future::join(controller, ready) => {}
         _ = terminate.recv() => {}
     }
     Ok(())
