@@ -52,7 +52,8 @@ containerd_dir() {
 }
 
 start() { # start DIR CONTAINERD
-  local dir=$1 containerd=$2 kl cdir here
+  local dir containerd=$2 kl cdir here
+  dir=$(realpath -m "$1")
   kl=$(kube_local) || die "no kube-local found (set KUBE_LOCAL or put it at ../shared/kube-local)"
   cdir=$(containerd_dir "$containerd") || exit 1
   if curl -sk --max-time 2 https://127.0.0.1:16443/readyz >/dev/null 2>&1; then
@@ -60,9 +61,10 @@ start() { # start DIR CONTAINERD
   fi
   here=$dir/$containerd
   mkdir -p "$here"
-  NODES=0 "$kl/cluster.sh" start "$here/cluster" >"$here/start.log" 2>&1 \
+  # From `/`, as every daemon the scripts start: they outlive the checkout.
+  (cd / && NODES=0 "$kl/cluster.sh" start "$here/cluster") >"$here/start.log" 2>&1 \
     || die "the control plane did not start; see $here/start.log and $here/cluster/*.log"
-  CONTAINERD_DIR=$cdir "$kl/real-node.sh" start "$here/cluster" "$here/node" >>"$here/start.log" 2>&1 \
+  (cd / && CONTAINERD_DIR=$cdir "$kl/real-node.sh" start "$here/cluster" "$here/node") >>"$here/start.log" 2>&1 \
     || die "the real node (containerd: $containerd) did not start; see $here/start.log and $here/node/*.log"
   echo "export KUBECONFIG=$here/cluster/kubeconfig E2E_KUBE_CONTEXT=local E2E_CONTAINERD_SOCKET=$here/node/containerd.sock"
 }
@@ -124,8 +126,8 @@ registry() {
     sleep 0.1
   done
   [[ ! -d /proc/$pid ]] || die "the node's containerd (pid $pid) did not stop within 10 s"
-  # A session of its own: it outlives the shell that restarted it.
-  setsid env -i "${env[@]}" "$exe" --config "$config" >>"$node/containerd.log" 2>&1 &
+  # A session of its own, from `/`: it outlives the shell that restarted it.
+  (cd / && exec setsid env -i "${env[@]}" "$exe" --config "$config") >>"$node/containerd.log" 2>&1 &
   echo $! >"$node/containerd.pid"
   for ((i = 0; i < 100; i++)); do
     if ctr -a "$node/containerd.sock" version >/dev/null 2>&1; then

@@ -22,8 +22,8 @@ source "$(dirname "$0")/kits.sh"
 want=${1:-docker}
 case "$want" in docker | --all | --current) ;; *) echo "usage: scripts/engine.sh [--all | --current]" >&2; exit 2 ;; esac
 
-state_dir=$engines_dir
-mkdir -p "$state_dir"
+mkdir -p "$engines_dir"
+state_dir=$(cd "$engines_dir" && pwd)
 
 die() { echo "engine.sh: $*" >&2; exit 1; }
 
@@ -55,7 +55,10 @@ ensure_docker() {
   fi
   command -v dockerd >/dev/null || apt_install docker.io
   echo "engine.sh: starting dockerd (log: $state_dir/dockerd.log)"
-  nohup dockerd >"$state_dir/dockerd.log" 2>&1 &
+  # Each daemon runs from `/`: it outlives the checkout it was started from,
+  # and Podman's conmon fails every container start once its working
+  # directory is gone.
+  (cd / && exec nohup dockerd) >"$state_dir/dockerd.log" 2>&1 &
   wait_for 60 "dockerd" docker info \
     || die "dockerd did not answer within 60 s; last lines of $state_dir/dockerd.log:
 $(tail -n 20 "$state_dir/dockerd.log")"
@@ -81,7 +84,7 @@ ensure_podman() {
   if answers "$sock"; then return 0; fi
   rm -f "$sock"
   echo "engine.sh: starting the Podman API on unix://$sock"
-  CONTAINERS_CONF=$conf nohup podman system service --time=0 "unix://$sock" \
+  (cd / && CONTAINERS_CONF=$conf exec nohup podman system service --time=0 "unix://$sock") \
     >"$state_dir/podman.log" 2>&1 &
   wait_for 30 "podman" answers "$sock" \
     || die "the Podman API did not answer within 30 s; see $state_dir/podman.log"
@@ -98,7 +101,7 @@ http:
   addr: 127.0.0.1:5000
 YML
   echo "engine.sh: starting a registry on 127.0.0.1:5000"
-  nohup docker-registry serve "$state_dir/registry.yml" >"$state_dir/registry.log" 2>&1 &
+  (cd / && exec nohup docker-registry serve "$state_dir/registry.yml") >"$state_dir/registry.log" 2>&1 &
   wait_for 30 "registry" curl -sf http://127.0.0.1:5000/v2/ \
     || die "the registry did not answer within 30 s; see $state_dir/registry.log"
 }
@@ -123,7 +126,7 @@ ensure_current() {
   # existing containerd socket for a ready containerd).
   env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" stop "$dir" >/dev/null 2>&1 || true
   rm -f "$dir"/*.sock "$dir"/*.sock.ttrpc
-  env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode" >/dev/null \
+  (cd / && env -u ENGINE_BRIDGE -u ENGINE_BRIDGE_IP -u ENGINE_POOL "$@" "$ec/engine.sh" start "$dir" "$mode") >/dev/null \
     || die "Docker 29 ($mode) did not start; see $dir/logs/dockerd.log and $dir/logs/containerd.log"
 }
 

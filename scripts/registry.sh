@@ -135,7 +135,7 @@ TOML
   ip -n "$ns" link set lo up
   local name
   for name in registry unknown-ca; do
-    setsid ip netns exec "$ns" docker-registry serve "$dir/$name.yml" >"$dir/$name.log" 2>&1 &
+    (cd / && exec setsid ip netns exec "$ns" docker-registry serve "$dir/$name.yml") >"$dir/$name.log" 2>&1 &
     echo $! >"$dir/$name.pid"
   done
   wait_for 30 curl -s --cacert "$dir/ca.crt" -o /dev/null "https://$registry/v2/" \
