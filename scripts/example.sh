@@ -28,7 +28,8 @@ esac
 
 out=examples/notification/images
 log=$(mktemp /tmp/e2e-infra-base-image.XXXXXX)
-trap 'rm -f "$log"' EXIT
+stripped=$(mktemp -d /tmp/e2e-infra-example.XXXXXX)
+trap 'rm -f "$log"; rm -rf "$stripped"' EXIT
 
 bash scripts/base-image.sh >"$log" 2>&1 &
 base=$!
@@ -45,8 +46,6 @@ install_if_changed() {
   fi
 }
 
-stripped=$(mktemp -d /tmp/e2e-infra-example.XXXXXX)
-trap 'rm -f "$log"; rm -rf "$stripped"' EXIT
 libraries=()
 for binary in datastorage notification-controller; do
   strip -o "$stripped/$binary" "target/debug/$binary"

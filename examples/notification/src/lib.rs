@@ -35,16 +35,17 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> io::Re
     let invalid = |raw: &[u8]| {
         io::Error::new(io::ErrorKind::InvalidData, format!("not an HTTP answer: {:?}", String::from_utf8_lossy(raw)))
     };
-    let (head_len, body_len) = loop {
+    let (head_len, status, body_len) = loop {
         let read = stream.read(&mut chunk)?;
         raw.extend_from_slice(&chunk[..read]);
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+            let head = String::from_utf8_lossy(&raw[..end]);
+            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
             let length = head.lines().find_map(|line| {
                 let (name, value) = line.split_once(':')?;
                 name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok()).flatten()
             });
-            break (end + 4, length);
+            break (end + 4, status, length);
         }
         if read == 0 {
             return Err(invalid(&raw));
@@ -64,8 +65,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> io::Re
             stream.read_to_end(&mut raw)?;
         }
     }
-    let head = String::from_utf8_lossy(&raw[..head_len]);
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| invalid(&raw))?;
+    let status = status.ok_or_else(|| invalid(&raw))?;
     let body = String::from_utf8_lossy(&raw[head_len..]).into_owned();
     Ok(Answer { status, body })
 }

@@ -1,8 +1,9 @@
 //! The `log` readiness probe and `fails_on`: the container's log is
 //! followed from its start, once for both, and each line is read and
-//! matched once, however often the probe looks. Reading the whole log again at every look would cost in
-//! proportion to its length each time: a container that writes a million
-//! lines before it is ready kept a core busy until the deadline.
+//! matched once, however often the probe looks. Reading the whole log
+//! again at every look would cost in proportion to its length each time: a
+//! container that writes a million lines before it is ready kept a core
+//! busy until the deadline.
 
 use std::time::Duration;
 
