@@ -73,6 +73,15 @@ if ! answers "${docker29#unix://}" || ! answers "${docker29_classic#unix://}"; t
   have_docker29=false
 fi
 
+# The Kind-node stand-ins on containerd 2 run engine-current's static
+# containerd (or E2E_CONTAINERD2_BIN's); without either, their tests are left
+# out, and said to be. (In CI a missing engine-current has ended the run above.)
+no_containerd2=""
+if [[ -z "${E2E_CONTAINERD2_BIN:-}" ]] && ! kit engine-current "${E2E_ENGINE_CURRENT:-}" engine.sh >/dev/null; then
+  no_containerd2="no engine-current and E2E_CONTAINERD2_BIN unset, so no containerd 2 for the Kind-node stand-ins"
+  echo "test.sh: $no_containerd2: the loads into containerd 2 nodes (containerd_2) are left out"
+fi
+
 # With --run-ignored all, the inside of the unshare tests stays out: it runs
 # only when the test that drives it starts it, never as a test of its own.
 always='not test(=inner_run_in_a_new_pid_namespace)'
@@ -80,6 +89,7 @@ always='not test(=inner_run_in_a_new_pid_namespace)'
 # load` stops at "unexpected EOF"): the zstd load test runs in the Docker 29
 # passes, whose engines can.
 zstd='test(/zstd_layer/)'
+if [[ -n "$no_containerd2" ]]; then always+=' and not test(/containerd_2::/)'; fi
 
 # The registry the node pulls from (see the top of this file).
 pulls=""
@@ -123,6 +133,7 @@ color=auto
 summaries=()
 failed=false
 if [[ -n "$pulls" ]]; then summaries+=("SKIPPED the tests of a cluster that pulls (kube_registry, and the example through the registry): $pulls"); fi
+if [[ -n "$no_containerd2" ]]; then summaries+=("SKIPPED the loads into containerd 2 nodes (containerd_2): $no_containerd2"); fi
 
 # in_scope FILTER ARGS...: how many tests FILTER selects, ignored ones too.
 in_scope() {
